@@ -1,0 +1,174 @@
+"""The ``agentrt`` command line: a thin layer over the library; the only module that exits.
+
+Errors are one line on stderr saying what to do, exit code 2, no traceback (``--debug``
+shows it). Exit codes of ``run`` and ``merge`` follow the interface: 0, 1, 2, 3, 130.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from runtime.config import load_task_file
+from runtime.errors import AgentRuntimeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line and exit."""
+    err.print(f"agentrt: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+class AgentrtGroup(click.Group):
+    """Turns library errors into one line and exit 2 (traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AgentRuntimeError as exc:
+            if os.environ.get("AGENTRT_DEBUG"):
+                raise
+            fail(str(exc))
+
+
+@click.group(cls=AgentrtGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def main(debug: bool) -> None:
+    """Run several coding agents at once on one git repository, each isolated."""
+    if debug:
+        os.environ["AGENTRT_DEBUG"] = "1"
+
+
+def _repo_option(func: F) -> F:
+    return click.option("--repo", default=".", show_default=True,
+                        help="The git repository.")(func)
+
+
+@main.command()
+@click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
+@_repo_option
+@click.option("--max-concurrent", type=click.IntRange(min=1), help="Override max_concurrent_agents.")
+@click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
+def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
+        as_json: bool) -> None:
+    """Run the tasks of TASK_FILE; live progress on stderr; final report."""
+    from runtime.coordinator import AgentCoordinator
+    from runtime.gitops import MainRepo
+    from runtime.progress import ProgressView, summary_table
+
+    parsed = load_task_file(task_file)
+    updates: dict[str, Any] = {}
+    if max_concurrent:
+        updates["max_concurrent_agents"] = max_concurrent
+    if merge_strategy:
+        updates["merge"] = merge_strategy
+    config = parsed.run.model_copy(update=updates)
+    main_repo = MainRepo(repo)
+    view = ProgressView(sys.stderr, len(parsed.tasks))
+    coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
+    coordinator.preflight(parsed.tasks)
+
+    interrupts = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        err.print("[yellow]agentrt: stopping every session; work is kept on its branch"
+                  + (" (forced)" if interrupts > 1 else "") + "[/]")
+        coordinator.cancel(force=interrupts > 1)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with view:
+            report = coordinator.run_agents(parsed.tasks)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        Console().print(summary_table(report))
+    err.print(f"run {report.run_id}: `agentrt report {report.run_id}` shows it again",
+              highlight=False)
+    sys.exit(report.exit_code())
+
+
+@main.command()
+def doctor() -> None:
+    """Check the Docker engine, git, cgroups, disk-limit support, gVisor and images."""
+    from runtime.doctor import run_checks
+    from runtime.engine import get_client
+
+    checks = run_checks(get_client)
+    worst = 0
+    for check in checks:
+        color = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
+        line = f"[{color}]{check.status:>4}[/] {check.name}: {check.detail}"
+        if check.fix and check.status != "ok":
+            line += f"\n      → {check.fix}"
+        Console().print(line, highlight=False, soft_wrap=True)
+        worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.status])
+    sys.exit(worst)
+
+
+@main.group()
+def images() -> None:
+    """Build and list agentrt images."""
+
+
+@images.command("build")
+@click.argument("name", required=False, default="base")
+@click.option("--force", is_flag=True, help="Rebuild even if the recipe did not change.")
+def images_build(name: str, force: bool) -> None:
+    """Build image NAME (default: base), only if its recipe changed."""
+    from runtime.engine import get_client
+    from runtime.images import build_image
+
+    built = build_image(get_client(), name, force=force,
+                        log=lambda line: err.print(line, highlight=False, markup=False))
+    state = "built" if built.rebuilt else "up to date"
+    click.echo(f"{built.ref}: {state} ({built.digest})")
+
+
+@images.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def images_ls(as_json: bool) -> None:
+    """List agentrt images with their digests."""
+    from runtime.engine import get_client
+    from runtime.images import list_images
+
+    found = list_images(get_client())
+    if as_json:
+        click.echo(json.dumps([_plain(i) for i in found], indent=2, default=str))
+        return
+    for image in found:
+        data = _plain(image)
+        click.echo(f"{data.get('ref', '')}\t{data.get('digest', data.get('id', ''))}\t"
+                   f"{str(data.get('recipe_hash', ''))[:12]}")
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "model_dump"):
+        return dict(obj.model_dump(mode="json"))
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(obj)
+    return dict(obj)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

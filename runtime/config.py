@@ -1,0 +1,244 @@
+"""What users write: the task file's models (``RunConfig``, ``Task``, ``ResourceLimits``).
+
+Every model forbids unknown keys. :func:`load_task_file` turns any problem into one
+:class:`~runtime.errors.ConfigError` whose message names the file, the task and the field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from runtime.errors import ConfigError
+
+TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+MergeStrategy = Literal["review", "auto", "none"]
+NetworkMode = Literal["none", "bridge"]
+DatabaseStrategy = Literal["per_agent", "shared"]
+ContainerRuntime = Literal["runc", "runsc"]
+AgentPreset = Literal["shell", "claude-code", "codex", "aider"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResourceLimits(_Strict):
+    """Per-session quotas; every value must be a positive integer."""
+
+    memory_mb: PositiveInt = Field(1024, description="Memory limit in MiB; swap is not allowed.")
+    cpu_percent: PositiveInt = Field(50, description="Percent of one core: 200 means two cores.")
+    time_seconds: PositiveInt = Field(3600, description="Wall-time limit, from container start.")
+    disk_mb: PositiveInt = Field(5120, description="Size of the volume holding the worktree, MiB.")
+    pids: PositiveInt = Field(512, description="Maximum number of processes and threads.")
+
+
+class LimitOverrides(_Strict):
+    """A task's partial override of the run's default :class:`ResourceLimits`."""
+
+    memory_mb: PositiveInt | None = Field(None, description="Memory limit in MiB.")
+    cpu_percent: PositiveInt | None = Field(None, description="Percent of one core.")
+    time_seconds: PositiveInt | None = Field(None, description="Wall-time limit in seconds.")
+    disk_mb: PositiveInt | None = Field(None, description="Volume size in MiB.")
+    pids: PositiveInt | None = Field(None, description="Maximum number of processes.")
+
+    def apply_to(self, limits: ResourceLimits) -> ResourceLimits:
+        """Return ``limits`` with every value set here replacing the default."""
+        return limits.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class Task(_Strict):
+    """One unit of agent work: a prompt and the command (or preset) that acts on it."""
+
+    id: str = Field(description="Unique id, [a-z0-9][a-z0-9-]{0,39}; names the branch.")
+    prompt: str = Field("", description="What the agent should do; passed as AGENT_TASK.")
+    command: list[str] | None = Field(None, description="argv run in /workspace.")
+    agent: AgentPreset | None = Field(None, description="A preset that supplies image and command.")
+    deps: list[str] = Field(default_factory=list, description="Task ids that must succeed first.")
+    image: str | None = Field(None, description="Image override for this task.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    secrets: list[str] = Field(
+        default_factory=list, description="Host environment variables passed by name only."
+    )
+    network: NetworkMode | None = Field(None, description="Network override for this task.")
+    resource_limits: LimitOverrides = Field(
+        default_factory=LimitOverrides, description="Overrides of the run's default limits."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _TASK_ID_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid task id: use 1-40 characters of a-z, 0-9 and '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any("\0" in part for part in value)):
+            raise ValueError("command must be a non-empty list of strings without NUL bytes")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_NAME_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key.startswith("AGENT_"):
+                raise ValueError(f"{key!r}: names starting with AGENT_ are set by agentrt")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _check_secrets(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not _ENV_NAME_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+
+class RunConfig(_Strict):
+    """Settings of a whole run: the ``[run]`` table of the task file."""
+
+    max_concurrent_agents: PositiveInt = Field(5, description="Containers running at once, at most.")
+    base: str = Field("HEAD", description="Commit-ish every session starts from.")
+    target: str | None = Field(None, description="Branch merges go into; default: checked out.")
+    merge: MergeStrategy = Field("review", description="review | auto | none.")
+    cleanup_on_complete: bool = Field(True, description="Remove containers and volumes at the end.")
+    image: str = Field("agentrt/base:latest", description="Default image for every task.")
+    network: NetworkMode = Field("none", description="none | bridge.")
+    database_strategy: DatabaseStrategy = Field("per_agent", description="per_agent | shared.")
+    database_url: str | None = Field(
+        None, description="PostgreSQL admin URL for the shared strategy; default: agentrt starts one."
+    )
+    runtime: ContainerRuntime = Field("runc", description="runc | runsc (gVisor).")
+    resource_limits: ResourceLimits = Field(
+        default_factory=ResourceLimits, description="Defaults for every task."
+    )
+
+    def limits_for(self, task: Task) -> ResourceLimits:
+        """The effective limits of ``task``: the run's defaults with the task's overrides."""
+        return task.resource_limits.apply_to(self.resource_limits)
+
+    def image_for(self, task: Task) -> str:
+        """The image ``task`` runs in."""
+        return task.image or self.image
+
+    def network_for(self, task: Task) -> NetworkMode:
+        """The network mode of ``task``."""
+        return task.network or self.network
+
+
+class TaskFile(_Strict):
+    """A whole task file: the ``[run]`` table and the ``[[tasks]]`` list."""
+
+    run: RunConfig = Field(default_factory=RunConfig, description="Run-wide settings.")
+    tasks: list[Task] = Field(description="The tasks to run; at least one.", min_length=1)
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """Return one dependency cycle as a closed path (``[a, b, a]``), or None if there is none."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep) :] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def validate_tasks(tasks: list[Task], source: str = "tasks") -> None:
+    """Check ids are unique, deps exist and form no cycle; raise ConfigError naming the task."""
+    seen: set[str] = set()
+    for task in tasks:
+        if task.id in seen:
+            raise ConfigError(f"{source}: task {task.id!r}: field id: duplicate task id")
+        seen.add(task.id)
+    for task in tasks:
+        if task.command is None and task.agent is None:
+            raise ConfigError(
+                f"{source}: task {task.id!r}: field command: give a command (argv list) "
+                "or an agent preset"
+            )
+        for dep in task.deps:
+            if dep not in seen:
+                raise ConfigError(f"{source}: task {task.id!r}: field deps: unknown task {dep!r}")
+            if dep == task.id:
+                raise ConfigError(f"{source}: task {task.id!r}: field deps: depends on itself")
+    cycle = find_cycle({t.id: t.deps for t in tasks})
+    if cycle:
+        raise ConfigError(
+            f"{source}: task {cycle[0]!r}: field deps: dependency cycle {' -> '.join(cycle)}"
+        )
+
+
+def _describe(error: dict[str, Any], raw: dict[str, Any], source: str) -> str:
+    loc = list(error["loc"])
+    where = source
+    if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int):
+        tasks = raw.get("tasks")
+        task_id: Any = None
+        if isinstance(tasks, list) and loc[1] < len(tasks) and isinstance(tasks[loc[1]], dict):
+            task_id = tasks[loc[1]].get("id")
+        where += f": task {task_id!r}" if isinstance(task_id, str) else f": task #{loc[1] + 1}"
+        loc = loc[2:]
+    elif loc and loc[0] == "run":
+        where += ": [run]"
+        loc = loc[1:]
+    field = ".".join(str(part) for part in loc) or "(top level)"
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling against the task file reference)"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    return f"{where}: field {field}: {message}"
+
+
+def parse_task_file(raw: dict[str, Any], source: str = "tasks") -> TaskFile:
+    """Validate an already-parsed task file mapping; raise ConfigError naming file/task/field."""
+    try:
+        parsed = TaskFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(_describe(dict(first), raw, source)) from None
+    validate_tasks(parsed.tasks, source)
+    return parsed
+
+
+def load_task_file(path: str | Path) -> TaskFile:
+    """Read and validate a TOML task file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: task file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read task file: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: TOML syntax error: {exc}") from None
+    return parse_task_file(raw, str(file))

@@ -1,0 +1,237 @@
+"""AgentCoordinator: many tasks, at most ``max_concurrent`` containers, dependencies, cancel.
+
+Each task runs in its own thread inside an :class:`IsolatedAgentSession`; a slot is held from
+the session's creation to its clean-up, so the number of live containers never exceeds the
+limit. Free slots are filled as soon as a session ends. A task with ``deps`` starts from the
+base with its dependencies' branches merged in (a conflict there skips it with the reason).
+Per-task failures never stop the run; :meth:`cancel` stops everything and keeps the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import docker
+
+from runtime.config import RunConfig, Task, validate_tasks
+from runtime.errors import AgentRuntimeError, ConfigError
+from runtime.gitops import MainRepo
+from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
+from runtime.owner import process_start_time
+from runtime.presets import resolve_image
+from runtime.scheduler import DagScheduler, TaskState
+from runtime.session import IsolatedAgentSession, new_run_id
+from runtime.store import Store
+from runtime.supervisor import Supervisor
+from runtime.workspace import DependencyConflictError, new_session_id, prepare_base, resolve_base
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, SessionResult], None]
+
+_OUTCOME = {
+    SessionStatus.SUCCEEDED: TaskState.SUCCEEDED,
+    SessionStatus.CANCELLED: TaskState.CANCELLED,
+    SessionStatus.SKIPPED: TaskState.SKIPPED,
+}
+
+
+class AgentCoordinator:
+    """Runs tasks as isolated sessions with a concurrency limit and a dependency DAG."""
+
+    def __init__(
+        self,
+        max_concurrent: int | None = None,
+        *,
+        config: RunConfig | None = None,
+        repo: str | Path | MainRepo = ".",
+        client: docker.DockerClient | None = None,
+        stop_grace_seconds: int = 10,
+        listener: Listener | None = None,
+    ) -> None:
+        base = config or RunConfig()
+        if max_concurrent is not None:
+            base = base.model_copy(update={"max_concurrent_agents": max_concurrent})
+        self.config = base
+        self.repo = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+        self.stop_grace_seconds = stop_grace_seconds
+        self.listener = listener
+        self.run_id = new_run_id()
+        self._client = client
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._live: dict[str, IsolatedAgentSession] = {}
+        self.supervisor: Supervisor | None = None
+        self.store: Store | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The Docker client."""
+        if self._client is None:
+            from runtime.engine import get_client
+
+            self._client = get_client()
+        return self._client
+
+    # -- preflight ---------------------------------------------------------------------------
+
+    def preflight(self, tasks: Sequence[Task]) -> None:
+        """Everything that can be checked before anything is created; raises ConfigError."""
+        from runtime.images import require_image
+
+        validate_tasks(list(tasks))
+        resolve_base(self.repo, self.config.base)
+        for task in tasks:
+            for name in task.secrets:
+                if name not in os.environ:
+                    raise ConfigError(f"task {task.id!r}: field secrets: {name} is not set in "
+                                      "the environment; export it or remove it from the task")
+        for image in sorted({resolve_image(t, self.config.image) for t in tasks}):
+            require_image(self.client, image)
+        if self.config.runtime == "runsc":
+            from runtime.engine import registered_runtimes
+
+            if "runsc" not in registered_runtimes(self.client):
+                raise ConfigError("[run] field runtime: runsc (gVisor) is not registered with "
+                                  "the Docker engine; see `agentrt doctor`")
+        from runtime.admission import check_admission
+
+        check_admission(self.client, self.config, tasks)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def cancel(self, force: bool = False) -> None:
+        """Stop all sessions (SIGTERM, grace, SIGKILL; at once if ``force``), keep their work."""
+        self._cancelled.set()
+        with self._lock:
+            live = list(self._live.values())
+        for session in live:
+            if force:
+                session.stop_grace_seconds = 0
+            threading.Thread(target=session.cancel, daemon=True).start()
+
+    def run_agents(self, tasks: Sequence[Task]) -> RunReport:
+        """Run every task; return the report (merge per ``config.merge``)."""
+        self.preflight(tasks)
+        base_commit = resolve_base(self.repo, self.config.base)
+        target = self.config.target or self.repo.current_branch()
+        report = RunReport(run_id=self.run_id, repo=str(self.repo.root), base_commit=base_commit,
+                           target=target, merge=self.config.merge, started_at=utcnow())
+        by_id = {t.id: t for t in tasks}
+        results: dict[str, SessionResult] = {}
+        finished_order: list[str] = []
+        scheduler = DagScheduler({t.id: t.deps for t in tasks}, self.config.max_concurrent_agents)
+        done: queue.Queue[tuple[str, SessionResult]] = queue.Queue()
+        self.store = Store(self.repo.state_dir / "state.db")
+        self.store.create_run(
+            self.run_id, str(self.repo.root), base_commit, target, self.config.merge,
+            self.config.model_dump_json(), os.getpid(), process_start_time(os.getpid()),
+            socket.gethostname(),
+        )
+        try:
+            with Supervisor(self.client, self.run_id) as supervisor:
+                self.supervisor = supervisor
+                while not scheduler.done:
+                    if self._cancelled.is_set():
+                        for task_id in scheduler.cancel_waiting():
+                            results[task_id] = self._placeholder(by_id[task_id],
+                                                                 SessionStatus.CANCELLED,
+                                                                 "run cancelled before it started")
+                    for task_id in scheduler.next_ready():
+                        threading.Thread(
+                            target=self._run_task,
+                            args=(by_id[task_id], base_commit, results, done),
+                            name=f"agentrt-task-{task_id}", daemon=True,
+                        ).start()
+                    if scheduler.running == 0:
+                        continue
+                    task_id, result = done.get()
+                    results[task_id] = result
+                    finished_order.append(task_id)
+                    outcome = _OUTCOME.get(result.status, TaskState.FAILED)
+                    for skipped in scheduler.finish(task_id, outcome):
+                        results[skipped] = self._placeholder(
+                            by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
+        finally:
+            self.supervisor = None
+        report.sessions = [results[t.id] for t in tasks if t.id in results]
+        report.interrupted = self._cancelled.is_set()
+        if self.config.merge != "none" and not report.interrupted and target:
+            self._merge(report, finished_order, target)
+        report.finished_at = utcnow()
+        status = "cancelled" if report.interrupted else "finished"
+        self.store.finish_run(self.run_id, status)
+        for session in report.sessions:
+            self.store.upsert_session(session, self.run_id)
+        return report
+
+    def _placeholder(self, task: Task, status: SessionStatus, reason: str) -> SessionResult:
+        session_id, branch = new_session_id(task.id)
+        result = SessionResult(id=session_id, task_id=task.id, branch="", status=status,
+                               reason=reason)
+        if self.store is not None:
+            self.store.upsert_session(result, self.run_id)
+        if self.listener:
+            self.listener("finished", result)
+        return result
+
+    def _run_task(self, task: Task, base_commit: str, results: dict[str, SessionResult],
+                  done: queue.Queue[tuple[str, SessionResult]]) -> None:
+        result: SessionResult
+        try:
+            start = prepare_base(self.repo, base_commit, [
+                (results[d].branch, results[d].head_commit or "") for d in task.deps
+            ])
+            session = IsolatedAgentSession(
+                task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
+                client=self.client, supervisor=self.supervisor, store=self.store,
+                stop_grace_seconds=self.stop_grace_seconds,
+            )
+            with self._lock:
+                self._live[task.id] = session
+            try:
+                if self.listener:
+                    self.listener("starting", session.result)
+                with session:
+                    if self._cancelled.is_set():
+                        session.cancel()
+                    if self.listener:
+                        self.listener("running", session.result)
+                    result = session.run()
+                result = session.result
+            finally:
+                with self._lock:
+                    self._live.pop(task.id, None)
+        except DependencyConflictError as exc:
+            result = self._placeholder(task, SessionStatus.SKIPPED, str(exc))
+        except AgentRuntimeError as exc:
+            result = self._placeholder(task, SessionStatus.CRASHED, str(exc))
+        except Exception as exc:  # one task's bug never stops the run
+            log.exception("task %s crashed", task.id)
+            result = self._placeholder(task, SessionStatus.CRASHED, f"internal error: {exc}")
+        if self.listener:
+            self.listener("finished", result)
+        done.put((task.id, result))
+
+    def live_sessions(self) -> list[IsolatedAgentSession]:
+        """The sessions running now."""
+        with self._lock:
+            return list(self._live.values())
+
+    def _merge(self, report: RunReport, finished_order: list[str], target: str) -> None:
+        from runtime.merge import merge_agent_results
+
+        # Deterministic: dependency (file) order was enforced by the DAG; then finish time.
+        position = {task_id: i for i, task_id in enumerate(finished_order)}
+        ordered = sorted(report.sessions, key=lambda s: position.get(s.task_id, 1 << 30))
+        try:
+            merge_agent_results(ordered, self.config.merge, repo=self.repo, target=target,
+                                run_id=self.run_id)
+        except AgentRuntimeError as exc:
+            report.warnings.append(f"merge: {exc}")

@@ -1,0 +1,82 @@
+"""The exception tree of agentrt.
+
+Every error the library raises derives from :class:`AgentRuntimeError`; each leaf also
+derives from the builtin it most resembles, so callers may catch either::
+
+    AgentRuntimeError
+    ├── ConfigError (ValueError)            bad task file, bad argument: exit 2, nothing started
+    │   ├── ImageNotFoundError (LookupError)
+    │   └── AdmissionError                   the run cannot fit in the engine
+    ├── EngineError (RuntimeError)          Docker engine unreachable or an API call failed
+    ├── GitError (RuntimeError)             a git command failed
+    ├── WorkspaceError (OSError)            a session's working tree could not be made or removed
+    ├── VolumeError (OSError)               a disk-limited volume could not be made or removed
+    ├── DatabaseError (RuntimeError)        a session database could not be made or dropped
+    ├── SessionError (RuntimeError)         a session could not start or be supervised
+    │   └── SessionTimeoutError (TimeoutError)
+    ├── MergeError (RuntimeError)           a merge could not be checked or performed
+    ├── StateError (RuntimeError)           the state database is unreadable or too new
+    └── NotFoundError (LookupError)         no run or session matches a name
+"""
+
+from __future__ import annotations
+
+
+class AgentRuntimeError(Exception):
+    """Root of every error raised by agentrt."""
+
+
+class ConfigError(AgentRuntimeError, ValueError):
+    """User input (task file, CLI argument, repository path) is invalid; nothing was started."""
+
+
+class ImageNotFoundError(ConfigError, LookupError):
+    """An image a task needs does not exist on the engine."""
+
+
+class AdmissionError(ConfigError):
+    """The run's concurrent quota sum does not fit in what the engine offers."""
+
+
+class EngineError(AgentRuntimeError, RuntimeError):
+    """The Docker engine could not be reached or refused a request."""
+
+
+class GitError(AgentRuntimeError, RuntimeError):
+    """A git command failed; ``stderr`` holds git's own words."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message if not stderr else f"{message}: {stderr.strip()}")
+        self.stderr = stderr
+
+
+class WorkspaceError(AgentRuntimeError, OSError):
+    """A session's working tree could not be created, snapshotted or removed."""
+
+
+class VolumeError(AgentRuntimeError, OSError):
+    """A disk-limited volume could not be created, mounted or removed."""
+
+
+class DatabaseError(AgentRuntimeError, RuntimeError):
+    """A session's private database could not be created or dropped."""
+
+
+class SessionError(AgentRuntimeError, RuntimeError):
+    """A session could not be started or supervised."""
+
+
+class SessionTimeoutError(SessionError, TimeoutError):
+    """A session ran past its wall-time limit."""
+
+
+class MergeError(AgentRuntimeError, RuntimeError):
+    """A merge could not be checked or performed; nothing was changed."""
+
+
+class StateError(AgentRuntimeError, RuntimeError):
+    """The state database cannot be used (corrupt, or written by a newer agentrt)."""
+
+
+class NotFoundError(AgentRuntimeError, LookupError):
+    """No run or session matches the given name (or the prefix is ambiguous)."""

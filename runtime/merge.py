@@ -1,0 +1,225 @@
+"""Bring sessions' work back: check every branch against the target, and optionally merge.
+
+Merges never run ``git merge`` and never touch the user's checkout while computing: the merged
+tree comes from ``git merge-tree --write-tree`` (see :mod:`runtime.conflicts`), the merge commit
+from ``git commit-tree``, and the branch moves with ``git update-ref <ref> <new> <old>``, a
+compare-and-swap, so an interrupted or racing merge leaves the target at the old or the new
+commit, never in between. ``MERGE_HEAD`` and conflict markers therefore never appear in the
+user's tree: a conflicting branch is left unmerged on its own branch and reported.
+
+When the target is the branch checked out in the main working tree, that tree is refused if it
+has tracked changes (staged or not); untracked files are allowed, since the user's ``git merge``
+allows them too, and git refuses (before anything moves) if the merge would overwrite one. The
+tree and index then follow the new commit with ``git read-tree -m -u <old> <new>``, the two-tree
+form a fast-forward uses, which never overwrites local changes. Filters are neutralised for that
+checkout as for every runtime git command, so files of a filter such as Git LFS are written as
+stored (pointers); ``git lfs checkout`` restores them.
+
+Automatic merges take ``<git dir>/agentrt/merge.lock`` (``flock``) so that concurrent runs or
+``agentrt merge`` invocations on the same repository serialise.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from runtime.conflicts import MergeCheck, SafeGit, check_commits, check_merge, conflict_matrix
+from runtime.errors import MergeError
+from runtime.gitops import MainRepo, check_branch_name
+from runtime.models import Conflict, MergeInfo, SessionResult, SessionStatus
+
+__all__ = ["MergeCheck", "check_merge", "conflict_matrix", "merge_agent_results", "merge_lock"]
+
+Strategy = Literal["review", "auto", "none"]
+
+
+def merge_agent_results(
+    sessions: list[SessionResult],
+    strategy: Strategy = "review",
+    *,
+    repo: MainRepo | str | Path,
+    target: str | None = None,
+    run_id: str = "",
+) -> list[SessionResult]:
+    """Fill ``session.merge`` for every succeeded session; return the same list.
+
+    * ``none``: nothing is checked; every ``merge.status`` stays ``not_attempted``.
+    * ``review``: each branch is checked against ``target`` (``clean`` or ``conflicts``) and
+      against every other succeeded branch; nothing is merged. Conflicts with another branch
+      carry ``with_branch``; conflicts with the target have ``with_branch=None``. A session is
+      ``conflicts`` if it has either kind, since the two branches cannot both merge cleanly.
+    * ``auto``: branches are merged one at a time in the order given (the caller puts
+      dependencies first, then finish time), each checked against the target as it is after the
+      previous merges. A clean one becomes a merge commit (``merged``, ``merge_commit`` set); a
+      branch the target already contains is ``merged`` with no new commit; a conflicting one is
+      left on its branch as ``conflicts``.
+
+    ``target`` defaults to the branch checked out in the repository. Sessions that did not
+    succeed are left untouched. Raises :class:`MergeError` if git fails, a branch or the target
+    does not exist, or (auto) the target is checked out with uncommitted tracked changes or in
+    a linked worktree; in those cases nothing is changed. Merges that landed before an error
+    stay, and their sessions say so. :class:`ConfigError` if ``target`` is no valid branch name.
+    """
+    if strategy not in ("review", "auto", "none"):
+        raise MergeError(f"unknown merge strategy {strategy!r}: use review, auto or none")
+    if strategy == "none":
+        return sessions
+    main = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+    target = _target(main, target)
+    todo = [s for s in sessions if s.status == SessionStatus.SUCCEEDED]
+    if not todo:
+        return sessions
+    if strategy == "review":
+        _review(main, todo, target)
+    else:
+        _auto(main, todo, target, run_id)
+    return sessions
+
+
+@contextmanager
+def merge_lock(repo: MainRepo) -> Iterator[None]:
+    """Hold the repository's merge lock (blocking): one automatic merge at a time."""
+    path = repo.state_dir / "merge.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as exc:
+        raise MergeError(f"cannot open the merge lock {path}: {exc}") from exc
+    # flock locks the open file description, so two threads of one process exclude each other
+    # as well as two processes do; the kernel drops it if the process dies.
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _target(repo: MainRepo, target: str | None) -> str:
+    if target is None:
+        target = repo.current_branch()
+        if target is None:
+            raise MergeError(
+                f"{repo.root} has a detached HEAD: name the branch to merge into with --target"
+            )
+    check_branch_name(target)
+    if repo.branch_head(target) is None:
+        raise MergeError(f"target branch {target!r} does not exist in {repo.root}")
+    return target
+
+
+def _review(repo: MainRepo, sessions: list[SessionResult], target: str) -> None:
+    git = SafeGit(repo)
+    target_head = git.commit(target)
+    for session in sessions:
+        result = check_commits(git, target_head, git.commit(session.branch))
+        session.merge = MergeInfo(
+            status="clean" if result.clean else "conflicts", conflicts=list(result.conflicts)
+        )
+    by_branch = {s.branch: s for s in sessions}
+    for (first, second), conflicts in conflict_matrix(repo, list(by_branch)).items():
+        if not conflicts:
+            continue
+        # The matrix speaks from the first branch's side; mirror it for the second.
+        mirrored = [
+            Conflict(path=c.path, kind=c.kind, ours_lines=c.theirs_lines,
+                     theirs_lines=c.ours_lines, with_branch=first)
+            for c in conflicts
+        ]
+        for session, found in ((by_branch[first], conflicts), (by_branch[second], mirrored)):
+            session.merge = MergeInfo(
+                status="conflicts", conflicts=[*session.merge.conflicts, *found]
+            )
+
+
+def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: str) -> None:
+    git = SafeGit(repo)
+    ref = f"refs/heads/{target}"
+    with merge_lock(repo):
+        worktree = _checked_out_worktree(git, target)
+        if worktree is not None:
+            _require_clean(git, worktree, target)
+        for session in sessions:
+            head = git.commit(ref)
+            branch_head = git.commit(session.branch)
+            if git.is_ancestor(branch_head, head):
+                session.merge = MergeInfo(status="merged")
+                continue
+            result = check_commits(git, head, branch_head)
+            if not result.clean or result.tree is None:
+                session.merge = MergeInfo(status="conflicts", conflicts=list(result.conflicts))
+                continue
+            message = f"agentrt: merge session {session.id} (task {session.task_id}"
+            message += f", run {run_id})" if run_id else ")"
+            message += f"\n\nBranch: {session.branch}\n"
+            commit = git.run("commit-tree", result.tree, "-p", head, "-p", branch_head,
+                             input=message).stdout.strip()
+            _advance(git, ref, head, commit, worktree)
+            session.merge = MergeInfo(status="merged", merge_commit=commit)
+
+
+def _advance(git: SafeGit, ref: str, old: str, new: str, worktree: Path | None) -> None:
+    """Move ``ref`` from ``old`` to ``new`` and, if it is checked out, the tree with it."""
+    if worktree is not None:
+        # Dry run first: if the checkout would fail (a local edit since the start, an untracked
+        # file in the way) nothing has moved yet.
+        proc = _read_tree(git, worktree, old, new, dry_run=True)
+        if proc.returncode != 0:
+            raise MergeError(
+                f"cannot update the checkout in {worktree} to the merge: {proc.stderr.strip()}"
+                " (commit, stash or move those files, or merge into another target with --target)"
+            )
+    git.run("update-ref", "-m", "agentrt: merge", ref, new, old)
+    if worktree is None:
+        return
+    proc = _read_tree(git, worktree, old, new, dry_run=False)
+    if proc.returncode != 0:
+        # Put the branch back so the checkout and its branch agree again.
+        undo = git.run("update-ref", "-m", "agentrt: undo merge", ref, old, new, check=False)
+        state = "the branch was put back" if undo.returncode == 0 else (
+            f"the branch could not be put back ({undo.stderr.strip()})"
+        )
+        raise MergeError(
+            f"cannot update the checkout in {worktree}: {proc.stderr.strip()}; {state}"
+        )
+
+
+def _read_tree(
+    git: SafeGit, worktree: Path, old: str, new: str, *, dry_run: bool
+) -> subprocess.CompletedProcess[str]:
+    args = ["read-tree", "-m", "-u", *(["-n"] if dry_run else []), old, new]
+    return git.run(*args, work_tree=worktree, check=False)
+
+
+def _checked_out_worktree(git: SafeGit, target: str) -> Path | None:
+    """The main working tree if ``target`` is checked out there; refuse a linked one."""
+    out = git.run("worktree", "list", "--porcelain", "-z").stdout
+    ref = f"refs/heads/{target}"
+    for index, record in enumerate(out.split("\0\0")):
+        lines = [line for line in record.split("\0") if line]
+        if not lines or f"branch {ref}" not in lines:
+            continue
+        path = Path(lines[0].removeprefix("worktree "))
+        if index == 0 and "bare" not in lines:
+            return path
+        raise MergeError(
+            f"target branch {target!r} is checked out in the linked worktree {path}: "
+            "merge into another target with --target, or switch that worktree away"
+        )
+    return None
+
+
+def _require_clean(git: SafeGit, worktree: Path, target: str) -> None:
+    # --no-optional-locks: a read-only look, which must not rewrite the user's index.
+    proc = git.run("--no-optional-locks", "status", "--porcelain", "-z",
+                   "--untracked-files=no", work_tree=worktree)
+    if proc.stdout.strip("\0"):
+        raise MergeError(
+            f"target branch {target!r} is checked out in {worktree} with uncommitted changes: "
+            "commit or stash them, or merge into another target with --target"
+        )

@@ -1,0 +1,139 @@
+"""What the runtime reports: session states, per-session results, merge outcomes, run reports.
+
+These models are the JSON report of the interface (``agentrt run --json``); their field names
+are part of the contract.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.config import ResourceLimits
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class SessionStatus(StrEnum):
+    """Where a session is, or how it ended."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    OOM_KILLED = "oom_killed"
+    TIMED_OUT = "timed_out"
+    DISK_FULL = "disk_full"
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the session can no longer change state."""
+        return self not in (SessionStatus.PENDING, SessionStatus.RUNNING)
+
+    @property
+    def is_failure(self) -> bool:
+        """True for the states that make ``run`` exit 1."""
+        return self in _FAILURES
+
+
+_FAILURES = frozenset(
+    {
+        SessionStatus.FAILED,
+        SessionStatus.OOM_KILLED,
+        SessionStatus.TIMED_OUT,
+        SessionStatus.DISK_FULL,
+        SessionStatus.CRASHED,
+    }
+)
+
+
+class Conflict(BaseModel):
+    """One conflicting path between a branch and the target (or another branch)."""
+
+    path: str
+    kind: str = "content"
+    ours_lines: list[tuple[int, int]] = Field(default_factory=list)
+    theirs_lines: list[tuple[int, int]] = Field(default_factory=list)
+    with_branch: str | None = None
+
+
+class MergeInfo(BaseModel):
+    """The merge result of one session's branch."""
+
+    status: Literal["merged", "clean", "conflicts", "not_attempted"] = "not_attempted"
+    conflicts: list[Conflict] = Field(default_factory=list)
+    merge_commit: str | None = None
+
+
+class Manifest(BaseModel):
+    """What is needed to replay a session: image digest, base commit, task and limits."""
+
+    image: str
+    image_digest: str | None
+    base_commit: str
+    task: dict[str, object]
+    limits: ResourceLimits
+    network: str
+    runtime: str
+    database_strategy: str
+    env_keys: list[str] = Field(default_factory=list)
+
+
+class SessionResult(BaseModel):
+    """One session in the run report."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    task_id: str
+    branch: str
+    image: str = ""
+    image_digest: str | None = None
+    base_commit: str = ""
+    head_commit: str | None = None
+    status: SessionStatus = SessionStatus.PENDING
+    exit_code: int | None = None
+    reason: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    peak_memory_bytes: int = 0
+    cpu_seconds: float = 0.0
+    disk_used_bytes: int = 0
+    disk_limit_mode: Literal["loop", "soft", "none"] = "none"
+    merge: MergeInfo = Field(default_factory=MergeInfo)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class RunReport(BaseModel):
+    """The final report of a run (``agentrt run --json``)."""
+
+    run_id: str
+    repo: str
+    base_commit: str
+    target: str | None
+    merge: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    sessions: list[SessionResult] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    interrupted: bool = False
+
+    def exit_code(self) -> int:
+        """0 all succeeded; 1 a session failed; 3 merge conflicts; 130 interrupted."""
+        if self.interrupted:
+            return 130
+        if any(s.status.is_failure for s in self.sessions):
+            return 1
+        if any(s.merge.status == "conflicts" for s in self.sessions):
+            return 3
+        return 0

@@ -1,0 +1,105 @@
+"""Live progress of a run on stderr: a rich live table on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import IO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from runtime.models import RunReport, SessionResult, SessionStatus
+
+STATUS_STYLE = {
+    SessionStatus.SUCCEEDED: "green",
+    SessionStatus.FAILED: "red",
+    SessionStatus.OOM_KILLED: "red",
+    SessionStatus.TIMED_OUT: "red",
+    SessionStatus.DISK_FULL: "red",
+    SessionStatus.CRASHED: "red",
+    SessionStatus.CANCELLED: "yellow",
+    SessionStatus.SKIPPED: "yellow",
+    SessionStatus.RUNNING: "cyan",
+    SessionStatus.PENDING: "dim",
+}
+
+
+def _mb(value: int) -> str:
+    return f"{value / 1048576:.0f}M" if value else "-"
+
+
+class ProgressView:
+    """Receives coordinator events (a listener) and shows them."""
+
+    def __init__(self, stream: IO[str], total: int, live: bool | None = None) -> None:
+        self.console = Console(file=stream, stderr=True)
+        self.total = total
+        self.live_mode = self.console.is_terminal if live is None else live
+        self.rows: dict[str, SessionResult] = {}
+        self.coordinator: object | None = None
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> ProgressView:
+        if self.live_mode:
+            self._live = Live(self._table(), console=self.console, refresh_per_second=2,
+                              get_renderable=self._table)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def __call__(self, event: str, result: SessionResult) -> None:
+        with self._lock:
+            self.rows[result.task_id] = result
+        if not self.live_mode:
+            stamp = time.strftime("%H:%M:%S")
+            detail = f" ({result.reason})" if event == "finished" and result.reason else ""
+            state = result.status.value if event == "finished" else event
+            self.console.print(f"{stamp} {result.task_id:<20} {state}{detail}",
+                               highlight=False, soft_wrap=True)
+
+    def _table(self) -> Table:
+        with self._lock:
+            rows = list(self.rows.values())
+        finished = sum(1 for r in rows if r.status.is_final)
+        running = sum(1 for r in rows if r.status is SessionStatus.RUNNING)
+        queued = self.total - finished - running
+        table = Table(title=f"agentrt  done {finished} / running {running} / queued {queued}"
+                      f"  ({time.monotonic() - self._t0:.0f}s)", expand=False)
+        for col in ("task", "session", "state", "elapsed", "memory", "cpu s", "disk"):
+            table.add_column(col)
+        for r in rows:
+            elapsed = r.duration_s if r.duration_s is not None else (
+                (time.time() - r.started_at.timestamp()) if r.started_at else 0.0)
+            table.add_row(r.task_id, r.id, f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]",
+                          f"{elapsed:.0f}s", _mb(r.peak_memory_bytes), f"{r.cpu_seconds:.1f}",
+                          _mb(r.disk_used_bytes))
+        return table
+
+
+def summary_table(report: RunReport) -> Table:
+    """The final summary of a run."""
+    table = Table(title=f"run {report.run_id}  base {report.base_commit[:10]}  "
+                        f"merge={report.merge} target={report.target}")
+    for col in ("task", "branch", "status", "exit", "time", "peak mem", "cpu s", "disk",
+                "merge"):
+        table.add_column(col)
+    for s in report.sessions:
+        merge = s.merge.status
+        if s.merge.conflicts:
+            merge += ": " + ", ".join(sorted({c.path for c in s.merge.conflicts}))
+        status = f"[{STATUS_STYLE[s.status]}]{s.status.value}[/]"
+        if s.reason and s.status is not SessionStatus.SUCCEEDED:
+            status += f"\n[dim]{s.reason}[/]"
+        table.add_row(
+            s.task_id, s.branch or "-", status, "-" if s.exit_code is None else str(s.exit_code),
+            "-" if s.duration_s is None else f"{s.duration_s:.1f}s", _mb(s.peak_memory_bytes),
+            f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes), merge,
+        )
+    return table

@@ -1,0 +1,592 @@
+"""The state database of one repository: runs, sessions, events and resource samples.
+
+One SQLite file (the runtime uses ``<repo>/.git/agentrt/state.db``) shared by every agentrt
+process working on the repository: a running coordinator, ``ps``, ``logs -f``, ``gc``.
+
+What callers may rely on:
+
+* Every write is one ``BEGIN IMMEDIATE`` transaction. In WAL mode a read-then-write
+  transaction started as DEFERRED fails with SQLITE_BUSY_SNAPSHOT whatever the busy timeout, so
+  writers take the write lock up front; a busy database is retried (30 s busy timeout, then a
+  few more attempts with jitter) before :class:`~runtime.errors.StateError` is raised.
+* Reads never block writers (WAL) and see one consistent snapshot per call.
+* A :class:`Store` may be shared by threads (one connection behind a lock), not across
+  ``fork()``: a child process must open its own Store (a connection carried over a fork can
+  corrupt the file).
+* The schema is versioned (``PRAGMA user_version``). A file written by a newer agentrt, a file
+  of another application, or a file that is not SQLite raises StateError naming the path.
+* **No secret values are stored.** Callers pass environment *keys* only (the task's
+  ``secrets`` names, ``Manifest.env_keys``); ``config_json`` must be built the same way.
+
+Timestamps: run start/finish are ISO-8601 text (they round-trip exactly into the report);
+events, samples, deadlines and row bookkeeping are unix seconds as REAL (cheap to compare).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypedDict, TypeVar, Unpack
+
+from pydantic import BaseModel, ConfigDict
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from runtime.errors import NotFoundError, StateError
+from runtime.models import Manifest, RunReport, SessionResult, SessionStatus
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Event",
+    "RunRow",
+    "Sample",
+    "SessionColumns",
+    "SessionResources",
+    "SessionRow",
+    "Store",
+]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+#: Marks the file as ours ("agrt"), so a foreign SQLite file is refused rather than extended.
+APPLICATION_ID = 0x61677274
+_BUSY_ATTEMPTS = 5
+
+# Migrations: version -> statements taking the schema from version-1 to version. Each runs in
+# the same IMMEDIATE transaction as the user_version bump, so a crash leaves the old version.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, repo TEXT NOT NULL, base_commit TEXT NOT NULL, target TEXT,
+            merge TEXT NOT NULL, config_json TEXT NOT NULL DEFAULT '{}',
+            started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL DEFAULT 'running',
+            warnings_json TEXT NOT NULL DEFAULT '[]',
+            owner_pid INTEGER, owner_start_time REAL, owner_host TEXT)""",
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            task_id TEXT NOT NULL, branch TEXT NOT NULL, status TEXT NOT NULL,
+            result_json TEXT NOT NULL, manifest_json TEXT,
+            container_id TEXT, volume_path TEXT, mount_path TEXT, loop_device TEXT,
+            db_path TEXT, deadline REAL, owner_pid INTEGER, owner_start_time REAL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+        "CREATE INDEX sessions_by_run ON sessions(run_id, created_at)",
+        "CREATE INDEX sessions_by_status ON sessions(status)",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
+            ts REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL)""",
+        "CREATE INDEX events_by_run ON events(run_id, id)",
+        "CREATE INDEX events_by_session ON events(session_id, id)",
+        """CREATE TABLE samples (
+            session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            ts REAL NOT NULL, memory_bytes INTEGER NOT NULL, cpu_seconds REAL NOT NULL,
+            disk_bytes INTEGER NOT NULL)""",
+        "CREATE INDEX samples_by_session ON samples(session_id, ts)",
+    ),
+}
+
+
+class SessionResources(TypedDict, total=False):
+    """Per-session columns besides the result; passing a key sets it, omitting it keeps it."""
+
+    container_id: str | None
+    volume_path: str | None
+    mount_path: str | None
+    loop_device: str | None
+    db_path: str | None
+    deadline: float | None  # absolute unix time
+    owner_pid: int | None
+    owner_start_time: float | None
+    manifest_json: str | None
+
+
+class SessionColumns(SessionResources, total=False):
+    """What :meth:`Store.update_session` may change: the resources, and the status."""
+
+    status: SessionStatus
+
+
+# Column names are interpolated into SQL only from these fixed sets, never from caller strings.
+_RESOURCE_COLUMNS = frozenset(SessionResources.__annotations__)
+_UPDATABLE_COLUMNS = _RESOURCE_COLUMNS | {"status"}
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class RunRow(_Row):
+    """One run as stored. ``status`` is ``running`` until :meth:`Store.finish_run`."""
+
+    id: str
+    repo: str
+    base_commit: str
+    target: str | None
+    merge: str
+    config_json: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    warnings: list[str]
+    owner_pid: int | None
+    owner_start_time: float | None
+    owner_host: str | None
+
+
+class SessionRow(_Row):
+    """One session as stored: every column, plus ``result`` parsed from ``result_json``."""
+
+    id: str
+    run_id: str
+    task_id: str
+    branch: str
+    status: SessionStatus
+    result_json: str
+    manifest_json: str | None
+    container_id: str | None
+    volume_path: str | None
+    mount_path: str | None
+    loop_device: str | None
+    db_path: str | None
+    deadline: float | None
+    owner_pid: int | None
+    owner_start_time: float | None
+    created_at: float
+    updated_at: float
+    result: SessionResult
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The replay manifest, if one was recorded."""
+        if self.manifest_json is None:
+            return None
+        return Manifest.model_validate_json(self.manifest_json)
+
+
+class Event(_Row):
+    """One line of a run's or session's log; ``id`` increases in insertion order."""
+
+    id: int
+    run_id: str
+    session_id: str | None
+    ts: float
+    kind: str
+    message: str
+
+
+class Sample(_Row):
+    """One resource measurement of a session (for the report's curves)."""
+
+    session_id: str
+    ts: float
+    memory_bytes: int
+    cpu_seconds: float
+    disk_bytes: int
+
+
+class Store:
+    """The state database at ``path`` (created, with its parent directory, if missing)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+        self._conn = conn
+        try:
+            conn.row_factory = sqlite3.Row
+            self._retry(lambda: self._configure(conn))
+            self._transaction(self._migrate, write=True)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StateError. Safe to call twice."""
+        with self._lock:
+            if self._conn is not None and os.getpid() == self._pid:
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def create_run(
+        self, run_id: str, repo: str, base_commit: str, target: str | None, merge: str,
+        config_json: str, owner_pid: int | None, owner_start_time: float | None,
+        owner_host: str | None, *, started_at: datetime | None = None,
+    ) -> RunRow:
+        """Record a new run (status ``running``). StateError if ``run_id`` already exists.
+
+        ``config_json`` must not contain secret values, only environment keys.
+        """
+        started = _iso(started_at or datetime.now(UTC))
+
+        def work(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO runs (id, repo, base_commit, target, merge, config_json,"
+                    " started_at, owner_pid, owner_start_time, owner_host)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, repo, base_commit, target, merge, config_json, started,
+                     owner_pid, owner_start_time, owner_host),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StateError(f"run '{run_id}' already exists in {self.path}") from exc
+
+        self._transaction(work, write=True)
+        return self.find_run(run_id)
+
+    def finish_run(
+        self, run_id: str, status: str, *, warnings: Sequence[str] = (),
+        finished_at: datetime | None = None,
+    ) -> None:
+        """Mark a run finished. ``status`` ``interrupted`` makes its report exit 130."""
+        finished = _iso(finished_at or datetime.now(UTC))
+        self._write_one(
+            "UPDATE runs SET status = ?, finished_at = ?, warnings_json = ? WHERE id = ?",
+            (status, finished, json.dumps(list(warnings)), run_id),
+            missing=f"no run '{run_id}'",
+        )
+
+    def find_run(self, prefix: str) -> RunRow:
+        """The one run whose id starts with ``prefix`` (an exact id always wins)."""
+        return _run_row(self._find("runs", "run", prefix))
+
+    def latest_run(self) -> RunRow | None:
+        """The most recently started run, or None when there is none."""
+        rows = self._read("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1")
+        return _run_row(rows[0]) if rows else None
+
+    def list_runs(self) -> list[RunRow]:
+        """Every run, oldest first."""
+        return [_run_row(r) for r in self._read("SELECT * FROM runs ORDER BY started_at, rowid")]
+
+    def run_report(self, run_id: str) -> RunReport:
+        """The run's report rebuilt from the rows (sessions in creation order)."""
+
+        def work(conn: sqlite3.Connection) -> RunReport:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no run '{run_id}'")
+            run = _run_row(row)
+            sessions = conn.execute(
+                "SELECT * FROM sessions WHERE run_id = ? ORDER BY created_at, rowid", (run_id,)
+            ).fetchall()
+            return RunReport(
+                run_id=run.id, repo=run.repo, base_commit=run.base_commit, target=run.target,
+                merge=run.merge, started_at=run.started_at, finished_at=run.finished_at,
+                sessions=[_session_row(s).result for s in sessions], warnings=run.warnings,
+                interrupted=run.status == "interrupted",
+            )
+
+        return self._transaction(work, write=False)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def upsert_session(
+        self, result: SessionResult, run_id: str, **resources: Unpack[SessionResources]
+    ) -> None:
+        """Insert or update a session from its result; only the given resources are changed.
+
+        StateError if the session already exists under another run; NotFoundError if the run
+        does not exist.
+        """
+        cols = _checked(resources, _RESOURCE_COLUMNS)
+        now = time.time()
+        names = ["id", "run_id", "task_id", "branch", "status", "result_json",
+                 "created_at", "updated_at", *cols]
+        values = [result.id, run_id, result.task_id, result.branch, result.status.value,
+                  result.model_dump_json(), now, now, *cols.values()]
+        updates = ["task_id", "branch", "status", "result_json", "updated_at", *cols]
+        sql = (
+            f"INSERT INTO sessions ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+            f" ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in updates)}"
+            " WHERE sessions.run_id = excluded.run_id"
+        )
+
+        def work(conn: sqlite3.Connection) -> None:
+            try:
+                changed = conn.execute(sql, values).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise NotFoundError(f"no run '{run_id}'") from exc
+            if changed == 0:
+                raise StateError(f"session '{result.id}' belongs to another run than '{run_id}'")
+
+        self._transaction(work, write=True)
+
+    def update_session(self, session_id: str, **columns: Unpack[SessionColumns]) -> None:
+        """Change some columns of a session. A new ``status`` is also written into its result."""
+        cols = _checked(columns, _UPDATABLE_COLUMNS)
+        status = cols.pop("status", None)
+
+        def work(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT result_json FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no session '{session_id}'")
+            sets = dict(cols, updated_at=time.time())
+            if status is not None:
+                result = SessionResult.model_validate_json(row["result_json"])
+                result.status = SessionStatus(status)
+                sets.update(status=result.status.value, result_json=result.model_dump_json())
+            assignments = ", ".join(f"{name} = ?" for name in sets)
+            conn.execute(
+                f"UPDATE sessions SET {assignments} WHERE id = ?", [*sets.values(), session_id]
+            )
+
+        self._transaction(work, write=True)
+
+    def get_session(self, session_id: str) -> SessionRow:
+        """The session with exactly this id; NotFoundError otherwise."""
+        rows = self._read("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        if not rows:
+            raise NotFoundError(f"no session '{session_id}'")
+        return _session_row(rows[0])
+
+    def find_session(self, prefix: str) -> SessionRow:
+        """The one session whose id starts with ``prefix`` (an exact id always wins)."""
+        return _session_row(self._find("sessions", "session", prefix))
+
+    def list_sessions(
+        self, run_id: str | None = None, include_finished: bool = True
+    ) -> list[SessionRow]:
+        """Sessions (of one run, or all), oldest first; optionally only pending/running ones."""
+        where, args = _where(run_id=run_id)
+        if not include_finished:
+            live = [s.value for s in SessionStatus if not s.is_final]
+            where += (" AND " if where else " WHERE ") + (
+                f"status IN ({', '.join('?' * len(live))})"
+            )
+            args.extend(live)
+        rows = self._read(f"SELECT * FROM sessions{where} ORDER BY created_at, rowid", args)
+        return [_session_row(r) for r in rows]
+
+    # -- events and samples --------------------------------------------------------------------
+
+    def add_event(
+        self, run_id: str, kind: str, message: str, session_id: str | None = None
+    ) -> int:
+        """Append an event and return its id. NotFoundError if the run or session is unknown."""
+        missing = f"no run '{run_id}'" + (f" or session '{session_id}'" if session_id else "")
+        return self._write_one(
+            "INSERT INTO events (run_id, session_id, ts, kind, message) VALUES (?, ?, ?, ?, ?)",
+            (run_id, session_id, time.time(), kind, message), missing=missing, want_id=True,
+        )
+
+    def events(
+        self, run_id: str | None = None, session_id: str | None = None, after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events with id > ``after_id``, in order; pass the last id seen to follow a log."""
+        where, args = _where(run_id=run_id, session_id=session_id)
+        where += (" AND " if where else " WHERE ") + "id > ?"
+        args.append(after_id)
+        sql = f"SELECT * FROM events{where} ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Event.model_validate(dict(r)) for r in self._read(sql, args)]
+
+    def add_sample(
+        self, session_id: str, memory_bytes: int, cpu_seconds: float, disk_bytes: int,
+        ts: float | None = None,
+    ) -> None:
+        """Record one resource measurement of a session (now, unless ``ts`` is given)."""
+        self._write_one(
+            "INSERT INTO samples (session_id, ts, memory_bytes, cpu_seconds, disk_bytes)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (session_id, time.time() if ts is None else ts, memory_bytes, cpu_seconds,
+             disk_bytes),
+            missing=f"no session '{session_id}'",
+        )
+
+    def samples(self, session_id: str) -> list[Sample]:
+        """A session's samples in time order."""
+        rows = self._read(
+            "SELECT * FROM samples WHERE session_id = ? ORDER BY ts, rowid", (session_id,)
+        )
+        return [Sample.model_validate(dict(r)) for r in rows]
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _find(self, table: str, noun: str, prefix: str) -> sqlite3.Row:
+        if not prefix:
+            raise NotFoundError(f"no {noun} matches ''")
+        # substr() rather than LIKE: ids may contain '_' or '%', which LIKE would treat as
+        # wildcards. Fetch a few more than needed to be able to list the ambiguity.
+        rows = self._read(
+            f"SELECT * FROM {table} WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 6",
+            (len(prefix), prefix),
+        )
+        exact = [r for r in rows if r["id"] == prefix]
+        if exact:
+            return exact[0]
+        if not rows:
+            raise NotFoundError(f"no {noun} matches '{prefix}'")
+        if len(rows) > 1:
+            names = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise NotFoundError(f"'{prefix}' is ambiguous: matches {names}")
+        return rows[0]
+
+    def _write_one(
+        self, sql: str, args: Sequence[Any], *, missing: str, want_id: bool = False
+    ) -> int:
+        """One statement in its own write transaction; NotFoundError(missing) on FK failure
+        or when an UPDATE matched nothing. Returns the new row id (or the row count)."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            try:
+                cursor = conn.execute(sql, args)
+            except sqlite3.IntegrityError as exc:
+                raise NotFoundError(missing) from exc
+            if cursor.rowcount == 0:
+                raise NotFoundError(missing)
+            return int(cursor.lastrowid or 0) if want_id else cursor.rowcount
+
+        return self._transaction(work, write=True)
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._transaction(lambda conn: conn.execute(sql, args).fetchall(), write=False)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run ``work`` in one transaction, retried as a whole while the database is busy."""
+
+        def attempt() -> T:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return result
+
+        with self._lock:
+            return self._retry(attempt)
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        # The busy timeout already waits 30 s for the write lock; this covers the cases where
+        # SQLite returns BUSY without waiting (WAL recovery, journal-mode switch, snapshots).
+        retrying = Retrying(
+            retry=retry_if_exception(_is_busy), stop=stop_after_attempt(_BUSY_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0), reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except sqlite3.Error as exc:
+            what = "is busy" if _is_busy(exc) else "cannot be used"
+            raise StateError(f"state database {self.path} {what}: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError(f"state database {self.path} is closed")
+        if os.getpid() != self._pid:
+            raise StateError(
+                f"state database {self.path} was opened in process {self._pid};"
+                " open a new Store after fork()"
+            )
+        return self._conn
+
+    @staticmethod
+    def _configure(conn: sqlite3.Connection) -> None:
+        # Also the first statements that read the file, so a non-SQLite file fails here.
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id not in (0, APPLICATION_ID):
+            raise StateError(f"{self.path} is an SQLite file of another application")
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"state database {self.path} has schema version {version}, written by a newer"
+                f" agentrt (this one knows up to {SCHEMA_VERSION}); upgrade agentrt"
+            )
+        if version == 0 and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' LIMIT 1"
+        ).fetchone():
+            raise StateError(f"{self.path} is an SQLite file but not an agentrt state database")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            # PRAGMAs take no parameters; both values are our own integers.
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
+def _is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return True
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _checked(columns: Any, allowed: frozenset[str]) -> dict[str, Any]:
+    unknown = sorted(set(columns) - allowed)
+    if unknown:
+        raise TypeError(f"unknown session column(s): {', '.join(unknown)}")
+    return dict(columns)
+
+
+def _where(**filters: str | None) -> tuple[str, list[Any]]:
+    given = {name: value for name, value in filters.items() if value is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{name} = ?" for name in given), list(given.values())
+
+
+def _iso(moment: datetime) -> str:
+    # One fixed form (UTC, microseconds) so that text order is time order.
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _run_row(row: sqlite3.Row) -> RunRow:
+    data = dict(row)
+    data["warnings"] = json.loads(data.pop("warnings_json"))
+    return RunRow.model_validate(data)
+
+
+def _session_row(row: sqlite3.Row) -> SessionRow:
+    data = dict(row)
+    data["result"] = SessionResult.model_validate_json(data["result_json"])
+    return SessionRow.model_validate(data)
+

@@ -1,0 +1,208 @@
+"""Disk-limited volumes that hold a session's worktree and private database.
+
+On Linux as root a volume is an ext4 image (fully allocated with ``fallocate``, so the host
+cannot be overcommitted) loop-mounted ``nodev,nosuid``: writing past ``disk_mb`` fails with
+ENOSPC inside the container and nothing else fills. Elsewhere (not root, macOS) a volume is a
+plain directory whose usage the supervisor measures against the limit (a *soft* limit).
+
+Layout of a mounted volume root::
+
+    <root>/workspace   the session's git working tree (and its own .git)
+    <root>/db          the session's private SQLite file
+
+Image files live under ``<state>/sessions/<session id>/`` and carry the session id in their
+path and ext4 label, so leftovers are found without any registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from runtime.errors import VolumeError
+
+DiskLimitMode = Literal["loop", "soft"]
+
+_JOURNAL_MIN_MB = 32
+
+
+def _run(cmd: list[str], what: str) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VolumeError(f"{what}: {exc}") from exc
+    if proc.returncode != 0:
+        raise VolumeError(f"{what}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def loop_supported() -> bool:
+    """True when loop-mounted ext4 volumes can be used (Linux, root, mkfs.ext4 present)."""
+    return (
+        os.name == "posix"
+        and Path("/proc/mounts").exists()
+        and os.geteuid() == 0
+        and shutil.which("mkfs.ext4") is not None
+        and shutil.which("losetup") is not None
+        and Path("/dev/loop-control").exists()
+    )
+
+
+def default_mode() -> DiskLimitMode:
+    """The disk-limit mode this host supports."""
+    return "loop" if loop_supported() else "soft"
+
+
+def mounted_at(path: Path) -> str | None:
+    """The device mounted exactly at ``path`` (from /proc/mounts), or None."""
+    target = str(path)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].replace("\\040", " ") == target:
+                return fields[0]
+    return None
+
+
+@dataclass
+class Volume:
+    """One session's volume: where it is, how it is limited, and how to remove it."""
+
+    session_dir: Path
+    mode: DiskLimitMode
+    limit_bytes: int
+
+    @property
+    def root(self) -> Path:
+        """The directory the volume is mounted at (or the plain directory in soft mode)."""
+        return self.session_dir / "volume"
+
+    @property
+    def image(self) -> Path:
+        """The ext4 image file (loop mode only)."""
+        return self.session_dir / "volume.img"
+
+    @property
+    def workspace(self) -> Path:
+        """The session's working tree."""
+        return self.root / "workspace"
+
+    @property
+    def db_dir(self) -> Path:
+        """The directory holding the session's private SQLite file."""
+        return self.root / "db"
+
+    def used_bytes(self) -> int:
+        """Bytes in use: filesystem usage in loop mode, a no-follow walk in soft mode."""
+        if self.mode == "loop" and mounted_at(self.root):
+            st = os.statvfs(self.root)
+            return (st.f_blocks - st.f_bfree) * st.f_frsize
+        return tree_size(self.root)
+
+    def free_bytes(self) -> int:
+        """Bytes still free for the agent."""
+        if self.mode == "loop" and mounted_at(self.root):
+            st = os.statvfs(self.root)
+            return st.f_bavail * st.f_frsize
+        return max(0, self.limit_bytes - tree_size(self.root))
+
+    def remove(self) -> None:
+        """Unmount (which detaches the loop device) and delete everything; idempotent."""
+        if mounted_at(self.root):
+            with contextlib.suppress(VolumeError):
+                _run(["umount", str(self.root)], f"unmount {self.root}")
+            if mounted_at(self.root):
+                _run(["umount", "-l", str(self.root)], f"lazy unmount {self.root}")
+        _detach_loops(self.image)
+        if self.session_dir.exists():
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+        if self.session_dir.exists():
+            raise VolumeError(f"could not remove {self.session_dir}")
+
+
+def tree_size(root: Path) -> int:
+    """Disk usage of a tree without following symlinks (agents write these trees)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames + dirnames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if not stat.S_ISDIR(st.st_mode):
+                    total += st.st_blocks * 512
+    return total
+
+
+def _detach_loops(image: Path) -> None:
+    if not image.exists() or shutil.which("losetup") is None:
+        return
+    with contextlib.suppress(VolumeError):
+        out = _run(["losetup", "-j", str(image)], "losetup -j")
+        for line in out.splitlines():
+            device = line.split(":", 1)[0]
+            with contextlib.suppress(VolumeError):
+                _run(["losetup", "-d", device], f"detach {device}")
+
+
+def create_volume(
+    session_dir: Path, disk_mb: int, uid: int, gid: int, mode: DiskLimitMode | None = None
+) -> Volume:
+    """Create and mount a volume of ``disk_mb`` MiB owned by ``uid:gid``; undo on failure."""
+    chosen = mode or default_mode()
+    volume = Volume(session_dir, chosen, disk_mb * 1024 * 1024)
+    try:
+        session_dir.mkdir(parents=True, exist_ok=False, mode=0o711)
+        volume.root.mkdir(mode=0o755)
+        if chosen == "loop":
+            _make_loop_fs(volume, disk_mb, uid, gid)
+        for sub in (volume.workspace, volume.db_dir):
+            sub.mkdir(mode=0o755)
+            os.chown(sub, uid, gid)
+        os.chown(volume.root, uid, gid)
+    except (OSError, VolumeError) as exc:
+        with contextlib.suppress(OSError, VolumeError):
+            volume.remove()
+        if isinstance(exc, VolumeError):
+            raise
+        raise VolumeError(f"cannot create volume in {session_dir}: {exc}") from exc
+    return volume
+
+
+def _make_loop_fs(volume: Volume, disk_mb: int, uid: int, gid: int) -> None:
+    # fallocate (not a sparse file) so the host's free space is reserved up front: a full
+    # host disk cannot surprise an agent mid-run, and the agent cannot fill the host.
+    _run(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
+    journal = ["-J", "size=4"] if disk_mb >= _JOURNAL_MIN_MB else ["-O", "^has_journal"]
+    label = "agentrt-" + volume.session_dir.name[-8:]
+    _run(
+        [
+            "mkfs.ext4", "-q", "-F", "-m", "0", *journal, "-L", label[:16],
+            "-E", f"lazy_itable_init=1,lazy_journal_init=1,root_owner={uid}:{gid}",
+            str(volume.image),
+        ],
+        "format volume image",
+    )
+    _run(
+        ["mount", "-o", "loop,nodev,nosuid,noatime", str(volume.image), str(volume.root)],
+        "mount volume image",
+    )
+    with contextlib.suppress(OSError):
+        (volume.root / "lost+found").rmdir()
+
+
+def open_volume(session_dir: Path, limit_bytes: int = 0) -> Volume:
+    """Re-open an existing volume (for recovery): remount a loop image that lost its mount."""
+    image = session_dir / "volume.img"
+    volume = Volume(session_dir, "loop" if image.exists() else "soft", limit_bytes)
+    if volume.mode == "loop" and not mounted_at(volume.root) and loop_supported():
+        volume.root.mkdir(exist_ok=True)
+        _run(
+            ["mount", "-o", "loop,nodev,nosuid,noatime", str(image), str(volume.root)],
+            "remount volume image",
+        )
+    return volume
