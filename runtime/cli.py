@@ -100,7 +100,10 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     if as_json:
         click.echo(report.model_dump_json(indent=2))
     else:
-        Console().print(summary_table(report))
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=200)
+        out.print(summary_table(report))
     err.print(f"run {report.run_id}: `agentrt report {report.run_id}` shows it again",
               highlight=False)
     sys.exit(report.exit_code())

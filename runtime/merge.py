@@ -22,6 +22,7 @@ Automatic merges take ``<git dir>/agentrt/merge.lock`` (``flock``) so that concu
 from __future__ import annotations
 
 import fcntl
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,19 +175,32 @@ def _advance(git: SafeGit, ref: str, old: str, new: str, worktree: Path | None) 
                 f"cannot update the checkout in {worktree} to the merge: {proc.stderr.strip()}"
                 " (commit, stash or move those files, or merge into another target with --target)"
             )
-    git.run("update-ref", "-m", "agentrt: merge", ref, new, old)
-    if worktree is None:
-        return
-    proc = _read_tree(git, worktree, old, new, dry_run=False)
-    if proc.returncode != 0:
+    # Ctrl-C between moving the branch and updating its checkout would leave them apart; the
+    # signals wait (git children inherit the mask, so a terminal's SIGINT spares them too).
+    with _signals_deferred():
+        git.run("update-ref", "-m", "agentrt: merge", ref, new, old)
+        if worktree is None:
+            return
+        proc = _read_tree(git, worktree, old, new, dry_run=False)
+        if proc.returncode == 0:
+            return
         # Put the branch back so the checkout and its branch agree again.
         undo = git.run("update-ref", "-m", "agentrt: undo merge", ref, old, new, check=False)
-        state = "the branch was put back" if undo.returncode == 0 else (
-            f"the branch could not be put back ({undo.stderr.strip()})"
-        )
-        raise MergeError(
-            f"cannot update the checkout in {worktree}: {proc.stderr.strip()}; {state}"
-        )
+    state = "the branch was put back" if undo.returncode == 0 else (
+        f"the branch could not be put back ({undo.stderr.strip()})"
+    )
+    raise MergeError(f"cannot update the checkout in {worktree}: {proc.stderr.strip()}; {state}")
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for this thread (and the git it starts) until the block ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _read_tree(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -307,8 +308,11 @@ def test_auto_updates_a_clean_checked_out_target(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     commit_branch(repo, "agent/a/abc123", {"f.txt": change_line(LINES, 3, "a"), "a.txt": "a\n"})
     (repo / "notes.txt").write_text("untracked, out of the way\n")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
 
     [a] = merge_agent_results([session("a")], "auto", repo=repo)
+
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask  # Ctrl-C works again
 
     assert a.merge.status == "merged"
     assert git(repo, "rev-parse", "HEAD") == a.merge.merge_commit

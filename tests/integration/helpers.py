@@ -1,0 +1,29 @@
+"""Helpers for integration tests: run tasks through the real coordinator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.coordinator import AgentCoordinator
+from runtime.models import RunReport, SessionResult
+
+
+def sh(task_id: str, script: str, **fields: Any) -> Task:
+    """A task running ``sh -c script``."""
+    return Task(id=task_id, command=["sh", "-c", script], **fields)
+
+
+def run_tasks(repo: Path, tasks: list[Task], *, grace: int = 2, **run: Any) -> RunReport:
+    """Run ``tasks`` on ``repo`` with small default limits; merge off unless asked."""
+    limits = run.pop("resource_limits", ResourceLimits(memory_mb=256, cpu_percent=100,
+                                                       time_seconds=120, disk_mb=64, pids=128))
+    run.setdefault("merge", "none")
+    config = RunConfig(resource_limits=limits, **run)
+    return AgentCoordinator(config=config, repo=repo, stop_grace_seconds=grace).run_agents(tasks)
+
+
+def by_task(report: RunReport) -> dict[str, SessionResult]:
+    """The report's sessions keyed by task id."""
+    return {s.task_id: s for s in report.sessions}

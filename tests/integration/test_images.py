@@ -1,0 +1,99 @@
+"""agentrt/base: what it contains, and that building it again is a no-op."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime import images
+from runtime.errors import ImageNotFoundError
+
+BASE = "agentrt/base:latest"
+
+
+def _run(client: Any, command: str) -> str:
+    output = client.containers.run(
+        BASE,
+        ["sh", "-c", command],
+        remove=True,
+        network_disabled=True,
+        labels={"agentrt.session": "test-images", "agentrt.run": "test-images"},
+    )
+    return bytes(output).decode()
+
+
+@pytest.mark.docker
+def test_building_base_again_is_skipped_quickly(docker_client: Any) -> None:
+    first = images.build_image(docker_client, "base")
+    started = time.monotonic()
+    second = images.build_image(docker_client, "base")
+    elapsed = time.monotonic() - started
+    assert second.rebuilt is False
+    assert second.method == "cached"
+    assert second.id == first.id
+    assert second.recipe == images.recipe_hash("base")
+    assert elapsed < 5
+
+
+@pytest.mark.docker
+def test_base_is_labelled_with_its_recipe_and_listed(docker_client: Any) -> None:
+    labels = docker_client.images.get(BASE).labels
+    assert labels["agentrt.image"] == "base"
+    assert labels["agentrt.recipe"] == images.recipe_hash("base")
+    listed = [i for i in images.list_images(docker_client) if BASE in i.tags]
+    assert len(listed) == 1
+    assert listed[0].current
+    assert images.image_digest(docker_client, BASE).startswith(("sha256:", "agentrt/base@"))
+
+
+@pytest.mark.docker
+def test_base_has_git_python_ps_and_runs_as_uid_1000(docker_client: Any) -> None:
+    out = _run(
+        docker_client,
+        "id -u; id -g; pwd; echo $HOME; git --version; python3 --version; ps -o pid= -p 1; "
+        "sqlite3 --version >/dev/null && echo sqlite-ok",
+    ).splitlines()
+    assert out[:4] == ["1000", "1000", "/workspace", "/home/agent"]
+    assert out[4].startswith("git version 2.")
+    assert out[5].startswith("Python 3.")
+    assert out[6].strip() == "1"
+    assert out[7] == "sqlite-ok"
+
+
+@pytest.mark.docker
+def test_base_has_no_entrypoint(docker_client: Any) -> None:
+    config = docker_client.images.get(BASE).attrs["Config"]
+    assert not config.get("Entrypoint")
+    assert config.get("WorkingDir") == "/workspace"
+
+
+@pytest.mark.docker
+def test_missing_image_says_how_to_build_it(docker_client: Any) -> None:
+    with pytest.raises(ImageNotFoundError, match="agentrt images build"):
+        images.require_image(docker_client, "agentrt/does-not-exist:latest")
+    with pytest.raises(LookupError):
+        images.image_digest(docker_client, "agentrt/does-not-exist:latest")
+
+
+@pytest.mark.docker
+def test_unknown_image_name_is_refused_before_any_build(docker_client: Any) -> None:
+    with pytest.raises(ImageNotFoundError, match="unknown image"):
+        images.build_image(docker_client, "no-such-recipe")
+
+
+def test_recipe_hash_follows_the_recipe_files_and_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(images.images_dir(), tmp_path / "images")
+    monkeypatch.setenv("AGENTRT_IMAGES_DIR", str(tmp_path / "images"))
+    base, aider = images.recipe_hash("base"), images.recipe_hash("aider")
+    assert images.recipe_hash("base") == base
+    with (tmp_path / "images" / "base" / "packages").open("a") as packages:
+        packages.write("less\n")
+    assert images.recipe_hash("base") != base
+    assert images.recipe_hash("aider") != aider  # a child is stale when its parent changes
+    assert "less" in images.base_packages()
