@@ -46,8 +46,8 @@ __all__ = [
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
 _DRIVER_KEYS = r"^(filter|merge)\..+\.(clean|smudge|process|driver|required)$"
-# Kinds named by merge-tree's conflict-type string, strongest first: a binary add/add reports
-# both "CONFLICT (binary)" and "CONFLICT (contents)", and "binary" is the useful one.
+# merge-tree's generic conflict types: a binary add/add reports both "CONFLICT (binary)" and
+# "CONFLICT (contents)", and any specific type is the more useful one to report.
 _WEAK_KINDS = ("contents", "content")
 
 

@@ -28,6 +28,9 @@ LABEL_OWNER_PID = "agentrt.owner.pid"
 LABEL_OWNER_START = "agentrt.owner.start"
 LABEL_REPO = "agentrt.repo"
 LOG_MAX_SIZE = "10m"
+# gVisor's sandbox (sentry and gofer threads) lives in the container's pids cgroup: below
+# about 100 pids it cannot even start, so the agent's own limit is granted on top of this.
+RUNSC_PIDS_HEADROOM = 128
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
         "mem_limit": limits.memory_mb * 1024 * 1024,
         "memswap_limit": limits.memory_mb * 1024 * 1024,
         "nano_cpus": limits.cpu_percent * 10_000_000,
-        "pids_limit": limits.pids,
+        "pids_limit": limits.pids + (RUNSC_PIDS_HEADROOM if plan.runtime == "runsc" else 0),
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmpfs_mb(limits)}m,mode=1777"},
         "cap_drop": ["ALL"],

@@ -71,7 +71,7 @@ class BuiltImage:
     ref: str
     id: str
     digest: str
-    recipe: str
+    recipe_hash: str
     rebuilt: bool
     method: BuildMethod
     seconds: float
@@ -82,10 +82,11 @@ class ImageInfo:
     """One agentrt image on the engine, as :func:`list_images` reports it."""
 
     name: str
+    ref: str  # its first tag, "" for an image a rebuild superseded
     tags: tuple[str, ...]
     id: str
     digest: str
-    recipe: str
+    recipe_hash: str
     current: bool  # its recipe label matches the recipe on disk
     created: str
     size_bytes: int
@@ -163,7 +164,11 @@ def require_image(client: docker.DockerClient, ref: str) -> None:
 
 
 def list_images(client: docker.DockerClient) -> list[ImageInfo]:
-    """Every image carrying an ``agentrt.image`` label (rootfs images included), by name."""
+    """Every image carrying an ``agentrt.image`` label (rootfs images included), by name.
+
+    Images a rebuild superseded keep their labels and have no tags; they stay because a
+    session's record (and ``agentrt replay``) refers to the image id it ran.
+    """
     with engine_errors("list images"):
         images = client.images.list(filters={"label": LABEL_IMAGE})
     found: list[ImageInfo] = []
@@ -171,18 +176,16 @@ def list_images(client: docker.DockerClient) -> list[ImageInfo]:
         labels = image.labels or {}
         name = str(labels.get(LABEL_IMAGE, ""))
         recipe = str(labels.get(LABEL_RECIPE, ""))
-        try:
-            current = name in IMAGE_PARENTS and recipe == recipe_hash(name)
-        except ImageNotFoundError:
-            current = False
+        current = recipe == _current_recipe(name)
         repo_digests = image.attrs.get("RepoDigests") or []
         found.append(
             ImageInfo(
                 name=name,
+                ref=image.tags[0] if image.tags else "",
                 tags=tuple(image.tags),
                 id=str(image.id),
                 digest=str(repo_digests[0]) if repo_digests else str(image.id),
-                recipe=recipe,
+                recipe_hash=recipe,
                 current=current,
                 created=str(image.attrs.get("Created", "")),
                 size_bytes=int(image.attrs.get("Size", 0)),
@@ -191,16 +194,22 @@ def list_images(client: docker.DockerClient) -> list[ImageInfo]:
     return sorted(found, key=lambda i: (i.name, i.tags))
 
 
+def _current_recipe(name: str) -> str | None:
+    try:
+        if name == "rootfs":
+            return rootfs_hash(os.environ.get("AGENTRT_DEBIAN_MIRROR", DEFAULT_MIRROR))
+        return recipe_hash(name) if name in IMAGE_PARENTS else None
+    except (ImageNotFoundError, OSError):
+        return None
+
+
 @contextlib.contextmanager
 def _exclusive() -> Iterator[None]:
     """One build at a time, across threads and processes on this host."""
-    lock_path = Path(tempfile.gettempdir()) / "agentrt-image-build.lock"
+    lock_path = Path(tempfile.gettempdir()) / f"agentrt-image-build-{os.getuid()}.lock"
     with _build_lock, open(lock_path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def build_image(
@@ -265,7 +274,7 @@ def _built(
         ref=ref,
         id=str(image.id),
         digest=image_digest(client, ref),
-        recipe=recipe,
+        recipe_hash=recipe,
         rebuilt=rebuilt,
         method=method,
         seconds=time.monotonic() - started,
@@ -320,7 +329,7 @@ def registry_base_available(client: docker.DockerClient, log: LogFn | None = Non
             url, params={"fromImage": repo, "tag": tag}, stream=True, timeout=(5, PULL_STALL_S)
         ) as response:
             if response.status_code != 200:
-                emit(f"registry unavailable: {response.text.strip()[:200]}")
+                emit(f"registry unavailable: {_api_message(response)}")
                 return False
             for line in response.iter_lines():
                 message = json.loads(line) if line else {}
@@ -334,6 +343,13 @@ def registry_base_available(client: docker.DockerClient, log: LogFn | None = Non
         emit(f"registry unavailable: {exc}")
         return False
     return _get_image(client, REGISTRY_BASE) is not None
+
+
+def _api_message(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("message", ""))[:300]
+    except ValueError:
+        return response.text.strip()[:300]
 
 
 def rootfs_hash(mirror: str) -> str:

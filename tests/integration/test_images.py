@@ -35,7 +35,7 @@ def test_building_base_again_is_skipped_quickly(docker_client: Any) -> None:
     assert second.rebuilt is False
     assert second.method == "cached"
     assert second.id == first.id
-    assert second.recipe == images.recipe_hash("base")
+    assert second.recipe_hash == images.recipe_hash("base")
     assert elapsed < 5
 
 
@@ -47,6 +47,7 @@ def test_base_is_labelled_with_its_recipe_and_listed(docker_client: Any) -> None
     listed = [i for i in images.list_images(docker_client) if BASE in i.tags]
     assert len(listed) == 1
     assert listed[0].current
+    assert listed[0].ref == BASE
     assert images.image_digest(docker_client, BASE).startswith(("sha256:", "agentrt/base@"))
 
 

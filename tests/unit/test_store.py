@@ -299,7 +299,7 @@ def test_a_briefly_held_write_lock_is_waited_out(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with Store(path) as opened:
         _run(opened)
-        holder = sqlite3.connect(path, isolation_level=None)
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         holder.execute("BEGIN IMMEDIATE")
         release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
         release.start()
