@@ -1,4 +1,4 @@
-"""Integration tests run against a real engine; after each one, nothing labelled is left."""
+"""Integration tests run against a real engine; after each one, nothing it made is left."""
 
 from __future__ import annotations
 
@@ -8,28 +8,34 @@ from pathlib import Path
 import pytest
 
 
-def leftovers(client: object) -> list[str]:
-    """Labelled containers and agentrt volume mounts that still exist."""
+def leftovers(client: object, repo: Path) -> list[str]:
+    """Labelled containers, mounts, loop devices and session dirs of ``repo`` that remain."""
     found = [
         f"container {c.name}"
-        for c in client.containers.list(all=True, filters={"label": "agentrt.session"})  # type: ignore[attr-defined]
+        for c in client.containers.list(  # type: ignore[attr-defined]
+            all=True, filters={"label": f"agentrt.repo={repo}"})
     ]
+    state = repo / ".git" / "agentrt"
     for line in Path("/proc/mounts").read_text().splitlines():
         mountpoint = line.split()[1]
-        if "/agentrt/sessions/" in mountpoint:
+        if mountpoint.startswith(str(state)):
             found.append(f"mount {mountpoint}")
+    sessions = state / "sessions"
+    if sessions.exists():
+        found += [f"session dir {p.name}" for p in sessions.iterdir()]
     return found
 
 
 @pytest.fixture(autouse=True)
 def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a docker test that leaves a labelled container or mount behind (and clean them)."""
-    if request.node.get_closest_marker("docker") is None:
+    """Fail a docker test that leaves a container, mount or volume of its repository behind."""
+    if request.node.get_closest_marker("docker") is None or "repo" not in request.fixturenames:
         yield
         return
     client = request.getfixturevalue("docker_client")
+    repo = request.getfixturevalue("repo").resolve()
     yield
-    left = leftovers(client)
-    for c in client.containers.list(all=True, filters={"label": "agentrt.session"}):
+    left = leftovers(client, repo)
+    for c in client.containers.list(all=True, filters={"label": f"agentrt.repo={repo}"}):
         c.remove(force=True)
     assert not left, f"left behind: {left}"
