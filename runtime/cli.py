@@ -173,5 +173,15 @@ def _plain(obj: Any) -> dict[str, Any]:
     return dict(obj)
 
 
+def _register_commands() -> None:
+    # Verbs live in modules of their own; registering them imports only click-level code.
+    from runtime import cli_inspect, cli_manage
+
+    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS):
+        main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
