@@ -163,6 +163,27 @@ def images_ls(as_json: bool) -> None:
                    f"{str(data.get('recipe_hash', ''))[:12]}")
 
 
+@images.command("export")
+@click.argument("session")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--repo", default=".", show_default=True)
+def images_export(session: str, file: Path, repo: str) -> None:
+    """Save the exact image a session ran in to FILE (load it elsewhere with `docker load`)."""
+    from runtime.engine import get_client
+    from runtime.gitops import MainRepo
+    from runtime.images import export_image
+    from runtime.store import Store
+
+    main_repo = MainRepo(repo)
+    with Store(main_repo.state_dir / "state.db") as store:
+        manifest = store.find_session(session).manifest
+    if manifest is None or not manifest.image_digest:
+        fail(f"session {session} recorded no image digest")
+        return
+    export_image(get_client(), manifest.image_digest, manifest.image, file)
+    click.echo(f"saved {manifest.image} ({manifest.image_digest}) to {file}")
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     if hasattr(obj, "model_dump"):
         return dict(obj.model_dump(mode="json"))

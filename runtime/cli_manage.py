@@ -1,7 +1,173 @@
-"""CLI verbs that act on runs and sessions: stop, gc, merge, replay, shell, colima."""
+"""CLI verbs that act on runs and sessions: stop, gc, merge, replay, shell, colima up."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from runtime.errors import ConfigError, NotFoundError
+from runtime.gitops import MainRepo
+
+
+def _repo_opt(func):  # type: ignore[no-untyped-def]
+    return click.option("--repo", default=".", show_default=True, help="The git repository.")(
+        func)
+
+
+def _store(repo: MainRepo):  # type: ignore[no-untyped-def]
+    from runtime.store import Store
+
+    if not (repo.state_dir / "state.db").exists():
+        raise NotFoundError(f"no agentrt runs recorded in {repo.root}")
+    return Store(repo.state_dir / "state.db")
+
+
+@click.command()
+@click.argument("target")
+@_repo_opt
+@click.option("--grace", default=10, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+def stop(target: str, repo: str, grace: int) -> None:
+    """Stop a session or a whole run (TARGET: id or unique prefix); work stays on branches."""
+    from runtime.stopping import stop_target
+
+    main_repo = MainRepo(repo)
+    with _store(main_repo) as store:
+        stopped = stop_target(main_repo, store, target, grace)
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@click.command()
+@_repo_opt
+@click.option("--json", "as_json", is_flag=True)
+def gc(repo: str, as_json: bool) -> None:
+    """Find and remove leftovers of dead or finished sessions (never branches, never live ones)."""
+    from runtime.engine import get_client
+    from runtime.errors import EngineError
+    from runtime.recovery import collect_garbage
+
+    main_repo = MainRepo(repo)
+    try:
+        client = get_client()
+    except EngineError as exc:
+        client = None
+        click.echo(f"agentrt: {exc}; collecting what is on disk only", err=True)
+    report = collect_garbage(main_repo, client)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(f"removed {len(report.removed_containers)} containers, "
+                   f"{len(report.removed_sessions)} session volumes; "
+                   f"saved {len(report.saved_branches)} branches; "
+                   f"left {len(report.skipped_live)} live sessions alone")
+        for branch, head in report.saved_branches.items():
+            click.echo(f"  saved {branch} at {head[:10]}")
+        for error in report.errors:
+            click.echo(f"  error: {error}", err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+@click.command()
+@click.argument("run_id")
+@_repo_opt
+@click.option("--strategy", type=click.Choice(["auto", "review"]), default="review",
+              show_default=True)
+@click.option("--target", help="Branch to merge into (default: the run's target).")
+@click.option("--json", "as_json", is_flag=True)
+def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bool) -> None:
+    """Merge (auto) or check (review) a finished run's branches into the target."""
+    from runtime.merge import merge_agent_results
+    from runtime.progress import summary_table
+
+    main_repo = MainRepo(repo)
+    with _store(main_repo) as store:
+        run = store.latest_run() if run_id == "latest" else store.find_run(run_id)
+        if run is None:
+            raise NotFoundError("no runs recorded yet")
+        report = store.run_report(run.id)
+        into = target or report.target
+        if not into:
+            raise ConfigError("no target branch: pass --target")
+        order = sorted(report.sessions, key=lambda s: (s.finished_at is None, s.finished_at))
+        merge_agent_results(order, strategy, repo=main_repo, target=into,  # type: ignore[arg-type]
+                            run_id=run.id)
+        for session in report.sessions:
+            if session.branch:
+                store.upsert_session(session, run.id)
+    report.merge = strategy
+    report.target = into
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        from rich.console import Console
+
+        Console(width=200 if not sys.stdout.isatty() else None).print(summary_table(report))
+    sys.exit(report.exit_code())
+
+
+@click.command()
+@click.argument("session")
+@_repo_opt
+@click.option("--json", "as_json", is_flag=True)
+def replay(session: str, repo: str, as_json: bool) -> None:
+    """Run a session's task again from its recorded image digest, base commit and limits."""
+    from runtime.replay import replay_session
+
+    main_repo = MainRepo(repo)
+    with _store(main_repo) as store:
+        row = store.find_session(session)
+    report = replay_session(main_repo, row)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        from runtime.progress import summary_table
+        from rich.console import Console
+
+        Console(width=200 if not sys.stdout.isatty() else None).print(summary_table(report))
+    sys.exit(report.exit_code())
+
+
+@click.command()
+@click.argument("session")
+@_repo_opt
+def shell(session: str, repo: str) -> None:
+    """An interactive shell inside a running session's container (same user, limits, mounts)."""
+    main_repo = MainRepo(repo)
+    with _store(main_repo) as store:
+        row = store.find_session(session)
+    if row.result.status.is_final:
+        raise ConfigError(
+            f"session {row.id} has finished ({row.result.status.value}); its work is on branch "
+            f"{row.branch}: `agentrt diff {row.id}`, or `agentrt replay {row.id}` to run it again")
+    docker = shutil.which("docker")
+    if docker is None:
+        raise ConfigError("the docker CLI is needed for an interactive shell")
+    os.execv(docker, [docker, "exec", "-it", "-w", "/workspace", f"agentrt-{row.id}", "sh"])
+
+
+@click.group()
+def colima() -> None:
+    """Colima VM sized for agentrt (macOS; also Linux)."""
+
+
+@colima.command("up")
+@click.option("--agents", type=click.IntRange(min=1), help="Concurrent agents to fit.")
+@click.option("--file", "task_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Take agents and limits from this task file.")
+@click.option("--dry-run", is_flag=True, help="Print the colima command only.")
+def colima_up_cmd(agents: int | None, task_file: Path | None, dry_run: bool) -> None:
+    """Create or resize the `agentrt` Colima profile to fit N agents."""
+    from runtime.colima import colima_up, size_for
+    from runtime.config import RunConfig, load_task_file
+
+    config = load_task_file(task_file).run if task_file else RunConfig()
+    size = size_for(agents or config.max_concurrent_agents, config.resource_limits)
+    argv = colima_up(size, dry_run=dry_run)
+    click.echo(" ".join(argv))
+
+
+COMMANDS: list[click.Command] = [stop, gc, merge, replay, shell, colima]

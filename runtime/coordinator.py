@@ -25,8 +25,9 @@ from runtime.gitops import MainRepo
 from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
 from runtime.owner import process_start_time
 from runtime.presets import resolve_image
+from runtime.recovery import reconcile_on_start
 from runtime.scheduler import DagScheduler, TaskState
-from runtime.session import IsolatedAgentSession, new_run_id
+from runtime.session import STOP_REQUESTED, IsolatedAgentSession, new_run_id
 from runtime.store import Store
 from runtime.supervisor import Supervisor
 from runtime.workspace import DependencyConflictError, new_session_id, prepare_base, resolve_base
@@ -134,6 +135,10 @@ class AgentCoordinator:
             self.config.model_dump_json(), os.getpid(), process_start_time(os.getpid()),
             socket.gethostname(),
         )
+        recovered = reconcile_on_start(self.repo, self.client)
+        if recovered.saved_branches:
+            report.warnings.append(
+                "recovered work of dead sessions onto " + ", ".join(sorted(recovered.saved_branches)))
         try:
             with Supervisor(self.client, self.run_id) as supervisor:
                 self.supervisor = supervisor
@@ -152,6 +157,8 @@ class AgentCoordinator:
                     if scheduler.running == 0:
                         continue
                     task_id, result = done.get()
+                    if self._run_stop_requested():
+                        self.cancel()
                     results[task_id] = result
                     finished_order.append(task_id)
                     outcome = _OUTCOME.get(result.status, TaskState.FAILED)
@@ -165,11 +172,21 @@ class AgentCoordinator:
         if self.config.merge != "none" and not report.interrupted and target:
             self._merge(report, finished_order, target)
         report.finished_at = utcnow()
-        status = "cancelled" if report.interrupted else "finished"
+        status = "interrupted" if report.interrupted else "finished"
         self.store.finish_run(self.run_id, status)
         for session in report.sessions:
             self.store.upsert_session(session, self.run_id)
         return report
+
+    def _run_stop_requested(self) -> bool:
+        """True once `agentrt stop RUN` asked this run to stop (from another process)."""
+        if self.store is None or self._cancelled.is_set():
+            return False
+        try:
+            return any(e.kind == STOP_REQUESTED and e.session_id is None
+                       for e in self.store.events(run_id=self.run_id))
+        except AgentRuntimeError:
+            return False
 
     def _placeholder(self, task: Task, status: SessionStatus, reason: str) -> SessionResult:
         session_id, branch = new_session_id(task.id)

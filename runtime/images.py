@@ -420,3 +420,16 @@ def _run_logged(argv: list[str], emit: LogFn) -> None:
     if proc.returncode != 0:
         detail = "\n".join(tail)
         raise EngineError(f"{argv[0]} failed with exit code {proc.returncode}:\n{detail}")
+
+
+def export_image(client: docker.DockerClient, digest: str, ref: str, file: Path) -> None:
+    """Save image ``digest`` (tagged ``ref`` in the archive) to ``file`` for `docker load`."""
+    image = _get_image(client, digest)
+    if image is None:
+        raise _not_found(digest)
+    with engine_errors(f"export image {digest}"):
+        if ref not in image.tags:
+            image.tag(ref)
+        with open(file, "wb") as out:
+            for chunk in image.save(named=ref):
+                out.write(chunk)

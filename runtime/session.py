@@ -38,6 +38,7 @@ from runtime.gitops import MainRepo
 from runtime.models import Manifest, SessionResult, SessionStatus, utcnow
 from runtime.owner import process_start_time
 from runtime.presets import resolve_command, resolve_image
+from runtime.recovery import SessionMarker
 from runtime.supervisor import Supervisor, Watch
 from runtime.volumes import DiskLimitMode, Volume, create_volume
 from runtime.workspace import create_branch, create_workspace, new_session_id, snapshot
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AGENT_UID = 1000
+STOP_REQUESTED = "stop_requested"
 DISK_FULL_MARGIN = 1024 * 1024
 
 
@@ -163,6 +165,8 @@ class IsolatedAgentSession:
             self.volume = create_volume(self.session_dir, self.limits.disk_mb, uid, gid,
                                         self.disk_mode)
             self.result.disk_limit_mode = self.volume.mode
+            SessionMarker(self.session_id, self.run_id, self.branch, os.getpid(), owner_start,
+                          keep=not self.config.cleanup_on_complete).write(self.session_dir)
             create_workspace(self.repo, self.volume.workspace, self.branch, self.base_commit,
                              uid, gid)
             self.database = self._make_database(uid, gid)
@@ -251,6 +255,7 @@ class IsolatedAgentSession:
             session_id=self.session_id, container=self.container, deadline=deadline,
             grace_seconds=self.stop_grace_seconds, disk_limit_bytes=volume.limit_bytes,
             disk_usage=volume.used_bytes, soft_disk=volume.mode == "soft",
+            on_sample=self._on_sample,
         ))
         self.result.started_at = utcnow()
         self.result.status = SessionStatus.RUNNING
@@ -278,6 +283,21 @@ class IsolatedAgentSession:
         self._finish()
         return self.result
 
+    def _stop_requested(self) -> bool:
+        """True if `agentrt stop` asked for this session from another process."""
+        if self.store is None:
+            return False
+        try:
+            return any(e.kind == STOP_REQUESTED for e in self.store.events(
+                session_id=self.session_id))
+        except AgentRuntimeError:
+            return False
+
+    def _on_sample(self, watch: Watch, tick: int) -> None:
+        if self.store is not None:
+            self.store.add_sample(self.session_id, watch.memory_bytes, watch.cpu_seconds,
+                                  watch.disk_used_bytes)
+
     def _classify(self, watch: Watch) -> None:
         state = (self.container.inspect() if self.container else None) or {}
         st = state.get("State", {})
@@ -286,7 +306,7 @@ class IsolatedAgentSession:
         oom = watch.oom_seen or bool(st.get("OOMKilled"))
         low_disk = self.volume is not None and self.volume.mode == "loop" and \
             self.volume.free_bytes() < DISK_FULL_MARGIN
-        if watch.cancelled or self._cancel.is_set():
+        if watch.cancelled or self._cancel.is_set() or self._stop_requested():
             status, reason = SessionStatus.CANCELLED, "stopped on request"
         elif watch.timed_out:
             status, reason = SessionStatus.TIMED_OUT, \
@@ -302,6 +322,8 @@ class IsolatedAgentSession:
             status, reason = SessionStatus.SUCCEEDED, None
         elif low_disk:
             status, reason = SessionStatus.DISK_FULL, f"volume full at disk_mb={self.limits.disk_mb}"
+        elif watch.engine_interrupted:
+            status, reason = SessionStatus.CRASHED, "the Docker engine restarted during the session"
         elif watch.external_kill or (self.result.exit_code == 137 and not watch.stopping):
             status, reason = SessionStatus.CRASHED, "container was killed from outside agentrt"
         elif st.get("Error"):

@@ -55,8 +55,10 @@ class Watch:
     cancelled: bool = False
     stopping: bool = False
     external_kill: bool = False
+    engine_interrupted: bool = False
     cgroup: ContainerCgroup | None = None
     peak_memory_bytes: int = 0
+    memory_bytes: int = 0
     cpu_seconds: float = 0.0
     disk_used_bytes: int = 0
     errors: list[str] = field(default_factory=list)
@@ -166,6 +168,8 @@ class Supervisor:
                 self._events_ready.set()
                 # After (re)connecting, anything may have happened while we were away.
                 for watch in self._snapshot():
+                    if since is not None and not watch.exited.is_set():
+                        watch.engine_interrupted = True
                     self._reconcile(watch)
                 backoff = 0.5
                 for event in stream:
@@ -177,6 +181,8 @@ class Supervisor:
                 if self._closing.is_set():
                     return
                 log.warning("docker event stream broke (%s); reconnecting", exc)
+            if since is None:
+                since = int(time.time())
             self._events_ready.set()
             self._closing.wait(backoff)
             backoff = min(backoff * 2, 5.0)
@@ -257,6 +263,8 @@ class Supervisor:
     def _sample(self, watch: Watch) -> None:
         if watch.cgroup is not None:
             reading = watch.cgroup.read()
+            if reading.memory_bytes is not None:
+                watch.memory_bytes = reading.memory_bytes
             if reading.peak_memory_bytes is not None:
                 watch.peak_memory_bytes = max(watch.peak_memory_bytes, reading.peak_memory_bytes)
             elif reading.memory_bytes is not None:

@@ -1,0 +1,168 @@
+"""Helpers shared by the benchmarks: statistics, tables, goals, raw-docker flags, clean-up.
+
+Every benchmark prints agentrt and a raw baseline measured in the same run, as the median with
+min–max over the runs, and the ratio of the medians. Nothing here is a timed unit test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # run from a checkout without installing
+
+from runtime.config import ResourceLimits  # noqa: E402
+from runtime.container import tmpfs_mb  # noqa: E402
+
+IMAGE = "agentrt/base:latest"
+LABEL_BENCH = "agentrt.bench"
+
+
+# -- statistics and printing ------------------------------------------------------------------
+
+def median(xs: Sequence[float]) -> float:
+    """The median of ``xs``."""
+    return statistics.median(xs)
+
+
+def fmt(xs: Sequence[float], unit: str = "s", digits: int = 2) -> str:
+    """``median (min–max) unit``; seconds under one second are shown in ms."""
+    if not xs:
+        return "-"
+    scale, unit = (1000.0, "ms") if unit == "s" and max(xs) < 1 else (1.0, unit)
+    d = 0 if unit == "ms" else digits
+    m, lo, hi = (v * scale for v in (median(xs), min(xs), max(xs)))
+    return f"{m:.{d}f} {unit} ({lo:.{d}f}–{hi:.{d}f})"
+
+
+def ratio(a: Sequence[float], b: Sequence[float]) -> str:
+    """Ratio of medians, ``a / b``."""
+    return f"{median(a) / median(b):.2f}×" if median(b) else "-"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain, aligned text table (also valid Markdown)."""
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def goal(name: str, value: float, limit: float, unit: str = "×") -> str:
+    """One line saying whether ``value`` met ``limit`` (lower is better), and by how much."""
+    if unit == "ms":
+        shown, lim, diff = f"{value:.0f} ms", f"{limit:.0f} ms", f"{abs(value - limit):.0f} ms"
+    else:
+        shown, lim = f"{value:.2f}{unit}", f"{limit:.2f}{unit}"
+        diff = f"{abs(value - limit):.2f}{unit}"
+    verdict = f"met (by {diff})" if value <= limit else f"MISSED by {diff}"
+    return f"goal {name}: {shown} vs ≤ {lim}: {verdict}"
+
+
+def parser(description: str, runs: int) -> argparse.ArgumentParser:
+    """An argument parser with ``--runs``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--runs", type=int, default=runs, help=f"measured runs (default {runs})")
+    return p
+
+
+def machine() -> str:
+    """One line describing this host: cores, OS, kernel, Docker and cgroup version."""
+    os_name = platform.system()
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    proc = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                          capture_output=True, text=True, check=False)
+    cgroup = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1"
+    return (f"{os.cpu_count()} cores, {os_name}, kernel {platform.release()}, "
+            f"dockerd {proc.stdout.strip() or '?'}, cgroup {cgroup}, "
+            f"Python {platform.python_version()}")
+
+
+def header(title: str, runs: int) -> None:
+    """Print the benchmark's title and the machine it runs on."""
+    print(f"== {title} ({runs} runs; median (min–max)) ==")
+    print(f"machine: {machine()}")
+
+
+@contextlib.contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as t: ...`` then ``t[0]`` is the elapsed wall time in seconds."""
+    box: list[float] = []
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box.append(time.perf_counter() - start)
+
+
+# -- the raw baseline ---------------------------------------------------------------------------
+
+def raw_docker_flags(limits: ResourceLimits, label: str) -> list[str]:
+    """``docker run`` flags with the limits and hardening agentrt's container_spec applies."""
+    mem = f"{limits.memory_mb}m"
+    return [
+        "--memory", mem, "--memory-swap", mem, "--cpus", f"{limits.cpu_percent / 100:g}",
+        "--pids-limit", str(limits.pids), "--read-only",
+        "--tmpfs", f"/tmp:rw,nosuid,nodev,size={tmpfs_mb(limits)}m,mode=1777",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none",
+        "--init", "--user", "1000:1000", "--label", f"{LABEL_BENCH}={label}",
+    ]
+
+
+# -- clean-up -------------------------------------------------------------------------------------
+
+def remove_containers(label_filter: str) -> None:
+    """Force-remove every container matching ``label=<label_filter>``."""
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label_filter}"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+def _unmount_under(root: Path) -> None:
+    mounts = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            target = line.split()[1].replace("\\040", " ")
+            if target == str(root) or target.startswith(f"{root}/"):
+                mounts.append(target)
+    for target in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+    if shutil.which("losetup"):
+        out = subprocess.run(["losetup", "-a"], capture_output=True, text=True,
+                             check=False).stdout
+        for line in out.splitlines():
+            if str(root) in line:
+                subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True,
+                               check=False)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A temporary directory; on exit (even on failure) remove the containers labelled for it
+    (raw ``agentrt.bench`` and agentrt's ``agentrt.repo`` of a repo inside it), unmount and
+    detach every volume under it, and delete it."""
+    root = Path(tempfile.mkdtemp(prefix=f"agentrt-bench-{prefix}-")).resolve()
+    try:
+        yield root
+    finally:
+        remove_containers(f"{LABEL_BENCH}={root.name}")
+        for repo in root.iterdir() if root.exists() else []:
+            remove_containers(f"agentrt.repo={repo}")
+        _unmount_under(root)
+        shutil.rmtree(root, ignore_errors=True)
