@@ -18,12 +18,13 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # run from a checkout without installing
 
-from runtime.config import ResourceLimits  # noqa: E402
-from runtime.container import tmpfs_mb  # noqa: E402
+if TYPE_CHECKING:
+    from runtime.config import ResourceLimits
 
 IMAGE = "agentrt/base:latest"
 LABEL_BENCH = "agentrt.bench"
@@ -43,7 +44,7 @@ def fmt(xs: Sequence[float], unit: str = "s", digits: int = 2) -> str:
     scale, unit = (1000.0, "ms") if unit == "s" and max(xs) < 1 else (1.0, unit)
     d = 0 if unit == "ms" else digits
     m, lo, hi = (v * scale for v in (median(xs), min(xs), max(xs)))
-    return f"{m:.{d}f} {unit} ({lo:.{d}f}–{hi:.{d}f})"
+    return f"{m:.{d}f}{' ' if unit else ''}{unit} ({lo:.{d}f}–{hi:.{d}f})"
 
 
 def ratio(a: Sequence[float], b: Sequence[float]) -> str:
@@ -55,7 +56,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain, aligned text table (also valid Markdown)."""
     cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+             for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -114,6 +116,8 @@ def stopwatch() -> Iterator[list[float]]:
 
 def raw_docker_flags(limits: ResourceLimits, label: str) -> list[str]:
     """``docker run`` flags with the limits and hardening agentrt's container_spec applies."""
+    from runtime.container import tmpfs_mb
+
     mem = f"{limits.memory_mb}m"
     return [
         "--memory", mem, "--memory-swap", mem, "--cpus", f"{limits.cpu_percent / 100:g}",

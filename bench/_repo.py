@@ -16,11 +16,12 @@ import tempfile
 from pathlib import Path
 
 CACHE = Path(tempfile.gettempdir()) / "agentrt-bench"
-WORDS = (
-    "self value result index count items config session branch worker buffer token parse "
-    "render update create delete handle request response error retry limit offset cursor "
-    "stream record schema column table query cache lock event state status client server"
-).split()
+WORDS = [
+    "self", "value", "result", "index", "count", "items", "config", "session", "branch",
+    "worker", "buffer", "token", "parse", "render", "update", "create", "delete", "handle",
+    "request", "response", "error", "retry", "limit", "offset", "cursor", "stream", "record",
+    "schema", "column", "table", "query", "cache", "lock", "event", "state", "status",
+]
 STATEMENTS = (
     "    {a} = {b}.{c}({d}, {e})",
     "    if {a} is None:\n        return {b}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,11 +31,12 @@ from runtime.container import AgentContainer
 from runtime.supervisor import Supervisor
 
 STAMP = ["sh", "-c", "date +%s.%N > /workspace/t0"]
+CHECKOUT = "checkout (git init + reset --hard + chown)"
 # Where agentrt's time goes, measured by wrapping these names (runtime/ is not modified).
 PHASES: list[tuple[Any, str, str]] = [
     (session_mod, "create_branch", "create branch"),
     (session_mod, "create_volume", "volume: fallocate+mkfs+mount"),
-    (session_mod, "create_workspace", "checkout (git init + reset --hard + chown)"),
+    (session_mod, "create_workspace", CHECKOUT),
     (workspace_mod, "_chown_tree", "  of which chown of the tree"),
     (session_mod, "create_sqlite", "private SQLite file"),
     (AgentContainer, "create", "container create"),
@@ -71,8 +73,11 @@ def phase_timers() -> Iterator[dict[str, float]]:
             setattr(owner, name, original)
 
 
-def agentrt_once(repo: Path, config: RunConfig, n: int) -> tuple[float, float, float, dict[str, float]]:
-    """(lifecycle, ready, teardown) seconds of one session, and its phase times."""
+Times = dict[str, float]
+
+
+def agentrt_once(repo: Path, config: RunConfig, n: int) -> tuple[Times, Times]:
+    """Lifecycle, ready and teardown seconds of one session, and its phase times."""
     with phase_timers() as phases:
         start = time.time()
         with IsolatedAgentSession(Task(id=f"life{n}", command=STAMP), config, repo=repo) as s:
@@ -82,12 +87,18 @@ def agentrt_once(repo: Path, config: RunConfig, n: int) -> tuple[float, float, f
         raise RuntimeError(f"session {s.session_id} {result.status.value}: {result.reason}")
     t0 = float(_repo.git("show", f"{s.branch}:t0", cwd=repo))
     _repo.git("branch", "-q", "-D", s.branch, cwd=repo)
-    return end - start, t0 - start, end - t0, phases
+    return times(start, t0, end, phases[CHECKOUT]), phases
 
 
-def raw_once(repo: Path, limits: ResourceLimits, label: str, n: int) -> tuple[float, ...]:
-    """(lifecycle, ready, teardown, checkout) seconds of worktree + docker run by hand."""
-    tree, branch = repo.parent / f"raw-wt{n}", f"raw/life{n}"
+def times(start: float, t0: float, end: float, checkout: float) -> Times:
+    """The reported metrics from the instants of one lifecycle."""
+    return {"lifecycle": end - start, "ready": t0 - start, "teardown": end - t0,
+            "checkout": checkout, "ready − checkout": t0 - start - checkout}
+
+
+def raw_once(repo: Path, trees: Path, limits: ResourceLimits, label: str, n: int) -> Times:
+    """The same metrics for git worktree + docker run by hand, the worktree under ``trees``."""
+    tree, branch = trees / f"raw-wt{n}", f"raw/life{n}"
     start = time.time()
     _repo.git("worktree", "add", "-q", "-b", branch, str(tree), "HEAD", cwd=repo)
     checkout = time.time() - start
@@ -99,7 +110,20 @@ def raw_once(repo: Path, limits: ResourceLimits, label: str, n: int) -> tuple[fl
     _repo.git("worktree", "remove", "--force", str(tree), cwd=repo)
     _repo.git("branch", "-q", "-D", branch, cwd=repo)
     end = time.time()
-    return end - start, t0 - start, end - t0, checkout
+    return times(start, t0, end, checkout)
+
+
+def filesystem(path: Path) -> str:
+    """The filesystem type ``path`` lives on (``df --output=fstype``)."""
+    out = subprocess.run(["df", "--output=fstype", str(path)], capture_output=True, text=True,
+                         check=False).stdout.split()
+    return out[-1] if out else "?"
+
+
+def collect(into: dict[str, list[float]], sample: dict[str, float]) -> None:
+    """Append each value of ``sample`` to its list in ``into``."""
+    for key, value in sample.items():
+        into.setdefault(key, []).append(value)
 
 
 def main() -> None:
@@ -107,37 +131,40 @@ def main() -> None:
     p.add_argument("--disk-mb", type=int, default=1024, help="agentrt volume size (MiB)")
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--megabytes", type=int, default=25)
+    p.add_argument("--raw-dir", type=Path,
+                   help="where raw worktrees go (default: next to the repository, same disk)")
     args = p.parse_args()
     limits = ResourceLimits(memory_mb=512, cpu_percent=100, pids=256, disk_mb=args.disk_mb)
     config = RunConfig(resource_limits=limits)
     c.header(f"lifecycle: {args.files} files, {args.megabytes} MB, disk_mb={args.disk_mb}",
              args.runs)
-    a: dict[str, list[float]] = {"lifecycle": [], "ready": [], "teardown": []}
-    r: dict[str, list[float]] = {"lifecycle": [], "ready": [], "teardown": [], "checkout": []}
+    a: dict[str, list[float]] = {}
+    r: dict[str, list[float]] = {}
     phases: dict[str, list[float]] = {}
-    with c.scratch("lifecycle") as root:
+    with c.scratch("lifecycle") as root, contextlib.ExitStack() as stack:
         repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
+        trees = root
+        if args.raw_dir:
+            trees = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.raw_dir)))
+        print(f"raw worktrees in {trees} ({filesystem(trees)}); agentrt volumes: loop ext4 "
+              f"images in {repo}/.git/agentrt ({filesystem(repo)})")
         agentrt_once(repo, config, 0)  # warm-up: page cache, image layers, imports
-        raw_once(repo, limits, root.name, 0)
+        raw_once(repo, trees, limits, root.name, 0)
         for n in range(1, args.runs + 1):
             order = (0, 1) if n % 2 else (1, 0)  # alternate who goes first
             for which in order:
                 if which == 0:
-                    *values, spent = agentrt_once(repo, config, n)
-                    for key, value in zip(a, values):
-                        a[key].append(value)
-                    for label, value in spent.items():
-                        phases.setdefault(label, []).append(value)
+                    times, spent = agentrt_once(repo, config, n)
+                    collect(a, times)
+                    collect(phases, spent)
                 else:
-                    for key, value in zip(r, raw_once(repo, limits, root.name, n)):
-                        r[key].append(value)
+                    collect(r, raw_once(repo, trees, limits, root.name, n))
     rows = [[k, c.fmt(a[k]), c.fmt(r[k]), c.ratio(a[k], r[k])] for k in a]
     print(c.table(["metric", "agentrt", "raw (worktree + docker run)", "agentrt / raw"], rows))
     print("\nagentrt phases (per session):")
     print(c.table(["phase", "time"], [[k, c.fmt(v)] for k, v in phases.items()]))
-    checkout = c.median(phases["checkout (git init + reset --hard + chown)"])
-    print(f"raw checkout (git worktree add): {c.fmt(r['checkout'])}")
-    print()
+    checkout = c.median(a["checkout"])
+    print("(raw checkout = git worktree add; agentrt checkout = the phase above)\n")
     print(c.goal("lifecycle ≤ 1.0× raw", c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.0))
     print(c.goal(f"ready p50 ≤ 400 ms + agentrt's checkout ({checkout * 1000:.0f} ms)",
                  c.median(a["ready"]) * 1000, 400 + checkout * 1000, "ms"))

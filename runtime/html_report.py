@@ -22,18 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = ["STATUS_COLOR", "axis_ticks", "format_seconds", "render_html"]
 
-STATUS_COLOR: dict[SessionStatus, str] = {
-    SessionStatus.SUCCEEDED: "#2f9e61",
-    SessionStatus.FAILED: "#d6453d",
-    SessionStatus.OOM_KILLED: "#9c3dbf",
-    SessionStatus.TIMED_OUT: "#e0821e",
-    SessionStatus.DISK_FULL: "#8a5a2b",
-    SessionStatus.CRASHED: "#8f1d1d",
-    SessionStatus.CANCELLED: "#b8a22e",
-    SessionStatus.SKIPPED: "#a3a9b3",
-    SessionStatus.RUNNING: "#3a7bd5",
-    SessionStatus.PENDING: "#c7ccd4",
-}
+STATUS_COLOR: dict[SessionStatus, str] = {SessionStatus(k): v for k, v in {
+    "succeeded": "#2f9e61", "failed": "#d6453d", "oom_killed": "#9c3dbf", "timed_out": "#e0821e",
+    "disk_full": "#8a5a2b", "crashed": "#8f1d1d", "cancelled": "#b8a22e", "skipped": "#a3a9b3",
+    "running": "#3a7bd5", "pending": "#c7ccd4"}.items()}
 MERGE_COLOR = {"merged": "#2f9e61", "clean": "#3a7bd5", "conflicts": "#d6453d",
                "not_attempted": "#a3a9b3"}
 MIB = 1024 * 1024
@@ -41,21 +33,22 @@ MIB = 1024 * 1024
 _CSS = """
 :root{--fg:#1d2330;--muted:#667085;--line:#e4e7ec;--bg:#f6f7f9;--card:#fff;--accent:#3a7bd5}
 *{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.5 -apple-system,"Segoe UI",
-Roboto,"Helvetica Neue",Arial,sans-serif;-webkit-font-smoothing:antialiased}
+body{margin:0;background:var(--bg);color:var(--fg);
+font:14px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+-webkit-font-smoothing:antialiased}
 main{max-width:1100px;margin:0 auto;padding:28px 24px 48px}
 code,pre,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;
 font-size:12.5px}
 h1{font-size:24px;margin:2px 0 10px;font-weight:650;letter-spacing:-.01em}
-h2{font-size:16px;margin:0 0 12px;font-weight:650}
-h3{font-size:15px;margin:0;font-weight:650}
+h2{font-size:16px;margin:0 0 12px;font-weight:650}h3{font-size:15px;margin:0;font-weight:650}
 .eyebrow{text-transform:uppercase;letter-spacing:.08em;font-size:11px;color:var(--muted)}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 20px;
 margin:16px 0;box-shadow:0 1px 2px rgba(16,24,40,.04)}
 .meta{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:8px 24px;
 margin:12px 0 0}
-.meta div{min-width:0}.meta dt{font-size:11px;color:var(--muted);text-transform:uppercase;
-letter-spacing:.06em}.meta dd{margin:0;overflow-wrap:anywhere}
+.meta div{min-width:0}
+.meta dt{font-size:11px;color:var(--muted);text-transform:uppercase;letter-spacing:.06em}
+.meta dd{margin:0;overflow-wrap:anywhere}
 .pill{display:inline-block;padding:1px 9px;border-radius:999px;font-size:12px;font-weight:600;
 color:#fff;white-space:nowrap;vertical-align:middle}
 .legend{display:flex;flex-wrap:wrap;gap:6px 18px;font-size:12.5px;color:var(--muted);
@@ -81,10 +74,17 @@ white-space:pre-wrap;overflow-wrap:anywhere}
 .cols dt{color:var(--muted)}.cols dd{margin:0;overflow-wrap:anywhere;min-width:0}
 pre{background:#f2f4f7;border-radius:6px;padding:8px 10px;margin:0;white-space:pre-wrap;
 overflow-wrap:anywhere;max-height:14em;overflow:auto}
-ul.conflicts{margin:6px 0 0;padding-left:18px}
-.warn{color:#b54708}
-.muted{color:var(--muted)}
-svg text{font-family:-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
+ul.conflicts{margin:6px 0 0;padding-left:18px}.warn{color:#b54708}.muted{color:var(--muted)}
+a{color:inherit;text-decoration:none;font-weight:600}a:hover{text-decoration:underline}
+svg text{font-family:-apple-system,"Segoe UI",Roboto,Arial,sans-serif;font-size:11px}
+.ax{fill:#667085}.name{fill:var(--fg);font-size:12.5px}.note{fill:#98a2b3;font-style:italic}
+.dur{fill:#475467}.on{fill:#fff}.lim{fill:#d6453d}.refl{fill:#3a7bd5}
+.grid{stroke:#eef0f3}.axis{stroke:#c9ced6}.wait{stroke:#b4bac4;stroke-width:1.5;
+stroke-dasharray:4 3}.limit{stroke:#d6453d;stroke-dasharray:6 4;stroke-width:1.3}
+.ref{stroke:#3a7bd5;stroke-dasharray:2 3;stroke-width:1.5}
+.area{fill:#3a7bd5;fill-opacity:.14;stroke:#3a7bd5;stroke-width:1.5;stroke-linejoin:round}
+.fill{fill:#3a7bd5;fill-opacity:.12}.curve{fill:none;stroke:#3a7bd5;stroke-width:1.8;stroke-linejoin:round}
+h4{margin:0 0 6px;color:var(--muted);font-size:13px}h4.gap{margin-top:12px}
 footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
 """
 
@@ -97,7 +97,8 @@ def _e(value: object) -> str:
 def format_seconds(seconds: float) -> str:
     """A short duration: ``0.4s``, ``12s``, ``2m05s``, ``1h02m``."""
     if seconds < 10:
-        return f"{seconds:.1f}s".replace(".0s", "s") if seconds >= 1 else f"{seconds:.1f}s"
+        text = f"{seconds:.1f}s"
+        return text.replace(".0s", "s") if seconds >= 1 or seconds == 0 else text
     if seconds < 60:
         return f"{seconds:.0f}s"
     if seconds < 3600:
@@ -121,11 +122,21 @@ def axis_ticks(span: float, most: int = 8) -> list[float]:
 
 
 def _mib(value: float) -> str:
+    if value < MIB:
+        return f"{value / 1024:.0f} KiB" if value else "0 MiB"
     return f"{value / MIB:.1f} MiB" if value < 10 * MIB else f"{value / MIB:.0f} MiB"
 
 
 def _pill(text: str, color: str) -> str:
     return f'<span class="pill" style="background:{_e(color)}">{_e(text)}</span>'
+
+
+def _status_pill(status: SessionStatus) -> str:
+    return _pill(status.value.replace("_", " "), STATUS_COLOR[status])
+
+
+def _merge_pill(status: str) -> str:
+    return _pill(status.replace("_", " "), MERGE_COLOR[status])
 
 
 def _clip(text: str, length: int) -> str:
@@ -139,6 +150,16 @@ def _secs(moment: datetime | None, origin: datetime) -> float | None:
 # -- timeline -------------------------------------------------------------------------------
 
 
+def _text(x: float, y: float, body: str, cls: str = "ax", anchor: str = "start") -> str:
+    """An SVG text element; ``body`` is escaped here."""
+    return (f'<text x="{x:.1f}" y="{y:.1f}" class="{cls}" text-anchor="{anchor}">'
+            f"{_e(body)}</text>")
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, cls: str) -> str:
+    return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" class="{cls}"/>'
+
+
 def _span(report: RunReport, now: datetime) -> float:
     """Seconds from the run's start to its end (or to the last session's end, or now)."""
     ends = [s.finished_at or now for s in report.sessions if s.started_at]
@@ -148,63 +169,47 @@ def _span(report: RunReport, now: datetime) -> float:
 
 def _timeline(report: RunReport, now: datetime, span: float) -> str:
     """One bar per session over wall-clock time, with the waiting time before it dashed."""
-    origin = report.started_at
-    left, right, row, top = 190, 1010, 30, 14
-    width = 1040
-    ticks = axis_ticks(span)
+    origin, left, right, row, top = report.started_at, 190, 1010, 30, 14
     scale = (right - left) / span
-    height = top + row * len(report.sessions) + 28
-    out = [f'<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" role="img" '
-           f'aria-label="timeline of sessions">']
     axis_y = top + row * len(report.sessions) + 4
-    for tick in ticks:
+    out = [f'<svg class="timeline" viewBox="0 0 1040 {axis_y + 24}" width="100%" role="img" '
+           'aria-label="timeline of sessions">']
+    for tick in axis_ticks(span):
         x = left + tick * scale
-        out.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{axis_y}" '
-                   'stroke="#eef0f3"/>')
-        out.append(f'<text x="{x:.1f}" y="{axis_y + 16}" font-size="11" fill="#667085" '
-                   f'text-anchor="middle">{_e(format_seconds(tick))}</text>')
-    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{right}" y2="{axis_y}" stroke="#c9ced6"/>')
+        out += [_line(x, top - 6, x, axis_y, "grid"),
+                _text(x, axis_y + 16, format_seconds(tick), "ax", "middle")]
+    out.append(_line(left, axis_y, right, axis_y, "axis"))
     for index, s in enumerate(report.sessions):
-        y = top + index * row
-        mid = y + row / 2 - 3
-        out.append(f'<text x="{left - 12}" y="{mid + 4:.1f}" font-size="12.5" fill="#1d2330" '
-                   f'text-anchor="end">{_e(_clip(s.task_id, 26))}</text>')
+        mid = top + index * row + row / 2 - 3
+        out.append(_text(left - 12, mid + 4, _clip(s.task_id, 26), "name", "end"))
         start = _secs(s.started_at, origin)
         if start is None:
-            out.append(f'<text x="{left + 4}" y="{mid + 4:.1f}" font-size="11.5" '
-                       f'fill="#98a2b3" font-style="italic">{_e(s.status.value)}'
-                       f'{_e(" — " + _clip(s.reason, 80)) if s.reason else ""}</text>')
+            note = s.status.value + (" — " + _clip(s.reason, 80) if s.reason else "")
+            out.append(_text(left + 4, mid + 4, note, "note"))
             continue
-        stop = _secs(s.finished_at or now, origin) or 0.0
-        x0, x1 = left + max(start, 0) * scale, left + max(stop, start) * scale
+        stop = max(_secs(s.finished_at or now, origin) or 0.0, start)
+        x0, x1 = left + max(start, 0) * scale, left + stop * scale
         if x0 - left > 2:
-            out.append(f'<line x1="{left}" y1="{mid:.1f}" x2="{x0:.1f}" y2="{mid:.1f}" '
-                       'stroke="#b4bac4" stroke-width="1.5" stroke-dasharray="4 3"/>')
+            out.append(_line(left, mid, x0, mid, "wait"))
         tip = (f"{s.task_id} ({s.id}): {s.status.value}, started +{format_seconds(start)}, "
                f"ran {format_seconds(stop - start)}" + (f" — {s.reason}" if s.reason else ""))
         out.append(f'<rect class="bar" data-session="{_e(s.id)}" x="{x0:.1f}" y="{mid - 8:.1f}" '
                    f'width="{max(x1 - x0, 3):.1f}" height="16" rx="3" '
                    f'fill="{STATUS_COLOR[s.status]}"><title>{_e(tip)}</title></rect>')
-        label = format_seconds(stop - start)
-        inside = x1 + 60 > right
-        out.append(f'<text x="{x1 - 6 if inside else x1 + 6:.1f}" y="{mid + 4:.1f}" '
-                   f'font-size="11" fill="{"#fff" if inside else "#475467"}" '
-                   f'text-anchor="{"end" if inside else "start"}">{_e(label)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+        inside = x1 + 60 > right  # no room on the right: the label goes inside the bar
+        out.append(_text(x1 - 6 if inside else x1 + 6, mid + 4, format_seconds(stop - start),
+                         "on" if inside else "dur", "end" if inside else "start"))
+    return "".join(out) + "</svg>"
 
 
 def _concurrency(report: RunReport, now: datetime, span: float) -> str:
-    """A step chart of how many sessions ran at once over the same axis as the timeline."""
-    origin = report.started_at
-    changes: list[tuple[float, int]] = []
-    for s in report.sessions:
-        if s.started_at:
-            changes += [((s.started_at - origin).total_seconds(), 1),
-                        (((s.finished_at or now) - origin).total_seconds(), -1)]
+    """A step chart of how many sessions ran at once, on the timeline's time axis."""
+    changes = sorted(  # an end and a start at the same instant: the end first
+        change for s in report.sessions if s.started_at
+        for change in (((s.started_at - report.started_at).total_seconds(), 1),
+                       (((s.finished_at or now) - report.started_at).total_seconds(), -1)))
     if not changes:
         return ""
-    changes.sort(key=lambda c: (c[0], c[1]))  # an end and a start at one instant: end first
     levels, running = [], 0
     for when, delta in changes:
         running += delta
@@ -218,15 +223,12 @@ def _concurrency(report: RunReport, now: datetime, span: float) -> str:
         points += [f"{x:.1f},{base - previous * unit:.1f}", f"{x:.1f},{base - level * unit:.1f}"]
         previous = level
     points.append(f"{right},{base}")
-    return (f'<svg class="concurrency" viewBox="0 0 1040 52" width="100%" role="img" '
-            f'aria-label="sessions running at once">'
-            f'<text x="{left - 12}" y="{base - 14}" font-size="11" fill="#667085" '
-            f'text-anchor="end">running at once</text>'
-            f'<text x="{left - 12}" y="{base}" font-size="11" fill="#98a2b3" '
-            f'text-anchor="end">peak {peak}</text>'
-            f'<polygon points="{" ".join(points)}" fill="#3a7bd5" fill-opacity=".15" '
-            f'stroke="#3a7bd5" stroke-width="1.5" stroke-linejoin="round"/>'
-            f'<line x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="#c9ced6"/></svg>')
+    return ('<svg class="concurrency" viewBox="0 0 1040 52" width="100%" role="img" '
+            'aria-label="sessions running at once">'
+            + _text(left - 12, base - 14, "running at once", "ax", "end")
+            + _text(left - 12, base, f"peak {peak}", "note", "end")
+            + f'<polygon points="{" ".join(points)}" class="area"/>'
+            + _line(left, base, right, base, "axis") + "</svg>")
 
 
 # -- per-session resource charts ------------------------------------------------------------
@@ -236,53 +238,45 @@ def _chart(title: str, series: Sequence[tuple[float, float]], duration: float,
            limit: float | None, fmt: str, reference: tuple[str, float] | None) -> str:
     """A small line chart of ``series`` (seconds, value) against a dashed limit line.
 
-    ``fmt`` is ``"mib"`` or ``"pct"``; ``reference`` is a dotted line (label, value) drawn when
-    there are no samples (peak memory, average CPU).
+    ``fmt`` is ``"mib"`` or ``"pct"``; ``reference`` (label, value) is drawn dotted when there
+    are no samples (the peak memory, the average CPU).
     """
-    width, height, left, right, top, bottom = 480, 150, 56, 470, 12, 124
+    left, right, top, bottom = 56, 470, 12, 124
     values = [v for _, v in series] + ([reference[1]] if reference else [])
-    top_value = max([limit or 0.0, *values, 1.0]) * 1.12
-    duration = max(duration, *(t for t, _ in series), 0.1) if series else max(duration, 0.1)
+    full = max([limit or 0.0, *values, 1.0])
+    duration = max([duration, 0.1, *(t for t, _ in series)])
 
     def x(t: float) -> float:
         return left + t / duration * (right - left)
 
     def y(v: float) -> float:
-        return bottom - v / top_value * (bottom - top)
+        return bottom - v / (full * 1.12) * (bottom - top)
 
     def label(v: float) -> str:
         return _mib(v) if fmt == "mib" else f"{v:.0f} %"
 
-    out = [f'<div><div class="chart-title">{_e(title)}</div>'
-           f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{_e(title)}">']
+    out = [f'<div><div class="chart-title">{_e(title)}</div><svg viewBox="0 0 480 150" '
+           f'width="100%" role="img" aria-label="{_e(title)}">']
     for fraction in (0.0, 0.5, 1.0):
-        value = top_value / 1.12 * fraction
-        out.append(f'<line x1="{left}" y1="{y(value):.1f}" x2="{right}" y2="{y(value):.1f}" '
-                   f'stroke="{"#c9ced6" if fraction == 0 else "#eef0f3"}"/>'
-                   f'<text x="{left - 6}" y="{y(value) + 4:.1f}" font-size="10.5" fill="#667085" '
-                   f'text-anchor="end">{_e(label(value))}</text>')
-    out.append(f'<text x="{left}" y="{bottom + 16}" font-size="10.5" fill="#667085">0s</text>'
-               f'<text x="{right}" y="{bottom + 16}" font-size="10.5" fill="#667085" '
-               f'text-anchor="end">{_e(format_seconds(duration))}</text>')
+        out += [_line(left, y(full * fraction), right, y(full * fraction),
+                      "axis" if fraction == 0 else "grid"),
+                _text(left - 6, y(full * fraction) + 4, label(full * fraction), "ax", "end")]
+    out += [_text(left, bottom + 16, "0s"), _text(right, bottom + 16, format_seconds(duration),
+                                                  "ax", "end")]
     if limit:
-        out.append(f'<line x1="{left}" y1="{y(limit):.1f}" x2="{right}" y2="{y(limit):.1f}" '
-                   f'stroke="#d6453d" stroke-dasharray="6 4" stroke-width="1.3"/>'
-                   f'<text x="{right}" y="{y(limit) - 5:.1f}" font-size="10.5" fill="#d6453d" '
-                   f'text-anchor="end">limit {_e(label(limit))}</text>')
+        out += [_line(left, y(limit), right, y(limit), "limit"),
+                _text(right, y(limit) - 5, f"limit {label(limit)}", "lim", "end")]
     if series:
         line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in series)
-        area = f"{x(series[0][0]):.1f},{bottom} {line} {x(series[-1][0]):.1f},{bottom}"
-        out.append(f'<polygon points="{area}" fill="#3a7bd5" fill-opacity=".12"/>'
-                   f'<polyline points="{line}" fill="none" stroke="#3a7bd5" stroke-width="1.8" '
-                   'stroke-linejoin="round"/>')
+        out.append(f'<polygon points="{x(series[0][0]):.1f},{bottom} {line} '
+                   f'{x(series[-1][0]):.1f},{bottom}" class="fill"/>'
+                   f'<polyline points="{line}" class="curve"/>')
     elif reference:
         name, value = reference
-        out.append(f'<line x1="{left}" y1="{y(value):.1f}" x2="{right}" y2="{y(value):.1f}" '
-                   f'stroke="#3a7bd5" stroke-dasharray="2 3" stroke-width="1.5"/>'
-                   f'<text x="{left + 6}" y="{y(value) - 5:.1f}" font-size="10.5" '
-                   f'fill="#3a7bd5">{_e(name)} {_e(label(value))} (no samples recorded)</text>')
-    out.append("</svg></div>")
-    return "".join(out)
+        out += [_line(left, y(value), right, y(value), "ref"),
+                _text(left + 6, y(value) - 5, f"{name} {label(value)} (no samples recorded)",
+                      "refl")]
+    return "".join(out) + "</svg></div>"
 
 
 def _resource_charts(s: SessionResult, samples: Sequence[Sample],
@@ -295,9 +289,11 @@ def _resource_charts(s: SessionResult, samples: Sequence[Sample],
     limits = manifest.limits if manifest else None
     average = s.cpu_seconds / duration * 100 if duration else 0.0
     return ('<div class="charts">'
-            + _chart("Memory", memory, duration, limits.memory_mb * MIB if limits else None,
+            + _chart(f"Memory · peak {_mib(s.peak_memory_bytes)}", memory, duration,
+                     limits.memory_mb * MIB if limits else None,
                      "mib", ("peak", float(s.peak_memory_bytes)))
-            + _chart("CPU (% of one core)", cpu, duration,
+            + _chart(f"CPU, % of one core · {s.cpu_seconds:.2f} cpu-seconds, "
+                     f"average {average:.0f} %", cpu, duration,
                      float(limits.cpu_percent) if limits else None, "pct", ("average", average))
             + "</div>")
 
@@ -307,8 +303,8 @@ def _resource_charts(s: SessionResult, samples: Sequence[Sample],
 
 def _merge_block(s: SessionResult) -> str:
     info = s.merge
-    parts = [f'<h4 class="muted" style="margin:0 0 6px">Merge</h4>'
-             f'{_pill(info.status.replace("_", " "), MERGE_COLOR[info.status])}']
+    parts = [f'<h4>Merge</h4>'
+             f'{_merge_pill(info.status)}']
     if info.merge_commit:
         parts.append(f' <code>{_e(info.merge_commit[:12])}</code>')
     if info.conflicts:
@@ -320,19 +316,27 @@ def _merge_block(s: SessionResult) -> str:
                          f"{_e(' · lines ' + lines) if lines else ''}</span></li>")
         parts.append(f'<ul class="conflicts">{"".join(items)}</ul>')
     if s.warnings:
-        parts.append('<h4 class="muted" style="margin:12px 0 4px">Warnings</h4><ul class="warn">'
+        parts.append('<h4 class="gap">Warnings</h4><ul class="warn">'
                      + "".join(f"<li>{_e(w)}</li>" for w in s.warnings) + "</ul>")
     return "<div>" + "".join(parts) + "</div>"
 
 
+def _command_text(command: object) -> str:
+    """An argv for reading: ``sh -c`` and the script below it rather than one quoted line."""
+    if not isinstance(command, list):
+        return str(command)
+    args = [str(a) for a in command]
+    if len(args) >= 3 and args[-2] == "-c":
+        return shlex.join(args[:-1]) + "\n" + args[-1].strip("\n")
+    return shlex.join(args)
+
+
 def _manifest_block(s: SessionResult, manifest: Manifest | None) -> str:
     if manifest is None:
-        return '<div><h4 class="muted" style="margin:0 0 6px">Manifest</h4>' \
+        return '<div><h4>Manifest</h4>' \
                '<p class="muted">none recorded (the session never started)</p></div>'
     lim = manifest.limits
-    command = manifest.task.get("command") or manifest.task.get("agent") or ""
-    if isinstance(command, list):
-        command = shlex.join(str(a) for a in command)
+    command = _command_text(manifest.task.get("command") or manifest.task.get("agent") or "")
     rows = [
         ("image", f"<code>{_e(manifest.image)}</code>"),
         ("digest", f'<code>{_e(manifest.image_digest or "unknown")}</code>'),
@@ -347,7 +351,7 @@ def _manifest_block(s: SessionResult, manifest: Manifest | None) -> str:
         ("command", f"<pre>{_e(command)}</pre>"),
     ]
     body = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in rows)
-    return f'<div><h4 class="muted" style="margin:0 0 6px">Manifest</h4><dl>{body}</dl></div>'
+    return f'<div><h4>Manifest</h4><dl>{body}</dl></div>'
 
 
 def _session_card(s: SessionResult, samples: Sequence[Sample], manifest: Manifest | None) -> str:
@@ -355,7 +359,7 @@ def _session_card(s: SessionResult, samples: Sequence[Sample], manifest: Manifes
     prompt = str(manifest.task.get("prompt") or "") if manifest else ""
     return (f'<section class="card" id="s-{_e(s.id)}" style="border-left:4px solid {color}">'
             f'<div class="session-head"><h3>{_e(s.task_id)}</h3><code class="muted">{_e(s.id)}'
-            f'</code>{_pill(s.status.value.replace("_", " "), color)}'
+            f'</code>{_status_pill(s.status)}'
             f'<span class="muted">exit {_e("-" if s.exit_code is None else s.exit_code)} · '
             f'{_e(format_seconds(s.duration_s) if s.duration_s is not None else "not run")}'
             f'</span></div>'
@@ -378,14 +382,14 @@ def _summary_table(report: RunReport, manifests: dict[str, Manifest | None]) -> 
         rows.append(
             f'<tr><td><a href="#s-{_e(s.id)}">{_e(s.task_id)}</a><br>'
             f'<code class="muted">{_e(s.branch or s.id)}</code></td>'
-            f'<td>{_pill(s.status.value.replace("_", " "), STATUS_COLOR[s.status])}</td>'
+            f'<td>{_status_pill(s.status)}</td>'
             f'<td class="num">{_e("-" if s.exit_code is None else s.exit_code)}</td>'
             f'<td class="num">{_e("-" if start is None else "+" + format_seconds(start))}</td>'
             f'<td class="num">{_e("-" if s.duration_s is None else format_seconds(s.duration_s))}'
             f'</td><td class="num">{_e(_mib(s.peak_memory_bytes) + limit)}</td>'
             f'<td class="num">{s.cpu_seconds:.2f}s</td>'
             f'<td class="num">{_e(_mib(s.disk_used_bytes))}</td>'
-            f'<td>{_pill(s.merge.status.replace("_", " "), MERGE_COLOR[s.merge.status])}'
+            f'<td>{_merge_pill(s.merge.status)}'
             f'{"<br><code>" + _e(conflicts) + "</code>" if conflicts else ""}</td></tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -412,8 +416,11 @@ def _header(report: RunReport, now: datetime) -> str:
     chips = "".join(_pill(f"{n} {st.value.replace('_', ' ')}", STATUS_COLOR[st])
                     for st, n in counts.items())
     color = "#2f9e61" if code == 0 else "#d6453d" if code == 1 else "#e0821e"
+    verdict_pill = _pill(f"exit {code} · {verdict}", color)
+    if report.finished_at is None:
+        verdict_pill = _pill("in progress", STATUS_COLOR[SessionStatus.RUNNING])
     return (f'<header class="card"><div class="eyebrow">agentrt run report</div>'
-            f'<h1>{_e(report.run_id)} {_pill(f"exit {code} · {verdict}", color)}</h1>'
+            f'<h1>{_e(report.run_id)} {verdict_pill}</h1>'
             f'<dl class="meta">'
             + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in meta)
             + f'</dl><div class="counts">{chips}</div>'

@@ -33,6 +33,7 @@ from runtime.container import LABEL_RUN, AgentContainer
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 1.0
+RECONCILE_EVERY = 15
 
 
 @dataclass
@@ -146,14 +147,16 @@ class Supervisor:
 
     # -- threads ----------------------------------------------------------------------------
 
-    def _guard(self, watch: Watch, what: str, action: Callable[[], object]) -> None:
+    def _guard(self, watch: Watch, what: str, action: Callable[[], object]) -> bool:
         try:
             if self.fault_injector is not None:
                 self.fault_injector(watch.session_id, what)
             action()
+            return True
         except Exception as exc:  # contain any failure to the one session it concerns
             log.warning("session %s: %s failed: %s", watch.session_id, what, exc)
             watch.errors.append(f"{what}: {exc}")
+            return False
 
     def _events_loop(self) -> None:
         since: int | None = None
@@ -212,7 +215,9 @@ class Supervisor:
                 watch.vanished = not watch.exited.is_set()
                 watch.exited.set()
 
-        self._guard(watch, f"event {action}", handle)
+        if not self._guard(watch, f"event {action}", handle):
+            # The event is lost to the failure; ask the engine directly instead.
+            self._reconcile(watch)
 
     def _reconcile(self, watch: Watch) -> None:
         def check() -> None:
@@ -294,6 +299,9 @@ class Supervisor:
                 if watch.exited.is_set():
                     continue
                 self._guard(watch, "sample", lambda w=watch: self._sample(w))  # type: ignore[misc]
+                if tick % RECONCILE_EVERY == 0:
+                    # A safety net only: exits are learnt from events, this catches a lost one.
+                    self._reconcile(watch)
                 if watch.on_sample is not None:
                     self._guard(watch, "on_sample",
                                 lambda w=watch: w.on_sample(w, tick))  # type: ignore[misc]

@@ -1,0 +1,110 @@
+"""1, 3 and 5 agents at once: AgentCoordinator against N parallel ``docker run`` by hand.
+
+Two workloads, the same command in both systems, every agent at ``cpu_percent=50``:
+
+* *sleep*: about 90 % sleep, 10 × (30 ms of CPU + 270 ms of sleep) = 3 s. Wall time of N
+  agents against 1; goal ≤ 1.1×.
+* *cpu*: a fixed-iteration Python loop (a fixed amount of CPU work). Wall time of N agents
+  against (1 agent × ceil(N × 0.5 / cores)); goal ≤ 1.1×.
+
+agentrt's time covers the whole ``run_agents`` call: preflight, a branch, volume and checkout
+of the benchmark repository per session, the containers, snapshots and clean-up. The raw time
+covers ``docker run --rm`` of the same commands with the same limits (no checkout at all).
+Run: ``.venv/bin/python bench/concurrency.py [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import _common as c
+import _repo
+
+from runtime import AgentCoordinator, ResourceLimits, RunConfig, Task
+from runtime.engine import engine_resources, get_client
+
+AGENTS = (1, 3, 5)
+QUOTA = 50
+SLEEPY = """
+import time
+for _ in range(10):
+    end = time.process_time() + 0.03
+    while time.process_time() < end:
+        pass
+    time.sleep(0.27)
+"""
+BUSY = "x = 0\nfor i in range({iterations}):\n    x += i\n"
+
+
+def agentrt_wall(repo: Path, config: RunConfig, command: list[str], n: int) -> float:
+    """Wall time of one ``run_agents`` call with ``n`` identical agents."""
+    tasks = [Task(id=f"a{i}", command=command) for i in range(n)]
+    coordinator = AgentCoordinator(n, config=config, repo=repo, stop_grace_seconds=1)
+    with c.stopwatch() as t:
+        report = coordinator.run_agents(tasks)
+    bad = [f"{s.task_id}: {s.status.value} {s.reason}" for s in report.sessions
+           if s.status.value != "succeeded"]
+    if bad:
+        raise RuntimeError("agentrt sessions failed: " + "; ".join(bad))
+    return t[0]
+
+
+def raw_wall(limits: ResourceLimits, label: str, command: list[str], n: int) -> float:
+    """Wall time of ``n`` parallel ``docker run --rm`` of ``command``."""
+    argv = ["docker", "run", "--rm", *c.raw_docker_flags(limits, label), c.IMAGE, *command]
+    with c.stopwatch() as t:
+        procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for _ in range(n)]
+        codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"raw docker run failed: exit codes {codes}")
+    return t[0]
+
+
+def main() -> None:
+    p = c.parser(__doc__.splitlines()[0], runs=3)
+    p.add_argument("--iterations", type=int, default=50_000_000,
+                   help="loop iterations of the cpu workload (default 50M)")
+    args = p.parse_args()
+    cores = engine_resources(get_client())[0]
+    limits = ResourceLimits(memory_mb=512, cpu_percent=QUOTA, pids=256, disk_mb=512)
+    config = RunConfig(resource_limits=limits, merge="none")
+    workloads = {
+        "sleep": ["python3", "-c", SLEEPY],
+        "cpu": ["python3", "-c", BUSY.format(iterations=args.iterations)],
+    }
+    c.header(f"concurrency: {AGENTS} agents at cpu_percent={QUOTA} on {cores} cores", args.runs)
+    walls: dict[tuple[str, str, int], list[float]] = {}
+    with c.scratch("concurrency") as root:
+        repo = _repo.clone(root / "repo")
+        raw_wall(limits, root.name, ["true"], 1)  # warm-up
+        agentrt_wall(repo, config, ["true"], 1)
+        for run in range(args.runs):
+            for name, command in workloads.items():
+                for n in AGENTS:
+                    first_raw = (run + n) % 2 == 0  # alternate who goes first
+                    for system in ("raw", "agentrt") if first_raw else ("agentrt", "raw"):
+                        wall = (raw_wall(limits, root.name, command, n) if system == "raw"
+                                else agentrt_wall(repo, config, command, n))
+                        walls.setdefault((name, system, n), []).append(wall)
+    for name in workloads:
+        rows = []
+        for n in AGENTS:
+            bound = 1 if name == "sleep" else math.ceil(n * QUOTA / 100 / cores)
+            a, r = walls[(name, "agentrt", n)], walls[(name, "raw", n)]
+            a1, r1 = walls[(name, "agentrt", 1)], walls[(name, "raw", 1)]
+            rows.append([n, c.fmt(a), c.ratio(a, a1), c.fmt(r), c.ratio(r, r1), bound,
+                         c.ratio(a, r)])
+        print(f"\n{name} workload:")
+        print(c.table(["agents", "agentrt wall", "ratio vs 1", "raw wall", "ratio vs 1",
+                       "expected ×", "agentrt / raw"], rows))
+        for n in AGENTS[1:]:
+            bound = 1 if name == "sleep" else math.ceil(n * QUOTA / 100 / cores)
+            for system in ("agentrt", "raw"):
+                value = c.median(walls[(name, system, n)]) / c.median(walls[(name, system, 1)])
+                print(c.goal(f"{name} {system} {n} agents ≤ 1.1 × {bound}", value / bound, 1.1))
+
+
+if __name__ == "__main__":
+    main()

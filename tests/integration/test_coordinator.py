@@ -1,0 +1,127 @@
+"""The coordinator: pipelines, concurrency limits measured from the engine, contained faults."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.config import ResourceLimits, RunConfig
+from runtime.coordinator import AgentCoordinator
+from runtime.models import SessionStatus
+from tests.conftest import git
+from tests.integration.helpers import by_task, run_tasks, sh
+
+pytestmark = pytest.mark.docker
+
+
+def test_pipeline_stages_see_predecessors_work_and_independent_task_runs_alongside(
+    repo: Path,
+) -> None:
+    tasks = [
+        sh("design", "sleep 1; echo 'api: add(a, b)' > DESIGN.md; date +%s.%N > /tmp/t; "
+                     "git add . && git commit -qm design"),
+        sh("implement", "test -f DESIGN.md && echo 'def add(a, b): return a + b' > add.py",
+           deps=["design"]),
+        sh("tests", "test -f DESIGN.md && test -f add.py && echo 'assert add(1,2)==3' > t.py",
+           deps=["implement"]),
+        sh("independent", "sleep 2; echo alone > alone.txt"),
+    ]
+    report = run_tasks(repo, tasks, max_concurrent_agents=2)
+    results = by_task(report)
+    assert all(r.status is SessionStatus.SUCCEEDED for r in results.values()), results
+    assert git(repo, "show", f"{results['tests'].head_commit}:add.py").startswith("def add")
+    assert git(repo, "show", f"{results['tests'].head_commit}:DESIGN.md")
+    # Order: each stage started after its predecessor finished.
+    for earlier, later in (("design", "implement"), ("implement", "tests")):
+        assert results[earlier].finished_at <= results[later].started_at  # type: ignore[operator]
+    # The independent task overlapped the pipeline.
+    assert results["independent"].started_at < results["implement"].finished_at  # type: ignore[operator]
+
+
+def test_failed_stage_skips_its_dependents_and_the_rest_finish(repo: Path) -> None:
+    tasks = [
+        sh("design", "exit 1"),
+        sh("implement", "true", deps=["design"]),
+        sh("tests", "true", deps=["implement"]),
+        sh("other", "echo ok > ok.txt"),
+    ]
+    results = by_task(run_tasks(repo, tasks, max_concurrent_agents=2))
+    assert results["design"].status is SessionStatus.FAILED
+    assert results["implement"].status is SessionStatus.SKIPPED
+    assert results["tests"].status is SessionStatus.SKIPPED
+    assert "design" in (results["implement"].reason or "")
+    assert results["other"].status is SessionStatus.SUCCEEDED
+
+
+def test_dependency_branches_that_conflict_skip_the_dependent_with_the_reason(
+    repo: Path,
+) -> None:
+    tasks = [
+        sh("left", "echo left > README.md"),
+        sh("right", "echo right > README.md"),
+        sh("join", "true", deps=["left", "right"]),
+    ]
+    results = by_task(run_tasks(repo, tasks, max_concurrent_agents=2))
+    assert results["join"].status is SessionStatus.SKIPPED
+    assert "README.md" in (results["join"].reason or "")
+
+
+def test_twenty_tasks_never_more_than_five_running_measured_from_engine_events(
+    repo: Path, docker_client: object
+) -> None:
+    since = int(time.time()) - 1
+    tasks = [sh(f"t{i:02d}", "sleep 1") for i in range(20)]
+    report = run_tasks(repo, tasks, max_concurrent_agents=5,
+                       resource_limits=ResourceLimits(memory_mb=64, disk_mb=16, pids=32,
+                                                      time_seconds=60))
+    assert all(s.status is SessionStatus.SUCCEEDED for s in report.sessions)
+    events = docker_client.events(  # type: ignore[attr-defined]
+        since=since, until=int(time.time()) + 1, decode=True,
+        filters={"type": "container", "label": f"agentrt.run={report.run_id}"})
+    running = peak = starts = 0
+    for event in sorted(events, key=lambda e: e["timeNano"]):
+        if event["Action"] == "start":
+            running += 1
+            starts += 1
+        elif event["Action"] == "die":
+            running -= 1
+        peak = max(peak, running)
+    assert starts == 20
+    assert peak == 5
+
+
+def test_an_exception_while_handling_one_session_is_contained_to_it(repo: Path) -> None:
+    config = RunConfig(merge="none", resource_limits=ResourceLimits(memory_mb=64, disk_mb=16))
+    coordinator = AgentCoordinator(config=config, repo=repo, stop_grace_seconds=1)
+
+    def inject(session_id: str, what: str) -> None:
+        if session_id.startswith("victim-") and what.startswith("event die"):
+            raise RuntimeError("injected fault")
+
+    original_init = coordinator.run_agents
+
+    def run_with_fault(tasks):  # type: ignore[no-untyped-def]
+        import runtime.supervisor as sup
+
+        real_start = sup.Supervisor.start
+
+        def start(self):  # type: ignore[no-untyped-def]
+            self.fault_injector = inject
+            real_start(self)
+
+        sup.Supervisor.start = start  # type: ignore[method-assign]
+        try:
+            return original_init(tasks)
+        finally:
+            sup.Supervisor.start = real_start  # type: ignore[method-assign]
+
+    report = run_with_fault([sh("victim", "sleep 1; echo v > v.txt"),
+                             sh("neighbour", "sleep 1; echo n > n.txt")])
+    results = by_task(report)
+    assert results["neighbour"].status is SessionStatus.SUCCEEDED
+    # The victim's die event was lost to the fault, yet it still ended and its work is saved.
+    assert results["victim"].status.is_final
+    assert any("injected fault" in w for w in results["victim"].warnings)
+    assert git(repo, "show", f"{results['victim'].head_commit}:v.txt") == "v\n"

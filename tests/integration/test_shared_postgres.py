@@ -1,0 +1,221 @@
+"""database_strategy = "shared": one PostgreSQL database and role per session, walled off.
+
+The unit tests at the top need no engine; the rest run real agents on a real server.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from runtime.models import SessionStatus
+from runtime.postgres import (
+    database_name,
+    database_url,
+    scram_verifier,
+    server_name,
+    stop_shared_server,
+)
+from tests.conftest import git
+from tests.integration.helpers import by_task, run_tasks, sh
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "agentrt/postgres:latest"
+IDENTIFIER = re.compile(r"^[a-z0-9_]{1,63}$")
+
+# Each agent writes its own database, then tries every other session database of the run with
+# its own role. COMMENT ON DATABASE lands in a shared catalog every role can read: an agent
+# marks itself done there and waits for the others, so no database is dropped while a
+# neighbour is still about to knock on it.
+AGENT = r"""
+set -u
+psql "$AGENT_DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 \
+    -c "create table notes (session text)" \
+    -c "insert into notes values ('$AGENT_SESSION_ID')" \
+    -c "select session from notes" > own.txt 2>&1
+q() { psql "$AGENT_DATABASE_URL" -X -q -At -c "$1"; }
+me=$(q "select current_database()")
+mine="from pg_database where datname like 'agentrt\_%'"
+others() { q "select datname $mine and datname <> current_database() order by 1"; }
+i=0
+while [ -z "$(others)" ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+: > others.txt
+for db in $(others); do
+    if psql "${AGENT_DATABASE_URL%/*}/$db" -X -At -c "select 1" > /dev/null 2> /tmp/err; then
+        echo "$db connected" >> others.txt
+    else
+        echo "$db refused $(tr '\n' ' ' < /tmp/err)" >> others.txt
+    fi
+done
+q "comment on database \"$me\" is 'done'"
+i=0
+busy="and coalesce(shobj_description(oid, 'pg_database'), '') <> 'done'"
+while [ "$(q "select count(*) $mine $busy")" != 0 ] && [ $i -lt 120 ]; do
+    sleep 0.5; i=$((i + 1))
+done
+if python3 -c "import socket; socket.create_connection(('deb.debian.org', 80), 5)" 2>/dev/null
+then echo reached; else echo blocked; fi > egress.txt
+"""
+
+
+# -- unit: names, URLs and verifiers ------------------------------------------------------------
+
+
+def test_names_are_plain_identifiers_derived_from_the_session_id() -> None:
+    assert database_name("parser-1a2b3c") == "agentrt_parser_1a2b3c"
+    long_id = "a" * 39 + "-1a2b3c"
+    assert IDENTIFIER.match(database_name(long_id))
+    assert database_name(long_id) != database_name("a" * 38 + "-1a2b3c")
+    assert database_name("a_b-1a2b3c") != database_name("a-b-1a2b3c")
+
+
+@pytest.mark.parametrize("session_id", [
+    "x'; DROP ROLE postgres; --",
+    'x"; DROP DATABASE postgres; --',
+    "x\\'$$; select 1; $$",
+    "Parser-1A2B3C",
+    "x:\"role\" :'db'",
+    "πarser-é\n-1",
+    "",
+])
+def test_a_session_id_with_odd_characters_cannot_inject_sql(session_id: str) -> None:
+    name = database_name(session_id)
+    assert IDENTIFIER.match(name), name
+    # Replacing the odd characters must not make two ids collide on one database.
+    assert name != database_name(session_id + "x")
+    plain = re.sub(r"[^a-z0-9]", "_", session_id.lower())
+    assert plain == session_id or name != database_name(plain)
+
+
+def test_url_names_the_role_password_host_and_database() -> None:
+    url = database_url("agentrt_a_1", "p@ss/w:rd", "agentrt-db-r1", 5432, "agentrt_a_1")
+    parts = urlsplit(url)
+    assert parts.scheme == "postgresql"
+    assert parts.username == "agentrt_a_1"
+    assert unquote(parts.password or "") == "p@ss/w:rd"
+    assert (parts.hostname, parts.port, parts.path) == ("agentrt-db-r1", 5432, "/agentrt_a_1")
+
+
+def test_scram_verifier_matches_rfc7677_example() -> None:
+    # RFC 7677 section 3: password "pencil"; the server's proof computed from our ServerKey
+    # must equal the one in the RFC's exchange.
+    salt = "W22ZaJ0SNY7soEsUEjb6gQ=="
+    verifier = scram_verifier("pencil", base64.b64decode(salt))
+    head, keys = verifier.split("$", 1)[1].split("$")
+    assert head == f"4096:{salt}"
+    _stored, server_key = (base64.b64decode(k) for k in keys.split(":"))
+    nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    auth = f"n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s={salt},i=4096,c=biws,r={nonce}"
+    signature = hmac.new(server_key, auth.encode(), hashlib.sha256).digest()
+    assert base64.b64encode(signature).decode() == "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
+# -- integration ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres_image(docker_client: Any) -> str:
+    """agentrt/postgres:latest, built through the same recipe machinery as every image."""
+    from runtime.images import build_image
+
+    build_image(docker_client, "postgres")
+    return IMAGE
+
+
+@pytest.fixture
+def servers(docker_client: Any) -> Iterator[list[str]]:
+    """Run ids whose database server the test made; stopped afterwards, even on failure."""
+    def running() -> set[str]:
+        found = docker_client.containers.list(all=True, filters={"label": "agentrt.role=database"})
+        return {c.labels.get("agentrt.run", "") for c in found}
+
+    before = running()
+    made: list[str] = []
+    yield made
+    for run_id in sorted((running() - before) | set(made)):
+        stop_shared_server(run_id, docker_client)
+        name = server_name(run_id)
+        label = f"agentrt.run={run_id}"
+        assert not docker_client.containers.list(all=True, filters={"label": label})
+        assert not docker_client.networks.list(names=[name]), f"network {name} left behind"
+
+
+def _server_sql(docker_client: Any, run_id: str, sql: str) -> str:
+    server = docker_client.containers.get(server_name(run_id))
+    result = server.exec_run(["psql", "-X", "-At", "-c", sql], user="postgres")
+    assert result.exit_code == 0, result.output
+    return str(result.output.decode())
+
+
+def test_each_session_owns_one_database_and_cannot_open_its_neighbours(
+    repo: Path, docker_client: Any, postgres_image: str, servers: list[str]
+) -> None:
+    report = run_tasks(repo, [sh("left", AGENT), sh("right", AGENT)],
+                       database_strategy="shared", image=postgres_image)
+    servers.append(report.run_id)
+    sessions = by_task(report)
+    for task_id, other_id in (("left", "right"), ("right", "left")):
+        me, other = sessions[task_id], sessions[other_id]
+        assert me.status is SessionStatus.SUCCEEDED, me.reason
+
+        def read(path: str, me: Any = me) -> str:
+            return git(repo, "show", f"{me.head_commit}:{path}").strip()
+
+        assert read("own.txt") == me.id, "the session could not write its own database"
+        attempts = read("others.txt").splitlines()
+        other_db = database_name(other.id)
+        assert len(attempts) == 1 and attempts[0].startswith(f"{other_db} refused"), attempts
+        assert f'permission denied for database "{other_db}"' in attempts[0]
+        # The run's network is internal: the database is reachable, the internet is not.
+        assert read("egress.txt") == "blocked"
+
+    # The sessions are closed: their roles and databases are gone, the server is still up.
+    left = _server_sql(docker_client, report.run_id,
+                       "select datname from pg_database where datname like 'agentrt\\_%' "
+                       "union all select rolname from pg_roles where rolname like 'agentrt\\_%'")
+    assert left.strip() == ""
+    server = docker_client.containers.get(server_name(report.run_id))
+    assert server.labels["agentrt.role"] == "database"
+    assert server.labels["agentrt.session"] == f"db-{report.run_id}"
+    network = docker_client.networks.get(server_name(report.run_id))
+    assert network.attrs["Internal"] is True
+
+
+def test_role_cannot_create_databases_or_roles_and_drop_is_idempotent(
+    docker_client: Any, postgres_image: str, servers: list[str]
+) -> None:
+    from runtime.config import RunConfig
+    from runtime.postgres import create_shared_database
+
+    run_id = "rtest-" + secrets.token_hex(3)
+    servers.append(run_id)
+    config = RunConfig(database_strategy="shared")
+    db = create_shared_database(config, "x'; DROP ROLE postgres; --", run_id, docker_client)
+    assert db.network == server_name(run_id)
+    url = db.env["AGENT_DATABASE_URL"]
+    script = (f'psql "{url}" -X -c "create database evil" 2>&1; '
+              f'psql "{url}" -X -c "create role evil" 2>&1; '
+              f'psql "{url}" -X -At -c "select rolsuper or rolcreatedb or rolcreaterole '
+              'from pg_roles where rolname = current_user"')
+    out = docker_client.containers.run(
+        postgres_image, ["sh", "-c", script], network=db.network, user="1000:1000",
+        remove=True, labels={"agentrt.run": run_id}).decode()
+    assert "permission denied to create database" in out
+    assert "permission denied to create role" in out
+    assert out.strip().splitlines()[-1] == "f"
+    assert _server_sql(docker_client, run_id,
+                       "select count(*) from pg_roles where rolname = 'postgres'").strip() == "1"
+    db.drop()
+    db.drop()
+    assert _server_sql(docker_client, run_id,
+                       f"select count(*) from pg_roles where rolname = '{db.name}'").strip() == "0"

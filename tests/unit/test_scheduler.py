@@ -1,0 +1,90 @@
+"""The DAG scheduler against random DAGs and random outcomes (a fake backend, no Docker)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.scheduler import DagScheduler, TaskState
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> dict[str, list[str]]:
+    n = draw(st.integers(min_value=1, max_value=15))
+    names = [f"t{i}" for i in range(n)]
+    deps: dict[str, list[str]] = {}
+    for i, name in enumerate(names):
+        deps[name] = sorted(draw(st.sets(st.sampled_from(names[:i]), max_size=3))) if i else []
+    order = draw(st.permutations(names))
+    return {name: deps[name] for name in order}
+
+
+def ancestors_failed(deps: dict[str, list[str]], task: str, failed: set[str]) -> bool:
+    stack = list(deps[task])
+    while stack:
+        dep = stack.pop()
+        if dep in failed:
+            return True
+        stack.extend(deps[dep])
+    return False
+
+
+@given(deps=dags(), limit=st.integers(min_value=1, max_value=5), seed=st.integers(0, 10**6))
+@settings(max_examples=300, deadline=None)
+def test_random_dags_respect_order_limit_and_skip_exactly_dependents_of_failures(
+    deps: dict[str, list[str]], limit: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    outcome = {t: rng.choice([TaskState.SUCCEEDED] * 3 + [TaskState.FAILED]) for t in deps}
+    scheduler = DagScheduler(deps, limit)
+    running: list[str] = []
+    finished_order: list[str] = []
+    steps = 0
+    while not scheduler.done:
+        steps += 1
+        assert steps < 1000, "deadlock"
+        started = scheduler.next_ready()
+        for task in started:
+            assert all(scheduler.state[d] is TaskState.SUCCEEDED for d in deps[task])
+            assert all(d in finished_order for d in deps[task])
+        running += started
+        assert len(running) <= limit
+        assert running, "nothing running but not done: deadlock"
+        task = running.pop(rng.randrange(len(running)))
+        finished_order.append(task)
+        scheduler.finish(task, outcome[task])
+    failed = {t for t in deps if outcome[t] is TaskState.FAILED
+              and scheduler.state[t] is TaskState.FAILED}
+    for task, state in scheduler.state.items():
+        if state is TaskState.SKIPPED:
+            assert ancestors_failed(deps, task, failed)
+        else:
+            assert not ancestors_failed(deps, task, failed)
+            assert state is outcome[task]
+
+
+def test_free_slots_are_filled_immediately_and_in_file_order() -> None:
+    scheduler = DagScheduler({"a": [], "b": [], "c": [], "d": ["a"]}, 2)
+    assert scheduler.next_ready() == ["a", "b"]
+    assert scheduler.next_ready() == []
+    scheduler.finish("a", TaskState.SUCCEEDED)
+    assert scheduler.next_ready() == ["c"]
+    scheduler.finish("b", TaskState.SUCCEEDED)
+    assert scheduler.next_ready() == ["d"]
+
+
+def test_cancel_waiting_marks_unstarted_tasks() -> None:
+    scheduler = DagScheduler({"a": [], "b": ["a"]}, 1)
+    scheduler.next_ready()
+    assert scheduler.cancel_waiting() == ["b"]
+    scheduler.finish("a", TaskState.CANCELLED)
+    assert scheduler.done
+
+
+def test_finishing_a_task_that_is_not_running_is_an_error() -> None:
+    scheduler = DagScheduler({"a": []}, 1)
+    with pytest.raises(ValueError):
+        scheduler.finish("a", TaskState.SUCCEEDED)
