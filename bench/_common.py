@@ -99,6 +99,10 @@ def header(title: str, runs: int) -> None:
     """Print the benchmark's title and the machine it runs on."""
     print(f"== {title} ({runs} runs; median (min–max)) ==")
     print(f"machine: {machine()}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    others = subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True,
+                            check=False).stdout.split()
+    print(f"at start: load average {load}; {len(others)} containers already running")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ hardening, the worktree bind-mounted + ``git worktree remove --force`` + branch 
 
 *ready* is the time from the start of creation until the agent's first instruction runs (the
 command's own ``date +%s.%N``); *teardown* is the time from that instruction until everything
-is released. Run: ``.venv/bin/python bench/lifecycle.py [--runs N]``.
+is released. Raw worktrees go next to the repository (the same disk) unless ``--raw-dir``
+says otherwise (``--raw-dir /dev/shm`` gives raw a RAM-backed checkout: its best case).
+Run: ``.venv/bin/python bench/lifecycle.py [--runs N] [--raw-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ def main() -> None:
     rows = [[k, c.fmt(a[k]), c.fmt(r[k]), c.ratio(a[k], r[k])] for k in a]
     print(c.table(["metric", "agentrt", "raw (worktree + docker run)", "agentrt / raw"], rows))
     print("\nagentrt phases (per session):")
-    print(c.table(["phase", "time"], [[k, c.fmt(v)] for k, v in phases.items()]))
+    print(c.table(["phase", "time"], [[label, c.fmt(phases[label])]
+                                      for _, _, label in PHASES if label in phases]))
     checkout = c.median(a["checkout"])
     print("(raw checkout = git worktree add; agentrt checkout = the phase above)\n")
     print(c.goal("lifecycle ≤ 1.0× raw", c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.0))

@@ -11,7 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from runtime.errors import ConfigError
 
@@ -123,6 +131,9 @@ class RunConfig(_Strict):
         None, description="PostgreSQL admin URL for the shared strategy; default: agentrt starts one."
     )
     runtime: ContainerRuntime = Field("runc", description="runc | runsc (gVisor).")
+    conflict_radar_seconds: NonNegativeInt = Field(
+        5, description="How often live sessions are compared for overlapping changes; 0: off."
+    )
     resource_limits: ResourceLimits = Field(
         default_factory=ResourceLimits, description="Defaults for every task."
     )

@@ -9,12 +9,13 @@ Per-task failures never stop the run; :meth:`cancel` stops everything and keeps 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import docker
@@ -25,6 +26,7 @@ from runtime.gitops import MainRepo
 from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
 from runtime.owner import process_start_time
 from runtime.presets import resolve_image
+from runtime.radar import ConflictRadar, LiveTree, Overlap
 from runtime.recovery import reconcile_on_start
 from runtime.scheduler import DagScheduler, TaskState
 from runtime.session import STOP_REQUESTED, IsolatedAgentSession, new_run_id
@@ -140,7 +142,7 @@ class AgentCoordinator:
             report.warnings.append(
                 "recovered work of dead sessions onto " + ", ".join(sorted(recovered.saved_branches)))
         try:
-            with Supervisor(self.client, self.run_id) as supervisor:
+            with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
                 self.supervisor = supervisor
                 while not scheduler.done:
                     if self._cancelled.is_set():
@@ -167,6 +169,10 @@ class AgentCoordinator:
                             by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
         finally:
             self.supervisor = None
+            if self.config.database_strategy == "shared":
+                from runtime.postgres import stop_shared_server
+
+                stop_shared_server(self.run_id, self.client)
         report.sessions = [results[t.id] for t in tasks if t.id in results]
         report.interrupted = self._cancelled.is_set()
         if self.config.merge != "none" and not report.interrupted and target:
@@ -235,6 +241,38 @@ class AgentCoordinator:
         if self.listener:
             self.listener("finished", result)
         done.put((task.id, result))
+
+    @contextlib.contextmanager
+    def _radar(self, report: RunReport) -> Iterator[None]:
+        if self.config.conflict_radar_seconds == 0:
+            yield
+            return
+
+        def on_overlap(overlap: Overlap) -> None:
+            message = overlap.message()
+            report.warnings.append(message)
+            with self._lock:
+                live = {s.task.id: s for s in self._live.values()}
+            for task_id in (overlap.first, overlap.second):
+                if task_id in live:
+                    live[task_id].result.warnings.append(message)
+                    if self.listener:
+                        self.listener("radar", live[task_id].result)
+
+        radar = ConflictRadar(self.repo, self._live_trees, on_overlap,
+                              float(self.config.conflict_radar_seconds)).start()
+        try:
+            yield
+        finally:
+            radar.stop()
+
+    def _live_trees(self) -> list[LiveTree]:
+        return [
+            LiveTree(s.session_id, s.task.id, s.volume.workspace, s.base_commit,
+                     s.session_dir / "radar")
+            for s in self.live_sessions()
+            if s.volume is not None and s.result.status is SessionStatus.RUNNING
+        ]
 
     def live_sessions(self) -> list[IsolatedAgentSession]:
         """The sessions running now."""

@@ -48,6 +48,7 @@ IMAGE_PARENTS: dict[str, str | None] = {
     "claude-code": "base",
     "codex": "base",
     "aider": "base",
+    "postgres": "base",
 }
 DEFAULT_IMAGES = ("base",)
 REGISTRY_BASE = "debian:bookworm-slim"

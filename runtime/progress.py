@@ -38,6 +38,7 @@ class ProgressView:
         self.total = total
         self.live_mode = self.console.is_terminal if live is None else live
         self.rows: dict[str, SessionResult] = {}
+        self.warnings: list[str] = []
         self.coordinator: object | None = None
         self._lock = threading.Lock()
         self._live: Live | None = None
@@ -57,6 +58,12 @@ class ProgressView:
     def __call__(self, event: str, result: SessionResult) -> None:
         with self._lock:
             self.rows[result.task_id] = result
+        if event == "radar":
+            self.warnings.append(result.warnings[-1])
+            if not self.live_mode:
+                self.console.print(f"{time.strftime('%H:%M:%S')} warning: {result.warnings[-1]}",
+                                   style="yellow", markup=False, highlight=False)
+            return
         if not self.live_mode:
             stamp = time.strftime("%H:%M:%S")
             detail = f" ({result.reason})" if event == "finished" and result.reason else ""
@@ -80,6 +87,8 @@ class ProgressView:
             table.add_row(r.task_id, r.id, f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]",
                           f"{elapsed:.0f}s", _mb(r.peak_memory_bytes), f"{r.cpu_seconds:.1f}",
                           _mb(r.disk_used_bytes))
+        for warning in self.warnings[-3:]:
+            table.add_row("[yellow]![/]", "", "", "", "", "", warning)
         return table
 
 

@@ -120,10 +120,32 @@ def collect_garbage(
                              store, report, include_finished, grace_seconds)
             except (AgentRuntimeError, OSError, docker.errors.DockerException) as exc:
                 report.errors.append(f"{session_id}: {exc}")
+        _collect_database_servers(client, store, report)
     finally:
         if store is not None:
             store.close()
     return report
+
+
+def _collect_database_servers(client: docker.DockerClient | None, store: Store | None,
+                              report: GcReport) -> None:
+    """Remove shared PostgreSQL servers whose run is over (finished or owner dead)."""
+    if client is None or store is None:
+        return
+    from runtime.postgres import stop_shared_server
+
+    with contextlib.suppress(docker.errors.DockerException):
+        servers = client.containers.list(all=True, filters={"label": "agentrt.role=database"})
+        for server in servers:
+            run_id = server.labels.get("agentrt.run", "")
+            try:
+                run = store.find_run(run_id)
+            except NotFoundError:
+                continue  # another repository's run: not ours to judge
+            if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
+                continue
+            stop_shared_server(run_id, client)
+            report.removed_containers.append(server.name)
 
 
 def _collect_one(repo: MainRepo, session_id: str, container: Any, session_dir: Path | None,

@@ -25,6 +25,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.conflicts import driver_overrides
 from runtime.errors import ConfigError, GitError, WorkspaceError
 from runtime.gitops import MainRepo, check_branch_name, run_git
 
@@ -196,22 +197,28 @@ def snapshot_tree(
     as links and never followed.
     """
     env = {"GIT_INDEX_FILE": str(index_file)}
+    keep_index = object_dir is not None and index_file.exists()
     if object_dir is not None:
         # Live reads write blobs into a private object store: the shared store is readable by
         # every running container, and live work must stay private to its session.
         object_dir.mkdir(parents=True, exist_ok=True)
         env["GIT_OBJECT_DIRECTORY"] = str(object_dir)
         env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(repo.objects_dir)
-    with contextlib.suppress(FileNotFoundError):
-        index_file.unlink()
-    try:
-        repo.git("read-tree", parent, env=env)
-        run_git(["add", "-A", "--ignore-errors", "--", "."], git_dir=repo.git_dir,
-                work_tree=workspace, env=env, config=("core.autocrlf=false",), check=False)
-        return repo.git("write-tree", env=env).stdout.strip()
-    finally:
+    if not keep_index:
         with contextlib.suppress(FileNotFoundError):
             index_file.unlink()
+    try:
+        if not keep_index:
+            # A live scan keeps its index between passes so only changed files are re-read.
+            repo.git("read-tree", parent, env=env)
+        run_git(["add", "-A", "--ignore-errors", "--", "."], git_dir=repo.git_dir,
+                work_tree=workspace, env=env, check=False,
+                config=("core.autocrlf=false", *driver_overrides(repo)))
+        return repo.git("write-tree", env=env).stdout.strip()
+    finally:
+        if object_dir is None:
+            with contextlib.suppress(FileNotFoundError):
+                index_file.unlink()
 
 
 def snapshot(

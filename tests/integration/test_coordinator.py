@@ -125,3 +125,14 @@ def test_an_exception_while_handling_one_session_is_contained_to_it(repo: Path) 
     assert results["victim"].status.is_final
     assert any("injected fault" in w for w in results["victim"].warnings)
     assert git(repo, "show", f"{results['victim'].head_commit}:v.txt") == "v\n"
+
+
+def test_conflict_radar_warns_while_two_live_agents_touch_the_same_file(repo: Path) -> None:
+    tasks = [sh("a", "echo a > README.md; echo a > a.txt; sleep 6"),
+             sh("b", "echo b > README.md; echo b > b.txt; sleep 6")]
+    report = run_tasks(repo, tasks, max_concurrent_agents=2, conflict_radar_seconds=1)
+    expected = "conflict radar: a and b both changed README.md"
+    assert expected in report.warnings
+    assert report.warnings.count(expected) == 1
+    assert all(expected in s.warnings for s in report.sessions)
+    assert not any("a.txt" in w or "b.txt" in w for w in report.warnings)

@@ -158,8 +158,13 @@ def _server_sql(docker_client: Any, run_id: str, sql: str) -> str:
 
 
 def test_each_session_owns_one_database_and_cannot_open_its_neighbours(
-    repo: Path, docker_client: Any, postgres_image: str, servers: list[str]
+    repo: Path, docker_client: Any, postgres_image: str, servers: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Keep the server past the run's end so the test can look inside it; the fixture stops it.
+    import runtime.postgres
+
+    monkeypatch.setattr(runtime.postgres, "stop_shared_server", lambda *a, **k: None)
     report = run_tasks(repo, [sh("left", AGENT), sh("right", AGENT)],
                        database_strategy="shared", image=postgres_image)
     servers.append(report.run_id)
@@ -219,3 +224,15 @@ def test_role_cannot_create_databases_or_roles_and_drop_is_idempotent(
     db.drop()
     assert _server_sql(docker_client, run_id,
                        f"select count(*) from pg_roles where rolname = '{db.name}'").strip() == "0"
+
+
+def test_the_run_removes_its_database_server_when_it_ends(
+    repo: Path, docker_client: Any, postgres_image: str, servers: list[str]
+) -> None:
+    report = run_tasks(repo, [sh("solo", 'psql "$AGENT_DATABASE_URL" -X -c "select 1"')],
+                       database_strategy="shared", image=postgres_image)
+    servers.append(report.run_id)
+    assert by_task(report)["solo"].status.value == "succeeded"
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"agentrt.run={report.run_id}"})
+    assert not docker_client.networks.list(names=[server_name(report.run_id)])
