@@ -59,7 +59,8 @@ def _repo_option(func: F) -> F:
 @main.command()
 @click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
 @_repo_option
-@click.option("--max-concurrent", type=click.IntRange(min=1), help="Override max_concurrent_agents.")
+@click.option("--max-concurrent", type=click.IntRange(min=1),
+              help="Override max_concurrent_agents.")
 @click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
 def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,

@@ -124,8 +124,9 @@ def replay(session: str, repo: str, as_json: bool) -> None:
     if as_json:
         click.echo(report.model_dump_json(indent=2))
     else:
-        from runtime.progress import summary_table
         from rich.console import Console
+
+        from runtime.progress import summary_table
 
         Console(width=200 if not sys.stdout.isatty() else None).print(summary_table(report))
     sys.exit(report.exit_code())

@@ -119,7 +119,9 @@ class Task(_Strict):
 class RunConfig(_Strict):
     """Settings of a whole run: the ``[run]`` table of the task file."""
 
-    max_concurrent_agents: PositiveInt = Field(5, description="Containers running at once, at most.")
+    max_concurrent_agents: PositiveInt = Field(
+        5, description="Containers running at once, at most."
+    )
     base: str = Field("HEAD", description="Commit-ish every session starts from.")
     target: str | None = Field(None, description="Branch merges go into; default: checked out.")
     merge: MergeStrategy = Field("review", description="review | auto | none.")
@@ -128,7 +130,8 @@ class RunConfig(_Strict):
     network: NetworkMode = Field("none", description="none | bridge.")
     database_strategy: DatabaseStrategy = Field("per_agent", description="per_agent | shared.")
     database_url: str | None = Field(
-        None, description="PostgreSQL admin URL for the shared strategy; default: agentrt starts one."
+        None,
+        description="PostgreSQL admin URL for the shared strategy; default: agentrt starts one.",
     )
     runtime: ContainerRuntime = Field("runc", description="runc | runsc (gVisor).")
     conflict_radar_seconds: NonNegativeInt = Field(

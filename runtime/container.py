@@ -135,7 +135,8 @@ class AgentContainer:
         try:
             return cls(client, client.containers.create(**container_spec(plan)))
         except docker.errors.ImageNotFound as exc:
-            raise SessionError(f"image {plan.image!r} not found: run `agentrt images build`") from exc
+            raise SessionError(
+                f"image {plan.image!r} not found: run `agentrt images build`") from exc
         except docker.errors.DockerException as exc:
             raise _translate(f"cannot create container for {plan.session_id}", exc) from exc
 

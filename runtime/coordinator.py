@@ -140,7 +140,8 @@ class AgentCoordinator:
         recovered = reconcile_on_start(self.repo, self.client)
         if recovered.saved_branches:
             report.warnings.append(
-                "recovered work of dead sessions onto " + ", ".join(sorted(recovered.saved_branches)))
+                "recovered work of dead sessions onto "
+                + ", ".join(sorted(recovered.saved_branches)))
         try:
             with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
                 self.supervisor = supervisor

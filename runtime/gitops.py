@@ -115,7 +115,9 @@ def run_git(
             env=git_env(env),
             input=data,
             capture_output=True,
-            text=True,
+            # Agents name files: bytes that are not UTF-8 must pass through, never crash.
+            encoding="utf-8",
+            errors="surrogateescape",
             timeout=timeout,
             check=False,
         )
@@ -217,7 +219,9 @@ class MainRepo:
         """The tree id of ``commit``."""
         return self.git("rev-parse", f"{commit}^{{tree}}").stdout.strip()
 
-    def update_ref(self, ref: str, new: str, old: str | None = None, message: str = "agentrt"):
+    def update_ref(
+        self, ref: str, new: str, old: str | None = None, message: str = "agentrt"
+    ) -> None:
         """Atomically move ``ref`` to ``new`` (only from ``old`` when given)."""
         args = ["update-ref", "-m", message, ref, new]
         if old is not None:

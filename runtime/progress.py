@@ -8,6 +8,7 @@ from typing import IO
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from runtime.models import RunReport, SessionResult, SessionStatus
@@ -100,12 +101,12 @@ def summary_table(report: RunReport) -> Table:
                 "merge"):
         table.add_column(col)
     for s in report.sessions:
-        merge = s.merge.status
+        merge: str = s.merge.status
         if s.merge.conflicts:
             merge += ": " + ", ".join(sorted({c.path for c in s.merge.conflicts}))
         status = f"[{STATUS_STYLE[s.status]}]{s.status.value}[/]"
         if s.reason and s.status is not SessionStatus.SUCCEEDED:
-            status += f"\n[dim]{s.reason}[/]"
+            status += f"\n[dim]{escape(s.reason)}[/]"
         table.add_row(
             s.task_id, s.branch or "-", status, "-" if s.exit_code is None else str(s.exit_code),
             "-" if s.duration_s is None else f"{s.duration_s:.1f}s", _mb(s.peak_memory_bytes),

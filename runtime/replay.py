@@ -18,9 +18,9 @@ def replay_config(row: SessionRow) -> tuple[RunConfig, Task]:
     image = manifest.image_digest or manifest.image
     config = RunConfig(
         max_concurrent_agents=1, base=manifest.base_commit, merge="none",
-        image=image, network=manifest.network,  # type: ignore[arg-type]
-        runtime=manifest.runtime,  # type: ignore[arg-type]
-        database_strategy=manifest.database_strategy,  # type: ignore[arg-type]
+        image=image, network=manifest.network,
+        runtime=manifest.runtime,
+        database_strategy=manifest.database_strategy,
         resource_limits=manifest.limits,
     )
     # The digest pins the image; the task's own image name must not override it, and its

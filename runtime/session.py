@@ -312,7 +312,8 @@ class IsolatedAgentSession:
             status, reason = SessionStatus.TIMED_OUT, \
                 f"ran past time_seconds={self.limits.time_seconds}"
         elif watch.disk_exceeded:
-            status, reason = SessionStatus.DISK_FULL, f"used more than disk_mb={self.limits.disk_mb}"
+            status = SessionStatus.DISK_FULL
+            reason = f"used more than disk_mb={self.limits.disk_mb}"
         elif watch.vanished or not state:
             status, reason = SessionStatus.CRASHED, "container vanished"
         elif oom:
@@ -321,7 +322,8 @@ class IsolatedAgentSession:
         elif self.result.exit_code == 0:
             status, reason = SessionStatus.SUCCEEDED, None
         elif low_disk:
-            status, reason = SessionStatus.DISK_FULL, f"volume full at disk_mb={self.limits.disk_mb}"
+            status = SessionStatus.DISK_FULL
+            reason = f"volume full at disk_mb={self.limits.disk_mb}"
         elif watch.engine_interrupted:
             status, reason = SessionStatus.CRASHED, "the Docker engine restarted during the session"
         elif watch.external_kill or (self.result.exit_code == 137 and not watch.stopping):

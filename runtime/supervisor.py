@@ -304,4 +304,4 @@ class Supervisor:
                     self._reconcile(watch)
                 if watch.on_sample is not None:
                     self._guard(watch, "on_sample",
-                                lambda w=watch: w.on_sample(w, tick))  # type: ignore[misc]
+                                lambda w=watch, t=tick: w.on_sample(w, t))  # type: ignore[misc]

@@ -84,7 +84,8 @@ def prepare_base(repo: MainRepo, base_commit: str, dep_heads: list[tuple[str, st
 
 
 def _is_ancestor(repo: MainRepo, ancestor: str, descendant: str) -> bool:
-    return repo.git("merge-base", "--is-ancestor", ancestor, descendant, check=False).returncode == 0
+    proc = repo.git("merge-base", "--is-ancestor", ancestor, descendant, check=False)
+    return proc.returncode == 0
 
 
 def create_branch(repo: MainRepo, branch: str, commit: str) -> None:

@@ -133,7 +133,8 @@ def test_sixteen_concurrent_session_creations_on_one_repository_all_succeed(
         errors: list[BaseException] = []
         sessions: list[IsolatedAgentSession] = []
 
-        def create(i: int, round_: int = round_) -> None:
+        def create(i: int, round_: int = round_, errors: list[BaseException] = errors,
+                   sessions: list[IsolatedAgentSession] = sessions) -> None:
             try:
                 s = IsolatedAgentSession(Task(id=f"c{round_}-{i}", command=["true"]), config,
                                          repo=repo, client=docker_client)  # type: ignore[arg-type]
