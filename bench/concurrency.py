@@ -64,8 +64,10 @@ def raw_wall(limits: ResourceLimits, label: str, command: list[str], n: int) -> 
 
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0], runs=3)
-    p.add_argument("--iterations", type=int, default=50_000_000,
-                   help="loop iterations of the cpu workload (default 50M)")
+    p.add_argument("--iterations", type=int, default=35_000_000,
+                   help="loop iterations of the cpu workload (default 35M)")
+    p.add_argument("--files", type=int, default=2000, help="files in the benchmark repository")
+    p.add_argument("--megabytes", type=int, default=25, help="size of the benchmark repository")
     args = p.parse_args()
     cores = engine_resources(get_client())[0]
     limits = ResourceLimits(memory_mb=512, cpu_percent=QUOTA, pids=256, disk_mb=512)
@@ -74,10 +76,11 @@ def main() -> None:
         "sleep": ["python3", "-c", SLEEPY],
         "cpu": ["python3", "-c", BUSY.format(iterations=args.iterations)],
     }
-    c.header(f"concurrency: {AGENTS} agents at cpu_percent={QUOTA} on {cores} cores", args.runs)
+    c.header(f"concurrency: {AGENTS} agents at cpu_percent={QUOTA} on {cores} cores, "
+             f"repository of {args.files} files, {args.megabytes} MB", args.runs)
     walls: dict[tuple[str, str, int], list[float]] = {}
     with c.scratch("concurrency") as root:
-        repo = _repo.clone(root / "repo")
+        repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
         raw_wall(limits, root.name, ["true"], 1)  # warm-up
         agentrt_wall(repo, config, ["true"], 1)
         for run in range(args.runs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import resource
 import subprocess
 import tempfile
 import time
@@ -81,26 +82,37 @@ Times = dict[str, float]
 def agentrt_once(repo: Path, config: RunConfig, n: int) -> tuple[Times, Times]:
     """Lifecycle, ready and teardown seconds of one session, and its phase times."""
     with phase_timers() as phases:
+        cpu = host_cpu()
         start = time.time()
         with IsolatedAgentSession(Task(id=f"life{n}", command=STAMP), config, repo=repo) as s:
             result = s.run()
         end = time.time()
+        cpu = host_cpu() - cpu
     if result.status.value != "succeeded":
         raise RuntimeError(f"session {s.session_id} {result.status.value}: {result.reason}")
     t0 = float(_repo.git("show", f"{s.branch}:t0", cwd=repo))
     _repo.git("branch", "-q", "-D", s.branch, cwd=repo)
-    return times(start, t0, end, phases[CHECKOUT]), phases
+    return times(start, t0, end, phases[CHECKOUT], cpu), phases
 
 
-def times(start: float, t0: float, end: float, checkout: float) -> Times:
+def host_cpu() -> float:
+    """CPU seconds used so far by this process (all threads) and its waited-for children."""
+    own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                      resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def times(start: float, t0: float, end: float, checkout: float, cpu: float) -> Times:
     """The reported metrics from the instants of one lifecycle."""
     return {"lifecycle": end - start, "ready": t0 - start, "teardown": end - t0,
-            "checkout": checkout, "ready − checkout": t0 - start - checkout}
+            "checkout": checkout, "ready − checkout": t0 - start - checkout,
+            "host CPU (self + children)": cpu}
 
 
 def raw_once(repo: Path, trees: Path, limits: ResourceLimits, label: str, n: int) -> Times:
     """The same metrics for git worktree + docker run by hand, the worktree under ``trees``."""
     tree, branch = trees / f"raw-wt{n}", f"raw/life{n}"
+    cpu = host_cpu()
     start = time.time()
     _repo.git("worktree", "add", "-q", "-b", branch, str(tree), "HEAD", cwd=repo)
     checkout = time.time() - start
@@ -112,7 +124,7 @@ def raw_once(repo: Path, trees: Path, limits: ResourceLimits, label: str, n: int
     _repo.git("worktree", "remove", "--force", str(tree), cwd=repo)
     _repo.git("branch", "-q", "-D", branch, cwd=repo)
     end = time.time()
-    return times(start, t0, end, checkout)
+    return times(start, t0, end, checkout, host_cpu() - cpu)
 
 
 def filesystem(path: Path) -> str:

@@ -75,7 +75,8 @@ def test_three_task_run_reports_commits_each_branch_and_leaves_main_alone(
     # Containers and working trees are gone, branches stay.
     sessions_dir = repo / ".git" / "agentrt" / "sessions"
     assert not sessions_dir.exists() or not any(sessions_dir.iterdir())
-    assert not docker_client.containers.list(all=True, filters={"label": "agentrt.session"})  # type: ignore[attr-defined]
+    assert not docker_client.containers.list(  # type: ignore[attr-defined]
+        all=True, filters={"label": f"agentrt.repo={repo.resolve()}"})
 
 
 def test_failing_task_makes_run_exit_1_and_others_still_finish(
