@@ -104,7 +104,9 @@ def _existing(path: Path, container_id: str, controller: str) -> Path | None:
     Inside a namespace ``/proc/<pid>/cgroup`` is relative to our own root, so fall back to
     searching the well-known Docker locations for the container id.
     """
-    if path.is_dir():
+    # Docker's cgroup paths (cgroupfs and systemd drivers alike) contain the container id; a
+    # path without it belongs to some other process that reused the pid, or is the root.
+    if path.is_dir() and (not container_id or container_id in str(path)):
         return path
     if not container_id:
         return None

@@ -28,7 +28,9 @@ STATUS_STYLE = {
 
 
 def _mb(value: int) -> str:
-    return f"{value / 1048576:.0f}M" if value else "-"
+    if not value:
+        return "-"
+    return f"{value / 1048576:.0f}M" if value >= 1048576 else f"{value / 1024:.0f}K"
 
 
 class ProgressView:

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run tests that restart the engine last, so nothing else shares their disruption."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+@pytest.fixture(params=["runc", "runsc"])
+def runtime_name(request: pytest.FixtureRequest, docker_client: object) -> str:
+    """Run a test under runc, and under gVisor where registered (required in CI)."""
+    from runtime.engine import registered_runtimes
+
+    if request.param == "runsc" and "runsc" not in registered_runtimes(docker_client):  # type: ignore[arg-type]
+        if os.environ.get("AGENTRT_REQUIRE_RUNSC"):
+            pytest.fail("runsc is required (AGENTRT_REQUIRE_RUNSC) but not registered")
+        pytest.skip("gVisor (runsc) is not registered with this engine")
+    return str(request.param)
 
 
 def leftovers(client: object, repo: Path) -> list[str]:

@@ -28,15 +28,6 @@ if [ -e "$REPO/.git/config" ]; then echo repo:visible; else echo repo:hidden; fi
 """
 
 
-@pytest.fixture(params=["runc", "runsc"])
-def runtime_name(request: pytest.FixtureRequest, docker_client: object) -> str:
-    from runtime.engine import registered_runtimes
-
-    if request.param == "runsc" and "runsc" not in registered_runtimes(docker_client):  # type: ignore[arg-type]
-        pytest.skip("gVisor (runsc) is not registered with this engine")
-    return str(request.param)
-
-
 def test_posture_read_back_inside_the_container(repo: Path, runtime_name: str) -> None:
     task = sh("posture", POSTURE, env={"OBJECTS": str(repo / ".git" / "objects"),
                                        "REPO": str(repo)})

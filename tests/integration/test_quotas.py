@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -23,18 +22,6 @@ def limits(**kw: int) -> ResourceLimits:
     base = dict(memory_mb=128, cpu_percent=100, time_seconds=60, disk_mb=64, pids=64)
     base.update(kw)
     return ResourceLimits(**base)
-
-
-@pytest.fixture(params=["runc", "runsc"])
-def runtime_name(request: pytest.FixtureRequest, docker_client: object) -> str:
-    """Each quota test runs under runc, and under gVisor when it is registered."""
-    from runtime.engine import registered_runtimes
-
-    if request.param == "runsc" and "runsc" not in registered_runtimes(docker_client):  # type: ignore[arg-type]
-        if os.environ.get("AGENTRT_REQUIRE_RUNSC"):
-            pytest.fail("runsc is required (AGENTRT_REQUIRE_RUNSC) but not registered")
-        pytest.skip("gVisor (runsc) is not registered with this engine")
-    return str(request.param)
 
 
 def test_memory_hog_is_oom_killed_and_neighbours_finish(repo: Path, runtime_name: str) -> None:

@@ -147,6 +147,7 @@ def _dockerd() -> tuple[int, list[str]] | None:
     return None
 
 
+@pytest.mark.disruptive
 def test_dockerd_restart_mid_run_ends_every_session_in_a_correct_state(
     docker_client: object, repo: Path, tmp_path: Path
 ) -> None:
