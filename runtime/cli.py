@@ -68,7 +68,7 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
     from runtime.coordinator import AgentCoordinator
     from runtime.gitops import MainRepo
-    from runtime.progress import ProgressView, summary_table
+    from runtime.progress import ProgressView
 
     parsed = load_task_file(task_file)
     updates: dict[str, Any] = {}
@@ -98,13 +98,9 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if as_json:
-        click.echo(report.model_dump_json(indent=2))
-    else:
-        out = Console()
-        if not out.is_terminal:
-            out = Console(width=200)
-        out.print(summary_table(report))
+    from runtime.cli_manage import print_report
+
+    print_report(report, as_json)
     err.print(f"run {report.run_id}: `agentrt report {report.run_id}` shows it again",
               highlight=False)
     sys.exit(report.exit_code())

@@ -12,6 +12,7 @@ import click
 
 from runtime.errors import ConfigError, NotFoundError
 from runtime.gitops import MainRepo
+from runtime.models import RunReport
 
 
 def _repo_opt(func):  # type: ignore[no-untyped-def]
@@ -25,6 +26,18 @@ def _store(repo: MainRepo):  # type: ignore[no-untyped-def]
     if not (repo.state_dir / "state.db").exists():
         raise NotFoundError(f"no agentrt runs recorded in {repo.root}")
     return Store(repo.state_dir / "state.db")
+
+
+def print_report(report: RunReport, as_json: bool) -> None:
+    """The report alone on stdout as JSON, or the summary table (wide when piped)."""
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    from rich.console import Console
+
+    from runtime.progress import summary_table
+
+    Console(width=None if sys.stdout.isatty() else 200).print(summary_table(report))
 
 
 @click.command()
@@ -81,7 +94,6 @@ def gc(repo: str, as_json: bool) -> None:
 def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bool) -> None:
     """Merge (auto) or check (review) a finished run's branches into the target."""
     from runtime.merge import merge_agent_results
-    from runtime.progress import summary_table
 
     main_repo = MainRepo(repo)
     with _store(main_repo) as store:
@@ -100,12 +112,7 @@ def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bo
                 store.upsert_session(session, run.id)
     report.merge = strategy
     report.target = into
-    if as_json:
-        click.echo(report.model_dump_json(indent=2))
-    else:
-        from rich.console import Console
-
-        Console(width=200 if not sys.stdout.isatty() else None).print(summary_table(report))
+    print_report(report, as_json)
     sys.exit(report.exit_code())
 
 
@@ -121,14 +128,7 @@ def replay(session: str, repo: str, as_json: bool) -> None:
     with _store(main_repo) as store:
         row = store.find_session(session)
     report = replay_session(main_repo, row)
-    if as_json:
-        click.echo(report.model_dump_json(indent=2))
-    else:
-        from rich.console import Console
-
-        from runtime.progress import summary_table
-
-        Console(width=200 if not sys.stdout.isatty() else None).print(summary_table(report))
+    print_report(report, as_json)
     sys.exit(report.exit_code())
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +30,10 @@ def run_tasks(repo: Path, tasks: list[Task], *, grace: int = 2, **run: Any) -> R
 def by_task(report: RunReport) -> dict[str, SessionResult]:
     """The report's sessions keyed by task id."""
     return {s.task_id: s for s in report.sessions}
+
+
+def agentrt(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in a separate process."""
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import git
+from tests.integration.helpers import agentrt
 
 pytestmark = pytest.mark.docker
 
@@ -23,11 +24,6 @@ time_seconds = 120
 disk_mb = 64
 """
 
-
-def agentrt(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, in a separate process."""
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def start_run(task_file: Path, repo: Path, tmp_path: Path) -> subprocess.Popen[bytes]:

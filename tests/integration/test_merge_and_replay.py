@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
+from tests.integration.helpers import agentrt
 
 pytestmark = pytest.mark.docker
 
@@ -30,10 +29,6 @@ id = "new-file"
 command = ["sh", "-c", "echo fresh > NEW.md"]
 """
 
-
-def agentrt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_review_reports_conflicts_file_by_file_then_auto_merge_keeps_the_loser(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
+from tests.integration.helpers import agentrt
 
 pytestmark = pytest.mark.docker
 
@@ -32,10 +31,6 @@ prompt = "rewrite the readme"
 command = ["sh", "-c", "echo \\"$AGENT_TASK by $AGENT_TASK_ID on $AGENT_BRANCH\\" > README.md"]
 """
 
-
-def agentrt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
 
 
 def test_three_task_run_reports_commits_each_branch_and_leaves_main_alone(

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
+from tests.integration.helpers import agentrt
 
 pytestmark = pytest.mark.docker
 
 SECRET = "sk-test-" + os.urandom(8).hex()
 
-
-def agentrt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_secret_reaches_the_agent_but_never_the_state_logs_or_reports(
