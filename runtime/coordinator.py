@@ -98,11 +98,19 @@ class AgentCoordinator:
         for image in sorted({resolve_image(t, self.config.image) for t in tasks}):
             require_image(self.client, image)
         if self.config.runtime == "runsc":
-            from runtime.engine import registered_runtimes
+            from runtime.engine import registered_runtimes, runtime_args
 
-            if "runsc" not in registered_runtimes(self.client):
+            runtimes = registered_runtimes(self.client)
+            if "runsc" not in runtimes:
                 raise ConfigError("[run] field runtime: runsc (gVisor) is not registered with "
                                   "the Docker engine; see `agentrt doctor`")
+            needs_network = self.config.database_strategy == "shared" or any(
+                self.config.network_for(t) == "bridge" for t in tasks)
+            if needs_network and "--network=none" in runtime_args(self.client, "runsc"):
+                raise ConfigError(
+                    "[run] field runtime: runsc is registered with --network=none on this engine, "
+                    "so network = \"bridge\" and database_strategy = \"shared\" cannot work; "
+                    "use runc for this run or register runsc with networking")
         from runtime.admission import check_admission
 
         check_admission(self.client, self.config, tasks)

@@ -116,21 +116,15 @@ def cgroup_check(version: int) -> Check:
 
 
 def disk_limit_mode() -> Literal["loop", "soft"]:
-    """How session volumes are size-limited on this host.
+    """How session volumes are size-limited on this host (the rule sessions use).
 
     ``loop``: root on Linux with a free loop device and ``mkfs.ext4`` (a real ext4 image per
     session, so the kernel enforces the size); ``soft``: anything else (usage is measured
     and a session over quota is stopped, after the fact).
     """
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "soft"
-    if shutil.which("mkfs.ext4") is None or shutil.which("losetup") is None:
-        return "soft"
-    try:
-        found = subprocess.run(["losetup", "-f"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "soft"
-    return "loop" if found.returncode == 0 and found.stdout.strip() else "soft"
+    from runtime.volumes import default_mode
+
+    return default_mode()
 
 
 def disk_check(mode: Literal["loop", "soft"]) -> Check:

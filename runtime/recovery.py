@@ -120,11 +120,22 @@ def collect_garbage(
                              store, report, include_finished, grace_seconds)
             except (AgentRuntimeError, OSError, docker.errors.DockerException) as exc:
                 report.errors.append(f"{session_id}: {exc}")
+        _finish_dead_runs(store)
         _collect_database_servers(client, store, report)
     finally:
         if store is not None:
             store.close()
     return report
+
+
+def _finish_dead_runs(store: Store | None) -> None:
+    """Runs whose owner died without finishing are marked ``crashed``."""
+    if store is None:
+        return
+    for run in store.list_runs():
+        if run.finished_at is None and not _alive(run.owner_pid, run.owner_start_time):
+            store.finish_run(run.id, "crashed",
+                             warnings=["the agentrt process died; sessions reconciled by gc"])
 
 
 def _collect_database_servers(client: docker.DockerClient | None, store: Store | None,

@@ -236,7 +236,8 @@ class IsolatedAgentSession:
         """Stop the container (SIGTERM, grace, SIGKILL); the session ends as ``cancelled``."""
         self._cancel.set()
         if self.watch is not None and self._supervisor is not None:
-            self._supervisor.stop(self.watch, reason="cancel")
+            self._supervisor.stop(self.watch, reason="cancel",
+                                  grace_seconds=self.stop_grace_seconds)
 
     def run(self) -> SessionResult:
         """Start the container, wait for it to end, classify, and bring the work home."""
@@ -374,7 +375,7 @@ class IsolatedAgentSession:
         try:
             self.result.head_commit = snapshot(
                 self.repo, self.volume.workspace, self.session_id, self.branch,
-                self.session_dir / "snapshot.index",
+                self.session_dir / "snapshot.index", warnings=self.result.warnings,
             )
             self._snapshotted = True
         except AgentRuntimeError as exc:

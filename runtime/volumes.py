@@ -17,6 +17,7 @@ path and ext4 label, so leftovers are found without any registry.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import stat
@@ -42,16 +43,18 @@ def _run(cmd: list[str], what: str) -> str:
     return proc.stdout
 
 
+@functools.cache
 def loop_supported() -> bool:
-    """True when loop-mounted ext4 volumes can be used (Linux, root, mkfs.ext4 present)."""
-    return (
-        os.name == "posix"
-        and Path("/proc/mounts").exists()
-        and os.geteuid() == 0
-        and shutil.which("mkfs.ext4") is not None
-        and shutil.which("losetup") is not None
-        and Path("/dev/loop-control").exists()
-    )
+    """True when loop-mounted ext4 volumes can be used: Linux, root, mkfs.ext4, a loop device."""
+    if not (Path("/proc/mounts").exists() and os.geteuid() == 0
+            and shutil.which("mkfs.ext4") and shutil.which("losetup")):
+        return False
+    try:
+        found = subprocess.run(["losetup", "-f"], capture_output=True, text=True, timeout=10,
+                               check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return found.returncode == 0 and bool(found.stdout.strip())
 
 
 def default_mode() -> DiskLimitMode:

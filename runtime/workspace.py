@@ -230,6 +230,7 @@ def snapshot(
     index_file: Path,
     *,
     import_commits: bool = True,
+    warnings: list[str] | None = None,
 ) -> str:
     """Bring the session's work onto ``branch`` in the main repository; return its new head.
 
@@ -245,6 +246,10 @@ def snapshot(
         imported = import_agent_commits(repo, workspace, session_id)
         if imported:
             parent = imported
+        elif warnings is not None and (workspace / ".git").exists():
+            warnings.append("the agent's own commits could not be imported (its .git was "
+                            "replaced, or fsck refused its objects); its files were saved as a "
+                            "snapshot instead")
     if workspace.is_dir() and not workspace.is_symlink():
         tree = snapshot_tree(repo, workspace, parent, index_file)
         if tree != repo.tree_of(parent):

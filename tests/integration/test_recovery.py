@@ -75,6 +75,21 @@ def test_sigint_stops_everything_keeps_work_and_exits_130(
     assert not leftovers(docker_client, repo.resolve())
 
 
+def test_second_sigint_forces_the_stop_without_waiting_out_the_grace(
+    docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    proc = start_run(repo, tmp_path)  # the writer ignores SIGTERM; the grace is 10 s
+    wait_running(docker_client, repo, 2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 8
+    assert git(repo, "show", f"{branches(repo)['writer']}:written.txt") == "w\n"
+
+
 def test_sigkill_of_agentrt_then_gc_recovers_work_and_leaves_nothing(
     docker_client: object, repo: Path, tmp_path: Path
 ) -> None:
@@ -96,6 +111,8 @@ def test_sigkill_of_agentrt_then_gc_recovers_work_and_leaves_nothing(
     with Store(MainRepo(repo).state_dir / "state.db") as store:
         states = {row.task_id: row.result.status.value for row in store.list_sessions()}
     assert states == {"committer": "crashed", "writer": "crashed"}
+    with Store(MainRepo(repo).state_dir / "state.db") as store:
+        assert store.latest_run().status == "crashed"  # type: ignore[union-attr]
     # A second gc finds nothing and never deletes a branch.
     again = subprocess.run([sys.executable, "-m", "runtime.cli", "gc", "--repo", str(repo),
                             "--json"], capture_output=True, text=True, timeout=60)
