@@ -5,7 +5,9 @@ journal, ``timeout=0.1`` s, so contention shows as ``database is locked`` errors
 transaction is rolled back and retried until it commits. *per-agent* (agentrt's
 ``per_agent`` strategy): each writer its own file in WAL mode. Writers are host processes
 (the strategy is what is measured); ``--in-sessions`` also runs the per-agent writers inside
-agentrt sessions on their own loop-mounted volumes, on ``$AGENT_DB``.
+agentrt sessions on their own loop-mounted volumes, on ``$AGENT_DB``. Throughput is all
+transactions over the span from the first writer's start to the last one's end; "one writer's
+rate" is each writer's transactions over its own span, averaged (sessions start staggered).
 Run: ``.venv/bin/python bench/databases.py [--runs N] [--in-sessions]``.
 """
 
@@ -57,14 +59,19 @@ print(json.dumps({"start": start, "end": time.time(), "tx": count, "errors": err
 """
 
 
-def summarize(lines: list[dict[str, float]]) -> tuple[float, int, int]:
-    """(throughput tx/s over the writers' common span, lock errors, transactions retried)."""
+Result = tuple[float, float, int, int]
+
+
+def summarize(lines: list[dict[str, float]]) -> Result:
+    """(throughput over the writers' common span, mean writer rate over its own span, both in
+    tx/s; lock errors; transactions retried)."""
     span = max(d["end"] for d in lines) - min(d["start"] for d in lines)
-    return (sum(d["tx"] for d in lines) / span, int(sum(d["errors"] for d in lines)),
+    rate = sum(d["tx"] / (d["end"] - d["start"]) for d in lines) / len(lines)
+    return (sum(d["tx"] for d in lines) / span, rate, int(sum(d["errors"] for d in lines)),
             int(sum(d["retried"] for d in lines)))
 
 
-def host_writers(paths: list[Path], tx: int, timeout: float, mode: str) -> tuple[float, int, int]:
+def host_writers(paths: list[Path], tx: int, timeout: float, mode: str) -> Result:
     """Run one writer process per entry of ``paths`` (repeats share a file) at once."""
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(i), str(tx),
                                str(timeout), mode], stdout=subprocess.PIPE, text=True)
@@ -75,7 +82,7 @@ def host_writers(paths: list[Path], tx: int, timeout: float, mode: str) -> tuple
     return summarize([json.loads(out) for out in outs])
 
 
-def session_writers(repo: Path, tx: int) -> tuple[float, int, int]:
+def session_writers(repo: Path, tx: int) -> Result:
     """The per-agent writers inside agentrt sessions, each on its own ``$AGENT_DB``."""
     from runtime import AgentCoordinator, ResourceLimits, RunConfig, Task
 
@@ -102,7 +109,7 @@ def main() -> None:
                    help="also run the per-agent writers inside agentrt sessions")
     args = p.parse_args()
     c.header(f"databases: {WRITERS} writers × {args.transactions} transactions", args.runs)
-    results: dict[str, list[tuple[float, int, int]]] = {}
+    results: dict[str, list[Result]] = {}
     with c.scratch("databases") as root:
         repo = _repo.clone(root / "repo", files=20, megabytes=1) if args.in_sessions else None
         for run in range(args.runs):
@@ -121,10 +128,11 @@ def main() -> None:
     rows = []
     for name, runs in results.items():
         tput = [r[0] for r in runs]
-        rows.append([name, c.fmt(tput, "tx/s", 0), c.fmt([r[1] for r in runs], "", 0),
-                     c.fmt([r[2] for r in runs], "", 0), c.ratio(tput, base)])
-    print(c.table(["strategy", "throughput", "lock errors", "tx retried",
-                   "throughput vs shared"], rows))
+        rows.append([name, c.fmt(tput, "tx/s", 0), c.ratio(tput, base),
+                     c.fmt([r[1] for r in runs], "tx/s", 0), c.fmt([r[2] for r in runs], "", 0),
+                     c.fmt([r[3] for r in runs], "", 0)])
+    print(c.table(["strategy", "throughput (all writers)", "vs shared", "one writer's rate",
+                   "lock errors", "tx retried"], rows))
 
 
 if __name__ == "__main__":

@@ -236,6 +236,7 @@ class SharedDatabase:
     network: str | None
     _admin: _Admin = field(repr=False)
     _dropped: bool = field(default=False, repr=False)
+    _owns_network: bool = field(default=False, repr=False)
 
     def drop(self) -> None:
         """Terminate the role's connections, drop the database, drop the role; idempotent.
@@ -244,11 +245,11 @@ class SharedDatabase:
         """
         if self._dropped:
             return
-        if self._admin.container_id is not None and not _is_running(
+        if self._admin.container_id is None or _is_running(
                 self._admin.client, self._admin.container_id):
-            self._dropped = True
-            return
-        self._admin.run(_DROP_SQL, role=self.name, db=self.name)
+            self._admin.run(_DROP_SQL, role=self.name, db=self.name)
+        if self._owns_network and self.network:
+            _remove_network(self._admin.client, self.network)
         self._dropped = True
 
 
@@ -271,11 +272,13 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
     else:
         container_id = ensure_shared_server(client, run_id)
         admin = _Admin(client, container_id=container_id)
-        host, port, network = server_name(run_id), PORT, server_name(run_id)
+        host, port = server_name(run_id), PORT
+        network = _session_network(client, run_id, session_id, container_id)
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     database = SharedDatabase(name=name, network=network, _admin=admin, env={
-        "AGENT_DATABASE_URL": database_url(name, password, host, port, name)})
+        "AGENT_DATABASE_URL": database_url(name, password, host, port, name)},
+        _owns_network=network is not None)
     try:
         admin.run(_CREATE_SQL, role=name, db=name, verifier=scram_verifier(password))
     except DatabaseError:
@@ -284,6 +287,40 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
             database.drop()
         raise
     return database
+
+
+def _session_network(client: docker.DockerClient, run_id: str, session_id: str,
+                     server_id: str) -> str:
+    """A private internal network holding only this session's agent and the server.
+
+    One network per session (not one per run) so agents of a run cannot reach each other;
+    the server joins each under the alias the session's URL names.
+    """
+    name = f"{server_name(run_id)}-{database_name(session_id)}"[:120]
+    labels = {**_labels(run_id), LABEL_SESSION: session_id}
+    with _docker_errors(f"create network {name}"):
+        network = client.networks.create(name, driver="bridge", internal=True, labels=labels,
+                                         check_duplicate=True)
+        try:
+            network.connect(server_id, aliases=[server_name(run_id)])
+        except docker.errors.DockerException:
+            network.remove()
+            raise
+    return name
+
+
+def _remove_network(client: docker.DockerClient, name: str) -> None:
+    with _docker_errors(f"remove network {name}"):
+        try:
+            network = client.networks.get(name)
+        except docker.errors.NotFound:
+            return
+        # Stopped agent containers do not hold a network; the server and stragglers would.
+        for attached in network.attrs.get("Containers") or {}:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                network.disconnect(attached, force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
 
 
 def _run_lock(run_id: str) -> threading.Lock:
@@ -387,16 +424,10 @@ def _remove_server(client: docker.DockerClient, run_id: str) -> None:
     with _docker_errors(f"remove {name}"):
         with contextlib.suppress(docker.errors.NotFound):
             client.api.remove_container(name, force=True, v=True)
-        try:
-            network = client.networks.get(name)
-        except docker.errors.NotFound:
-            return
-        # Stopped agent containers do not hold the network; a straggler still running would.
-        for attached in network.attrs.get("Containers") or {}:
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                network.disconnect(attached, force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            network.remove()
+        networks = client.networks.list(
+            filters={"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={ROLE_DATABASE}"]})
+    for network in networks:
+        _remove_network(client, str(network.name))
 
 
 def stop_shared_server(run_id: str, client: docker.DockerClient | None = None) -> None:

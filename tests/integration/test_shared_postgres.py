@@ -39,12 +39,15 @@ IDENTIFIER = re.compile(r"^[a-z0-9_]{1,63}$")
 # neighbour is still about to knock on it.
 AGENT = r"""
 set -u
+python3 -m http.server 8000 --bind 0.0.0.0 > /dev/null 2>&1 &
+myip=$(python3 -c "import socket; print(socket.gethostbyname(socket.gethostname()))")
 psql "$AGENT_DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 \
     -c "create table notes (session text)" \
     -c "insert into notes values ('$AGENT_SESSION_ID')" \
     -c "select session from notes" > own.txt 2>&1
 q() { psql "$AGENT_DATABASE_URL" -X -q -At -c "$1"; }
 me=$(q "select current_database()")
+q "comment on database \"$me\" is 'ip:$myip'"
 mine="from pg_database where datname like 'agentrt\_%'"
 others() { q "select datname $mine and datname <> current_database() order by 1"; }
 i=0
@@ -57,9 +60,19 @@ for db in $(others); do
         echo "$db refused $(tr '\n' ' ' < /tmp/err)" >> others.txt
     fi
 done
-q "comment on database \"$me\" is 'done'"
 i=0
-busy="and coalesce(shobj_description(oid, 'pg_database'), '') <> 'done'"
+noip="and coalesce(shobj_description(oid, 'pg_database'), '') not like '%ip:%'"
+while [ "$(q "select count(*) $mine $noip")" != 0 ] && [ $i -lt 120 ]; do
+    sleep 0.5; i=$((i + 1))
+done
+: > peers.txt
+for ip in $(q "select substring(shobj_description(oid, 'pg_database') from 'ip:([0-9.]+)') $mine and datname <> current_database()"); do
+    if python3 -c "import socket, sys; socket.create_connection((sys.argv[1], 8000), 3)" "$ip" 2>/dev/null
+    then echo "$ip reached"; else echo "$ip blocked"; fi >> peers.txt
+done
+q "comment on database \"$me\" is 'done ip:$myip'"
+i=0
+busy="and coalesce(shobj_description(oid, 'pg_database'), '') not like 'done%'"
 while [ "$(q "select count(*) $mine $busy")" != 0 ] && [ $i -lt 120 ]; do
     sleep 0.5; i=$((i + 1))
 done
@@ -183,6 +196,9 @@ def test_each_session_owns_one_database_and_cannot_open_its_neighbours(
         assert f'permission denied for database "{other_db}"' in attempts[0]
         # The run's network is internal: the database is reachable, the internet is not.
         assert read("egress.txt") == "blocked"
+        # Agents of one run share the server, never a network: the neighbour is unreachable.
+        peers = read("peers.txt").splitlines()
+        assert len(peers) == 1 and peers[0].endswith(" blocked"), peers
 
     # The sessions are closed: their roles and databases are gone, the server is still up.
     left = _server_sql(docker_client, report.run_id,
@@ -206,7 +222,7 @@ def test_role_cannot_create_databases_or_roles_and_drop_is_idempotent(
     servers.append(run_id)
     config = RunConfig(database_strategy="shared")
     db = create_shared_database(config, "x'; DROP ROLE postgres; --", run_id, docker_client)
-    assert db.network == server_name(run_id)
+    assert db.network is not None and db.network.startswith(server_name(run_id) + "-agentrt_")
     url = db.env["AGENT_DATABASE_URL"]
     script = (f'psql "{url}" -X -c "create database evil" 2>&1; '
               f'psql "{url}" -X -c "create role evil" 2>&1; '
