@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,9 @@ def header(title: str, runs: int) -> None:
     others = subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True,
                             check=False).stdout.split()
     print(f"at start: load average {load}; {len(others)} containers already running")
+    import runtime
+
+    print(f"runtime: {Path(runtime.__file__).parent}")
 
 
 @contextlib.contextmanager
@@ -165,6 +169,8 @@ def scratch(prefix: str) -> Iterator[Path]:
     """A temporary directory; on exit (even on failure) remove the containers labelled for it
     (raw ``agentrt.bench`` and agentrt's ``agentrt.repo`` of a repo inside it), unmount and
     detach every volume under it, and delete it."""
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so sessions and this clean-up still run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix=f"agentrt-bench-{prefix}-")).resolve()
     try:
         yield root

@@ -2,8 +2,9 @@
 
 Each measurement runs in a fresh child process, so one does not inherit another's heap.
 agentrt: ``AgentCoordinator`` in a thread runs N sessions that ``sleep 20``; once all N
-containers run, the child samples its resident memory (VmRSS) and its CPU time
-(``time.process_time``, all threads) over ``--interval`` seconds, then cancels the run.
+containers run, the child samples its resident memory (VmRSS), its CPU time
+(``time.process_time``, all threads) and its children's (the git commands of the conflict
+radar) over ``--interval`` seconds (default 5, the radar's period), then cancels the run.
 With 0 sessions it holds a started Supervisor (events, deadline and sampler threads).
 Raw: a minimal hand-made supervisor, the docker SDK starting the same N containers with
 the same limits and one thread per container blocked in ``container.wait()``.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import threading
@@ -36,15 +38,23 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (the git commands it ran)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(interval: float) -> dict[str, float]:
-    """Peak RSS sampled every 0.25 s, and CPU as % of one core, over ``interval`` seconds."""
+    """Peak RSS sampled every 0.25 s; CPU of this process (all threads) and of its children,
+    as % of one core, over ``interval`` seconds."""
     time.sleep(1.0)  # settle after the last start
-    cpu0, wall0, peak = time.process_time(), time.perf_counter(), rss_mb()
+    cpu0, kids0, wall0, peak = time.process_time(), children_cpu(), time.perf_counter(), rss_mb()
     while time.perf_counter() - wall0 < interval:
         time.sleep(0.25)
         peak = max(peak, rss_mb())
-    cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0) * 100
-    return {"rss_mb": peak, "cpu_pct": cpu}
+    wall = time.perf_counter() - wall0
+    return {"rss_mb": peak, "cpu_pct": (time.process_time() - cpu0) / wall * 100,
+            "children_pct": (children_cpu() - kids0) / wall * 100}
 
 
 def child_agentrt(n: int, repo: Path, interval: float) -> dict[str, float]:
@@ -113,7 +123,8 @@ def run_child(argv: list[str]) -> dict[str, float]:
 
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0], runs=3)
-    p.add_argument("--interval", type=float, default=3.0, help="seconds measured per point")
+    p.add_argument("--interval", type=float, default=5.0,
+                   help="seconds measured per point (default 5: one conflict-radar period)")
     p.add_argument("--child", choices=["agentrt", "raw"], help=argparse.SUPPRESS)
     p.add_argument("--sessions", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
@@ -144,14 +155,17 @@ def main() -> None:
         for system in ("agentrt", "raw"):
             rss = [d["rss_mb"] for d in data[(system, n)]]
             cpu = [d["cpu_pct"] for d in data[(system, n)]]
+            kids = [d["children_pct"] for d in data[(system, n)]]
             base = c.median([d["rss_mb"] for d in data[(system, 0)]])
             per = f"{(c.median(rss) - base) / n:.2f} MB" if n else "-"
-            row += [c.fmt(rss, "MB", 1), per, c.fmt(cpu, "%", 1)]
+            row += [c.fmt(rss, "MB", 1), per, c.fmt(cpu, "%", 1), c.fmt(kids, "%", 1)]
         row.append(c.ratio([d["rss_mb"] for d in data[("agentrt", n)]],
                            [d["rss_mb"] for d in data[("raw", n)]]))
         rows.append(row)
-    print(c.table(["sessions", "agentrt RSS", "per session", "agentrt CPU",
-                   "raw RSS", "per session", "raw CPU", "RSS agentrt / raw"], rows))
+    print(c.table(["sessions", "agentrt RSS", "per session", "CPU", "children CPU",
+                   "raw RSS", "per session", "CPU", "children CPU", "RSS agentrt / raw"], rows))
+    print("CPU: % of one core used by the supervising process itself (all threads); children:"
+          " by the commands it ran meanwhile (git for the conflict radar)")
     print(f"bare Python interpreter: {c.fmt(bare, 'MB', 1)}")
     base = c.median([d["rss_mb"] for d in data[("agentrt", 0)]])
     top = c.median([d["rss_mb"] for d in data[("agentrt", SESSIONS[-1])]])

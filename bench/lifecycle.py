@@ -168,8 +168,8 @@ def main() -> None:
             order = (0, 1) if n % 2 else (1, 0)  # alternate who goes first
             for which in order:
                 if which == 0:
-                    times, spent = agentrt_once(repo, config, n)
-                    collect(a, times)
+                    sample, spent = agentrt_once(repo, config, n)
+                    collect(a, sample)
                     collect(phases, spent)
                 else:
                     collect(r, raw_once(repo, trees, limits, root.name, n))

@@ -34,13 +34,27 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
-from pydantic import BaseModel, ConfigDict
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from runtime.errors import NotFoundError, StateError
-from runtime.models import Manifest, RunReport, SessionResult, SessionStatus
+from runtime.models import RunReport, SessionResult, SessionStatus
+from runtime.store_rows import (
+    APPLICATION_ID,
+    MIGRATIONS,
+    RESOURCE_COLUMNS,
+    SCHEMA_VERSION,
+    UPDATABLE_COLUMNS,
+    Event,
+    RunRow,
+    Sample,
+    SessionColumns,
+    SessionResources,
+    SessionRow,
+    run_row,
+    session_row,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -55,143 +69,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-#: Marks the file as ours ("agrt"), so a foreign SQLite file is refused rather than extended.
-APPLICATION_ID = 0x61677274
 _BUSY_ATTEMPTS = 5
-
-# Migrations: version -> statements taking the schema from version-1 to version. Each runs in
-# the same IMMEDIATE transaction as the user_version bump, so a crash leaves the old version.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE runs (
-            id TEXT PRIMARY KEY, repo TEXT NOT NULL, base_commit TEXT NOT NULL, target TEXT,
-            merge TEXT NOT NULL, config_json TEXT NOT NULL DEFAULT '{}',
-            started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL DEFAULT 'running',
-            warnings_json TEXT NOT NULL DEFAULT '[]',
-            owner_pid INTEGER, owner_start_time REAL, owner_host TEXT)""",
-        """CREATE TABLE sessions (
-            id TEXT PRIMARY KEY,
-            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-            task_id TEXT NOT NULL, branch TEXT NOT NULL, status TEXT NOT NULL,
-            result_json TEXT NOT NULL, manifest_json TEXT,
-            container_id TEXT, volume_path TEXT, mount_path TEXT, loop_device TEXT,
-            db_path TEXT, deadline REAL, owner_pid INTEGER, owner_start_time REAL,
-            created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
-        "CREATE INDEX sessions_by_run ON sessions(run_id, created_at)",
-        "CREATE INDEX sessions_by_status ON sessions(status)",
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-            session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
-            ts REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL)""",
-        "CREATE INDEX events_by_run ON events(run_id, id)",
-        "CREATE INDEX events_by_session ON events(session_id, id)",
-        """CREATE TABLE samples (
-            session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-            ts REAL NOT NULL, memory_bytes INTEGER NOT NULL, cpu_seconds REAL NOT NULL,
-            disk_bytes INTEGER NOT NULL)""",
-        "CREATE INDEX samples_by_session ON samples(session_id, ts)",
-    ),
-}
-
-
-class SessionResources(TypedDict, total=False):
-    """Per-session columns besides the result; passing a key sets it, omitting it keeps it."""
-
-    container_id: str | None
-    volume_path: str | None
-    mount_path: str | None
-    loop_device: str | None
-    db_path: str | None
-    deadline: float | None  # absolute unix time
-    owner_pid: int | None
-    owner_start_time: float | None
-    manifest_json: str | None
-
-
-class SessionColumns(SessionResources, total=False):
-    """What :meth:`Store.update_session` may change: the resources, and the status."""
-
-    status: SessionStatus
-
-
-# Column names are interpolated into SQL only from these fixed sets, never from caller strings.
-_RESOURCE_COLUMNS = frozenset(SessionResources.__annotations__)
-_UPDATABLE_COLUMNS = _RESOURCE_COLUMNS | {"status"}
-
-
-class _Row(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class RunRow(_Row):
-    """One run as stored. ``status`` is ``running`` until :meth:`Store.finish_run`."""
-
-    id: str
-    repo: str
-    base_commit: str
-    target: str | None
-    merge: str
-    config_json: str
-    started_at: datetime
-    finished_at: datetime | None
-    status: str
-    warnings: list[str]
-    owner_pid: int | None
-    owner_start_time: float | None
-    owner_host: str | None
-
-
-class SessionRow(_Row):
-    """One session as stored: every column, plus ``result`` parsed from ``result_json``."""
-
-    id: str
-    run_id: str
-    task_id: str
-    branch: str
-    status: SessionStatus
-    result_json: str
-    manifest_json: str | None
-    container_id: str | None
-    volume_path: str | None
-    mount_path: str | None
-    loop_device: str | None
-    db_path: str | None
-    deadline: float | None
-    owner_pid: int | None
-    owner_start_time: float | None
-    created_at: float
-    updated_at: float
-    result: SessionResult
-
-    @property
-    def manifest(self) -> Manifest | None:
-        """The replay manifest, if one was recorded."""
-        if self.manifest_json is None:
-            return None
-        return Manifest.model_validate_json(self.manifest_json)
-
-
-class Event(_Row):
-    """One line of a run's or session's log; ``id`` increases in insertion order."""
-
-    id: int
-    run_id: str
-    session_id: str | None
-    ts: float
-    kind: str
-    message: str
-
-
-class Sample(_Row):
-    """One resource measurement of a session (for the report's curves)."""
-
-    session_id: str
-    ts: float
-    memory_bytes: int
-    cpu_seconds: float
-    disk_bytes: int
 
 
 class Store:
@@ -278,16 +156,16 @@ class Store:
 
     def find_run(self, prefix: str) -> RunRow:
         """The one run whose id starts with ``prefix`` (an exact id always wins)."""
-        return _run_row(self._find("runs", "run", prefix))
+        return run_row(self._find("runs", "run", prefix))
 
     def latest_run(self) -> RunRow | None:
         """The most recently started run, or None when there is none."""
         rows = self._read("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1")
-        return _run_row(rows[0]) if rows else None
+        return run_row(rows[0]) if rows else None
 
     def list_runs(self) -> list[RunRow]:
         """Every run, oldest first."""
-        return [_run_row(r) for r in self._read("SELECT * FROM runs ORDER BY started_at, rowid")]
+        return [run_row(r) for r in self._read("SELECT * FROM runs ORDER BY started_at, rowid")]
 
     def run_report(self, run_id: str) -> RunReport:
         """The run's report rebuilt from the rows (sessions in creation order)."""
@@ -296,14 +174,14 @@ class Store:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"no run '{run_id}'")
-            run = _run_row(row)
+            run = run_row(row)
             sessions = conn.execute(
                 "SELECT * FROM sessions WHERE run_id = ? ORDER BY created_at, rowid", (run_id,)
             ).fetchall()
             return RunReport(
                 run_id=run.id, repo=run.repo, base_commit=run.base_commit, target=run.target,
                 merge=run.merge, started_at=run.started_at, finished_at=run.finished_at,
-                sessions=[_session_row(s).result for s in sessions], warnings=run.warnings,
+                sessions=[session_row(s).result for s in sessions], warnings=run.warnings,
                 interrupted=run.status == "interrupted",
             )
 
@@ -319,7 +197,7 @@ class Store:
         StateError if the session already exists under another run; NotFoundError if the run
         does not exist.
         """
-        cols = _checked(resources, _RESOURCE_COLUMNS)
+        cols = _checked(resources, RESOURCE_COLUMNS)
         now = time.time()
         names = ["id", "run_id", "task_id", "branch", "status", "result_json",
                  "created_at", "updated_at", *cols]
@@ -344,7 +222,7 @@ class Store:
 
     def update_session(self, session_id: str, **columns: Unpack[SessionColumns]) -> None:
         """Change some columns of a session. A new ``status`` is also written into its result."""
-        cols = _checked(columns, _UPDATABLE_COLUMNS)
+        cols = _checked(columns, UPDATABLE_COLUMNS)
         status = cols.pop("status", None)
 
         def work(conn: sqlite3.Connection) -> None:
@@ -370,11 +248,11 @@ class Store:
         rows = self._read("SELECT * FROM sessions WHERE id = ?", (session_id,))
         if not rows:
             raise NotFoundError(f"no session '{session_id}'")
-        return _session_row(rows[0])
+        return session_row(rows[0])
 
     def find_session(self, prefix: str) -> SessionRow:
         """The one session whose id starts with ``prefix`` (an exact id always wins)."""
-        return _session_row(self._find("sessions", "session", prefix))
+        return session_row(self._find("sessions", "session", prefix))
 
     def list_sessions(
         self, run_id: str | None = None, include_finished: bool = True
@@ -388,7 +266,7 @@ class Store:
             )
             args.extend(live)
         rows = self._read(f"SELECT * FROM sessions{where} ORDER BY created_at, rowid", args)
-        return [_session_row(r) for r in rows]
+        return [session_row(r) for r in rows]
 
     # -- events and samples --------------------------------------------------------------------
 
@@ -542,7 +420,7 @@ class Store:
         ).fetchone():
             raise StateError(f"{self.path} is an SQLite file but not an agentrt state database")
         for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[step]:
+            for statement in MIGRATIONS[step]:
                 conn.execute(statement)
         if version < SCHEMA_VERSION:
             # PRAGMAs take no parameters; both values are our own integers.
@@ -577,16 +455,3 @@ def _where(**filters: str | None) -> tuple[str, list[Any]]:
 def _iso(moment: datetime) -> str:
     # One fixed form (UTC, microseconds) so that text order is time order.
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _run_row(row: sqlite3.Row) -> RunRow:
-    data = dict(row)
-    data["warnings"] = json.loads(data.pop("warnings_json"))
-    return RunRow.model_validate(data)
-
-
-def _session_row(row: sqlite3.Row) -> SessionRow:
-    data = dict(row)
-    data["result"] = SessionResult.model_validate_json(data["result_json"])
-    return SessionRow.model_validate(data)
-
