@@ -32,8 +32,8 @@ from runtime.container import LABEL_RUN, AgentContainer
 
 log = logging.getLogger(__name__)
 
-SAMPLE_INTERVAL = 1.0
-RECONCILE_EVERY = 15
+SAMPLE_INTERVAL = 0.5
+RECONCILE_EVERY = 30
 
 
 @dataclass

@@ -127,10 +127,23 @@ def test_agent_ignoring_sigterm_is_killed_at_deadline_plus_grace(
     assert git(repo, "show", f"{result.head_commit}:started.txt") == "started\n"
 
 
+CPU_HOG = """
+import time
+wall0, cpu0 = time.monotonic(), time.process_time()
+while time.monotonic() - wall0 < 4:
+    pass
+open("share.txt", "w").write(str((time.process_time() - cpu0) / (time.monotonic() - wall0)))
+"""
+
+
 def test_cpu_hog_uses_its_quota_within_ten_percent(repo: Path) -> None:
-    script = "timeout 4 sh -c 'while :; do :; done'; true"
-    report = run_tasks(repo, [sh("hog", script)], resource_limits=limits(cpu_percent=50))
+    report = run_tasks(repo, [Task(id="hog", command=["python3", "-c", CPU_HOG])],
+                       resource_limits=limits(cpu_percent=50))
     result = by_task(report)["hog"]
-    assert result.duration_s is not None
-    # 50 % of one core over ~4 s of wall time: about 2 CPU seconds.
-    assert 0.9 * 2.0 <= result.cpu_seconds <= 1.1 * 2.0 + 0.2, result.cpu_seconds
+    from tests.conftest import git
+
+    # The kernel's CFS quota holds a busy loop to 50 % of one core, measured by the agent.
+    share = float(git(repo, "show", f"{result.head_commit}:share.txt"))
+    assert 0.45 <= share <= 0.55, share
+    # The supervisor's own accounting saw that work too (sampled, so only roughly).
+    assert 1.0 <= result.cpu_seconds <= 2.5, result.cpu_seconds
