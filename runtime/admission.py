@@ -7,7 +7,9 @@ cannot fit fails before anything starts, with a message saying what would fit.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import docker
 
@@ -18,8 +20,13 @@ from runtime.errors import AdmissionError
 HEADROOM_BYTES = 512 * 1024 * 1024
 
 
-def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes: int) -> str | None:
-    """None when the run fits; else a message saying what fits and what to change. Pure."""
+def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes: int,
+              free_disk_bytes: int | None = None) -> str | None:
+    """None when the run fits; else a message saying what fits and what to change. Pure.
+
+    Volumes are fully allocated up front (loop mode), so the disk must hold the largest
+    ``max_concurrent_agents`` volumes at once.
+    """
     if not tasks:
         return None
     slots = min(config.max_concurrent_agents, len(tasks))
@@ -36,6 +43,13 @@ def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes:
             f"at most {fit} agents of {per} MB fit. Lower max_concurrent_agents or memory_mb, "
             f"or on macOS run `agentrt colima up --agents {slots}`"
         )
+    biggest_disk = sorted((lim.disk_mb for lim in limits), reverse=True)[:slots]
+    if free_disk_bytes is not None and sum(biggest_disk) * 1024 * 1024 > free_disk_bytes:
+        return (
+            f"disk_mb: {slots} volumes of up to {max(biggest_disk)} MB need "
+            f"{sum(biggest_disk)} MB but only {free_disk_bytes >> 20} MB are free for "
+            "agentrt's state directory; lower disk_mb or max_concurrent_agents, or free space"
+        )
     widest = max(lim.cpu_percent for lim in limits)
     if widest > cpus * 100:
         return (
@@ -45,11 +59,17 @@ def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes:
     return None
 
 
-def check_admission(client: docker.DockerClient, config: RunConfig, tasks: Sequence[Task]) -> None:
-    """Raise :class:`AdmissionError` if the run cannot fit in the engine."""
+def check_admission(client: docker.DockerClient, config: RunConfig, tasks: Sequence[Task],
+                    state_dir: Path | None = None) -> None:
+    """Raise :class:`AdmissionError` if the run cannot fit in the engine (or on the disk)."""
     from runtime.engine import engine_resources
+    from runtime.volumes import default_mode
 
     cpus, memory = engine_resources(client)
-    message = plan_fits(config, tasks, cpus, memory)
+    free = None
+    if state_dir is not None and default_mode() == "loop":
+        existing = next((p for p in (state_dir, *state_dir.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free
+    message = plan_fits(config, tasks, cpus, memory, free)
     if message:
         raise AdmissionError(message)

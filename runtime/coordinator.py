@@ -113,7 +113,7 @@ class AgentCoordinator:
                     "use runc for this run or register runsc with networking")
         from runtime.admission import check_admission
 
-        check_admission(self.client, self.config, tasks)
+        check_admission(self.client, self.config, tasks, self.repo.state_dir)
 
     # -- running -----------------------------------------------------------------------------
 

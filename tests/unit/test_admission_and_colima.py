@@ -37,6 +37,16 @@ def test_cpu_quota_wider_than_the_engine_is_refused() -> None:
     assert message is not None and "at most 200" in message
 
 
+def test_volumes_that_do_not_fit_on_the_disk_are_refused() -> None:
+    config = RunConfig(max_concurrent_agents=4,
+                       resource_limits=ResourceLimits(memory_mb=64, disk_mb=5120))
+    message = plan_fits(config, tasks(4), cpus=2, memory_bytes=8 * GIB,
+                        free_disk_bytes=10 * GIB)
+    assert message is not None and "4 volumes of up to 5120 MB need 20480 MB" in message
+    assert plan_fits(config, tasks(1), cpus=2, memory_bytes=8 * GIB,
+                     free_disk_bytes=10 * GIB) is None
+
+
 def test_colima_profile_fits_agents_plus_headroom() -> None:
     size = size_for(5, ResourceLimits(memory_mb=2048, cpu_percent=100, disk_mb=5120))
     assert size.cpus == 6
