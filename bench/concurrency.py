@@ -62,6 +62,12 @@ def raw_wall(limits: ResourceLimits, label: str, command: list[str], n: int) -> 
     return t[0]
 
 
+def expected(workload: str, n: int, cores: int) -> int:
+    """How many times the 1-agent wall time ``n`` agents may take: 1 for sleepers, else
+    ceil(n × quota / cores)."""
+    return 1 if workload == "sleep" else math.ceil(n * QUOTA / 100 / cores)
+
+
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0], runs=3)
     p.add_argument("--iterations", type=int, default=35_000_000,
@@ -94,7 +100,7 @@ def main() -> None:
     for name in workloads:
         rows = []
         for n in AGENTS:
-            bound = 1 if name == "sleep" else math.ceil(n * QUOTA / 100 / cores)
+            bound = expected(name, n, cores)
             a, r = walls[(name, "agentrt", n)], walls[(name, "raw", n)]
             a1, r1 = walls[(name, "agentrt", 1)], walls[(name, "raw", 1)]
             rows.append([n, c.fmt(a), c.ratio(a, a1), c.fmt(r), c.ratio(r, r1), bound,
@@ -103,7 +109,7 @@ def main() -> None:
         print(c.table(["agents", "agentrt wall", "ratio vs 1", "raw wall", "ratio vs 1",
                        "expected ×", "agentrt / raw"], rows))
         for n in AGENTS[1:]:
-            bound = 1 if name == "sleep" else math.ceil(n * QUOTA / 100 / cores)
+            bound = expected(name, n, cores)
             for system in ("agentrt", "raw"):
                 value = c.median(walls[(name, system, n)]) / c.median(walls[(name, system, 1)])
                 print(c.goal(f"{name} {system} {n} agents ≤ 1.1 × {bound}", value / bound, 1.1))

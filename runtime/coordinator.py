@@ -209,47 +209,58 @@ class AgentCoordinator:
                                reason=reason)
         if self.store is not None:
             self.store.upsert_session(result, self.run_id)
-        if self.listener:
-            self.listener("finished", result)
+        self._notify("finished", result)
         return result
 
     def _run_task(self, task: Task, base_commit: str, results: dict[str, SessionResult],
                   done: queue.Queue[tuple[str, SessionResult]]) -> None:
-        result: SessionResult
+        """Thread body: run one task; the scheduler always hears how it ended."""
+        result = SessionResult(id=task.id, task_id=task.id, branch="",
+                               status=SessionStatus.CRASHED, reason="internal error")
         try:
-            start = prepare_base(self.repo, base_commit, [
-                (results[d].branch, results[d].head_commit or "") for d in task.deps
-            ])
-            session = IsolatedAgentSession(
-                task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
-                client=self.client, supervisor=self.supervisor, store=self.store,
-                stop_grace_seconds=self.stop_grace_seconds,
-            )
-            with self._lock:
-                self._live[task.id] = session
-            try:
-                if self.listener:
-                    self.listener("starting", session.result)
-                with session:
-                    if self._cancelled.is_set():
-                        session.cancel()
-                    if self.listener:
-                        self.listener("running", session.result)
-                    result = session.run()
-                result = session.result
-            finally:
-                with self._lock:
-                    self._live.pop(task.id, None)
+            result = self._run_session(task, base_commit, results)
         except DependencyConflictError as exc:
             result = self._placeholder(task, SessionStatus.SKIPPED, str(exc))
         except AgentRuntimeError as exc:
             result = self._placeholder(task, SessionStatus.CRASHED, str(exc))
         except Exception as exc:  # one task's bug never stops the run
             log.exception("task %s crashed", task.id)
-            result = self._placeholder(task, SessionStatus.CRASHED, f"internal error: {exc}")
-        if self.listener:
-            self.listener("finished", result)
-        done.put((task.id, result))
+            result.reason = f"internal error: {exc}"
+        finally:
+            done.put((task.id, result))
+
+    def _run_session(self, task: Task, base_commit: str,
+                     results: dict[str, SessionResult]) -> SessionResult:
+        start = prepare_base(self.repo, base_commit, [
+            (results[d].branch, results[d].head_commit or "") for d in task.deps
+        ])
+        session = IsolatedAgentSession(
+            task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
+            client=self.client, supervisor=self.supervisor, store=self.store,
+            stop_grace_seconds=self.stop_grace_seconds,
+        )
+        with self._lock:
+            self._live[task.id] = session
+        try:
+            self._notify("starting", session.result)
+            with session:
+                if self._cancelled.is_set():
+                    session.cancel()
+                self._notify("running", session.result)
+                session.run()
+        finally:
+            with self._lock:
+                self._live.pop(task.id, None)
+        self._notify("finished", session.result)
+        return session.result
+
+    def _notify(self, event: str, result: SessionResult) -> None:
+        # The listener is a view: its failures must not change the run.
+        if self.listener is not None:
+            try:
+                self.listener(event, result)
+            except Exception as exc:
+                log.warning("progress listener failed: %s", exc)
 
     @contextlib.contextmanager
     def _radar(self, report: RunReport) -> Iterator[None]:
@@ -265,8 +276,7 @@ class AgentCoordinator:
             for task_id in (overlap.first, overlap.second):
                 if task_id in live:
                     live[task_id].result.warnings.append(message)
-                    if self.listener:
-                        self.listener("radar", live[task_id].result)
+                    self._notify("radar", live[task_id].result)
 
         radar = ConflictRadar(self.repo, self._live_trees, on_overlap,
                               float(self.config.conflict_radar_seconds)).start()
