@@ -18,6 +18,7 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Mount
 
 from runtime.config import ResourceLimits
+from runtime.engine import engine_errors
 from runtime.errors import EngineError, SessionError
 
 WORKSPACE = "/workspace"
@@ -113,12 +114,8 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     return spec
 
 
-def _translate(what: str, exc: Exception) -> EngineError:
-    return EngineError(f"{what}: {exc}")
-
-
 class AgentContainer:
-    """One session's container on the engine; every call translates Docker errors."""
+    """One session's container on the engine; Docker and transport errors become EngineError."""
 
     def __init__(self, client: docker.DockerClient, container: Container) -> None:
         self.client = client
@@ -133,49 +130,46 @@ class AgentContainer:
     def create(cls, client: docker.DockerClient, plan: ContainerPlan) -> AgentContainer:
         """Create (not start) the container for ``plan``."""
         try:
-            return cls(client, client.containers.create(**container_spec(plan)))
-        except docker.errors.ImageNotFound as exc:
-            raise SessionError(
-                f"image {plan.image!r} not found: run `agentrt images build`") from exc
-        except docker.errors.DockerException as exc:
-            raise _translate(f"cannot create container for {plan.session_id}", exc) from exc
+            with engine_errors(f"create the container of {plan.session_id}"):
+                return cls(client, client.containers.create(**container_spec(plan)))
+        except EngineError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound):
+                raise SessionError(
+                    f"image {plan.image!r} not found: run `agentrt images build`") from exc
+            raise
 
     def start(self) -> None:
         """Start the container; on failure attach its last log lines to the error."""
         try:
-            self.container.start()
-        except docker.errors.DockerException as exc:
+            with engine_errors("start the container"):
+                self.container.start()
+        except EngineError as exc:
             raise SessionError(f"container failed to start: {exc}; logs: {self.tail(20)}") from exc
 
     def inspect(self) -> dict[str, Any] | None:
         """The engine's view of the container, or None if it no longer exists."""
-        try:
-            return dict(self.client.api.inspect_container(self.id))
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.DockerException as exc:
-            raise _translate("cannot inspect container", exc) from exc
+        with engine_errors("inspect the container"):
+            try:
+                return dict(self.client.api.inspect_container(self.id))
+            except docker.errors.NotFound:
+                return None
 
     def stop(self, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds``; quiet if already gone."""
-        try:
+        with engine_errors("stop the container"), contextlib.suppress(docker.errors.NotFound):
             self.client.api.stop(self.id, timeout=grace_seconds)
-        except docker.errors.NotFound:
-            return
-        except docker.errors.DockerException as exc:
-            raise _translate("cannot stop container", exc) from exc
 
     def kill(self) -> None:
-        """SIGKILL now; quiet if already gone or stopped."""
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        """SIGKILL now; quiet if already gone, stopped, or the engine is away."""
+        with contextlib.suppress(EngineError), engine_errors("kill the container"), \
+                contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             self.client.api.kill(self.id)
 
     def logs(self, tail: int | str = "all") -> bytes:
-        """The container's combined stdout and stderr."""
-        try:
+        """The container's combined stdout and stderr (empty if it cannot be read)."""
+        with contextlib.suppress(EngineError), engine_errors("read the logs"):
             return bytes(self.client.api.logs(self.id, stdout=True, stderr=True, tail=tail))
-        except docker.errors.DockerException:
-            return b""
+        return b""
 
     def tail(self, lines: int) -> str:
         """The last ``lines`` lines of output, decoded."""
@@ -183,9 +177,9 @@ class AgentContainer:
 
     def remove(self) -> None:
         """Remove the container (forcefully); quiet if already gone."""
-        with contextlib.suppress(docker.errors.NotFound):
+        with engine_errors("remove the container"), contextlib.suppress(docker.errors.NotFound):
             try:
                 self.client.api.remove_container(self.id, force=True, v=True)
             except docker.errors.APIError as exc:
                 if "already in progress" not in str(exc):
-                    raise _translate("cannot remove container", exc) from exc
+                    raise

@@ -19,10 +19,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.container import (
@@ -33,7 +35,7 @@ from runtime.container import (
     ContainerPlan,
 )
 from runtime.databases import SessionDatabase, create_sqlite
-from runtime.errors import AgentRuntimeError, ConfigError, SessionError
+from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.gitops import MainRepo
 from runtime.models import Manifest, SessionResult, SessionStatus, utcnow
 from runtime.owner import process_start_time
@@ -48,9 +50,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 AGENT_UID = 1000
 STOP_REQUESTED = "stop_requested"
 DISK_FULL_MARGIN = 1024 * 1024
+
+
+ENGINE_WAIT_SECONDS = 60
+
+
+def _engine_retry(action: Callable[[], T]) -> T:
+    """Run ``action``, retrying while the engine is unreachable (a dockerd restart)."""
+    retrying = Retrying(retry=retry_if_exception_type(EngineError), reraise=True,
+                        stop=stop_after_delay(ENGINE_WAIT_SECONDS), wait=wait_fixed(1))
+    return retrying(action)
 
 
 def redact(data: bytes, secrets: list[str]) -> bytes:
@@ -300,8 +314,17 @@ class IsolatedAgentSession:
             self.store.add_sample(self.session_id, watch.memory_bytes, watch.cpu_seconds,
                                   watch.disk_used_bytes)
 
+    def _inspect_when_reachable(self) -> dict[str, Any] | None:
+        """The container's state (None: gone), waiting a while for a restarting engine."""
+        return _engine_retry(self.container.inspect) if self.container else None
+
     def _classify(self, watch: Watch) -> None:
-        state = (self.container.inspect() if self.container else None) or {}
+        try:
+            state = self._inspect_when_reachable() or {}
+        except EngineError:
+            # The engine went away while (or right after) the container ended.
+            watch.engine_interrupted = True
+            state = {}
         st = state.get("State", {})
         code = watch.exit_code if watch.exit_code is not None else st.get("ExitCode")
         self.result.exit_code = int(code) if code is not None else None
@@ -316,6 +339,8 @@ class IsolatedAgentSession:
         elif watch.disk_exceeded:
             status = SessionStatus.DISK_FULL
             reason = f"used more than disk_mb={self.limits.disk_mb}"
+        elif watch.engine_interrupted:
+            status, reason = SessionStatus.CRASHED, "the Docker engine restarted during the session"
         elif watch.vanished or not state:
             status, reason = SessionStatus.CRASHED, "container vanished"
         elif oom:
@@ -326,8 +351,6 @@ class IsolatedAgentSession:
         elif low_disk:
             status = SessionStatus.DISK_FULL
             reason = f"volume full at disk_mb={self.limits.disk_mb}"
-        elif watch.engine_interrupted:
-            status, reason = SessionStatus.CRASHED, "the Docker engine restarted during the session"
         elif watch.external_kill or (self.result.exit_code == 137 and not watch.stopping):
             status, reason = SessionStatus.CRASHED, "container was killed from outside agentrt"
         elif st.get("Error"):
@@ -396,9 +419,10 @@ class IsolatedAgentSession:
     def close(self, snapshot_work: bool = True) -> None:
         """Stop the container, save the work, release resources; safe to call twice."""
         if self.container is not None:
-            info = self.container.inspect() or {}
-            if info.get("State", {}).get("Running"):
-                self.container.stop(self.stop_grace_seconds)
+            with contextlib.suppress(EngineError):
+                info = self._inspect_when_reachable() or {}
+                if info.get("State", {}).get("Running"):
+                    self.container.stop(self.stop_grace_seconds)
         if snapshot_work:
             self._snapshot()
             if not self.result.status.is_final:
@@ -423,7 +447,7 @@ class IsolatedAgentSession:
 
     def _remove_container(self) -> None:
         if self.container is not None:
-            self.container.remove()
+            _engine_retry(self.container.remove)
 
     def _drop_database(self) -> None:
         if self.database is not None:

@@ -188,8 +188,11 @@ def test_dockerd_restart_mid_run_ends_every_session_in_a_correct_state(
     report = json.loads(out)
     states = {s["task_id"]: s["status"] for s in report["sessions"]}
     assert states == {"committer": "crashed", "writer": "crashed"}, (states, err[-2000:])
-    assert all("engine" in (s["reason"] or "") or "vanished" in (s["reason"] or "")
-               for s in report["sessions"])
+    # Stopping dockerd kills its containers (a "kill" agentrt did not ask for), or the engine is
+    # unreachable when the exit is examined: either way the session crashed, and says why.
+    reasons = [s["reason"] or "" for s in report["sessions"]]
+    assert all(any(word in r for word in ("engine", "vanished", "killed from outside"))
+               for r in reasons), reasons
     subprocess.run([sys.executable, "-m", "runtime.cli", "gc", "--repo", str(repo)],
                    capture_output=True, timeout=120)
     assert not leftovers(docker_client, repo.resolve())
