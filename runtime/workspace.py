@@ -107,14 +107,11 @@ def create_workspace(
                 cwd=workspace)
         (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
         (git_dir / "objects" / "info" / "alternates").write_text(f"{repo.objects_dir}\n")
-        for key, value in (
-            ("user.name", "agentrt agent"),
-            ("user.email", "agent@agentrt.invalid"),
-            ("gc.auto", "0"),
-            ("maintenance.auto", "false"),
-            ("core.sharedRepository", "false"),
-        ):
-            run_git(["config", key, value], git_dir=git_dir)
+        # One write instead of a `git config` process per key: the repository is brand new
+        # and nobody else can see it yet.
+        with open(git_dir / "config", "a", encoding="utf-8") as config:
+            config.write("[user]\n\tname = agentrt agent\n\temail = agent@agentrt.invalid\n"
+                         "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
         run_git(["update-ref", f"refs/heads/{branch}", commit], git_dir=git_dir)
         run_git(["reset", "--hard", "-q", commit], git_dir=git_dir, work_tree=workspace)
         _chown_tree(workspace, uid, gid)
