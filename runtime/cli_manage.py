@@ -132,11 +132,16 @@ def replay(session: str, repo: str, as_json: bool) -> None:
     sys.exit(report.exit_code())
 
 
-@click.command()
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("session")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @_repo_opt
-def shell(session: str, repo: str) -> None:
-    """An interactive shell inside a running session's container (same user, limits, mounts)."""
+def shell(session: str, command: tuple[str, ...], repo: str) -> None:
+    """A shell (or COMMAND) inside a running session's container: same user, limits, mounts.
+
+    `agentrt shell SESSION` is interactive; `agentrt shell SESSION -- git status` runs one
+    command and returns its exit code.
+    """
     main_repo = MainRepo(repo)
     with _store(main_repo) as store:
         row = store.find_session(session)
@@ -147,7 +152,9 @@ def shell(session: str, repo: str) -> None:
     docker = shutil.which("docker")
     if docker is None:
         raise ConfigError("the docker CLI is needed for an interactive shell")
-    os.execv(docker, [docker, "exec", "-it", "-w", "/workspace", f"agentrt-{row.id}", "sh"])
+    flags = ["-it"] if sys.stdin.isatty() and sys.stdout.isatty() else ["-i"]
+    argv = list(command) or ["sh"]
+    os.execv(docker, [docker, "exec", *flags, "-w", "/workspace", f"agentrt-{row.id}", *argv])
 
 
 @click.group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def leftovers(client: object, repo: Path) -> list[str]:
         mountpoint = line.split()[1]
         if mountpoint.startswith(str(state)):
             found.append(f"mount {mountpoint}")
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False)
+    found += [f"loop {line}" for line in loops.stdout.splitlines() if str(state) in line]
     sessions = state / "sessions"
     if sessions.exists():
         found += [f"session dir {p.name}" for p in sessions.iterdir()]

@@ -87,3 +87,25 @@ def test_replay_runs_the_same_task_from_the_recorded_digest_and_base(
     tree = "{}^{{tree}}"
     assert git(repo, "rev-parse", tree.format(again["head_commit"])) == git(
         repo, "rev-parse", tree.format(original["head_commit"]))
+
+
+def test_replay_with_its_image_gone_says_how_to_get_it_back(
+    docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    import io
+    import secrets
+
+    tag = f"agentrt/replay-test:{secrets.token_hex(4)}"
+    recipe = f"FROM agentrt/base:latest\nLABEL agentrt.test={tag}\n".encode()
+    image, _ = docker_client.images.build(fileobj=io.BytesIO(recipe), tag=tag, rm=True)  # type: ignore[attr-defined]
+    task_file = tmp_path / "tasks.toml"
+    task_file.write_text(f'[run]\nimage = "{tag}"\n[[tasks]]\nid = "a"\ncommand = ["true"]\n')
+    first = agentrt("run", str(task_file), "--repo", str(repo), "--json")
+    session = json.loads(first.stdout)["sessions"][0]
+    assert session["image_digest"] == image.id
+    docker_client.images.remove(image.id, force=True)  # type: ignore[attr-defined]
+    replay = agentrt("replay", session["id"], "--repo", str(repo))
+    assert replay.returncode == 2
+    assert image.id in replay.stderr
+    assert "agentrt images build" in replay.stderr and "docker load" in replay.stderr
+    assert "Traceback" not in replay.stderr

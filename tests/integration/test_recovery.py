@@ -197,3 +197,22 @@ def test_dockerd_restart_mid_run_ends_every_session_in_a_correct_state(
                    capture_output=True, timeout=120)
     assert not leftovers(docker_client, repo.resolve())
     assert git(repo, "show", f"{branches(repo)['writer']}:written.txt") == "w\n"
+
+
+def test_shell_runs_a_command_inside_a_live_session(
+    docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    proc = start_run(repo, tmp_path)
+    try:
+        wait_running(docker_client, repo, 2)
+        with Store(MainRepo(repo).state_dir / "state.db") as store:
+            writer = next(r for r in store.list_sessions() if r.task_id == "writer")
+        out = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "shell", writer.id[:10], "--repo", str(repo),
+             "--", "sh", "-c", "id -u; cat written.txt; pwd"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["1000", "w", "/workspace"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)

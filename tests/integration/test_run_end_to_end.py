@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,12 @@ def test_three_task_run_reports_commits_each_branch_and_leaves_main_alone(
 
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    # stderr is not a terminal here: plain timestamped lines, no live table, no escape codes.
+    assert "\x1b[" not in proc.stderr
+    progress = [line for line in proc.stderr.splitlines() if line[:2].isdigit()]
+    assert len(progress) >= 9
+    assert all(re.match(r"^\d\d:\d\d:\d\d \S+ +(starting|running|succeeded)", line)
+               for line in progress), progress
     assert report["base_commit"] == main_before
     assert report["target"] == "main"
     sessions = {s["task_id"]: s for s in report["sessions"]}
