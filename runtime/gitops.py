@@ -152,6 +152,8 @@ def check_branch_name(name: str) -> str:
         not name
         or len(name.encode()) > 255
         or name.startswith("-")
+        or name == "@"
+        or "@{" in name
         or any(ord(c) < 32 or c == "\x7f" for c in name)
     )
     if bad:

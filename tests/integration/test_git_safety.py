@@ -87,3 +87,24 @@ def test_git_canaries_never_fire_on_the_host_and_symlink_targets_stay_intact(
     # Running the user's own git afterwards with the planted attributes is still safe.
     git(repo, "status", "--porcelain")
     assert not canary.exists()
+
+
+FSCK_BAIT = r"""
+set -e
+echo ok > ok.txt
+blob=$(echo bad | git hash-object -w --stdin)
+sub=$(printf '100644 blob %s\tconfig\n' "$blob" | git mktree)
+tree=$(printf '040000 tree %s\t.GIT\n' "$sub" | git mktree)
+commit=$(git commit-tree "$tree" -p HEAD -m "a .GIT directory")
+git update-ref "refs/heads/$AGENT_BRANCH" "$commit"
+"""
+
+
+def test_import_refuses_a_tree_with_a_dot_git_entry_and_keeps_the_files(repo: Path) -> None:
+    report = run_tasks(repo, [sh("bait", FSCK_BAIT)])
+    result = by_task(report)["bait"]
+    assert result.status is SessionStatus.SUCCEEDED, result.reason
+    tree = git(repo, "ls-tree", "-r", "--name-only", result.head_commit).split()
+    assert ".GIT/config" not in tree
+    assert "ok.txt" in tree
+    assert any("could not be imported" in w for w in result.warnings)

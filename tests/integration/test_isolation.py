@@ -25,6 +25,11 @@ if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then echo sock:presen
 echo "routes:$(($(wc -l < /proc/net/route) - 1))" >> posture.txt
 if touch "$OBJECTS/probe" 2>/dev/null; then echo objects:writable; else echo objects:readonly; fi >> posture.txt
 if [ -e "$REPO/.git/config" ]; then echo repo:visible; else echo repo:hidden; fi >> posture.txt
+mkdir -p /tmp/m
+if mount -t tmpfs none /tmp/m 2>/dev/null; then echo mount:allowed; else echo mount:denied; fi >> posture.txt
+if unshare -U true 2>/dev/null; then echo unshare:allowed; else echo unshare:denied; fi >> posture.txt
+if head -c1 /proc/kcore >/dev/null 2>&1; then echo kcore:readable; else echo kcore:denied; fi >> posture.txt
+if echo h 2>/dev/null > /proc/sysrq-trigger; then echo sysrq:writable; else echo sysrq:denied; fi >> posture.txt
 """
 
 
@@ -49,6 +54,10 @@ def test_posture_read_back_inside_the_container(repo: Path, runtime_name: str) -
     assert facts["routes"] == "0"
     assert facts["objects"] == "readonly"
     assert facts["repo"] == "hidden"
+    # The kernel's attack surface stays closed: no mounts, user namespaces, kcore or sysrq.
+    assert (facts["mount"], facts["kcore"], facts["sysrq"]) == ("denied", "denied", "denied")
+    # gVisor implements user namespaces in its own (user-space) kernel, never the host's.
+    assert facts["unshare"] == "denied" or runtime_name == "runsc"
 
 
 def test_snoop_agent_cannot_find_a_file_another_running_agent_wrote(repo: Path) -> None:
