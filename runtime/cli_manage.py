@@ -166,16 +166,30 @@ def colima() -> None:
 @click.option("--agents", type=click.IntRange(min=1), help="Concurrent agents to fit.")
 @click.option("--file", "task_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Take agents and limits from this task file.")
-@click.option("--dry-run", is_flag=True, help="Print the colima command only.")
-def colima_up_cmd(agents: int | None, task_file: Path | None, dry_run: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Write and run nothing; print the colima command.")
+@click.option("--show-profile", is_flag=True,
+              help="Also print the profile (colima.yaml) written before `colima start`.")
+def colima_up_cmd(agents: int | None, task_file: Path | None, dry_run: bool,
+                  show_profile: bool) -> None:
     """Create or resize the `agentrt` Colima profile to fit N agents."""
-    from runtime.colima import colima_up, size_for
+    from runtime.colima import (
+        colima_home,
+        colima_up,
+        profile_path,
+        read_template,
+        render_profile,
+        size_for,
+    )
     from runtime.config import RunConfig, load_task_file
 
     config = load_task_file(task_file).run if task_file else RunConfig()
     size = size_for(agents or config.max_concurrent_agents, config.resource_limits)
     argv = colima_up(size, dry_run=dry_run)
     click.echo(" ".join(argv))
+    if show_profile:
+        # A YAML comment naming the file, then the file: the block is valid YAML as it stands.
+        click.echo(f"# {profile_path(colima_home())}")
+        click.echo(render_profile(size, read_template()), nl=False)
 
 
 COMMANDS: list[click.Command] = [stop, gc, merge, replay, shell, colima]
