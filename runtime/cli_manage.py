@@ -110,6 +110,7 @@ def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bo
         for session in report.sessions:
             if session.branch:
                 store.upsert_session(session, run.id)
+        store.set_run_merge(run.id, strategy, into)
     report.merge = strategy
     report.target = into
     print_report(report, as_json)

@@ -188,7 +188,7 @@ class AgentCoordinator:
             self._merge(report, finished_order, target)
         report.finished_at = utcnow()
         status = "interrupted" if report.interrupted else "finished"
-        self.store.finish_run(self.run_id, status)
+        self.store.finish_run(self.run_id, status, warnings=report.warnings)
         for session in report.sessions:
             self.store.upsert_session(session, self.run_id)
         return report

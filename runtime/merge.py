@@ -22,6 +22,7 @@ Automatic merges take ``<git dir>/agentrt/merge.lock`` (``flock``) so that concu
 from __future__ import annotations
 
 import fcntl
+import json
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -142,6 +143,7 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
     git = SafeGit(repo)
     ref = f"refs/heads/{target}"
     with merge_lock(repo):
+        _finish_interrupted_checkout(git)
         worktree = _checked_out_worktree(git, target)
         if worktree is not None:
             _require_clean(git, worktree, target)
@@ -149,7 +151,8 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
             head = git.commit(ref)
             branch_head = git.commit(session.branch)
             if git.is_ancestor(branch_head, head):
-                session.merge = MergeInfo(status="merged")
+                # Already home (an earlier merge, or a fast-forward): keep what merged it.
+                session.merge = MergeInfo(status="merged", merge_commit=session.merge.merge_commit)
                 continue
             result = check_commits(git, head, branch_head)
             if not result.clean or result.tree is None:
@@ -177,15 +180,25 @@ def _advance(git: SafeGit, ref: str, old: str, new: str, worktree: Path | None) 
             )
     # Ctrl-C between moving the branch and updating its checkout would leave them apart; the
     # signals wait (git children inherit the mask, so a terminal's SIGINT spares them too).
+    pending = _pending_file(git)
     with _signals_deferred():
+        if worktree is not None:
+            # A SIGKILL between the two steps below cannot be deferred: leave a note so the
+            # next merge finishes moving the checkout before anything else.
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            pending.write_text(json.dumps({"ref": ref, "old": old, "new": new,
+                                           "worktree": str(worktree)}))
         git.run("update-ref", "-m", "agentrt: merge", ref, new, old)
         if worktree is None:
             return
         proc = _read_tree(git, worktree, old, new, dry_run=False)
         if proc.returncode == 0:
+            pending.unlink()
             return
         # Put the branch back so the checkout and its branch agree again.
         undo = git.run("update-ref", "-m", "agentrt: undo merge", ref, old, new, check=False)
+        if undo.returncode == 0:
+            pending.unlink()
     state = "the branch was put back" if undo.returncode == 0 else (
         f"the branch could not be put back ({undo.stderr.strip()})"
     )
@@ -201,6 +214,32 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _pending_file(git: SafeGit) -> Path:
+    return git.repo.state_dir / "merge-checkout-pending.json"
+
+
+def _finish_interrupted_checkout(git: SafeGit) -> None:
+    """Complete a checkout update an earlier merge was killed in the middle of."""
+    pending = _pending_file(git)
+    if not pending.exists():
+        return
+    try:
+        note = json.loads(pending.read_text())
+        ref, old, new, worktree = note["ref"], note["old"], note["new"], Path(note["worktree"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pending.unlink(missing_ok=True)
+        return
+    current = git.run("rev-parse", "--verify", "--quiet", ref, check=False).stdout.strip()
+    if current == new:
+        proc = _read_tree(git, worktree, old, new, dry_run=False)
+        if proc.returncode != 0:
+            raise MergeError(
+                f"an earlier merge was interrupted after moving {ref} to {new[:10]} but before "
+                f"updating the checkout in {worktree}: {proc.stderr.strip()}; finish it with "
+                f"`git -C {worktree} read-tree -m -u {old} {new}` and merge again")
+    pending.unlink(missing_ok=True)
 
 
 def _read_tree(

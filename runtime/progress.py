@@ -62,10 +62,14 @@ class ProgressView:
         with self._lock:
             self.rows[result.task_id] = result
         if event == "radar":
-            self.warnings.append(result.warnings[-1])
+            warning = result.warnings[-1]
+            with self._lock:
+                if warning in self.warnings:  # both sessions of a pair report the same line
+                    return
+                self.warnings.append(warning)
             if not self.live_mode:
-                self.console.print(f"{time.strftime('%H:%M:%S')} warning: {result.warnings[-1]}",
-                                   style="yellow", markup=False, highlight=False)
+                self.console.print(f"{time.strftime('%H:%M:%S')} warning: {warning}",
+                                   style="yellow", markup=False, highlight=False, soft_wrap=True)
             return
         if not self.live_mode:
             stamp = time.strftime("%H:%M:%S")

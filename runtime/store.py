@@ -154,6 +154,11 @@ class Store:
             missing=f"no run '{run_id}'",
         )
 
+    def set_run_merge(self, run_id: str, merge: str, target: str | None) -> None:
+        """Record the strategy and target of the latest merge of a run (`agentrt merge`)."""
+        self._write_one("UPDATE runs SET merge = ?, target = ? WHERE id = ?",
+                        (merge, target, run_id), missing=f"no run '{run_id}'")
+
     def find_run(self, prefix: str) -> RunRow:
         """The one run whose id starts with ``prefix`` (an exact id always wins)."""
         return run_row(self._find("runs", "run", prefix))

@@ -136,3 +136,9 @@ def test_conflict_radar_warns_while_two_live_agents_touch_the_same_file(repo: Pa
     assert report.warnings.count(expected) == 1
     assert all(expected in s.warnings for s in report.sessions)
     assert not any("a.txt" in w or "b.txt" in w for w in report.warnings)
+    # The warning is part of the stored run too (`agentrt report` shows it later).
+    from runtime.gitops import MainRepo
+    from runtime.store import Store
+
+    with Store(MainRepo(repo).state_dir / "state.db") as store:
+        assert expected in store.run_report(report.run_id).warnings

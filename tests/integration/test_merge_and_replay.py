@@ -63,6 +63,10 @@ def test_review_reports_conflicts_file_by_file_then_auto_merge_keeps_the_loser(
     assert git(repo, "status", "--porcelain") == ""
     assert not (repo / ".git" / "MERGE_HEAD").exists()
     assert "<<<<<<<" not in (repo / "README.md").read_text()
+    stored = json.loads(agentrt("report", report["run_id"], "--json", "--repo", str(repo)).stdout)
+    assert stored["merge"] == "auto"
+    assert {s["task_id"]: s["merge"]["status"] for s in stored["sessions"]} == {
+        t: s["merge"]["status"] for t, s in after.items()}
     subjects = git(repo, "log", "--format=%s", f"{main_before}..main", "--first-parent")
     assert all(line.startswith("agentrt: merge session") for line in subjects.splitlines())
 
