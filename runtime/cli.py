@@ -80,6 +80,7 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     main_repo = MainRepo(repo)
     view = ProgressView(sys.stderr, len(parsed.tasks))
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
+    view.live_stats = coordinator.live_stats
     coordinator.preflight(parsed.tasks)
 
     interrupts = 0

@@ -15,6 +15,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from runtime.gitops import MainRepo
 from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
 from runtime.owner import process_start_time
 from runtime.presets import resolve_image
+from runtime.progress import LiveStat
 from runtime.radar import ConflictRadar, LiveTree, Overlap
 from runtime.recovery import reconcile_on_start
 from runtime.scheduler import DagScheduler, TaskState
@@ -35,6 +37,8 @@ from runtime.supervisor import Supervisor
 from runtime.workspace import DependencyConflictError, new_session_id, prepare_base, resolve_base
 
 log = logging.getLogger(__name__)
+
+LAST_LINE_EVERY = 2.0
 
 Listener = Callable[[str, SessionResult], None]
 
@@ -71,6 +75,7 @@ class AgentCoordinator:
         self._lock = threading.Lock()
         self._live: dict[str, IsolatedAgentSession] = {}
         self.supervisor: Supervisor | None = None
+        self._last_lines: dict[str, tuple[float, str]] = {}
         self.store: Store | None = None
 
     @property
@@ -292,6 +297,25 @@ class AgentCoordinator:
             for s in self.live_sessions()
             if s.volume is not None and s.result.status is SessionStatus.RUNNING
         ]
+
+    def live_stats(self) -> dict[str, LiveStat]:
+        """What each running session uses now, against its limits (for the live view)."""
+        stats = {}
+        now = time.monotonic()
+        for session in self.live_sessions():
+            watch = session.watch
+            if watch is None or session.result.status is not SessionStatus.RUNNING:
+                continue
+            cached = self._last_lines.get(session.session_id)
+            if cached is None or now - cached[0] > LAST_LINE_EVERY:
+                with contextlib.suppress(AgentRuntimeError):
+                    cached = (now, session.last_line())
+                    self._last_lines[session.session_id] = cached
+            stats[session.task.id] = LiveStat(
+                memory_bytes=watch.memory_bytes, cpu_seconds=watch.cpu_seconds,
+                disk_bytes=watch.disk_used_bytes, limits=session.limits,
+                last_line=cached[1] if cached else "")
+        return stats
 
     def live_sessions(self) -> list[IsolatedAgentSession]:
         """The sessions running now."""

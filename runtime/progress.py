@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
 from rich.console import Console
@@ -11,6 +13,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from runtime.config import ResourceLimits
 from runtime.models import RunReport, SessionResult, SessionStatus
 
 STATUS_STYLE = {
@@ -33,6 +36,17 @@ def _mb(value: int) -> str:
     return f"{value / 1048576:.0f}M" if value >= 1048576 else f"{value / 1024:.0f}K"
 
 
+@dataclass(frozen=True)
+class LiveStat:
+    """What a running session uses now, and its limits."""
+
+    memory_bytes: int
+    cpu_seconds: float
+    disk_bytes: int
+    limits: ResourceLimits
+    last_line: str = ""
+
+
 class ProgressView:
     """Receives coordinator events (a listener) and shows them."""
 
@@ -42,7 +56,8 @@ class ProgressView:
         self.live_mode = self.console.is_terminal if live is None else live
         self.rows: dict[str, SessionResult] = {}
         self.warnings: list[str] = []
-        self.coordinator: object | None = None
+        self.live_stats: Callable[[], dict[str, LiveStat]] = dict
+        self._cpu_seen: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._live: Live | None = None
         self._t0 = time.monotonic()
@@ -86,17 +101,36 @@ class ProgressView:
         queued = self.total - finished - running
         table = Table(title=f"agentrt  done {finished} / running {running} / queued {queued}"
                       f"  ({time.monotonic() - self._t0:.0f}s)", expand=False)
-        for col in ("task", "session", "state", "elapsed", "memory", "cpu s", "disk"):
-            table.add_column(col)
+        for col in ("task", "session", "state", "elapsed / limit", "cpu %", "memory / limit",
+                    "disk / limit", "last output"):
+            table.add_column(col, overflow="ellipsis", no_wrap=True)
+        try:
+            live = self.live_stats()
+        except Exception:  # the view never takes the run down
+            live = {}
         for r in rows:
-            elapsed = r.duration_s if r.duration_s is not None else (
-                (time.time() - r.started_at.timestamp()) if r.started_at else 0.0)
-            table.add_row(r.task_id, r.id, f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]",
-                          f"{elapsed:.0f}s", _mb(r.peak_memory_bytes), f"{r.cpu_seconds:.1f}",
-                          _mb(r.disk_used_bytes))
+            table.add_row(*self._row(r, live.get(r.task_id)))
         for warning in self.warnings[-3:]:
-            table.add_row("[yellow]![/]", "", "", "", "", "", warning)
+            table.add_row("[yellow]![/]", "", "", "", "", "", "", f"[yellow]{escape(warning)}[/]")
         return table
+
+    def _row(self, r: SessionResult, stat: LiveStat | None) -> list[str]:
+        elapsed = r.duration_s if r.duration_s is not None else (
+            (time.time() - r.started_at.timestamp()) if r.started_at else 0.0)
+        state = f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]"
+        if stat is None:
+            return [r.task_id, r.id, state, f"{elapsed:.0f}s", "", _mb(r.peak_memory_bytes),
+                    _mb(r.disk_used_bytes), ""]
+        now = time.monotonic()
+        before = self._cpu_seen.get(r.id)
+        self._cpu_seen[r.id] = (now, stat.cpu_seconds)
+        cpu = ""
+        if before is not None and now > before[0]:
+            cpu = f"{100 * (stat.cpu_seconds - before[1]) / (now - before[0]):.0f}"
+        lim = stat.limits
+        return [r.task_id, r.id, state, f"{elapsed:.0f}s / {lim.time_seconds}s", cpu,
+                f"{_mb(stat.memory_bytes)} / {lim.memory_mb}M",
+                f"{_mb(stat.disk_bytes)} / {lim.disk_mb}M", escape(stat.last_line)]
 
 
 def summary_table(report: RunReport) -> Table:

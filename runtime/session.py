@@ -412,6 +412,15 @@ class IsolatedAgentSession:
             return redact(self.container.logs(), self._secret_values())
         return self.log_path.read_bytes() if self.log_path.exists() else b""
 
+    def last_line(self, width: int = 60) -> str:
+        """The agent's latest output line: secrets redacted, control characters dropped."""
+        if self.container is None:
+            return ""
+        data = redact(self.container.logs(tail=3), self._secret_values())
+        lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+        text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
     def disk_used(self) -> int:
         """Bytes used on the session's volume."""
         return self.volume.used_bytes() if self.volume else 0
