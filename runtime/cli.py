@@ -10,17 +10,16 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 
+from runtime.cli_inspect import open_store, repo_option
 from runtime.config import load_task_file
 from runtime.errors import AgentRuntimeError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 err = Console(stderr=True)
 
@@ -51,14 +50,9 @@ def main(debug: bool) -> None:
         os.environ["AGENTRT_DEBUG"] = "1"
 
 
-def _repo_option(func: F) -> F:
-    return click.option("--repo", default=".", show_default=True,
-                        help="The git repository.")(func)
-
-
 @main.command()
 @click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
-@_repo_option
+@repo_option
 @click.option("--max-concurrent", type=click.IntRange(min=1),
               help="Override max_concurrent_agents.")
 @click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
@@ -153,43 +147,31 @@ def images_ls(as_json: bool) -> None:
 
     found = list_images(get_client())
     if as_json:
-        click.echo(json.dumps([_plain(i) for i in found], indent=2, default=str))
+        click.echo(json.dumps([asdict(i) for i in found], indent=2))
         return
     for image in found:
-        data = _plain(image)
-        click.echo(f"{data.get('ref', '')}\t{data.get('digest', data.get('id', ''))}\t"
-                   f"{str(data.get('recipe_hash', ''))[:12]}")
+        state = "current" if image.current else "stale"
+        click.echo(f"{image.ref or '(untagged)'}\t{image.digest}\t{image.recipe_hash[:12]}\t"
+                   f"{state}")
 
 
 @images.command("export")
 @click.argument("session")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--repo", default=".", show_default=True)
+@repo_option
 def images_export(session: str, file: Path, repo: str) -> None:
     """Save the exact image a session ran in to FILE (load it elsewhere with `docker load`)."""
     from runtime.engine import get_client
     from runtime.gitops import MainRepo
     from runtime.images import export_image
-    from runtime.store import Store
-
     main_repo = MainRepo(repo)
-    with Store(main_repo.state_dir / "state.db") as store:
+    with open_store(main_repo) as store:
         manifest = store.find_session(session).manifest
     if manifest is None or not manifest.image_digest:
         fail(f"session {session} recorded no image digest")
         return
     export_image(get_client(), manifest.image_digest, manifest.image, file)
     click.echo(f"saved {manifest.image} ({manifest.image_digest}) to {file}")
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "model_dump"):
-        return dict(obj.model_dump(mode="json"))
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(obj)
-    return dict(obj)
 
 
 def _register_commands() -> None:

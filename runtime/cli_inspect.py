@@ -265,7 +265,8 @@ def html_report(store: Store, run_id: str) -> str:
 # -- the commands ----------------------------------------------------------------------------
 
 
-def _repo_option(func: F) -> F:
+def repo_option(func: F) -> F:
+    """The ``--repo PATH`` option every verb takes."""
     return click.option("--repo", default=".", show_default=True,
                         help="The git repository.")(func)
 
@@ -297,7 +298,7 @@ def _tty_decoder() -> codecs.IncrementalDecoder | None:
 @click.command()
 @click.option("--all", "all_runs", is_flag=True, help="Sessions of every run.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list on stdout.")
-@_repo_option
+@repo_option
 def ps(all_runs: bool, as_json: bool, repo: str) -> None:
     """Sessions of this repository: the latest run's and any still running (--all: every run)."""
     main_repo = MainRepo(repo)
@@ -321,7 +322,7 @@ def ps(all_runs: bool, as_json: bool, repo: str) -> None:
 @click.command()
 @click.argument("session")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the session ends.")
-@_repo_option
+@repo_option
 def logs(session: str, follow: bool, repo: str) -> None:
     """A session's output (SESSION may be a unique prefix of its id)."""
     from runtime.engine import get_client
@@ -345,7 +346,7 @@ def logs(session: str, follow: bool, repo: str) -> None:
 @click.command()
 @click.argument("session")
 @click.option("--stat", is_flag=True, help="Only the files changed and how much.")
-@_repo_option
+@repo_option
 def diff(session: str, stat: bool, repo: str) -> None:
     """The session's branch against the commit it started from."""
     main_repo = MainRepo(repo)
@@ -373,7 +374,7 @@ def diff(session: str, stat: bool, repo: str) -> None:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the report as one self-contained HTML file.")
 @click.option("--json", "as_json", is_flag=True, help="The JSON report alone on stdout.")
-@_repo_option
+@repo_option
 def report(run: str, html_path: Path | None, as_json: bool, repo: str) -> None:
     """The report of RUN (an id prefix, or `latest`)."""
     from runtime.progress import summary_table

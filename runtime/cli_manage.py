@@ -10,22 +10,10 @@ from pathlib import Path
 
 import click
 
+from runtime.cli_inspect import open_store, repo_option
 from runtime.errors import ConfigError, NotFoundError
 from runtime.gitops import MainRepo
 from runtime.models import RunReport
-
-
-def _repo_opt(func):  # type: ignore[no-untyped-def]
-    return click.option("--repo", default=".", show_default=True, help="The git repository.")(
-        func)
-
-
-def _store(repo: MainRepo):  # type: ignore[no-untyped-def]
-    from runtime.store import Store
-
-    if not (repo.state_dir / "state.db").exists():
-        raise NotFoundError(f"no agentrt runs recorded in {repo.root}")
-    return Store(repo.state_dir / "state.db")
 
 
 def print_report(report: RunReport, as_json: bool) -> None:
@@ -42,20 +30,20 @@ def print_report(report: RunReport, as_json: bool) -> None:
 
 @click.command()
 @click.argument("target")
-@_repo_opt
+@repo_option
 @click.option("--grace", default=10, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
 def stop(target: str, repo: str, grace: int) -> None:
     """Stop a session or a whole run (TARGET: id or unique prefix); work stays on branches."""
     from runtime.stopping import stop_target
 
     main_repo = MainRepo(repo)
-    with _store(main_repo) as store:
+    with open_store(main_repo) as store:
         stopped = stop_target(main_repo, store, target, grace)
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @click.command()
-@_repo_opt
+@repo_option
 @click.option("--json", "as_json", is_flag=True)
 def gc(repo: str, as_json: bool) -> None:
     """Find and remove leftovers of dead or finished sessions (never branches, never live ones)."""
@@ -86,7 +74,7 @@ def gc(repo: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("run_id")
-@_repo_opt
+@repo_option
 @click.option("--strategy", type=click.Choice(["auto", "review"]), default="review",
               show_default=True)
 @click.option("--target", help="Branch to merge into (default: the run's target).")
@@ -96,7 +84,7 @@ def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bo
     from runtime.merge import merge_agent_results
 
     main_repo = MainRepo(repo)
-    with _store(main_repo) as store:
+    with open_store(main_repo) as store:
         run = store.latest_run() if run_id == "latest" else store.find_run(run_id)
         if run is None:
             raise NotFoundError("no runs recorded yet")
@@ -119,14 +107,14 @@ def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bo
 
 @click.command()
 @click.argument("session")
-@_repo_opt
+@repo_option
 @click.option("--json", "as_json", is_flag=True)
 def replay(session: str, repo: str, as_json: bool) -> None:
     """Run a session's task again from its recorded image digest, base commit and limits."""
     from runtime.replay import replay_session
 
     main_repo = MainRepo(repo)
-    with _store(main_repo) as store:
+    with open_store(main_repo) as store:
         row = store.find_session(session)
     report = replay_session(main_repo, row)
     print_report(report, as_json)
@@ -136,7 +124,7 @@ def replay(session: str, repo: str, as_json: bool) -> None:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("session")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-@_repo_opt
+@repo_option
 def shell(session: str, command: tuple[str, ...], repo: str) -> None:
     """A shell (or COMMAND) inside a running session's container: same user, limits, mounts.
 
@@ -144,7 +132,7 @@ def shell(session: str, command: tuple[str, ...], repo: str) -> None:
     command and returns its exit code.
     """
     main_repo = MainRepo(repo)
-    with _store(main_repo) as store:
+    with open_store(main_repo) as store:
         row = store.find_session(session)
     if row.result.status.is_final:
         raise ConfigError(

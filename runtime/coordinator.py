@@ -31,7 +31,7 @@ from runtime.progress import LiveStat
 from runtime.radar import ConflictRadar, LiveTree, Overlap
 from runtime.recovery import reconcile_on_start
 from runtime.scheduler import DagScheduler, TaskState
-from runtime.session import STOP_REQUESTED, IsolatedAgentSession, new_run_id
+from runtime.session import STOP_REQUESTED, IsolatedAgentSession, new_run_id, secret_env
 from runtime.store import Store
 from runtime.supervisor import Supervisor
 from runtime.workspace import DependencyConflictError, new_session_id, prepare_base, resolve_base
@@ -76,6 +76,7 @@ class AgentCoordinator:
         self._live: dict[str, IsolatedAgentSession] = {}
         self.supervisor: Supervisor | None = None
         self._last_lines: dict[str, tuple[float, str]] = {}
+        self._checked: tuple[list[str], str] | None = None
         self.store: Store | None = None
 
     @property
@@ -89,17 +90,18 @@ class AgentCoordinator:
 
     # -- preflight ---------------------------------------------------------------------------
 
-    def preflight(self, tasks: Sequence[Task]) -> None:
-        """Everything that can be checked before anything is created; raises ConfigError."""
+    def preflight(self, tasks: Sequence[Task]) -> str:
+        """Check everything possible before anything is created; return the base commit.
+
+        Raises ConfigError. :meth:`run_agents` calls it unless it already passed for the same
+        tasks (the CLI calls it first, to report bad input before the live view starts).
+        """
         from runtime.images import require_image
 
         validate_tasks(list(tasks))
-        resolve_base(self.repo, self.config.base)
+        base_commit = resolve_base(self.repo, self.config.base)
         for task in tasks:
-            for name in task.secrets:
-                if name not in os.environ:
-                    raise ConfigError(f"task {task.id!r}: field secrets: {name} is not set in "
-                                      "the environment; export it or remove it from the task")
+            secret_env(task)
         for image in sorted({resolve_image(t, self.config.image) for t in tasks}):
             require_image(self.client, image)
         if self.config.runtime == "runsc":
@@ -119,6 +121,8 @@ class AgentCoordinator:
         from runtime.admission import check_admission
 
         check_admission(self.client, self.config, tasks, self.repo.state_dir)
+        self._checked = ([t.id for t in tasks], base_commit)
+        return base_commit
 
     # -- running -----------------------------------------------------------------------------
 
@@ -134,8 +138,10 @@ class AgentCoordinator:
 
     def run_agents(self, tasks: Sequence[Task]) -> RunReport:
         """Run every task; return the report (merge per ``config.merge``)."""
-        self.preflight(tasks)
-        base_commit = resolve_base(self.repo, self.config.base)
+        if self._checked is not None and self._checked[0] == [t.id for t in tasks]:
+            base_commit = self._checked[1]
+        else:
+            base_commit = self.preflight(tasks)
         target = self.config.target or self.repo.current_branch()
         report = RunReport(run_id=self.run_id, repo=str(self.repo.root), base_commit=base_commit,
                            target=target, merge=self.config.merge, started_at=utcnow())
@@ -209,7 +215,7 @@ class AgentCoordinator:
             return False
 
     def _placeholder(self, task: Task, status: SessionStatus, reason: str) -> SessionResult:
-        session_id, branch = new_session_id(task.id)
+        session_id, _ = new_session_id(task.id)
         result = SessionResult(id=session_id, task_id=task.id, branch="", status=status,
                                reason=reason)
         if self.store is not None:

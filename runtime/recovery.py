@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,13 +210,4 @@ def _collect_one(repo: MainRepo, session_id: str, container: Any, session_dir: P
 
 def reconcile_on_start(repo: MainRepo, client: docker.DockerClient | None) -> GcReport:
     """Called when a run starts: recover orphans of dead processes, leave finished ones alone."""
-    if not (repo.state_dir / "sessions").is_dir() and client is None:
-        return GcReport()
     return collect_garbage(repo, client, include_finished=False)
-
-
-def current_owner() -> tuple[int, float | None]:
-    """This process as an owner: pid and start time."""
-    from runtime.owner import process_start_time
-
-    return os.getpid(), process_start_time(os.getpid())

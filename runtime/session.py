@@ -75,6 +75,15 @@ def redact(data: bytes, secrets: list[str]) -> bytes:
     return data
 
 
+def secret_env(task: Task) -> dict[str, str]:
+    """The values of ``task``'s secrets from agentrt's environment; ConfigError if one is unset."""
+    missing = [name for name in task.secrets if name not in os.environ]
+    if missing:
+        raise ConfigError(f"task {task.id!r}: field secrets: {missing[0]} is not set in the "
+                          "environment; export it or remove it from the task")
+    return {name: os.environ[name] for name in task.secrets}
+
+
 def agent_ids() -> tuple[int, int]:
     """The uid:gid agents run as: the host user's own (so files stay usable), or 1000 for root."""
     uid = os.getuid()
@@ -186,7 +195,7 @@ class IsolatedAgentSession:
             self.database = self._make_database(uid, gid)
             env = {
                 **self.task.env,
-                **self._secret_env(),
+                **secret_env(self.task),
                 "AGENT_TASK": self.task.prompt,
                 "AGENT_TASK_ID": self.task.id,
                 "AGENT_SESSION_ID": self.session_id,
@@ -227,15 +236,6 @@ class IsolatedAgentSession:
             database_strategy=self.config.database_strategy,
             env_keys=sorted([*self.task.env, *self.task.secrets]),
         )
-
-    def _secret_env(self) -> dict[str, str]:
-        values = {}
-        for name in self.task.secrets:
-            if name not in os.environ:
-                raise ConfigError(f"task {self.task.id!r}: field secrets: {name} is not set in "
-                                  "the environment of agentrt")
-            values[name] = os.environ[name]
-        return values
 
     def _make_database(self, uid: int, gid: int) -> SessionDatabase:
         if self.volume is None:
@@ -289,7 +289,7 @@ class IsolatedAgentSession:
         # Generous backstop only: the deadline thread stops the container at the deadline.
         limit = self.limits.time_seconds + self.stop_grace_seconds + 120
         if not self.watch.exited.wait(timeout=limit):
-            supervisor._reconcile(self.watch)
+            supervisor.reconcile(self.watch)
             if not self.watch.exited.is_set():
                 self.watch.timed_out = True
                 self.container.kill()

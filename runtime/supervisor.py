@@ -126,7 +126,7 @@ class Supervisor:
         """Call right after the container started: find its cgroup, catch an early exit."""
         self._guard(watch, "locate cgroup", lambda: self._locate_cgroup(watch))
         self._guard(watch, "sample", lambda: self._sample(watch))
-        self._reconcile(watch)
+        self.reconcile(watch)
 
     def unwatch(self, watch: Watch) -> None:
         """Forget a container (after it exited)."""
@@ -173,7 +173,7 @@ class Supervisor:
                 for watch in self._snapshot():
                     if since is not None and not watch.exited.is_set():
                         watch.engine_interrupted = True
-                    self._reconcile(watch)
+                    self.reconcile(watch)
                 backoff = 0.5
                 for event in stream:
                     since = int(event.get("time", time.time()))
@@ -217,9 +217,10 @@ class Supervisor:
 
         if not self._guard(watch, f"event {action}", handle):
             # The event is lost to the failure; ask the engine directly instead.
-            self._reconcile(watch)
+            self.reconcile(watch)
 
-    def _reconcile(self, watch: Watch) -> None:
+    def reconcile(self, watch: Watch) -> None:
+        """Ask the engine how ``watch``'s container is, in case an event was missed."""
         def check() -> None:
             state = watch.container.inspect()
             if state is None:
@@ -266,6 +267,17 @@ class Supervisor:
         watch.cgroup = ContainerCgroup.for_pid(pid, watch.container.id)
 
     def _sample(self, watch: Watch) -> None:
+        self._sample_cgroup(watch)
+        if watch.disk_usage is not None:
+            watch.disk_used_bytes = watch.disk_usage()
+            if (watch.soft_disk and watch.disk_limit_bytes
+                    and watch.disk_used_bytes > watch.disk_limit_bytes
+                    and not watch.stopping):
+                watch.stopping = True  # one stop, not one per sample while it takes effect
+                threading.Thread(target=self.stop, args=(watch,), kwargs={"reason": "disk"},
+                                 daemon=True).start()
+
+    def _sample_cgroup(self, watch: Watch) -> None:
         if watch.cgroup is not None:
             reading = watch.cgroup.read()
             if reading.memory_bytes is not None:
@@ -278,18 +290,12 @@ class Supervisor:
                 watch.cpu_seconds = max(watch.cpu_seconds, reading.cpu_seconds)
             if reading.oom_kills:
                 watch.oom_seen = True
-        if watch.disk_usage is not None:
-            watch.disk_used_bytes = watch.disk_usage()
-            if (watch.soft_disk and watch.disk_limit_bytes
-                    and watch.disk_used_bytes > watch.disk_limit_bytes
-                    and not watch.stopping):
-                threading.Thread(target=self.stop, args=(watch,), kwargs={"reason": "disk"},
-                                 daemon=True).start()
 
     def _final_sample(self, watch: Watch) -> None:
-        # The cgroup disappears with the container; read it once more at "die".
+        # The cgroup disappears with the container: read it once more at "die". Only the
+        # cgroup: measuring the disk (a tree walk in soft mode) would hold up the event stream.
         with contextlib.suppress(Exception):
-            self._sample(watch)
+            self._sample_cgroup(watch)
 
     def _sample_loop(self) -> None:
         tick = 0
@@ -301,7 +307,7 @@ class Supervisor:
                 self._guard(watch, "sample", lambda w=watch: self._sample(w))  # type: ignore[misc]
                 if tick % RECONCILE_EVERY == 0:
                     # A safety net only: exits are learnt from events, this catches a lost one.
-                    self._reconcile(watch)
+                    self.reconcile(watch)
                 if watch.on_sample is not None:
                     self._guard(watch, "on_sample",
                                 lambda w=watch, t=tick: w.on_sample(w, t))  # type: ignore[misc]

@@ -197,11 +197,7 @@ def snapshot_tree(
     env = {"GIT_INDEX_FILE": str(index_file)}
     keep_index = object_dir is not None and index_file.exists()
     if object_dir is not None:
-        # Live reads write blobs into a private object store: the shared store is readable by
-        # every running container, and live work must stay private to its session.
-        object_dir.mkdir(parents=True, exist_ok=True)
-        env["GIT_OBJECT_DIRECTORY"] = str(object_dir)
-        env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(repo.objects_dir)
+        env.update(_private_objects(repo, object_dir))
     if not keep_index:
         with contextlib.suppress(FileNotFoundError):
             index_file.unlink()
@@ -217,6 +213,17 @@ def snapshot_tree(
         if object_dir is None:
             with contextlib.suppress(FileNotFoundError):
                 index_file.unlink()
+
+
+def _private_objects(repo: MainRepo, object_dir: Path) -> dict[str, str]:
+    """Git environment writing new objects to ``object_dir``, reading the main store too.
+
+    Live reads use it: the shared store is readable by every running container, and a live
+    session's work must stay private to it.
+    """
+    object_dir.mkdir(parents=True, exist_ok=True)
+    return {"GIT_OBJECT_DIRECTORY": str(object_dir),
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo.objects_dir)}
 
 
 def snapshot(
@@ -269,14 +276,10 @@ def changed_paths(
 
     Objects go to the session's private ``object_dir``, never to the shared store.
     """
-    env = {
-        "GIT_OBJECT_DIRECTORY": str(object_dir),
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo.objects_dir),
-    }
     try:
         tree = snapshot_tree(repo, workspace, base, index_file, object_dir)
         out = repo.git("diff-tree", "-r", "--name-only", "--no-renames", "-z", base, tree,
-                       env=env).stdout
+                       env=_private_objects(repo, object_dir)).stdout
     except GitError:
         return set()
     return {p for p in out.split("\0") if p}
