@@ -226,9 +226,14 @@ def session_diff(repo: MainRepo, row: SessionRow, stat: bool = False) -> bytes:
     """``git diff <base commit> <branch head>`` of a session, as bytes (content is data).
 
     External diff drivers and textconv filters are off. The branch's current head is used; if
-    the branch is gone, the head recorded when the session ended.
+    the branch is gone, the head recorded when the session ended. A running session is asked
+    inside its own container (:func:`runtime.live_tree.live_diff`): the host never reads it.
     """
     result = row.result
+    if not row.status.is_final and row.container_id and result.base_commit:
+        live = _live_diff(row.container_id, result.base_commit, stat)
+        if live is not None:
+            return live
     head = (repo.branch_head(row.branch) if row.branch else None) or result.head_commit
     if not result.base_commit or not head:
         raise NotFoundError(f"session {row.id} has no branch to diff ({row.status.value})")
@@ -239,6 +244,25 @@ def session_diff(repo: MainRepo, row: SessionRow, stat: bool = False) -> bytes:
                  *(["--stat"] if stat else []), result.base_commit, head, "--"],
                 git_dir=repo.git_dir, cwd=repo.git_dir)
         return out.read_bytes()
+
+
+def _live_diff(container_id: str, base: str, stat: bool) -> bytes | None:
+    """The diff of a running session from inside its container; None if it is not running."""
+    import docker.errors
+
+    from runtime.container import AgentContainer
+    from runtime.engine import get_client
+    from runtime.errors import AgentRuntimeError
+    from runtime.live_tree import live_diff
+    from runtime.session import agent_ids
+
+    try:
+        client = get_client()
+        container = AgentContainer(client, client.containers.get(container_id))
+        uid, gid = agent_ids()
+        return live_diff(container, f"{uid}:{gid}", base, stat)
+    except (AgentRuntimeError, docker.errors.DockerException):  # gone or stopping: the branch
+        return None
 
 
 def resolve_run(store: Store, name: str) -> RunRow:
@@ -353,8 +377,8 @@ def diff(session: str, stat: bool, repo: str) -> None:
     with open_store(main_repo) as store:
         row = store.find_session(session)
     if not row.status.is_final:
-        click.echo(f"agentrt: {row.id} is {row.status.value}; its work reaches the branch "
-                   "when it ends", err=True)
+        click.echo(f"agentrt: {row.id} is {row.status.value}: its working tree now, read inside "
+                   "its container; the branch gets it when the session ends", err=True)
     data = session_diff(main_repo, row, stat)
     if not sys.stdout.isatty():
         try:

@@ -137,6 +137,12 @@ class RunConfig(_Strict):
     conflict_radar_seconds: NonNegativeInt = Field(
         5, description="How often live sessions are compared for overlapping changes; 0: off."
     )
+    max_import_mb: PositiveInt = Field(
+        1024, le=1024 * 1024,
+        description="Largest bundle of work a session may bring home, MiB; larger is refused.")
+    max_file_mb: PositiveInt = Field(
+        100, le=1024 * 1024,
+        description="Largest single file a session may bring home, MiB; larger is refused.")
     resource_limits: ResourceLimits = Field(
         default_factory=ResourceLimits, description="Defaults for every task."
     )

@@ -34,6 +34,17 @@ LOG_MAX_SIZE = "10m"
 RUNSC_PIDS_HEADROOM = 128
 
 
+# What every container agentrt starts shares, sessions and harvests alike.
+HARDENING: dict[str, Any] = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges:true"],
+    "init": True,
+    "stdin_open": False,
+    "tty": False,
+    "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "2"}),
+}
+
+
 @dataclass(frozen=True)
 class ContainerPlan:
     """Everything that decides how a session's container is made."""
@@ -45,7 +56,7 @@ class ContainerPlan:
     limits: ResourceLimits
     workspace: Path
     db_dir: Path | None
-    objects_dir: Path
+    objects_dir: Path  # the run's read-only object store (runtime.objectstore)
     uid: int
     gid: int
     network: str = "none"
@@ -75,14 +86,15 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
         raise SessionError("refusing to run an agent container as root (uid 0)")
     mounts = [
         Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=False),
-        # The main repository's objects, read-only, at the same path as on the host so the
-        # session repository's alternates file resolves both inside and outside.
+        # The run's object store (only what the base reaches), read-only, at the same path as
+        # on the host so the session repository's alternates file resolves inside and outside.
         Mount(str(plan.objects_dir), str(plan.objects_dir), type="bind", read_only=True),
     ]
     if plan.db_dir is not None:
         mounts.append(Mount(DB_MOUNT, str(plan.db_dir), type="bind", read_only=False))
     labels = {**plan.labels, LABEL_SESSION: plan.session_id, LABEL_RUN: plan.run_id}
     spec: dict[str, Any] = {
+        **HARDENING,
         "image": plan.image,
         "command": list(plan.command),
         "name": f"agentrt-{plan.session_id}",
@@ -98,16 +110,9 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
         "pids_limit": limits.pids + (RUNSC_PIDS_HEADROOM if plan.runtime == "runsc" else 0),
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmpfs_mb(limits)}m,mode=1777"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
         "network_mode": plan.network,
-        "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE,
-                                                          "max-file": "2"}),
-        "init": True,
         "stop_signal": "SIGTERM",
         "detach": True,
-        "stdin_open": False,
-        "tty": False,
     }
     if plan.runtime != "runc":
         spec["runtime"] = plan.runtime

@@ -25,13 +25,20 @@ from runtime.config import RunConfig, Task, validate_tasks
 from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.gitops import MainRepo
 from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
+from runtime.objectstore import remove_run_stores
 from runtime.owner import process_start_time
 from runtime.presets import resolve_image
 from runtime.progress import LiveStat
 from runtime.radar import ConflictRadar, LiveTree, Overlap
 from runtime.recovery import reconcile_on_start
 from runtime.scheduler import DagScheduler, TaskState
-from runtime.session import STOP_REQUESTED, IsolatedAgentSession, new_run_id, secret_env
+from runtime.session import (
+    STOP_REQUESTED,
+    IsolatedAgentSession,
+    agent_ids,
+    new_run_id,
+    secret_env,
+)
 from runtime.store import Store
 from runtime.supervisor import Supervisor
 from runtime.workspace import DependencyConflictError, new_session_id, prepare_base, resolve_base
@@ -189,6 +196,7 @@ class AgentCoordinator:
                             by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
         finally:
             self.supervisor = None
+            remove_run_stores(self.repo, self.run_id)
             if self.config.database_strategy == "shared":
                 from runtime.postgres import stop_shared_server
 
@@ -297,11 +305,11 @@ class AgentCoordinator:
             radar.stop()
 
     def _live_trees(self) -> list[LiveTree]:
+        uid, gid = agent_ids()
         return [
-            LiveTree(s.session_id, s.task.id, s.volume.workspace, s.base_commit,
-                     s.session_dir / "radar")
+            LiveTree(s.session_id, s.task.id, s.container, f"{uid}:{gid}", s.base_commit)
             for s in self.live_sessions()
-            if s.volume is not None and s.result.status is SessionStatus.RUNNING
+            if s.container is not None and s.result.status is SessionStatus.RUNNING
         ]
 
     def live_stats(self) -> dict[str, LiveStat]:

@@ -9,10 +9,12 @@ derives from the builtin it most resembles, so callers may catch either::
     │   └── AdmissionError                   the run cannot fit in the engine
     ├── EngineError (RuntimeError)          Docker engine unreachable or an API call failed
     ├── GitError (RuntimeError)             a git command failed
+    │   └── BundleRefusedError               a session's bundle failed fsck, size or secrets
     ├── WorkspaceError (OSError)            a session's working tree could not be made or removed
     ├── VolumeError (OSError)               a disk-limited volume could not be made or removed
     ├── DatabaseError (RuntimeError)        a session database could not be made or dropped
     ├── SessionError (RuntimeError)         a session could not start or be supervised
+    │   ├── HarvestError                     its work could not be read out (volume kept)
     │   └── SessionTimeoutError (TimeoutError)
     ├── MergeError (RuntimeError)           a merge could not be checked or performed
     ├── StateError (RuntimeError)           the state database is unreadable or too new
@@ -50,6 +52,10 @@ class GitError(AgentRuntimeError, RuntimeError):
         self.stderr = stderr
 
 
+class BundleRefusedError(GitError):
+    """A session's bundle was refused on import (fsck, size or secret policy); nothing moved."""
+
+
 class WorkspaceError(AgentRuntimeError, OSError):
     """A session's working tree could not be created, snapshotted or removed."""
 
@@ -64,6 +70,10 @@ class DatabaseError(AgentRuntimeError, RuntimeError):
 
 class SessionError(AgentRuntimeError, RuntimeError):
     """A session could not be started or supervised."""
+
+
+class HarvestError(SessionError):
+    """A session's work could not be read out of its volume; the volume is kept."""
 
 
 class SessionTimeoutError(SessionError, TimeoutError):

@@ -56,6 +56,21 @@ _FAILURES = frozenset(
 )
 
 
+class WorkState(StrEnum):
+    """Whether a session's work reached its branch (see docs/security.md, the bundle boundary)."""
+
+    NONE = "none"              # nothing to bring home (never started), or not yet harvested
+    HOME = "home"              # everything the agent left is on its branch (or it changed nothing)
+    FILES_ONLY = "files_only"  # its own commits were refused; its files came home as one commit
+    REFUSED = "refused"        # the bundle was refused (fsck, size, secret); kept for inspection
+    KEPT = "kept"              # the harvest failed (disk full, engine gone): the volume is kept
+
+    @property
+    def is_failure(self) -> bool:
+        """True when work did not fully come home: the run exits 1."""
+        return self in (WorkState.FILES_ONLY, WorkState.REFUSED, WorkState.KEPT)
+
+
 class Conflict(BaseModel):
     """One conflicting path between a branch and the target (or another branch)."""
 
@@ -111,6 +126,7 @@ class SessionResult(BaseModel):
     disk_used_bytes: int = 0
     disk_limit_mode: Literal["loop", "soft", "none"] = "none"
     merge: MergeInfo = Field(default_factory=MergeInfo)
+    work: WorkState = WorkState.NONE
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -129,10 +145,11 @@ class RunReport(BaseModel):
     interrupted: bool = False
 
     def exit_code(self) -> int:
-        """0 all succeeded; 1 a session failed; 3 merge conflicts; 130 interrupted."""
+        """0 all succeeded; 1 a session failed or its work did not come home; 3 merge
+        conflicts; 130 interrupted."""
         if self.interrupted:
             return 130
-        if any(s.status.is_failure for s in self.sessions):
+        if any(s.status.is_failure or s.work.is_failure for s in self.sessions):
             return 1
         if any(s.merge.status == "conflicts" for s in self.sessions):
             return 3

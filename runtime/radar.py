@@ -1,10 +1,10 @@
 """Conflict radar: warn while agents run when two live sessions change the same file.
 
-Every ``interval`` seconds the radar reads what each live session changed against its base
-(safely: the main repository's git dir over the session's working tree, with a private index
-and object directory per session, see :func:`runtime.workspace.changed_paths`) and reports each
+Every ``interval`` seconds the radar asks each live session what it changed against its base,
+inside the session's own container (``docker exec`` as the agent's uid, see
+:func:`runtime.live_tree.changed_paths`: the host never reads an agent's tree), and reports each
 newly overlapping path once, so a person can stop one agent early instead of meeting the
-conflict at merge time.
+conflict at merge time. The paths are the agents' text: views sanitise them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
+from runtime.container import AgentContainer
+from runtime.errors import AgentRuntimeError
 from runtime.gitops import MainRepo
-from runtime.workspace import changed_paths
+from runtime.live_tree import changed_paths
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ class LiveTree:
 
     session_id: str
     task_id: str
-    workspace: Path
+    container: AgentContainer
+    user: str
     base_commit: str
-    scratch: Path
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,11 @@ class ConflictRadar:
             return []
         changes = {}
         for tree in trees:
-            tree.scratch.mkdir(parents=True, exist_ok=True)
-            changes[tree.task_id] = changed_paths(
-                self.repo, tree.workspace, tree.base_commit, tree.scratch / "radar.index",
-                tree.scratch / "radar-objects")
+            try:
+                changes[tree.task_id] = changed_paths(tree.container, tree.user,
+                                                      tree.base_commit)
+            except AgentRuntimeError as exc:  # it just ended, or the engine hiccuped
+                log.debug("conflict radar: %s: %s", tree.session_id, exc)
         new = [o for o in overlaps(changes) if o not in self.seen]
         for overlap in new:
             self.seen.add(overlap)

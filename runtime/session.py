@@ -37,13 +37,15 @@ from runtime.container import (
 from runtime.databases import SessionDatabase, create_sqlite
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.gitops import MainRepo
-from runtime.models import Manifest, SessionResult, SessionStatus, utcnow
+from runtime.harvest import HarvestPlan, bring_work_home
+from runtime.models import Manifest, SessionResult, SessionStatus, WorkState, utcnow
+from runtime.objectstore import ensure_store, remove_run_stores
 from runtime.owner import process_start_time
 from runtime.presets import resolve_command, resolve_image
-from runtime.recovery import SessionMarker
+from runtime.recovery import SessionMarker, engine_times, import_policy
 from runtime.supervisor import Supervisor, Watch
 from runtime.volumes import DiskLimitMode, Volume, create_volume
-from runtime.workspace import create_branch, create_workspace, new_session_id, snapshot
+from runtime.workspace import create_branch, create_workspace, new_session_id
 
 if TYPE_CHECKING:
     from runtime.store import Store
@@ -115,6 +117,7 @@ class IsolatedAgentSession:
         self.task = task
         self.config = config or RunConfig()
         self.repo = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+        self._own_run = run_id is None
         self.run_id = run_id or new_run_id()
         self.limits: ResourceLimits = self.config.limits_for(task)
         self.image = resolve_image(task, self.config.image)
@@ -132,7 +135,11 @@ class IsolatedAgentSession:
         self.database: SessionDatabase | None = None
         self.container: AgentContainer | None = None
         self.watch: Watch | None = None
-        self._snapshotted = False
+        self.objects: Path | None = None
+        self._marker: SessionMarker | None = None
+        self._checked_out = False
+        self._started = False
+        self._harvested = False
         self._cancel = threading.Event()
         self.result = SessionResult(
             id=self.session_id, task_id=task.id, branch=self.branch, image=self.image,
@@ -185,13 +192,22 @@ class IsolatedAgentSession:
                 owner_pid=os.getpid(), owner_start_time=owner_start,
             )
             create_branch(self.repo, self.branch, self.base_commit)
+            self.objects = ensure_store(self.repo, self.run_id, self.base_commit)
+            # The marker comes first: from here on gc judges the session by its owner's pid
+            # and start time, and it harvests only once the checkout is complete.
+            self.session_dir.mkdir(parents=True, mode=0o711)
+            self._marker = SessionMarker(
+                self.session_id, self.run_id, self.branch, os.getpid(), owner_start,
+                keep=not self.config.cleanup_on_complete, base_commit=self.base_commit,
+                uid=uid, gid=gid)
+            self._marker.write(self.session_dir)
             self.volume = create_volume(self.session_dir, self.limits.disk_mb, uid, gid,
                                         self.disk_mode)
             self.result.disk_limit_mode = self.volume.mode
-            SessionMarker(self.session_id, self.run_id, self.branch, os.getpid(), owner_start,
-                          keep=not self.config.cleanup_on_complete).write(self.session_dir)
             create_workspace(self.repo, self.volume.workspace, self.branch, self.base_commit,
-                             uid, gid)
+                             uid, gid, objects=self.objects)
+            self._marker.checked_out = self._checked_out = True
+            self._marker.write(self.session_dir)
             self.database = self._make_database(uid, gid)
             env = {
                 **self.task.env,
@@ -207,7 +223,7 @@ class IsolatedAgentSession:
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
                 workspace=self.volume.workspace, db_dir=self.volume.db_dir,
-                objects_dir=self.repo.objects_dir, uid=uid, gid=gid,
+                objects_dir=self.objects, uid=uid, gid=gid,
                 network=getattr(self.database, "network", None) or self.network,
                 runtime=self.config.runtime, env=env,
                 labels={LABEL_OWNER_PID: str(os.getpid()),
@@ -277,6 +293,7 @@ class IsolatedAgentSession:
         self._record(deadline=deadline)
         self._event("started", f"container {self.container.id[:12]} started")
         try:
+            self._started = True
             self.container.start()
         except AgentRuntimeError as exc:
             self.result.status = SessionStatus.CRASHED
@@ -359,6 +376,10 @@ class IsolatedAgentSession:
             status, reason = SessionStatus.FAILED, f"exit code {self.result.exit_code}"
         self.result.status = status
         self.result.reason = reason
+        started, finished = engine_times(st)
+        if started is not None and finished is not None:
+            # The engine's own clock: a paused supervisor does not stretch a session.
+            self.result.started_at, self.result.finished_at = started, finished
         self.result.peak_memory_bytes = watch.peak_memory_bytes
         self.result.cpu_seconds = round(watch.cpu_seconds, 3)
         with contextlib.suppress(OSError):
@@ -368,12 +389,13 @@ class IsolatedAgentSession:
         self.result.warnings.extend(watch.errors)
 
     def _finish(self) -> None:
-        self.result.finished_at = utcnow()
+        if self.result.finished_at is None:
+            self.result.finished_at = utcnow()
         if self.result.started_at:
             self.result.duration_s = round(
                 (self.result.finished_at - self.result.started_at).total_seconds(), 3)
         self._save_logs()
-        self._snapshot()
+        self._bring_home()
         self._record()
         self._event("finished", f"{self.result.status.value}: {self.result.reason or ''}")
 
@@ -393,18 +415,33 @@ class IsolatedAgentSession:
     def _secret_values(self) -> list[str]:
         return [os.environ[n] for n in self.task.secrets if os.environ.get(n)]
 
-    def _snapshot(self) -> None:
-        if self._snapshotted or self.volume is None:
+    def _bring_home(self) -> None:
+        """Harvest the stopped session's tree in a container; import the verified bundle."""
+        if self._harvested or self.volume is None or not self._checked_out:
             return
-        try:
-            self.result.head_commit = snapshot(
-                self.repo, self.volume.workspace, self.session_id, self.branch,
-                self.session_dir / "snapshot.index", warnings=self.result.warnings,
-            )
-            self._snapshotted = True
-        except AgentRuntimeError as exc:
-            self.result.warnings.append(f"snapshot failed: {exc}")
-            log.error("session %s: snapshot failed: %s", self.session_id, exc)
+        self._harvested = True
+        if not self._started:
+            # The agent never ran: its tree is the checkout agentrt made.
+            self.result.work = WorkState.HOME
+            self.result.head_commit = self.repo.branch_head(self.branch)
+            return
+        if self.objects is None:
+            raise SessionError("object store missing")
+        uid, gid = agent_ids()
+        plan = HarvestPlan(
+            session_id=self.session_id, base_commit=self.base_commit,
+            workspace=self.volume.workspace, store=self.objects, uid=uid, gid=gid,
+            memory_mb=self.limits.memory_mb, runtime=self.config.runtime,
+            labels={LABEL_OWNER_PID: str(os.getpid()),
+                    LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
+                    LABEL_REPO: str(self.repo.root)})
+        outcome = bring_work_home(self.client, self.repo, plan, branch=self.branch,
+                                  policy=import_policy(self.config, self.task.secrets))
+        self.result.work = outcome.state
+        self.result.head_commit = outcome.head
+        self.result.warnings.extend(outcome.warnings)
+        if outcome.state is not WorkState.HOME:
+            log.error("session %s: %s", self.session_id, "; ".join(outcome.warnings))
 
     def logs(self) -> bytes:
         """Everything the agent printed so far (secret values redacted)."""
@@ -433,7 +470,7 @@ class IsolatedAgentSession:
                 if info.get("State", {}).get("Running"):
                     self.container.stop(self.stop_grace_seconds)
         if snapshot_work:
-            self._snapshot()
+            self._bring_home()
             if not self.result.status.is_final:
                 self.result.status = SessionStatus.CRASHED
                 self.result.reason = self.result.reason or "session ended before its container"
@@ -445,14 +482,25 @@ class IsolatedAgentSession:
         if not self.config.cleanup_on_complete and snapshot_work:
             return
         errors: list[str] = []
-        for step in (self._remove_container, self._drop_database, self._remove_volume):
+        # Nothing is deleted until it is safely home: a failed harvest keeps the volume.
+        keep_volume = snapshot_work and self.result.work is WorkState.KEPT
+        steps = [self._remove_container, self._drop_database]
+        steps.append(self._keep_volume if keep_volume else self._remove_volume)
+        for step in steps:
             try:
                 step()
             except (AgentRuntimeError, OSError) as exc:
                 errors.append(str(exc))
         if errors:
             self.result.warnings.extend(f"cleanup: {e}" for e in errors)
+        if self._own_run and not keep_volume:
+            remove_run_stores(self.repo, self.run_id)
         self._record()
+
+    def _keep_volume(self) -> None:
+        if self._marker is not None:
+            self._marker.work_kept = True
+            self._marker.write(self.session_dir)
 
     def _remove_container(self) -> None:
         if self.container is not None:

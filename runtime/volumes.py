@@ -159,7 +159,7 @@ def create_volume(
     chosen = mode or default_mode()
     volume = Volume(session_dir, chosen, disk_mb * 1024 * 1024)
     try:
-        session_dir.mkdir(parents=True, exist_ok=False, mode=0o711)
+        session_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         volume.root.mkdir(mode=0o755)
         if chosen == "loop":
             _make_loop_fs(volume, disk_mb, uid, gid)
