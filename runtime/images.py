@@ -1,6 +1,7 @@
 """Building, finding and identifying agentrt's images.
 
-Recipes live in ``images/<name>/`` at the repository root (``AGENTRT_IMAGES_DIR`` overrides).
+Recipes live in ``runtime/recipes/<name>/``, package data found through ``importlib.resources``
+so an installed wheel builds as a checkout does (``AGENTRT_IMAGES_DIR`` overrides).
 An image is tagged ``agentrt/<name>:latest`` and labelled ``agentrt.image=<name>`` and
 ``agentrt.recipe=<hash>``; :func:`build_image` does nothing when the tagged image already carries
 the current recipe's hash, so calling it before every run is cheap.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.resources
 import json
 import os
 import shutil
@@ -94,9 +96,19 @@ class ImageInfo:
 
 
 def images_dir() -> Path:
-    """The directory holding one recipe directory per image."""
+    """The directory holding one recipe directory per image: ``AGENTRT_IMAGES_DIR`` if set,
+    else the ``recipes`` directory installed with the ``runtime`` package."""
     override = os.environ.get("AGENTRT_IMAGES_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "images"
+    if override:
+        return Path(override)
+    recipes = importlib.resources.files("runtime").joinpath("recipes")
+    if not isinstance(recipes, Path):
+        # A zip import has no directory to hand to `docker build` as its context.
+        raise ImageNotFoundError(
+            f"the image recipes ({recipes}) are not files on disk: install agentrt unzipped, "
+            "or set AGENTRT_IMAGES_DIR to a copy of them"
+        )
+    return recipes
 
 
 def image_ref(name: str) -> str:
@@ -129,7 +141,7 @@ def recipe_hash(name: str) -> str:
 
 
 def base_packages() -> list[str]:
-    """The Debian packages of ``agentrt/base`` (``images/base/packages``)."""
+    """The Debian packages of ``agentrt/base`` (``recipes/base/packages``)."""
     lines = (recipe_dir("base") / "packages").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
@@ -362,7 +374,7 @@ def rootfs_hash(mirror: str) -> str:
 
 
 def build_rootfs(client: docker.DockerClient, force: bool = False, log: LogFn | None = None) -> str:
-    """Debootstrap Debian (``images/base/rootfs.sh``) and ``docker import`` it; return its tag.
+    """Debootstrap Debian (``recipes/base/rootfs.sh``) and ``docker import`` it; return its tag.
 
     Reuses ``agentrt/rootfs:<hash>`` if it exists (unless ``force``). Needs root on Linux,
     ``debootstrap`` and ``tar``; the mirror is ``AGENTRT_DEBIAN_MIRROR`` or deb.debian.org.
