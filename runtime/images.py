@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -85,12 +85,12 @@ class ImageInfo:
     """One agentrt image on the engine, as :func:`list_images` reports it."""
 
     name: str
-    ref: str  # its first tag, "" for an image a rebuild superseded
+    ref: str  # its first agentrt/<name> tag, "" for an image a rebuild superseded
     tags: tuple[str, ...]
     id: str
     digest: str
     recipe_hash: str
-    current: bool  # its recipe label matches the recipe on disk
+    current: bool  # tagged as agentrt's image, and its recipe label matches the recipe on disk
     created: str
     size_bytes: int
 
@@ -177,10 +177,13 @@ def require_image(client: docker.DockerClient, ref: str) -> None:
 
 
 def list_images(client: docker.DockerClient) -> list[ImageInfo]:
-    """Every image carrying an ``agentrt.image`` label (rootfs images included), by name.
+    """agentrt's images (rootfs images included), by name.
 
-    Images a rebuild superseded keep their labels and have no tags; they stay because a
-    session's record (and ``agentrt replay``) refers to the image id it ran.
+    An image is agentrt's when it carries an ``agentrt.image`` label and a tag of that image's
+    repository (``agentrt/<name>``). An image built ``FROM`` one of agentrt's elsewhere inherits
+    the labels but not the tag, and is left out. Images a rebuild superseded keep their labels
+    and have no tags; they stay (never current) because a session's record (and
+    ``agentrt replay``) refers to the image id it ran.
     """
     with engine_errors("list images"):
         images = client.images.list(filters={"label": LABEL_IMAGE})
@@ -189,12 +192,15 @@ def list_images(client: docker.DockerClient) -> list[ImageInfo]:
         labels = image.labels or {}
         name = str(labels.get(LABEL_IMAGE, ""))
         recipe = str(labels.get(LABEL_RECIPE, ""))
-        current = recipe == _current_recipe(name)
+        own = own_tags(name, image.tags)
+        if image.tags and not own:
+            continue
+        current = bool(own) and recipe == _current_recipe(name)
         repo_digests = image.attrs.get("RepoDigests") or []
         found.append(
             ImageInfo(
                 name=name,
-                ref=image.tags[0] if image.tags else "",
+                ref=own[0] if own else "",
                 tags=tuple(image.tags),
                 id=str(image.id),
                 digest=str(repo_digests[0]) if repo_digests else str(image.id),
@@ -205,6 +211,12 @@ def list_images(client: docker.DockerClient) -> list[ImageInfo]:
             )
         )
     return sorted(found, key=lambda i: (i.name, i.tags))
+
+
+def own_tags(name: str, tags: Sequence[str]) -> list[str]:
+    """The tags among ``tags`` in the repository agentrt builds image ``name`` under."""
+    repo = ROOTFS_REPO if name == "rootfs" else image_ref(name).rsplit(":", 1)[0]
+    return [tag for tag in tags if tag.rsplit(":", 1)[0] == repo]
 
 
 def _current_recipe(name: str) -> str | None:
