@@ -2,12 +2,14 @@
 
 The VM must hold ``max_concurrent_agents`` × the per-agent limits plus headroom for the engine,
 the page cache and the images. Sizing (:func:`size_for`) and the profile's text
-(:func:`render_profile`, from the template ``colima/agentrt.yaml``) are pure functions;
-:func:`colima_up` writes the profile to :func:`profile_path` and runs ``colima``.
+(:func:`render_profile`, from the template ``colima_templates/agentrt.yaml``, package data of
+``runtime``) are pure functions; :func:`colima_up` writes the profile to :func:`profile_path`
+and runs ``colima``.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
 import shutil
@@ -59,9 +61,14 @@ def size_for(agents: int, limits: ResourceLimits) -> ColimaSize:
 
 
 def colima_dir() -> Path:
-    """The directory holding the profile template (``colima/`` next to ``runtime/``)."""
+    """The directory holding the profile template: ``AGENTRT_COLIMA_DIR`` if set, else the
+    ``colima_templates`` directory installed with the ``runtime`` package."""
     override = os.environ.get("AGENTRT_COLIMA_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "colima"
+    if override:
+        return Path(override)
+    templates = importlib.resources.files("runtime").joinpath("colima_templates")
+    # A zip import yields no Path; read_template then names it as unreadable.
+    return templates if isinstance(templates, Path) else Path(str(templates))
 
 
 def read_template() -> str:

@@ -1,6 +1,7 @@
 """Building, finding and identifying agentrt's images.
 
-Recipes live in ``images/<name>/`` at the repository root (``AGENTRT_IMAGES_DIR`` overrides).
+Recipes live in ``runtime/recipes/<name>/``, package data found through ``importlib.resources``
+so an installed wheel builds as a checkout does (``AGENTRT_IMAGES_DIR`` overrides).
 An image is tagged ``agentrt/<name>:latest`` and labelled ``agentrt.image=<name>`` and
 ``agentrt.recipe=<hash>``; :func:`build_image` does nothing when the tagged image already carries
 the current recipe's hash, so calling it before every run is cheap.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.resources
 import json
 import os
 import shutil
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -83,20 +85,30 @@ class ImageInfo:
     """One agentrt image on the engine, as :func:`list_images` reports it."""
 
     name: str
-    ref: str  # its first tag, "" for an image a rebuild superseded
+    ref: str  # its first agentrt/<name> tag, "" for an image a rebuild superseded
     tags: tuple[str, ...]
     id: str
     digest: str
     recipe_hash: str
-    current: bool  # its recipe label matches the recipe on disk
+    current: bool  # tagged as agentrt's image, and its recipe label matches the recipe on disk
     created: str
     size_bytes: int
 
 
 def images_dir() -> Path:
-    """The directory holding one recipe directory per image."""
+    """The directory holding one recipe directory per image: ``AGENTRT_IMAGES_DIR`` if set,
+    else the ``recipes`` directory installed with the ``runtime`` package."""
     override = os.environ.get("AGENTRT_IMAGES_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "images"
+    if override:
+        return Path(override)
+    recipes = importlib.resources.files("runtime").joinpath("recipes")
+    if not isinstance(recipes, Path):
+        # A zip import has no directory to hand to `docker build` as its context.
+        raise ImageNotFoundError(
+            f"the image recipes ({recipes}) are not files on disk: install agentrt unzipped, "
+            "or set AGENTRT_IMAGES_DIR to a copy of them"
+        )
+    return recipes
 
 
 def image_ref(name: str) -> str:
@@ -129,7 +141,7 @@ def recipe_hash(name: str) -> str:
 
 
 def base_packages() -> list[str]:
-    """The Debian packages of ``agentrt/base`` (``images/base/packages``)."""
+    """The Debian packages of ``agentrt/base`` (``recipes/base/packages``)."""
     lines = (recipe_dir("base") / "packages").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
@@ -165,10 +177,13 @@ def require_image(client: docker.DockerClient, ref: str) -> None:
 
 
 def list_images(client: docker.DockerClient) -> list[ImageInfo]:
-    """Every image carrying an ``agentrt.image`` label (rootfs images included), by name.
+    """agentrt's images (rootfs images included), by name.
 
-    Images a rebuild superseded keep their labels and have no tags; they stay because a
-    session's record (and ``agentrt replay``) refers to the image id it ran.
+    An image is agentrt's when it carries an ``agentrt.image`` label and a tag of that image's
+    repository (``agentrt/<name>``). An image built ``FROM`` one of agentrt's elsewhere inherits
+    the labels but not the tag, and is left out. Images a rebuild superseded keep their labels
+    and have no tags; they stay (never current) because a session's record (and
+    ``agentrt replay``) refers to the image id it ran.
     """
     with engine_errors("list images"):
         images = client.images.list(filters={"label": LABEL_IMAGE})
@@ -177,12 +192,15 @@ def list_images(client: docker.DockerClient) -> list[ImageInfo]:
         labels = image.labels or {}
         name = str(labels.get(LABEL_IMAGE, ""))
         recipe = str(labels.get(LABEL_RECIPE, ""))
-        current = recipe == _current_recipe(name)
+        own = own_tags(name, image.tags)
+        if image.tags and not own:
+            continue
+        current = bool(own) and recipe == _current_recipe(name)
         repo_digests = image.attrs.get("RepoDigests") or []
         found.append(
             ImageInfo(
                 name=name,
-                ref=image.tags[0] if image.tags else "",
+                ref=own[0] if own else "",
                 tags=tuple(image.tags),
                 id=str(image.id),
                 digest=str(repo_digests[0]) if repo_digests else str(image.id),
@@ -193,6 +211,12 @@ def list_images(client: docker.DockerClient) -> list[ImageInfo]:
             )
         )
     return sorted(found, key=lambda i: (i.name, i.tags))
+
+
+def own_tags(name: str, tags: Sequence[str]) -> list[str]:
+    """The tags among ``tags`` in the repository agentrt builds image ``name`` under."""
+    repo = ROOTFS_REPO if name == "rootfs" else image_ref(name).rsplit(":", 1)[0]
+    return [tag for tag in tags if tag.rsplit(":", 1)[0] == repo]
 
 
 def _current_recipe(name: str) -> str | None:
@@ -362,7 +386,7 @@ def rootfs_hash(mirror: str) -> str:
 
 
 def build_rootfs(client: docker.DockerClient, force: bool = False, log: LogFn | None = None) -> str:
-    """Debootstrap Debian (``images/base/rootfs.sh``) and ``docker import`` it; return its tag.
+    """Debootstrap Debian (``recipes/base/rootfs.sh``) and ``docker import`` it; return its tag.
 
     Reuses ``agentrt/rootfs:<hash>`` if it exists (unless ``force``). Needs root on Linux,
     ``debootstrap`` and ``tar``; the mirror is ``AGENTRT_DEBIAN_MIRROR`` or deb.debian.org.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +50,35 @@ def test_base_is_labelled_with_its_recipe_and_listed(docker_client: Any) -> None
     assert listed[0].current
     assert listed[0].ref == BASE
     assert images.image_digest(docker_client, BASE).startswith(("sha256:", "agentrt/base@"))
+
+
+@pytest.mark.docker
+def test_an_image_built_from_base_elsewhere_is_not_listed_as_agentrts(docker_client: Any) -> None:
+    foreign = "agentrt-test/foreign:latest"
+    image, _ = docker_client.images.build(
+        fileobj=io.BytesIO(f"FROM {BASE}\nLABEL x=y\n".encode()),
+        tag=foreign, pull=False, rm=True, labels={"agentrt.test": "foreign-image"},
+    )
+    try:
+        # It inherits base's labels, recipe hash included: the labels alone cannot tell.
+        assert image.labels[images.LABEL_IMAGE] == "base"
+        assert image.labels[images.LABEL_RECIPE] == images.recipe_hash("base")
+        listed = images.list_images(docker_client)
+        assert [i for i in listed if foreign in i.tags or i.id == image.id] == []
+        assert [(i.ref, i.current) for i in listed if BASE in i.tags] == [(BASE, True)]
+    finally:
+        for leftover in docker_client.images.list(filters={"label": "agentrt.test=foreign-image"}):
+            docker_client.images.remove(leftover.id, force=True)
+
+
+def test_only_tags_of_the_images_own_repository_make_it_agentrts() -> None:
+    tags = ["agentrt/base:latest", "agentrt/base:old", "me/base:latest", "agentrt/codex:latest",
+            "registry:5000/agentrt/base:latest"]
+    assert images.own_tags("base", tags) == ["agentrt/base:latest", "agentrt/base:old"]
+    assert images.own_tags("rootfs", ["agentrt/rootfs:0123abcd", "agentrt/base:latest"]) == [
+        "agentrt/rootfs:0123abcd"
+    ]
+    assert images.own_tags("base", ["agentrt-test/foreign:latest"]) == []
 
 
 @pytest.mark.docker
