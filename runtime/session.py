@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,18 @@ DISK_FULL_MARGIN = 1024 * 1024
 
 
 ENGINE_WAIT_SECONDS = 60
+
+
+CRASH_POINT_ENV = "AGENTRT_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Die here (SIGKILL, like a power cut) when ``AGENTRT_CRASH_AT`` names this step.
+
+    Only the crash-recovery tests set it; every step of a session's set-up and end has one.
+    """
+    if os.environ.get(CRASH_POINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _engine_retry(action: Callable[[], T]) -> T:
@@ -192,6 +205,7 @@ class IsolatedAgentSession:
                 owner_pid=os.getpid(), owner_start_time=owner_start,
             )
             create_branch(self.repo, self.branch, self.base_commit)
+            crash_point("branch")
             self.objects = ensure_store(self.repo, self.run_id, self.base_commit)
             # The marker comes first: from here on gc judges the session by its owner's pid
             # and start time, and it harvests only once the checkout is complete.
@@ -201,11 +215,14 @@ class IsolatedAgentSession:
                 keep=not self.config.cleanup_on_complete, base_commit=self.base_commit,
                 uid=uid, gid=gid)
             self._marker.write(self.session_dir)
+            crash_point("marker")
             self.volume = create_volume(self.session_dir, self.limits.disk_mb, uid, gid,
                                         self.disk_mode)
             self.result.disk_limit_mode = self.volume.mode
+            crash_point("volume")
             create_workspace(self.repo, self.volume.workspace, self.branch, self.base_commit,
                              uid, gid, objects=self.objects)
+            crash_point("checkout")
             self._marker.checked_out = self._checked_out = True
             self._marker.write(self.session_dir)
             self.database = self._make_database(uid, gid)
@@ -231,6 +248,7 @@ class IsolatedAgentSession:
                         LABEL_REPO: str(self.repo.root)},
             )
             self.container = AgentContainer.create(self.client, plan)
+            crash_point("container")
             self._record(container_id=self.container.id, mount_path=str(self.volume.root))
         except BaseException:
             self.close(snapshot_work=False)
@@ -301,6 +319,7 @@ class IsolatedAgentSession:
             self._finish()
             return self.result
         supervisor.started(self.watch)
+        crash_point("started")
         if self._cancel.is_set():
             supervisor.stop(self.watch, reason="cancel")
         # Generous backstop only: the deadline thread stops the container at the deadline.
@@ -395,7 +414,9 @@ class IsolatedAgentSession:
             self.result.duration_s = round(
                 (self.result.finished_at - self.result.started_at).total_seconds(), 3)
         self._save_logs()
+        crash_point("harvest")
         self._bring_home()
+        crash_point("home")
         self._record()
         self._event("finished", f"{self.result.status.value}: {self.result.reason or ''}")
 
