@@ -397,3 +397,24 @@ def test_many_processes_write_and_read_without_lock_errors(tmp_path: Path) -> No
         assert {e.message for e in events} == {
             f"{w}:{i}" for w in range(WRITERS) for i in range(EVENTS_PER_WRITER)
         }
+
+
+def test_a_large_database_still_checks_runs_and_sessions_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.store
+
+    path = tmp_path / "agentrt" / "state.db"
+    with Store(path) as opened:
+        _run(opened)
+        for i in range(50):
+            opened.upsert_session(_result(f"s{i:03d}"), "run-1")
+    monkeypatch.setattr(runtime.store, "QUICK_CHECK_FULL_BYTES", 0)  # "large": partial check
+    with sqlite3.connect(path) as raw:
+        root = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sessions'"
+                           ).fetchone()[0]
+    with open(path, "r+b") as handle:
+        handle.seek((root - 1) * 4096)
+        handle.write(b"\xa5" * 4096)
+    with pytest.raises(StateDamagedError, match="agentrt gc --repair-state"):
+        Store(path)
