@@ -72,8 +72,9 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
         if repaired is not None and repaired.damage is None:
             click.echo("state database: healthy, nothing to repair")
         elif repaired is not None:
-            click.echo(f"state database repaired: moved aside to "
-                       f"{repaired.moved_aside[0] if repaired.moved_aside else '-'}; "
+            aside = (f"moved aside to {repaired.moved_aside[0]}" if repaired.moved_aside
+                     else "it was missing")
+            click.echo(f"state database repaired: {aside}; "
                        f"kept {len(repaired.kept_runs)} runs and {len(repaired.kept_sessions)} "
                        f"sessions; rebuilt {len(repaired.rebuilt_runs)} runs and "
                        f"{len(repaired.rebuilt_sessions)} sessions (crashed: final status "

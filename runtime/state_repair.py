@@ -6,7 +6,9 @@ repository, a directory with its marker (``<volumes root>/sessions/<id>/session.
 ``gc`` removes it, and its saved output (``.git/agentrt/logs/<id>.log``). From these:
 
 * :func:`agentrt_traces` says whether agentrt has worked in a repository; the store refuses
-  to create an empty database silently where it has (the old one was lost, not never made).
+  to carry on silently with an existing but empty database where it has (its contents were
+  lost). A missing file is a new database: sessions run through the Python API alone leave
+  branches and logs but never make one.
 * :func:`open_store_for_gc` opens the database for ``gc``, or gives None (and logs a warning)
   when it is damaged, so ``gc`` still cleans up from Docker labels and the disk.
 * :func:`repair_state` (``agentrt gc --repair-state``) moves a damaged database aside, as
@@ -287,17 +289,23 @@ def _run_going_at(runs: list[RunRow], moment: datetime | None, now: datetime) ->
 def repair_state(repo: MainRepo, *, now: datetime | None = None) -> RepairReport:
     """Repair the state database of ``repo`` if it is damaged or lost; see the module doc.
 
-    A healthy database is left alone (``damage`` None). StateError, with nothing changed,
+    A healthy database is left alone (``damage`` None); a missing one is rebuilt when
+    agentrt's traces exist. StateError, with nothing changed,
     if the database is too new or foreign, or if a session or run's owner is still alive.
     """
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     path = repo.state_dir / STATE_DB
     report = RepairReport()
-    try:
-        with Store(path):
-            return report
-    except StateDamagedError as exc:
-        report.damage = str(exc)
+    traces = agentrt_traces(repo.state_dir)
+    if not path.exists() and traces:
+        # Deleted (or never made: sessions run through the Python API alone); rebuild anyway.
+        report.damage = f"state database {path} is missing ({'; '.join(traces)})"
+    else:
+        try:
+            with Store(path):
+                return report
+        except StateDamagedError as exc:
+            report.damage = str(exc)
     kept_runs, kept_sessions = salvage_rows(path)
     found = find_sessions(repo)
     _refuse_if_alive(repo, kept_runs)

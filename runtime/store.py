@@ -20,9 +20,10 @@ What callers may rely on:
   (``agentrt gc --repair-state``, see :mod:`runtime.state_repair`): a file that is not SQLite,
   corrupt pages (``PRAGMA quick_check`` on every open: 6.5 ms for a 1.3 MB database of 200
   sessions, 4000 events and 10000 samples; above 8 MiB only ``runs`` and ``sessions`` are
-  checked, 0.7 ms there, and damage elsewhere is met when used), and an empty database
-  where agentrt has left branches, session directories or logs (it lost its file: creating a
-  new one silently would hide every earlier run). A corrupt page met later raises it too.
+  checked, 0.7 ms there, and damage elsewhere is met when used), and an existing but empty
+  database where agentrt has left branches, session directories or logs (it lost its
+  contents: starting afresh silently would hide every earlier run). A missing file is a new
+  database. A corrupt page met later raises it too.
 * **No secret values are stored.** Callers pass environment *keys* only (the task's
   ``secrets`` names, ``Manifest.env_keys``); ``config_json`` must be built the same way.
 
@@ -100,8 +101,11 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], *, allow_empty: bool = False) -> None:
         self.path = Path(path)
         self._allow_empty = allow_empty
-        if not allow_empty and _size(self.path) == 0:
-            # Checked before connecting too: opening would write a header into the file.
+        # A missing file is a new database (sessions run through the Python API alone leave
+        # branches and logs but no database); an existing one that turns out empty lost its
+        # contents. Checked before connecting too, as opening writes a header into the file.
+        self._existed = self.path.exists()
+        if not allow_empty and self._existed and _size(self.path) == 0:
             self._refuse_if_lost()
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -454,7 +458,7 @@ class Store:
             "SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' LIMIT 1"
         ).fetchone():
             raise StateError(f"{self.path} is an SQLite file but not an agentrt state database")
-        if version == 0 and not self._allow_empty:
+        if version == 0 and self._existed and not self._allow_empty:
             # Empty: new, or lost its contents (truncated, WAL gone). Decided inside the write
             # transaction, so a database another process is creating right now is never
             # mistaken for a lost one.

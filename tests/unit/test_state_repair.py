@@ -108,6 +108,20 @@ def test_an_empty_database_where_agentrt_worked_is_refused_naming_the_repair(
     assert db_of(repo).stat().st_size == 0  # nothing was written
 
 
+def test_a_missing_database_is_new_even_where_standalone_sessions_left_branches(
+    tmp_path: Path,
+) -> None:
+    # IsolatedAgentSession used alone (store=None) leaves a branch and a log, no database.
+    repo = MainRepo(make_repo(tmp_path / "repo"))
+    git(repo.root, "branch", "agent/hello/8f8382")
+    (repo.state_dir / "logs").mkdir(parents=True)
+    (repo.state_dir / "logs" / "hello-8f8382.log").write_text("hi\n")
+    with Store(db_of(repo)) as store:
+        assert store.list_runs() == []
+    with Store(db_of(repo)) as store:  # and it is not mistaken for a lost one afterwards
+        assert store.list_runs() == []
+
+
 def test_a_database_truncated_mid_file_is_refused_at_open(tmp_path: Path) -> None:
     repo = history(tmp_path / "repo")
     with open(db_of(repo), "r+b") as handle:
@@ -189,6 +203,18 @@ def test_repair_rebuilds_runs_and_sessions_from_branches_markers_and_logs(
         assert len(runs) == 2 and "r20260101-130000-dead" in runs
         assert all(e.kind == "repair" for e in store.events())
     assert repair_state(repo).damage is None  # healthy now: left alone
+
+
+def test_repair_rebuilds_a_deleted_database_from_what_agentrt_left(tmp_path: Path) -> None:
+    repo = history(tmp_path / "repo")
+    db_of(repo).unlink()
+
+    report = repair_state(repo)
+
+    assert report.damage is not None and "missing" in report.damage
+    assert report.moved_aside == [] and sorted(report.rebuilt_sessions) == sorted(SESSIONS)
+    with Store(db_of(repo)) as store:
+        assert sorted(s.id for s in store.list_sessions()) == sorted(SESSIONS)
 
 
 def test_repair_keeps_the_rows_still_readable_in_a_corrupt_database(tmp_path: Path) -> None:
