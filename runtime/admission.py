@@ -7,6 +7,7 @@ cannot fit fails before anything starts, with a message saying what would fit.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,16 +16,19 @@ import docker
 
 from runtime.config import RunConfig, Task
 from runtime.errors import AdmissionError
+from runtime.volumes import VOLUMES_DIR_ENV
 
 # Leave room for the engine, the supervisor and page cache.
 HEADROOM_BYTES = 512 * 1024 * 1024
 
 
 def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes: int,
-              free_disk_bytes: int | None = None) -> str | None:
+              free_disk_bytes: int | None = None,
+              volumes_dir: Path | None = None) -> str | None:
     """None when the run fits; else a message saying what fits and what to change. Pure.
 
-    Volumes are fully allocated up front (loop mode), so the disk must hold the largest
+    Volumes are fully allocated up front (loop mode), so the filesystem holding them
+    (``volumes_dir``, named in the message) must have ``free_disk_bytes`` for the largest
     ``max_concurrent_agents`` volumes at once.
     """
     if not tasks:
@@ -47,8 +51,9 @@ def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes:
     if free_disk_bytes is not None and sum(biggest_disk) * 1024 * 1024 > free_disk_bytes:
         return (
             f"disk_mb: {slots} volumes of up to {max(biggest_disk)} MB need "
-            f"{sum(biggest_disk)} MB but only {free_disk_bytes >> 20} MB are free for "
-            "agentrt's state directory; lower disk_mb or max_concurrent_agents, or free space"
+            f"{sum(biggest_disk)} MB but only {free_disk_bytes >> 20} MB are free in "
+            f"{volumes_dir or 'the volumes directory'}; lower disk_mb or max_concurrent_agents, "
+            f"free space, or put volumes elsewhere ({VOLUMES_DIR_ENV} or [run] volumes_dir)"
         )
     widest = max(lim.cpu_percent for lim in limits)
     if widest > cpus * 100:
@@ -59,17 +64,30 @@ def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes:
     return None
 
 
+def volumes_free_bytes(volumes_dir: Path) -> int:
+    """Free bytes of the filesystem that will hold ``volumes_dir`` (its nearest existing
+    ancestor when it does not exist yet)."""
+    existing = next((p for p in (volumes_dir, *volumes_dir.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(existing).free
+
+
 def check_admission(client: docker.DockerClient, config: RunConfig, tasks: Sequence[Task],
                     state_dir: Path | None = None) -> None:
-    """Raise :class:`AdmissionError` if the run cannot fit in the engine (or on the disk)."""
+    """Raise :class:`AdmissionError` if the run cannot fit in the engine (or on the disk).
+
+    The disk measured is the one the volumes go to (``AGENTRT_VOLUMES_DIR``, else
+    ``[run] volumes_dir``, else ``state_dir``); ConfigError if that path is relative.
+    """
     from runtime.engine import engine_resources
-    from runtime.volumes import default_mode
+    from runtime.volumes import default_mode, resolve_volumes_root
 
     cpus, memory = engine_resources(client)
     free = None
+    root = None
     if state_dir is not None and default_mode() == "loop":
-        existing = next((p for p in (state_dir, *state_dir.parents) if p.exists()), Path("/"))
-        free = shutil.disk_usage(existing).free
-    message = plan_fits(config, tasks, cpus, memory, free)
+        root = resolve_volumes_root(state_dir, config.volumes_dir,
+                                    os.environ.get(VOLUMES_DIR_ENV))
+        free = volumes_free_bytes(root)
+    message = plan_fits(config, tasks, cpus, memory, free, root)
     if message:
         raise AdmissionError(message)

@@ -45,13 +45,18 @@ def stop(target: str, repo: str, grace: int) -> None:
 @click.command()
 @repo_option
 @click.option("--json", "as_json", is_flag=True)
-def gc(repo: str, as_json: bool) -> None:
+@click.option("--repair-state", is_flag=True,
+              help="First, if the state database is damaged or lost, move it aside and rebuild "
+                   "runs and sessions from the agent/* branches, session markers and logs.")
+def gc(repo: str, as_json: bool, repair_state: bool) -> None:
     """Find and remove leftovers of dead or finished sessions (never branches, never live ones)."""
     from runtime.engine import get_client
     from runtime.errors import EngineError
     from runtime.recovery import collect_garbage
+    from runtime.state_repair import repair_state as repair
 
     main_repo = MainRepo(repo)
+    repaired = repair(main_repo) if repair_state else None
     try:
         client = get_client()
     except EngineError as exc:
@@ -59,8 +64,21 @@ def gc(repo: str, as_json: bool) -> None:
         click.echo(f"agentrt: {exc}; collecting what is on disk only", err=True)
     report = collect_garbage(main_repo, client)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        out = report.as_dict()
+        if repaired is not None:
+            out["repair"] = repaired.as_dict()
+        click.echo(json.dumps(out, indent=2))
     else:
+        if repaired is not None and repaired.damage is None:
+            click.echo("state database: healthy, nothing to repair")
+        elif repaired is not None:
+            aside = (f"moved aside to {repaired.moved_aside[0]}" if repaired.moved_aside
+                     else "it was missing")
+            click.echo(f"state database repaired: {aside}; "
+                       f"kept {len(repaired.kept_runs)} runs and {len(repaired.kept_sessions)} "
+                       f"sessions; rebuilt {len(repaired.rebuilt_runs)} runs and "
+                       f"{len(repaired.rebuilt_sessions)} sessions (crashed: final status "
+                       "unknown)")
         click.echo(f"removed {len(report.removed_containers)} containers, "
                    f"{len(report.removed_sessions)} session volumes; "
                    f"saved {len(report.saved_branches)} branches; "

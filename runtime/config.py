@@ -146,6 +146,11 @@ class RunConfig(_Strict):
     resource_limits: ResourceLimits = Field(
         default_factory=ResourceLimits, description="Defaults for every task."
     )
+    volumes_dir: Path | None = Field(
+        None,
+        description="Absolute directory for session volumes (each reserves disk_mb there); "
+        "default: the repository's .git/agentrt. AGENTRT_VOLUMES_DIR, if set, wins.",
+    )
 
     def limits_for(self, task: Task) -> ResourceLimits:
         """The effective limits of ``task``: the run's defaults with the task's overrides."""

@@ -18,6 +18,7 @@ derives from the builtin it most resembles, so callers may catch either::
     │   └── SessionTimeoutError (TimeoutError)
     ├── MergeError (RuntimeError)           a merge could not be checked or performed
     ├── StateError (RuntimeError)           the state database is unreadable or too new
+    │   └── StateDamagedError                corrupt, or empty where agentrt has worked: repair
     └── NotFoundError (LookupError)         no run or session matches a name
 """
 
@@ -86,6 +87,11 @@ class MergeError(AgentRuntimeError, RuntimeError):
 
 class StateError(AgentRuntimeError, RuntimeError):
     """The state database cannot be used (corrupt, or written by a newer agentrt)."""
+
+
+class StateDamagedError(StateError):
+    """The state database is corrupt, or empty although agentrt's branches, session
+    directories or logs exist; ``agentrt gc --repair-state`` moves it aside and rebuilds it."""
 
 
 class NotFoundError(AgentRuntimeError, LookupError):

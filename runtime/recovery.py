@@ -47,6 +47,7 @@ from runtime.harvest import (
 from runtime.models import SessionStatus, WorkState, utcnow
 from runtime.objectstore import ensure_store, remove_run_stores, runs_dir
 from runtime.owner import owner_alive
+from runtime.state_repair import open_store_for_gc, session_dirs
 from runtime.store import Store
 from runtime.volumes import open_volume
 
@@ -185,9 +186,8 @@ def collect_garbage(
     """Reconcile every session of ``repo`` whose owner is dead (or that finished and was kept)."""
     report = GcReport()
     containers = _containers(client, repo)
-    sessions_dir = repo.state_dir / "sessions"
-    dirs = {p.name: p for p in sessions_dir.iterdir()} if sessions_dir.is_dir() else {}
-    store = Store(repo.state_dir / "state.db") if repo.state_dir.is_dir() else None
+    dirs = session_dirs(repo.state_dir)  # every volumes root, not only .git/agentrt
+    store = open_store_for_gc(repo.state_dir)  # None (and a warning) when it is damaged
     try:
         for session_id in sorted(set(containers) | set(dirs)):
             if only_session and session_id != only_session:
@@ -214,6 +214,14 @@ def _finish_dead_runs(store: Store | None) -> None:
         return
     for run in store.list_runs():
         if run.finished_at is None and not _alive(run.owner_pid, run.owner_start_time):
+            for row in store.list_sessions(run.id, include_finished=False):
+                # Its owner died before it had a volume or a container: nothing to save.
+                result = row.result
+                result.status = SessionStatus.CRASHED
+                result.reason = ("the agentrt process died while setting the session up, "
+                                 "before its container started; finished by gc")
+                result.finished_at = utcnow()
+                store.upsert_session(result, run.id)
             store.finish_run(run.id, "crashed",
                              warnings=["the agentrt process died; sessions reconciled by gc"])
 

@@ -45,7 +45,7 @@ from runtime.owner import process_start_time
 from runtime.presets import resolve_command, resolve_image
 from runtime.recovery import SessionMarker, engine_times, import_policy
 from runtime.supervisor import Supervisor, Watch
-from runtime.volumes import DiskLimitMode, Volume, create_volume
+from runtime.volumes import DiskLimitMode, Volume, create_volume, volumes_root
 from runtime.workspace import create_branch, create_workspace, new_session_id
 
 if TYPE_CHECKING:
@@ -137,7 +137,8 @@ class IsolatedAgentSession:
         self.network = self.config.network_for(task)
         self.base_commit = base_commit or self.repo.rev_parse(self.config.base)
         self.session_id, self.branch = new_session_id(task.id)
-        self.session_dir = self.repo.state_dir / "sessions" / self.session_id
+        self.session_dir = (volumes_root(self.repo.state_dir, self.config.volumes_dir)
+                            / "sessions" / self.session_id)
         self.stop_grace_seconds = stop_grace_seconds
         self.disk_mode = disk_mode
         self.store = store

@@ -10,15 +10,19 @@ Layout of a mounted volume root::
     <root>/workspace   the session's git working tree (and its own .git)
     <root>/db          the session's private SQLite file
 
-Image files live under ``<state>/sessions/<session id>/`` and carry the session id in their
-path and ext4 label, so leftovers are found without any registry.
+Image files live under ``<volumes root>/sessions/<session id>/`` and carry the session id in
+their path and ext4 label, so leftovers are found without any registry. The volumes root is
+the repository's state directory unless the user chose another place (:func:`volumes_root`):
+``AGENTRT_VOLUMES_DIR`` in the environment wins over ``[run] volumes_dir`` in the task file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -26,9 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from runtime.errors import VolumeError
+from runtime.errors import ConfigError, VolumeError
 
 DiskLimitMode = Literal["loop", "soft"]
+
+#: Environment variable naming the directory that holds session volumes (wins over the task
+#: file's ``[run] volumes_dir``).
+VOLUMES_DIR_ENV = "AGENTRT_VOLUMES_DIR"
+#: File in the state directory listing every volumes root this repository has used, one per
+#: line, so ``gc`` finds volumes made under a task file's ``volumes_dir`` without that file.
+ROOTS_FILE = "volume-roots"
 
 _JOURNAL_MIN_MB = 32
 
@@ -60,6 +71,72 @@ def loop_supported() -> bool:
 def default_mode() -> DiskLimitMode:
     """The disk-limit mode this host supports."""
     return "loop" if loop_supported() else "soft"
+
+
+def resolve_volumes_root(state_dir: Path, configured: Path | None, env_value: str | None) -> Path:
+    """Where a repository's volumes live (the decision alone; no effect). Pure.
+
+    ``env_value`` (``AGENTRT_VOLUMES_DIR``) wins over ``configured`` (``[run] volumes_dir``):
+    where disk space comes from is a property of the host, which the operator sets, while a
+    task file travels between hosts. With neither, the state directory itself. A chosen
+    directory gets one subdirectory per repository (``<repo name>-<12 hex of the state dir's
+    path>``), so repositories may share it and ``gc`` of one never sees another's volumes.
+    ConfigError for a relative path (``~`` is expanded).
+    """
+    if env_value:
+        chosen, source = Path(env_value), VOLUMES_DIR_ENV
+    elif configured is not None:
+        chosen, source = configured, "[run] volumes_dir"
+    else:
+        return state_dir
+    chosen = chosen.expanduser()
+    if not chosen.is_absolute():
+        raise ConfigError(f"{source}: {chosen} is not an absolute path")
+    name = state_dir.parent.parent.name if state_dir.parent.name == ".git" else state_dir.name
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:40] or "repo"
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    return chosen / f"{name}-{digest}"
+
+
+def volumes_root(state_dir: Path, configured: Path | None) -> Path:
+    """The directory whose ``sessions/<session id>`` holds each session's volume.
+
+    Resolved by :func:`resolve_volumes_root` from ``AGENTRT_VOLUMES_DIR`` and ``configured``;
+    a root other than ``state_dir`` is recorded in ``<state_dir>/volume-roots`` (see
+    :func:`known_volume_roots`). ConfigError for a relative path, VolumeError if the record
+    cannot be written.
+    """
+    root = resolve_volumes_root(state_dir, configured, os.environ.get(VOLUMES_DIR_ENV))
+    if root != state_dir and root not in _recorded_roots(state_dir):
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            # One short O_APPEND write per line: concurrent sessions cannot interleave it.
+            with open(state_dir / ROOTS_FILE, "a", encoding="utf-8") as record:
+                record.write(f"{root}\n")
+        except OSError as exc:
+            raise VolumeError(f"cannot record volumes root {root} in {state_dir}: {exc}") from exc
+    return root
+
+
+def known_volume_roots(state_dir: Path) -> list[Path]:
+    """Every volumes root of this repository, state directory first, each listed once.
+
+    The state directory, the roots recorded by :func:`volumes_root`, and the one
+    ``AGENTRT_VOLUMES_DIR`` names now: where ``gc`` and ``gc --repair-state`` look for
+    ``sessions/<id>`` directories.
+    """
+    roots = [state_dir, *_recorded_roots(state_dir)]
+    with contextlib.suppress(ConfigError):
+        roots.append(resolve_volumes_root(state_dir, None, os.environ.get(VOLUMES_DIR_ENV)))
+    return list(dict.fromkeys(roots))
+
+
+def _recorded_roots(state_dir: Path) -> list[Path]:
+    try:
+        lines = (state_dir / ROOTS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [Path(line) for line in lines if line.startswith("/")]
 
 
 def mounted_at(path: Path) -> str | None:
@@ -179,17 +256,22 @@ def create_volume(
 def _make_loop_fs(volume: Volume, disk_mb: int, uid: int, gid: int) -> None:
     # fallocate (not a sparse file) so the host's free space is reserved up front: a full
     # host disk cannot surprise an agent mid-run, and the agent cannot fill the host.
+    # ``nodiscard`` matters: by default mke2fs discards the whole device, which on an image
+    # file punches holes into it and hands the reservation straight back to the host.
     _run(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
     journal = ["-J", "size=4"] if disk_mb >= _JOURNAL_MIN_MB else ["-O", "^has_journal"]
     label = "agentrt-" + volume.session_dir.name[-8:]
     _run(
         [
             "mkfs.ext4", "-q", "-F", "-m", "0", *journal, "-L", label[:16],
-            "-E", f"lazy_itable_init=1,lazy_journal_init=1,root_owner={uid}:{gid}",
+            "-E", f"nodiscard,lazy_itable_init=1,lazy_journal_init=1,root_owner={uid}:{gid}",
             str(volume.image),
         ],
         "format volume image",
     )
+    # Where the host filesystem cannot zero a range in place (tmpfs, for one), mke2fs zeroes
+    # by punching holes even with nodiscard; allocating again fills them (data untouched).
+    _run(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
     _run(
         ["mount", "-o", "loop,nodev,nosuid,noatime", str(volume.image), str(volume.root)],
         "mount volume image",

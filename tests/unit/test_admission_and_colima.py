@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runtime.admission import plan_fits
 from runtime.colima import size_for
 from runtime.config import ResourceLimits, RunConfig, Task
@@ -45,6 +47,15 @@ def test_volumes_that_do_not_fit_on_the_disk_are_refused() -> None:
     assert message is not None and "4 volumes of up to 5120 MB need 20480 MB" in message
     assert plan_fits(config, tasks(1), cpus=2, memory_bytes=8 * GIB,
                      free_disk_bytes=10 * GIB) is None
+
+
+def test_a_disk_refusal_names_where_volumes_live_and_how_to_move_them() -> None:
+    config = RunConfig(resource_limits=ResourceLimits(memory_mb=64, disk_mb=5120))
+    message = plan_fits(config, tasks(1), cpus=2, memory_bytes=8 * GIB,
+                        free_disk_bytes=1 * GIB, volumes_dir=Path("/data/vols"))
+    assert message is not None
+    assert "only 1024 MB are free in /data/vols" in message
+    assert "AGENTRT_VOLUMES_DIR or [run] volumes_dir" in message
 
 
 def test_colima_profile_fits_agents_plus_headroom() -> None:

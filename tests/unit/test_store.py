@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runtime.errors import NotFoundError, StateError
+from runtime.errors import NotFoundError, StateDamagedError, StateError
 from runtime.models import Conflict, MergeInfo, RunReport, SessionResult, SessionStatus
 from runtime.store import APPLICATION_ID, SCHEMA_VERSION, Store
 
@@ -61,12 +61,31 @@ def test_file_from_a_newer_agentrt_is_refused(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_garbage_file_is_a_state_error_naming_the_path(tmp_path: Path) -> None:
+def test_garbage_file_is_a_state_error_naming_the_path_and_the_repair(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     path.write_bytes(b"this is not a database at all\n" * 200)
-    with pytest.raises(StateError) as info:
+    with pytest.raises(StateDamagedError) as info:
         Store(path)
     assert str(path) in str(info.value)
+    assert "agentrt gc --repair-state" in str(info.value)
+
+
+def test_corrupt_pages_behind_a_valid_header_are_found_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "agentrt" / "state.db"
+    with Store(path) as opened:
+        _run(opened)
+        for i in range(200):
+            opened.upsert_session(_result(f"s{i:03d}", status=SessionStatus.SUCCEEDED), "run-1")
+            opened.add_event("run-1", "finished", "succeeded " * 20, f"s{i:03d}")
+    size = path.stat().st_size
+    assert size > 20 * 4096
+    with Store(path) as healthy:  # untouched, it opens
+        assert len(healthy.list_sessions()) == 200
+    with open(path, "r+b") as handle:  # garbage in the middle; the first page stays intact
+        handle.seek(size // 2 // 4096 * 4096)
+        handle.write(b"\xa5" * 3 * 4096)
+    with pytest.raises(StateDamagedError, match="is damaged.*agentrt gc --repair-state"):
+        Store(path)
 
 
 def test_sqlite_file_of_another_application_is_refused(tmp_path: Path) -> None:
@@ -378,3 +397,24 @@ def test_many_processes_write_and_read_without_lock_errors(tmp_path: Path) -> No
         assert {e.message for e in events} == {
             f"{w}:{i}" for w in range(WRITERS) for i in range(EVENTS_PER_WRITER)
         }
+
+
+def test_a_large_database_still_checks_runs_and_sessions_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.store
+
+    path = tmp_path / "agentrt" / "state.db"
+    with Store(path) as opened:
+        _run(opened)
+        for i in range(50):
+            opened.upsert_session(_result(f"s{i:03d}"), "run-1")
+    monkeypatch.setattr(runtime.store, "QUICK_CHECK_FULL_BYTES", 0)  # "large": partial check
+    with sqlite3.connect(path) as raw:
+        root = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sessions'"
+                           ).fetchone()[0]
+    with open(path, "r+b") as handle:
+        handle.seek((root - 1) * 4096)
+        handle.write(b"\xa5" * 4096)
+    with pytest.raises(StateDamagedError, match="agentrt gc --repair-state"):
+        Store(path)
