@@ -199,3 +199,31 @@ def test_ambiguous_or_unknown_names_exit_2_with_one_clear_line(
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_diff_of_a_running_session_is_read_inside_its_container(
+    docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    script = ("printf 'print(3)\\n' > src/app.py && printf 'fresh\\n' > fresh.txt && "
+              "ln -s /etc/shadow shadow-link && sleep 60")
+    tasks = task_file(tmp_path, "[[tasks]]\nid = 'live'\ncommand = ['sh', '-c', '''"
+                      + script + "''']\n")
+    run = start_run(tasks, repo, tmp_path)
+    try:
+        entry = wait_until_running(repo, "live", run)
+        deadline = time.monotonic() + 30
+        out = b""
+        while time.monotonic() < deadline and b"fresh.txt" not in out:
+            proc = subprocess.run([sys.executable, "-m", "runtime.cli", "diff", entry["id"],
+                                   "--repo", str(repo)], capture_output=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            out = proc.stdout
+            time.sleep(0.5)
+        assert b"+++ b/fresh.txt" in out and b"+fresh" in out
+        assert b"+print(3)" in out
+        # The link is shown as a link: its target was never read (not on the host either).
+        assert b"+/etc/shadow" in out and b"root:" not in out
+        assert not list((repo / ".git/agentrt/sessions").glob("*/radar*"))
+    finally:
+        agentrt("stop", "latest", "--repo", str(repo))
+        run.wait(timeout=120)
