@@ -20,13 +20,17 @@ from rich.console import Console
 from runtime.cli_inspect import open_store, repo_option
 from runtime.config import load_task_file
 from runtime.errors import AgentRuntimeError
+from runtime.text import markup_safe, terminal_safe
 
 err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print one clear line and exit."""
-    err.print(f"agentrt: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    """Print one clear line (detail lines indented under it) and exit."""
+    # Controls shown escaped; a line break in the message (git's or an agent's words) can only
+    # start an indented detail line, never a line of its own.
+    text = terminal_safe(message, multiline=True).replace("\n", "\n  ")
+    err.print(f"agentrt: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -111,9 +115,10 @@ def doctor() -> None:
     worst = 0
     for check in checks:
         color = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
-        line = f"[{color}]{check.status:>4}[/] {check.name}: {check.detail}"
+        line = (f"[{color}]{check.status:>4}[/] {markup_safe(check.name)}: "
+                f"{markup_safe(check.detail)}")
         if check.fix and check.status != "ok":
-            line += f"\n      → {check.fix}"
+            line += f"\n      → {markup_safe(check.fix)}"
         Console().print(line, highlight=False, soft_wrap=True)
         worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.status])
     sys.exit(worst)
@@ -133,7 +138,8 @@ def images_build(name: str, force: bool) -> None:
     from runtime.images import build_image
 
     built = build_image(get_client(), name, force=force,
-                        log=lambda line: err.print(line, highlight=False, markup=False))
+                        log=lambda line: err.print(terminal_safe(line), highlight=False,
+                                                   markup=False))
     state = "built" if built.rebuilt else "up to date"
     click.echo(f"{built.ref}: {state} ({built.digest})")
 

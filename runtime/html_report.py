@@ -4,7 +4,8 @@
 returns the page. The page fetches nothing: inline CSS, inline SVG, no scripts, no fonts, no
 links out, so it can be mailed, archived or opened offline. Every string that comes from a run
 (task ids, prompts, reasons, paths, branch names) is written through :func:`html.escape`,
-because agents and task files are untrusted.
+its control characters first shown escaped by :func:`runtime.text.terminal_safe`, because
+agents and task files are untrusted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 from runtime.models import Manifest, RunReport, SessionResult, SessionStatus, utcnow
+from runtime.text import terminal_safe
 
 if TYPE_CHECKING:
     from runtime.store import Sample
@@ -90,8 +92,12 @@ footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
 
 
 def _e(value: object) -> str:
-    """Escape any value for HTML text and attribute positions."""
-    return escape(str(value), quote=True)
+    """Escape any value for HTML text and attribute positions.
+
+    Control characters and lone surrogates (undecodable bytes in an agent's file name) are shown
+    as visible escapes first: the page never carries them, and always encodes as UTF-8.
+    """
+    return escape(terminal_safe(value, multiline=True), quote=True)
 
 
 def format_seconds(seconds: float) -> str:
