@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 
 from runtime.cli_inspect import open_store, repo_option
-from runtime.config import load_task_file
+from runtime.config import MAX_CONCURRENT_AGENTS, load_task_file
 from runtime.errors import AgentRuntimeError
 from runtime.text import markup_safe, terminal_safe
 
@@ -57,7 +57,7 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
 @repo_option
-@click.option("--max-concurrent", type=click.IntRange(min=1),
+@click.option("--max-concurrent", type=click.IntRange(min=1, max=MAX_CONCURRENT_AGENTS),
               help="Override max_concurrent_agents.")
 @click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
