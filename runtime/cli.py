@@ -20,6 +20,7 @@ from rich.console import Console
 from runtime.cli_inspect import open_store, repo_option
 from runtime.config import MAX_CONCURRENT_AGENTS, load_task_file
 from runtime.errors import AgentRuntimeError
+from runtime.models import SessionStatus
 from runtime.text import markup_safe, terminal_safe
 
 err = Console(stderr=True)
@@ -32,6 +33,12 @@ def fail(message: str, code: int = 2) -> None:
     text = terminal_safe(message, multiline=True).replace("\n", "\n  ")
     err.print(f"agentrt: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr (agent-influenced text made safe)."""
+    err.print(f"agentrt: warning: {terminal_safe(message)}", style="yellow", markup=False,
+              highlight=False, soft_wrap=True)
 
 
 class AgentrtGroup(click.Group):
@@ -80,6 +87,14 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
     view.live_stats = coordinator.live_stats
     coordinator.preflight(parsed.tasks)
+    blocker = None
+    if config.merge == "auto":
+        from runtime.merge import auto_merge_blocker
+
+        blocker = auto_merge_blocker(main_repo, config.target)
+        if blocker is not None:
+            warn(f"merge = \"auto\" will be refused: {blocker}; the work will stay on the "
+                 "sessions' branches (exit 3)")
 
     interrupts = 0
 
@@ -97,9 +112,18 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if report.auto_merge_missed and report.merge_refused is None and not report.interrupted:
+        from runtime.merge import auto_merge_blocker, missed_merge_reason
+
+        report.merge_refused = missed_merge_reason(
+            report.warnings, auto_merge_blocker(main_repo, config.target), blocker)
     from runtime.cli_manage import print_report
 
     print_report(report, as_json)
+    if report.merge_refused is not None and report.exit_code() == 3:
+        branches = ", ".join(s.branch for s in report.sessions
+                             if s.status is SessionStatus.SUCCEEDED and s.merge.status != "merged")
+        warn(f"not merged: {report.merge_refused}; the work is on {branches or 'its branches'}")
     err.print(f"run {report.run_id}: `agentrt report {report.run_id}` shows it again",
               highlight=False)
     sys.exit(report.exit_code())

@@ -411,6 +411,8 @@ def _header(report: RunReport, now: datetime) -> str:
     code = report.exit_code()
     verdict = {0: "all succeeded", 1: "a session failed", 3: "merge conflicts",
                130: "interrupted"}.get(code, "")
+    if code == 3 and (report.merge_refused is not None or report.auto_merge_missed):
+        verdict = "not merged"
     wall = ((report.finished_at or now) - report.started_at).total_seconds()
     meta = [("repository", report.repo), ("base commit", report.base_commit[:12]),
             ("target", report.target or "-"), ("merge", report.merge),
@@ -430,6 +432,8 @@ def _header(report: RunReport, now: datetime) -> str:
             f'<dl class="meta">'
             + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in meta)
             + f'</dl><div class="counts">{chips}</div>'
+            + (f'<p class="warn">not merged: {_e(report.merge_refused)}</p>'
+               if report.merge_refused else "")
             + "".join(f'<p class="warn">{_e(w)}</p>' for w in report.warnings)
             + "</header>")
 

@@ -158,6 +158,10 @@ def summary_table(report: RunReport) -> Table:
             f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes), markup_safe(merge),
         )
     notes = [f"[yellow]warning: {markup_safe(w)}[/]" for w in report.warnings]
+    if report.merge_refused is not None:
+        notes.insert(0, f"[red]not merged: {markup_safe(report.merge_refused)}[/]")
+    elif report.auto_merge_missed and not report.interrupted:
+        notes.insert(0, "[red]not merged: merge = \"auto\" left work on the branches[/]")
     if notes:
         table.caption = "\n".join(notes)
         table.caption_justify = "left"
