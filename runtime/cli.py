@@ -18,16 +18,27 @@ import click
 from rich.console import Console
 
 from runtime.cli_inspect import open_store, repo_option
-from runtime.config import load_task_file
+from runtime.config import MAX_CONCURRENT_AGENTS, load_task_file
 from runtime.errors import AgentRuntimeError
+from runtime.models import SessionStatus
+from runtime.text import markup_safe, terminal_safe
 
 err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print one clear line and exit."""
-    err.print(f"agentrt: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    """Print one clear line (detail lines indented under it) and exit."""
+    # Controls shown escaped; a line break in the message (git's or an agent's words) can only
+    # start an indented detail line, never a line of its own.
+    text = terminal_safe(message, multiline=True).replace("\n", "\n  ")
+    err.print(f"agentrt: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr (agent-influenced text made safe)."""
+    err.print(f"agentrt: warning: {terminal_safe(message)}", style="yellow", markup=False,
+              highlight=False, soft_wrap=True)
 
 
 class AgentrtGroup(click.Group):
@@ -53,7 +64,7 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
 @repo_option
-@click.option("--max-concurrent", type=click.IntRange(min=1),
+@click.option("--max-concurrent", type=click.IntRange(min=1, max=MAX_CONCURRENT_AGENTS),
               help="Override max_concurrent_agents.")
 @click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
@@ -76,6 +87,14 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
     view.live_stats = coordinator.live_stats
     coordinator.preflight(parsed.tasks)
+    blocker = None
+    if config.merge == "auto":
+        from runtime.merge import auto_merge_blocker
+
+        blocker = auto_merge_blocker(main_repo, config.target)
+        if blocker is not None:
+            warn(f"merge = \"auto\" will be refused: {blocker}; the work will stay on the "
+                 "sessions' branches (exit 3)")
 
     interrupts = 0
 
@@ -93,9 +112,18 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if report.auto_merge_missed and report.merge_refused is None and not report.interrupted:
+        from runtime.merge import auto_merge_blocker, missed_merge_reason
+
+        report.merge_refused = missed_merge_reason(
+            report.warnings, auto_merge_blocker(main_repo, config.target), blocker)
     from runtime.cli_manage import print_report
 
     print_report(report, as_json)
+    if report.merge_refused is not None and report.exit_code() == 3:
+        branches = ", ".join(s.branch for s in report.sessions
+                             if s.status is SessionStatus.SUCCEEDED and s.merge.status != "merged")
+        warn(f"not merged: {report.merge_refused}; the work is on {branches or 'its branches'}")
     err.print(f"run {report.run_id}: `agentrt report {report.run_id}` shows it again",
               highlight=False)
     sys.exit(report.exit_code())
@@ -111,9 +139,10 @@ def doctor() -> None:
     worst = 0
     for check in checks:
         color = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
-        line = f"[{color}]{check.status:>4}[/] {check.name}: {check.detail}"
+        line = (f"[{color}]{check.status:>4}[/] {markup_safe(check.name)}: "
+                f"{markup_safe(check.detail)}")
         if check.fix and check.status != "ok":
-            line += f"\n      → {check.fix}"
+            line += f"\n      → {markup_safe(check.fix)}"
         Console().print(line, highlight=False, soft_wrap=True)
         worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.status])
     sys.exit(worst)
@@ -133,7 +162,8 @@ def images_build(name: str, force: bool) -> None:
     from runtime.images import build_image
 
     built = build_image(get_client(), name, force=force,
-                        log=lambda line: err.print(line, highlight=False, markup=False))
+                        log=lambda line: err.print(terminal_safe(line), highlight=False,
+                                                   markup=False))
     state = "built" if built.rebuilt else "up to date"
     click.echo(f"{built.ref}: {state} ({built.digest})")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import re
 import socket
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from rich.table import Table
 from runtime.errors import ConfigError, NotFoundError
 from runtime.gitops import MainRepo, run_git
 from runtime.models import SessionStatus
+from runtime.text import markup_safe
+from runtime.text import terminal_safe as _safe
 
 if TYPE_CHECKING:
     import docker
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 FOLLOW_POLL_S = 0.5
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 # -- library: what the commands do -----------------------------------------------------------
@@ -106,7 +106,8 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
             same_day = moment.date() == datetime.now().astimezone().date()
             started = moment.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M")
         table.add_row(
-            e["id"], e["task_id"], state, e["branch"] or "-", started,
+            markup_safe(e["id"]), markup_safe(e["task_id"]), state,
+            markup_safe(e["branch"] or "-"), started,
             "-" if e["duration_s"] is None else f"{e['duration_s']:.1f}s",
             "-" if e["exit_code"] is None else str(e["exit_code"]),
         )
@@ -217,9 +218,9 @@ def _container(client: Callable[[], docker.DockerClient], row: SessionRow) -> An
 
 
 def terminal_safe(text: str) -> str:
-    """``text`` with control characters (escape sequences, carriage returns) made visible."""
-    text = text.replace("\r\n", "\n")
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    """Many-line ``text`` (a log, a diff) safe for a terminal: lines and tabs kept, every other
+    control character shown escaped. The rules live in :func:`runtime.text.terminal_safe`."""
+    return _safe(text, multiline=True)
 
 
 def session_diff(repo: MainRepo, row: SessionRow, stat: bool = False) -> bytes:
@@ -415,7 +416,8 @@ def report(run: str, html_path: Path | None, as_json: bool, repo: str) -> None:
             raise ConfigError(f"--html {html_path}: {exc.strerror or exc}") from exc
         click.echo(f"agentrt: wrote {html_path}", err=True)
     if as_json:
-        click.echo(result.model_dump_json(indent=2))
+        # ASCII JSON: C1 controls and bidi overrides in agent strings arrive as \u escapes.
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
         _stdout_console().print(summary_table(result))
 

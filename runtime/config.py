@@ -9,19 +9,18 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveInt,
     ValidationError,
     field_validator,
 )
 
 from runtime.errors import ConfigError
+from runtime.gitops import check_branch_name
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 _TASK_ID_RE = re.compile(TASK_ID_PATTERN)
@@ -33,29 +32,56 @@ DatabaseStrategy = Literal["per_agent", "shared"]
 ContainerRuntime = Literal["runc", "runsc"]
 AgentPreset = Literal["shell", "claude-code", "codex", "aider"]
 
+# Upper bounds of every number a user writes (docs/operations.md, "Limits and their bounds").
+# Beyond them a value is a typo, and the engine or the kernel would fail it only once the
+# session starts (a pids limit past int64 is a Docker 500). Numbers are strict: "512", 512.0
+# and true are refused rather than coerced.
+MAX_MEMORY_MB = 1024 * 1024  # 1 TiB
+MAX_CPU_PERCENT = 100 * 1024  # 1024 cores
+MAX_TIME_SECONDS = 7 * 24 * 3600  # one week
+MAX_DISK_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT
+MAX_CONCURRENT_AGENTS = 1024
+MAX_RADAR_SECONDS = 3600
+
+MemoryMb = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMORY_MB)]
+CpuPercent = Annotated[int, Field(strict=True, gt=0, le=MAX_CPU_PERCENT)]
+TimeSeconds = Annotated[int, Field(strict=True, gt=0, le=MAX_TIME_SECONDS)]
+DiskMb = Annotated[int, Field(strict=True, gt=0, le=MAX_DISK_MB)]
+Pids = Annotated[int, Field(strict=True, gt=0, le=MAX_PIDS)]
+ConcurrentAgents = Annotated[int, Field(strict=True, gt=0, le=MAX_CONCURRENT_AGENTS)]
+RadarSeconds = Annotated[int, Field(strict=True, ge=0, le=MAX_RADAR_SECONDS)]
+
+
+def _no_nul(value: str, what: str) -> str:
+    # A NUL cannot cross exec(2) or the engine's API: refuse it here, before anything starts.
+    if "\0" in value:
+        raise ValueError(f"{what} must not contain NUL bytes")
+    return value
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ResourceLimits(_Strict):
-    """Per-session quotas; every value must be a positive integer."""
+    """Per-session quotas; every value must be a positive integer within its bound."""
 
-    memory_mb: PositiveInt = Field(1024, description="Memory limit in MiB; swap is not allowed.")
-    cpu_percent: PositiveInt = Field(50, description="Percent of one core: 200 means two cores.")
-    time_seconds: PositiveInt = Field(3600, description="Wall-time limit, from container start.")
-    disk_mb: PositiveInt = Field(5120, description="Size of the volume holding the worktree, MiB.")
-    pids: PositiveInt = Field(512, description="Maximum number of processes and threads.")
+    memory_mb: MemoryMb = Field(1024, description="Memory limit in MiB; swap is not allowed.")
+    cpu_percent: CpuPercent = Field(50, description="Percent of one core: 200 means two cores.")
+    time_seconds: TimeSeconds = Field(3600, description="Wall-time limit, from container start.")
+    disk_mb: DiskMb = Field(5120, description="Size of the volume holding the worktree, MiB.")
+    pids: Pids = Field(512, description="Maximum number of processes and threads.")
 
 
 class LimitOverrides(_Strict):
     """A task's partial override of the run's default :class:`ResourceLimits`."""
 
-    memory_mb: PositiveInt | None = Field(None, description="Memory limit in MiB.")
-    cpu_percent: PositiveInt | None = Field(None, description="Percent of one core.")
-    time_seconds: PositiveInt | None = Field(None, description="Wall-time limit in seconds.")
-    disk_mb: PositiveInt | None = Field(None, description="Volume size in MiB.")
-    pids: PositiveInt | None = Field(None, description="Maximum number of processes.")
+    memory_mb: MemoryMb | None = Field(None, description="Memory limit in MiB.")
+    cpu_percent: CpuPercent | None = Field(None, description="Percent of one core.")
+    time_seconds: TimeSeconds | None = Field(None, description="Wall-time limit in seconds.")
+    disk_mb: DiskMb | None = Field(None, description="Volume size in MiB.")
+    pids: Pids | None = Field(None, description="Maximum number of processes.")
 
     def apply_to(self, limits: ResourceLimits) -> ResourceLimits:
         """Return ``limits`` with every value set here replacing the default."""
@@ -90,6 +116,11 @@ class Task(_Strict):
             )
         return value
 
+    @field_validator("prompt", "image")
+    @classmethod
+    def _check_text(cls, value: str | None) -> str | None:
+        return value if value is None else _no_nul(value, "the value")
+
     @field_validator("command")
     @classmethod
     def _check_command(cls, value: list[str] | None) -> list[str] | None:
@@ -105,6 +136,7 @@ class Task(_Strict):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
             if key.startswith("AGENT_"):
                 raise ValueError(f"{key!r}: names starting with AGENT_ are set by agentrt")
+            _no_nul(value[key], f"the value of {key!r}")
         return value
 
     @field_validator("secrets")
@@ -119,7 +151,7 @@ class Task(_Strict):
 class RunConfig(_Strict):
     """Settings of a whole run: the ``[run]`` table of the task file."""
 
-    max_concurrent_agents: PositiveInt = Field(
+    max_concurrent_agents: ConcurrentAgents = Field(
         5, description="Containers running at once, at most."
     )
     base: str = Field("HEAD", description="Commit-ish every session starts from.")
@@ -134,7 +166,7 @@ class RunConfig(_Strict):
         description="PostgreSQL admin URL for the shared strategy; default: agentrt starts one.",
     )
     runtime: ContainerRuntime = Field("runc", description="runc | runsc (gVisor).")
-    conflict_radar_seconds: NonNegativeInt = Field(
+    conflict_radar_seconds: RadarSeconds = Field(
         5, description="How often live sessions are compared for overlapping changes; 0: off."
     )
     max_import_mb: PositiveInt = Field(
@@ -151,6 +183,23 @@ class RunConfig(_Strict):
         description="Absolute directory for session volumes (each reserves disk_mb there); "
         "default: the repository's .git/agentrt. AGENTRT_VOLUMES_DIR, if set, wins.",
     )
+
+    @field_validator("base", "image", "database_url")
+    @classmethod
+    def _check_text(cls, value: str | None) -> str | None:
+        return value if value is None else _no_nul(value, "the value")
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, value: str | None) -> str | None:
+        # Refused at load, not when the run ends: "-x" or "a..b" could never be merged into.
+        if value is None:
+            return None
+        try:
+            return check_branch_name(value)
+        except ConfigError as exc:
+            raise ValueError(f"{exc} (see git check-ref-format --branch)") \
+                from None
 
     def limits_for(self, task: Task) -> ResourceLimits:
         """The effective limits of ``task``: the run's defaults with the task's overrides."""

@@ -203,8 +203,15 @@ class AgentCoordinator:
                 stop_shared_server(self.run_id, self.client)
         report.sessions = [results[t.id] for t in tasks if t.id in results]
         report.interrupted = self._cancelled.is_set()
-        if self.config.merge != "none" and not report.interrupted and target:
-            self._merge(report, finished_order, target)
+        if self.config.merge != "none" and not report.interrupted:
+            if target:
+                self._merge(report, finished_order, target)
+            elif self.config.merge == "auto":
+                from runtime.merge import auto_merge_blocker
+
+                report.merge_refused = auto_merge_blocker(self.repo, None) or \
+                    "no branch to merge into"
+                report.warnings.append(f"merge: {report.merge_refused}")
         report.finished_at = utcnow()
         status = "interrupted" if report.interrupted else "finished"
         self.store.finish_run(self.run_id, status, warnings=report.warnings)
@@ -347,3 +354,5 @@ class AgentCoordinator:
                                 run_id=self.run_id)
         except AgentRuntimeError as exc:
             report.warnings.append(f"merge: {exc}")
+            if self.config.merge == "auto":
+                report.merge_refused = str(exc)

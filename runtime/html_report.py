@@ -4,7 +4,8 @@
 returns the page. The page fetches nothing: inline CSS, inline SVG, no scripts, no fonts, no
 links out, so it can be mailed, archived or opened offline. Every string that comes from a run
 (task ids, prompts, reasons, paths, branch names) is written through :func:`html.escape`,
-because agents and task files are untrusted.
+its control characters first shown escaped by :func:`runtime.text.terminal_safe`, because
+agents and task files are untrusted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 from runtime.models import Manifest, RunReport, SessionResult, SessionStatus, utcnow
+from runtime.text import terminal_safe
 
 if TYPE_CHECKING:
     from runtime.store import Sample
@@ -90,8 +92,12 @@ footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
 
 
 def _e(value: object) -> str:
-    """Escape any value for HTML text and attribute positions."""
-    return escape(str(value), quote=True)
+    """Escape any value for HTML text and attribute positions.
+
+    Control characters and lone surrogates (undecodable bytes in an agent's file name) are shown
+    as visible escapes first: the page never carries them, and always encodes as UTF-8.
+    """
+    return escape(terminal_safe(value, multiline=True), quote=True)
 
 
 def format_seconds(seconds: float) -> str:
@@ -405,6 +411,8 @@ def _header(report: RunReport, now: datetime) -> str:
     code = report.exit_code()
     verdict = {0: "all succeeded", 1: "a session failed", 3: "merge conflicts",
                130: "interrupted"}.get(code, "")
+    if code == 3 and (report.merge_refused is not None or report.auto_merge_missed):
+        verdict = "not merged"
     wall = ((report.finished_at or now) - report.started_at).total_seconds()
     meta = [("repository", report.repo), ("base commit", report.base_commit[:12]),
             ("target", report.target or "-"), ("merge", report.merge),
@@ -424,6 +432,8 @@ def _header(report: RunReport, now: datetime) -> str:
             f'<dl class="meta">'
             + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in meta)
             + f'</dl><div class="counts">{chips}</div>'
+            + (f'<p class="warn">not merged: {_e(report.merge_refused)}</p>'
+               if report.merge_refused else "")
             + "".join(f'<p class="warn">{_e(w)}</p>' for w in report.warnings)
             + "</header>")
 

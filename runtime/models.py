@@ -143,14 +143,27 @@ class RunReport(BaseModel):
     sessions: list[SessionResult] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     interrupted: bool = False
+    merge_refused: str | None = None
+    """Why ``merge = "auto"`` merged nothing (dirty checkout, detached HEAD, a rebase...)."""
+
+    @property
+    def auto_merge_missed(self) -> bool:
+        """True if the run asked for ``auto`` and a succeeded session was neither merged nor
+        found conflicting: its work is only on its branch."""
+        return self.merge == "auto" and any(
+            s.status is SessionStatus.SUCCEEDED and s.merge.status in ("not_attempted", "clean")
+            for s in self.sessions)
 
     def exit_code(self) -> int:
         """0 all succeeded; 1 a session failed or its work did not come home; 3 merge
-        conflicts; 130 interrupted."""
+        conflicts, or an automatic merge that did not happen (work kept on the branches);
+        130 interrupted."""
         if self.interrupted:
             return 130
         if any(s.status.is_failure or s.work.is_failure for s in self.sessions):
             return 1
         if any(s.merge.status == "conflicts" for s in self.sessions):
+            return 3
+        if self.merge_refused is not None or self.auto_merge_missed:
             return 3
         return 0

@@ -1,9 +1,12 @@
 """The ``shared`` database strategy: one PostgreSQL database and one role per session.
 
-A session gets database ``agentrt_<id>`` (:func:`database_name`), owned by a role of the same
-name with a random password and none of ``SUPERUSER``/``CREATEDB``/``CREATEROLE``/
-``REPLICATION``/``BYPASSRLS``. ``CONNECT`` is revoked from ``PUBLIC`` and granted to that role
-only, so no session's role can open another session's database. The agent sees
+A session gets a database with a random name, ``agentrt_`` + 16 hex digits
+(:func:`random_database_name`), owned by a role of the same name with a random password and none
+of ``SUPERUSER``/``CREATEDB``/``CREATEROLE``/``REPLICATION``/``BYPASSRLS``. Any role can list
+``pg_database`` and ``pg_roles``, so the names say nothing about the session, its task or its
+run: an agent learns from the catalog only that opaque neighbours exist. The name is returned in
+:class:`SharedDatabase`, which is what drops it. ``CONNECT`` is revoked from ``PUBLIC`` and
+granted to that role only, so no session's role can open another session's database. The agent sees
 ``AGENT_DATABASE_URL=postgresql://<role>:<password>@<host>:5432/<db>``.
 
 The server is either
@@ -103,19 +106,13 @@ _servers: dict[str, str] = {}  # run id -> server container id
 _registry_lock = threading.Lock()
 
 
-def database_name(session_id: str) -> str:
-    """The database and role name of a session: ``agentrt_`` + the id, ``-`` as ``_``.
+def random_database_name() -> str:
+    """A fresh database and role name: ``agentrt_`` + 16 random hex digits (64 bits).
 
-    Always matches ``[a-z0-9_]{1,63}``. An id with any character outside ``[a-z0-9-]`` (or too
-    long) has them replaced and a hash of the whole id appended, so distinct ids never share a
-    name: ``a_b`` and ``a-b`` differ.
+    Never derived from the session, task or run id: every role can read the names of every
+    database and role on the server. Always matches ``[a-z0-9_]{1,63}``.
     """
-    if re.fullmatch(r"[a-z0-9-]+", session_id) and \
-            len(NAME_PREFIX) + len(session_id) <= MAX_IDENTIFIER:
-        return NAME_PREFIX + session_id.replace("-", "_")
-    safe = re.sub(r"[^a-z0-9]", "_", session_id.lower())
-    digest = hashlib.sha256(session_id.encode()).hexdigest()[:10]
-    return f"{(NAME_PREFIX + safe)[: MAX_IDENTIFIER - 11]}_{digest}"
+    return NAME_PREFIX + secrets.token_hex(8)
 
 
 def server_name(run_id: str) -> str:
@@ -263,7 +260,7 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
         from runtime.engine import get_client
 
         client = get_client()
-    name = database_name(session_id)
+    name = random_database_name()
     password = secrets.token_urlsafe(24)
     if config.database_url:
         admin = _Admin(client, admin_url=config.database_url)
@@ -273,7 +270,7 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
         container_id = ensure_shared_server(client, run_id)
         admin = _Admin(client, container_id=container_id)
         host, port = server_name(run_id), PORT
-        network = _session_network(client, run_id, session_id, container_id)
+        network = _session_network(client, run_id, session_id, name, container_id)
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     database = SharedDatabase(name=name, network=network, _admin=admin, env={
@@ -289,14 +286,14 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
     return database
 
 
-def _session_network(client: docker.DockerClient, run_id: str, session_id: str,
+def _session_network(client: docker.DockerClient, run_id: str, session_id: str, db_name: str,
                      server_id: str) -> str:
     """A private internal network holding only this session's agent and the server.
 
     One network per session (not one per run) so agents of a run cannot reach each other;
-    the server joins each under the alias the session's URL names.
+    the server joins each under the alias the session's URL names. Labelled with the session.
     """
-    name = f"{server_name(run_id)}-{database_name(session_id)}"[:120]
+    name = f"{server_name(run_id)}-{db_name}"[:120]
     labels = {**_labels(run_id), LABEL_SESSION: session_id}
     with _docker_errors(f"create network {name}"):
         network = client.networks.create(name, driver="bridge", internal=True, labels=labels,

@@ -10,11 +10,11 @@ from typing import IO
 
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 
 from runtime.config import ResourceLimits
 from runtime.models import RunReport, SessionResult, SessionStatus
+from runtime.text import markup_safe, terminal_safe
 
 STATUS_STYLE = {
     SessionStatus.SUCCEEDED: "green",
@@ -83,15 +83,17 @@ class ProgressView:
                     return
                 self.warnings.append(warning)
             if not self.live_mode:
-                self.console.print(f"{time.strftime('%H:%M:%S')} warning: {warning}",
+                self.console.print(f"{time.strftime('%H:%M:%S')} warning: "
+                                   f"{terminal_safe(warning)}",
                                    style="yellow", markup=False, highlight=False, soft_wrap=True)
             return
         if not self.live_mode:
             stamp = time.strftime("%H:%M:%S")
             detail = f" ({result.reason})" if event == "finished" and result.reason else ""
             state = result.status.value if event == "finished" else event
-            self.console.print(f"{stamp} {result.task_id:<20} {state}{detail}",
-                               highlight=False, soft_wrap=True)
+            # One record per line: nothing an agent wrote may start a line of its own.
+            self.console.print(terminal_safe(f"{stamp} {result.task_id:<20} {state}{detail}"),
+                               markup=False, highlight=False, soft_wrap=True)
 
     def _table(self) -> Table:
         with self._lock:
@@ -111,7 +113,8 @@ class ProgressView:
         for r in rows:
             table.add_row(*self._row(r, live.get(r.task_id)))
         for warning in self.warnings[-3:]:
-            table.add_row("[yellow]![/]", "", "", "", "", "", "", f"[yellow]{escape(warning)}[/]")
+            table.add_row("[yellow]![/]", "", "", "", "", "", "",
+                          f"[yellow]{markup_safe(warning)}[/]")
         return table
 
     def _row(self, r: SessionResult, stat: LiveStat | None) -> list[str]:
@@ -119,8 +122,8 @@ class ProgressView:
             (time.time() - r.started_at.timestamp()) if r.started_at else 0.0)
         state = f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]"
         if stat is None:
-            return [r.task_id, r.id, state, f"{elapsed:.0f}s", "", _mb(r.peak_memory_bytes),
-                    _mb(r.disk_used_bytes), ""]
+            return [markup_safe(r.task_id), markup_safe(r.id), state, f"{elapsed:.0f}s", "",
+                    _mb(r.peak_memory_bytes), _mb(r.disk_used_bytes), ""]
         now = time.monotonic()
         before = self._cpu_seen.get(r.id)
         self._cpu_seen[r.id] = (now, stat.cpu_seconds)
@@ -128,15 +131,16 @@ class ProgressView:
         if before is not None and now > before[0]:
             cpu = f"{100 * (stat.cpu_seconds - before[1]) / (now - before[0]):.0f}"
         lim = stat.limits
-        return [r.task_id, r.id, state, f"{elapsed:.0f}s / {lim.time_seconds}s", cpu,
+        return [markup_safe(r.task_id), markup_safe(r.id), state,
+                f"{elapsed:.0f}s / {lim.time_seconds}s", cpu,
                 f"{_mb(stat.memory_bytes)} / {lim.memory_mb}M",
-                f"{_mb(stat.disk_bytes)} / {lim.disk_mb}M", escape(stat.last_line)]
+                f"{_mb(stat.disk_bytes)} / {lim.disk_mb}M", markup_safe(stat.last_line)]
 
 
 def summary_table(report: RunReport) -> Table:
-    """The final summary of a run."""
-    table = Table(title=f"run {report.run_id}  base {report.base_commit[:10]}  "
-                        f"merge={report.merge} target={report.target}")
+    """The final summary of a run; the run's warnings below it. Every string is made safe."""
+    table = Table(title=markup_safe(f"run {report.run_id}  base {report.base_commit[:10]}  "
+                                    f"merge={report.merge} target={report.target}"))
     for col in ("task", "branch", "status", "exit", "time", "peak mem", "cpu s", "disk",
                 "merge"):
         table.add_column(col)
@@ -146,10 +150,19 @@ def summary_table(report: RunReport) -> Table:
             merge += ": " + ", ".join(sorted({c.path for c in s.merge.conflicts}))
         status = f"[{STATUS_STYLE[s.status]}]{s.status.value}[/]"
         if s.reason and s.status is not SessionStatus.SUCCEEDED:
-            status += f"\n[dim]{escape(s.reason)}[/]"
+            status += f"\n[dim]{markup_safe(s.reason)}[/]"
         table.add_row(
-            s.task_id, s.branch or "-", status, "-" if s.exit_code is None else str(s.exit_code),
+            markup_safe(s.task_id), markup_safe(s.branch or "-"), status,
+            "-" if s.exit_code is None else str(s.exit_code),
             "-" if s.duration_s is None else f"{s.duration_s:.1f}s", _mb(s.peak_memory_bytes),
-            f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes), merge,
+            f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes), markup_safe(merge),
         )
+    notes = [f"[yellow]warning: {markup_safe(w)}[/]" for w in report.warnings]
+    if report.merge_refused is not None:
+        notes.insert(0, f"[red]not merged: {markup_safe(report.merge_refused)}[/]")
+    elif report.auto_merge_missed and not report.interrupted:
+        notes.insert(0, "[red]not merged: merge = \"auto\" left work on the branches[/]")
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table

@@ -19,8 +19,8 @@ import pytest
 
 from runtime.models import SessionStatus
 from runtime.postgres import (
-    database_name,
     database_url,
+    random_database_name,
     scram_verifier,
     server_name,
     stop_shared_server,
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.docker
 
 IMAGE = "agentrt/postgres:latest"
 IDENTIFIER = re.compile(r"^[a-z0-9_]{1,63}$")
+OPAQUE = re.compile(r"^agentrt_[0-9a-f]{16}$")
 
 # Each agent writes its own database, then tries every other session database of the run with
 # its own role. COMMENT ON DATABASE lands in a shared catalog every role can read: an agent
@@ -52,6 +53,9 @@ mine="from pg_database where datname like 'agentrt\_%'"
 others() { q "select datname $mine and datname <> current_database() order by 1"; }
 i=0
 while [ -z "$(others)" ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+q "select datname from pg_database union all select rolname from pg_roles
+   union all select coalesce(usename, '') || ' ' || coalesce(datname, '') || ' '
+   || coalesce(application_name, '') from pg_stat_activity" > catalog.txt
 : > others.txt
 for db in $(others); do
     if psql "${AGENT_DATABASE_URL%/*}/$db" -X -At -c "select 1" > /dev/null 2> /tmp/err; then
@@ -84,30 +88,10 @@ then echo reached; else echo blocked; fi > egress.txt
 # -- unit: names, URLs and verifiers ------------------------------------------------------------
 
 
-def test_names_are_plain_identifiers_derived_from_the_session_id() -> None:
-    assert database_name("parser-1a2b3c") == "agentrt_parser_1a2b3c"
-    long_id = "a" * 39 + "-1a2b3c"
-    assert IDENTIFIER.match(database_name(long_id))
-    assert database_name(long_id) != database_name("a" * 38 + "-1a2b3c")
-    assert database_name("a_b-1a2b3c") != database_name("a-b-1a2b3c")
-
-
-@pytest.mark.parametrize("session_id", [
-    "x'; DROP ROLE postgres; --",
-    'x"; DROP DATABASE postgres; --',
-    "x\\'$$; select 1; $$",
-    "Parser-1A2B3C",
-    "x:\"role\" :'db'",
-    "πarser-é\n-1",
-    "",
-])
-def test_a_session_id_with_odd_characters_cannot_inject_sql(session_id: str) -> None:
-    name = database_name(session_id)
-    assert IDENTIFIER.match(name), name
-    # Replacing the odd characters must not make two ids collide on one database.
-    assert name != database_name(session_id + "x")
-    plain = re.sub(r"[^a-z0-9]", "_", session_id.lower())
-    assert plain == session_id or name != database_name(plain)
+def test_names_are_random_opaque_identifiers() -> None:
+    names = {random_database_name() for _ in range(1000)}
+    assert len(names) == 1000
+    assert all(OPAQUE.match(name) and IDENTIFIER.match(name) for name in names)
 
 
 def test_url_names_the_role_password_host_and_database() -> None:
@@ -191,9 +175,17 @@ def test_each_session_owns_one_database_and_cannot_open_its_neighbours(
 
         assert read("own.txt") == me.id, "the session could not write its own database"
         attempts = read("others.txt").splitlines()
-        other_db = database_name(other.id)
-        assert len(attempts) == 1 and attempts[0].startswith(f"{other_db} refused"), attempts
+        assert len(attempts) == 1, attempts
+        other_db, verdict = attempts[0].split(" ", 1)
+        assert OPAQUE.match(other_db) and verdict.startswith("refused"), attempts
         assert f'permission denied for database "{other_db}"' in attempts[0]
+        # Every role reads the catalog: it names opaque neighbours, never whose they are.
+        catalog = read("catalog.txt")
+        assert other_db in catalog.split()
+        for secret in (other.id, other.id.rsplit("-", 1)[-1], other.task_id, me.id,
+                       me.id.rsplit("-", 1)[-1], me.task_id, report.run_id):
+            assert secret not in catalog, f"{secret!r} readable in the catalog:\n{catalog}"
+        assert all(OPAQUE.match(n) for n in catalog.split() if n.startswith("agentrt")), catalog
         # The run's network is internal: the database is reachable, the internet is not.
         assert read("egress.txt") == "blocked"
         # Agents of one run share the server, never a network: the neighbour is unreachable.
@@ -222,6 +214,7 @@ def test_role_cannot_create_databases_or_roles_and_drop_is_idempotent(
     servers.append(run_id)
     config = RunConfig(database_strategy="shared")
     db = create_shared_database(config, "x'; DROP ROLE postgres; --", run_id, docker_client)
+    assert OPAQUE.match(db.name), db.name  # the session id never reaches SQL or the catalog
     assert db.network is not None and db.network.startswith(server_name(run_id) + "-agentrt_")
     url = db.env["AGENT_DATABASE_URL"]
     script = (f'psql "{url}" -X -c "create database evil" 2>&1; '
