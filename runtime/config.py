@@ -169,11 +169,11 @@ class RunConfig(_Strict):
     conflict_radar_seconds: RadarSeconds = Field(
         5, description="How often live sessions are compared for overlapping changes; 0: off."
     )
-    max_import_mb: PositiveInt = Field(
-        1024, le=1024 * 1024,
+    max_import_mb: DiskMb = Field(
+        1024,
         description="Largest bundle of work a session may bring home, MiB; larger is refused.")
-    max_file_mb: PositiveInt = Field(
-        100, le=1024 * 1024,
+    max_file_mb: DiskMb = Field(
+        100,
         description="Largest single file a session may bring home, MiB; larger is refused.")
     resource_limits: ResourceLimits = Field(
         default_factory=ResourceLimits, description="Defaults for every task."
