@@ -35,6 +35,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 from docker.types import Mount
 
 from runtime.bundle import ImportPolicy, import_bundle
@@ -215,7 +216,8 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
         raise HarvestError(f"the harvest could not run: {exc}") from exc
     finally:
         if container is not None:
-            with contextlib.suppress(docker.errors.DockerException, EngineError):
+            with contextlib.suppress(docker.errors.DockerException, EngineError,
+                                     requests.exceptions.RequestException):
                 container.remove(force=True, v=True)
 
 
@@ -235,13 +237,24 @@ def fetch_file(client: docker.DockerClient, container_id: str, path: str, dest: 
                 return None
             with tempfile.TemporaryFile(dir=dest) as raw:
                 size = 0
+                failure: Exception | None = None
+                # The stream is always read to its end: the engine holds the container until
+                # it is, so a failure here (disk full) must not leave it half-read.
                 for chunk in chunks:
                     size += len(chunk)
+                    if failure is not None:
+                        continue
                     if size > max_bytes + 64 * 1024:
-                        raise HarvestError(
-                            f"{name} is larger than the import limit "
-                            f"({max_bytes // (1024 * 1024)} MiB)")
-                    raw.write(chunk)
+                        failure = HarvestError(f"{name} is larger than the import limit "
+                                               f"({max_bytes // (1024 * 1024)} MiB)")
+                        continue
+                    try:
+                        raw.write(chunk)
+                    except OSError as exc:
+                        failure = exc
+                if failure is not None:
+                    raise failure
+                raw.flush()
                 raw.seek(0)
                 return _extract_one(raw, name, dest, max_bytes)
     except (OSError, tarfile.TarError) as exc:

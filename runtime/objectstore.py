@@ -59,8 +59,13 @@ def ensure_store(repo: MainRepo, run_id: str, commit: str) -> Path:
         try:
             (tmp / "pack").mkdir(parents=True)
             (tmp / "info").mkdir()
+            # git writes its temporary pack in the object directory it is given, so that
+            # the final rename stays on one filesystem (the state directory may be on another
+            # disk than the repository's objects, which are read through alternates).
             repo.git("pack-objects", "--revs", "--quiet", "--delta-base-offset",
-                     str(tmp / "pack" / "pack"), input=f"{commit}\n")
+                     str(tmp / "pack" / "pack"), input=f"{commit}\n",
+                     env={"GIT_OBJECT_DIRECTORY": str(tmp),
+                          "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo.objects_dir)})
             (tmp / READY).write_text(commit + "\n")
             for sub in (tmp, tmp / "pack", tmp / "info"):
                 sub.chmod(0o755)

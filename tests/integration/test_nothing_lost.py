@@ -134,7 +134,7 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
         assert proc.returncode == 1, err[-3000:]
         report = json.loads(out)
         (session,) = report["sessions"]
-        assert session["work"] == "kept", session
+        assert session["work"] == "kept", (session, err[-6000:])
         assert any("gc" in w for w in session["warnings"]), session["warnings"]
         assert (small_state_fs / "sessions" / session["id"] / "volume.img").exists()
         assert git(repo, "rev-parse", session["branch"]).strip() == base
