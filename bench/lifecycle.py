@@ -1,7 +1,7 @@
 """One session's lifecycle: agentrt against git worktree + docker run by hand.
 
 agentrt: ``IsolatedAgentSession`` create → the container writes a timestamp and exits →
-snapshot → clean-up. Raw: ``git worktree add`` + ``docker run --rm`` with the same limits and
+harvest container + verified bundle import → clean-up. Raw: ``git worktree add`` + ``docker run --rm`` with the same limits and
 hardening, the worktree bind-mounted + ``git worktree remove --force`` + branch delete.
 
 *ready* is the time from the start of creation until the agent's first instruction runs (the
@@ -26,6 +26,8 @@ from typing import Any
 import _common as c
 import _repo
 
+import runtime.bundle as bundle_mod
+import runtime.harvest as harvest_mod
 import runtime.session as session_mod
 import runtime.volumes as volumes_mod
 import runtime.workspace as workspace_mod
@@ -38,6 +40,7 @@ CHECKOUT = "checkout (git init + reset --hard + chown)"
 # Where agentrt's time goes, measured by wrapping these names (runtime/ is not modified).
 PHASES: list[tuple[Any, str, str]] = [
     (session_mod, "create_branch", "create branch"),
+    (session_mod, "ensure_store", "run object store (first session of a run only)"),
     (session_mod, "create_volume", "volume: fallocate+mkfs+mount"),
     (session_mod, "create_workspace", CHECKOUT),
     (workspace_mod, "_chown_tree", "  of which chown of the tree"),
@@ -45,7 +48,10 @@ PHASES: list[tuple[Any, str, str]] = [
     (AgentContainer, "create", "container create"),
     (AgentContainer, "start", "container start"),
     (Supervisor, "start", "supervisor start (events stream)"),
-    (session_mod, "snapshot", "snapshot (fetch + add -A + commit)"),
+    (session_mod, "bring_work_home", "bring work home (all of the below)"),
+    (harvest_mod, "run_harvest", "  harvest: container + bundle build + get_archive"),
+    (harvest_mod, "fetch_file", "    of which get_archive of the bundle"),
+    (bundle_mod, "import_bundle", "  verify + index-pack --strict + adopt"),
     (AgentContainer, "remove", "container remove"),
     (volumes_mod.Volume, "remove", "volume: umount + rm"),
 ]

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from runtime.errors import ConfigError, NotFoundError
 from runtime.gitops import MainRepo, run_git
-from runtime.models import SessionStatus
+from runtime.models import SessionStatus, WorkState
 from runtime.text import markup_safe
 from runtime.text import terminal_safe as _safe
 
@@ -54,14 +54,28 @@ def open_store(repo: MainRepo) -> Store:
 
 
 def select_sessions(store: Store, all_runs: bool = False) -> list[SessionRow]:
-    """Every session (``all_runs``), else the latest run's sessions plus any still live."""
+    """Every session (``all_runs``), else the latest run's sessions plus any still live and
+    any whose work is kept on its volume (waiting for ``agentrt recover`` or ``gc``)."""
     if all_runs:
         return store.list_sessions()
     latest = store.latest_run()
     rows = store.list_sessions(latest.id) if latest else []
     seen = {r.id for r in rows}
     rows += [r for r in store.list_sessions(include_finished=False) if r.id not in seen]
+    seen = {r.id for r in rows}
+    rows += [r for r in store.list_sessions()
+             if r.id not in seen and r.result.work is WorkState.KEPT]
     return rows
+
+
+def kept_volume_bytes(row: SessionRow) -> int:
+    """Host space held by a session's kept volume (the image file agentrt made), else 0."""
+    if row.result.work is not WorkState.KEPT or not row.volume_path:
+        return 0
+    try:
+        return Path(row.volume_path, "volume.img").stat().st_blocks * 512
+    except OSError:
+        return 0
 
 
 def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dict[str, Any]:
@@ -84,7 +98,8 @@ def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dic
         "started_at": result.started_at.isoformat() if result.started_at else None,
         "finished_at": result.finished_at.isoformat() if result.finished_at else None,
         "duration_s": duration, "exit_code": result.exit_code, "reason": result.reason,
-        "owner_alive": owner_alive,
+        "owner_alive": owner_alive, "work": result.work.value,
+        "kept_bytes": kept_volume_bytes(row),
     }
 
 
@@ -100,6 +115,11 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
         state = f"[{STATUS_STYLE[status]}]{status.value}[/]"
         if e["owner_alive"] is False:
             state += " [red](owner gone)[/]"
+        if e.get("work") == WorkState.KEPT.value:
+            state += (f" [yellow](work kept, {e['kept_bytes'] // (1024 * 1024)} MiB: "
+                      f"agentrt recover {markup_safe(e['id'])})[/]")
+        elif e.get("work") in (WorkState.REFUSED.value, WorkState.FILES_ONLY.value):
+            state += f" [red](work {e['work']})[/]"
         started = "-"
         if e["started_at"]:
             moment = datetime.fromisoformat(e["started_at"]).astimezone()

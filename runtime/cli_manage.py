@@ -14,6 +14,7 @@ from runtime.cli_inspect import open_store, repo_option
 from runtime.errors import ConfigError, NotFoundError
 from runtime.gitops import MainRepo
 from runtime.models import RunReport
+from runtime.text import terminal_safe
 
 
 def print_report(report: RunReport, as_json: bool) -> None:
@@ -40,6 +41,31 @@ def stop(target: str, repo: str, grace: int) -> None:
     with open_store(main_repo) as store:
         stopped = stop_target(main_repo, store, target, grace)
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@click.command()
+@click.argument("session")
+@repo_option
+@click.option("--json", "as_json", is_flag=True)
+def recover(session: str, repo: str, as_json: bool) -> None:
+    """Bring a session's kept work home now (retry its harvest), then free its volume."""
+    from runtime.engine import get_client
+    from runtime.recovery import collect_garbage
+
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        row = store.find_session(session)
+    report = collect_garbage(main_repo, get_client(), only_session=row.id)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    elif row.id in report.skipped_live:
+        click.echo(f"{row.id} is still running: its work comes home when it ends")
+    for branch, head in report.saved_branches.items():
+        if not as_json:
+            click.echo(f"{row.id}: work home on {terminal_safe(branch)} at {head[:10]}")
+    for error in report.errors:
+        click.echo(f"agentrt: {terminal_safe(error)}", err=True)
+    sys.exit(1 if report.errors else 0)
 
 
 @click.command()
@@ -199,4 +225,4 @@ def colima_up_cmd(agents: int | None, task_file: Path | None, dry_run: bool,
         click.echo(render_profile(size, read_template()), nl=False)
 
 
-COMMANDS: list[click.Command] = [stop, gc, merge, replay, shell, colima]
+COMMANDS: list[click.Command] = [stop, gc, recover, merge, replay, shell, colima]

@@ -138,10 +138,21 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
         assert any("gc" in w for w in session["warnings"]), session["warnings"]
         assert (small_state_fs / "sessions" / session["id"] / "volume.img").exists()
         assert git(repo, "rev-parse", session["branch"]).strip() == base
+        # Another terminal sees what is kept, the space it holds and how to retry.
+        ps = cli("ps", "--json", "--repo", str(repo))
+        (entry,) = json.loads(ps.stdout)
+        assert entry["work"] == "kept" and entry["kept_bytes"] >= 48 * 1024 * 1024, entry
+        table = cli("ps", "--repo", str(repo))
+        assert f"agentrt recover {session['id']}" in " ".join(table.stdout.split())
+        # While the disk is still full, a retry keeps everything and says so.
+        again = cli("recover", session["id"][:9], "--repo", str(repo))
+        assert again.returncode == 1 and "kept" in again.stderr, again.stderr
+        assert (small_state_fs / "sessions" / session["id"] / "volume.img").exists()
     finally:
         filler.unlink()
-    gc = cli("gc", "--repo", str(repo), "--json")
+    gc = cli("recover", session["id"][:9], "--repo", str(repo))
     assert gc.returncode == 0, gc.stderr
+    assert "work home" in gc.stdout
     files = git(repo, "ls-tree", "-r", "--name-only", session["branch"]).split()
     assert {"committed.txt", "uncommitted.bin"} <= set(files)
     assert not (small_state_fs / "sessions" / session["id"]).exists()
