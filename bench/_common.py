@@ -124,7 +124,7 @@ def stopwatch() -> Iterator[list[float]]:
 
 def raw_docker_flags(limits: ResourceLimits, label: str) -> list[str]:
     """``docker run`` flags with the limits and hardening agentrt's container_spec applies."""
-    from runtime.container import tmpfs_mb
+    from runtime.engine.container import tmpfs_mb
 
     mem = f"{limits.memory_mb}m"
     return [

@@ -23,7 +23,7 @@ import _common as c
 import _repo
 
 from runtime import AgentCoordinator, ResourceLimits, RunConfig, Task
-from runtime.engine import engine_resources, get_client
+from runtime.engine.discovery import engine_resources, get_client
 
 AGENTS = (1, 3, 5)
 QUOTA = 50

@@ -1,7 +1,8 @@
 """One session's lifecycle: agentrt against git worktree + docker run by hand.
 
 agentrt: ``IsolatedAgentSession`` create → the container writes a timestamp and exits →
-harvest container + verified bundle import → clean-up. Raw: ``git worktree add`` + ``docker run --rm`` with the same limits and
+harvest container + verified bundle import → clean-up. Raw: ``git worktree add`` +
+``docker run --rm`` with the same limits and
 hardening, the worktree bind-mounted + ``git worktree remove --force`` + branch delete.
 
 *ready* is the time from the start of creation until the agent's first instruction runs (the
@@ -26,14 +27,14 @@ from typing import Any
 import _common as c
 import _repo
 
-import runtime.bundle as bundle_mod
-import runtime.harvest as harvest_mod
-import runtime.session as session_mod
-import runtime.volumes as volumes_mod
-import runtime.workspace as workspace_mod
+import runtime.engine.volumes as volumes_mod
+import runtime.git.bundle as bundle_mod
+import runtime.git.harvest as harvest_mod
+import runtime.git.workspace as workspace_mod
+import runtime.run.session as session_mod
 from runtime import IsolatedAgentSession, ResourceLimits, RunConfig, Task
-from runtime.container import AgentContainer
-from runtime.supervisor import Supervisor
+from runtime.engine.container import AgentContainer
+from runtime.run.supervisor import Supervisor
 
 STAMP = ["sh", "-c", "date +%s.%N > /workspace/t0"]
 CHECKOUT = "checkout (git init + reset --hard + chown)"

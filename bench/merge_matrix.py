@@ -26,10 +26,10 @@ from typing import Any
 import _common as c
 import _repo
 
-import runtime.gitops as gitops
-from runtime.conflicts import SafeGit
-from runtime.gitops import MainRepo
-from runtime.merge import check_merge, conflict_matrix
+import runtime.git.safe_git as gitops
+from runtime.git.conflicts import SafeGit
+from runtime.git.merge import check_merge, conflict_matrix
+from runtime.git.safe_git import MainRepo
 
 TARGET = "main"
 # (branch, {path index: edit}); an edit is ("line", n, text), ("delete",) or ("add", text).

@@ -32,8 +32,8 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.gitops import MainRepo  # noqa: E402
-from runtime.store import Store  # noqa: E402
+from runtime.git.safe_git import MainRepo  # noqa: E402
+from runtime.state.store import Store  # noqa: E402
 
 STEPS = ["branch", "marker", "volume", "checkout", "container", "started", "harvest", "home"]
 ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",

@@ -19,9 +19,9 @@ from runtime.errors import AgentRuntimeError
 from runtime.models import RunReport, SessionResult, SessionStatus
 
 if TYPE_CHECKING:
-    from runtime.coordinator import AgentCoordinator
-    from runtime.merge import merge_agent_results
-    from runtime.session import IsolatedAgentSession
+    from runtime.git.merge import merge_agent_results
+    from runtime.run.coordinator import AgentCoordinator
+    from runtime.run.session import IsolatedAgentSession
 
 __all__ = [
     "AgentCoordinator",
@@ -39,9 +39,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "AgentCoordinator": "runtime.coordinator",
-    "IsolatedAgentSession": "runtime.session",
-    "merge_agent_results": "runtime.merge",
+    "AgentCoordinator": "runtime.run.coordinator",
+    "IsolatedAgentSession": "runtime.run.session",
+    "merge_agent_results": "runtime.git.merge",
 }
 
 

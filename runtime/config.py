@@ -20,7 +20,6 @@ from pydantic import (
 )
 
 from runtime.errors import ConfigError
-from runtime.gitops import check_branch_name
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 _TASK_ID_RE = re.compile(TASK_ID_PATTERN)
@@ -59,6 +58,32 @@ def _no_nul(value: str, what: str) -> str:
         raise ValueError(f"{what} must not contain NUL bytes")
     return value
 
+
+
+_REF_FORBIDDEN = frozenset(" ~^:?*[\\")
+
+
+def branch_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid branch name (``git check-ref-format --branch``), or None.
+
+    Pure: the rules of git's ``check_refname_format``, plus no leading ``-`` (an option to git).
+    """
+    if not name or len(name.encode()) > 255:
+        return "empty or longer than 255 bytes"
+    if name.startswith("-"):
+        return "starts with '-'"
+    if name == "@" or "@{" in name:
+        return "is '@' or contains '@{'"
+    if any(ord(c) < 32 or c == "\x7f" or c in _REF_FORBIDDEN for c in name):
+        return "contains a control character, a space or one of ~^:?*[\\"
+    if ".." in name:
+        return "contains '..'"
+    if name.startswith("/") or name.endswith(("/", ".")) or "//" in name:
+        return "has an empty component or ends with '/' or '.'"
+    for part in name.split("/"):
+        if part.startswith(".") or part.endswith(".lock"):
+            return "a component starts with '.' or ends with '.lock'"
+    return None
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -195,11 +220,11 @@ class RunConfig(_Strict):
         # Refused at load, not when the run ends: "-x" or "a..b" could never be merged into.
         if value is None:
             return None
-        try:
-            return check_branch_name(value)
-        except ConfigError as exc:
-            raise ValueError(f"{exc} (see git check-ref-format --branch)") \
-                from None
+        problem = branch_name_problem(value)
+        if problem:
+            raise ValueError(f"invalid branch name {value!r}: {problem} "
+                             "(see git check-ref-format --branch)")
+        return value
 
     def limits_for(self, task: Task) -> ResourceLimits:
         """The effective limits of ``task``: the run's defaults with the task's overrides."""

@@ -6,6 +6,7 @@ are part of the contract.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
@@ -128,6 +129,17 @@ class SessionResult(BaseModel):
     merge: MergeInfo = Field(default_factory=MergeInfo)
     work: WorkState = WorkState.NONE
     warnings: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LiveStat:
+    """What a running session uses now, and its limits (the live view's numbers)."""
+
+    memory_bytes: int
+    cpu_seconds: float
+    disk_bytes: int
+    limits: ResourceLimits
+    last_line: str = ""
 
 
 class RunReport(BaseModel):

@@ -50,8 +50,8 @@ def repo(tmp_path: Path) -> Path:
 def docker_client() -> Iterator[object]:
     """A client of a real Docker engine with agentrt/base:latest built."""
     try:
-        from runtime.engine import connect
-        from runtime.images import require_image
+        from runtime.engine.discovery import connect
+        from runtime.engine.images import require_image
 
         client = connect()
         require_image(client, "agentrt/base:latest")

@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(params=["runc", "runsc"])
 def runtime_name(request: pytest.FixtureRequest, docker_client: object) -> str:
     """Run a test under runc, and under gVisor where registered (required in CI)."""
-    from runtime.engine import registered_runtimes
+    from runtime.engine.discovery import registered_runtimes
 
     if request.param == "runsc" and "runsc" not in registered_runtimes(docker_client):  # type: ignore[arg-type]
         if os.environ.get("AGENTRT_REQUIRE_RUNSC"):

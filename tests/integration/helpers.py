@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import ResourceLimits, RunConfig, Task
-from runtime.coordinator import AgentCoordinator
 from runtime.models import RunReport, SessionResult
+from runtime.run.coordinator import AgentCoordinator
 
 
 def sh(task_id: str, script: str, **fields: Any) -> Task:

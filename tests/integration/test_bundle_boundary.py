@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from runtime.config import ResourceLimits
-from runtime.gitops import MainRepo
+from runtime.git.safe_git import MainRepo
 from runtime.models import SessionStatus, WorkState
-from runtime.recovery import collect_garbage
+from runtime.state.recovery import collect_garbage
 from tests.conftest import git, make_repo
 from tests.integration.helpers import by_task, run_tasks, sh
 
@@ -117,7 +117,7 @@ def test_git_dir_and_gitdir_attacks_bring_nothing_of_another_host_repository(
 
 
 def _client() -> object:
-    from runtime.engine import get_client
+    from runtime.engine.discovery import get_client
 
     return get_client()
 
@@ -221,7 +221,7 @@ def test_a_secret_written_to_a_file_is_refused_by_name_never_by_value(
 
 
 def test_base64_forms_of_a_secret_are_found_at_every_alignment() -> None:
-    from runtime.bundle import secret_needles
+    from runtime.git.bundle import secret_needles
 
     value = "hunter2-very-secret"
     for prefix in ("", "a", "ab", "abc", "abcd"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from runtime.config import ResourceLimits, RunConfig
-from runtime.coordinator import AgentCoordinator
 from runtime.models import SessionStatus
+from runtime.run.coordinator import AgentCoordinator
 from tests.conftest import git
 from tests.integration.helpers import by_task, run_tasks, sh
 
@@ -103,7 +103,7 @@ def test_an_exception_while_handling_one_session_is_contained_to_it(repo: Path) 
     original_init = coordinator.run_agents
 
     def run_with_fault(tasks):  # type: ignore[no-untyped-def]
-        import runtime.supervisor as sup
+        import runtime.run.supervisor as sup
 
         real_start = sup.Supervisor.start
 
@@ -137,8 +137,8 @@ def test_conflict_radar_warns_while_two_live_agents_touch_the_same_file(repo: Pa
     assert all(expected in s.warnings for s in report.sessions)
     assert not any("a.txt" in w or "b.txt" in w for w in report.warnings)
     # The warning is part of the stored run too (`agentrt report` shows it later).
-    from runtime.gitops import MainRepo
-    from runtime.store import Store
+    from runtime.git.safe_git import MainRepo
+    from runtime.state.store import Store
 
     with Store(MainRepo(repo).state_dir / "state.db") as store:
         assert expected in store.run_report(report.run_id).warnings

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runtime import images
+from runtime.engine import images
 from runtime.errors import ImageNotFoundError
 
 BASE = "agentrt/base:latest"

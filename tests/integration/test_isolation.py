@@ -11,7 +11,7 @@ import pytest
 
 from runtime.config import ResourceLimits, RunConfig
 from runtime.models import SessionStatus
-from runtime.session import IsolatedAgentSession
+from runtime.run.session import IsolatedAgentSession
 from tests.conftest import git
 from tests.integration.helpers import by_task, run_tasks, sh
 

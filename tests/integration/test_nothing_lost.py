@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.gitops import MainRepo
-from runtime.store import Store
+from runtime.git.safe_git import MainRepo
+from runtime.state.store import Store
 from tests.conftest import git
 from tests.integration.conftest import leftovers
 

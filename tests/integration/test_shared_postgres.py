@@ -17,14 +17,14 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from runtime.models import SessionStatus
-from runtime.postgres import (
+from runtime.databases.postgres import (
     database_url,
     random_database_name,
     scram_verifier,
     server_name,
     stop_shared_server,
 )
+from runtime.models import SessionStatus
 from tests.conftest import git
 from tests.integration.helpers import by_task, run_tasks, sh
 
@@ -123,7 +123,7 @@ def test_scram_verifier_matches_rfc7677_example() -> None:
 @pytest.fixture(scope="module")
 def postgres_image(docker_client: Any) -> str:
     """agentrt/postgres:latest, built through the same recipe machinery as every image."""
-    from runtime.images import build_image
+    from runtime.engine.images import build_image
 
     build_image(docker_client, "postgres")
     return IMAGE
@@ -159,9 +159,9 @@ def test_each_session_owns_one_database_and_cannot_open_its_neighbours(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Keep the server past the run's end so the test can look inside it; the fixture stops it.
-    import runtime.postgres
+    import runtime.databases.postgres
 
-    monkeypatch.setattr(runtime.postgres, "stop_shared_server", lambda *a, **k: None)
+    monkeypatch.setattr(runtime.databases.postgres, "stop_shared_server", lambda *a, **k: None)
     report = run_tasks(repo, [sh("left", AGENT), sh("right", AGENT)],
                        database_strategy="shared", image=postgres_image)
     servers.append(report.run_id)
@@ -208,7 +208,7 @@ def test_role_cannot_create_databases_or_roles_and_drop_is_idempotent(
     docker_client: Any, postgres_image: str, servers: list[str]
 ) -> None:
     from runtime.config import RunConfig
-    from runtime.postgres import create_shared_database
+    from runtime.databases.postgres import create_shared_database
 
     run_id = "rtest-" + secrets.token_hex(3)
     servers.append(run_id)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.engine.volumes import VOLUMES_DIR_ENV, create_volume, loop_supported, volumes_root
 from runtime.errors import AdmissionError
-from runtime.volumes import VOLUMES_DIR_ENV, create_volume, loop_supported, volumes_root
 
 MIB = 1024 * 1024
 
@@ -79,7 +79,7 @@ def test_volumes_go_where_agentrt_volumes_dir_says(tmp_path: Path, small_fs: Pat
 def test_admission_counts_the_free_space_where_volumes_live(
     tmp_path: Path, small_fs: Path, docker_client: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime.admission import check_admission
+    from runtime.run.admission import check_admission
 
     state_dir = tmp_path / "repo" / ".git" / "agentrt"
     tasks = [Task(id="big", command=["true"])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import ConfigError
-from runtime.gitops import check_branch_name
+from runtime.git.safe_git import check_branch_name
 
 
 @pytest.mark.parametrize("name", ["-x", "a..b", "a@{1}", "bad\x07name", "@", "x" * 256,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cgroups
+from runtime.engine import cgroups
 
 
 def test_a_pid_outside_the_container_is_not_taken_for_it(tmp_path: Path,

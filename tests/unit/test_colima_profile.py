@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from runtime import colima
-from runtime.cli import main
-from runtime.colima import (
+from runtime.cli.main import main
+from runtime.config import ResourceLimits
+from runtime.engine import colima
+from runtime.engine.colima import (
     ColimaSize,
     colima_home,
     profile_path,
@@ -20,7 +21,6 @@ from runtime.colima import (
     render_profile,
     size_for,
 )
-from runtime.config import ResourceLimits
 from runtime.errors import ConfigError
 
 try:
@@ -147,8 +147,8 @@ def test_colima_up_writes_the_profile_before_colima_start_reads_it(
         seen.append((argv, target.read_text() if target.exists() else None))
         return subprocess.CompletedProcess(argv, 0)
 
-    monkeypatch.setattr("runtime.colima.shutil.which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr("runtime.colima.subprocess.run", fake_run)
+    monkeypatch.setattr("runtime.engine.colima.shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("runtime.engine.colima.subprocess.run", fake_run)
     colima.colima_up(SIZE)
     (stop, before_stop), (start, at_start) = seen
     assert stop == ["colima", "stop", "agentrt"] and before_stop is None

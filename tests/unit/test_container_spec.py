@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtime.config import ResourceLimits
-from runtime.container import RUNSC_PIDS_HEADROOM, ContainerPlan, container_spec, tmpfs_mb
+from runtime.engine.container import RUNSC_PIDS_HEADROOM, ContainerPlan, container_spec, tmpfs_mb
 from runtime.errors import SessionError
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from runtime import doctor
 from runtime.errors import EngineError
+from runtime.run import doctor
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import docker.errors
 import pytest
 import requests.exceptions
 
-from runtime import engine
+from runtime.engine import discovery as engine
 from runtime.errors import EngineError
 
 

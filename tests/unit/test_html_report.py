@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from runtime.cli.html_report import axis_ticks, format_seconds, render_html
 from runtime.config import ResourceLimits
-from runtime.html_report import axis_ticks, format_seconds, render_html
 from runtime.models import Conflict, Manifest, MergeInfo, RunReport, SessionResult, SessionStatus
-from runtime.store import Sample
+from runtime.state.store import Sample
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 EVIL = '<script>alert("x")</script>'

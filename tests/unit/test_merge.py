@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import MergeError
-from runtime.gitops import MainRepo
-from runtime.merge import check_merge, conflict_matrix, merge_agent_results
+from runtime.git.merge import check_merge, conflict_matrix, merge_agent_results
+from runtime.git.safe_git import MainRepo
 from runtime.models import SessionResult, SessionStatus
 
 LINES = "".join(f"{n}\n" for n in range(1, 21))
@@ -433,11 +433,11 @@ def test_the_attribute_canary_does_fire_without_agentrts_overrides(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Control: the planted attributes are a real attack when the overrides are missing."""
-    import runtime.conflicts
+    import runtime.git.conflicts
 
     repo = make_repo(tmp_path)
     canary = plant_evil_attributes(repo, tmp_path, monkeypatch)
-    monkeypatch.setattr(runtime.conflicts, "driver_overrides", lambda repo: ())
+    monkeypatch.setattr(runtime.git.conflicts, "driver_overrides", lambda repo: ())
 
     merge_agent_results([session(n) for n in "abc"], "auto", repo=repo)
 

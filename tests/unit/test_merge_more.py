@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.gitops import MainRepo
-from runtime.merge import check_merge, conflict_matrix, merge_agent_results
+from runtime.git.merge import check_merge, conflict_matrix, merge_agent_results
+from runtime.git.safe_git import MainRepo
 from tests.unit.test_merge import (
     LINES,
     assert_no_merge_state,
@@ -158,20 +158,20 @@ def test_matrix_of_five_branches_checks_each_pair_once_and_finds_exactly_the_con
 
 CHILD = """
 import os, signal, sys
-from runtime.merge import merge_agent_results
+from runtime.git.merge import merge_agent_results
 from runtime.models import SessionResult, SessionStatus
 
 repo, target, when, *tasks = sys.argv[1:]
 if when == "after-update-ref":
     # The worst moment for a checked-out target: the branch has moved, its tree not yet.
-    import runtime.conflicts
-    real = runtime.conflicts.SafeGit.run
+    import runtime.git.conflicts
+    real = runtime.git.conflicts.SafeGit.run
     def run(self, *args, **kwargs):
         out = real(self, *args, **kwargs)
         if args[0] == "update-ref":
             os.kill(os.getpid(), signal.SIGKILL)
         return out
-    runtime.conflicts.SafeGit.run = run
+    runtime.git.conflicts.SafeGit.run = run
 sessions = [SessionResult(id=f"{t}-abc123", task_id=t, branch=f"agent/{t}/abc123",
                           status=SessionStatus.SUCCEEDED) for t in tasks]
 print("ready", flush=True)

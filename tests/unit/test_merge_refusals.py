@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import MergeError
-from runtime.gitops import MainRepo
-from runtime.merge import (
+from runtime.git.merge import (
     CheckoutState,
     auto_merge_blocker,
     merge_agent_results,
     merge_blocker,
     missed_merge_reason,
 )
+from runtime.git.safe_git import MainRepo
 from runtime.models import MergeInfo, RunReport, SessionResult, SessionStatus
 from tests.unit.test_merge import commit_branch, commit_worktree, git, make_repo, session
 

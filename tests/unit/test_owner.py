@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from runtime.owner import owner_alive, process_start_time
+from runtime.state.liveness import owner_alive, process_start_time
 
 pytestmark = pytest.mark.skipif(
     sys.platform not in ("linux", "darwin"), reason="process start times are read on Linux/macOS"

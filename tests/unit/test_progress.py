@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
+from runtime.cli.live_view import ProgressView
 from runtime.config import ResourceLimits
-from runtime.models import SessionResult, SessionStatus, utcnow
-from runtime.progress import LiveStat, ProgressView
+from runtime.models import LiveStat, SessionResult, SessionStatus, utcnow
 
 
 def render(view: ProgressView) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.radar import Overlap, overlaps
+from runtime.run.radar import Overlap, overlaps
 
 
 def test_overlaps_are_reported_per_pair_and_path() -> None:

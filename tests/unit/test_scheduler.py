@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.scheduler import DagScheduler, TaskState
+from runtime.run.scheduler import DagScheduler, TaskState
 
 
 @st.composite

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import StateDamagedError, StateError
-from runtime.gitops import MainRepo
+from runtime.git.safe_git import MainRepo
 from runtime.models import SessionResult, SessionStatus
-from runtime.owner import process_start_time
-from runtime.recovery import SessionMarker
-from runtime.state_repair import (
+from runtime.state.liveness import process_start_time
+from runtime.state.recovery import SessionMarker
+from runtime.state.repair import (
     REBUILT_REASON,
     REBUILT_RUN_STATUS,
     FoundSession,
@@ -28,8 +28,8 @@ from runtime.state_repair import (
     plan_rebuild,
     repair_state,
 )
-from runtime.store import SCHEMA_VERSION, Store
-from runtime.store_rows import RunRow
+from runtime.state.schema import RunRow
+from runtime.state.store import SCHEMA_VERSION, Store
 from tests.conftest import git, make_repo
 
 RUN = "r20260101-120000-abcd"

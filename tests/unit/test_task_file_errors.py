@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import main
+from runtime.cli.main import main
 from runtime.config import find_cycle, load_task_file
 
 GOOD_TASK = '[[tasks]]\nid = "a"\ncommand = ["true"]\n'

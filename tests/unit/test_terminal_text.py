@@ -17,14 +17,14 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from runtime.cli import fail, main
-from runtime.cli_inspect import _write, ps_table
+from runtime.cli.html_report import render_html
+from runtime.cli.inspect import _write, ps_table
+from runtime.cli.live_view import ProgressView, summary_table
+from runtime.cli.main import fail, main
 from runtime.config import ResourceLimits
-from runtime.html_report import render_html
-from runtime.models import Conflict, MergeInfo, RunReport, SessionResult, SessionStatus
-from runtime.progress import LiveStat, ProgressView, summary_table
-from runtime.radar import Overlap
-from runtime.store import Store
+from runtime.models import Conflict, LiveStat, MergeInfo, RunReport, SessionResult, SessionStatus
+from runtime.run.radar import Overlap
+from runtime.state.store import Store
 from runtime.text import markup_safe, terminal_safe
 
 OSC_TITLE = "\x1b]0;pwned\x07"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from runtime import config
-from runtime.cli import main
+from runtime.cli.main import main
 from runtime.config import parse_task_file
 from runtime.errors import ConfigError
 

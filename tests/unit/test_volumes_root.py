@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from runtime.config import RunConfig
-from runtime.errors import ConfigError
-from runtime.volumes import (
+from runtime.engine.volumes import (
     VOLUMES_DIR_ENV,
     known_volume_roots,
     resolve_volumes_root,
     volumes_root,
 )
+from runtime.errors import ConfigError
 
 STATE = Path("/srv/code/shop/.git/agentrt")
 

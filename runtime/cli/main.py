@@ -1,0 +1,218 @@
+"""The ``agentrt`` command line: a thin layer over the library; the only module that exits.
+
+Errors are one line on stderr saying what to do, exit code 2, no traceback (``--debug``
+shows it). Exit codes of ``run`` and ``merge`` follow the interface: 0, 1, 2, 3, 130.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from runtime.cli.inspect import open_store, repo_option
+from runtime.config import MAX_CONCURRENT_AGENTS, load_task_file
+from runtime.errors import AgentRuntimeError
+from runtime.models import SessionStatus
+from runtime.text import markup_safe, terminal_safe
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line (detail lines indented under it) and exit."""
+    # Controls shown escaped; a line break in the message (git's or an agent's words) can only
+    # start an indented detail line, never a line of its own.
+    text = terminal_safe(message, multiline=True).replace("\n", "\n  ")
+    err.print(f"agentrt: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr (agent-influenced text made safe)."""
+    err.print(f"agentrt: warning: {terminal_safe(message)}", style="yellow", markup=False,
+              highlight=False, soft_wrap=True)
+
+
+class AgentrtGroup(click.Group):
+    """Turns library errors into one line and exit 2 (traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AgentRuntimeError as exc:
+            if os.environ.get("AGENTRT_DEBUG"):
+                raise
+            fail(str(exc))
+
+
+@click.group(cls=AgentrtGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def main(debug: bool) -> None:
+    """Run several coding agents at once on one git repository, each isolated."""
+    if debug:
+        os.environ["AGENTRT_DEBUG"] = "1"
+
+
+@main.command()
+@click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
+@repo_option
+@click.option("--max-concurrent", type=click.IntRange(min=1, max=MAX_CONCURRENT_AGENTS),
+              help="Override max_concurrent_agents.")
+@click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
+def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
+        as_json: bool) -> None:
+    """Run the tasks of TASK_FILE; live progress on stderr; final report."""
+    from runtime.cli.live_view import ProgressView
+    from runtime.git.safe_git import MainRepo
+    from runtime.run.coordinator import AgentCoordinator
+
+    parsed = load_task_file(task_file)
+    updates: dict[str, Any] = {}
+    if max_concurrent:
+        updates["max_concurrent_agents"] = max_concurrent
+    if merge_strategy:
+        updates["merge"] = merge_strategy
+    config = parsed.run.model_copy(update=updates)
+    main_repo = MainRepo(repo)
+    view = ProgressView(sys.stderr, len(parsed.tasks))
+    coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
+    view.live_stats = coordinator.live_stats
+    coordinator.preflight(parsed.tasks)
+    blocker = None
+    if config.merge == "auto":
+        from runtime.git.merge import auto_merge_blocker
+
+        blocker = auto_merge_blocker(main_repo, config.target)
+        if blocker is not None:
+            warn(f"merge = \"auto\" will be refused: {blocker}; the work will stay on the "
+                 "sessions' branches (exit 3)")
+
+    interrupts = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        err.print("[yellow]agentrt: stopping every session; work is kept on its branch"
+                  + (" (forced)" if interrupts > 1 else "") + "[/]")
+        coordinator.cancel(force=interrupts > 1)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with view:
+            report = coordinator.run_agents(parsed.tasks)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if report.auto_merge_missed and report.merge_refused is None and not report.interrupted:
+        from runtime.git.merge import auto_merge_blocker, missed_merge_reason
+
+        report.merge_refused = missed_merge_reason(
+            report.warnings, auto_merge_blocker(main_repo, config.target), blocker)
+    from runtime.cli.manage import print_report
+
+    print_report(report, as_json)
+    if report.merge_refused is not None and report.exit_code() == 3:
+        branches = ", ".join(s.branch for s in report.sessions
+                             if s.status is SessionStatus.SUCCEEDED and s.merge.status != "merged")
+        warn(f"not merged: {report.merge_refused}; the work is on {branches or 'its branches'}")
+    err.print(f"run {report.run_id}: `agentrt report {report.run_id}` shows it again",
+              highlight=False)
+    sys.exit(report.exit_code())
+
+
+@main.command()
+def doctor() -> None:
+    """Check the Docker engine, git, cgroups, disk-limit support, gVisor and images."""
+    from runtime.engine.discovery import get_client
+    from runtime.run.doctor import run_checks
+
+    checks = run_checks(get_client)
+    worst = 0
+    for check in checks:
+        color = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
+        line = (f"[{color}]{check.status:>4}[/] {markup_safe(check.name)}: "
+                f"{markup_safe(check.detail)}")
+        if check.fix and check.status != "ok":
+            line += f"\n      → {markup_safe(check.fix)}"
+        Console().print(line, highlight=False, soft_wrap=True)
+        worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.status])
+    sys.exit(worst)
+
+
+@main.group()
+def images() -> None:
+    """Build and list agentrt images."""
+
+
+@images.command("build")
+@click.argument("name", required=False, default="base")
+@click.option("--force", is_flag=True, help="Rebuild even if the recipe did not change.")
+def images_build(name: str, force: bool) -> None:
+    """Build image NAME (default: base), only if its recipe changed."""
+    from runtime.engine.discovery import get_client
+    from runtime.engine.images import build_image
+
+    built = build_image(get_client(), name, force=force,
+                        log=lambda line: err.print(terminal_safe(line), highlight=False,
+                                                   markup=False))
+    state = "built" if built.rebuilt else "up to date"
+    click.echo(f"{built.ref}: {state} ({built.digest})")
+
+
+@images.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def images_ls(as_json: bool) -> None:
+    """List agentrt images with their digests."""
+    from runtime.engine.discovery import get_client
+    from runtime.engine.images import list_images
+
+    found = list_images(get_client())
+    if as_json:
+        click.echo(json.dumps([asdict(i) for i in found], indent=2))
+        return
+    for image in found:
+        state = "current" if image.current else "stale"
+        click.echo(f"{image.ref or '(untagged)'}\t{image.digest}\t{image.recipe_hash[:12]}\t"
+                   f"{state}")
+
+
+@images.command("export")
+@click.argument("session")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@repo_option
+def images_export(session: str, file: Path, repo: str) -> None:
+    """Save the exact image a session ran in to FILE (load it elsewhere with `docker load`)."""
+    from runtime.engine.discovery import get_client
+    from runtime.engine.images import export_image
+    from runtime.git.safe_git import MainRepo
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        manifest = store.find_session(session).manifest
+    if manifest is None or not manifest.image_digest:
+        fail(f"session {session} recorded no image digest")
+        return
+    export_image(get_client(), manifest.image_digest, manifest.image, file)
+    click.echo(f"saved {manifest.image} ({manifest.image_digest}) to {file}")
+
+
+def _register_commands() -> None:
+    # Verbs live in modules of their own; registering them imports only click-level code.
+    from runtime import cli_inspect, cli_manage
+
+    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS):
+        main.add_command(command)
+
+
+_register_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

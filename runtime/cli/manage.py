@@ -1,0 +1,228 @@
+"""CLI verbs that act on runs and sessions: stop, gc, merge, replay, shell, colima up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from runtime.cli.inspect import open_store, repo_option
+from runtime.errors import ConfigError, NotFoundError
+from runtime.git.safe_git import MainRepo
+from runtime.models import RunReport
+from runtime.text import terminal_safe
+
+
+def print_report(report: RunReport, as_json: bool) -> None:
+    """The report alone on stdout as JSON, or the summary table (wide when piped)."""
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    from rich.console import Console
+
+    from runtime.cli.live_view import summary_table
+
+    Console(width=None if sys.stdout.isatty() else 200).print(summary_table(report))
+
+
+@click.command()
+@click.argument("target")
+@repo_option
+@click.option("--grace", default=10, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+def stop(target: str, repo: str, grace: int) -> None:
+    """Stop a session or a whole run (TARGET: id or unique prefix); work stays on branches."""
+    from runtime.run.stop import stop_target
+
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        stopped = stop_target(main_repo, store, target, grace)
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@click.command()
+@click.argument("session")
+@repo_option
+@click.option("--json", "as_json", is_flag=True)
+def recover(session: str, repo: str, as_json: bool) -> None:
+    """Bring a session's kept work home now (retry its harvest), then free its volume."""
+    from runtime.engine.discovery import get_client
+    from runtime.state.recovery import collect_garbage
+
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        row = store.find_session(session)
+    report = collect_garbage(main_repo, get_client(), only_session=row.id)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    elif row.id in report.skipped_live:
+        click.echo(f"{row.id} is still running: its work comes home when it ends")
+    for branch, head in report.saved_branches.items():
+        if not as_json:
+            click.echo(f"{row.id}: work home on {terminal_safe(branch)} at {head[:10]}")
+    for error in report.errors:
+        click.echo(f"agentrt: {terminal_safe(error)}", err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+@click.command()
+@repo_option
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--repair-state", is_flag=True,
+              help="First, if the state database is damaged or lost, move it aside and rebuild "
+                   "runs and sessions from the agent/* branches, session markers and logs.")
+def gc(repo: str, as_json: bool, repair_state: bool) -> None:
+    """Find and remove leftovers of dead or finished sessions (never branches, never live ones)."""
+    from runtime.engine.discovery import get_client
+    from runtime.errors import EngineError
+    from runtime.state.recovery import collect_garbage
+    from runtime.state.repair import repair_state as repair
+
+    main_repo = MainRepo(repo)
+    repaired = repair(main_repo) if repair_state else None
+    try:
+        client = get_client()
+    except EngineError as exc:
+        client = None
+        click.echo(f"agentrt: {exc}; collecting what is on disk only", err=True)
+    report = collect_garbage(main_repo, client)
+    if as_json:
+        out = report.as_dict()
+        if repaired is not None:
+            out["repair"] = repaired.as_dict()
+        click.echo(json.dumps(out, indent=2))
+    else:
+        if repaired is not None and repaired.damage is None:
+            click.echo("state database: healthy, nothing to repair")
+        elif repaired is not None:
+            aside = (f"moved aside to {repaired.moved_aside[0]}" if repaired.moved_aside
+                     else "it was missing")
+            click.echo(f"state database repaired: {aside}; "
+                       f"kept {len(repaired.kept_runs)} runs and {len(repaired.kept_sessions)} "
+                       f"sessions; rebuilt {len(repaired.rebuilt_runs)} runs and "
+                       f"{len(repaired.rebuilt_sessions)} sessions (crashed: final status "
+                       "unknown)")
+        click.echo(f"removed {len(report.removed_containers)} containers, "
+                   f"{len(report.removed_sessions)} session volumes; "
+                   f"saved {len(report.saved_branches)} branches; "
+                   f"left {len(report.skipped_live)} live sessions alone")
+        for branch, head in report.saved_branches.items():
+            click.echo(f"  saved {branch} at {head[:10]}")
+        for error in report.errors:
+            click.echo(f"  error: {error}", err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+@click.command()
+@click.argument("run_id")
+@repo_option
+@click.option("--strategy", type=click.Choice(["auto", "review"]), default="review",
+              show_default=True)
+@click.option("--target", help="Branch to merge into (default: the run's target).")
+@click.option("--json", "as_json", is_flag=True)
+def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bool) -> None:
+    """Merge (auto) or check (review) a finished run's branches into the target."""
+    from runtime.git.merge import merge_agent_results
+
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        run = store.latest_run() if run_id == "latest" else store.find_run(run_id)
+        if run is None:
+            raise NotFoundError("no runs recorded yet")
+        report = store.run_report(run.id)
+        into = target or report.target
+        if not into:
+            raise ConfigError("no target branch: pass --target")
+        order = sorted(report.sessions, key=lambda s: (s.finished_at is None, s.finished_at))
+        merge_agent_results(order, strategy, repo=main_repo, target=into,  # type: ignore[arg-type]
+                            run_id=run.id)
+        for session in report.sessions:
+            if session.branch:
+                store.upsert_session(session, run.id)
+        store.set_run_merge(run.id, strategy, into)
+    report.merge = strategy
+    report.target = into
+    print_report(report, as_json)
+    sys.exit(report.exit_code())
+
+
+@click.command()
+@click.argument("session")
+@repo_option
+@click.option("--json", "as_json", is_flag=True)
+def replay(session: str, repo: str, as_json: bool) -> None:
+    """Run a session's task again from its recorded image digest, base commit and limits."""
+    from runtime.run.replay import replay_session
+
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        row = store.find_session(session)
+    report = replay_session(main_repo, row)
+    print_report(report, as_json)
+    sys.exit(report.exit_code())
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("session")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@repo_option
+def shell(session: str, command: tuple[str, ...], repo: str) -> None:
+    """A shell (or COMMAND) inside a running session's container: same user, limits, mounts.
+
+    `agentrt shell SESSION` is interactive; `agentrt shell SESSION -- git status` runs one
+    command and returns its exit code.
+    """
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        row = store.find_session(session)
+    if row.result.status.is_final:
+        raise ConfigError(
+            f"session {row.id} has finished ({row.result.status.value}); its work is on branch "
+            f"{row.branch}: `agentrt diff {row.id}`, or `agentrt replay {row.id}` to run it again")
+    docker = shutil.which("docker")
+    if docker is None:
+        raise ConfigError("the docker CLI is needed for an interactive shell")
+    flags = ["-it"] if sys.stdin.isatty() and sys.stdout.isatty() else ["-i"]
+    argv = list(command) or ["sh"]
+    os.execv(docker, [docker, "exec", *flags, "-w", "/workspace", f"agentrt-{row.id}", *argv])
+
+
+@click.group()
+def colima() -> None:
+    """Colima VM sized for agentrt (macOS; also Linux)."""
+
+
+@colima.command("up")
+@click.option("--agents", type=click.IntRange(min=1), help="Concurrent agents to fit.")
+@click.option("--file", "task_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Take agents and limits from this task file.")
+@click.option("--dry-run", is_flag=True, help="Write and run nothing; print the colima command.")
+@click.option("--show-profile", is_flag=True,
+              help="Also print the profile (colima.yaml) written before `colima start`.")
+def colima_up_cmd(agents: int | None, task_file: Path | None, dry_run: bool,
+                  show_profile: bool) -> None:
+    """Create or resize the `agentrt` Colima profile to fit N agents."""
+    from runtime.config import RunConfig, load_task_file
+    from runtime.engine.colima import (
+        colima_home,
+        colima_up,
+        profile_path,
+        read_template,
+        render_profile,
+        size_for,
+    )
+
+    config = load_task_file(task_file).run if task_file else RunConfig()
+    size = size_for(agents or config.max_concurrent_agents, config.resource_limits)
+    argv = colima_up(size, dry_run=dry_run)
+    click.echo(" ".join(argv))
+    if show_profile:
+        # A YAML comment naming the file, then the file: the block is valid YAML as it stands.
+        click.echo(f"# {profile_path(colima_home())}")
+        click.echo(render_profile(size, read_template()), nl=False)
+
+
+COMMANDS: list[click.Command] = [stop, gc, recover, merge, replay, shell, colima]

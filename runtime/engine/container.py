@@ -1,0 +1,190 @@
+"""A session's container: its run arguments from the limits (a pure function) and lifecycle.
+
+:func:`container_spec` decides; :class:`AgentContainer` acts. A unit test asserts on the spec,
+integration tests prove the kernel enforces it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import LogConfig, Mount
+
+from runtime.config import ResourceLimits
+from runtime.engine.discovery import engine_errors
+from runtime.errors import EngineError, SessionError
+
+WORKSPACE = "/workspace"
+DB_MOUNT = "/agentrt/db"
+LABEL_SESSION = "agentrt.session"
+LABEL_RUN = "agentrt.run"
+LABEL_OWNER_PID = "agentrt.owner.pid"
+LABEL_OWNER_START = "agentrt.owner.start"
+LABEL_REPO = "agentrt.repo"
+LOG_MAX_SIZE = "10m"
+# gVisor's sandbox (sentry and gofer threads) lives in the container's pids cgroup: below
+# about 100 pids it cannot even start, so the agent's own limit is granted on top of this.
+RUNSC_PIDS_HEADROOM = 128
+
+
+# What every container agentrt starts shares, sessions and harvests alike.
+HARDENING: dict[str, Any] = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges:true"],
+    "init": True,
+    "stdin_open": False,
+    "tty": False,
+    "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "2"}),
+}
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Everything that decides how a session's container is made."""
+
+    session_id: str
+    run_id: str
+    image: str
+    command: list[str]
+    limits: ResourceLimits
+    workspace: Path
+    db_dir: Path | None
+    objects_dir: Path  # the run's read-only object store (runtime.git.object_store)
+    uid: int
+    gid: int
+    network: str = "none"
+    runtime: str = "runc"
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def tmpfs_mb(limits: ResourceLimits) -> int:
+    """Size of the container's /tmp: a quarter of memory, between 16 and 512 MiB.
+
+    tmpfs pages count against the memory cgroup too, so this only bounds /tmp on its own.
+    """
+    return max(16, min(512, limits.memory_mb // 4))
+
+
+def container_spec(plan: ContainerPlan) -> dict[str, Any]:
+    """The keyword arguments for ``client.containers.create`` that enforce ``plan``.
+
+    Pure: no I/O. Memory and memory+swap are equal (no swap); ``cpu_percent`` becomes
+    ``nano_cpus`` (100 % = one core); the root filesystem is read-only with a size-limited
+    ``/tmp``; every capability is dropped; ``no-new-privileges``; the default seccomp profile;
+    an unprivileged user; no Docker socket; capped logs; labelled with run and session.
+    """
+    limits = plan.limits
+    if plan.uid == 0:
+        raise SessionError("refusing to run an agent container as root (uid 0)")
+    mounts = [
+        Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=False),
+        # The run's object store (only what the base reaches), read-only, at the same path as
+        # on the host so the session repository's alternates file resolves inside and outside.
+        Mount(str(plan.objects_dir), str(plan.objects_dir), type="bind", read_only=True),
+    ]
+    if plan.db_dir is not None:
+        mounts.append(Mount(DB_MOUNT, str(plan.db_dir), type="bind", read_only=False))
+    labels = {**plan.labels, LABEL_SESSION: plan.session_id, LABEL_RUN: plan.run_id}
+    spec: dict[str, Any] = {
+        **HARDENING,
+        "image": plan.image,
+        "command": list(plan.command),
+        "name": f"agentrt-{plan.session_id}",
+        "hostname": plan.session_id[:63],
+        "working_dir": WORKSPACE,
+        "user": f"{plan.uid}:{plan.gid}",
+        "environment": {"HOME": "/tmp", "TMPDIR": "/tmp", **plan.env},
+        "labels": labels,
+        "mounts": mounts,
+        "mem_limit": limits.memory_mb * 1024 * 1024,
+        "memswap_limit": limits.memory_mb * 1024 * 1024,
+        "nano_cpus": limits.cpu_percent * 10_000_000,
+        "pids_limit": limits.pids + (RUNSC_PIDS_HEADROOM if plan.runtime == "runsc" else 0),
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmpfs_mb(limits)}m,mode=1777"},
+        "network_mode": plan.network,
+        "stop_signal": "SIGTERM",
+        "detach": True,
+    }
+    if plan.runtime != "runc":
+        spec["runtime"] = plan.runtime
+    return spec
+
+
+class AgentContainer:
+    """One session's container on the engine; Docker and transport errors become EngineError."""
+
+    def __init__(self, client: docker.DockerClient, container: Container) -> None:
+        self.client = client
+        self.container = container
+
+    @property
+    def id(self) -> str:
+        """The container id."""
+        return str(self.container.id)
+
+    @classmethod
+    def create(cls, client: docker.DockerClient, plan: ContainerPlan) -> AgentContainer:
+        """Create (not start) the container for ``plan``."""
+        try:
+            with engine_errors(f"create the container of {plan.session_id}"):
+                return cls(client, client.containers.create(**container_spec(plan)))
+        except EngineError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound):
+                raise SessionError(
+                    f"image {plan.image!r} not found: run `agentrt images build`") from exc
+            raise
+
+    def start(self) -> None:
+        """Start the container; on failure attach its last log lines to the error."""
+        try:
+            with engine_errors("start the container"):
+                self.container.start()
+        except EngineError as exc:
+            raise SessionError(f"container failed to start: {exc}; logs: {self.tail(20)}") from exc
+
+    def inspect(self) -> dict[str, Any] | None:
+        """The engine's view of the container, or None if it no longer exists."""
+        with engine_errors("inspect the container"):
+            try:
+                return dict(self.client.api.inspect_container(self.id))
+            except docker.errors.NotFound:
+                return None
+
+    def stop(self, grace_seconds: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace_seconds``; quiet if already gone."""
+        with engine_errors("stop the container"), contextlib.suppress(docker.errors.NotFound):
+            self.client.api.stop(self.id, timeout=grace_seconds)
+
+    def kill(self) -> None:
+        """SIGKILL now; quiet if already gone, stopped, or the engine is away."""
+        with contextlib.suppress(EngineError), engine_errors("kill the container"), \
+                contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            self.client.api.kill(self.id)
+
+    def logs(self, tail: int | str = "all") -> bytes:
+        """The container's combined stdout and stderr (empty if it cannot be read)."""
+        with contextlib.suppress(EngineError), engine_errors("read the logs"):
+            return bytes(self.client.api.logs(self.id, stdout=True, stderr=True, tail=tail))
+        return b""
+
+    def tail(self, lines: int) -> str:
+        """The last ``lines`` lines of output, decoded."""
+        return self.logs(tail=lines).decode(errors="replace").strip()
+
+    def remove(self) -> None:
+        """Remove the container (forcefully); quiet if already gone."""
+        with engine_errors("remove the container"), contextlib.suppress(docker.errors.NotFound):
+            try:
+                self.client.api.remove_container(self.id, force=True, v=True)
+            except docker.errors.APIError as exc:
+                if "already in progress" not in str(exc):
+                    raise

@@ -1,0 +1,1 @@
+"""Git, safely: the host's git settings, session trees, bundles across the boundary, merges."""

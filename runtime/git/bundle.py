@@ -1,0 +1,261 @@
+"""Verify a session's bundle and bring it onto its branch: fsck, size and secret policies.
+
+A bundle is one regular file made by the harvest container (:mod:`runtime.git.harvest`). Before a
+single object reaches the user's repository, the host
+
+1. reads its header (one ref, prerequisites that are all ancestors of the session's base) and
+   runs ``git bundle verify``;
+2. indexes its pack into a *quarantine* object directory with ``index-pack --strict``: the same
+   fsck ``transfer.fsckObjects`` runs on a fetch (``.GIT`` trees, ``..`` paths, ``.gitmodules``
+   with ``update = !cmd``, broken objects), plus a connectivity check against the user's store;
+3. refuses any blob over ``max_file_mb`` and any object holding a secret's value (raw or
+   base64), naming the secret, never its value;
+4. only then moves the one pack into ``.git/objects/pack`` and moves the branch (compare and
+   swap from its current head).
+
+Git 2.39 (Debian 12) does not fsck objects fetched from a bundle, hence the explicit
+``index-pack``: the result is the same on every git version.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import secrets as pysecrets
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import BundleRefusedError, GitError
+from runtime.git.safe_git import MainRepo, git_env
+
+SIGNATURE = b"# v2 git bundle\n"
+MAX_HEADER = 64 * 1024
+_OID = re.compile(rb"^[0-9a-f]{40}$")
+# index-pack failures that say the host cannot write, not that the objects are bad.
+_ENVIRONMENT = re.compile(r"No space left|Out of diskspace|Disk quota|Read-only file system|"
+                          r"unable to (create|write)|write error|cannot (create|write)|"
+                          r"Too many open files|Cannot allocate memory", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ImportPolicy:
+    """What a bundle may bring: total size, size of one file, and secrets it must not hold."""
+
+    max_import_bytes: int = 1024 * 1024 * 1024
+    max_file_bytes: int = 100 * 1024 * 1024
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BundleHeader:
+    """The parsed header of a v2 bundle."""
+
+    prerequisites: list[str]
+    refs: dict[str, str]
+    pack_offset: int
+
+
+def read_header(path: Path) -> BundleHeader:
+    """Parse the header of the bundle at ``path``; BundleRefusedError if it is not one."""
+    with open(path, "rb") as handle:
+        head = handle.read(MAX_HEADER)
+    if not head.startswith(SIGNATURE):
+        raise BundleRefusedError(f"{path.name} is not a v2 git bundle")
+    end = head.find(b"\n\n", len(SIGNATURE) - 1)
+    if end < 0:
+        raise BundleRefusedError(f"{path.name}: bundle header too long or truncated")
+    prerequisites: list[str] = []
+    refs: dict[str, str] = {}
+    for line in head[len(SIGNATURE):end].split(b"\n"):
+        if not line:
+            continue
+        if line.startswith(b"-"):
+            oid = line[1:].split(b" ", 1)[0]
+            if not _OID.match(oid):
+                raise BundleRefusedError(f"{path.name}: bad prerequisite line")
+            prerequisites.append(oid.decode())
+            continue
+        parts = line.split(b" ", 1)
+        if len(parts) != 2 or not _OID.match(parts[0]):
+            raise BundleRefusedError(f"{path.name}: bad ref line")
+        refs[parts[1].decode(errors="replace")] = parts[0].decode()
+    return BundleHeader(prerequisites, refs, end + 2)
+
+
+def secret_needles(value: str) -> list[bytes]:
+    """The byte strings that reveal ``value``: itself and its base64 forms at every alignment.
+
+    A secret base64-encoded inside a longer text appears as one of three stable substrings
+    (its encoding at byte offsets 0, 1 and 2, with the partial characters at both ends cut).
+    """
+    raw = value.encode()
+    needles = [raw]
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw)
+        start = (offset * 4 + 2) // 3 if offset else 0
+        usable = (len(raw) + offset) // 3 * 4
+        core = encoded[start:usable]
+        if len(core) >= 8:
+            needles.append(core)
+    return needles
+
+
+def _git(
+    repo: MainRepo, *args: str, env: Mapping[str, str] | None = None, stdin: int | None = None,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    from runtime.git.safe_git import SAFE_CONFIG
+
+    cmd = ["git"]
+    for item in SAFE_CONFIG:
+        cmd += ["-c", item]
+    cmd += [f"--git-dir={repo.git_dir}", *args]
+    try:
+        return subprocess.run(cmd, env=git_env(env), stdin=stdin, input=input,
+                              capture_output=True, timeout=900, check=False, cwd=repo.git_dir)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GitError(f"git {args[0]} could not run: {exc}") from exc
+
+
+def _quarantine_env(repo: MainRepo, quarantine: Path) -> dict[str, str]:
+    return {"GIT_OBJECT_DIRECTORY": str(quarantine),
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo.objects_dir)}
+
+
+def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str,
+                  policy: ImportPolicy) -> str:
+    """Verify ``bundle`` and move ``branch`` to its one ref; return the new head.
+
+    Raises :class:`BundleRefusedError` (nothing moved, nothing added to the repository) when
+    any check fails; the message names the check (fsck's own words, sizes, secret names).
+    """
+    size = bundle.stat().st_size
+    if size > policy.max_import_bytes:
+        raise BundleRefusedError(f"{bundle.name} is {_mib(size)} MiB, over "
+                                 f"max_import_mb={_mib(policy.max_import_bytes)}")
+    header = read_header(bundle)
+    if len(header.refs) != 1:
+        raise BundleRefusedError(f"{bundle.name} must carry exactly one ref")
+    tip = next(iter(header.refs.values()))
+    for prerequisite in header.prerequisites:
+        ancestor = _git(repo, "merge-base", "--is-ancestor", prerequisite, base_commit)
+        if ancestor.returncode != 0:
+            raise BundleRefusedError(
+                f"{bundle.name} needs {prerequisite[:10]}, which is not in the session's base")
+    verify = _git(repo, "bundle", "verify", "-q", str(bundle))
+    if verify.returncode != 0:
+        raise BundleRefusedError(f"{bundle.name}: git bundle verify failed: "
+                                 f"{_words(verify.stderr)}")
+    quarantine = repo.state_dir / "quarantine" / pysecrets.token_hex(6)
+    (quarantine / "pack").mkdir(parents=True)
+    try:
+        packs = _index_pack(repo, bundle, header, quarantine, policy)
+        _check_objects(repo, quarantine, packs, policy)
+        _adopt_packs(repo, packs)
+    finally:
+        shutil.rmtree(quarantine, ignore_errors=True)
+    kind = _git(repo, "cat-file", "-t", tip)
+    if kind.stdout.strip() != b"commit":
+        raise BundleRefusedError(f"{bundle.name}: its ref is not a commit")
+    return tip
+
+
+def _mib(size: int) -> int:
+    return -(-size // (1024 * 1024))
+
+
+def _words(stderr: bytes) -> str:
+    return " ".join(stderr.decode(errors="replace").split())[:600] or "no message"
+
+
+def _index_pack(repo: MainRepo, bundle: Path, header: BundleHeader, quarantine: Path,
+                policy: ImportPolicy) -> list[Path]:
+    """index-pack --strict the bundle's pack into the quarantine; return the .idx files."""
+    with open(bundle, "rb") as handle:
+        handle.seek(header.pack_offset)
+        proc = _git(repo, "index-pack", "--stdin", "--fix-thin", "--strict",
+                    f"--max-input-size={policy.max_import_bytes}",
+                    env=_quarantine_env(repo, quarantine), stdin=handle.fileno())
+    if proc.returncode != 0:
+        words = _words(proc.stderr)
+        if _ENVIRONMENT.search(words):
+            # The host, not the work: keep everything and try again later.
+            raise GitError(f"cannot index {bundle.name} on this host: {words}")
+        raise BundleRefusedError(f"fsck refused {bundle.name}: {words}")
+    return sorted((quarantine / "pack").glob("pack-*.idx"))
+
+
+def _pack_objects(repo: MainRepo, idx: Path) -> list[str]:
+    with open(idx, "rb") as handle:
+        proc = _git(repo, "show-index", stdin=handle.fileno())
+    if proc.returncode != 0:
+        raise BundleRefusedError(f"cannot list the objects of {idx.name}")
+    return [line.split()[1].decode() for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _check_objects(repo: MainRepo, quarantine: Path, packs: list[Path],
+                   policy: ImportPolicy) -> None:
+    """Refuse blobs over the per-file limit and any object holding a secret."""
+    oids = [oid for idx in packs for oid in _pack_objects(repo, idx)]
+    env = _quarantine_env(repo, quarantine)
+    check = _git(repo, "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
+                 env=env, input="".join(f"{o}\n" for o in oids).encode())
+    for line in check.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] == b"blob" and int(fields[2]) > policy.max_file_bytes:
+            raise BundleRefusedError(
+                f"a file of {_mib(int(fields[2]))} MiB (blob {fields[0][:10].decode()}) is over "
+                f"max_file_mb={_mib(policy.max_file_bytes)}")
+    needles = {name: secret_needles(value) for name, value in policy.secrets.items()
+               if len(value) >= 4}
+    if not needles or not oids:
+        return
+    for data in _object_contents(repo, env, oids):
+        for name, forms in needles.items():
+            if any(form in data for form in forms):
+                raise BundleRefusedError(
+                    f"the work holds the value of secret {name}: refused so that it never "
+                    "reaches the repository")
+
+
+def _object_contents(repo: MainRepo, env: Mapping[str, str], oids: list[str]) -> Iterator[bytes]:
+    from runtime.git.safe_git import SAFE_CONFIG
+
+    cmd = ["git", *[a for item in SAFE_CONFIG for a in ("-c", item)],
+           f"--git-dir={repo.git_dir}", "cat-file", "--batch"]
+    with subprocess.Popen(cmd, env=git_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, cwd=repo.git_dir) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("".join(f"{o}\n" for o in oids).encode())
+        proc.stdin.close()
+        for _ in oids:
+            line = proc.stdout.readline()
+            fields = line.split()
+            if len(fields) != 3:
+                continue
+            data = proc.stdout.read(int(fields[2]))
+            proc.stdout.read(1)
+            yield data
+
+
+def _adopt_packs(repo: MainRepo, idx_files: list[Path]) -> None:
+    """Move verified packs into the repository (the .pack first, its .idx last)."""
+    target = repo.objects_dir / "pack"
+    target.mkdir(parents=True, exist_ok=True)
+    for idx in idx_files:
+        pack = idx.with_suffix(".pack")
+        for source in (pack, idx):
+            destination = target / source.name
+            if destination.exists():
+                continue
+            try:
+                os.rename(source, destination)
+            except OSError:
+                shutil.copy2(source, destination)
+            with contextlib.suppress(OSError):
+                destination.chmod(0o444)

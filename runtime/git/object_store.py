@@ -1,0 +1,86 @@
+"""The read-only object store a run's sessions borrow: exactly what their base can reach.
+
+A session no longer sees the user's whole ``.git/objects``. For each commit sessions start from
+(the run's base, and for a dependent task the base with its dependencies merged) agentrt packs
+the objects reachable from that commit, once, into
+``<state>/runs/<run id>/objects/<commit>/pack/``. The session repository's alternates file
+points there, and the directory is bind-mounted read-only into the session (at the same path),
+into its harvest container and nowhere else. Other branches of the user's repository, and the
+work of sessions the task does not depend on, are simply not in it.
+
+``git pack-objects --revs`` reuses the deltas already stored in the user's packs, so building a
+store costs about one ``git gc`` of the base's history, once per run (see docs/benchmarks.md).
+The run removes its stores when it ends; ``agentrt gc`` removes those of dead runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from runtime.errors import GitError, WorkspaceError
+from runtime.git.safe_git import MainRepo
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+READY = "agentrt-store-ready"
+
+
+def runs_dir(repo: MainRepo) -> Path:
+    """Where per-run files live (object stores)."""
+    return repo.state_dir / "runs"
+
+
+def store_path(repo: MainRepo, run_id: str, commit: str) -> Path:
+    """The object directory holding everything ``commit`` reaches, for ``run_id``."""
+    if not _COMMIT.match(commit):
+        raise WorkspaceError(f"not a full commit id: {commit!r}")
+    return runs_dir(repo) / run_id / "objects" / commit
+
+
+def ensure_store(repo: MainRepo, run_id: str, commit: str) -> Path:
+    """Build (once) and return the read-only object store of ``commit`` for ``run_id``.
+
+    Idempotent and safe to call from several threads of one run: the store is built in a
+    temporary directory and renamed into place; a finished store carries a ready marker.
+    """
+    from runtime.git.workspace import repo_lock
+
+    path = store_path(repo, run_id, commit)
+    if (path / READY).exists():
+        return path
+    with repo_lock(repo, "stores"):
+        if (path / READY).exists():
+            return path
+        tmp = path.with_name(f".{commit}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            (tmp / "pack").mkdir(parents=True)
+            (tmp / "info").mkdir()
+            # git writes its temporary pack in the object directory it is given, so that
+            # the final rename stays on one filesystem (the state directory may be on another
+            # disk than the repository's objects, which are read through alternates).
+            repo.git("pack-objects", "--revs", "--quiet", "--delta-base-offset",
+                     str(tmp / "pack" / "pack"), input=f"{commit}\n",
+                     env={"GIT_OBJECT_DIRECTORY": str(tmp),
+                          "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo.objects_dir)})
+            (tmp / READY).write_text(commit + "\n")
+            for sub in (tmp, tmp / "pack", tmp / "info"):
+                sub.chmod(0o755)
+            for pack in (tmp / "pack").iterdir():
+                pack.chmod(0o444)
+            shutil.rmtree(path, ignore_errors=True)
+            tmp.rename(path)
+        except (GitError, OSError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise WorkspaceError(f"cannot build the object store of {commit[:10]}: {exc}") from exc
+    return path
+
+
+def remove_run_stores(repo: MainRepo, run_id: str) -> None:
+    """Delete every object store of ``run_id`` (at the end of the run, or by gc)."""
+    shutil.rmtree(runs_dir(repo) / run_id / "objects", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (runs_dir(repo) / run_id).rmdir()

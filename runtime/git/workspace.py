@@ -1,0 +1,136 @@
+"""A session's branch and git working tree, made before the agent starts.
+
+Design (see docs/security.md): each session gets its *own* small repository on its volume,
+``<volume>/workspace/.git``, on its own branch ``agent/<task>/<6 hex>``. It borrows the objects
+of the run's read-only object store (:mod:`runtime.git.object_store`: only what its base reaches)
+through ``objects/info/alternates``, so creating it costs one checkout and no copy. The agent
+may do anything to that repository; once its container has started the host never reads it
+again: work comes home only as a verified bundle (:mod:`runtime.git.harvest`,
+:mod:`runtime.git.bundle`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from runtime.errors import ConfigError, GitError, WorkspaceError
+from runtime.git.conflicts import driver_overrides
+from runtime.git.safe_git import MainRepo, check_branch_name, run_git
+
+BRANCH_PREFIX = "agent"
+
+
+class DependencyConflictError(WorkspaceError):
+    """The branches of a task's dependencies do not merge cleanly."""
+
+
+def new_session_id(task_id: str) -> tuple[str, str]:
+    """A fresh ``(session id, branch)`` pair for ``task_id``."""
+    suffix = secrets.token_hex(3)
+    return f"{task_id}-{suffix}", check_branch_name(f"{BRANCH_PREFIX}/{task_id}/{suffix}")
+
+
+@contextlib.contextmanager
+def repo_lock(repo: MainRepo, name: str = "workspace") -> Iterator[None]:
+    """Serialise ref and worktree changes on one repository across threads and processes."""
+    repo.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(repo.state_dir / f"{name}.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def prepare_base(repo: MainRepo, base_commit: str, dep_heads: list[tuple[str, str]]) -> str:
+    """The commit a dependent task starts from: ``base`` with every dep branch merged in.
+
+    ``dep_heads`` is ``[(branch, commit)]``. Uses ``merge-tree --write-tree`` (no working tree,
+    no index); raises :class:`DependencyConflictError` naming the conflicting paths.
+    """
+    current = base_commit
+    for branch, head in dep_heads:
+        if _is_ancestor(repo, head, current):
+            continue
+        if _is_ancestor(repo, current, head):
+            current = head
+            continue
+        # The same neutralised filters and merge drivers as every other merge.
+        proc = repo.git("merge-tree", "--write-tree", "--name-only", "--no-messages",
+                        current, head, check=False, config=driver_overrides(repo))
+        lines = proc.stdout.splitlines()
+        if proc.returncode == 1:
+            paths = ", ".join(lines[1:]) or "unknown paths"
+            raise DependencyConflictError(f"dependency branch {branch} conflicts on: {paths}")
+        if proc.returncode != 0 or not lines:
+            raise GitError(f"cannot merge dependency branch {branch}", proc.stderr)
+        current = repo.git(
+            "commit-tree", lines[0], "-p", current, "-p", head,
+            "-m", f"agentrt: start from dependency {branch}",
+        ).stdout.strip()
+    return current
+
+
+def _is_ancestor(repo: MainRepo, ancestor: str, descendant: str) -> bool:
+    proc = repo.git("merge-base", "--is-ancestor", ancestor, descendant, check=False)
+    return proc.returncode == 0
+
+
+def create_branch(repo: MainRepo, branch: str, commit: str) -> None:
+    """Create ``branch`` at ``commit``; fails (never overwrites) if it already exists."""
+    with repo_lock(repo):
+        try:
+            repo.update_ref(f"refs/heads/{branch}", commit, "0" * 40, "agentrt: session branch")
+        except GitError as exc:
+            raise WorkspaceError(f"cannot create branch {branch}: {exc}") from exc
+
+
+def create_workspace(
+    repo: MainRepo, workspace: Path, branch: str, commit: str, uid: int, gid: int,
+    objects: Path | None = None,
+) -> None:
+    """Make ``workspace`` a repository on ``branch`` at ``commit``, checked out, owned by uid.
+
+    Its objects are borrowed from ``objects`` (the run's read-only object store; the user's
+    whole store only when none is given). The host writes this tree before the agent starts
+    and never reads it again.
+    """
+    git_dir = workspace / ".git"
+    try:
+        run_git(["init", "-q", "--template=", f"--initial-branch={branch}", str(workspace)],
+                cwd=workspace)
+        (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (git_dir / "objects" / "info" / "alternates").write_text(
+            f"{objects or repo.objects_dir}\n")
+        # One write instead of a `git config` process per key: the repository is brand new
+        # and nobody else can see it yet.
+        with open(git_dir / "config", "a", encoding="utf-8") as config:
+            config.write("[user]\n\tname = agentrt agent\n\temail = agent@agentrt.invalid\n"
+                         "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
+        run_git(["update-ref", f"refs/heads/{branch}", commit], git_dir=git_dir)
+        run_git(["reset", "--hard", "-q", commit], git_dir=git_dir, work_tree=workspace)
+        _chown_tree(workspace, uid, gid)
+    except (GitError, OSError) as exc:
+        raise WorkspaceError(f"cannot create the working tree in {workspace}: {exc}") from exc
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    if os.geteuid() != 0:
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+    os.lchown(root, uid, gid)
+
+
+def resolve_base(repo: MainRepo, base: str) -> str:
+    """Resolve the run's base commit-ish, naming the field on failure."""
+    try:
+        return repo.rev_parse(base)
+    except ConfigError as exc:
+        raise ConfigError(f"[run] field base: {exc}") from None

@@ -1,0 +1,1 @@
+"""Running sessions: the session, supervisor, exit classifier, coordinator, scheduler, radar."""

@@ -1,0 +1,362 @@
+"""AgentCoordinator: many tasks, at most ``max_concurrent`` containers, dependencies, cancel.
+
+Each task runs in its own thread inside an :class:`IsolatedAgentSession`; a slot is held from
+the session's creation to its clean-up, so the number of live containers never exceeds the
+limit. Free slots are filled as soon as a session ends. A task with ``deps`` starts from the
+base with its dependencies' branches merged in (a conflict there skips it with the reason).
+Per-task failures never stop the run; :meth:`cancel` stops everything and keeps the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import docker
+
+from runtime.config import RunConfig, Task, validate_tasks
+from runtime.errors import AgentRuntimeError, ConfigError
+from runtime.git.object_store import remove_run_stores
+from runtime.git.safe_git import MainRepo
+from runtime.git.workspace import (
+    DependencyConflictError,
+    new_session_id,
+    prepare_base,
+    resolve_base,
+)
+from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, utcnow
+from runtime.presets import resolve_image
+from runtime.run.radar import ConflictRadar, LiveTree, Overlap
+from runtime.run.scheduler import DagScheduler, TaskState
+from runtime.run.session import (
+    STOP_REQUESTED,
+    IsolatedAgentSession,
+    agent_ids,
+    new_run_id,
+    secret_env,
+)
+from runtime.run.supervisor import Supervisor
+from runtime.state.liveness import process_start_time
+from runtime.state.recovery import reconcile_on_start
+from runtime.state.store import Store
+
+log = logging.getLogger(__name__)
+
+LAST_LINE_EVERY = 2.0
+
+Listener = Callable[[str, SessionResult], None]
+
+_OUTCOME = {
+    SessionStatus.SUCCEEDED: TaskState.SUCCEEDED,
+    SessionStatus.CANCELLED: TaskState.CANCELLED,
+    SessionStatus.SKIPPED: TaskState.SKIPPED,
+}
+
+
+class AgentCoordinator:
+    """Runs tasks as isolated sessions with a concurrency limit and a dependency DAG."""
+
+    def __init__(
+        self,
+        max_concurrent: int | None = None,
+        *,
+        config: RunConfig | None = None,
+        repo: str | Path | MainRepo = ".",
+        client: docker.DockerClient | None = None,
+        stop_grace_seconds: int = 10,
+        listener: Listener | None = None,
+    ) -> None:
+        base = config or RunConfig()
+        if max_concurrent is not None:
+            base = base.model_copy(update={"max_concurrent_agents": max_concurrent})
+        self.config = base
+        self.repo = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+        self.stop_grace_seconds = stop_grace_seconds
+        self.listener = listener
+        self.run_id = new_run_id()
+        self._client = client
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._live: dict[str, IsolatedAgentSession] = {}
+        self.supervisor: Supervisor | None = None
+        self._last_lines: dict[str, tuple[float, str]] = {}
+        self._checked: tuple[list[str], str] | None = None
+        self.store: Store | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The Docker client."""
+        if self._client is None:
+            from runtime.engine.discovery import get_client
+
+            self._client = get_client()
+        return self._client
+
+    # -- preflight ---------------------------------------------------------------------------
+
+    def preflight(self, tasks: Sequence[Task]) -> str:
+        """Check everything possible before anything is created; return the base commit.
+
+        Raises ConfigError. :meth:`run_agents` calls it unless it already passed for the same
+        tasks (the CLI calls it first, to report bad input before the live view starts).
+        """
+        from runtime.engine.images import require_image
+
+        validate_tasks(list(tasks))
+        base_commit = resolve_base(self.repo, self.config.base)
+        for task in tasks:
+            secret_env(task)
+        for image in sorted({resolve_image(t, self.config.image) for t in tasks}):
+            require_image(self.client, image)
+        if self.config.runtime == "runsc":
+            from runtime.engine.discovery import registered_runtimes, runtime_args
+
+            runtimes = registered_runtimes(self.client)
+            if "runsc" not in runtimes:
+                raise ConfigError("[run] field runtime: runsc (gVisor) is not registered with "
+                                  "the Docker engine; see `agentrt doctor`")
+            needs_network = self.config.database_strategy == "shared" or any(
+                self.config.network_for(t) == "bridge" for t in tasks)
+            if needs_network and "--network=none" in runtime_args(self.client, "runsc"):
+                raise ConfigError(
+                    "[run] field runtime: runsc is registered with --network=none on this engine, "
+                    "so network = \"bridge\" and database_strategy = \"shared\" cannot work; "
+                    "use runc for this run or register runsc with networking")
+        from runtime.run.admission import check_admission
+
+        check_admission(self.client, self.config, tasks, self.repo.state_dir)
+        self._checked = ([t.id for t in tasks], base_commit)
+        return base_commit
+
+    # -- running -----------------------------------------------------------------------------
+
+    def cancel(self, force: bool = False) -> None:
+        """Stop all sessions (SIGTERM, grace, SIGKILL; at once if ``force``), keep their work."""
+        self._cancelled.set()
+        with self._lock:
+            live = list(self._live.values())
+        for session in live:
+            if force:
+                session.stop_grace_seconds = 0
+            threading.Thread(target=session.cancel, daemon=True).start()
+
+    def run_agents(self, tasks: Sequence[Task]) -> RunReport:
+        """Run every task; return the report (merge per ``config.merge``)."""
+        if self._checked is not None and self._checked[0] == [t.id for t in tasks]:
+            base_commit = self._checked[1]
+        else:
+            base_commit = self.preflight(tasks)
+        target = self.config.target or self.repo.current_branch()
+        report = RunReport(run_id=self.run_id, repo=str(self.repo.root), base_commit=base_commit,
+                           target=target, merge=self.config.merge, started_at=utcnow())
+        by_id = {t.id: t for t in tasks}
+        results: dict[str, SessionResult] = {}
+        finished_order: list[str] = []
+        scheduler = DagScheduler({t.id: t.deps for t in tasks}, self.config.max_concurrent_agents)
+        done: queue.Queue[tuple[str, SessionResult]] = queue.Queue()
+        self.store = Store(self.repo.state_dir / "state.db")
+        self.store.create_run(
+            self.run_id, str(self.repo.root), base_commit, target, self.config.merge,
+            self.config.model_dump_json(), os.getpid(), process_start_time(os.getpid()),
+            socket.gethostname(),
+        )
+        recovered = reconcile_on_start(self.repo, self.client)
+        if recovered.saved_branches:
+            report.warnings.append(
+                "recovered work of dead sessions onto "
+                + ", ".join(sorted(recovered.saved_branches)))
+        try:
+            with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
+                self.supervisor = supervisor
+                while not scheduler.done:
+                    if self._cancelled.is_set():
+                        for task_id in scheduler.cancel_waiting():
+                            results[task_id] = self._placeholder(by_id[task_id],
+                                                                 SessionStatus.CANCELLED,
+                                                                 "run cancelled before it started")
+                    for task_id in scheduler.next_ready():
+                        threading.Thread(
+                            target=self._run_task,
+                            args=(by_id[task_id], base_commit, results, done),
+                            name=f"agentrt-task-{task_id}", daemon=True,
+                        ).start()
+                    if scheduler.running == 0:
+                        continue
+                    task_id, result = done.get()
+                    if self._run_stop_requested():
+                        self.cancel()
+                    results[task_id] = result
+                    finished_order.append(task_id)
+                    outcome = _OUTCOME.get(result.status, TaskState.FAILED)
+                    for skipped in scheduler.finish(task_id, outcome):
+                        results[skipped] = self._placeholder(
+                            by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
+        finally:
+            self.supervisor = None
+            remove_run_stores(self.repo, self.run_id)
+            if self.config.database_strategy == "shared":
+                from runtime.databases.postgres import stop_shared_server
+
+                stop_shared_server(self.run_id, self.client)
+        report.sessions = [results[t.id] for t in tasks if t.id in results]
+        report.interrupted = self._cancelled.is_set()
+        if self.config.merge != "none" and not report.interrupted:
+            if target:
+                self._merge(report, finished_order, target)
+            elif self.config.merge == "auto":
+                from runtime.git.merge import auto_merge_blocker
+
+                report.merge_refused = auto_merge_blocker(self.repo, None) or \
+                    "no branch to merge into"
+                report.warnings.append(f"merge: {report.merge_refused}")
+        report.finished_at = utcnow()
+        status = "interrupted" if report.interrupted else "finished"
+        self.store.finish_run(self.run_id, status, warnings=report.warnings)
+        for session in report.sessions:
+            self.store.upsert_session(session, self.run_id)
+        return report
+
+    def _run_stop_requested(self) -> bool:
+        """True once `agentrt stop RUN` asked this run to stop (from another process)."""
+        if self.store is None or self._cancelled.is_set():
+            return False
+        try:
+            return any(e.kind == STOP_REQUESTED and e.session_id is None
+                       for e in self.store.events(run_id=self.run_id))
+        except AgentRuntimeError:
+            return False
+
+    def _placeholder(self, task: Task, status: SessionStatus, reason: str) -> SessionResult:
+        session_id, _ = new_session_id(task.id)
+        result = SessionResult(id=session_id, task_id=task.id, branch="", status=status,
+                               reason=reason)
+        if self.store is not None:
+            self.store.upsert_session(result, self.run_id)
+        self._notify("finished", result)
+        return result
+
+    def _run_task(self, task: Task, base_commit: str, results: dict[str, SessionResult],
+                  done: queue.Queue[tuple[str, SessionResult]]) -> None:
+        """Thread body: run one task; the scheduler always hears how it ended."""
+        result = SessionResult(id=task.id, task_id=task.id, branch="",
+                               status=SessionStatus.CRASHED, reason="internal error")
+        try:
+            result = self._run_session(task, base_commit, results)
+        except DependencyConflictError as exc:
+            result = self._placeholder(task, SessionStatus.SKIPPED, str(exc))
+        except AgentRuntimeError as exc:
+            result = self._placeholder(task, SessionStatus.CRASHED, str(exc))
+        except Exception as exc:  # one task's bug never stops the run
+            log.exception("task %s crashed", task.id)
+            result.reason = f"internal error: {exc}"
+        finally:
+            done.put((task.id, result))
+
+    def _run_session(self, task: Task, base_commit: str,
+                     results: dict[str, SessionResult]) -> SessionResult:
+        start = prepare_base(self.repo, base_commit, [
+            (results[d].branch, results[d].head_commit or "") for d in task.deps
+        ])
+        session = IsolatedAgentSession(
+            task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
+            client=self.client, supervisor=self.supervisor, store=self.store,
+            stop_grace_seconds=self.stop_grace_seconds,
+        )
+        with self._lock:
+            self._live[task.id] = session
+        try:
+            self._notify("starting", session.result)
+            with session:
+                if self._cancelled.is_set():
+                    session.cancel()
+                self._notify("running", session.result)
+                session.run()
+        finally:
+            with self._lock:
+                self._live.pop(task.id, None)
+        self._notify("finished", session.result)
+        return session.result
+
+    def _notify(self, event: str, result: SessionResult) -> None:
+        # The listener is a view: its failures must not change the run.
+        if self.listener is not None:
+            try:
+                self.listener(event, result)
+            except Exception as exc:
+                log.warning("progress listener failed: %s", exc)
+
+    @contextlib.contextmanager
+    def _radar(self, report: RunReport) -> Iterator[None]:
+        if self.config.conflict_radar_seconds == 0:
+            yield
+            return
+
+        def on_overlap(overlap: Overlap) -> None:
+            message = overlap.message()
+            report.warnings.append(message)
+            with self._lock:
+                live = {s.task.id: s for s in self._live.values()}
+            for task_id in (overlap.first, overlap.second):
+                if task_id in live:
+                    live[task_id].result.warnings.append(message)
+                    self._notify("radar", live[task_id].result)
+
+        radar = ConflictRadar(self.repo, self._live_trees, on_overlap,
+                              float(self.config.conflict_radar_seconds)).start()
+        try:
+            yield
+        finally:
+            radar.stop()
+
+    def _live_trees(self) -> list[LiveTree]:
+        uid, gid = agent_ids()
+        return [
+            LiveTree(s.session_id, s.task.id, s.container, f"{uid}:{gid}", s.base_commit)
+            for s in self.live_sessions()
+            if s.container is not None and s.result.status is SessionStatus.RUNNING
+        ]
+
+    def live_stats(self) -> dict[str, LiveStat]:
+        """What each running session uses now, against its limits (for the live view)."""
+        stats = {}
+        now = time.monotonic()
+        for session in self.live_sessions():
+            watch = session.watch
+            if watch is None or session.result.status is not SessionStatus.RUNNING:
+                continue
+            cached = self._last_lines.get(session.session_id)
+            if cached is None or now - cached[0] > LAST_LINE_EVERY:
+                with contextlib.suppress(AgentRuntimeError):
+                    cached = (now, session.last_line())
+                    self._last_lines[session.session_id] = cached
+            stats[session.task.id] = LiveStat(
+                memory_bytes=watch.memory_bytes, cpu_seconds=watch.cpu_seconds,
+                disk_bytes=watch.disk_used_bytes, limits=session.limits,
+                last_line=cached[1] if cached else "")
+        return stats
+
+    def live_sessions(self) -> list[IsolatedAgentSession]:
+        """The sessions running now."""
+        with self._lock:
+            return list(self._live.values())
+
+    def _merge(self, report: RunReport, finished_order: list[str], target: str) -> None:
+        from runtime.git.merge import merge_agent_results
+
+        # Deterministic: dependency (file) order was enforced by the DAG; then finish time.
+        position = {task_id: i for i, task_id in enumerate(finished_order)}
+        ordered = sorted(report.sessions, key=lambda s: position.get(s.task_id, 1 << 30))
+        try:
+            merge_agent_results(ordered, self.config.merge, repo=self.repo, target=target,
+                                run_id=self.run_id)
+        except AgentRuntimeError as exc:
+            report.warnings.append(f"merge: {exc}")
+            if self.config.merge == "auto":
+                report.merge_refused = str(exc)

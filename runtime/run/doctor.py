@@ -1,0 +1,238 @@
+"""``agentrt doctor``: what this machine offers agentrt, and what to do about what it lacks.
+
+Each check returns a :class:`Check` with a status: ``ok``; ``warn`` (agentrt works, with a
+weaker guarantee or a known risk); ``fail`` (agentrt cannot run sessions until it is fixed).
+The version rules are pure functions (:func:`git_check`, :func:`runc_check`) so they can be
+tested without the tools installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import docker
+
+from runtime.engine import discovery as engine
+from runtime.engine import images
+from runtime.errors import AgentRuntimeError
+from runtime.git.safe_git import git_version
+
+Status = Literal["ok", "warn", "fail"]
+Version = tuple[int, int, int]
+
+GIT_MINIMUM: Version = (2, 38, 0)  # merge-tree --write-tree
+GIT_CVE_2025_48384_FIXED: Version = (2, 50, 1)
+# runc releases with the fixes for CVE-2025-31133 / -52565 / -52881, per maintained line.
+RUNC_FIXED: tuple[Version, ...] = ((1, 2, 8), (1, 3, 3), (1, 4, 0))
+BASE_IMAGE = "agentrt/base:latest"
+CHECK_ORDER = ("engine", "git", "runc", "cgroups", "disk limits", "gVisor", "images", "colima")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding of :func:`run_checks`; ``fix`` says what to do when status is not ok."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def parse_version(text: str) -> Version | None:
+    """The first ``X.Y[.Z]`` in ``text`` (e.g. ``"1.1.5+ds1-1+deb12u1"`` gives (1, 1, 5))."""
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not match:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def _dotted(version: Version) -> str:
+    return ".".join(map(str, version))
+
+
+def git_check(version: Version) -> Check:
+    """Judge the host's git: fail below 2.38, warn below 2.50.1 (CVE-2025-48384)."""
+    shown = _dotted(version)
+    if version < GIT_MINIMUM:
+        return Check(
+            "git",
+            "fail",
+            f"git {shown} is too old: agentrt needs git >= 2.38 (merge-tree --write-tree)",
+            "install a newer git (Debian 12+, Ubuntu 24.04+, Homebrew `brew install git`)",
+        )
+    if version < GIT_CVE_2025_48384_FIXED:
+        return Check(
+            "git",
+            "warn",
+            f"git {shown}: upstream fixed CVE-2025-48384 (and -48385/-48386) in 2.50.1; "
+            "distributions may have backported the fix without changing the version; agentrt "
+            "itself never clones or recurses into submodules",
+            "check your distribution's advisory for git, or upgrade git to >= 2.50.1",
+        )
+    return Check("git", "ok", f"git {shown}")
+
+
+def runc_is_patched(version: Version) -> bool:
+    """Whether upstream runc ``version`` carries the November 2025 container-escape fixes."""
+    for fixed in RUNC_FIXED:
+        if version[:2] == fixed[:2]:
+            return version >= fixed
+    return version > RUNC_FIXED[-1]
+
+
+def runc_check(version: Version | None, raw: str = "") -> Check:
+    """Judge the engine's runc: warn if upstream would call it vulnerable to CVE-2025-31133."""
+    if version is None:
+        return Check(
+            "runc",
+            "warn",
+            f"could not tell runc's version ({raw or 'not reported by the engine'})",
+            "run `runc --version` on the engine's host",
+        )
+    shown = raw or _dotted(version)
+    if runc_is_patched(version):
+        return Check("runc", "ok", f"runc {shown}")
+    return Check(
+        "runc",
+        "warn",
+        f"runc {shown} is older than the releases fixing CVE-2025-31133/-52565/-52881 "
+        "(1.2.8, 1.3.3, 1.4.0); distributions often backport such fixes, check yours",
+        'upgrade the engine\'s runc (or containerd.io), or run tasks with runtime = "runsc"',
+    )
+
+
+def cgroup_check(version: int) -> Check:
+    """Both cgroup versions are supported; the detail says which one limits apply through."""
+    if version in (1, 2):
+        return Check("cgroups", "ok", f"cgroup v{version}")
+    return Check("cgroups", "warn", f"unknown cgroup version {version!r}", "check `docker info`")
+
+
+def disk_limit_mode() -> Literal["loop", "soft"]:
+    """How session volumes are size-limited on this host (the rule sessions use).
+
+    ``loop``: root on Linux with a free loop device and ``mkfs.ext4`` (a real ext4 image per
+    session, so the kernel enforces the size); ``soft``: anything else (usage is measured
+    and a session over quota is stopped, after the fact).
+    """
+    from runtime.engine.volumes import default_mode
+
+    return default_mode()
+
+
+def disk_check(mode: Literal["loop", "soft"]) -> Check:
+    """Explain the disk-limit mode (see :func:`disk_limit_mode`)."""
+    if mode == "loop":
+        return Check("disk limits", "ok", "loop: each session's volume is its own ext4 image")
+    return Check(
+        "disk limits",
+        "warn",
+        "soft: disk use is measured and a session over its disk_mb is stopped afterwards; "
+        "a fast writer can overshoot before it is caught",
+        "run agentrt as root on Linux with util-linux (losetup) and e2fsprogs (mkfs.ext4) "
+        "for hard limits",
+    )
+
+
+def colima_check(platform: str = sys.platform, home: Path | None = None) -> Check:
+    """On macOS, whether Colima and its ``agentrt`` profile exist; elsewhere, not needed."""
+    if platform != "darwin":
+        return Check("colima", "ok", "not needed on this platform")
+    if shutil.which("colima") is None:
+        return Check(
+            "colima",
+            "warn",
+            "Colima is not installed (fine if another engine, e.g. Docker Desktop, answers)",
+            "brew install colima docker && agentrt colima up",
+        )
+    home = Path.home() if home is None else home
+    homes = engine.colima_homes(os.environ, home)
+    if any((h / "agentrt").is_dir() for h in homes):
+        return Check("colima", "ok", "Colima profile 'agentrt' exists")
+    return Check("colima", "warn", "no Colima profile 'agentrt'", "agentrt colima up")
+
+
+def _git_check_host() -> Check:
+    try:
+        return git_check(git_version())
+    except (AgentRuntimeError, OSError) as exc:
+        return Check("git", "fail", f"git not usable: {exc}", "install git >= 2.38")
+
+
+def _engine_checks(client: docker.DockerClient) -> list[Check]:
+    checks: list[Check] = []
+    info = engine.engine_info(client)
+    where = engine.endpoint_of(client)
+    checks.append(
+        Check(
+            "engine",
+            "ok",
+            f"Docker {info.get('ServerVersion', '?')}"
+            + (f" at {where.url} ({where.source})" if where else "")
+            + f", {info.get('NCPU', '?')} CPUs, {int(info.get('MemTotal', 0)) // 2**20} MiB",
+        )
+    )
+    raw_runc = str((info.get("RuncCommit") or {}).get("ID") or "")
+    if not parse_version(raw_runc) and shutil.which("runc"):
+        out = subprocess.run(["runc", "--version"], capture_output=True, text=True, check=False)
+        raw_runc = out.stdout.splitlines()[0] if out.stdout else ""
+    checks.append(runc_check(parse_version(raw_runc), raw_runc))
+    checks.append(cgroup_check(int(info.get("CgroupVersion") or 1)))
+    if "runsc" in (info.get("Runtimes") or {}):
+        checks.append(Check("gVisor", "ok", "runtime 'runsc' is registered"))
+    else:
+        checks.append(
+            Check(
+                "gVisor",
+                "warn",
+                "runtime 'runsc' is not registered: tasks with runtime = \"runsc\" cannot run",
+                "install gVisor (https://gvisor.dev/docs/user_guide/install/), add "
+                '{"runtimes": {"runsc": {"path": "/usr/bin/runsc"}}} to /etc/docker/daemon.json '
+                "and restart dockerd (scripts/ensure-docker does this where runsc is installed)",
+            )
+        )
+    checks.append(_image_check(client))
+    return checks
+
+
+def _image_check(client: docker.DockerClient) -> Check:
+    try:
+        images.require_image(client, BASE_IMAGE)
+        listed = images.list_images(client)
+    except AgentRuntimeError as exc:
+        return Check("images", "fail", str(exc), "agentrt images build")
+    if any(BASE_IMAGE in i.tags and not i.current for i in listed):
+        return Check(
+            "images", "warn", f"{BASE_IMAGE} was built from an older recipe", "agentrt images build"
+        )
+    return Check("images", "ok", f"{BASE_IMAGE} is present and current")
+
+
+def run_checks(client_factory: Callable[[], docker.DockerClient]) -> list[Check]:
+    """Every check, in a stable order; never raises for what it finds.
+
+    ``client_factory`` is called once (e.g. :func:`runtime.engine.discovery.get_client`); if it
+    raises :class:`~runtime.errors.AgentRuntimeError`, the engine check fails and the checks
+    that need an engine are reported as not checked.
+    """
+    try:
+        engine_part = _engine_checks(client_factory())
+    except AgentRuntimeError as exc:
+        engine_part = [Check("engine", "fail", str(exc), engine.how_to_start_engine())]
+        engine_part += [
+            Check(name, "warn", "not checked: no engine", "fix the engine first")
+            for name in ("runc", "cgroups", "gVisor", "images")
+        ]
+    found = {c.name: c for c in engine_part}
+    found["git"] = _git_check_host()
+    found["disk limits"] = disk_check(disk_limit_mode())
+    found["colima"] = colima_check()
+    return [found[name] for name in CHECK_ORDER]

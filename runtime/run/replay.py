@@ -1,0 +1,42 @@
+"""Replay a session: the same task from the recorded image digest, base commit and limits."""
+
+from __future__ import annotations
+
+from runtime.config import RunConfig, Task
+from runtime.errors import ConfigError, ImageNotFoundError
+from runtime.git.safe_git import MainRepo
+from runtime.models import RunReport
+from runtime.state.store import SessionRow
+
+
+def replay_config(row: SessionRow) -> tuple[RunConfig, Task]:
+    """The run settings and task that reproduce ``row`` (pure)."""
+    manifest = row.manifest
+    if manifest is None:
+        raise ConfigError(f"session {row.id} has no manifest to replay from")
+    task = Task.model_validate(manifest.task)
+    image = manifest.image_digest or manifest.image
+    config = RunConfig(
+        max_concurrent_agents=1, base=manifest.base_commit, merge="none",
+        image=image, network=manifest.network,
+        runtime=manifest.runtime,
+        database_strategy=manifest.database_strategy,
+        resource_limits=manifest.limits,
+    )
+    # The digest pins the image; the task's own image name must not override it, and its
+    # dependencies are already merged into the recorded base commit.
+    return config, task.model_copy(update={"image": image, "deps": []})
+
+
+def replay_session(repo: MainRepo, row: SessionRow) -> RunReport:
+    """Run ``row``'s task again as a new session; the report has one session."""
+    from runtime.run.coordinator import AgentCoordinator
+
+    config, task = replay_config(row)
+    try:
+        return AgentCoordinator(config=config, repo=repo).run_agents([task])
+    except ImageNotFoundError as exc:
+        raise ImageNotFoundError(
+            f"image {config.image} of session {row.id} is not on this engine: rebuild it with "
+            f"`agentrt images build` if its recipe is unchanged, or `docker load` the file "
+            f"saved by `agentrt images export {row.id} FILE`") from exc

@@ -1,0 +1,543 @@
+"""IsolatedAgentSession: one agent's branch, volume, working tree, database and container.
+
+Use it as a context manager::
+
+    with IsolatedAgentSession(task, config, repo="~/src/app") as session:
+        result = session.run()
+
+``__enter__`` creates everything (undoing what was made if any step fails); ``run`` starts the
+container, waits for it through the supervisor, classifies how it ended and brings the work
+home onto the session's branch; ``__exit__`` always snapshots what is left and releases every
+resource (container, database, volume, loop device) unless ``cleanup_on_complete`` is false.
+The branch always stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import docker
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.databases.sqlite import SessionDatabase, create_sqlite
+from runtime.engine.container import (
+    LABEL_OWNER_PID,
+    LABEL_OWNER_START,
+    LABEL_REPO,
+    AgentContainer,
+    ContainerPlan,
+)
+from runtime.engine.volumes import DiskLimitMode, Volume, create_volume, volumes_root
+from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
+from runtime.git.harvest import HarvestPlan, bring_work_home
+from runtime.git.object_store import ensure_store, remove_run_stores
+from runtime.git.safe_git import MainRepo
+from runtime.git.workspace import create_branch, create_workspace, new_session_id
+from runtime.models import Manifest, SessionResult, SessionStatus, WorkState, utcnow
+from runtime.presets import resolve_command, resolve_image
+from runtime.run.supervisor import Supervisor, Watch
+from runtime.state.liveness import process_start_time
+from runtime.state.recovery import SessionMarker, engine_times, import_policy
+
+if TYPE_CHECKING:
+    from runtime.state.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+AGENT_UID = 1000
+STOP_REQUESTED = "stop_requested"
+DISK_FULL_MARGIN = 1024 * 1024
+
+
+ENGINE_WAIT_SECONDS = 60
+
+
+CRASH_POINT_ENV = "AGENTRT_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Die here (SIGKILL, like a power cut) when ``AGENTRT_CRASH_AT`` names this step.
+
+    Only the crash-recovery tests set it; every step of a session's set-up and end has one.
+    """
+    if os.environ.get(CRASH_POINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _engine_retry(action: Callable[[], T]) -> T:
+    """Run ``action``, retrying while the engine is unreachable (a dockerd restart)."""
+    retrying = Retrying(retry=retry_if_exception_type(EngineError), reraise=True,
+                        stop=stop_after_delay(ENGINE_WAIT_SECONDS), wait=wait_fixed(1))
+    return retrying(action)
+
+
+def redact(data: bytes, secrets: list[str]) -> bytes:
+    """Replace every secret value in ``data`` with ``[REDACTED]``."""
+    for value in sorted(secrets, key=len, reverse=True):
+        if len(value) >= 4:
+            data = data.replace(value.encode(), b"[REDACTED]")
+    return data
+
+
+def secret_env(task: Task) -> dict[str, str]:
+    """The values of ``task``'s secrets from agentrt's environment; ConfigError if one is unset."""
+    missing = [name for name in task.secrets if name not in os.environ]
+    if missing:
+        raise ConfigError(f"task {task.id!r}: field secrets: {missing[0]} is not set in the "
+                          "environment; export it or remove it from the task")
+    return {name: os.environ[name] for name in task.secrets}
+
+
+def agent_ids() -> tuple[int, int]:
+    """The uid:gid agents run as: the host user's own (so files stay usable), or 1000 for root."""
+    uid = os.getuid()
+    return (uid, os.getgid()) if uid != 0 else (AGENT_UID, AGENT_UID)
+
+
+def new_run_id() -> str:
+    """A fresh run id, sortable by time."""
+    return time.strftime("r%Y%m%d-%H%M%S-") + os.urandom(2).hex()
+
+
+class IsolatedAgentSession:
+    """One agent session; a context manager that always gives its resources back."""
+
+    def __init__(
+        self,
+        task: Task,
+        config: RunConfig | None = None,
+        *,
+        repo: str | Path | MainRepo = ".",
+        run_id: str | None = None,
+        base_commit: str | None = None,
+        client: docker.DockerClient | None = None,
+        supervisor: Supervisor | None = None,
+        store: Store | None = None,
+        disk_mode: DiskLimitMode | None = None,
+        stop_grace_seconds: int = 10,
+    ) -> None:
+        self.task = task
+        self.config = config or RunConfig()
+        self.repo = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+        self._own_run = run_id is None
+        self.run_id = run_id or new_run_id()
+        self.limits: ResourceLimits = self.config.limits_for(task)
+        self.image = resolve_image(task, self.config.image)
+        self.network = self.config.network_for(task)
+        self.base_commit = base_commit or self.repo.rev_parse(self.config.base)
+        self.session_id, self.branch = new_session_id(task.id)
+        self.session_dir = (volumes_root(self.repo.state_dir, self.config.volumes_dir)
+                            / "sessions" / self.session_id)
+        self.stop_grace_seconds = stop_grace_seconds
+        self.disk_mode = disk_mode
+        self.store = store
+        self._client = client
+        self._own_supervisor = supervisor is None
+        self._supervisor = supervisor
+        self.volume: Volume | None = None
+        self.database: SessionDatabase | None = None
+        self.container: AgentContainer | None = None
+        self.watch: Watch | None = None
+        self.objects: Path | None = None
+        self._marker: SessionMarker | None = None
+        self._checked_out = False
+        self._started = False
+        self._harvested = False
+        self._cancel = threading.Event()
+        self.result = SessionResult(
+            id=self.session_id, task_id=task.id, branch=self.branch, image=self.image,
+            base_commit=self.base_commit,
+        )
+
+    # -- context manager --------------------------------------------------------------------
+
+    def __enter__(self) -> IsolatedAgentSession:
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The Docker client (the shared one unless given)."""
+        if self._client is None:
+            from runtime.engine.discovery import get_client
+
+            self._client = get_client()
+        return self._client
+
+    def _record(self, **resources: Any) -> None:
+        if self.store is not None:
+            try:
+                self.store.upsert_session(self.result, self.run_id, **resources)
+            except AgentRuntimeError as exc:  # the run goes on; the record is best effort
+                log.warning("state store: %s", exc)
+
+    def _event(self, kind: str, message: str) -> None:
+        if self.store is not None:
+            with contextlib.suppress(AgentRuntimeError):
+                self.store.add_event(self.run_id, kind, message, session_id=self.session_id)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create branch, volume, working tree, database and container; undo on failure."""
+        from runtime.engine.images import image_digest
+
+        uid, gid = agent_ids()
+        try:
+            self.result.image_digest = image_digest(self.client, self.image)
+            manifest = self.manifest()
+            owner_start = process_start_time(os.getpid())
+            self._record(
+                manifest_json=manifest.model_dump_json(), volume_path=str(self.session_dir),
+                owner_pid=os.getpid(), owner_start_time=owner_start,
+            )
+            create_branch(self.repo, self.branch, self.base_commit)
+            crash_point("branch")
+            self.objects = ensure_store(self.repo, self.run_id, self.base_commit)
+            # The marker comes first: from here on gc judges the session by its owner's pid
+            # and start time, and it harvests only once the checkout is complete.
+            self.session_dir.mkdir(parents=True, mode=0o711)
+            self._marker = SessionMarker(
+                self.session_id, self.run_id, self.branch, os.getpid(), owner_start,
+                keep=not self.config.cleanup_on_complete, base_commit=self.base_commit,
+                uid=uid, gid=gid)
+            self._marker.write(self.session_dir)
+            crash_point("marker")
+            self.volume = create_volume(self.session_dir, self.limits.disk_mb, uid, gid,
+                                        self.disk_mode)
+            self.result.disk_limit_mode = self.volume.mode
+            crash_point("volume")
+            create_workspace(self.repo, self.volume.workspace, self.branch, self.base_commit,
+                             uid, gid, objects=self.objects)
+            crash_point("checkout")
+            self._marker.checked_out = self._checked_out = True
+            self._marker.write(self.session_dir)
+            self.database = self._make_database(uid, gid)
+            env = {
+                **self.task.env,
+                **secret_env(self.task),
+                "AGENT_TASK": self.task.prompt,
+                "AGENT_TASK_ID": self.task.id,
+                "AGENT_SESSION_ID": self.session_id,
+                "AGENT_BRANCH": self.branch,
+                "AGENT_RUN_ID": self.run_id,
+                **self.database.env,
+            }
+            plan = ContainerPlan(
+                session_id=self.session_id, run_id=self.run_id, image=self.image,
+                command=resolve_command(self.task), limits=self.limits,
+                workspace=self.volume.workspace, db_dir=self.volume.db_dir,
+                objects_dir=self.objects, uid=uid, gid=gid,
+                network=getattr(self.database, "network", None) or self.network,
+                runtime=self.config.runtime, env=env,
+                labels={LABEL_OWNER_PID: str(os.getpid()),
+                        LABEL_OWNER_START: str(owner_start or ""),
+                        LABEL_REPO: str(self.repo.root)},
+            )
+            self.container = AgentContainer.create(self.client, plan)
+            crash_point("container")
+            self._record(container_id=self.container.id, mount_path=str(self.volume.root))
+        except BaseException:
+            self.close(snapshot_work=False)
+            self._delete_unused_branch()
+            raise
+
+    def _delete_unused_branch(self) -> None:
+        # A session that never started leaves no half-made branch behind.
+        with contextlib.suppress(AgentRuntimeError):
+            if self.repo.branch_head(self.branch) == self.base_commit:
+                self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)
+
+    def manifest(self) -> Manifest:
+        """What a replay needs: image digest, base commit, task, limits (never secret values)."""
+        return Manifest(
+            image=self.image, image_digest=self.result.image_digest,
+            base_commit=self.base_commit, task=self.task.model_dump(mode="json"),
+            limits=self.limits, network=self.network, runtime=self.config.runtime,
+            database_strategy=self.config.database_strategy,
+            env_keys=sorted([*self.task.env, *self.task.secrets]),
+        )
+
+    def _make_database(self, uid: int, gid: int) -> SessionDatabase:
+        if self.volume is None:
+            raise SessionError("volume missing")
+        if self.config.database_strategy == "shared":
+            from runtime.databases.postgres import create_shared_database
+
+            return create_shared_database(self.config, self.session_id, self.run_id)
+        return create_sqlite(self.volume.db_dir, uid, gid)
+
+    def cancel(self) -> None:
+        """Stop the container (SIGTERM, grace, SIGKILL); the session ends as ``cancelled``."""
+        self._cancel.set()
+        if self.watch is not None and self._supervisor is not None:
+            self._supervisor.stop(self.watch, reason="cancel",
+                                  grace_seconds=self.stop_grace_seconds)
+
+    def run(self) -> SessionResult:
+        """Start the container, wait for it to end, classify, and bring the work home."""
+        if self.container is None or self.volume is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        if self._cancel.is_set():
+            self.result.status = SessionStatus.CANCELLED
+            self._finish()
+            return self.result
+        supervisor = self._supervisor
+        if supervisor is None:
+            supervisor = self._supervisor = Supervisor(self.client, self.run_id).__enter__()
+        volume = self.volume
+        deadline = time.time() + self.limits.time_seconds
+        self.watch = supervisor.watch(Watch(
+            session_id=self.session_id, container=self.container, deadline=deadline,
+            grace_seconds=self.stop_grace_seconds, disk_limit_bytes=volume.limit_bytes,
+            disk_usage=volume.used_bytes, soft_disk=volume.mode == "soft",
+            on_sample=self._on_sample,
+        ))
+        self.result.started_at = utcnow()
+        self.result.status = SessionStatus.RUNNING
+        self._record(deadline=deadline)
+        self._event("started", f"container {self.container.id[:12]} started")
+        try:
+            self._started = True
+            self.container.start()
+        except AgentRuntimeError as exc:
+            self.result.status = SessionStatus.CRASHED
+            self.result.reason = str(exc)
+            self._finish()
+            return self.result
+        supervisor.started(self.watch)
+        crash_point("started")
+        if self._cancel.is_set():
+            supervisor.stop(self.watch, reason="cancel")
+        # Generous backstop only: the deadline thread stops the container at the deadline.
+        limit = self.limits.time_seconds + self.stop_grace_seconds + 120
+        if not self.watch.exited.wait(timeout=limit):
+            supervisor.reconcile(self.watch)
+            if not self.watch.exited.is_set():
+                self.watch.timed_out = True
+                self.container.kill()
+                self.watch.exited.wait(timeout=30)
+        self._classify(self.watch)
+        self._finish()
+        return self.result
+
+    def _stop_requested(self) -> bool:
+        """True if `agentrt stop` asked for this session from another process."""
+        if self.store is None:
+            return False
+        try:
+            return any(e.kind == STOP_REQUESTED for e in self.store.events(
+                session_id=self.session_id))
+        except AgentRuntimeError:
+            return False
+
+    def _on_sample(self, watch: Watch, tick: int) -> None:
+        # Every other sample (about once a second) is plenty for the report's curves.
+        if self.store is not None and tick % 2 == 0:
+            self.store.add_sample(self.session_id, watch.memory_bytes, watch.cpu_seconds,
+                                  watch.disk_used_bytes)
+
+    def _inspect_when_reachable(self) -> dict[str, Any] | None:
+        """The container's state (None: gone), waiting a while for a restarting engine."""
+        return _engine_retry(self.container.inspect) if self.container else None
+
+    def _classify(self, watch: Watch) -> None:
+        try:
+            state = self._inspect_when_reachable() or {}
+        except EngineError:
+            # The engine went away while (or right after) the container ended.
+            watch.engine_interrupted = True
+            state = {}
+        st = state.get("State", {})
+        code = watch.exit_code if watch.exit_code is not None else st.get("ExitCode")
+        self.result.exit_code = int(code) if code is not None else None
+        oom = watch.oom_seen or bool(st.get("OOMKilled"))
+        low_disk = self.volume is not None and self.volume.mode == "loop" and \
+            self.volume.free_bytes() < DISK_FULL_MARGIN
+        if watch.cancelled or self._cancel.is_set() or self._stop_requested():
+            status, reason = SessionStatus.CANCELLED, "stopped on request"
+        elif watch.timed_out:
+            status, reason = SessionStatus.TIMED_OUT, \
+                f"ran past time_seconds={self.limits.time_seconds}"
+        elif watch.disk_exceeded:
+            status = SessionStatus.DISK_FULL
+            reason = f"used more than disk_mb={self.limits.disk_mb}"
+        elif watch.engine_interrupted:
+            status, reason = SessionStatus.CRASHED, "the Docker engine restarted during the session"
+        elif watch.vanished or not state:
+            status, reason = SessionStatus.CRASHED, "container vanished"
+        elif oom:
+            status, reason = SessionStatus.OOM_KILLED, \
+                f"out of memory at memory_mb={self.limits.memory_mb}"
+        elif self.result.exit_code == 0:
+            status, reason = SessionStatus.SUCCEEDED, None
+        elif low_disk:
+            status = SessionStatus.DISK_FULL
+            reason = f"volume full at disk_mb={self.limits.disk_mb}"
+        elif watch.external_kill or (self.result.exit_code == 137 and not watch.stopping):
+            status, reason = SessionStatus.CRASHED, "container was killed from outside agentrt"
+        elif st.get("Error"):
+            status, reason = SessionStatus.CRASHED, str(st["Error"])
+        else:
+            status, reason = SessionStatus.FAILED, f"exit code {self.result.exit_code}"
+        self.result.status = status
+        self.result.reason = reason
+        started, finished = engine_times(st)
+        if started is not None and finished is not None:
+            # The engine's own clock: a paused supervisor does not stretch a session.
+            self.result.started_at, self.result.finished_at = started, finished
+        self.result.peak_memory_bytes = watch.peak_memory_bytes
+        self.result.cpu_seconds = round(watch.cpu_seconds, 3)
+        with contextlib.suppress(OSError):
+            self.result.disk_used_bytes = (
+                self.volume.used_bytes() if self.volume else watch.disk_used_bytes
+            )
+        self.result.warnings.extend(watch.errors)
+
+    def _finish(self) -> None:
+        if self.result.finished_at is None:
+            self.result.finished_at = utcnow()
+        if self.result.started_at:
+            self.result.duration_s = round(
+                (self.result.finished_at - self.result.started_at).total_seconds(), 3)
+        self._save_logs()
+        crash_point("harvest")
+        self._bring_home()
+        crash_point("home")
+        self._record()
+        self._event("finished", f"{self.result.status.value}: {self.result.reason or ''}")
+
+    @property
+    def log_path(self) -> Path:
+        """Where the agent's output is kept after its container is gone."""
+        return self.repo.state_dir / "logs" / f"{self.session_id}.log"
+
+    def _save_logs(self) -> None:
+        if self.container is None:
+            return
+        data = redact(self.container.logs(), self._secret_values())
+        with contextlib.suppress(OSError):
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_bytes(data)
+
+    def _secret_values(self) -> list[str]:
+        return [os.environ[n] for n in self.task.secrets if os.environ.get(n)]
+
+    def _bring_home(self) -> None:
+        """Harvest the stopped session's tree in a container; import the verified bundle."""
+        if self._harvested or self.volume is None or not self._checked_out:
+            return
+        self._harvested = True
+        if not self._started:
+            # The agent never ran: its tree is the checkout agentrt made.
+            self.result.work = WorkState.HOME
+            self.result.head_commit = self.repo.branch_head(self.branch)
+            return
+        if self.objects is None:
+            raise SessionError("object store missing")
+        uid, gid = agent_ids()
+        plan = HarvestPlan(
+            session_id=self.session_id, base_commit=self.base_commit,
+            workspace=self.volume.workspace, store=self.objects, uid=uid, gid=gid,
+            memory_mb=self.limits.memory_mb, runtime=self.config.runtime,
+            labels={LABEL_OWNER_PID: str(os.getpid()),
+                    LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
+                    LABEL_REPO: str(self.repo.root)})
+        outcome = bring_work_home(self.client, self.repo, plan, branch=self.branch,
+                                  policy=import_policy(self.config, self.task.secrets))
+        self.result.work = outcome.state
+        self.result.head_commit = outcome.head
+        self.result.warnings.extend(outcome.warnings)
+        if outcome.state is not WorkState.HOME:
+            log.error("session %s: %s", self.session_id, "; ".join(outcome.warnings))
+
+    def logs(self) -> bytes:
+        """Everything the agent printed so far (secret values redacted)."""
+        if self.container is not None:
+            return redact(self.container.logs(), self._secret_values())
+        return self.log_path.read_bytes() if self.log_path.exists() else b""
+
+    def last_line(self, width: int = 60) -> str:
+        """The agent's latest output line: secrets redacted, control characters dropped."""
+        if self.container is None:
+            return ""
+        data = redact(self.container.logs(tail=3), self._secret_values())
+        lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+        text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    def disk_used(self) -> int:
+        """Bytes used on the session's volume."""
+        return self.volume.used_bytes() if self.volume else 0
+
+    def close(self, snapshot_work: bool = True) -> None:
+        """Stop the container, save the work, release resources; safe to call twice."""
+        if self.container is not None:
+            with contextlib.suppress(EngineError):
+                info = self._inspect_when_reachable() or {}
+                if info.get("State", {}).get("Running"):
+                    self.container.stop(self.stop_grace_seconds)
+        if snapshot_work:
+            self._bring_home()
+            if not self.result.status.is_final:
+                self.result.status = SessionStatus.CRASHED
+                self.result.reason = self.result.reason or "session ended before its container"
+                self._record()
+        if self.watch is not None and self._supervisor is not None:
+            self._supervisor.unwatch(self.watch)
+        if self._own_supervisor and self._supervisor is not None:
+            self._supervisor.close()
+        if not self.config.cleanup_on_complete and snapshot_work:
+            return
+        errors: list[str] = []
+        # Nothing is deleted until it is safely home: a failed harvest keeps the volume.
+        keep_volume = snapshot_work and self.result.work is WorkState.KEPT
+        steps = [self._remove_container, self._drop_database]
+        steps.append(self._keep_volume if keep_volume else self._remove_volume)
+        for step in steps:
+            try:
+                step()
+            except (AgentRuntimeError, OSError) as exc:
+                errors.append(str(exc))
+        if errors:
+            self.result.warnings.extend(f"cleanup: {e}" for e in errors)
+        if self._own_run and not keep_volume:
+            remove_run_stores(self.repo, self.run_id)
+        self._record()
+
+    def _keep_volume(self) -> None:
+        if self._marker is not None:
+            self._marker.work_kept = True
+            self._marker.write(self.session_dir)
+
+    def _remove_container(self) -> None:
+        if self.container is not None:
+            _engine_retry(self.container.remove)
+
+    def _drop_database(self) -> None:
+        if self.database is not None:
+            self.database.drop()
+
+    def _remove_volume(self) -> None:
+        if self.volume is not None:
+            self.volume.remove()
+        elif self.session_dir.exists():
+            from runtime.engine.volumes import open_volume
+
+            open_volume(self.session_dir).remove()
+
+

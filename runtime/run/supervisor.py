@@ -1,0 +1,313 @@
+"""The host-side supervisor: Docker events, absolute deadlines and resource sampling.
+
+One :class:`Supervisor` watches every container of a run:
+
+* an *events* thread follows the engine's event stream (``die``, ``oom``, ``kill``,
+  ``destroy``) filtered by the run's label — no sleep-polling for exits. When the stream breaks
+  (dockerd restarted) it reconnects and reconciles each watched container by inspecting it;
+* a *deadline* thread sleeps until the earliest absolute deadline and stops that container
+  (SIGTERM, then SIGKILL after the grace);
+* a *sampler* thread reads cgroup counters (memory, peak, CPU, OOM kills) and volume usage once
+  a second and enforces soft disk limits.
+
+A failure while handling one session is caught, recorded on that session's watch, and never
+reaches the threads that serve the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+
+from runtime.engine.cgroups import ContainerCgroup
+from runtime.engine.container import LABEL_RUN, AgentContainer
+
+log = logging.getLogger(__name__)
+
+SAMPLE_INTERVAL = 0.5
+RECONCILE_EVERY = 30
+
+
+@dataclass
+class Watch:
+    """What the supervisor knows about one running container."""
+
+    session_id: str
+    container: AgentContainer
+    deadline: float
+    grace_seconds: int
+    disk_limit_bytes: int = 0
+    disk_usage: Callable[[], int] | None = None
+    soft_disk: bool = False
+    exited: threading.Event = field(default_factory=threading.Event)
+    exit_code: int | None = None
+    oom_seen: bool = False
+    vanished: bool = False
+    timed_out: bool = False
+    disk_exceeded: bool = False
+    cancelled: bool = False
+    stopping: bool = False
+    external_kill: bool = False
+    engine_interrupted: bool = False
+    cgroup: ContainerCgroup | None = None
+    peak_memory_bytes: int = 0
+    memory_bytes: int = 0
+    cpu_seconds: float = 0.0
+    disk_used_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    on_sample: Callable[[Watch, int], None] | None = None
+
+
+class Supervisor:
+    """Watches the containers of one run; thread-safe; use as a context manager."""
+
+    def __init__(self, client: docker.DockerClient, run_id: str,
+                 sample_interval: float = SAMPLE_INTERVAL) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.sample_interval = sample_interval
+        self._watches: dict[str, Watch] = {}
+        self._lock = threading.Lock()
+        self._deadlines: list[tuple[float, str]] = []
+        self._deadline_cv = threading.Condition(self._lock)
+        self._closing = threading.Event()
+        self._events_ready = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stream: object | None = None
+        self.fault_injector: Callable[[str, str], None] | None = None
+
+    def __enter__(self) -> Supervisor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the events, deadline and sampler threads; return once events are followed."""
+        for target, name in ((self._events_loop, "events"), (self._deadline_loop, "deadlines"),
+                             (self._sample_loop, "sampler")):
+            thread = threading.Thread(target=target, name=f"agentrt-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._events_ready.wait(timeout=30)
+
+    def close(self) -> None:
+        """Stop the threads (containers are left to their sessions)."""
+        self._closing.set()
+        with self._deadline_cv:
+            self._deadline_cv.notify_all()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()  # type: ignore[attr-defined]
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    # -- registration -----------------------------------------------------------------------
+
+    def watch(self, watch: Watch) -> Watch:
+        """Follow ``watch.container``: register before starting it so no event is missed."""
+        with self._deadline_cv:
+            self._watches[watch.container.id] = watch
+            heapq.heappush(self._deadlines, (watch.deadline, watch.container.id))
+            self._deadline_cv.notify_all()
+        return watch
+
+    def started(self, watch: Watch) -> None:
+        """Call right after the container started: find its cgroup, catch an early exit."""
+        self._guard(watch, "locate cgroup", lambda: self._locate_cgroup(watch))
+        self._guard(watch, "sample", lambda: self._sample(watch))
+        self.reconcile(watch)
+
+    def unwatch(self, watch: Watch) -> None:
+        """Forget a container (after it exited)."""
+        with self._lock:
+            self._watches.pop(watch.container.id, None)
+
+    def stop(self, watch: Watch, *, reason: str, grace_seconds: int | None = None) -> None:
+        """Stop a container on purpose (``timeout``, ``cancel``, ``disk``); SIGTERM then SIGKILL."""
+        if reason == "timeout":
+            watch.timed_out = True
+        elif reason == "cancel":
+            watch.cancelled = True
+        elif reason == "disk":
+            watch.disk_exceeded = True
+        watch.stopping = True
+        grace = watch.grace_seconds if grace_seconds is None else grace_seconds
+        self._guard(watch, f"stop ({reason})", lambda: watch.container.stop(grace))
+
+    # -- threads ----------------------------------------------------------------------------
+
+    def _guard(self, watch: Watch, what: str, action: Callable[[], object]) -> bool:
+        try:
+            if self.fault_injector is not None:
+                self.fault_injector(watch.session_id, what)
+            action()
+            return True
+        except Exception as exc:  # contain any failure to the one session it concerns
+            log.warning("session %s: %s failed: %s", watch.session_id, what, exc)
+            watch.errors.append(f"{what}: {exc}")
+            return False
+
+    def _events_loop(self) -> None:
+        since: int | None = None
+        backoff = 0.5
+        while not self._closing.is_set():
+            try:
+                stream = self.client.events(
+                    decode=True, since=since,
+                    filters={"type": "container", "label": f"{LABEL_RUN}={self.run_id}"},
+                )
+                self._stream = stream
+                self._events_ready.set()
+                # After (re)connecting, anything may have happened while we were away.
+                for watch in self._snapshot():
+                    if since is not None and not watch.exited.is_set():
+                        watch.engine_interrupted = True
+                    self.reconcile(watch)
+                backoff = 0.5
+                for event in stream:
+                    since = int(event.get("time", time.time()))
+                    self._on_event(event)
+                    if self._closing.is_set():
+                        return
+            except Exception as exc:
+                if self._closing.is_set():
+                    return
+                log.warning("docker event stream broke (%s); reconnecting", exc)
+            if since is None:
+                since = int(time.time())
+            self._events_ready.set()
+            self._closing.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _on_event(self, event: dict[str, object]) -> None:
+        action = str(event.get("Action") or event.get("status") or "")
+        cid = str(event.get("id") or "")
+        with self._lock:
+            watch = self._watches.get(cid)
+        if watch is None:
+            return
+        attrs = event.get("Actor", {})
+        attributes = attrs.get("Attributes", {}) if isinstance(attrs, dict) else {}
+
+        def handle() -> None:
+            if action == "oom":
+                watch.oom_seen = True
+            elif action == "kill":
+                if not watch.stopping:
+                    watch.external_kill = True
+            elif action == "die":
+                code = attributes.get("exitCode")
+                watch.exit_code = int(code) if code is not None else None
+                self._final_sample(watch)
+                watch.exited.set()
+            elif action == "destroy":
+                watch.vanished = not watch.exited.is_set()
+                watch.exited.set()
+
+        if not self._guard(watch, f"event {action}", handle):
+            # The event is lost to the failure; ask the engine directly instead.
+            self.reconcile(watch)
+
+    def reconcile(self, watch: Watch) -> None:
+        """Ask the engine how ``watch``'s container is, in case an event was missed."""
+        def check() -> None:
+            state = watch.container.inspect()
+            if state is None:
+                watch.vanished = not watch.exited.is_set()
+                watch.exited.set()
+                return
+            st = state.get("State", {})
+            if st.get("OOMKilled"):
+                watch.oom_seen = True
+            if st.get("Status") in ("exited", "dead"):
+                watch.exit_code = int(st.get("ExitCode", -1))
+                watch.exited.set()
+
+        self._guard(watch, "reconcile", check)
+
+    def _deadline_loop(self) -> None:
+        while not self._closing.is_set():
+            with self._deadline_cv:
+                while self._deadlines and self._deadlines[0][1] not in self._watches:
+                    heapq.heappop(self._deadlines)
+                if not self._deadlines:
+                    self._deadline_cv.wait()
+                    continue
+                when, cid = self._deadlines[0]
+                delay = when - time.time()
+                if delay > 0:
+                    self._deadline_cv.wait(timeout=delay)
+                    continue
+                heapq.heappop(self._deadlines)
+                watch = self._watches.get(cid)
+            if watch is not None and not watch.exited.is_set():
+                threading.Thread(
+                    target=self.stop, args=(watch,), kwargs={"reason": "timeout"},
+                    name=f"agentrt-timeout-{watch.session_id}", daemon=True,
+                ).start()
+
+    def _snapshot(self) -> list[Watch]:
+        with self._lock:
+            return list(self._watches.values())
+
+    def _locate_cgroup(self, watch: Watch) -> None:
+        state = watch.container.inspect() or {}
+        pid = int(state.get("State", {}).get("Pid") or 0)
+        watch.cgroup = ContainerCgroup.for_pid(pid, watch.container.id)
+
+    def _sample(self, watch: Watch) -> None:
+        self._sample_cgroup(watch)
+        if watch.disk_usage is not None:
+            watch.disk_used_bytes = watch.disk_usage()
+            if (watch.soft_disk and watch.disk_limit_bytes
+                    and watch.disk_used_bytes > watch.disk_limit_bytes
+                    and not watch.stopping):
+                watch.stopping = True  # one stop, not one per sample while it takes effect
+                threading.Thread(target=self.stop, args=(watch,), kwargs={"reason": "disk"},
+                                 daemon=True).start()
+
+    def _sample_cgroup(self, watch: Watch) -> None:
+        if watch.cgroup is not None:
+            reading = watch.cgroup.read()
+            if reading.memory_bytes is not None:
+                watch.memory_bytes = reading.memory_bytes
+            if reading.peak_memory_bytes is not None:
+                watch.peak_memory_bytes = max(watch.peak_memory_bytes, reading.peak_memory_bytes)
+            elif reading.memory_bytes is not None:
+                watch.peak_memory_bytes = max(watch.peak_memory_bytes, reading.memory_bytes)
+            if reading.cpu_seconds is not None:
+                watch.cpu_seconds = max(watch.cpu_seconds, reading.cpu_seconds)
+            if reading.oom_kills:
+                watch.oom_seen = True
+
+    def _final_sample(self, watch: Watch) -> None:
+        # The cgroup disappears with the container: read it once more at "die". Only the
+        # cgroup: measuring the disk (a tree walk in soft mode) would hold up the event stream.
+        with contextlib.suppress(Exception):
+            self._sample_cgroup(watch)
+
+    def _sample_loop(self) -> None:
+        tick = 0
+        while not self._closing.wait(self.sample_interval):
+            tick += 1
+            for watch in self._snapshot():
+                if watch.exited.is_set():
+                    continue
+                self._guard(watch, "sample", lambda w=watch: self._sample(w))  # type: ignore[misc]
+                if tick % RECONCILE_EVERY == 0:
+                    # A safety net only: exits are learnt from events, this catches a lost one.
+                    self.reconcile(watch)
+                if watch.on_sample is not None:
+                    self._guard(watch, "on_sample",
+                                lambda w=watch, t=tick: w.on_sample(w, t))  # type: ignore[misc]

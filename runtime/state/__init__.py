@@ -1,0 +1,1 @@
+"""What agentrt remembers: the state database, its schema and repair, liveness, recovery."""

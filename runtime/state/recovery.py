@@ -1,0 +1,353 @@
+"""Crash recovery and garbage collection: find leftovers by label and on disk, save, remove.
+
+A session is *orphaned* when the agentrt process that owns it is dead (pid plus process start
+time, so a reused pid is not mistaken for life). For each orphaned or finished-but-kept session
+:func:`collect_garbage`
+
+1. stops its container (SIGTERM, grace, SIGKILL),
+2. brings its work home exactly as a normal exit does: a harvest container reads the tree and
+   only a verified bundle reaches the branch (the volume is remounted if needed). A session
+   whose checkout never completed has nothing of the agent's and is not harvested,
+3. records it as ``crashed`` (if it had not finished; saying whether it died before its
+   container started) and
+4. removes container, database, mount, loop device and session directory, but only once the
+   work is home: if the harvest cannot finish (engine away, disk full) the volume is kept and
+   the next gc tries again.
+
+Sessions whose harvest failed at the end of a run (``work = kept``) are retried the same way.
+It never deletes a branch and never touches a session whose owner is alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from runtime.config import RunConfig
+from runtime.engine.container import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_SESSION
+from runtime.engine.volumes import open_volume
+from runtime.errors import AgentRuntimeError, NotFoundError
+from runtime.git.bundle import ImportPolicy
+from runtime.git.harvest import (
+    LABEL_HARVEST,
+    HarvestPlan,
+    WorkOutcome,
+    bring_work_home,
+)
+from runtime.git.object_store import ensure_store, remove_run_stores, runs_dir
+from runtime.git.safe_git import MainRepo
+from runtime.models import SessionStatus, WorkState, utcnow
+from runtime.state.liveness import owner_alive
+from runtime.state.repair import open_store_for_gc, session_dirs
+from runtime.state.store import Store
+
+log = logging.getLogger(__name__)
+
+SESSION_FILE = "session.json"
+
+
+def engine_times(state: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """A container's start and finish times from its engine ``State`` (None when unset)."""
+    return _engine_time(state.get("StartedAt")), _engine_time(state.get("FinishedAt"))
+
+
+def _engine_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value or value.startswith("0001-"):
+        return None
+    text = value.replace("Z", "+00:00")
+    whole, _, rest = text.partition(".")
+    if rest:
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        text = f"{whole}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def import_policy(config: RunConfig, secret_names: list[str]) -> ImportPolicy:
+    """The bundle import policy of a run, with the values of the task's secrets."""
+    import os
+
+    return ImportPolicy(
+        max_import_bytes=config.max_import_mb * 1024 * 1024,
+        max_file_bytes=config.max_file_mb * 1024 * 1024,
+        secrets={n: os.environ[n] for n in secret_names if os.environ.get(n)},
+    )
+
+
+@dataclass
+class SessionMarker:
+    """What the session directory says about its session (written before the agent starts)."""
+
+    session_id: str
+    run_id: str
+    branch: str
+    owner_pid: int | None
+    owner_start_time: float | None
+    keep: bool = False
+    base_commit: str = ""
+    uid: int = 1000
+    gid: int = 1000
+    checked_out: bool = False
+    work_kept: bool = False
+
+    def write(self, session_dir: Path) -> None:
+        """Store the marker in ``session_dir``."""
+        (session_dir / SESSION_FILE).write_text(json.dumps(self.__dict__))
+
+    @classmethod
+    def read(cls, session_dir: Path) -> SessionMarker | None:
+        """The marker of ``session_dir``, or None if missing or unreadable."""
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return cls(**json.loads((session_dir / SESSION_FILE).read_text()))
+        return None
+
+
+@dataclass
+class GcReport:
+    """What a garbage collection found and did."""
+
+    removed_containers: list[str] = field(default_factory=list)
+    removed_sessions: list[str] = field(default_factory=list)
+    saved_branches: dict[str, str] = field(default_factory=dict)
+    skipped_live: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return dict(self.__dict__)
+
+
+def _alive(pid: Any, start: Any) -> bool:
+    try:
+        return owner_alive(int(pid) if pid not in (None, "") else None,
+                           float(start) if start not in (None, "") else None)
+    except (TypeError, ValueError):
+        return False
+
+
+def _containers(client: docker.DockerClient | None, repo: MainRepo) -> dict[str, Any]:
+    if client is None:
+        return {}
+    with contextlib.suppress(docker.errors.DockerException):
+        found = client.containers.list(all=True, filters={"label": f"{LABEL_REPO}={repo.root}"})
+        return {c.labels[LABEL_SESSION]: c for c in found if LABEL_SESSION in c.labels}
+    return {}
+
+
+def _remove_stale_harvests(client: docker.DockerClient | None, repo: MainRepo,
+                           report: GcReport) -> None:
+    """Harvest containers left by a killed agentrt (their owner is dead)."""
+    if client is None:
+        return
+    with contextlib.suppress(docker.errors.DockerException):
+        for container in client.containers.list(
+                all=True, filters={"label": [LABEL_HARVEST, f"{LABEL_REPO}={repo.root}"]}):
+            labels = container.labels
+            if _alive(labels.get(LABEL_OWNER_PID), labels.get(LABEL_OWNER_START)):
+                continue
+            container.remove(force=True, v=True)
+            report.removed_containers.append(str(container.name))
+
+
+def _remove_dead_run_stores(repo: MainRepo, store: Store | None) -> None:
+    """Object stores of runs that finished or whose owner died (rebuilt on demand by a retry)."""
+    root = runs_dir(repo)
+    if store is None or not root.is_dir():
+        return
+    for run_dir in root.iterdir():
+        try:
+            run = store.find_run(run_dir.name)
+        except NotFoundError:
+            continue
+        if run.finished_at is not None or not _alive(run.owner_pid, run.owner_start_time):
+            remove_run_stores(repo, run.id)
+
+
+def collect_garbage(
+    repo: MainRepo,
+    client: docker.DockerClient | None,
+    *,
+    only_session: str | None = None,
+    include_finished: bool = True,
+    grace_seconds: int = 5,
+) -> GcReport:
+    """Reconcile every session of ``repo`` whose owner is dead (or that finished and was kept)."""
+    report = GcReport()
+    containers = _containers(client, repo)
+    dirs = session_dirs(repo.state_dir)  # every volumes root, not only .git/agentrt
+    store = open_store_for_gc(repo.state_dir)  # None (and a warning) when it is damaged
+    try:
+        for session_id in sorted(set(containers) | set(dirs)):
+            if only_session and session_id != only_session:
+                continue
+            try:
+                _collect_one(repo, client, session_id, containers.get(session_id),
+                             dirs.get(session_id),
+                             store, report, include_finished, grace_seconds)
+            except (AgentRuntimeError, OSError, docker.errors.DockerException) as exc:
+                report.errors.append(f"{session_id}: {exc}")
+        _remove_stale_harvests(client, repo, report)
+        _finish_dead_runs(store)
+        _remove_dead_run_stores(repo, store)
+        _collect_database_servers(client, store, report)
+    finally:
+        if store is not None:
+            store.close()
+    return report
+
+
+def _finish_dead_runs(store: Store | None) -> None:
+    """Runs whose owner died without finishing are marked ``crashed``."""
+    if store is None:
+        return
+    for run in store.list_runs():
+        if run.finished_at is None and not _alive(run.owner_pid, run.owner_start_time):
+            for row in store.list_sessions(run.id, include_finished=False):
+                # Its owner died before it had a volume or a container: nothing to save.
+                result = row.result
+                result.status = SessionStatus.CRASHED
+                result.reason = ("the agentrt process died while setting the session up, "
+                                 "before its container started; finished by gc")
+                result.finished_at = utcnow()
+                store.upsert_session(result, run.id)
+            store.finish_run(run.id, "crashed",
+                             warnings=["the agentrt process died; sessions reconciled by gc"])
+
+
+def _collect_database_servers(client: docker.DockerClient | None, store: Store | None,
+                              report: GcReport) -> None:
+    """Remove shared PostgreSQL servers whose run is over (finished or owner dead)."""
+    if client is None or store is None:
+        return
+    from runtime.databases.postgres import stop_shared_server
+
+    with contextlib.suppress(docker.errors.DockerException):
+        servers = client.containers.list(all=True, filters={"label": "agentrt.role=database"})
+        for server in servers:
+            run_id = server.labels.get("agentrt.run", "")
+            try:
+                run = store.find_run(run_id)
+            except NotFoundError:
+                continue  # another repository's run: not ours to judge
+            if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
+                continue
+            stop_shared_server(run_id, client)
+            report.removed_containers.append(server.name)
+
+
+def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
+                 container: Any, session_dir: Path | None, store: Store | None,
+                 report: GcReport, include_finished: bool, grace_seconds: int) -> None:
+    marker = SessionMarker.read(session_dir) if session_dir else None
+    labels = container.labels if container is not None else {}
+    pid = labels.get(LABEL_OWNER_PID) or (marker.owner_pid if marker else None)
+    start = labels.get(LABEL_OWNER_START) or (marker.owner_start_time if marker else None)
+    row = None
+    if store is not None:
+        with contextlib.suppress(NotFoundError):
+            row = store.get_session(session_id)
+    finished = row is not None and row.result.status.is_final
+    kept_for_retry = marker is not None and marker.work_kept
+    if _alive(pid, start) and not kept_for_retry and \
+            not (finished and include_finished and marker and marker.keep):
+        report.skipped_live.append(session_id)
+        return
+    if container is not None:
+        with contextlib.suppress(docker.errors.DockerException):
+            container.reload()
+            if container.status == "running":
+                container.stop(timeout=grace_seconds)
+    branch = marker.branch if marker else (row.branch if row else None)
+    work = row.result.work if row is not None else WorkState.NONE
+    outcome: WorkOutcome | None = None
+    needs_harvest = (marker is not None and marker.checked_out and session_dir is not None
+                     and branch and repo.branch_head(branch)
+                     and (kept_for_retry or work in (WorkState.NONE, WorkState.KEPT)))
+    if needs_harvest and marker is not None and session_dir is not None and branch:
+        outcome = _harvest_orphan(repo, client, session_id, session_dir, marker, branch, store,
+                                  row)
+        if outcome.state is not WorkState.KEPT and outcome.head:
+            report.saved_branches[branch] = outcome.head
+    if store is not None and row is not None:
+        result = row.result
+        if not finished:
+            result.status = SessionStatus.CRASHED
+            started = container is not None and _ever_started(container)
+            result.reason = (
+                "the agentrt process owning this session died; work saved by gc" if started
+                else "the agentrt process died while setting the session up, before its "
+                     "container started; finished by gc")
+            result.finished_at = utcnow()
+        if outcome is not None:
+            result.work = outcome.state
+            result.head_commit = outcome.head
+            result.warnings.extend(w for w in outcome.warnings if w not in result.warnings)
+        elif branch and not finished:
+            result.head_commit = repo.branch_head(branch)
+        store.upsert_session(result, row.run_id)
+        store.add_event(row.run_id, "gc", "reconciled session", session_id=session_id)
+    if container is not None:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True, v=True)
+        report.removed_containers.append(container.name)
+    if outcome is not None and outcome.state is WorkState.KEPT:
+        # Nothing is deleted until it is safely home: the next gc tries again.
+        report.errors.append(f"{session_id}: {'; '.join(outcome.warnings)}")
+        if marker is not None and session_dir is not None and not marker.work_kept:
+            marker.work_kept = True
+            marker.write(session_dir)
+        return
+    if session_dir is not None:
+        open_volume(session_dir).remove()
+        report.removed_sessions.append(session_id)
+
+
+def _ever_started(container: Any) -> bool:
+    with contextlib.suppress(docker.errors.DockerException, KeyError, TypeError):
+        return not str(container.attrs["State"]["StartedAt"]).startswith("0001-")
+    return False
+
+
+def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
+                    session_dir: Path, marker: SessionMarker, branch: str,
+                    store: Store | None, row: Any) -> WorkOutcome:
+    """Bring an orphaned (or kept) session's work home, exactly as its own end would have."""
+    if client is None:
+        return WorkOutcome(WorkState.KEPT, repo.branch_head(branch),
+                           ["no Docker engine to harvest with; the volume is kept"])
+    config = RunConfig()
+    secrets: list[str] = []
+    if store is not None and row is not None:
+        with contextlib.suppress(NotFoundError, ValueError):
+            config = RunConfig.model_validate_json(store.find_run(row.run_id).config_json)
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            secrets = list(json.loads(row.manifest_json or "{}").get("task", {}).get("secrets", []))
+    try:
+        volume = open_volume(session_dir)
+        objects = ensure_store(repo, marker.run_id, marker.base_commit)
+    except AgentRuntimeError as exc:
+        return WorkOutcome(WorkState.KEPT, repo.branch_head(branch),
+                           [f"cannot reopen the session to harvest it: {exc}"])
+    plan = HarvestPlan(session_id=session_id, base_commit=marker.base_commit,
+                       workspace=volume.workspace, store=objects, uid=marker.uid,
+                       gid=marker.gid, memory_mb=config.resource_limits.memory_mb,
+                       runtime=config.runtime, labels={LABEL_REPO: str(repo.root)})
+    return bring_work_home(client, repo, plan, branch=branch,
+                           policy=import_policy(config, secrets))
+
+
+def reconcile_on_start(repo: MainRepo, client: docker.DockerClient | None) -> GcReport:
+    """Called when a run starts: recover orphans of dead processes, leave finished ones alone."""
+    return collect_garbage(repo, client, include_finished=False)
