@@ -44,6 +44,7 @@ from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import create_branch, create_workspace, new_session_id
 from runtime.models import Manifest, SessionResult, SessionStatus, WorkState, utcnow
 from runtime.presets import resolve_command, resolve_image
+from runtime.run.classify import EndFacts, classify
 from runtime.run.supervisor import Supervisor, Watch
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import SessionMarker, engine_times, import_policy
@@ -368,32 +369,14 @@ class IsolatedAgentSession:
         oom = watch.oom_seen or bool(st.get("OOMKilled"))
         low_disk = self.volume is not None and self.volume.mode == "loop" and \
             self.volume.free_bytes() < DISK_FULL_MARGIN
-        if watch.cancelled or self._cancel.is_set() or self._stop_requested():
-            status, reason = SessionStatus.CANCELLED, "stopped on request"
-        elif watch.timed_out:
-            status, reason = SessionStatus.TIMED_OUT, \
-                f"ran past time_seconds={self.limits.time_seconds}"
-        elif watch.disk_exceeded:
-            status = SessionStatus.DISK_FULL
-            reason = f"used more than disk_mb={self.limits.disk_mb}"
-        elif watch.engine_interrupted:
-            status, reason = SessionStatus.CRASHED, "the Docker engine restarted during the session"
-        elif watch.vanished or not state:
-            status, reason = SessionStatus.CRASHED, "container vanished"
-        elif oom:
-            status, reason = SessionStatus.OOM_KILLED, \
-                f"out of memory at memory_mb={self.limits.memory_mb}"
-        elif self.result.exit_code == 0:
-            status, reason = SessionStatus.SUCCEEDED, None
-        elif low_disk:
-            status = SessionStatus.DISK_FULL
-            reason = f"volume full at disk_mb={self.limits.disk_mb}"
-        elif watch.external_kill or (self.result.exit_code == 137 and not watch.stopping):
-            status, reason = SessionStatus.CRASHED, "container was killed from outside agentrt"
-        elif st.get("Error"):
-            status, reason = SessionStatus.CRASHED, str(st["Error"])
-        else:
-            status, reason = SessionStatus.FAILED, f"exit code {self.result.exit_code}"
+        facts = EndFacts(
+            cancelled=watch.cancelled or self._cancel.is_set() or self._stop_requested(),
+            timed_out=watch.timed_out, disk_exceeded=watch.disk_exceeded,
+            engine_lost=watch.engine_interrupted, vanished=watch.vanished or not state,
+            oom=oom, exit_code=self.result.exit_code, volume_full=low_disk,
+            external_kill=watch.external_kill, stopping=watch.stopping,
+            engine_error=str(st["Error"]) if st.get("Error") else None)
+        status, reason = classify(facts, self.limits)
         self.result.status = status
         self.result.reason = reason
         started, finished = engine_times(st)

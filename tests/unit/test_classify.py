@@ -1,0 +1,71 @@
+"""The exit classifier, table-driven: every status, and every precedence rule between facts."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from runtime.config import ResourceLimits
+from runtime.models import SessionStatus
+from runtime.run.classify import PRECEDENCE, EndFacts, classify
+
+LIMITS = ResourceLimits(memory_mb=256, time_seconds=60, disk_mb=32)
+S = SessionStatus
+
+# One row per way of ending: the facts, then the status and the reason it must give.
+CASES: list[tuple[str, EndFacts, SessionStatus, str | None]] = [
+    ("cancelled", EndFacts(cancelled=True, exit_code=143), S.CANCELLED, "stopped on request"),
+    ("timed_out", EndFacts(timed_out=True, exit_code=137, stopping=True), S.TIMED_OUT,
+     "ran past time_seconds=60"),
+    ("disk_exceeded", EndFacts(disk_exceeded=True, exit_code=143), S.DISK_FULL,
+     "used more than disk_mb=32"),
+    ("engine_lost", EndFacts(engine_lost=True), S.CRASHED,
+     "the Docker engine restarted during the session"),
+    ("vanished", EndFacts(vanished=True), S.CRASHED, "container vanished"),
+    ("oom", EndFacts(oom=True, exit_code=137), S.OOM_KILLED, "out of memory at memory_mb=256"),
+    ("exit 0", EndFacts(exit_code=0), S.SUCCEEDED, None),
+    ("volume_full", EndFacts(volume_full=True, exit_code=1), S.DISK_FULL,
+     "volume full at disk_mb=32"),
+    ("external_kill", EndFacts(exit_code=137), S.CRASHED,
+     "container was killed from outside agentrt"),
+    ("engine_error", EndFacts(exit_code=127, engine_error="exec: no such file"), S.CRASHED,
+     "exec: no such file"),
+    ("exit code", EndFacts(exit_code=3), S.FAILED, "exit code 3"),
+]
+
+
+@pytest.mark.parametrize(("name", "facts", "status", "reason"), CASES, ids=[c[0] for c in CASES])
+def test_each_way_of_ending_has_its_status_and_reason(
+    name: str, facts: EndFacts, status: SessionStatus, reason: str | None
+) -> None:
+    assert classify(facts, LIMITS) == (status, reason)
+
+
+def test_every_terminal_status_a_session_can_end_in_is_covered() -> None:
+    reachable = {status for _, _, status, _ in CASES}
+    not_from_an_exit = {S.PENDING, S.RUNNING, S.SKIPPED}  # set by the scheduler, not an exit
+    assert reachable == set(SessionStatus) - not_from_an_exit
+
+
+def test_the_table_follows_the_documented_precedence() -> None:
+    assert [c[0] for c in CASES] == list(PRECEDENCE)
+
+
+@pytest.mark.parametrize(("higher", "lower"), list(itertools.combinations(range(len(CASES)), 2)))
+def test_when_two_facts_are_seen_the_higher_one_decides(higher: int, lower: int) -> None:
+    # Both rows' facts at once; where both set an exit code, the higher row's is kept.
+    merged = {**_seen(CASES[lower][1]), **_seen(CASES[higher][1])}
+    status, reason = classify(EndFacts(**merged), LIMITS)
+    expected = CASES[higher]
+    assert (status, reason) == (expected[2], expected[3]), (CASES[higher][0], CASES[lower][0])
+
+
+def _seen(facts: EndFacts) -> dict[str, object]:
+    """The fields of ``facts`` that are set (not their defaults)."""
+    default = EndFacts()
+    return {k: v for k, v in facts.__dict__.items() if v != getattr(default, k)}
+
+
+def test_an_agentrt_stop_is_never_mistaken_for_an_outside_kill() -> None:
+    assert classify(EndFacts(exit_code=137, stopping=True), LIMITS) == (S.FAILED, "exit code 137")
