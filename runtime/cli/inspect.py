@@ -24,6 +24,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from runtime import paths
 from runtime.errors import ConfigError, NotFoundError
 from runtime.git.safe_git import MainRepo, run_git
 from runtime.models import SessionStatus, WorkState
@@ -47,7 +48,7 @@ def open_store(repo: MainRepo) -> Store:
     """The repository's state database; NotFoundError if agentrt never ran here."""
     from runtime.state.store import Store
 
-    path = repo.state_dir / "state.db"
+    path = paths.state_db(repo.state_dir)
     if not path.exists():
         raise NotFoundError(f"no agentrt runs in {repo.root} yet")
     return Store(path)
@@ -136,7 +137,7 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
 
 def saved_log_path(repo: MainRepo, session_id: str) -> Path:
     """Where a finished session's output is kept."""
-    return repo.state_dir / "logs" / f"{session_id}.log"
+    return paths.log_path(repo.state_dir, session_id)
 
 
 def redact_stream(chunks: Iterable[bytes], secrets: list[str]) -> Iterator[bytes]:
@@ -226,15 +227,11 @@ def _live_output(container: Any, store: Store, session_id: str, follow: bool) ->
 
 
 def _container(client: Callable[[], docker.DockerClient], row: SessionRow) -> Any:
-    import docker.errors
 
-    from runtime.engine.discovery import engine_errors
 
-    with engine_errors(f"find the container of {row.id}"):
-        try:
-            return client().containers.get(row.container_id or f"agentrt-{row.id}")
-        except docker.errors.NotFound:
-            return None
+    from runtime.engine.labels import find_container
+
+    return find_container(client(), row.id)
 
 
 def terminal_safe(text: str) -> str:

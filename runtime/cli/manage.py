@@ -187,7 +187,13 @@ def shell(session: str, command: tuple[str, ...], repo: str) -> None:
         raise ConfigError("the docker CLI is needed for an interactive shell")
     flags = ["-it"] if sys.stdin.isatty() and sys.stdout.isatty() else ["-i"]
     argv = list(command) or ["sh"]
-    os.execv(docker, [docker, "exec", *flags, "-w", "/workspace", f"agentrt-{row.id}", *argv])
+    from runtime.engine.discovery import get_client
+    from runtime.engine.labels import find_container
+
+    container = find_container(get_client(), row.id)
+    if container is None:
+        raise NotFoundError(f"the container of {row.id} is gone")
+    os.execv(docker, [docker, "exec", *flags, "-w", "/workspace", container.id, *argv])
 
 
 @click.group()

@@ -48,13 +48,12 @@ import requests.exceptions
 from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
 from runtime.config import RunConfig
-from runtime.engine.container import LABEL_RUN, LABEL_SESSION
+from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.errors import AgentRuntimeError, DatabaseError
 
 IMAGE_NAME = "postgres"
 IMAGE = "agentrt/postgres:latest"
 PORT = 5432
-LABEL_ROLE = "agentrt.role"
 ROLE_DATABASE = "database"
 NAME_PREFIX = "agentrt_"
 MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1: longer names are silently truncated

@@ -19,15 +19,11 @@ from docker.types import LogConfig, Mount
 
 from runtime.config import ResourceLimits
 from runtime.engine.discovery import engine_errors
+from runtime.engine.labels import LABEL_RUN, LABEL_SESSION, container_name
 from runtime.errors import EngineError, SessionError
 
 WORKSPACE = "/workspace"
 DB_MOUNT = "/agentrt/db"
-LABEL_SESSION = "agentrt.session"
-LABEL_RUN = "agentrt.run"
-LABEL_OWNER_PID = "agentrt.owner.pid"
-LABEL_OWNER_START = "agentrt.owner.start"
-LABEL_REPO = "agentrt.repo"
 LOG_MAX_SIZE = "10m"
 # gVisor's sandbox (sentry and gofer threads) lives in the container's pids cgroup: below
 # about 100 pids it cannot even start, so the agent's own limit is granted on top of this.
@@ -97,7 +93,7 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
         **HARDENING,
         "image": plan.image,
         "command": list(plan.command),
-        "name": f"agentrt-{plan.session_id}",
+        "name": container_name(plan.session_id),
         "hostname": plan.session_id[:63],
         "working_dir": WORKSPACE,
         "user": f"{plan.uid}:{plan.gid}",

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime import paths
 from runtime.errors import BundleRefusedError, GitError
 from runtime.git.safe_git import MainRepo, git_env
 
@@ -151,7 +152,7 @@ def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str
     if verify.returncode != 0:
         raise BundleRefusedError(f"{bundle.name}: git bundle verify failed: "
                                  f"{_words(verify.stderr)}")
-    quarantine = repo.state_dir / "quarantine" / pysecrets.token_hex(6)
+    quarantine = paths.quarantine_root(repo.state_dir) / pysecrets.token_hex(6)
     (quarantine / "pack").mkdir(parents=True)
     try:
         packs = _index_pack(repo, bundle, header, quarantine, policy)

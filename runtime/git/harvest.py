@@ -38,8 +38,10 @@ import docker.errors
 import requests
 from docker.types import Mount
 
-from runtime.engine.container import HARDENING, LABEL_REPO, WORKSPACE
+from runtime import paths
+from runtime.engine.container import HARDENING, WORKSPACE
 from runtime.engine.discovery import engine_errors
+from runtime.engine.labels import LABEL_HARVEST, LABEL_REPO
 from runtime.errors import BundleRefusedError, EngineError, GitError, HarvestError
 from runtime.git.bundle import ImportPolicy, import_bundle
 from runtime.git.safe_git import MainRepo
@@ -48,7 +50,6 @@ from runtime.models import WorkState
 log = logging.getLogger(__name__)
 
 HARVEST_IMAGE = "agentrt/base:latest"
-LABEL_HARVEST = "agentrt.harvest"
 OUT_DIR = "/var/tmp/agentrt-harvest"
 BUNDLES = ("work.bundle", "files.bundle")
 EXIT_UNCHANGED = 3
@@ -312,7 +313,7 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
     ``<state>/harvest/<session>/`` and reported; a harvest that cannot finish (engine gone, disk
     full) reports ``kept`` so the caller keeps the volume for a later retry.
     """
-    dest = harvest_dir(repo, plan.session_id)
+    dest = paths.harvest_dir(repo.state_dir, plan.session_id)
     current = repo.branch_head(branch)
     if current is None:
         return WorkOutcome(WorkState.KEPT, None, [f"session branch {branch} is missing; the "
@@ -372,11 +373,6 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
             if name != "work.bundle" and path.exists():
                 path.unlink()
     return WorkOutcome(state, head, warnings)
-
-
-def harvest_dir(repo: MainRepo, session_id: str) -> Path:
-    """Where a session's bundles wait for import (and refused ones stay for inspection)."""
-    return repo.state_dir / "harvest" / session_id
 
 
 def _keep_rejected(bundle: Path) -> None:

@@ -21,6 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
+from runtime import paths
 from runtime.errors import GitError, WorkspaceError
 from runtime.git.safe_git import MainRepo
 
@@ -28,16 +29,11 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 READY = "agentrt-store-ready"
 
 
-def runs_dir(repo: MainRepo) -> Path:
-    """Where per-run files live (object stores)."""
-    return repo.state_dir / "runs"
-
-
 def store_path(repo: MainRepo, run_id: str, commit: str) -> Path:
     """The object directory holding everything ``commit`` reaches, for ``run_id``."""
     if not _COMMIT.match(commit):
         raise WorkspaceError(f"not a full commit id: {commit!r}")
-    return runs_dir(repo) / run_id / "objects" / commit
+    return paths.runs_dir(repo.state_dir) / run_id / "objects" / commit
 
 
 def ensure_store(repo: MainRepo, run_id: str, commit: str) -> Path:
@@ -81,6 +77,6 @@ def ensure_store(repo: MainRepo, run_id: str, commit: str) -> Path:
 
 def remove_run_stores(repo: MainRepo, run_id: str) -> None:
     """Delete every object store of ``run_id`` (at the end of the run, or by gc)."""
-    shutil.rmtree(runs_dir(repo) / run_id / "objects", ignore_errors=True)
+    shutil.rmtree(paths.runs_dir(repo.state_dir) / run_id / "objects", ignore_errors=True)
     with contextlib.suppress(OSError):
-        (runs_dir(repo) / run_id).rmdir()
+        (paths.runs_dir(repo.state_dir) / run_id).rmdir()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import docker
 
+from runtime import paths
 from runtime.config import RunConfig, Task, validate_tasks
 from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.git.object_store import remove_run_stores
@@ -161,7 +162,7 @@ class AgentCoordinator:
         finished_order: list[str] = []
         scheduler = DagScheduler({t.id: t.deps for t in tasks}, self.config.max_concurrent_agents)
         done: queue.Queue[tuple[str, SessionResult]] = queue.Queue()
-        self.store = Store(self.repo.state_dir / "state.db")
+        self.store = Store(paths.state_db(self.repo.state_dir))
         self.store.create_run(
             self.run_id, str(self.repo.root), base_commit, target, self.config.merge,
             self.config.model_dump_json(), os.getpid(), process_start_time(os.getpid()),

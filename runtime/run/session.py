@@ -27,15 +27,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import docker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from runtime import paths
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.databases.sqlite import SessionDatabase, create_sqlite
-from runtime.engine.container import (
-    LABEL_OWNER_PID,
-    LABEL_OWNER_START,
-    LABEL_REPO,
-    AgentContainer,
-    ContainerPlan,
-)
+from runtime.engine.container import AgentContainer, ContainerPlan
+from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.harvest import HarvestPlan, bring_work_home
@@ -407,7 +403,7 @@ class IsolatedAgentSession:
     @property
     def log_path(self) -> Path:
         """Where the agent's output is kept after its container is gone."""
-        return self.repo.state_dir / "logs" / f"{self.session_id}.log"
+        return paths.log_path(self.repo.state_dir, self.session_id)
 
     def _save_logs(self) -> None:
         if self.container is None:

@@ -12,6 +12,7 @@ import contextlib
 
 import docker.errors
 
+from runtime.engine.labels import find_container
 from runtime.errors import NotFoundError
 from runtime.git.safe_git import MainRepo
 from runtime.run.session import STOP_REQUESTED
@@ -45,8 +46,10 @@ def stop_target(repo: MainRepo, store: Store, target: str, grace: int = 10) -> l
             continue
         store.add_event(row.run_id, STOP_REQUESTED, "stop requested", session_id=row.id)
         if owner_alive(row.owner_pid, row.owner_start_time):
-            with contextlib.suppress(docker.errors.NotFound):
-                client.api.stop(f"agentrt-{row.id}", timeout=grace)
+            container = find_container(client, row.id)
+            if container is not None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.api.stop(container.id, timeout=grace)
         else:
             collect_garbage(repo, client, only_session=row.id, grace_seconds=grace)
         stopped.append(row.id)

@@ -28,7 +28,8 @@ import docker
 import docker.errors
 
 from runtime.engine.cgroups import ContainerCgroup
-from runtime.engine.container import LABEL_RUN, AgentContainer
+from runtime.engine.container import AgentContainer
+from runtime.engine.labels import LABEL_RUN
 
 log = logging.getLogger(__name__)
 

@@ -34,19 +34,27 @@ import docker
 import docker.errors
 
 from runtime.config import RunConfig
-from runtime.engine.container import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_SESSION
+from runtime.engine.labels import (
+    LABEL_HARVEST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_START,
+    LABEL_REPO,
+    LABEL_ROLE,
+    LABEL_RUN,
+    LABEL_SESSION,
+)
 from runtime.engine.volumes import open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.bundle import ImportPolicy
 from runtime.git.harvest import (
-    LABEL_HARVEST,
     HarvestPlan,
     WorkOutcome,
     bring_work_home,
 )
-from runtime.git.object_store import ensure_store, remove_run_stores, runs_dir
+from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.models import SessionStatus, WorkState, utcnow
+from runtime.paths import runs_dir
 from runtime.state.liveness import owner_alive
 from runtime.state.repair import open_store_for_gc, session_dirs
 from runtime.state.store import Store
@@ -163,7 +171,7 @@ def _remove_stale_harvests(client: docker.DockerClient | None, repo: MainRepo,
 
 def _remove_dead_run_stores(repo: MainRepo, store: Store | None) -> None:
     """Object stores of runs that finished or whose owner died (rebuilt on demand by a retry)."""
-    root = runs_dir(repo)
+    root = runs_dir(repo.state_dir)
     if store is None or not root.is_dir():
         return
     for run_dir in root.iterdir():
@@ -234,9 +242,9 @@ def _collect_database_servers(client: docker.DockerClient | None, store: Store |
     from runtime.databases.postgres import stop_shared_server
 
     with contextlib.suppress(docker.errors.DockerException):
-        servers = client.containers.list(all=True, filters={"label": "agentrt.role=database"})
+        servers = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}=database"})
         for server in servers:
-            run_id = server.labels.get("agentrt.run", "")
+            run_id = server.labels.get(LABEL_RUN, "")
             try:
                 run = store.find_run(run_id)
             except NotFoundError:

@@ -41,6 +41,7 @@ from runtime.engine.volumes import known_volume_roots
 from runtime.errors import GitError, StateDamagedError, StateError
 from runtime.git.safe_git import MainRepo, run_git
 from runtime.models import SessionResult, SessionStatus
+from runtime.paths import logs_dir
 from runtime.state.schema import RESOURCE_COLUMNS, RunRow, SessionRow, run_row, session_row
 from runtime.state.store import Store
 
@@ -101,7 +102,7 @@ def session_dirs(state_dir: Path) -> dict[str, Path]:
 def saved_logs(state_dir: Path) -> dict[str, Path]:
     """Every saved session log ``logs/<session id>.log``."""
     with contextlib.suppress(OSError):
-        return {p.stem: p for p in (state_dir / "logs").glob("*.log") if p.is_file()}
+        return {p.stem: p for p in logs_dir(state_dir).glob("*.log") if p.is_file()}
     return {}
 
 

@@ -1,0 +1,36 @@
+"""The labels agentrt puts on what it creates, and finding containers by them (never by name).
+
+Every container, network and volume agentrt makes carries ``agentrt.*`` labels; clean-up,
+``stop``, ``shell``, ``logs`` and ``gc`` find things by label only, so a container someone else
+named ``agentrt-…`` is never touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import docker
+import docker.errors
+
+from runtime.engine.discovery import engine_errors
+
+LABEL_SESSION = "agentrt.session"
+LABEL_RUN = "agentrt.run"
+LABEL_OWNER_PID = "agentrt.owner.pid"
+LABEL_OWNER_START = "agentrt.owner.start"
+LABEL_REPO = "agentrt.repo"
+LABEL_ROLE = "agentrt.role"
+LABEL_HARVEST = "agentrt.harvest"
+
+
+def container_name(session_id: str) -> str:
+    """The name of a session's container (for people reading ``docker ps``; never looked up)."""
+    return f"agentrt-{session_id}"
+
+
+def find_container(client: docker.DockerClient, session_id: str) -> Any | None:
+    """The session's agent container, found by its ``agentrt.session`` label; None if gone."""
+    with engine_errors(f"find the container of {session_id}"):
+        found = client.containers.list(all=True,
+                                       filters={"label": f"{LABEL_SESSION}={session_id}"})
+    return found[0] if found else None
