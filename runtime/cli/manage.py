@@ -125,26 +125,11 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bool) -> None:
     """Merge (auto) or check (review) a finished run's branches into the target."""
-    from runtime.git.merge import merge_agent_results
+    from runtime.run.merging import merge_run
 
     main_repo = MainRepo(repo)
     with open_store(main_repo) as store:
-        run = store.latest_run() if run_id == "latest" else store.find_run(run_id)
-        if run is None:
-            raise NotFoundError("no runs recorded yet")
-        report = store.run_report(run.id)
-        into = target or report.target
-        if not into:
-            raise ConfigError("no target branch: pass --target")
-        order = sorted(report.sessions, key=lambda s: (s.finished_at is None, s.finished_at))
-        merge_agent_results(order, strategy, repo=main_repo, target=into,  # type: ignore[arg-type]
-                            run_id=run.id)
-        for session in report.sessions:
-            if session.branch:
-                store.upsert_session(session, run.id)
-        store.set_run_merge(run.id, strategy, into)
-    report.merge = strategy
-    report.target = into
+        report = merge_run(main_repo, store, run_id, strategy, target)  # type: ignore[arg-type]
     print_report(report, as_json)
     sys.exit(report.exit_code())
 

@@ -159,7 +159,6 @@ class AgentCoordinator:
                            target=target, merge=self.config.merge, started_at=utcnow())
         by_id = {t.id: t for t in tasks}
         results: dict[str, SessionResult] = {}
-        finished_order: list[str] = []
         scheduler = DagScheduler({t.id: t.deps for t in tasks}, self.config.max_concurrent_agents)
         done: queue.Queue[tuple[str, SessionResult]] = queue.Queue()
         self.store = Store(paths.state_db(self.repo.state_dir))
@@ -194,7 +193,6 @@ class AgentCoordinator:
                     if self._run_stop_requested():
                         self.cancel()
                     results[task_id] = result
-                    finished_order.append(task_id)
                     outcome = _OUTCOME.get(result.status, TaskState.FAILED)
                     for skipped in scheduler.finish(task_id, outcome):
                         results[skipped] = self._placeholder(
@@ -210,7 +208,7 @@ class AgentCoordinator:
         report.interrupted = self._cancelled.is_set()
         if self.config.merge != "none" and not report.interrupted:
             if target:
-                self._merge(report, finished_order, target)
+                self._merge(report, target)
             elif self.config.merge == "auto":
                 from runtime.git.merge import auto_merge_blocker
 
@@ -348,15 +346,13 @@ class AgentCoordinator:
         with self._lock:
             return list(self._live.values())
 
-    def _merge(self, report: RunReport, finished_order: list[str], target: str) -> None:
+    def _merge(self, report: RunReport, target: str) -> None:
         from runtime.git.merge import merge_agent_results
+        from runtime.run.merging import merge_order
 
-        # Deterministic: dependency (file) order was enforced by the DAG; then finish time.
-        position = {task_id: i for i, task_id in enumerate(finished_order)}
-        ordered = sorted(report.sessions, key=lambda s: position.get(s.task_id, 1 << 30))
         try:
-            merge_agent_results(ordered, self.config.merge, repo=self.repo, target=target,
-                                run_id=self.run_id)
+            merge_agent_results(merge_order(report.sessions), self.config.merge, repo=self.repo,
+                                target=target, run_id=self.run_id)
         except AgentRuntimeError as exc:
             report.warnings.append(f"merge: {exc}")
             if self.config.merge == "auto":
