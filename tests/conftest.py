@@ -49,13 +49,14 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[object]:
     """A client of a real Docker engine with agentrt/base:latest built."""
-    try:
-        from runtime.engine.discovery import connect
-        from runtime.engine.images import require_image
+    from runtime.engine.discovery import connect
+    from runtime.engine.images import require_image
+    from runtime.errors import AgentRuntimeError
 
+    try:
         client = connect()
         require_image(client, "agentrt/base:latest")
-    except Exception as exc:  # noqa: BLE001 - any failure means "no usable engine"
+    except AgentRuntimeError as exc:  # no engine, or no base image: agentrt's own errors
         message = f"a Docker engine with agentrt/base:latest is required: {exc}"
         if REQUIRE_DOCKER:
             pytest.fail(message, pytrace=False)

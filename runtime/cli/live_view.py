@@ -95,7 +95,7 @@ class ProgressView:
             table.add_column(col, overflow="ellipsis", no_wrap=True)
         try:
             live = self.live_stats()
-        except Exception:  # the view never takes the run down
+        except Exception:  # noqa: BLE001 - the view never takes the run down
             live = {}
         for r in rows:
             table.add_row(*self._row(r, live.get(r.task_id)))

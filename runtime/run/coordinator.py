@@ -288,7 +288,7 @@ class AgentCoordinator:
         if self.listener is not None:
             try:
                 self.listener(event, result)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a view's bug never changes the run
                 log.warning("progress listener failed: %s", exc)
 
     @contextlib.contextmanager

@@ -103,5 +103,5 @@ class ConflictRadar:
         while not self._stop.wait(self.interval):
             try:
                 self.scan()
-            except Exception as exc:  # the radar is advisory: never disturb the run
+            except Exception as exc:  # noqa: BLE001 - the radar is advisory: never disturb the run
                 log.warning("conflict radar: %s", exc)

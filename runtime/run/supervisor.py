@@ -154,7 +154,7 @@ class Supervisor:
                 self.fault_injector(watch.session_id, what)
             action()
             return True
-        except Exception as exc:  # contain any failure to the one session it concerns
+        except Exception as exc:  # noqa: BLE001 - contained to the one session it concerns
             log.warning("session %s: %s failed: %s", watch.session_id, what, exc)
             watch.errors.append(f"{what}: {exc}")
             return False
@@ -181,7 +181,7 @@ class Supervisor:
                     self._on_event(event)
                     if self._closing.is_set():
                         return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any break of the stream: reconnect
                 if self._closing.is_set():
                     return
                 log.warning("docker event stream broke (%s); reconnecting", exc)

@@ -84,10 +84,3 @@ def test_images_export_saves_the_exact_image_of_a_session(
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     assert session["image_digest"].split(":")[1] in manifest[0]["Config"]
-
-
-def test_colima_up_dry_run_sizes_the_profile_for_the_agents() -> None:
-    out = agentrt("colima", "up", "--agents", "4", "--dry-run")
-    assert out.returncode == 0
-    assert out.stdout.split() == ["colima", "start", "agentrt", "--cpu", "3", "--memory", "6",
-                                  "--disk", "40"]

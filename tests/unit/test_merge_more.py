@@ -15,7 +15,7 @@ import pytest
 
 from runtime.git.merge import check_merge, conflict_matrix, merge_agent_results
 from runtime.git.safe_git import MainRepo
-from tests.unit.test_merge import (
+from tests.merge_helpers import (
     LINES,
     assert_no_merge_state,
     change_line,

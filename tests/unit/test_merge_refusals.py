@@ -21,7 +21,7 @@ from runtime.git.merge import (
 )
 from runtime.git.safe_git import MainRepo
 from runtime.models import MergeInfo, RunReport, SessionResult, SessionStatus
-from tests.unit.test_merge import commit_branch, commit_worktree, git, make_repo, session
+from tests.merge_helpers import commit_branch, commit_worktree, git, make_repo, session
 
 ROOT = Path("/repo")
 
