@@ -230,10 +230,6 @@ class RunConfig(_Strict):
         """The effective limits of ``task``: the run's defaults with the task's overrides."""
         return task.resource_limits.apply_to(self.resource_limits)
 
-    def image_for(self, task: Task) -> str:
-        """The image ``task`` runs in."""
-        return task.image or self.image
-
     def network_for(self, task: Task) -> NetworkMode:
         """The network mode of ``task``."""
         return task.network or self.network

@@ -93,8 +93,11 @@ def colima_homes(env: Mapping[str, str], home: Path) -> list[Path]:
     """Directories Colima may keep its profiles in, most specific first."""
     homes: list[Path] = []
     if env.get("COLIMA_HOME"):
-        homes.append(Path(env["COLIMA_HOME"]))
-    homes += [home / ".colima", home / ".config" / "colima"]
+        homes.append(Path(env["COLIMA_HOME"]).expanduser())
+    homes.append(home / ".colima")
+    if env.get("XDG_CONFIG_HOME"):
+        homes.append(Path(env["XDG_CONFIG_HOME"]) / "colima")
+    homes.append(home / ".config" / "colima")
     return list(dict.fromkeys(homes))
 
 
