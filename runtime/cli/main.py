@@ -206,7 +206,8 @@ def images_export(session: str, file: Path, repo: str) -> None:
 
 def _register_commands() -> None:
     # Verbs live in modules of their own; registering them imports only click-level code.
-    from runtime import cli_inspect, cli_manage
+    from runtime.cli import inspect as cli_inspect
+    from runtime.cli import manage as cli_manage
 
     for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS):
         main.add_command(command)

@@ -216,11 +216,22 @@ class AgentCoordinator:
                     "no branch to merge into"
                 report.warnings.append(f"merge: {report.merge_refused}")
         report.finished_at = utcnow()
-        status = "interrupted" if report.interrupted else "finished"
-        self.store.finish_run(self.run_id, status, warnings=report.warnings)
-        for session in report.sessions:
-            self.store.upsert_session(session, self.run_id)
+        self._save_report(report)
         return report
+
+    def _save_report(self, report: RunReport) -> None:
+        """Store the final report; once sessions ran, a store failure is a warning, never an
+        error: the report is still returned (and printed), and the work is on its branches."""
+        if self.store is None:
+            return
+        status = "interrupted" if report.interrupted else "finished"
+        try:
+            self.store.finish_run(self.run_id, status, warnings=report.warnings)
+            for session in report.sessions:
+                self.store.upsert_session(session, self.run_id)
+        except AgentRuntimeError as exc:
+            report.warnings.append(f"state database: this report was not saved: {exc}")
+            log.error("state database: %s", exc)
 
     def _run_stop_requested(self) -> bool:
         """True once `agentrt stop RUN` asked this run to stop (from another process)."""
@@ -237,7 +248,8 @@ class AgentCoordinator:
         result = SessionResult(id=session_id, task_id=task.id, branch="", status=status,
                                reason=reason)
         if self.store is not None:
-            self.store.upsert_session(result, self.run_id)
+            with contextlib.suppress(AgentRuntimeError):  # saved again with the report
+                self.store.upsert_session(result, self.run_id)
         self._notify("finished", result)
         return result
 

@@ -141,7 +141,7 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
         # Another terminal sees what is kept, the space it holds and how to retry.
         ps = cli("ps", "--json", "--repo", str(repo))
         (entry,) = json.loads(ps.stdout)
-        assert entry["work"] == "kept" and entry["kept_bytes"] >= 48 * 1024 * 1024, entry
+        assert entry["work"] == "kept" and entry["kept_bytes"] >= 40 * 1024 * 1024, entry
         table = cli("ps", "--repo", str(repo))
         assert f"agentrt recover {session['id']}" in " ".join(table.stdout.split())
         # While the disk is still full, a retry keeps everything and says so.
