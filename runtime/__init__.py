@@ -21,6 +21,7 @@ from runtime.models import RunReport, SessionResult, SessionStatus
 if TYPE_CHECKING:
     from runtime.coordinator import AgentCoordinator
     from runtime.merge import merge_agent_results
+    from runtime.revert import revert_session
     from runtime.session import IsolatedAgentSession
 
 __all__ = [
@@ -36,12 +37,14 @@ __all__ = [
     "TaskFile",
     "load_task_file",
     "merge_agent_results",
+    "revert_session",
 ]
 
 _LAZY = {
     "AgentCoordinator": "runtime.coordinator",
     "IsolatedAgentSession": "runtime.session",
     "merge_agent_results": "runtime.merge",
+    "revert_session": "runtime.revert",
 }
 
 

@@ -72,7 +72,7 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
         as_json: bool) -> None:
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
     from runtime.coordinator import AgentCoordinator
-    from runtime.gitops import MainRepo
+    from runtime.directory_mode import open_repo
     from runtime.progress import ProgressView
 
     parsed = load_task_file(task_file)
@@ -82,7 +82,7 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     if merge_strategy:
         updates["merge"] = merge_strategy
     config = parsed.run.model_copy(update=updates)
-    main_repo = MainRepo(repo)
+    main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
     view.live_stats = coordinator.live_stats
@@ -206,9 +206,9 @@ def images_export(session: str, file: Path, repo: str) -> None:
 
 def _register_commands() -> None:
     # Verbs live in modules of their own; registering them imports only click-level code.
-    from runtime import cli_inspect, cli_manage
+    from runtime import cli_inspect, cli_manage, cli_revert
 
-    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS):
+    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS):
         main.add_command(command)
 
 

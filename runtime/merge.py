@@ -32,18 +32,20 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
+import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from runtime.conflicts import MergeCheck, SafeGit, check_commits, check_merge, conflict_matrix
-from runtime.errors import ConfigError, MergeError
+from runtime.errors import AgentRuntimeError, ConfigError, MergeError, NotFoundError
 from runtime.gitops import MainRepo, check_branch_name
-from runtime.models import Conflict, MergeInfo, SessionResult, SessionStatus
+from runtime.models import Conflict, MergeInfo, RunReport, SessionResult, SessionStatus
 
 __all__ = [
     "CheckoutState",
@@ -56,20 +58,29 @@ __all__ = [
     "merge_blocker",
     "merge_lock",
     "missed_merge_reason",
+    "record_outcomes",
 ]
+
+log = logging.getLogger(__name__)
 
 Strategy = Literal["review", "auto", "none"]
 
 
 def merge_agent_results(
-    sessions: list[SessionResult],
+    sessions_or_results: MergeInput,
     strategy: Strategy = "review",
+    repo: MainRepo | str | Path | None = None,
     *,
-    repo: MainRepo | str | Path,
     target: str | None = None,
     run_id: str = "",
 ) -> list[SessionResult]:
-    """Fill ``session.merge`` for every succeeded session; return the same list.
+    """Fill ``session.merge`` for every succeeded session; return their results.
+
+    ``sessions_or_results`` is a list of :class:`SessionResult` objects and/or
+    :class:`~runtime.session.IsolatedAgentSession` objects (their ``result`` is used), or a
+    :class:`RunReport` (its sessions). ``repo`` defaults to the sessions' repository (or the
+    report's); it must be given for bare results. ``run_id`` (for the merge commits' messages)
+    defaults to the report's or the sessions' run.
 
     * ``none``: nothing is checked; every ``merge.status`` stays ``not_attempted``.
     * ``review``: each branch is checked against ``target`` (``clean`` or ``conflicts``) and
@@ -80,28 +91,100 @@ def merge_agent_results(
       dependencies first, then finish time), each checked against the target as it is after the
       previous merges. A clean one becomes a merge commit (``merged``, ``merge_commit`` set); a
       branch the target already contains is ``merged`` with no new commit; a conflicting one is
-      left on its branch as ``conflicts``.
+      left on its branch as ``conflicts``. In directory mode the merged files are written into
+      the folder, and a session whose files changed in the folder meanwhile is ``conflicts``.
+
+    Sessions recorded in the repository's state database get their outcome recorded there (so
+    ``agentrt report`` shows it), and their run the strategy and target.
 
     ``target`` defaults to the branch checked out in the repository. Sessions that did not
     succeed are left untouched. Raises :class:`MergeError` if git fails, a branch or the target
     does not exist, or (auto) the target is checked out with uncommitted tracked changes or in
     a linked worktree; in those cases nothing is changed. Merges that landed before an error
-    stay, and their sessions say so. :class:`ConfigError` if ``target`` is no valid branch name.
+    stay, and their sessions say so. :class:`ConfigError` if ``target`` is no valid branch
+    name, an argument is of the wrong kind, or the repository cannot be inferred.
     """
     if strategy not in ("review", "auto", "none"):
         raise MergeError(f"unknown merge strategy {strategy!r}: use review, auto or none")
+    results, inferred, inferred_run = _inputs(sessions_or_results)
+    if repo is None and inferred is None:
+        raise ConfigError("merge_agent_results: pass repo= (SessionResult objects do not say "
+                          "which repository they belong to; sessions and reports do)")
+    if repo is not None and not isinstance(repo, MainRepo | str | os.PathLike):
+        raise ConfigError(f"repo must be a path or a MainRepo, not {type(repo).__name__}")
     if strategy == "none":
-        return sessions
-    main = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+        return results
+    main = repo if isinstance(repo, MainRepo) else (
+        MainRepo(repo) if repo is not None else inferred)
+    if main is None:  # pragma: no cover - ruled out above
+        raise ConfigError("merge_agent_results: no repository")
     target = _target(main, target)
-    todo = [s for s in sessions if s.status == SessionStatus.SUCCEEDED]
+    todo = [s for s in results if s.status == SessionStatus.SUCCEEDED]
     if not todo:
-        return sessions
-    if strategy == "review":
-        _review(main, todo, target)
-    else:
-        _auto(main, todo, target, run_id)
-    return sessions
+        return results
+    try:
+        if strategy == "review":
+            _review(main, todo, target)
+        else:
+            _auto(main, todo, target, run_id or inferred_run)
+    finally:
+        record_outcomes(main, todo, strategy, target)
+    return results
+
+
+MergeInput = RunReport | Sequence[object]
+
+
+def _inputs(value: object) -> tuple[list[SessionResult], MainRepo | None, str]:
+    """The results in ``value``, and the repository and run they name (if any)."""
+    if isinstance(value, RunReport):
+        return list(value.sessions), MainRepo(value.repo), value.run_id
+    if isinstance(value, str | bytes | SessionResult) or not isinstance(value, Sequence):
+        raise ConfigError("merge_agent_results takes a list of sessions or SessionResult "
+                          f"objects, or a RunReport, not {type(value).__name__}")
+    results: list[SessionResult] = []
+    repos: dict[Path, MainRepo] = {}
+    runs: set[str] = set()
+    for index, item in enumerate(value):
+        if isinstance(item, SessionResult):
+            results.append(item)
+            continue
+        result, repo = getattr(item, "result", None), getattr(item, "repo", None)
+        if not isinstance(result, SessionResult) or not isinstance(repo, MainRepo):
+            raise ConfigError(f"sessions_or_results[{index}] must be an IsolatedAgentSession "
+                              f"or a SessionResult, not {type(item).__name__}")
+        results.append(result)
+        repos.setdefault(repo.git_dir, repo)
+        runs.add(str(getattr(item, "run_id", "")))
+    if len(repos) > 1:
+        raise ConfigError("merge_agent_results: the sessions belong to different repositories: "
+                          + ", ".join(sorted(str(r.root) for r in repos.values())))
+    return results, next(iter(repos.values()), None), runs.pop() if len(runs) == 1 else ""
+
+
+def record_outcomes(repo: MainRepo, results: list[SessionResult], strategy: str,
+                    target: str) -> None:
+    """Write the merge outcome of every session the state database knows; best effort (a
+    merge that landed is never undone because its record could not be written)."""
+    path = repo.state_dir / "state.db"
+    if not path.exists():
+        return
+    from runtime.store import Store
+
+    try:
+        with Store(path) as store:
+            runs: set[str] = set()
+            for result in results:
+                try:
+                    row = store.get_session(result.id)
+                except NotFoundError:
+                    continue
+                store.upsert_session(result, row.run_id)
+                runs.add(row.run_id)
+            for run in sorted(runs):
+                store.set_run_merge(run, strategy, target)
+    except AgentRuntimeError as exc:
+        log.warning("merge outcome not recorded in %s: %s", path, exc)
 
 
 @dataclass(frozen=True)
@@ -324,8 +407,26 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
             message += f"\n\nBranch: {session.branch}\n"
             commit = git.run("commit-tree", result.tree, "-p", head, "-p", branch_head,
                              input=message).stdout.strip()
-            _advance(git, ref, head, commit, worktree)
+            clashes = advance_target(git, ref, head, commit, worktree)
+            if clashes:
+                session.merge = MergeInfo(status="conflicts", conflicts=clashes)
+                continue
             session.merge = MergeInfo(status="merged", merge_commit=commit)
+
+
+def advance_target(git: SafeGit, ref: str, old: str, new: str,
+                   worktree: Path | None) -> list[Conflict]:
+    """Move the target ``ref`` from ``old`` to ``new``, with its checkout (or, in directory
+    mode, its folder) following. Returns the folder's paths that changed underneath (then
+    nothing moved); raises MergeError if the checkout cannot follow."""
+    if git.repo.folder is not None:
+        from runtime.directory_mode import CHANGED_IN_FOLDER, advance_folder
+
+        with _signals_deferred():
+            paths = advance_folder(git.repo, ref, old, new, git.config)
+        return [Conflict(path=p, kind=CHANGED_IN_FOLDER) for p in paths]
+    _advance(git, ref, old, new, worktree)
+    return []
 
 
 def _advance(git: SafeGit, ref: str, old: str, new: str, worktree: Path | None) -> None:
