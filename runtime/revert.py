@@ -64,7 +64,8 @@ class Reverted:
 class RevertConflictError(MergeError):
     """A revert would conflict with later work on the target; nothing was changed.
 
-    ``conflicts`` maps the session id to its conflicting paths."""
+    ``conflicts`` maps the session id (``folder`` for files the folder changed underneath, in
+    directory mode) to its conflicting paths."""
 
     def __init__(self, message: str, conflicts: dict[str, list[Conflict]]) -> None:
         super().__init__(message)
@@ -193,7 +194,7 @@ def _revert(main: MainRepo, store: Store, rows: list[SessionRow],
         if clashes:
             raise RevertConflictError(
                 "the folder changed underneath in " + ", ".join(c.path for c in clashes)
-                + ": nothing was reverted", {merged[0].id: clashes})
+                + ": nothing was reverted", {"folder": clashes})
     _record(store, done)
     return done
 
