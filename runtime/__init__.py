@@ -19,8 +19,9 @@ from runtime.errors import AgentRuntimeError
 from runtime.models import RunReport, SessionResult, SessionStatus
 
 if TYPE_CHECKING:
-    from runtime.git.merge import merge_agent_results
     from runtime.run.coordinator import AgentCoordinator
+    from runtime.run.merging import merge_agent_results
+    from runtime.run.revert import revert_session
     from runtime.run.session import IsolatedAgentSession
 
 __all__ = [
@@ -36,12 +37,14 @@ __all__ = [
     "TaskFile",
     "load_task_file",
     "merge_agent_results",
+    "revert_session",
 ]
 
 _LAZY = {
     "AgentCoordinator": "runtime.run.coordinator",
     "IsolatedAgentSession": "runtime.run.session",
-    "merge_agent_results": "runtime.git.merge",
+    "merge_agent_results": "runtime.run.merging",
+    "revert_session": "runtime.run.revert",
 }
 
 

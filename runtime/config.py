@@ -6,17 +6,20 @@ Every model forbids unknown keys. :func:`load_task_file` turns any problem into 
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from runtime.errors import ConfigError
@@ -30,6 +33,8 @@ NetworkMode = Literal["none", "bridge"]
 DatabaseStrategy = Literal["per_agent", "shared"]
 ContainerRuntime = Literal["runc", "runsc"]
 AgentPreset = Literal["shell", "claude-code", "codex", "aider"]
+IsolationStrategy = Literal["git_worktree", "directory"]
+ExecutionMode = Literal["process", "thread"]
 
 # Upper bounds of every number a user writes (docs/operations.md, "Limits and their bounds").
 # Beyond them a value is a typo, and the engine or the kernel would fail it only once the
@@ -89,24 +94,95 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ResourceLimits(_Strict):
-    """Per-session quotas; every value must be a positive integer within its bound."""
+# The original design's names for the limits (``max_memory="2GB"``...), accepted as aliases.
+DESIGN_LIMIT_NAMES = {
+    "memory_mb": "max_memory",
+    "cpu_percent": "max_cpu_percent",
+    "time_seconds": "max_execution_time",
+    "disk_mb": "max_disk_usage",
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+_SIZE_UNIT_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+_TIME_RE = re.compile(r"^\s*(\d+)\s*([smh]?)\s*$", re.I)
+_TIME_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600}
 
-    memory_mb: MemoryMb = Field(1024, description="Memory limit in MiB; swap is not allowed.")
-    cpu_percent: CpuPercent = Field(50, description="Percent of one core: 200 means two cores.")
-    time_seconds: TimeSeconds = Field(3600, description="Wall-time limit, from container start.")
-    disk_mb: DiskMb = Field(5120, description="Size of the volume holding the worktree, MiB.")
+
+def _alias(name: str) -> AliasChoices:
+    return AliasChoices(name, DESIGN_LIMIT_NAMES[name])
+
+
+def size_to_mb(value: str, key: str) -> int:
+    """``"2GB"``, ``"512m"``, ``"1.5GiB"`` → MiB (binary units, as Docker's ``--memory 2g``;
+    a bare number is MiB); rounded up to a whole MiB."""
+    match = _SIZE_RE.match(value)
+    if match is None:
+        raise ValueError(f"{key}: {value!r} is not a size: write MB as a number, or a string "
+                         "such as \"512MB\" or \"2GB\"")
+    return math.ceil(float(match[1]) * _SIZE_UNIT_MB[match[2].lower()])
+
+
+def duration_to_seconds(value: str, key: str) -> int:
+    """``"90"``, ``"90s"``, ``"30m"``, ``"2h"`` → seconds."""
+    match = _TIME_RE.match(value)
+    if match is None:
+        raise ValueError(f"{key}: {value!r} is not a duration: write seconds as a number, or a "
+                         "string such as \"90s\", \"30m\" or \"2h\"")
+    return int(match[1]) * _TIME_UNIT_S[match[2].lower()]
+
+
+def _design_limits(data: Any) -> Any:
+    """Turn the design's string values (``max_memory="2GB"``) into the integers the strict
+    fields take; refuse a limit given under both of its names."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for name, alias in DESIGN_LIMIT_NAMES.items():
+        if name in data and alias in data:
+            raise ValueError(f"{name} and {alias} are the same limit: give one of them")
+        value = data.get(alias)
+        if isinstance(value, str) and alias in ("max_memory", "max_disk_usage"):
+            data[alias] = size_to_mb(value, alias)
+        elif isinstance(value, str) and alias == "max_execution_time":
+            data[alias] = duration_to_seconds(value, alias)
+    return data
+
+
+class ResourceLimits(_Strict):
+    """Per-session quotas; every value must be a positive integer within its bound.
+
+    The original design's names are accepted as aliases: ``max_memory`` (MiB, or a string such
+    as ``"2GB"``), ``max_cpu_percent``, ``max_execution_time`` (seconds, or ``"30m"``) and
+    ``max_disk_usage`` (MiB, or ``"10GB"``). Fields keep agentrt's names.
+    """
+
+    memory_mb: MemoryMb = Field(1024, validation_alias=_alias("memory_mb"),
+                                description="Memory limit in MiB; swap is not allowed.")
+    cpu_percent: CpuPercent = Field(50, validation_alias=_alias("cpu_percent"),
+                                    description="Percent of one core: 200 means two cores.")
+    time_seconds: TimeSeconds = Field(3600, validation_alias=_alias("time_seconds"),
+                                      description="Wall-time limit, from container start.")
+    disk_mb: DiskMb = Field(5120, validation_alias=_alias("disk_mb"),
+                            description="Size of the volume holding the worktree, MiB.")
     pids: Pids = Field(512, description="Maximum number of processes and threads.")
+
+    _design_names = model_validator(mode="before")(_design_limits)
 
 
 class LimitOverrides(_Strict):
-    """A task's partial override of the run's default :class:`ResourceLimits`."""
+    """A task's partial override of the run's default :class:`ResourceLimits` (the design's
+    names are accepted here too)."""
 
-    memory_mb: MemoryMb | None = Field(None, description="Memory limit in MiB.")
-    cpu_percent: CpuPercent | None = Field(None, description="Percent of one core.")
-    time_seconds: TimeSeconds | None = Field(None, description="Wall-time limit in seconds.")
-    disk_mb: DiskMb | None = Field(None, description="Volume size in MiB.")
+    memory_mb: MemoryMb | None = Field(None, validation_alias=_alias("memory_mb"),
+                                       description="Memory limit in MiB.")
+    cpu_percent: CpuPercent | None = Field(None, validation_alias=_alias("cpu_percent"),
+                                           description="Percent of one core.")
+    time_seconds: TimeSeconds | None = Field(None, validation_alias=_alias("time_seconds"),
+                                             description="Wall-time limit in seconds.")
+    disk_mb: DiskMb | None = Field(None, validation_alias=_alias("disk_mb"),
+                                   description="Volume size in MiB.")
     pids: Pids | None = Field(None, description="Maximum number of processes.")
+
+    _design_names = model_validator(mode="before")(_design_limits)
 
     def apply_to(self, limits: ResourceLimits) -> ResourceLimits:
         """Return ``limits`` with every value set here replacing the default."""
@@ -208,6 +284,41 @@ class RunConfig(_Strict):
         description="Absolute directory for session volumes (each reserves disk_mb there); "
         "default: the repository's .git/agentrt. AGENTRT_VOLUMES_DIR, if set, wins.",
     )
+    isolation_strategy: IsolationStrategy = Field(
+        "git_worktree",
+        description="git_worktree: the repository's own branches; directory: a folder that is "
+        "no git repository, kept in a private repository in agentrt's state directory.",
+    )
+    execution_mode: ExecutionMode = Field(
+        "process", description="process (the only mode): each agent is its own process tree "
+        "in its own container.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_merge(cls, data: Any) -> Any:
+        # The design's `auto_merge: bool` is input only: it sets `merge`, which is stored.
+        if not isinstance(data, dict) or "auto_merge" not in data:
+            return data
+        data = dict(data)
+        flag = data.pop("auto_merge")
+        if not isinstance(flag, bool):
+            raise ValueError("auto_merge must be true or false")
+        wanted = "auto" if flag else "review"
+        if data.get("merge", wanted) != wanted:
+            raise ValueError(f"auto_merge = {str(flag).lower()} contradicts merge = "
+                             f"{data['merge']!r}: give one of them")
+        data["merge"] = wanted
+        return data
+
+    @field_validator("execution_mode")
+    @classmethod
+    def _check_execution_mode(cls, value: str) -> str:
+        if value == "thread":
+            raise ValueError(
+                "execution_mode \"thread\" is not supported: an agent is isolated by its own "
+                "container (memory, CPU, disk, network), which a thread cannot have; use "
+                "\"process\"")
+        return value
 
     @field_validator("base", "image", "database_url")
     @classmethod

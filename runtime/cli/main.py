@@ -72,7 +72,7 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
         as_json: bool) -> None:
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
     from runtime.cli.live_view import ProgressView
-    from runtime.git.safe_git import MainRepo
+    from runtime.git.directory_mode import open_repo
     from runtime.run.coordinator import AgentCoordinator
 
     parsed = load_task_file(task_file)
@@ -82,7 +82,7 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     if merge_strategy:
         updates["merge"] = merge_strategy
     config = parsed.run.model_copy(update=updates)
-    main_repo = MainRepo(repo)
+    main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
     view.live_stats = coordinator.live_stats
@@ -208,8 +208,9 @@ def _register_commands() -> None:
     # Verbs live in modules of their own; registering them imports only click-level code.
     from runtime.cli import inspect as cli_inspect
     from runtime.cli import manage as cli_manage
+    from runtime.cli import revert as cli_revert
 
-    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS):
+    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS):
         main.add_command(command)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -52,56 +53,52 @@ __all__ = [
     "check_merge",
     "checkout_state",
     "conflict_matrix",
-    "merge_agent_results",
+    "merge_branches",
+    "resolve_target",
     "merge_blocker",
     "merge_lock",
     "missed_merge_reason",
 ]
 
+log = logging.getLogger(__name__)
+
 Strategy = Literal["review", "auto", "none"]
 
 
-def merge_agent_results(
-    sessions: list[SessionResult],
-    strategy: Strategy = "review",
-    *,
-    repo: MainRepo | str | Path,
-    target: str | None = None,
-    run_id: str = "",
-) -> list[SessionResult]:
-    """Fill ``session.merge`` for every succeeded session; return the same list.
+def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainRepo,
+                   target: str | None = None, run_id: str = "") -> str | None:
+    """Fill ``merge`` of every succeeded session in ``results``; return the target (None for
+    ``none`` or when nothing succeeded).
 
     * ``none``: nothing is checked; every ``merge.status`` stays ``not_attempted``.
     * ``review``: each branch is checked against ``target`` (``clean`` or ``conflicts``) and
       against every other succeeded branch; nothing is merged. Conflicts with another branch
-      carry ``with_branch``; conflicts with the target have ``with_branch=None``. A session is
-      ``conflicts`` if it has either kind, since the two branches cannot both merge cleanly.
-    * ``auto``: branches are merged one at a time in the order given (the caller puts
-      dependencies first, then finish time), each checked against the target as it is after the
-      previous merges. A clean one becomes a merge commit (``merged``, ``merge_commit`` set); a
-      branch the target already contains is ``merged`` with no new commit; a conflicting one is
-      left on its branch as ``conflicts``.
+      carry ``with_branch``; conflicts with the target have ``with_branch=None``.
+    * ``auto``: branches are merged one at a time in the order given, each checked against the
+      target as it is after the previous merges. A clean one becomes a merge commit
+      (``merged``); a branch the target already contains is ``merged`` with no new commit; a
+      conflicting one is left on its branch as ``conflicts``. In directory mode the merged
+      files are written into the folder, and a session whose files changed in the folder
+      meanwhile is ``conflicts``.
 
-    ``target`` defaults to the branch checked out in the repository. Sessions that did not
-    succeed are left untouched. Raises :class:`MergeError` if git fails, a branch or the target
-    does not exist, or (auto) the target is checked out with uncommitted tracked changes or in
-    a linked worktree; in those cases nothing is changed. Merges that landed before an error
-    stay, and their sessions say so. :class:`ConfigError` if ``target`` is no valid branch name.
+    Raises :class:`MergeError` if git fails, a branch or the target does not exist, or (auto)
+    the target is checked out with uncommitted tracked changes or in a linked worktree; in
+    those cases nothing is changed. Merges that landed before an error stay, and their
+    sessions say so.
     """
     if strategy not in ("review", "auto", "none"):
         raise MergeError(f"unknown merge strategy {strategy!r}: use review, auto or none")
     if strategy == "none":
-        return sessions
-    main = repo if isinstance(repo, MainRepo) else MainRepo(repo)
-    target = _target(main, target)
-    todo = [s for s in sessions if s.status == SessionStatus.SUCCEEDED]
+        return None
+    target = resolve_target(repo, target)
+    todo = [s for s in results if s.status == SessionStatus.SUCCEEDED]
     if not todo:
-        return sessions
+        return None
     if strategy == "review":
-        _review(main, todo, target)
+        _review(repo, todo, target)
     else:
-        _auto(main, todo, target, run_id)
-    return sessions
+        _auto(repo, todo, target, run_id)
+    return target
 
 
 @dataclass(frozen=True)
@@ -261,7 +258,7 @@ def merge_lock(repo: MainRepo) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _target(repo: MainRepo, target: str | None) -> str:
+def resolve_target(repo: MainRepo, target: str | None) -> str:
     if target is None:
         target = repo.current_branch()
         if target is None:
@@ -324,8 +321,26 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
             message += f"\n\nBranch: {session.branch}\n"
             commit = git.run("commit-tree", result.tree, "-p", head, "-p", branch_head,
                              input=message).stdout.strip()
-            _advance(git, ref, head, commit, worktree)
+            clashes = advance_target(git, ref, head, commit, worktree)
+            if clashes:
+                session.merge = MergeInfo(status="conflicts", conflicts=clashes)
+                continue
             session.merge = MergeInfo(status="merged", merge_commit=commit)
+
+
+def advance_target(git: SafeGit, ref: str, old: str, new: str,
+                   worktree: Path | None) -> list[Conflict]:
+    """Move the target ``ref`` from ``old`` to ``new``, with its checkout (or, in directory
+    mode, its folder) following. Returns the folder's paths that changed underneath (then
+    nothing moved); raises MergeError if the checkout cannot follow."""
+    if git.repo.folder is not None:
+        from runtime.git.directory_mode import CHANGED_IN_FOLDER, advance_folder
+
+        with _signals_deferred():
+            paths = advance_folder(git.repo, ref, old, new, git.config)
+        return [Conflict(path=p, kind=CHANGED_IN_FOLDER) for p in paths]
+    _advance(git, ref, old, new, worktree)
+    return []
 
 
 def _advance(git: SafeGit, ref: str, old: str, new: str, worktree: Path | None) -> None:

@@ -161,7 +161,12 @@ def check_branch_name(name: str) -> str:
 
 
 class MainRepo:
-    """The user's repository (trusted): where branches are created and work is imported."""
+    """The user's repository (trusted): where branches are created and work is imported.
+
+    ``folder`` is None for a git repository; for a folder in directory mode
+    (:mod:`runtime.git.directory_mode`) it is the folder, ``root`` too, and ``git_dir`` the private
+    bare repository agentrt keeps of it.
+    """
 
     def __init__(self, path: str | Path) -> None:
         root = Path(path).expanduser().resolve()
@@ -170,16 +175,32 @@ class MainRepo:
         proc = run_git(
             ["rev-parse", "--show-toplevel", "--git-common-dir"], cwd=root, check=False
         )
+        self.folder: Path | None = None
         if proc.returncode != 0:
-            raise ConfigError(
-                f"--repo {path}: not a git repository (run `git init` there, or pass --repo)"
-            )
+            # A folder agentrt already keeps in directory mode: its private repository.
+            from runtime.git.directory_mode import existing_private_repo
+
+            private = existing_private_repo(root)
+            if private is None:
+                raise ConfigError(
+                    f"--repo {path}: not a git repository (run `git init` there, pass --repo, "
+                    "or set isolation_strategy = \"directory\")")
+            self.root, self.git_dir, self.folder = root, private, root
+            return
         top, common = proc.stdout.splitlines()[:2]
         self.root = Path(top)
         common_path = Path(common)
         self.git_dir = (common_path if common_path.is_absolute() else root / common_path).resolve()
         if self.root != root and not str(root).startswith(str(self.root)):
             raise ConfigError(f"--repo {path}: could not find the repository top level")
+
+    @classmethod
+    def for_folder(cls, folder: Path, git_dir: Path) -> MainRepo:
+        """A folder that is no git repository, kept in agentrt's private repository ``git_dir``
+        (bare; ``folder`` is its work tree only when agentrt snapshots or writes back)."""
+        repo = cls.__new__(cls)
+        repo.root, repo.git_dir, repo.folder = folder, git_dir, folder
+        return repo
 
     @property
     def objects_dir(self) -> Path:

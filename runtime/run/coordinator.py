@@ -16,14 +16,15 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, get_args
 
 import docker
 
 from runtime import paths
-from runtime.config import RunConfig, Task, validate_tasks
+from runtime.config import AgentPreset, RunConfig, Task, validate_tasks
 from runtime.errors import AgentRuntimeError, ConfigError
+from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import (
@@ -34,6 +35,7 @@ from runtime.git.workspace import (
 )
 from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, utcnow
 from runtime.presets import resolve_image
+from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.radar import ConflictRadar, LiveTree, Overlap
 from runtime.run.scheduler import DagScheduler, TaskState
 from runtime.run.session import (
@@ -68,17 +70,25 @@ class AgentCoordinator:
         self,
         max_concurrent: int | None = None,
         *,
-        config: RunConfig | None = None,
-        repo: str | Path | MainRepo = ".",
+        config: RunConfig | Mapping[str, Any] | None = None,
+        repo: str | os.PathLike[str] | MainRepo = ".",
         client: docker.DockerClient | None = None,
         stop_grace_seconds: int = 10,
         listener: Listener | None = None,
+        default_agent: AgentPreset = DEFAULT_AGENT,
     ) -> None:
-        base = config or RunConfig()
+        base = as_run_config(config)
+        max_concurrent = as_max_concurrent(max_concurrent)
         if max_concurrent is not None:
             base = base.model_copy(update={"max_concurrent_agents": max_concurrent})
+        if default_agent not in get_args(AgentPreset):
+            raise ConfigError(f"default_agent must be one of {', '.join(get_args(AgentPreset))}"
+                              f", not {default_agent!r}")
         self.config = base
-        self.repo = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+        self.default_agent: AgentPreset = default_agent
+        where = as_repo(repo)
+        self.repo = where if isinstance(where, MainRepo) else open_repo(
+            where, base.isolation_strategy)
         self.stop_grace_seconds = stop_grace_seconds
         self.listener = listener
         self.run_id = new_run_id()
@@ -148,8 +158,12 @@ class AgentCoordinator:
                 session.stop_grace_seconds = 0
             threading.Thread(target=session.cancel, daemon=True).start()
 
-    def run_agents(self, tasks: Sequence[Task]) -> RunReport:
-        """Run every task; return the report (merge per ``config.merge``)."""
+    def run_agents(self, tasks: Sequence[Task | Mapping[str, Any] | str]) -> RunReport:
+        """Run every task; return the report (merge per ``config.merge``).
+
+        Each task is a :class:`Task`, a dict of Task keys, or a prompt string (a task with an
+        id made from the prompt and ``agent=default_agent``; see docs/python-api.md)."""
+        tasks = as_tasks(tasks, self.default_agent)
         if self._checked is not None and self._checked[0] == [t.id for t in tasks]:
             base_commit = self._checked[1]
         else:
@@ -359,8 +373,7 @@ class AgentCoordinator:
             return list(self._live.values())
 
     def _merge(self, report: RunReport, target: str) -> None:
-        from runtime.git.merge import merge_agent_results
-        from runtime.run.merging import merge_order
+        from runtime.run.merging import merge_agent_results, merge_order
 
         try:
             merge_agent_results(merge_order(report.sessions), self.config.merge, repo=self.repo,

@@ -1,4 +1,5 @@
-"""Merging a run: the one merge order, and merging a finished run from the state store.
+"""Merging from the run's side: the public ``merge_agent_results``, the one merge order, and
+merging a finished run from the state store (the git work itself is :mod:`runtime.git.merge`).
 
 ``agentrt run`` (through the coordinator) and ``agentrt merge RUN`` both merge in the order
 :func:`merge_order` gives, so a run merged later lands exactly as it would have at its end.
@@ -6,15 +7,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from runtime.config import MergeStrategy
-from runtime.errors import ConfigError, NotFoundError
-from runtime.git.merge import merge_agent_results
+from runtime.errors import AgentRuntimeError, ConfigError, NotFoundError
+from runtime.git.merge import Strategy, merge_branches, resolve_target
 from runtime.git.safe_git import MainRepo
-from runtime.models import RunReport, SessionResult
+from runtime.models import RunReport, SessionResult, SessionStatus
 from runtime.state.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def merge_order(sessions: Sequence[SessionResult]) -> list[SessionResult]:
@@ -50,3 +56,119 @@ def merge_run(repo: MainRepo, store: Store, run_id: str, strategy: MergeStrategy
     report.merge = strategy
     report.target = into
     return report
+
+
+def merge_agent_results(
+    sessions_or_results: MergeInput,
+    strategy: Strategy = "review",
+    repo: MainRepo | str | Path | None = None,
+    *,
+    target: str | None = None,
+    run_id: str = "",
+) -> list[SessionResult]:
+    """Fill ``session.merge`` for every succeeded session; return their results.
+
+    ``sessions_or_results`` is a list of :class:`SessionResult` objects and/or
+    :class:`~runtime.run.session.IsolatedAgentSession` objects (their ``result`` is used), or a
+    :class:`RunReport` (its sessions). ``repo`` defaults to the sessions' repository (or the
+    report's); it must be given for bare results. ``run_id`` (for the merge commits' messages)
+    defaults to the report's or the sessions' run.
+
+    * ``none``: nothing is checked; every ``merge.status`` stays ``not_attempted``.
+    * ``review``: each branch is checked against ``target`` (``clean`` or ``conflicts``) and
+      against every other succeeded branch; nothing is merged. Conflicts with another branch
+      carry ``with_branch``; conflicts with the target have ``with_branch=None``. A session is
+      ``conflicts`` if it has either kind, since the two branches cannot both merge cleanly.
+    * ``auto``: branches are merged one at a time in the order given (the caller puts
+      dependencies first, then finish time), each checked against the target as it is after the
+      previous merges. A clean one becomes a merge commit (``merged``, ``merge_commit`` set); a
+      branch the target already contains is ``merged`` with no new commit; a conflicting one is
+      left on its branch as ``conflicts``. In directory mode the merged files are written into
+      the folder, and a session whose files changed in the folder meanwhile is ``conflicts``.
+
+    Sessions recorded in the repository's state database get their outcome recorded there (so
+    ``agentrt report`` shows it), and their run the strategy and target.
+
+    ``target`` defaults to the branch checked out in the repository. Sessions that did not
+    succeed are left untouched. Raises :class:`MergeError` if git fails, a branch or the target
+    does not exist, or (auto) the target is checked out with uncommitted tracked changes or in
+    a linked worktree; in those cases nothing is changed. Merges that landed before an error
+    stay, and their sessions say so. :class:`ConfigError` if ``target`` is no valid branch
+    name, an argument is of the wrong kind, or the repository cannot be inferred.
+    """
+    results, inferred, inferred_run = _inputs(sessions_or_results)
+    if repo is None and inferred is None:
+        raise ConfigError("merge_agent_results: pass repo= (SessionResult objects do not say "
+                          "which repository they belong to; sessions and reports do)")
+    if repo is not None and not isinstance(repo, MainRepo | str | os.PathLike):
+        raise ConfigError(f"repo must be a path or a MainRepo, not {type(repo).__name__}")
+    main = repo if isinstance(repo, MainRepo) else (
+        MainRepo(repo) if repo is not None else inferred)
+    if main is None:  # pragma: no cover - ruled out above
+        raise ConfigError("merge_agent_results: no repository")
+    if strategy not in ("review", "auto"):
+        merge_branches(results, strategy, main, target)  # "none", or refused by name
+        return results
+    target = resolve_target(main, target)
+    todo = [s for s in results if s.status == SessionStatus.SUCCEEDED]
+    try:
+        merge_branches(results, strategy, main, target, run_id or inferred_run)
+    finally:
+        if todo:
+            record_outcomes(main, todo, strategy, target)
+    return results
+
+
+MergeInput = RunReport | Sequence[object]
+
+
+def _inputs(value: object) -> tuple[list[SessionResult], MainRepo | None, str]:
+    """The results in ``value``, and the repository and run they name (if any)."""
+    if isinstance(value, RunReport):
+        return list(value.sessions), MainRepo(value.repo), value.run_id
+    if isinstance(value, str | bytes | SessionResult) or not isinstance(value, Sequence):
+        raise ConfigError("merge_agent_results takes a list of sessions or SessionResult "
+                          f"objects, or a RunReport, not {type(value).__name__}")
+    results: list[SessionResult] = []
+    repos: dict[Path, MainRepo] = {}
+    runs: set[str] = set()
+    for index, item in enumerate(value):
+        if isinstance(item, SessionResult):
+            results.append(item)
+            continue
+        result, repo = getattr(item, "result", None), getattr(item, "repo", None)
+        if not isinstance(result, SessionResult) or not isinstance(repo, MainRepo):
+            raise ConfigError(f"sessions_or_results[{index}] must be an IsolatedAgentSession "
+                              f"or a SessionResult, not {type(item).__name__}")
+        results.append(result)
+        repos.setdefault(repo.git_dir, repo)
+        runs.add(str(getattr(item, "run_id", "")))
+    if len(repos) > 1:
+        raise ConfigError("merge_agent_results: the sessions belong to different repositories: "
+                          + ", ".join(sorted(str(r.root) for r in repos.values())))
+    return results, next(iter(repos.values()), None), runs.pop() if len(runs) == 1 else ""
+
+
+def record_outcomes(repo: MainRepo, results: list[SessionResult], strategy: str,
+                    target: str) -> None:
+    """Write the merge outcome of every session the state database knows; best effort (a
+    merge that landed is never undone because its record could not be written)."""
+    path = repo.state_dir / "state.db"
+    if not path.exists():
+        return
+    from runtime.state.store import Store
+
+    try:
+        with Store(path) as store:
+            runs: set[str] = set()
+            for result in results:
+                try:
+                    row = store.get_session(result.id)
+                except NotFoundError:
+                    continue
+                store.upsert_session(result, row.run_id)
+                runs.add(row.run_id)
+            for run in sorted(runs):
+                store.set_run_merge(run, strategy, target)
+    except AgentRuntimeError as exc:
+        log.warning("merge outcome not recorded in %s: %s", path, exc)

@@ -15,12 +15,13 @@ The branch always stays.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,17 +30,19 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from runtime import paths
 from runtime.config import ResourceLimits, RunConfig, Task
-from runtime.databases.sqlite import SessionDatabase, create_sqlite
+from runtime.databases.sqlite import SessionDatabase, SqliteDatabase, create_sqlite
 from runtime.engine.container import AgentContainer, ContainerPlan
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
+from runtime.git.directory_mode import open_repo
 from runtime.git.harvest import HarvestPlan, bring_work_home
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import create_branch, create_workspace, new_session_id
 from runtime.models import Manifest, SessionResult, SessionStatus, WorkState, utcnow
 from runtime.presets import resolve_command, resolve_image
+from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
 from runtime.run.classify import EndFacts, classify
 from runtime.run.supervisor import Supervisor, Watch
 from runtime.state.liveness import process_start_time
@@ -112,10 +115,12 @@ class IsolatedAgentSession:
 
     def __init__(
         self,
-        task: Task,
-        config: RunConfig | None = None,
+        task: Task | str | Mapping[str, Any],
+        config: RunConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         *,
-        repo: str | Path | MainRepo = ".",
+        repo: str | os.PathLike[str] | MainRepo | None = None,
+        base_workspace: str | os.PathLike[str] | None = None,
+        limits: ResourceLimits | Mapping[str, Any] | None = None,
         run_id: str | None = None,
         base_commit: str | None = None,
         client: docker.DockerClient | None = None,
@@ -124,11 +129,27 @@ class IsolatedAgentSession:
         disk_mode: DiskLimitMode | None = None,
         stop_grace_seconds: int = 10,
     ) -> None:
-        self.task = task
-        self.config = config or RunConfig()
-        self.repo = repo if isinstance(repo, MainRepo) else MainRepo(repo)
+        # The design's form: IsolatedAgentSession("fix-parser", Path("~/src/app"), limits=...)
+        # or base_workspace=...; the typed form: IsolatedAgentSession(task, config, repo=...).
+        if isinstance(config, str | os.PathLike):
+            if base_workspace is not None:
+                raise ConfigError("give the repository once: as the second argument or as "
+                                  "base_workspace=")
+            config, base_workspace = None, config
+        if repo is not None and base_workspace is not None:
+            raise ConfigError("give the repository once: repo= or base_workspace=")
+        where = as_repo(repo if repo is not None else base_workspace or ".",
+                        "repo" if base_workspace is None else "base_workspace")
+        self.task, self._needs_command = session_task(task)
+        task = self.task
+        self.config = as_run_config(config)
+        if limits is not None:
+            self.config = self.config.model_copy(update={"resource_limits": as_limits(limits)})
+        self.repo = where if isinstance(where, MainRepo) else open_repo(
+            where, self.config.isolation_strategy)
         self._own_run = run_id is None
         self.run_id = run_id or new_run_id()
+        self._plan: ContainerPlan | None = None
         self.limits: ResourceLimits = self.config.limits_for(task)
         self.image = resolve_image(task, self.config.image)
         self.network = self.config.network_for(task)
@@ -174,6 +195,21 @@ class IsolatedAgentSession:
 
             self._client = get_client()
         return self._client
+
+    @property
+    def workspace(self) -> Path:
+        """The session's working tree on the host (mounted at /workspace in its container)."""
+        if self.volume is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        return self.volume.workspace
+
+    @property
+    def db_path(self) -> Path | None:
+        """The session's SQLite file on the host (``AGENT_DB`` inside), or None with the
+        shared (PostgreSQL) strategy, whose database is named by ``AGENT_DATABASE_URL``."""
+        if self.volume is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        return self.database.host_path if isinstance(self.database, SqliteDatabase) else None
 
     def _record(self, **resources: Any) -> None:
         if self.store is not None:
@@ -245,6 +281,7 @@ class IsolatedAgentSession:
                         LABEL_OWNER_START: str(owner_start or ""),
                         LABEL_REPO: str(self.repo.root)},
             )
+            self._plan = plan
             self.container = AgentContainer.create(self.client, plan)
             crash_point("container")
             self._record(container_id=self.container.id, mount_path=str(self.volume.root))
@@ -285,10 +322,18 @@ class IsolatedAgentSession:
             self._supervisor.stop(self.watch, reason="cancel",
                                   grace_seconds=self.stop_grace_seconds)
 
-    def run(self) -> SessionResult:
-        """Start the container, wait for it to end, classify, and bring the work home."""
+    def run(self, command: Sequence[str] | None = None) -> SessionResult:
+        """Start the container, wait for it to end, classify, and bring the work home.
+
+        ``command`` (an argv) replaces the task's command for this run; a session made from
+        an id string has none until it is given here."""
         if self.container is None or self.volume is None:
             raise SessionError("session not prepared: use it as a context manager")
+        if command is not None:
+            self._use_command(as_command(command))
+        elif self._needs_command:
+            raise ConfigError(f"session {self.session_id}: no command to run: give one, "
+                              "session.run([\"sh\", \"-c\", \"...\"])")
         if self._cancel.is_set():
             self.result.status = SessionStatus.CANCELLED
             self._finish()
@@ -331,6 +376,20 @@ class IsolatedAgentSession:
         self._classify(self.watch)
         self._finish()
         return self.result
+
+    def _use_command(self, argv: list[str]) -> None:
+        """Re-create the (not yet started) container to run ``argv`` instead."""
+        if self._started or self._plan is None or self.container is None:
+            raise SessionError(f"session {self.session_id} has already run")
+        self.task = self.task.model_copy(update={"command": argv})
+        self._needs_command = False
+        plan = dataclasses.replace(self._plan, command=argv)
+        _engine_retry(self.container.remove)
+        self.container = None
+        self.container = AgentContainer.create(self.client, plan)
+        self._plan = plan
+        self._record(container_id=self.container.id,
+                     manifest_json=self.manifest().model_dump_json())
 
     def _stop_requested(self) -> bool:
         """True if `agentrt stop` asked for this session from another process."""

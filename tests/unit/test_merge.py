@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import MergeError
-from runtime.git.merge import check_merge, conflict_matrix, merge_agent_results
+from runtime.git.merge import check_merge, conflict_matrix
 from runtime.git.safe_git import MainRepo
 from runtime.models import SessionResult, SessionStatus
+from runtime.run.merging import merge_agent_results
 from tests.merge_helpers import (
     LINES,
     assert_no_merge_state,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.git.merge import check_merge, conflict_matrix, merge_agent_results
+from runtime.git.merge import check_merge, conflict_matrix
 from runtime.git.safe_git import MainRepo
+from runtime.run.merging import merge_agent_results
 from tests.merge_helpers import (
     LINES,
     assert_no_merge_state,
@@ -158,7 +159,7 @@ def test_matrix_of_five_branches_checks_each_pair_once_and_finds_exactly_the_con
 
 CHILD = """
 import os, signal, sys
-from runtime.git.merge import merge_agent_results
+from runtime.run.merging import merge_agent_results
 from runtime.models import SessionResult, SessionStatus
 
 repo, target, when, *tasks = sys.argv[1:]

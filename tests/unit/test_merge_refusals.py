@@ -15,12 +15,12 @@ from runtime.errors import MergeError
 from runtime.git.merge import (
     CheckoutState,
     auto_merge_blocker,
-    merge_agent_results,
     merge_blocker,
     missed_merge_reason,
 )
 from runtime.git.safe_git import MainRepo
 from runtime.models import MergeInfo, RunReport, SessionResult, SessionStatus
+from runtime.run.merging import merge_agent_results
 from tests.merge_helpers import commit_branch, commit_worktree, git, make_repo, session
 
 ROOT = Path("/repo")
