@@ -64,7 +64,7 @@ import re
 import secrets
 import tarfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -429,9 +429,14 @@ def engine_volume_mode(client: docker.DockerClient, refresh: bool = False) -> Di
 
 
 def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: int, uid: int,
-                         gid: int, mode: DiskLimitMode | None = None) -> EngineVolume:
+                         gid: int, mode: DiskLimitMode | None = None,
+                         labels: Mapping[str, str] | None = None) -> EngineVolume:
     """Make session ``session_id``'s volume of ``disk_mb`` MiB on the engine's host, owned by
-    ``uid:gid``, with ``workspace/`` and ``db/``; undone on failure (VolumeError)."""
+    ``uid:gid``, with ``workspace/`` and ``db/``; undone on failure (VolumeError).
+
+    ``labels`` (e.g. ``agentrt.repo``, ``agentrt.run``) go on the named volume only, never on
+    the helper containers, so a lookup of containers by repository sees sessions alone."""
+    extra = dict(labels or {})
     _check_session_id(session_id)
     if not 1 <= disk_mb <= 16 * 1024 * 1024:
         raise VolumeError(f"disk_mb={disk_mb} is out of range")
@@ -444,7 +449,7 @@ def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: 
                               f"{state}/sessions/{session_id}/volume", uid)
         # The labelled record first: a crash after it leaves something gc finds by label.
         _create_named_volume(client, volume, {"type": "none", "o": "bind",
-                                              "device": volume.root})
+                                              "device": volume.root}, extra)
         try:
             journal = "yes" if disk_mb >= _JOURNAL_MIN_MB else "no"
             label = ("agentrt-" + session_id[-8:])[:16]
@@ -458,7 +463,7 @@ def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: 
             raise
         return volume
     volume = EngineVolume(session_id, name, "soft", limit, "", uid)
-    docker_volume = _create_named_volume(client, volume, None)
+    docker_volume = _create_named_volume(client, volume, None, extra)
     volume = EngineVolume(session_id, name, "soft", limit,
                           str(docker_volume.attrs.get("Mountpoint", "")), uid)
     try:
@@ -482,7 +487,7 @@ def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: 
 
 
 def _create_named_volume(client: docker.DockerClient, volume: EngineVolume,
-                         driver_opts: dict[str, str] | None) -> Any:
+                         driver_opts: dict[str, str] | None, extra: dict[str, str]) -> Any:
     with engine_errors(f"create the named volume {volume.name}"):
         try:
             client.volumes.get(volume.name)
@@ -491,7 +496,8 @@ def _create_named_volume(client: docker.DockerClient, volume: EngineVolume,
         else:
             raise VolumeError(f"named volume {volume.name} already exists on the engine")
         return client.volumes.create(name=volume.name, driver="local",
-                                     driver_opts=driver_opts or {}, labels=volume.labels())
+                                     driver_opts=driver_opts or {},
+                                     labels={**extra, **volume.labels()})
 
 
 def _remove_named_volume(client: docker.DockerClient, name: str) -> None:

@@ -177,7 +177,8 @@ def test_soft_engine_volume_is_a_named_volume_measured_not_limited(
         dind_engine: DindEngine) -> None:
     dind = dind_engine.client
     sid = session_id()
-    volume = ev.create_engine_volume(dind, sid, 8, 1000, 1000, mode="soft")
+    volume = ev.create_engine_volume(dind, sid, 8, 1000, 1000, mode="soft",
+                                     labels={"agentrt.repo": "/r"})
     try:
         assert volume.mode == "soft" and volume.root.endswith(f"/{volume.name}/_data")
         code, out = run(dind, "head -c 12582912 /dev/zero > /workspace/big && echo ok; "
@@ -186,6 +187,7 @@ def test_soft_engine_volume_is_a_named_volume_measured_not_limited(
         used, free = ev.engine_volume_usage(dind, volume)
         assert used >= 12 * MIB and free == 0
         assert [v.mode for v in ev.list_engine_volumes(dind, sid)] == ["soft"]
+        assert dind.volumes.get(volume.name).attrs["Labels"]["agentrt.repo"] == "/r"
     finally:
         ev.remove_engine_volume(dind, volume)
     assert ev.list_engine_volumes(dind, sid) == []
