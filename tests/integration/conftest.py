@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.dind import dind_engine  # noqa: F401 - a second engine (session)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run tests that restart the engine last, so nothing else shares their disruption."""

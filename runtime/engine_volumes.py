@@ -1,0 +1,629 @@
+"""Session volumes made on the Docker engine's host, through the Docker API only.
+
+:mod:`runtime.volumes` makes a session's volume on the host that runs agentrt and binds it into
+the container by host path: that only works when the engine shares agentrt's disk. This module
+makes the same volume *where the engine runs* (a Colima or Docker Desktop VM, a remote engine, a
+Docker-in-Docker engine), with nothing but API calls: every file operation happens in a short
+*helper container* (agentrt's base image) on that engine.
+
+**Loop mode** (a Linux engine that is not rootless and has loop devices). The helper runs as
+root with exactly three capabilities, ``SYS_ADMIN`` (losetup, mount, umount), ``MKNOD`` (a
+container's ``/dev`` has no loop nodes; it makes ``/dev/loopN`` for the numbers the kernel hands
+out through ``/dev/loop-control``) and ``CHOWN`` (hands the volume to the agent's uid), plus
+``/dev/loop-control`` and the device cgroup rule ``b 7:* rwm``; no-new-privileges and Docker's
+default seccomp profile stay on (it allows ``mount`` to a holder of ``SYS_ADMIN``), never
+``--privileged``. Where the engine enforces AppArmor or SELinux, their profiles forbid
+``mount`` and are lifted for the helper only. The helper
+
+* ``fallocate``\\ s ``<state>/sessions/<id>/volume.img`` (``disk_mb`` MiB, not sparse),
+  ``mkfs.ext4 -E nodiscard`` (same settings as :mod:`runtime.volumes`), and
+* loop-mounts it ``nodev,nosuid,noatime`` at ``<state>/sessions/<id>/volume`` with
+  ``workspace/`` and ``db/`` owned by the agent's uid.
+
+``<state>`` is a directory *on the engine's host*: ``AGENTRT_ENGINE_STATE_DIR`` when set, else
+``<DockerRootDir>/agentrt`` (``/var/lib/docker/agentrt``). The helper binds it with ``rshared``
+propagation, so the mount it makes leaves its own mount namespace and appears in the engine's:
+a session container then binds ``<state>/sessions/<id>/volume/workspace`` like any host path, and
+the helper may exit. Docker accepts an ``rshared`` bind only from a shared mount; the data root
+is one on every engine (dockerd makes it shared at start, because its own plugins need it),
+while ``/`` often is not (it is not on this project's CI host): that is why the state lives
+under the data root. Docker never looks into directories of its root that it did not make.
+Unmounting in a later helper propagates back the same way; the loop device was attached with
+autoclear (``mount -o loop``) and goes with the last unmount. A container binding a path under
+the data root gets ``rslave`` propagation (Docker refuses ``rprivate`` there): mounts made
+later on the engine's host under that path would appear in it, and only root there can make
+them.
+
+The image is mounted ``noinit_itable``: otherwise the kernel's lazy inode-table initialisation
+zeroes the tables through the loop device, which punches holes into the image file and gives
+part of the reservation made by ``fallocate`` back to the engine's host (4 MiB of 64 within
+seconds, measured on this project's host; :mod:`runtime.volumes` has the same leak). The
+tables of a freshly allocated file read as zeros anyway.
+
+**Soft mode** (rootless engine, no loop devices, anything the probe finds failing): a plain
+named volume holding ``workspace/`` and ``db/``; its size is not limited by the kernel
+(``disk_limit_mode = "soft"``), so the caller must measure it (:func:`engine_volume_usage`).
+
+In both modes each session has one **named Docker volume** ``agentrt-vol-<session>`` labelled
+``agentrt.session=<id>``, ``agentrt.role=volume`` and ``agentrt.volume.*`` (mode, size, engine
+path): ``gc`` finds every engine volume by label (:func:`list_engine_volumes`) and
+:func:`remove_engine_volume` needs nothing else. In loop mode it is a bind of the mounted image
+(local driver, ``o=bind``), in soft mode it holds the data. Helper containers carry
+``agentrt.role=volume-helper`` and are removed when they end.
+
+Nothing of this touches the filesystem of the process running agentrt, except for reading a
+git bundle that :func:`checkout_in_engine` ships with ``put_archive``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import tarfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Mount
+
+from runtime.engine import engine_errors, engine_info
+from runtime.errors import EngineError, GitError, VolumeError, WorkspaceError
+from runtime.gitops import run_git
+from runtime.volumes import DiskLimitMode
+
+log = logging.getLogger(__name__)
+
+HELPER_IMAGE = "agentrt/base:latest"
+#: Environment variable naming the state directory on the engine's host (an absolute path
+#: there); default ``<DockerRootDir>/agentrt``. It must lie on a shared mount of that host.
+STATE_DIR_ENV = "AGENTRT_ENGINE_STATE_DIR"
+#: Environment variable forcing a mode (``loop`` or ``soft``) instead of probing the engine.
+MODE_ENV = "AGENTRT_ENGINE_VOLUMES"
+LABEL_SESSION = "agentrt.session"
+LABEL_ROLE = "agentrt.role"
+ROLE_VOLUME = "volume"
+ROLE_HELPER = "volume-helper"
+LABEL_MODE = "agentrt.volume.mode"
+LABEL_LIMIT = "agentrt.volume.limit-bytes"
+LABEL_ROOT = "agentrt.volume.root"
+LABEL_UID = "agentrt.volume.uid"
+VOLUME_PREFIX = "agentrt-vol-"
+#: What the loop helper needs, and no more (see the module docstring).
+LOOP_CAPS = ("SYS_ADMIN", "MKNOD", "CHOWN")
+LOOP_DEVICES = ("/dev/loop-control:/dev/loop-control:rwm",)
+LOOP_CGROUP_RULES = ("b 7:* rwm",)
+HELPER_MEMORY = 256 * 1024 * 1024
+HELPER_TIMEOUT_S = 120
+CHECKOUT_TIMEOUT_S = 600
+WORKSPACE_TARGET = "/workspace"
+DB_TARGET = "/agentrt/db"
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_JOURNAL_MIN_MB = 32
+
+# POSIX sh, in the loop helper, /state = the engine's state dir (rshared).
+# Make the nodes of the loop devices the kernel will hand out next (a container's /dev has
+# none): the first free one and a margin for helpers racing on the same engine.
+_LOOP_NODES = r"""
+loop_nodes() {
+  free=$(losetup -f) || { echo "agentrt: no free loop device" >&2; return 1; }
+  last=$(( ${free#/dev/loop} + 16 )); i=0
+  while [ "$i" -le "$last" ]; do
+    [ -e "/dev/loop$i" ] || mknod -m 0660 "/dev/loop$i" b 7 "$i"
+    i=$((i + 1))
+  done
+}
+"""
+
+# Arguments: session id, size in MiB, uid, gid, ext4 label, journal (yes/no).
+CREATE_SCRIPT = _LOOP_NODES + r"""
+set -eu
+sid=$1; mb=$2; uid=$3; gid=$4; label=$5; journal=$6
+d=/state/sessions/$sid
+mkdir -p -m 0711 /state /state/sessions
+mkdir -m 0711 "$d"          # fails if it exists: a session's volume is never reused
+undo() {
+  if mountpoint -q "$d/volume"; then umount "$d/volume" || umount -l "$d/volume"; fi
+  mountpoint -q "$d/volume" || rm -rf "$d"
+}
+trap 'rc=$?; [ "$rc" -eq 0 ] || undo; exit "$rc"' EXIT
+mkdir -m 0755 "$d/volume"
+# fallocate, not a sparse file: the engine host's space is taken up front. nodiscard keeps
+# mke2fs from punching the reservation back out; the second fallocate refills what a file
+# system without in-place zeroing (tmpfs) punched anyway.
+fallocate -l "${mb}M" "$d/volume.img"
+if [ "$journal" = yes ]; then j="-J size=4"; else j="-O ^has_journal"; fi
+# shellcheck disable=SC2086
+mkfs.ext4 -q -F -m 0 $j -L "$label" \
+  -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 "$d/volume.img"
+fallocate -l "${mb}M" "$d/volume.img"
+loop_nodes
+mount -o loop,nodev,nosuid,noatime,noinit_itable "$d/volume.img" "$d/volume"
+rmdir "$d/volume/lost+found" 2>/dev/null || :
+mkdir -m 0755 "$d/volume/workspace" "$d/volume/db"
+chown "$uid:$gid" "$d/volume" "$d/volume/workspace" "$d/volume/db"
+echo "agentrt-volume: created $(losetup -j "$d/volume.img" | cut -d: -f1)"
+"""
+
+# Arguments: session id. Idempotent.
+REMOVE_SCRIPT = _LOOP_NODES + r"""
+set -eu
+sid=$1; d=/state/sessions/$sid
+[ -e "$d" ] || { echo "agentrt-volume: absent"; exit 0; }
+if mountpoint -q "$d/volume"; then umount "$d/volume" 2>/dev/null || umount -l "$d/volume"; fi
+if [ -e "$d/volume.img" ]; then
+  for dev in $(losetup -n -O NAME -j "$d/volume.img"); do
+    [ -e "$dev" ] || loop_nodes
+    losetup -d "$dev" || :
+  done
+fi
+if mountpoint -q "$d/volume"; then echo "agentrt: $d/volume is still mounted" >&2; exit 1; fi
+rm -rf "$d"
+echo "agentrt-volume: removed"
+"""
+
+# The probe: the same steps on a 4 MiB image, then undone. Argument: a random name.
+PROBE_SCRIPT = _LOOP_NODES + r"""
+set -eu
+p=/state/probe-$1
+undo() { mountpoint -q "$p" && umount "$p"; rm -rf "$p" "$p.img"; }
+trap 'undo 2>/dev/null || :' EXIT
+mkdir -p -m 0711 /state; mkdir "$p"
+fallocate -l 4M "$p.img"
+mkfs.ext4 -q -F -O ^has_journal -E nodiscard "$p.img"
+loop_nodes
+mount -o loop,nodev,nosuid,noatime "$p.img" "$p"
+touch "$p/ok"
+echo "agentrt-volume: loop ok"
+"""
+
+# Soft mode; /vol is the named volume. Arguments: uid, gid.
+SOFT_CREATE_SCRIPT = r"""
+set -eu
+mkdir -p -m 0755 /vol/workspace /vol/db
+chmod 0755 /vol
+chown "$1:$2" /vol /vol/workspace /vol/db
+"""
+
+# As the agent's uid, /workspace = the volume's workspace. Arguments: branch, commit.
+CHECKOUT_SCRIPT = r"""
+set -eu
+branch=$1; commit=$2; b=/var/tmp/agentrt-base.bundle; w=/workspace
+export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/var/tmp GIT_TERMINAL_PROMPT=0
+export LC_ALL=C
+g() {
+  git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core.untrackedCache=false \
+      -c gc.auto=0 -c maintenance.auto=false -c core.pager=cat -c submodule.recurse=false \
+      -c protocol.file.allow=always -c advice.detachedHead=false -c pack.threads=1 "$@"
+}
+g init -q --template= --initial-branch="$branch" "$w"
+g --git-dir="$w/.git" config user.name "agentrt agent"
+g --git-dir="$w/.git" config user.email agent@agentrt.invalid
+g --git-dir="$w/.git" config gc.auto 0
+g --git-dir="$w/.git" config maintenance.auto false
+g --git-dir="$w/.git" fetch -q --no-tags --no-write-fetch-head --update-head-ok "$b" \
+  "+refs/heads/$branch:refs/heads/$branch"
+got=$(g --git-dir="$w/.git" rev-parse --verify -q "refs/heads/$branch^{commit}") || got=
+if [ "$got" != "$commit" ]; then
+  echo "agentrt-checkout: the bundle's $branch is '$got', not $commit" >&2; exit 4
+fi
+g --git-dir="$w/.git" --work-tree="$w" reset -q --hard "$commit"
+echo "agentrt-checkout: done"
+"""
+
+USAGE_SCRIPT = r"""
+set -eu
+df -Pk /vol | awk 'NR == 2 { print "df", $3, $4 }'
+du -sxk /vol | awk '{ print "du", $1 }'
+"""
+
+
+@dataclass(frozen=True)
+class EngineVolume:
+    """One session's volume on the engine's host.
+
+    ``root`` is a path *on the engine's host* (never on agentrt's): the mounted image in loop
+    mode, the named volume's directory in soft mode. It holds ``workspace/`` and ``db/``.
+    """
+
+    session_id: str
+    name: str  # the labelled named Docker volume, agentrt-vol-<session>
+    mode: DiskLimitMode
+    limit_bytes: int
+    root: str
+    uid: int = 1000
+
+    @property
+    def workspace(self) -> str:
+        """The working tree's path on the engine's host."""
+        return f"{self.root}/workspace"
+
+    @property
+    def db_dir(self) -> str:
+        """The private database directory's path on the engine's host."""
+        return f"{self.root}/db"
+
+    @property
+    def session_dir(self) -> str | None:
+        """``<state>/sessions/<id>`` on the engine's host (loop mode), else None."""
+        return self.root.rsplit("/", 1)[0] if self.mode == "loop" else None
+
+    def mounts(self, workspace_target: str = WORKSPACE_TARGET,
+               db_target: str | None = DB_TARGET, read_only: bool = False) -> list[Mount]:
+        """The mounts a session (or harvest) container on this engine uses for the volume.
+
+        Binds of engine-host paths, as :func:`runtime.container.container_spec` makes for a
+        host-side volume: the engine resolves the source on its own host.
+        """
+        mounts = [Mount(workspace_target, self.workspace, type="bind", read_only=read_only)]
+        if db_target is not None:
+            mounts.append(Mount(db_target, self.db_dir, type="bind", read_only=read_only))
+        return mounts
+
+    def labels(self) -> dict[str, str]:
+        """The labels of the named volume (with its mount point, all that
+        :meth:`from_labels` needs). The root of a soft volume is its mount point."""
+        labels = {
+            LABEL_SESSION: self.session_id,
+            LABEL_ROLE: ROLE_VOLUME,
+            LABEL_MODE: self.mode,
+            LABEL_LIMIT: str(self.limit_bytes),
+            LABEL_UID: str(self.uid),
+        }
+        if self.mode == "loop":
+            labels[LABEL_ROOT] = self.root
+        return labels
+
+    @classmethod
+    def from_labels(cls, name: str, labels: dict[str, str],
+                    mountpoint: str = "") -> EngineVolume:
+        """The volume a labelled named Docker volume (its labels and ``Mountpoint``)
+        describes; VolumeError if it is not one."""
+        try:
+            mode = labels[LABEL_MODE]
+            if mode not in ("loop", "soft") or labels.get(LABEL_ROLE) != ROLE_VOLUME:
+                raise ValueError(f"role {labels.get(LABEL_ROLE)!r}, mode {mode!r}")
+            session_id = labels[LABEL_SESSION]
+            _check_session_id(session_id)
+            return cls(session_id=session_id, name=name,
+                       mode="loop" if mode == "loop" else "soft",
+                       limit_bytes=int(labels[LABEL_LIMIT]),
+                       root=labels[LABEL_ROOT] if mode == "loop" else mountpoint,
+                       uid=int(labels.get(LABEL_UID, "1000")))
+        except (KeyError, ValueError) as exc:
+            raise VolumeError(f"named volume {name} is not an agentrt engine volume: {exc}") \
+                from exc
+
+
+def volume_name(session_id: str) -> str:
+    """The named Docker volume of a session."""
+    return VOLUME_PREFIX + session_id
+
+
+def _check_session_id(session_id: str) -> None:
+    if not _SESSION_ID.match(session_id):
+        raise VolumeError(f"session id {session_id!r} cannot name an engine volume")
+
+
+def engine_state_dir(client: docker.DockerClient) -> str:
+    """The state directory on the engine's host: ``AGENTRT_ENGINE_STATE_DIR`` or
+    ``<DockerRootDir>/agentrt``."""
+    chosen = os.environ.get(STATE_DIR_ENV)
+    if chosen:
+        if not chosen.startswith("/") or "/.." in chosen or ":" in chosen:
+            raise VolumeError(f"{STATE_DIR_ENV}={chosen!r} is not a plain absolute path")
+        return chosen.rstrip("/") or "/"
+    root = str(engine_info(client).get("DockerRootDir") or "/var/lib/docker")
+    return f"{root.rstrip('/')}/agentrt"
+
+
+def _security_opts(client: docker.DockerClient) -> list[str]:
+    opts = ["no-new-privileges:true"]
+    enforced = " ".join(str(o) for o in engine_info(client).get("SecurityOptions") or [])
+    # docker-default (AppArmor) says `deny mount`; container_t (SELinux) cannot mount either.
+    if "name=apparmor" in enforced:
+        opts.append("apparmor=unconfined")
+    if "name=selinux" in enforced:
+        opts.append("label=disable")
+    return opts
+
+
+def _loop_helper_spec(client: docker.DockerClient, state: str, script: str,
+                      args: Sequence[str], session_id: str) -> dict[str, Any]:
+    """``containers.create`` arguments of a loop helper: root with LOOP_CAPS, loop devices,
+    the state directory bound ``rshared`` at /state, no network."""
+    return {
+        "image": HELPER_IMAGE,
+        "command": ["sh", "-c", script, "agentrt-volume", *args],
+        "user": "0:0",
+        "working_dir": "/",
+        "cap_drop": ["ALL"],
+        "cap_add": list(LOOP_CAPS),
+        "security_opt": _security_opts(client),
+        "devices": list(LOOP_DEVICES),
+        "device_cgroup_rules": list(LOOP_CGROUP_RULES),
+        # Binds (not Mounts) so the engine creates the state directory on first use.
+        "volumes": {state: {"bind": "/state", "mode": "rw,rshared"}},
+        "network_mode": "none",
+        "mem_limit": HELPER_MEMORY,
+        "memswap_limit": HELPER_MEMORY,
+        "pids_limit": 64,
+        "labels": {LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER},
+        "detach": True,
+    }
+
+
+def _run_helper(client: docker.DockerClient, spec: dict[str, Any], what: str,
+                timeout: float = HELPER_TIMEOUT_S,
+                put: tuple[str, Iterator[bytes]] | None = None) -> str:
+    """Create, (fill,) start and wait for a helper; its output. VolumeError if it fails."""
+    container = None
+    try:
+        with engine_errors(what):
+            container = client.containers.create(**spec)
+            if put is not None and not client.api.put_archive(container.id, put[0], put[1]):
+                raise VolumeError(f"{what}: the engine refused the archive")
+            container.start()
+            try:
+                status = container.wait(timeout=timeout)
+            except requests.exceptions.RequestException as exc:
+                container.kill()
+                raise VolumeError(f"{what}: did not finish within {timeout:.0f} s") from exc
+            output = str(container.logs(stdout=True, stderr=True).decode(errors="replace"))
+        code = int(status.get("StatusCode", -1))
+        if code != 0:
+            raise VolumeError(f"{what} failed (exit {code}): {output.strip()[-800:]}")
+        return output
+    except EngineError as exc:
+        raise VolumeError(f"{what}: {exc}") from exc
+    finally:
+        if container is not None:
+            with contextlib.suppress(docker.errors.DockerException,
+                                     requests.exceptions.RequestException):
+                container.remove(force=True, v=True)
+
+
+_modes: dict[tuple[str, str, str], DiskLimitMode] = {}
+_modes_lock = threading.Lock()
+
+
+def engine_volume_mode(client: docker.DockerClient, refresh: bool = False) -> DiskLimitMode:
+    """``loop`` if this engine can hold loop-mounted volumes, else ``soft``.
+
+    ``AGENTRT_ENGINE_VOLUMES`` forces a mode. Otherwise a rootless or non-Linux engine is
+    ``soft``, and any other engine runs the probe helper once (a 4 MiB image made, mounted
+    through the ``rshared`` state directory, unmounted, deleted): the answer is kept per
+    engine and state directory for the life of the process.
+    """
+    forced = os.environ.get(MODE_ENV)
+    if forced in ("loop", "soft"):
+        return "loop" if forced == "loop" else "soft"
+    info = engine_info(client)
+    state = engine_state_dir(client)
+    key = (str(client.api.base_url), str(info.get("ID", "")), state)
+    with _modes_lock:
+        if not refresh and key in _modes:
+            return _modes[key]
+    options = " ".join(str(o) for o in info.get("SecurityOptions") or [])
+    if info.get("OSType", "linux") != "linux" or "name=rootless" in options:
+        mode: DiskLimitMode = "soft"
+    else:
+        try:
+            spec = _loop_helper_spec(client, state, PROBE_SCRIPT, [secrets.token_hex(6)],
+                                     "probe")
+            _run_helper(client, spec, "probe loop volumes on the engine", timeout=60)
+            mode = "loop"
+        except VolumeError as exc:
+            log.warning("engine volumes fall back to soft limits: %s", exc)
+            mode = "soft"
+    with _modes_lock:
+        _modes[key] = mode
+    return mode
+
+
+def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: int, uid: int,
+                         gid: int, mode: DiskLimitMode | None = None,
+                         labels: Mapping[str, str] | None = None) -> EngineVolume:
+    """Make session ``session_id``'s volume of ``disk_mb`` MiB on the engine's host, owned by
+    ``uid:gid``, with ``workspace/`` and ``db/``; undone on failure (VolumeError).
+
+    ``labels`` (e.g. ``agentrt.repo``, ``agentrt.run``) go on the named volume only, never on
+    the helper containers, so a lookup of containers by repository sees sessions alone."""
+    extra = dict(labels or {})
+    _check_session_id(session_id)
+    if not 1 <= disk_mb <= 16 * 1024 * 1024:
+        raise VolumeError(f"disk_mb={disk_mb} is out of range")
+    chosen = mode or engine_volume_mode(client)
+    name = volume_name(session_id)
+    limit = disk_mb * 1024 * 1024
+    if chosen == "loop":
+        state = engine_state_dir(client)
+        volume = EngineVolume(session_id, name, "loop", limit,
+                              f"{state}/sessions/{session_id}/volume", uid)
+        # The labelled record first: a crash after it leaves something gc finds by label.
+        _create_named_volume(client, volume, {"type": "none", "o": "bind",
+                                              "device": volume.root}, extra)
+        try:
+            journal = "yes" if disk_mb >= _JOURNAL_MIN_MB else "no"
+            label = ("agentrt-" + session_id[-8:])[:16]
+            spec = _loop_helper_spec(client, state, CREATE_SCRIPT,
+                                     [session_id, str(disk_mb), str(uid), str(gid), label,
+                                      journal], session_id)
+            _run_helper(client, spec, f"create the engine volume of {session_id}")
+        except VolumeError:
+            with contextlib.suppress(VolumeError, EngineError):
+                _remove_named_volume(client, name)
+            raise
+        return volume
+    volume = EngineVolume(session_id, name, "soft", limit, "", uid)
+    docker_volume = _create_named_volume(client, volume, None, extra)
+    volume = EngineVolume(session_id, name, "soft", limit,
+                          str(docker_volume.attrs.get("Mountpoint", "")), uid)
+    try:
+        if not volume.root.startswith("/"):
+            raise VolumeError(f"named volume {name} has no mount point on the engine's host")
+        spec = {
+            "image": HELPER_IMAGE,
+            "command": ["sh", "-c", SOFT_CREATE_SCRIPT, "agentrt-volume", str(uid), str(gid)],
+            "user": "0:0", "cap_drop": ["ALL"], "cap_add": ["CHOWN"],
+            "security_opt": ["no-new-privileges:true"], "network_mode": "none",
+            "mounts": [Mount("/vol", name, type="volume", no_copy=True)],
+            "mem_limit": HELPER_MEMORY, "memswap_limit": HELPER_MEMORY, "pids_limit": 64,
+            "labels": {LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER}, "detach": True,
+        }
+        _run_helper(client, spec, f"prepare the soft engine volume of {session_id}")
+    except VolumeError:
+        with contextlib.suppress(VolumeError, EngineError):
+            _remove_named_volume(client, name)
+        raise
+    return volume
+
+
+def _create_named_volume(client: docker.DockerClient, volume: EngineVolume,
+                         driver_opts: dict[str, str] | None, extra: dict[str, str]) -> Any:
+    with engine_errors(f"create the named volume {volume.name}"):
+        try:
+            client.volumes.get(volume.name)
+        except docker.errors.NotFound:
+            pass
+        else:
+            raise VolumeError(f"named volume {volume.name} already exists on the engine")
+        return client.volumes.create(name=volume.name, driver="local",
+                                     driver_opts=driver_opts or {},
+                                     labels={**extra, **volume.labels()})
+
+
+def _remove_named_volume(client: docker.DockerClient, name: str) -> None:
+    with engine_errors(f"remove the named volume {name}"), \
+            contextlib.suppress(docker.errors.NotFound):
+        client.api.remove_volume(name, force=True)
+
+
+def remove_engine_volume(client: docker.DockerClient, volume: EngineVolume) -> None:
+    """Unmount and delete ``volume`` on the engine's host, and its named volume; idempotent.
+
+    Remove the containers that bind it first: a container still holding the mount keeps the
+    image's blocks (and its loop device) until it goes. VolumeError if something remains.
+    """
+    _check_session_id(volume.session_id)
+    if volume.mode == "loop":
+        state = volume.session_dir.rsplit("/sessions/", 1)[0] if volume.session_dir else ""
+        expected = f"{state}/sessions/{volume.session_id}/volume"
+        if not state.startswith("/") or volume.root != expected:
+            raise VolumeError(f"engine volume {volume.name} has an unexpected root {volume.root}")
+        spec = _loop_helper_spec(client, state, REMOVE_SCRIPT, [volume.session_id],
+                                 volume.session_id)
+        _run_helper(client, spec, f"remove the engine volume of {volume.session_id}")
+    try:
+        _remove_named_volume(client, volume.name)
+    except EngineError as exc:
+        raise VolumeError(str(exc)) from exc
+
+
+def list_engine_volumes(client: docker.DockerClient,
+                        session_id: str | None = None) -> list[EngineVolume]:
+    """Every agentrt engine volume on this engine (of one session if given), by label."""
+    filters = [f"{LABEL_ROLE}={ROLE_VOLUME}"]
+    if session_id is not None:
+        filters.append(f"{LABEL_SESSION}={session_id}")
+    with engine_errors("list engine volumes"):
+        found = client.volumes.list(filters={"label": filters})
+    volumes = []
+    for item in found:
+        with contextlib.suppress(VolumeError):
+            volumes.append(EngineVolume.from_labels(
+                str(item.name), dict(item.attrs.get("Labels") or {}),
+                str(item.attrs.get("Mountpoint") or "")))
+    return sorted(volumes, key=lambda v: v.session_id)
+
+
+def engine_volume_usage(client: docker.DockerClient, volume: EngineVolume) -> tuple[int, int]:
+    """(used, free) bytes of ``volume``, read by a helper on the engine (``df`` of the image in
+    loop mode, ``du`` against the limit in soft mode). A live session is cheaper to ask by
+    ``docker exec`` in its own container."""
+    spec = {
+        "image": HELPER_IMAGE, "command": ["sh", "-c", USAGE_SCRIPT], "user": f"{volume.uid}",
+        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
+        "network_mode": "none",
+        "mounts": [Mount("/vol", volume.root, type="bind", read_only=True)],
+        "mem_limit": HELPER_MEMORY, "memswap_limit": HELPER_MEMORY, "pids_limit": 64,
+        "labels": {LABEL_SESSION: volume.session_id, LABEL_ROLE: ROLE_HELPER}, "detach": True,
+    }
+    out = _run_helper(client, spec, f"measure the engine volume of {volume.session_id}")
+    fields = {line.split()[0]: [int(x) * 1024 for x in line.split()[1:]]  # KiB
+              for line in out.splitlines() if line.split()[:1] in (["df"], ["du"])}
+    if volume.mode == "loop" and "df" in fields:
+        return fields["df"][0], fields["df"][1]
+    used = fields.get("du", [0])[0]
+    return used, max(0, volume.limit_bytes - used)
+
+
+def create_base_bundle(git_dir: Path, branch: str, commit: str, dest: Path) -> Path:
+    """``git bundle create`` of ``refs/heads/<branch>`` (which must be at ``commit``) on the
+    host, for :func:`checkout_in_engine`. The whole history the commit reaches goes in."""
+    try:
+        head = run_git(["rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"],
+                       git_dir=git_dir).stdout.strip()
+        if head != commit:
+            raise WorkspaceError(f"branch {branch} is at {head or 'nothing'}, not {commit}")
+        run_git(["bundle", "create", "-q", str(dest), f"refs/heads/{branch}"], git_dir=git_dir)
+    except GitError as exc:
+        raise WorkspaceError(f"cannot bundle {branch}: {exc}") from exc
+    return dest
+
+
+def _tar_one_file(path: Path, name: str) -> Iterator[bytes]:
+    """A tar stream of one regular file, read as it is sent (no copy on disk or in memory)."""
+    with open(path, "rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.uid, info.gid = size, 0o644, 0, 0
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        sent = 0
+        while chunk := source.read(1024 * 1024):
+            sent += len(chunk)
+            yield chunk
+        if sent != size:
+            raise VolumeError(f"{path} changed while it was sent")
+        yield b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
+
+
+def checkout_in_engine(client: docker.DockerClient, volume: EngineVolume, bundle: Path,
+                       branch: str, commit: str, uid: int, gid: int,
+                       timeout: float = CHECKOUT_TIMEOUT_S) -> None:
+    """Check ``commit`` out on ``branch`` in ``volume``'s workspace, on the engine's host.
+
+    ``bundle`` (made on the host, see :func:`create_base_bundle`) is shipped with
+    ``put_archive`` into a helper container running as ``uid:gid`` with no capabilities and no
+    network; it ``git init``\\ s ``workspace/.git`` (no template), fetches the branch from the
+    bundle, checks it is ``commit`` and checks it out. No alternates: the objects live in the
+    volume and count against ``disk_mb``. WorkspaceError if it fails.
+    """
+    if uid == 0:
+        raise WorkspaceError("refusing to check out as root (uid 0)")
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
+        raise WorkspaceError(f"{commit!r} is not a full commit id")
+    spec = {
+        "image": HELPER_IMAGE,
+        "command": ["sh", "-c", CHECKOUT_SCRIPT, "agentrt-checkout", branch, commit],
+        "user": f"{uid}:{gid}", "working_dir": "/",
+        "environment": {"HOME": "/var/tmp"},
+        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
+        "network_mode": "none",
+        "mounts": volume.mounts(db_target=None),
+        "mem_limit": 512 * 1024 * 1024, "memswap_limit": 512 * 1024 * 1024, "pids_limit": 128,
+        "labels": {LABEL_SESSION: volume.session_id, LABEL_ROLE: ROLE_HELPER}, "detach": True,
+    }
+    try:
+        _run_helper(client, spec, f"check out {branch} in the engine volume of "
+                    f"{volume.session_id}", timeout=timeout,
+                    put=("/var/tmp", _tar_one_file(bundle, "agentrt-base.bundle")))
+    except (VolumeError, OSError) as exc:
+        raise WorkspaceError(str(exc)) from exc

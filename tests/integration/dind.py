@@ -1,0 +1,150 @@
+"""A second Docker engine for the tests: ``agentrt/dind`` in a container on the local engine.
+
+The engine-side volumes of :mod:`runtime.engine_volumes` must work on an engine whose disk
+agentrt does not share. This starts one: Debian's dockerd in a container (recipe
+``runtime/recipes/dind``, built on demand like ``agentrt/postgres``), its data root on a
+tmpfs *inside that container* (so whatever it makes is on neither the test process's
+filesystem nor its mount namespace), reached over TCP on a port published to 127.0.0.1 only,
+with ``agentrt/base`` loaded into it (``docker save`` from the local engine streamed into its
+``docker load``). Up in about 10 s; one per test session, torn down at its end.
+
+Flags measured on this project's host, where ``--privileged`` fails (its bounding set lacks
+``CAP_SYS_RESOURCE``): every capability but ``SYS_RESOURCE``, no seccomp and no AppArmor
+profile, the host's cgroup tree read-write (cgroup v1), ``/dev/loop-control`` and the device
+cgroup rule ``b 7:* rwm`` (the image's entrypoint makes the ``/dev/loopN`` nodes). Its dockerd
+runs with ``--bridge=none --iptables=false``: containers on it get ``network_mode="none"``.
+
+Why not pytest-docker (a declared test dependency) with a compose file: it drives the
+``docker compose`` v2 plugin (or Debian's EOL ``docker-compose`` v1 when told to), and neither
+is installed by ``scripts/setup`` nor on CI's machine; it only publishes and waits for a port,
+so loading the base image and a clean shutdown (inner containers first, so no cgroup of
+theirs is left on the host) would still be SDK code; and a compose project adds a network of
+its own that the dind engine does not need. A plain SDK fixture is smaller and starts faster.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import requests.exceptions
+
+DIND_IMAGE = "agentrt/dind:latest"
+LOADED_IMAGES = ("agentrt/base:latest",)
+LABEL_TEST = "agentrt.test"
+START_TIMEOUT_S = 60
+
+
+@dataclass
+class DindEngine:
+    """A running dind engine: its container on the local engine and a client of it."""
+
+    container: Any  # docker.models.containers.Container on the *local* engine
+    client: docker.DockerClient  # the dind engine
+    url: str
+
+    def exec(self, command: str) -> str:
+        """Run ``sh -c command`` as root in the dind container (its host's view); output."""
+        code, out = self.container.exec_run(["sh", "-c", command], user="0:0")
+        text = out.decode(errors="replace")
+        if code != 0:
+            raise AssertionError(f"dind exec {command!r} exited {code}: {text}")
+        return str(text)
+
+
+def dind_run_kwargs(name: str) -> dict[str, Any]:
+    """``containers.run`` arguments of the dind container (see the module docstring)."""
+    return {
+        "image": DIND_IMAGE,
+        "name": name,
+        "command": ["--host", "tcp://0.0.0.0:2375", "--host", "unix:///var/run/docker.sock",
+                    "--tls=false", "--bridge=none", "--iptables=false"],
+        "cap_add": ["ALL"],
+        "cap_drop": ["SYS_RESOURCE"],
+        "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+        "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+        "devices": ["/dev/loop-control:/dev/loop-control:rwm"],
+        "device_cgroup_rules": ["b 7:* rwm"],
+        "tmpfs": {"/var/lib/docker": "rw,size=3g,mode=0711", "/run": "rw,size=64m"},
+        "ports": {"2375/tcp": ("127.0.0.1", None)},
+        "labels": {LABEL_TEST: "dind"},
+        "detach": True,
+    }
+
+
+def start_dind(host: docker.DockerClient, images: tuple[str, ...] = LOADED_IMAGES,
+               timeout: float = START_TIMEOUT_S) -> DindEngine:
+    """Start a dind engine on ``host``, wait for it, load ``images`` into it."""
+    name = f"agentrt-test-dind-{os.getpid()}-{secrets.token_hex(3)}"
+    container = host.containers.run(**dind_run_kwargs(name))
+    try:
+        deadline = time.monotonic() + timeout
+        port = None
+        while port is None:
+            container.reload()
+            bound = (container.attrs["NetworkSettings"]["Ports"] or {}).get("2375/tcp") or []
+            port = bound[0]["HostPort"] if bound else None
+            if port is None:
+                _check_alive(container, deadline)
+                time.sleep(0.1)
+        url = f"tcp://127.0.0.1:{port}"
+        client = None
+        while client is None:
+            try:
+                # The client asks the engine for its API version as it is made.
+                client = docker.DockerClient(base_url=url, timeout=120)
+                client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                client = None
+                _check_alive(container, deadline)
+                time.sleep(0.2)
+        for ref in images:
+            client.images.load(host.images.get(ref).save(named=ref))
+        return DindEngine(container, client, url)
+    except BaseException:
+        _remove(container)
+        raise
+
+
+def _check_alive(container: Any, deadline: float) -> None:
+    container.reload()
+    if container.status != "running" or time.monotonic() > deadline:
+        logs = container.logs(tail=30).decode(errors="replace")
+        raise RuntimeError(f"the dind engine did not come up ({container.status}):\n{logs}")
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.stop(timeout=20)
+    finally:
+        container.remove(force=True, v=True)
+
+
+def stop_dind(engine: DindEngine) -> None:
+    """Remove the dind engine's containers, then stop dockerd cleanly and remove it."""
+    try:
+        for inner in engine.client.containers.list(all=True):
+            inner.remove(force=True, v=True)
+    finally:
+        engine.client.close()
+        _remove(engine.container)
+
+
+@pytest.fixture(scope="session")
+def dind_engine(docker_client: docker.DockerClient) -> Iterator[DindEngine]:
+    """A second Docker engine (agentrt/dind) with agentrt/base loaded, for the session."""
+    from runtime.images import build_image
+
+    build_image(docker_client, "dind")
+    engine = start_dind(docker_client)
+    try:
+        yield engine
+    finally:
+        stop_dind(engine)
