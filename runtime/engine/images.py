@@ -51,7 +51,7 @@ IMAGE_PARENTS: dict[str, str | None] = {
     "codex": "base",
     "aider": "base",
     "postgres": "base",
-    "dind": "base",  # a second engine for the tests of runtime/engine_volumes.py
+    "dind": "base",  # a second engine for the tests of runtime/engine/engine_volumes.py
 }
 DEFAULT_IMAGES = ("base",)
 REGISTRY_BASE = "debian:bookworm-slim"

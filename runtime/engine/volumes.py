@@ -273,7 +273,10 @@ def _make_loop_fs(volume: Volume, disk_mb: int, uid: int, gid: int) -> None:
     # by punching holes even with nodiscard; allocating again fills them (data untouched).
     _run(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
     _run(
-        ["mount", "-o", "loop,nodev,nosuid,noatime", str(volume.image), str(volume.root)],
+        # noinit_itable: the kernel would otherwise zero the inode tables through the loop
+        # device a few seconds later and punch holes in the reserved image.
+        ["mount", "-o", "loop,nodev,nosuid,noatime,noinit_itable", str(volume.image),
+         str(volume.root)],
         "mount volume image",
     )
     with contextlib.suppress(OSError):
@@ -287,7 +290,7 @@ def open_volume(session_dir: Path, limit_bytes: int = 0) -> Volume:
     if volume.mode == "loop" and not mounted_at(volume.root) and loop_supported():
         volume.root.mkdir(exist_ok=True)
         _run(
-            ["mount", "-o", "loop,nodev,nosuid,noatime", str(image), str(volume.root)],
+            ["mount", "-o", "loop,nodev,nosuid,noatime,noinit_itable", str(image), str(volume.root)],
             "remount volume image",
         )
     return volume

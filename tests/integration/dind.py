@@ -1,6 +1,6 @@
 """A second Docker engine for the tests: ``agentrt/dind`` in a container on the local engine.
 
-The engine-side volumes of :mod:`runtime.engine_volumes` must work on an engine whose disk
+The engine-side volumes of :mod:`runtime.engine.engine_volumes` must work on an engine whose disk
 agentrt does not share. This starts one: Debian's dockerd in a container (recipe
 ``runtime/recipes/dind``, built on demand like ``agentrt/postgres``), its data root on a
 tmpfs *inside that container* (so whatever it makes is on neither the test process's
@@ -140,7 +140,7 @@ def stop_dind(engine: DindEngine) -> None:
 @pytest.fixture(scope="session")
 def dind_engine(docker_client: docker.DockerClient) -> Iterator[DindEngine]:
     """A second Docker engine (agentrt/dind) with agentrt/base loaded, for the session."""
-    from runtime.images import build_image
+    from runtime.engine.images import build_image
 
     build_image(docker_client, "dind")
     engine = start_dind(docker_client)

@@ -1,4 +1,4 @@
-"""Engine-side volumes (runtime/engine_volumes.py) on an engine that does not share our disk.
+"""Engine-side volumes (runtime/engine/engine_volumes.py) on an engine that does not share our disk.
 
 The dind engine (tests/integration/dind.py) is a real second dockerd whose data root is a
 tmpfs inside its own container: a volume made there is a loop-mounted image on *its* host,
@@ -18,8 +18,9 @@ from typing import Any
 import docker
 import pytest
 
-from runtime import engine_volumes as ev
+from runtime.engine import engine_volumes as ev
 from runtime.errors import WorkspaceError
+from runtime.git import engine_checkout
 from tests.conftest import git, make_repo
 from tests.integration.dind import DindEngine
 
@@ -130,9 +131,9 @@ def test_dind_engine_volume_is_a_loop_image_on_that_engine_and_only_there(
         assert blocks_of_image(dind, volume) >= 64 * MIB
 
         # The base's files, checked out as the agent's uid from a bundle made on this side.
-        bundle = ev.create_base_bundle(repo / ".git", "agent/t/abc123", commit,
+        bundle = engine_checkout.create_base_bundle(repo / ".git", "agent/t/abc123", commit,
                                        tmp_path / "base.bundle")
-        ev.checkout_in_engine(dind, volume, bundle, "agent/t/abc123", commit, 1000, 1000)
+        engine_checkout.checkout_in_engine(dind, volume, bundle, "agent/t/abc123", commit, 1000, 1000)
         bundle.unlink()
         code, out = run(dind, "cd /workspace && git log -1 --format=%H && git status "
                         "--porcelain && git symbolic-ref HEAD && stat -c '%u:%g %n' README.md "
@@ -203,11 +204,11 @@ def test_checkout_refuses_a_bundle_whose_branch_is_not_the_commit(
     bundle = tmp_path / "b.bundle"
     git(source, "bundle", "create", "-q", str(bundle), "refs/heads/agent/t/def456")
     with pytest.raises(WorkspaceError, match="not"):
-        ev.create_base_bundle(source / ".git", "agent/t/def456", first, tmp_path / "x.bundle")
+        engine_checkout.create_base_bundle(source / ".git", "agent/t/def456", first, tmp_path / "x.bundle")
     volume = ev.create_engine_volume(docker_client, session_id(), 16, 1000, 1000)
     try:
         with pytest.raises(WorkspaceError, match="agentrt-checkout: the bundle's"):
-            ev.checkout_in_engine(docker_client, volume, bundle, "agent/t/def456", first,
+            engine_checkout.checkout_in_engine(docker_client, volume, bundle, "agent/t/def456", first,
                                   1000, 1000)
     finally:
         ev.remove_engine_volume(docker_client, volume)

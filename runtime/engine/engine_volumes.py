@@ -1,10 +1,10 @@
 """Session volumes made on the Docker engine's host, through the Docker API only.
 
-:mod:`runtime.volumes` makes a session's volume on the host that runs agentrt and binds it into
-the container by host path: that only works when the engine shares agentrt's disk. This module
-makes the same volume *where the engine runs* (a Colima or Docker Desktop VM, a remote engine, a
-Docker-in-Docker engine), with nothing but API calls: every file operation happens in a short
-*helper container* (agentrt's base image) on that engine.
+:mod:`runtime.engine.volumes` makes a session's volume on the host that runs agentrt and binds
+it into the container by host path: that only works when the engine shares agentrt's disk. This
+module makes the same volume *where the engine runs* (a Colima or Docker Desktop VM, a remote
+engine, a Docker-in-Docker engine), with nothing but API calls: every file operation happens in a
+short *helper container* (agentrt's base image) on that engine.
 
 **Loop mode** (a Linux engine that is not rootless and has loop devices). The helper runs as
 root with exactly three capabilities, ``SYS_ADMIN`` (losetup, mount, umount), ``MKNOD`` (a
@@ -16,7 +16,7 @@ default seccomp profile stay on (it allows ``mount`` to a holder of ``SYS_ADMIN`
 ``mount`` and are lifted for the helper only. The helper
 
 * ``fallocate``\\ s ``<state>/sessions/<id>/volume.img`` (``disk_mb`` MiB, not sparse),
-  ``mkfs.ext4 -E nodiscard`` (same settings as :mod:`runtime.volumes`), and
+  ``mkfs.ext4 -E nodiscard`` (same settings as :mod:`runtime.engine.volumes`), and
 * loop-mounts it ``nodev,nosuid,noatime`` at ``<state>/sessions/<id>/volume`` with
   ``workspace/`` and ``db/`` owned by the agent's uid.
 
@@ -37,7 +37,7 @@ them.
 The image is mounted ``noinit_itable``: otherwise the kernel's lazy inode-table initialisation
 zeroes the tables through the loop device, which punches holes into the image file and gives
 part of the reservation made by ``fallocate`` back to the engine's host (4 MiB of 64 within
-seconds, measured on this project's host; :mod:`runtime.volumes` has the same leak). The
+seconds, measured on this project's host; :mod:`runtime.engine.volumes` has the same leak). The
 tables of a freshly allocated file read as zeros anyway.
 
 **Soft mode** (rootless engine, no loop devices, anything the probe finds failing): a plain
@@ -62,11 +62,9 @@ import logging
 import os
 import re
 import secrets
-import tarfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -74,10 +72,10 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
-from runtime.engine import engine_errors, engine_info
-from runtime.errors import EngineError, GitError, VolumeError, WorkspaceError
-from runtime.gitops import run_git
-from runtime.volumes import DiskLimitMode
+from runtime.engine.discovery import engine_errors, engine_info
+from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
+from runtime.engine.volumes import DiskLimitMode
+from runtime.errors import EngineError, VolumeError
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +85,6 @@ HELPER_IMAGE = "agentrt/base:latest"
 STATE_DIR_ENV = "AGENTRT_ENGINE_STATE_DIR"
 #: Environment variable forcing a mode (``loop`` or ``soft``) instead of probing the engine.
 MODE_ENV = "AGENTRT_ENGINE_VOLUMES"
-LABEL_SESSION = "agentrt.session"
-LABEL_ROLE = "agentrt.role"
 ROLE_VOLUME = "volume"
 ROLE_HELPER = "volume-helper"
 LABEL_MODE = "agentrt.volume.mode"
@@ -193,31 +189,6 @@ chown "$1:$2" /vol /vol/workspace /vol/db
 """
 
 # As the agent's uid, /workspace = the volume's workspace. Arguments: branch, commit.
-CHECKOUT_SCRIPT = r"""
-set -eu
-branch=$1; commit=$2; b=/var/tmp/agentrt-base.bundle; w=/workspace
-export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/var/tmp GIT_TERMINAL_PROMPT=0
-export LC_ALL=C
-g() {
-  git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core.untrackedCache=false \
-      -c gc.auto=0 -c maintenance.auto=false -c core.pager=cat -c submodule.recurse=false \
-      -c protocol.file.allow=always -c advice.detachedHead=false -c pack.threads=1 "$@"
-}
-g init -q --template= --initial-branch="$branch" "$w"
-g --git-dir="$w/.git" config user.name "agentrt agent"
-g --git-dir="$w/.git" config user.email agent@agentrt.invalid
-g --git-dir="$w/.git" config gc.auto 0
-g --git-dir="$w/.git" config maintenance.auto false
-g --git-dir="$w/.git" fetch -q --no-tags --no-write-fetch-head --update-head-ok "$b" \
-  "+refs/heads/$branch:refs/heads/$branch"
-got=$(g --git-dir="$w/.git" rev-parse --verify -q "refs/heads/$branch^{commit}") || got=
-if [ "$got" != "$commit" ]; then
-  echo "agentrt-checkout: the bundle's $branch is '$got', not $commit" >&2; exit 4
-fi
-g --git-dir="$w/.git" --work-tree="$w" reset -q --hard "$commit"
-echo "agentrt-checkout: done"
-"""
-
 USAGE_SCRIPT = r"""
 set -eu
 df -Pk /vol | awk 'NR == 2 { print "df", $3, $4 }'
@@ -259,7 +230,7 @@ class EngineVolume:
                db_target: str | None = DB_TARGET, read_only: bool = False) -> list[Mount]:
         """The mounts a session (or harvest) container on this engine uses for the volume.
 
-        Binds of engine-host paths, as :func:`runtime.container.container_spec` makes for a
+        Binds of engine-host paths, as :func:`runtime.engine.container.container_spec` makes for a
         host-side volume: the engine resolves the source on its own host.
         """
         mounts = [Mount(workspace_target, self.workspace, type="bind", read_only=read_only)]
@@ -360,7 +331,7 @@ def _loop_helper_spec(client: docker.DockerClient, state: str, script: str,
     }
 
 
-def _run_helper(client: docker.DockerClient, spec: dict[str, Any], what: str,
+def run_helper(client: docker.DockerClient, spec: dict[str, Any], what: str,
                 timeout: float = HELPER_TIMEOUT_S,
                 put: tuple[str, Iterator[bytes]] | None = None) -> str:
     """Create, (fill,) start and wait for a helper; its output. VolumeError if it fails."""
@@ -418,7 +389,7 @@ def engine_volume_mode(client: docker.DockerClient, refresh: bool = False) -> Di
         try:
             spec = _loop_helper_spec(client, state, PROBE_SCRIPT, [secrets.token_hex(6)],
                                      "probe")
-            _run_helper(client, spec, "probe loop volumes on the engine", timeout=60)
+            run_helper(client, spec, "probe loop volumes on the engine", timeout=60)
             mode = "loop"
         except VolumeError as exc:
             log.warning("engine volumes fall back to soft limits: %s", exc)
@@ -456,7 +427,7 @@ def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: 
             spec = _loop_helper_spec(client, state, CREATE_SCRIPT,
                                      [session_id, str(disk_mb), str(uid), str(gid), label,
                                       journal], session_id)
-            _run_helper(client, spec, f"create the engine volume of {session_id}")
+            run_helper(client, spec, f"create the engine volume of {session_id}")
         except VolumeError:
             with contextlib.suppress(VolumeError, EngineError):
                 _remove_named_volume(client, name)
@@ -478,7 +449,7 @@ def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: 
             "mem_limit": HELPER_MEMORY, "memswap_limit": HELPER_MEMORY, "pids_limit": 64,
             "labels": {LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER}, "detach": True,
         }
-        _run_helper(client, spec, f"prepare the soft engine volume of {session_id}")
+        run_helper(client, spec, f"prepare the soft engine volume of {session_id}")
     except VolumeError:
         with contextlib.suppress(VolumeError, EngineError):
             _remove_named_volume(client, name)
@@ -520,7 +491,7 @@ def remove_engine_volume(client: docker.DockerClient, volume: EngineVolume) -> N
             raise VolumeError(f"engine volume {volume.name} has an unexpected root {volume.root}")
         spec = _loop_helper_spec(client, state, REMOVE_SCRIPT, [volume.session_id],
                                  volume.session_id)
-        _run_helper(client, spec, f"remove the engine volume of {volume.session_id}")
+        run_helper(client, spec, f"remove the engine volume of {volume.session_id}")
     try:
         _remove_named_volume(client, volume.name)
     except EngineError as exc:
@@ -556,74 +527,10 @@ def engine_volume_usage(client: docker.DockerClient, volume: EngineVolume) -> tu
         "mem_limit": HELPER_MEMORY, "memswap_limit": HELPER_MEMORY, "pids_limit": 64,
         "labels": {LABEL_SESSION: volume.session_id, LABEL_ROLE: ROLE_HELPER}, "detach": True,
     }
-    out = _run_helper(client, spec, f"measure the engine volume of {volume.session_id}")
+    out = run_helper(client, spec, f"measure the engine volume of {volume.session_id}")
     fields = {line.split()[0]: [int(x) * 1024 for x in line.split()[1:]]  # KiB
               for line in out.splitlines() if line.split()[:1] in (["df"], ["du"])}
     if volume.mode == "loop" and "df" in fields:
         return fields["df"][0], fields["df"][1]
     used = fields.get("du", [0])[0]
     return used, max(0, volume.limit_bytes - used)
-
-
-def create_base_bundle(git_dir: Path, branch: str, commit: str, dest: Path) -> Path:
-    """``git bundle create`` of ``refs/heads/<branch>`` (which must be at ``commit``) on the
-    host, for :func:`checkout_in_engine`. The whole history the commit reaches goes in."""
-    try:
-        head = run_git(["rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"],
-                       git_dir=git_dir).stdout.strip()
-        if head != commit:
-            raise WorkspaceError(f"branch {branch} is at {head or 'nothing'}, not {commit}")
-        run_git(["bundle", "create", "-q", str(dest), f"refs/heads/{branch}"], git_dir=git_dir)
-    except GitError as exc:
-        raise WorkspaceError(f"cannot bundle {branch}: {exc}") from exc
-    return dest
-
-
-def _tar_one_file(path: Path, name: str) -> Iterator[bytes]:
-    """A tar stream of one regular file, read as it is sent (no copy on disk or in memory)."""
-    with open(path, "rb") as source:
-        size = os.fstat(source.fileno()).st_size
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.uid, info.gid = size, 0o644, 0, 0
-        yield info.tobuf(format=tarfile.PAX_FORMAT)
-        sent = 0
-        while chunk := source.read(1024 * 1024):
-            sent += len(chunk)
-            yield chunk
-        if sent != size:
-            raise VolumeError(f"{path} changed while it was sent")
-        yield b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
-
-
-def checkout_in_engine(client: docker.DockerClient, volume: EngineVolume, bundle: Path,
-                       branch: str, commit: str, uid: int, gid: int,
-                       timeout: float = CHECKOUT_TIMEOUT_S) -> None:
-    """Check ``commit`` out on ``branch`` in ``volume``'s workspace, on the engine's host.
-
-    ``bundle`` (made on the host, see :func:`create_base_bundle`) is shipped with
-    ``put_archive`` into a helper container running as ``uid:gid`` with no capabilities and no
-    network; it ``git init``\\ s ``workspace/.git`` (no template), fetches the branch from the
-    bundle, checks it is ``commit`` and checks it out. No alternates: the objects live in the
-    volume and count against ``disk_mb``. WorkspaceError if it fails.
-    """
-    if uid == 0:
-        raise WorkspaceError("refusing to check out as root (uid 0)")
-    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
-        raise WorkspaceError(f"{commit!r} is not a full commit id")
-    spec = {
-        "image": HELPER_IMAGE,
-        "command": ["sh", "-c", CHECKOUT_SCRIPT, "agentrt-checkout", branch, commit],
-        "user": f"{uid}:{gid}", "working_dir": "/",
-        "environment": {"HOME": "/var/tmp"},
-        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
-        "network_mode": "none",
-        "mounts": volume.mounts(db_target=None),
-        "mem_limit": 512 * 1024 * 1024, "memswap_limit": 512 * 1024 * 1024, "pids_limit": 128,
-        "labels": {LABEL_SESSION: volume.session_id, LABEL_ROLE: ROLE_HELPER}, "detach": True,
-    }
-    try:
-        _run_helper(client, spec, f"check out {branch} in the engine volume of "
-                    f"{volume.session_id}", timeout=timeout,
-                    put=("/var/tmp", _tar_one_file(bundle, "agentrt-base.bundle")))
-    except (VolumeError, OSError) as exc:
-        raise WorkspaceError(str(exc)) from exc
