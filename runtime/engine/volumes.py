@@ -290,7 +290,8 @@ def open_volume(session_dir: Path, limit_bytes: int = 0) -> Volume:
     if volume.mode == "loop" and not mounted_at(volume.root) and loop_supported():
         volume.root.mkdir(exist_ok=True)
         _run(
-            ["mount", "-o", "loop,nodev,nosuid,noatime,noinit_itable", str(image), str(volume.root)],
+            ["mount", "-o", "loop,nodev,nosuid,noatime,noinit_itable", str(image),
+             str(volume.root)],
             "remount volume image",
         )
     return volume
