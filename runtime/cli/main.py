@@ -130,12 +130,20 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
 
 
 @main.command()
-def doctor() -> None:
+@click.option("--repo", default=".", show_default=True,
+              help="Also report this repository's volumes kept for a retry (if it is one).")
+def doctor(repo: str) -> None:
     """Check the Docker engine, git, cgroups, disk-limit support, gVisor and images."""
     from runtime.engine.discovery import get_client
+    from runtime.errors import ConfigError
+    from runtime.git.safe_git import MainRepo
     from runtime.run.doctor import run_checks
 
-    checks = run_checks(get_client)
+    try:
+        state_dir: Path | None = MainRepo(repo).state_dir
+    except ConfigError:
+        state_dir = None  # not a repository: the engine and host checks only
+    checks = run_checks(get_client, state_dir)
     worst = 0
     for check in checks:
         color = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]

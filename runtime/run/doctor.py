@@ -216,8 +216,10 @@ def _image_check(client: docker.DockerClient) -> Check:
     return Check("images", "ok", f"{BASE_IMAGE} is present and current")
 
 
-def run_checks(client_factory: Callable[[], docker.DockerClient]) -> list[Check]:
-    """Every check, in a stable order; never raises for what it finds.
+def run_checks(client_factory: Callable[[], docker.DockerClient],
+               state_dir: Path | None = None) -> list[Check]:
+    """Every check, in a stable order; never raises for what it finds. With ``state_dir`` (a
+    repository's), also the volumes kept because their work has not come home yet.
 
     ``client_factory`` is called once (e.g. :func:`runtime.engine.discovery.get_client`); if it
     raises :class:`~runtime.errors.AgentRuntimeError`, the engine check fails and the checks
@@ -235,4 +237,34 @@ def run_checks(client_factory: Callable[[], docker.DockerClient]) -> list[Check]
     found["git"] = _git_check_host()
     found["disk limits"] = disk_check(disk_limit_mode())
     found["colima"] = colima_check()
-    return [found[name] for name in CHECK_ORDER]
+    checks = [found[name] for name in CHECK_ORDER]
+    if state_dir is not None:
+        checks.append(kept_check(kept_volumes(state_dir)))
+    return checks
+
+
+def kept_volumes(state_dir: Path) -> list[tuple[str, int]]:
+    """Sessions whose work waits on a kept volume (a failed harvest), with the bytes held."""
+    from runtime.state.recovery import SessionMarker
+    from runtime.state.repair import session_dirs
+
+    kept = []
+    for session_id, session_dir in sorted(session_dirs(state_dir).items()):
+        marker = SessionMarker.read(session_dir)
+        if marker is None or not marker.work_kept:
+            continue
+        image = session_dir / "volume.img"
+        held = image.stat().st_blocks * 512 if image.exists() else 0
+        kept.append((session_id, held))
+    return kept
+
+
+def kept_check(kept: list[tuple[str, int]]) -> Check:
+    """Pure: warn about kept volumes, the space they hold and how to bring their work home."""
+    if not kept:
+        return Check("kept volumes", "ok", "none: every session's work is home")
+    total = sum(size for _, size in kept) // (1024 * 1024)
+    names = ", ".join(session for session, _ in kept[:5]) + (" …" if len(kept) > 5 else "")
+    return Check("kept volumes", "warn",
+                 f"{len(kept)} session(s) hold {total} MiB until their work comes home: {names}",
+                 f"agentrt recover {kept[0][0]} (or agentrt gc for all)")

@@ -304,8 +304,11 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             result.warnings.extend(w for w in outcome.warnings if w not in result.warnings)
         elif branch and not finished:
             result.head_commit = repo.branch_head(branch)
-        store.upsert_session(result, row.run_id)
-        store.add_event(row.run_id, "gc", "reconciled session", session_id=session_id)
+        try:
+            store.upsert_session(result, row.run_id)
+            store.add_event(row.run_id, "gc", "reconciled session", session_id=session_id)
+        except AgentRuntimeError as exc:  # the record waits; the work and the volume do not
+            report.errors.append(f"{session_id}: {exc}")
     if container is not None:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True, v=True)
@@ -347,7 +350,7 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
         objects = ensure_store(repo, marker.run_id, marker.base_commit)
     except AgentRuntimeError as exc:
         return WorkOutcome(WorkState.KEPT, repo.branch_head(branch),
-                           [f"cannot reopen the session to harvest it: {exc}"])
+                           [f"cannot reopen the session to harvest it: {exc}; the volume is kept"])
     plan = HarvestPlan(session_id=session_id, base_commit=marker.base_commit,
                        workspace=volume.workspace, store=objects, uid=marker.uid,
                        gid=marker.gid, memory_mb=config.resource_limits.memory_mb,

@@ -144,6 +144,8 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
         assert entry["work"] == "kept" and entry["kept_bytes"] >= 40 * 1024 * 1024, entry
         table = cli("ps", "--repo", str(repo))
         assert f"agentrt recover {session['id']}" in " ".join(table.stdout.split())
+        doctor = cli("doctor", "--repo", str(repo))
+        assert "kept volumes" in doctor.stdout and session["id"] in doctor.stdout, doctor.stdout
         # While the disk is still full, a retry keeps everything and says so.
         again = cli("recover", session["id"][:9], "--repo", str(repo))
         assert again.returncode == 1 and "kept" in again.stderr, again.stderr

@@ -123,3 +123,11 @@ def test_unreachable_engine_fails_one_check_and_reports_the_rest() -> None:
     assert by_name["engine"].fix
     assert by_name["images"].detail.startswith("not checked")
     assert by_name["colima"].status in ("ok", "warn")
+
+
+def test_kept_volumes_are_a_warning_with_the_space_and_the_retry() -> None:
+    assert doctor.kept_check([]).status == "ok"
+    check = doctor.kept_check([("a-1", 50 * 1024 * 1024), ("b-2", 30 * 1024 * 1024)])
+    assert check.status == "warn"
+    assert "2 session(s) hold 80 MiB" in check.detail and "a-1, b-2" in check.detail
+    assert check.fix == "agentrt recover a-1 (or agentrt gc for all)"
