@@ -86,8 +86,22 @@ else
   g --git-dir="$h" read-tree "$base"
 fi
 parent=${head:-$base}
-if ! g --git-dir="$h" --work-tree=/workspace add -A --ignore-errors -- . \
-     >/dev/null 2>"$out/add.err"; then
+add() {
+  g -c core.trustctime=false -c core.checkStat=minimal --git-dir="$h" --work-tree=/workspace \
+    add -A --ignore-errors -- . >/dev/null 2>"$out/add.err"
+}
+# The agent's own index is only a stat cache (files whose size and mtime did not change are not
+# re-read): a copy of a plain file of sane size, in an index of our own; any doubt, or any
+# error, and the snapshot starts again from the commit's tree, reading every file.
+stat_cache=
+if [ -n "$head" ] && [ -f /workspace/.git/index ] && [ ! -L /workspace/.git/index ] \
+   && [ -n "$(find /workspace/.git/index -maxdepth 0 -type f -size -256M 2>/dev/null)" ] \
+   && cp /workspace/.git/index "$out/agent.index" 2>/dev/null; then
+  stat_cache=$out/agent.index
+fi
+if [ -n "$stat_cache" ] && GIT_INDEX_FILE=$stat_cache add; then
+  mv "$stat_cache" "$GIT_INDEX_FILE"
+elif ! add; then
   echo "agentrt-harvest: some files could not be read"
   head -c 2000 "$out/add.err" >&2 || true
 fi
