@@ -12,6 +12,7 @@ import contextlib
 
 import docker.errors
 
+from runtime.engine import engine_errors
 from runtime.errors import NotFoundError
 from runtime.gitops import MainRepo
 from runtime.owner import owner_alive
@@ -45,7 +46,8 @@ def stop_target(repo: MainRepo, store: Store, target: str, grace: int = 10) -> l
             continue
         store.add_event(row.run_id, STOP_REQUESTED, "stop requested", session_id=row.id)
         if owner_alive(row.owner_pid, row.owner_start_time):
-            with contextlib.suppress(docker.errors.NotFound):
+            with engine_errors(f"stop the container of {row.id}"), \
+                    contextlib.suppress(docker.errors.NotFound):
                 client.api.stop(f"agentrt-{row.id}", timeout=grace)
         else:
             collect_garbage(repo, client, only_session=row.id, grace_seconds=grace)
