@@ -35,7 +35,14 @@ import docker.errors
 
 from runtime.bundle import ImportPolicy
 from runtime.config import RunConfig
-from runtime.container import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_SESSION
+from runtime.container import (
+    LABEL_OWNER_PID,
+    LABEL_OWNER_START,
+    LABEL_REPO,
+    LABEL_SESSION,
+    LABEL_TIME_SECONDS,
+    ended_at_deadline,
+)
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.gitops import MainRepo
 from runtime.harvest import (
@@ -290,6 +297,12 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
                 else "the agentrt process died while setting the session up, before its "
                      "container started; finished by gc")
             result.finished_at = utcnow()
+            limit = _own_deadline_seconds(container)
+            if limit is not None:  # the container's own deadline ended it, agentrt was gone
+                result.status = SessionStatus.TIMED_OUT
+                result.reason = f"ran past time_seconds={limit} (stopped by its container)"
+                result.exit_code = int(container.attrs["State"]["ExitCode"])
+                result.started_at, result.finished_at = engine_times(container.attrs["State"])
         if outcome is not None:
             result.work = outcome.state
             result.head_commit = outcome.head
@@ -318,6 +331,16 @@ def _ever_started(container: Any) -> bool:
     with contextlib.suppress(docker.errors.DockerException, KeyError, TypeError):
         return not str(container.attrs["State"]["StartedAt"]).startswith("0001-")
     return False
+
+
+def _own_deadline_seconds(container: Any) -> int | None:
+    """time_seconds, if the engine's record says the container's own deadline ended it."""
+    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+        limit = int(container.labels[LABEL_TIME_SECONDS])
+        state = container.attrs["State"]
+        if ended_at_deadline(state.get("ExitCode"), *engine_times(state), limit):
+            return limit
+    return None
 
 
 def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
