@@ -9,13 +9,14 @@ files are data: on a terminal their control characters are shown escaped, never 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -140,98 +141,33 @@ def saved_log_path(repo: MainRepo, session_id: str) -> Path:
     return paths.log_path(repo.state_dir, session_id)
 
 
-def redact_stream(chunks: Iterable[bytes], secrets: list[str]) -> Iterator[bytes]:
-    """``chunks`` with every secret value replaced, even when a value spans two chunks.
-
-    Holds back at most the longest secret's length minus one byte of a partial line.
-    """
-    from runtime.run.session import redact
-
-    values = [v for v in secrets if len(v) >= 4]
-    if not values:
-        yield from chunks
-        return
-    keep = max(len(v.encode()) for v in values) - 1
-    pending = b""
-    for chunk in chunks:
-        pending = redact(pending + chunk, values)
-        cut = max(pending.rfind(b"\n") + 1, len(pending) - keep)
-        if cut > 0:
-            yield pending[:cut]
-            pending = pending[cut:]
-    if pending:
-        yield redact(pending, values)
-
-
 def session_output(repo: MainRepo, store: Store, row: SessionRow, follow: bool,
-                   client: Callable[[], docker.DockerClient]) -> Iterator[bytes]:
-    """A session's output: its saved log once finished, else live from its container.
+                   client: Callable[[], docker.DockerClient] | None = None) -> Iterator[bytes]:
+    """A session's output as the process that owns its run saved it (secrets redacted there).
 
-    With ``follow`` the output of a running session streams until its container stops; a
-    pending session is waited for. ``client`` is called only when a container is needed.
-    Live output has the values of the task's ``secrets`` redacted when this process has them.
+    Never asks the container or depends on this process's environment: the owner writes the
+    log as the output arrives (``runtime.state.log_keeper``). With ``follow`` the output of a
+    pending or running session streams until the session ends (or its owner dies).
+    ``client`` is accepted for compatibility and not used.
     """
-    while follow and row.status is SessionStatus.PENDING:
-        time.sleep(FOLLOW_POLL_S)
-        row = store.get_session(row.id)
-    if not row.status.is_final:
-        container = _container(client, row)
-        if container is not None:
-            shown = False
-            try:
-                for chunk in redact_stream(_live_output(container, store, row.id, follow),
-                                           _secret_values(row)):
-                    shown = True
-                    yield chunk
-                return
-            except _Gone:
-                if shown:
-                    return
-    # Finished, or its container was removed meanwhile: the log was saved before that.
+    from runtime.state.log_keeper import follow_log
+
     path = saved_log_path(repo, row.id)
-    if path.exists():
-        yield path.read_bytes()
+    if not follow or row.status.is_final:
+        with contextlib.suppress(FileNotFoundError):
+            yield path.read_bytes()
+        return
+    yield from follow_log(path, lambda: _session_over(store, row.id))
 
 
-def _secret_values(row: SessionRow) -> list[str]:
-    manifest = row.manifest
-    names = manifest.task.get("secrets") if manifest else None
-    if not isinstance(names, list):
-        return []
-    return [os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)]
+def _session_over(store: Store, session_id: str) -> bool:
+    """True once the session is final, or nobody is left to finish it (its owner died)."""
+    from runtime.state.liveness import owner_alive
 
-
-class _Gone(Exception):
-    """The session's container disappeared while being read."""
-
-
-def _live_output(container: Any, store: Store, session_id: str, follow: bool) -> Iterator[bytes]:
-    import docker.errors
-
-    from runtime.engine.discovery import engine_errors
-
-    with engine_errors(f"read the logs of {session_id}"):
-        try:
-            if not follow:
-                yield container.logs(stdout=True, stderr=True)
-                return
-            # The session is marked running just before its container starts, and the engine
-            # ends a follow of a container that has not started yet at once.
-            while container.status == "created" and \
-                    not store.get_session(session_id).status.is_final:
-                time.sleep(FOLLOW_POLL_S / 5)
-                container.reload()
-            yield from container.logs(stream=True, follow=True, stdout=True, stderr=True)
-        except docker.errors.NotFound as exc:
-            raise _Gone() from exc
-
-
-def _container(client: Callable[[], docker.DockerClient], row: SessionRow) -> Any:
-
-
-    from runtime.engine.labels import find_container
-
-    return find_container(client(), row.id)
+    row = store.get_session(session_id)
+    if row.status.is_final:
+        return True
+    return row.owner_pid is not None and not owner_alive(row.owner_pid, row.owner_start_time)
 
 
 def terminal_safe(text: str) -> str:

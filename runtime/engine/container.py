@@ -7,8 +7,9 @@ integration tests prove the kernel enforces it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,45 @@ from docker.types import LogConfig, Mount
 
 from runtime.config import ResourceLimits
 from runtime.engine.discovery import engine_errors
-from runtime.engine.labels import LABEL_RUN, LABEL_SESSION, container_name
+from runtime.engine.labels import (
+    LABEL_GRACE_SECONDS,
+    LABEL_RUN,
+    LABEL_SESSION,
+    LABEL_TIME_SECONDS,
+    container_name,
+)
 from runtime.errors import EngineError, SessionError
 
 WORKSPACE = "/workspace"
 DB_MOUNT = "/agentrt/db"
+SECRETS_MOUNT = "/run/agentrt"
+SECRETS_FILE = "env"
+# Exit codes of coreutils' timeout(1) when it ends the command at the deadline: 124 (the command
+# died of SIGTERM) or 137 (it outlived the grace; the SIGKILL takes timeout down with it).
+DEADLINE_EXIT_CODES = (124, 137)
+# How much earlier than time_seconds an engine-measured run may end and still count as stopped
+# at its deadline (the engine's StartedAt is taken a little before timeout(1) starts counting).
+DEADLINE_SLACK_S = 0.5
+# The container's own deadline trails agentrt's by the grace. timeout(1) arms a *new* timer for
+# the grace when a signal reaches it (agentrt's SIGTERM through docker-init) and its first
+# timer still fires at the deadline, as SIGKILL: any earlier, agentrt's grace would be cut short.
+# So with agentrt alive the agent gets SIGTERM at time_seconds and SIGKILL a grace later (from
+# agentrt and timeout alike); with agentrt gone, SIGTERM a grace later and SIGKILL after another.
+
+# The session container's entry point, run by docker-init (tini) as its only child:
+# 1. the task's secrets: sourced from a file agentrt wrote on a host directory mounted at
+#    /run/agentrt, then deleted, so they are in the agent's environment but never in the
+#    container's configuration (`docker inspect` shows no value);
+# 2. the deadline: timeout(1) sends SIGTERM at time_seconds and SIGKILL after the grace, to the
+#    agent's whole process group, whether or not agentrt is still alive to do it.
+ENTRYPOINT = (
+    'f=/run/agentrt/env; if [ -f "$f" ]; then . "$f"; rm -f "$f"; fi; '
+    'd=$1; g=$2; shift 2; '
+    'if [ "$d" -gt 0 ] && command -v timeout >/dev/null 2>&1; then '
+    'exec timeout -k "$g" -s TERM "$d" "$@"; fi; '
+    'echo "agentrt: no timeout(1) in the image; only agentrt enforces the deadline" >&2; '
+    'exec "$@"'
+)
 LOG_MAX_SIZE = "10m"
 # gVisor's sandbox (sentry and gofer threads) lives in the container's pids cgroup: below
 # about 100 pids it cannot even start, so the agent's own limit is granted on top of this.
@@ -59,6 +94,29 @@ class ContainerPlan:
     runtime: str = "runc"
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    # A host directory holding the secrets file (mounted read-write at /run/agentrt so the
+    # entry point can delete the file once read); None: the task has no secrets.
+    secrets_dir: Path | None = None
+    grace_seconds: int = 10
+
+
+def entry_command(plan: ContainerPlan) -> list[str]:
+    """The container's command: the entry point wrapping the agent's own argv (unchanged)."""
+    return ["sh", "-c", ENTRYPOINT, "agentrt-entry",
+            str(plan.limits.time_seconds + max(1, plan.grace_seconds)),
+            str(plan.grace_seconds), *plan.command]
+
+
+def ended_at_deadline(exit_code: int | None, started: datetime | None,
+                      finished: datetime | None, time_seconds: int) -> bool:
+    """True when the engine's record says the container's own deadline ended it.
+
+    Pure: the exit code timeout(1) gives at the deadline, and the engine's StartedAt/FinishedAt
+    at least ``time_seconds`` apart (an agent cannot fake that without running that long).
+    """
+    if exit_code not in DEADLINE_EXIT_CODES or started is None or finished is None:
+        return False
+    return (finished - started).total_seconds() >= time_seconds - DEADLINE_SLACK_S
 
 
 def tmpfs_mb(limits: ResourceLimits) -> int:
@@ -75,7 +133,9 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     Pure: no I/O. Memory and memory+swap are equal (no swap); ``cpu_percent`` becomes
     ``nano_cpus`` (100 % = one core); the root filesystem is read-only with a size-limited
     ``/tmp``; every capability is dropped; ``no-new-privileges``; the default seccomp profile;
-    an unprivileged user; no Docker socket; capped logs; labelled with run and session.
+    an unprivileged user; no Docker socket; capped logs; labelled with run, session and
+    deadline. The command is :data:`ENTRYPOINT` around the agent's argv: it reads the secrets
+    file (never the container's environment) and enforces ``time_seconds`` from inside.
     """
     limits = plan.limits
     if plan.uid == 0:
@@ -88,11 +148,15 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     ]
     if plan.db_dir is not None:
         mounts.append(Mount(DB_MOUNT, str(plan.db_dir), type="bind", read_only=False))
-    labels = {**plan.labels, LABEL_SESSION: plan.session_id, LABEL_RUN: plan.run_id}
+    if plan.secrets_dir is not None:
+        mounts.append(Mount(SECRETS_MOUNT, str(plan.secrets_dir), type="bind", read_only=False))
+    labels = {**plan.labels, LABEL_SESSION: plan.session_id, LABEL_RUN: plan.run_id,
+              LABEL_TIME_SECONDS: str(limits.time_seconds),
+              LABEL_GRACE_SECONDS: str(plan.grace_seconds)}
     spec: dict[str, Any] = {
         **HARDENING,
         "image": plan.image,
-        "command": list(plan.command),
+        "command": entry_command(plan),
         "name": container_name(plan.session_id),
         "hostname": plan.session_id[:63],
         "working_dir": WORKSPACE,
@@ -113,6 +177,29 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     if plan.runtime != "runc":
         spec["runtime"] = plan.runtime
     return spec
+
+
+class OutputStream:
+    """A container's stdout and stderr as they are written, from an attach made before start.
+
+    The engine hands each attached reader every byte, in order, and waits for a slow reader
+    (its buffer is about 1 MB), unlike a follow of the json-file log, which falls behind a
+    flood and loses what was rotated away meanwhile. The stream ends when the container stops.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def __iter__(self) -> Iterator[bytes]:
+        from docker.utils.socket import frames_iter
+
+        for _, data in frames_iter(self._sock, False):
+            yield bytes(data)
+
+    def close(self) -> None:
+        """Stop reading (the engine then drops this reader)."""
+        with contextlib.suppress(Exception):
+            self._sock.close()
 
 
 class AgentContainer:
@@ -146,6 +233,15 @@ class AgentContainer:
                 self.container.start()
         except EngineError as exc:
             raise SessionError(f"container failed to start: {exc}; logs: {self.tail(20)}") from exc
+
+    def attach_output(self) -> OutputStream:
+        """Attach to stdout and stderr; call before :meth:`start` so nothing is missed."""
+        with engine_errors("attach to the container"):
+            sock = self.client.api.attach_socket(
+                self.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+            # A silent agent is not a dead engine: reading waits as long as the container runs.
+            self.client.api._disable_socket_timeout(sock)
+        return OutputStream(sock)
 
     def inspect(self) -> dict[str, Any] | None:
         """The engine's view of the container, or None if it no longer exists."""

@@ -13,6 +13,12 @@
 Unix sockets that do not exist are skipped; the first candidate that answers a ping wins.
 :func:`get_client` shares one client per process. Every ``docker.errors`` (and transport) error
 raised here, or inside :func:`engine_errors`, surfaces as :class:`~runtime.errors.EngineError`.
+
+The clients made here raise :class:`EngineTransportError` for a transport failure (refused,
+reset, read timeout) instead of the bare ``requests`` exception: it is both a
+``docker.errors.DockerException`` and a ``requests.exceptions.RequestException``, so code that
+guards engine calls with either (as recovery does) also catches a hung or vanished engine.
+``AGENTRT_ENGINE_TIMEOUT`` (seconds, default 120) bounds every call to the engine.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from runtime.errors import EngineError
 DEFAULT_SOCKET = "/var/run/docker.sock"
 CLIENT_TIMEOUT_S = 120
 PING_TIMEOUT_S = 10
+TIMEOUT_ENV = "AGENTRT_ENGINE_TIMEOUT"
 COLIMA_PROFILES = ("agentrt", "default")
 
 _client: docker.DockerClient | None = None
@@ -57,6 +64,38 @@ class Endpoint:
         if self.url.startswith("unix://"):
             return Path(self.url.removeprefix("unix://"))
         return None
+
+
+class EngineTransportError(
+    docker.errors.DockerException, requests.exceptions.RequestException  # type: ignore[misc]
+):
+    """The engine could not be reached or did not answer in time (a transport failure)."""
+
+
+class _TranslatingAPIClient(docker.APIClient):  # type: ignore[misc]
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        try:
+            return super().send(request, **kwargs)
+        except requests.exceptions.RequestException as exc:
+            if isinstance(exc, EngineTransportError):
+                raise
+            raise EngineTransportError(_short(exc)) from exc
+
+
+class _Client(docker.DockerClient):  # type: ignore[misc]
+    """A DockerClient whose transport failures are :class:`EngineTransportError`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.api = _TranslatingAPIClient(*args, **kwargs)
+
+
+def client_timeout(env: Mapping[str, str]) -> int:
+    """Seconds any one engine call may take: ``AGENTRT_ENGINE_TIMEOUT``, else 120."""
+    with contextlib.suppress(ValueError):
+        value = int(env.get(TIMEOUT_ENV, ""))
+        if value > 0:
+            return value
+    return CLIENT_TIMEOUT_S
 
 
 def _docker_config_dir(env: Mapping[str, str], home: Path) -> Path:
@@ -149,20 +188,21 @@ def _client_for(
         kwargs = dict(docker.utils.kwargs_from_env(environment=dict(env)))
     if endpoint.url.startswith("ssh://"):
         kwargs["use_ssh_client"] = True
-    return docker.DockerClient(timeout=timeout, version=version, **kwargs)
+    return _Client(timeout=timeout, version=version, **kwargs)
 
 
 def _try_endpoint(endpoint: Endpoint, env: Mapping[str, str]) -> docker.DockerClient:
     """A client for ``endpoint`` with the long timeout, after a ping with a short one."""
     # The short-timeout probe keeps a dead TCP engine from stalling discovery for minutes;
     # its negotiated API version lets the real client skip a second round trip.
-    probe = _client_for(endpoint, env, PING_TIMEOUT_S)
+    timeout = client_timeout(env)
+    probe = _client_for(endpoint, env, min(PING_TIMEOUT_S, timeout))
     try:
         probe.ping()
         version = probe.api.api_version
     finally:
         probe.close()
-    return _client_for(endpoint, env, CLIENT_TIMEOUT_S, version=str(version))
+    return _client_for(endpoint, env, timeout, version=str(version))
 
 
 def connect(env: Mapping[str, str] | None = None, home: Path | None = None) -> docker.DockerClient:
@@ -228,12 +268,12 @@ def engine_errors(action: str) -> Iterator[None]:
     """
     try:
         yield
-    except docker.errors.DockerException as exc:
-        raise EngineError(f"could not {action}: {_short(exc)}") from exc
-    except requests.exceptions.RequestException as exc:
+    except requests.exceptions.RequestException as exc:  # also EngineTransportError
         raise EngineError(
             f"could not {action}: engine unreachable ({_short(exc)}); {how_to_start_engine()}"
         ) from exc
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"could not {action}: {_short(exc)}") from exc
 
 
 def engine_info(client: docker.DockerClient) -> dict[str, Any]:

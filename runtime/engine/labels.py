@@ -21,6 +21,8 @@ LABEL_OWNER_START = "agentrt.owner.start"
 LABEL_REPO = "agentrt.repo"
 LABEL_ROLE = "agentrt.role"
 LABEL_HARVEST = "agentrt.harvest"
+LABEL_TIME_SECONDS = "agentrt.time_seconds"
+LABEL_GRACE_SECONDS = "agentrt.grace_seconds"
 
 
 def container_name(session_id: str) -> str:

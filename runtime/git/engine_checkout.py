@@ -1,7 +1,7 @@
 """Check a session's base out *inside* the engine: a bundle in through the API, git in a helper.
 
-For an engine that does not share agentrt's disk (:mod:`runtime.engine.engine_volumes`), the
-base cannot be written into the volume from the host. :func:`create_base_bundle` packs the
+For an engine that does not share agentrt's disk (:mod:`runtime.engine.engine_volumes`),
+the base cannot be written into the volume from the host. :func:`create_base_bundle` packs the
 session's branch on the host (the user's repository, trusted); :func:`checkout_in_engine`
 streams it with ``put_archive`` into a helper container that runs as the agent's uid with no
 capabilities and no network, and checks it out into the volume's workspace.

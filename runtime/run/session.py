@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shlex
 import signal
 import threading
 import time
@@ -31,7 +32,13 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 from runtime import paths
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.databases.sqlite import SessionDatabase, SqliteDatabase, create_sqlite
-from runtime.engine.container import AgentContainer, ContainerPlan
+from runtime.engine.container import (
+    SECRETS_FILE,
+    AgentContainer,
+    ContainerPlan,
+    OutputStream,
+    ended_at_deadline,
+)
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
@@ -46,6 +53,7 @@ from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, 
 from runtime.run.classify import EndFacts, classify
 from runtime.run.supervisor import Supervisor, Watch
 from runtime.state.liveness import process_start_time
+from runtime.state.log_keeper import LogKeeper
 from runtime.state.recovery import SessionMarker, engine_times, import_policy
 
 if TYPE_CHECKING:
@@ -61,6 +69,8 @@ DISK_FULL_MARGIN = 1024 * 1024
 
 
 ENGINE_WAIT_SECONDS = 60
+# How long the end of a session waits for its output to be read to the end.
+LOG_DRAIN_SECONDS = 120
 
 
 CRASH_POINT_ENV = "AGENTRT_CRASH_AT"
@@ -82,14 +92,6 @@ def _engine_retry(action: Callable[[], T]) -> T:
     return retrying(action)
 
 
-def redact(data: bytes, secrets: list[str]) -> bytes:
-    """Replace every secret value in ``data`` with ``[REDACTED]``."""
-    for value in sorted(secrets, key=len, reverse=True):
-        if len(value) >= 4:
-            data = data.replace(value.encode(), b"[REDACTED]")
-    return data
-
-
 def secret_env(task: Task) -> dict[str, str]:
     """The values of ``task``'s secrets from agentrt's environment; ConfigError if one is unset."""
     missing = [name for name in task.secrets if name not in os.environ]
@@ -97,6 +99,32 @@ def secret_env(task: Task) -> dict[str, str]:
         raise ConfigError(f"task {task.id!r}: field secrets: {missing[0]} is not set in the "
                           "environment; export it or remove it from the task")
     return {name: os.environ[name] for name in task.secrets}
+
+
+# Environment entries that are credentials even though the task did not name them.
+HIDDEN_DATABASE_ENV = ("AGENT_DATABASE_URL",)
+
+
+def write_secrets_file(directory: Path, values: Mapping[str, str], uid: int, gid: int) -> Path:
+    """Write ``values`` as ``export NAME='value'`` lines for the container's entry point.
+
+    ``directory`` is created (0700) and, like the file (0400), owned by the agent's uid; the
+    entry point sources the file and deletes it before the agent runs, so the values never
+    appear in the container's configuration. Returns the file's path.
+    """
+    directory.mkdir(mode=0o700)
+    path = directory / SECRETS_FILE
+    text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+    try:
+        os.write(fd, text.encode())
+        if os.getuid() == 0:
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+    if os.getuid() == 0:
+        os.chown(directory, uid, gid)
+    return path
 
 
 def agent_ids() -> tuple[int, int]:
@@ -173,6 +201,9 @@ class IsolatedAgentSession:
         self._started = False
         self._harvested = False
         self._cancel = threading.Event()
+        self._log_keeper: LogKeeper | None = None
+        self._log_stream: OutputStream | None = None
+        self._log_thread: threading.Thread | None = None
         self.result = SessionResult(
             id=self.session_id, task_id=task.id, branch=self.branch, image=self.image,
             base_commit=self.base_commit,
@@ -262,7 +293,6 @@ class IsolatedAgentSession:
             self.database = self._make_database(uid, gid)
             env = {
                 **self.task.env,
-                **secret_env(self.task),
                 "AGENT_TASK": self.task.prompt,
                 "AGENT_TASK_ID": self.task.id,
                 "AGENT_SESSION_ID": self.session_id,
@@ -270,13 +300,22 @@ class IsolatedAgentSession:
                 "AGENT_RUN_ID": self.run_id,
                 **self.database.env,
             }
+            # Credentials reach the agent through a file its entry point reads and deletes,
+            # never through the container's configuration (visible to `docker inspect`).
+            hidden = {**secret_env(self.task),
+                      **{k: env.pop(k) for k in HIDDEN_DATABASE_ENV if k in env}}
+            secrets_dir = None
+            if hidden:
+                secrets_dir = self.session_dir / "secrets"
+                write_secrets_file(secrets_dir, hidden, uid, gid)
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
                 workspace=self.volume.workspace, db_dir=self.volume.db_dir,
                 objects_dir=self.objects, uid=uid, gid=gid,
                 network=getattr(self.database, "network", None) or self.network,
-                runtime=self.config.runtime, env=env,
+                runtime=self.config.runtime, env=env, secrets_dir=secrets_dir,
+                grace_seconds=self.stop_grace_seconds,
                 labels={LABEL_OWNER_PID: str(os.getpid()),
                         LABEL_OWNER_START: str(owner_start or ""),
                         LABEL_REPO: str(self.repo.root)},
@@ -347,16 +386,20 @@ class IsolatedAgentSession:
             session_id=self.session_id, container=self.container, deadline=deadline,
             grace_seconds=self.stop_grace_seconds, disk_limit_bytes=volume.limit_bytes,
             disk_usage=volume.used_bytes, soft_disk=volume.mode == "soft",
+            disk_free=volume.free_bytes if volume.mode == "loop" else None,
             on_sample=self._on_sample,
         ))
         self.result.started_at = utcnow()
         self.result.status = SessionStatus.RUNNING
         self._record(deadline=deadline)
         self._event("started", f"container {self.container.id[:12]} started")
+        self._start_log_keeper()
         try:
             self._started = True
             self.container.start()
         except AgentRuntimeError as exc:
+            if self._log_stream is not None:
+                self._log_stream.close()
             self.result.status = SessionStatus.CRASHED
             self.result.reason = str(exc)
             self._finish()
@@ -424,9 +467,14 @@ class IsolatedAgentSession:
         oom = watch.oom_seen or bool(st.get("OOMKilled"))
         low_disk = self.volume is not None and self.volume.mode == "loop" and \
             self.volume.free_bytes() < DISK_FULL_MARGIN
+        started, finished = engine_times(st)
+        # The container's own deadline (its entry point's timeout) ended it: agentrt was
+        # paused or late, the engine's record still says so.
+        own_deadline = not watch.timed_out and ended_at_deadline(
+            self.result.exit_code, started, finished, self.limits.time_seconds)
         facts = EndFacts(
             cancelled=watch.cancelled or self._cancel.is_set() or self._stop_requested(),
-            timed_out=watch.timed_out, disk_exceeded=watch.disk_exceeded,
+            timed_out=watch.timed_out or own_deadline, disk_exceeded=watch.disk_exceeded,
             engine_lost=watch.engine_interrupted, vanished=watch.vanished or not state,
             oom=oom, exit_code=self.result.exit_code, volume_full=low_disk,
             external_kill=watch.external_kill, stopping=watch.stopping,
@@ -434,11 +482,22 @@ class IsolatedAgentSession:
         status, reason = classify(facts, self.limits)
         self.result.status = status
         self.result.reason = reason
-        started, finished = engine_times(st)
+        if status is SessionStatus.TIMED_OUT and own_deadline:
+            self.result.warnings.append(
+                "stopped by the container's own deadline (agentrt did not stop it in time)")
         if started is not None and finished is not None:
             # The engine's own clock: a paused supervisor does not stretch a session.
             self.result.started_at, self.result.finished_at = started, finished
         self.result.peak_memory_bytes = watch.peak_memory_bytes
+        if oom:
+            # The kernel OOM-kills only once the cgroup's usage reached its limit, however
+            # fast the climb was for the samples: the peak is at least the limit.
+            self.result.peak_memory_bytes = max(watch.peak_memory_bytes,
+                                                self.limits.memory_mb * 1024 * 1024)
+        if status is SessionStatus.SUCCEEDED and (low_disk or watch.disk_filled):
+            self.result.warnings.append(
+                f"the volume filled up to disk_mb={self.limits.disk_mb} during the session "
+                "(writes failed with ENOSPC), although the agent exited 0")
         self.result.cpu_seconds = round(watch.cpu_seconds, 3)
         with contextlib.suppress(OSError):
             self.result.disk_used_bytes = (
@@ -446,7 +505,14 @@ class IsolatedAgentSession:
             )
         self.result.warnings.extend(watch.errors)
 
+    def _discard_secrets(self) -> None:
+        # The entry point deletes the file as soon as it has read it; this covers a container
+        # that never got that far. unlink does not follow a link the agent might plant there.
+        with contextlib.suppress(OSError):
+            (self.session_dir / "secrets" / SECRETS_FILE).unlink()
+
     def _finish(self) -> None:
+        self._discard_secrets()
         if self.result.finished_at is None:
             self.result.finished_at = utcnow()
         if self.result.started_at:
@@ -464,13 +530,49 @@ class IsolatedAgentSession:
         """Where the agent's output is kept after its container is gone."""
         return paths.log_path(self.repo.state_dir, self.session_id)
 
-    def _save_logs(self) -> None:
+    def _start_log_keeper(self) -> None:
+        """Attach to the container (before it starts) and write its output to the saved log.
+
+        Redacted here, with this process's secrets; the first and last megabytes kept.
+        """
         if self.container is None:
             return
-        data = redact(self.container.logs(), self._secret_values())
-        with contextlib.suppress(OSError):
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_bytes(data)
+        try:
+            keeper = LogKeeper(self.log_path, self._secret_values())
+        except OSError as exc:
+            self.result.warnings.append(f"the output could not be saved: {exc}")
+            return
+        self._log_keeper = keeper
+        try:
+            stream = self._log_stream = self.container.attach_output()
+        except AgentRuntimeError as exc:
+            keeper.note(f"could not attach to the output: {exc}")
+            return
+
+        def pump() -> None:
+            try:
+                for chunk in stream:
+                    keeper.write(chunk)
+            except Exception as exc:  # noqa: BLE001 - the engine went away: say so in the log
+                keeper.note(f"the output stream broke: {exc}")
+            finally:
+                stream.close()
+
+        self._log_thread = threading.Thread(target=pump, name=f"agentrt-log-{self.session_id}",
+                                            daemon=True)
+        self._log_thread.start()
+
+    def _save_logs(self) -> None:
+        """Finish the saved log (the stream ends with the container), or save it in one go."""
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=LOG_DRAIN_SECONDS)
+            if self._log_thread.is_alive() and self._log_keeper is not None:
+                self._log_keeper.note("the rest of the output was not read in time")
+        keeper = self._log_keeper
+        if keeper is not None:
+            keeper.close()
+            if keeper.error:
+                self.result.warnings.append(f"the output was not saved in full: {keeper.error}")
 
     def _secret_values(self) -> list[str]:
         return [os.environ[n] for n in self.task.secrets if os.environ.get(n)]
@@ -504,16 +606,18 @@ class IsolatedAgentSession:
             log.error("session %s: %s", self.session_id, "; ".join(outcome.warnings))
 
     def logs(self) -> bytes:
-        """Everything the agent printed so far (secret values redacted)."""
-        if self.container is not None:
-            return redact(self.container.logs(), self._secret_values())
-        return self.log_path.read_bytes() if self.log_path.exists() else b""
+        """The saved output so far (secret values redacted; a flood's middle dropped)."""
+        try:
+            return self.log_path.read_bytes()
+        except OSError:
+            return b""
 
     def last_line(self, width: int = 60) -> str:
         """The agent's latest output line: secrets redacted, control characters dropped."""
-        if self.container is None:
+        keeper = self._log_keeper
+        if keeper is None:
             return ""
-        data = redact(self.container.logs(tail=3), self._secret_values())
+        data = keeper.recent(1024)
         lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
         text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
         return text if len(text) <= width else text[: width - 1] + "…"
@@ -524,6 +628,7 @@ class IsolatedAgentSession:
 
     def close(self, snapshot_work: bool = True) -> None:
         """Stop the container, save the work, release resources; safe to call twice."""
+        self._discard_secrets()
         if self.container is not None:
             with contextlib.suppress(EngineError):
                 info = self._inspect_when_reachable() or {}

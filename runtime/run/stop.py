@@ -12,6 +12,7 @@ import contextlib
 
 import docker.errors
 
+from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import find_container
 from runtime.errors import NotFoundError
 from runtime.git.safe_git import MainRepo
@@ -48,7 +49,8 @@ def stop_target(repo: MainRepo, store: Store, target: str, grace: int = 10) -> l
         if owner_alive(row.owner_pid, row.owner_start_time):
             container = find_container(client, row.id)
             if container is not None:
-                with contextlib.suppress(docker.errors.NotFound):
+                with engine_errors(f"stop the container of {row.id}"), \
+                        contextlib.suppress(docker.errors.NotFound):
                     client.api.stop(container.id, timeout=grace)
         else:
             collect_garbage(repo, client, only_session=row.id, grace_seconds=grace)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 0.5
 RECONCILE_EVERY = 30
+# A loop volume with less than this free has been filled (ext4 keeps a few blocks back).
+FULL_DISK_MARGIN = 1024 * 1024
 
 
 @dataclass
@@ -48,6 +50,10 @@ class Watch:
     disk_limit_bytes: int = 0
     disk_usage: Callable[[], int] | None = None
     soft_disk: bool = False
+    # Free bytes on the session's (loop) volume; sampled to notice a disk that filled up even
+    # when the agent deleted its files again before exiting.
+    disk_free: Callable[[], int] | None = None
+    disk_filled: bool = False
     exited: threading.Event = field(default_factory=threading.Event)
     exit_code: int | None = None
     oom_seen: bool = False
@@ -204,6 +210,8 @@ class Supervisor:
         def handle() -> None:
             if action == "oom":
                 watch.oom_seen = True
+                # The cgroup may still be there: its own high-water mark beats any sample.
+                self._final_sample(watch)
             elif action == "kill":
                 if not watch.stopping:
                     watch.external_kill = True
@@ -269,6 +277,8 @@ class Supervisor:
 
     def _sample(self, watch: Watch) -> None:
         self._sample_cgroup(watch)
+        if watch.disk_free is not None and watch.disk_free() < FULL_DISK_MARGIN:
+            watch.disk_filled = True
         if watch.disk_usage is not None:
             watch.disk_used_bytes = watch.disk_usage()
             if (watch.soft_disk and watch.disk_limit_bytes

@@ -34,6 +34,7 @@ import docker
 import docker.errors
 
 from runtime.config import RunConfig
+from runtime.engine.container import ended_at_deadline
 from runtime.engine.labels import (
     LABEL_HARVEST,
     LABEL_OWNER_PID,
@@ -42,6 +43,7 @@ from runtime.engine.labels import (
     LABEL_ROLE,
     LABEL_RUN,
     LABEL_SESSION,
+    LABEL_TIME_SECONDS,
 )
 from runtime.engine.volumes import open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
@@ -298,6 +300,12 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
                 else "the agentrt process died while setting the session up, before its "
                      "container started; finished by gc")
             result.finished_at = utcnow()
+            limit = _own_deadline_seconds(container)
+            if limit is not None:  # the container's own deadline ended it, agentrt was gone
+                result.status = SessionStatus.TIMED_OUT
+                result.reason = f"ran past time_seconds={limit} (stopped by its container)"
+                result.exit_code = int(container.attrs["State"]["ExitCode"])
+                result.started_at, result.finished_at = engine_times(container.attrs["State"])
         if outcome is not None:
             result.work = outcome.state
             result.head_commit = outcome.head
@@ -329,6 +337,16 @@ def _ever_started(container: Any) -> bool:
     with contextlib.suppress(docker.errors.DockerException, KeyError, TypeError):
         return not str(container.attrs["State"]["StartedAt"]).startswith("0001-")
     return False
+
+
+def _own_deadline_seconds(container: Any) -> int | None:
+    """time_seconds, if the engine's record says the container's own deadline ended it."""
+    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+        limit = int(container.labels[LABEL_TIME_SECONDS])
+        state = container.attrs["State"]
+        if ended_at_deadline(state.get("ExitCode"), *engine_times(state), limit):
+            return limit
+    return None
 
 
 def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_id: str,

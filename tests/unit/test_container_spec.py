@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from runtime.config import ResourceLimits
-from runtime.engine.container import RUNSC_PIDS_HEADROOM, ContainerPlan, container_spec, tmpfs_mb
+from runtime.engine.container import (
+    RUNSC_PIDS_HEADROOM,
+    ContainerPlan,
+    container_spec,
+    ended_at_deadline,
+    tmpfs_mb,
+)
 from runtime.errors import SessionError
 
 
@@ -63,3 +70,34 @@ def test_root_is_refused() -> None:
 def test_tmpfs_size_is_bounded() -> None:
     assert tmpfs_mb(ResourceLimits(memory_mb=16)) == 16
     assert tmpfs_mb(ResourceLimits(memory_mb=100_000)) == 512
+
+
+def test_the_agents_argv_is_wrapped_by_the_entry_point_with_its_deadline() -> None:
+    limits = ResourceLimits(memory_mb=512, time_seconds=30)
+    spec = container_spec(plan(command=["claude", "-p", "do it; rm -rf /"], limits=limits,
+                               grace_seconds=5))
+    assert spec["command"][:2] == ["sh", "-c"]
+    # The container's own deadline trails agentrt's by the grace; the argv is passed unchanged.
+    assert spec["command"][3:] == ["agentrt-entry", "35", "5", "claude", "-p", "do it; rm -rf /"]
+    assert "timeout -k" in spec["command"][2]
+    assert spec["labels"]["agentrt.time_seconds"] == "30"
+    assert spec["labels"]["agentrt.grace_seconds"] == "5"
+
+
+def test_secrets_come_as_a_mounted_directory_never_in_the_environment() -> None:
+    spec = container_spec(plan(secrets_dir=Path("/s/secrets"), env={"PLAIN": "1"}))
+    assert spec["environment"] == {"HOME": "/tmp", "TMPDIR": "/tmp", "PLAIN": "1"}
+    mounts = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in spec["mounts"]}
+    # Read-write so the entry point can delete the file once it has read it.
+    assert mounts["/run/agentrt"] == ("/s/secrets", False)
+    assert "/run/agentrt" not in {m["Target"] for m in container_spec(plan())["mounts"]}
+
+
+def test_the_engine_record_of_an_own_deadline_stop() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    after = t0 + timedelta(seconds=13)
+    assert ended_at_deadline(124, t0, after, 3)
+    assert ended_at_deadline(137, t0, after, 3)
+    assert not ended_at_deadline(124, t0, t0 + timedelta(seconds=2), 3)  # too early: its own 124
+    assert not ended_at_deadline(1, t0, after, 3)
+    assert not ended_at_deadline(124, None, after, 3)
