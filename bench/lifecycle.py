@@ -28,7 +28,6 @@ import _common as c
 import _repo
 
 import runtime.engine.volumes as volumes_mod
-import runtime.git.bundle as bundle_mod
 import runtime.git.harvest as harvest_mod
 import runtime.git.workspace as workspace_mod
 import runtime.run.session as session_mod
@@ -52,7 +51,7 @@ PHASES: list[tuple[Any, str, str]] = [
     (session_mod, "bring_work_home", "bring work home (all of the below)"),
     (harvest_mod, "run_harvest", "  harvest: container + bundle build + get_archive"),
     (harvest_mod, "fetch_file", "    of which get_archive of the bundle"),
-    (bundle_mod, "import_bundle", "  verify + index-pack --strict + adopt"),
+    (harvest_mod, "import_bundle", "  verify + index-pack --strict + adopt"),
     (AgentContainer, "remove", "container remove"),
     (volumes_mod.Volume, "remove", "volume: umount + rm"),
 ]

@@ -353,18 +353,14 @@ class AgentCoordinator:
         stats = {}
         now = time.monotonic()
         for session in self.live_sessions():
-            watch = session.watch
-            if watch is None or session.result.status is not SessionStatus.RUNNING:
-                continue
             cached = self._last_lines.get(session.session_id)
             if cached is None or now - cached[0] > LAST_LINE_EVERY:
                 with contextlib.suppress(AgentRuntimeError):
                     cached = (now, session.last_line())
                     self._last_lines[session.session_id] = cached
-            stats[session.task.id] = LiveStat(
-                memory_bytes=watch.memory_bytes, cpu_seconds=watch.cpu_seconds,
-                disk_bytes=watch.disk_used_bytes, limits=session.limits,
-                last_line=cached[1] if cached else "")
+            stat = session.stats(last_line=cached[1] if cached else "")
+            if stat is not None:
+                stats[session.task.id] = stat
         return stats
 
     def live_sessions(self) -> list[IsolatedAgentSession]:

@@ -47,7 +47,7 @@ from runtime.git.harvest import HarvestPlan, bring_work_home
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import create_branch, create_workspace, new_session_id
-from runtime.models import Manifest, SessionResult, SessionStatus, WorkState, utcnow
+from runtime.models import LiveStat, Manifest, SessionResult, SessionStatus, WorkState, utcnow
 from runtime.presets import resolve_command, resolve_image
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
 from runtime.run.classify import EndFacts, classify
@@ -413,7 +413,7 @@ class IsolatedAgentSession:
         if not self.watch.exited.wait(timeout=limit):
             supervisor.reconcile(self.watch)
             if not self.watch.exited.is_set():
-                self.watch.timed_out = True
+                self.watch.record(timed_out=True)
                 self.container.kill()
                 self.watch.exited.wait(timeout=30)
         self._classify(self.watch)
@@ -459,7 +459,7 @@ class IsolatedAgentSession:
             state = self._inspect_when_reachable() or {}
         except EngineError:
             # The engine went away while (or right after) the container ended.
-            watch.engine_interrupted = True
+            watch.record(engine_interrupted=True)
             state = {}
         st = state.get("State", {})
         code = watch.exit_code if watch.exit_code is not None else st.get("ExitCode")
@@ -621,6 +621,15 @@ class IsolatedAgentSession:
         lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
         text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
         return text if len(text) <= width else text[: width - 1] + "…"
+
+    def stats(self, last_line: str = "") -> LiveStat | None:
+        """What this session uses now against its limits, while it runs (else None)."""
+        watch = self.watch
+        if watch is None or self.result.status is not SessionStatus.RUNNING:
+            return None
+        return LiveStat(memory_bytes=watch.memory_bytes, cpu_seconds=watch.cpu_seconds,
+                        disk_bytes=watch.disk_used_bytes, limits=self.limits,
+                        last_line=last_line)
 
     def disk_used(self) -> int:
         """Bytes used on the session's volume."""

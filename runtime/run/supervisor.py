@@ -71,6 +71,28 @@ class Watch:
     disk_used_bytes: int = 0
     errors: list[str] = field(default_factory=list)
     on_sample: Callable[[Watch, int], None] | None = None
+    _facts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, *, exit_code: int | None = None, **seen: bool) -> None:
+        """Record what a thread saw about the end, under the watch's lock.
+
+        The supervisor's event, deadline and sampler threads and the session all report here:
+        a fact, once seen, stays seen (``timed_out``, ``cancelled``, ``oom_seen``, ...); the exit
+        code is kept from the first report that has one. :func:`runtime.run.classify.classify`
+        decides from them with a fixed precedence, so who noticed first never matters.
+        """
+        with self._facts_lock:
+            if exit_code is not None and self.exit_code is None:
+                self.exit_code = exit_code
+            for name, value in seen.items():
+                if name not in _FACTS:
+                    raise AttributeError(f"not a fact of a session's end: {name}")
+                if value:
+                    setattr(self, name, True)
+
+
+_FACTS = frozenset({"oom_seen", "vanished", "timed_out", "disk_exceeded", "cancelled", "stopping",
+                    "external_kill", "engine_interrupted", "disk_filled"})
 
 
 class Supervisor:
@@ -143,12 +165,12 @@ class Supervisor:
     def stop(self, watch: Watch, *, reason: str, grace_seconds: int | None = None) -> None:
         """Stop a container on purpose (``timeout``, ``cancel``, ``disk``); SIGTERM then SIGKILL."""
         if reason == "timeout":
-            watch.timed_out = True
+            watch.record(timed_out=True)
         elif reason == "cancel":
-            watch.cancelled = True
+            watch.record(cancelled=True)
         elif reason == "disk":
-            watch.disk_exceeded = True
-        watch.stopping = True
+            watch.record(disk_exceeded=True)
+        watch.record(stopping=True)
         grace = watch.grace_seconds if grace_seconds is None else grace_seconds
         self._guard(watch, f"stop ({reason})", lambda: watch.container.stop(grace))
 
@@ -179,7 +201,7 @@ class Supervisor:
                 # After (re)connecting, anything may have happened while we were away.
                 for watch in self._snapshot():
                     if since is not None and not watch.exited.is_set():
-                        watch.engine_interrupted = True
+                        watch.record(engine_interrupted=True)
                     self.reconcile(watch)
                 backoff = 0.5
                 for event in stream:
@@ -209,19 +231,19 @@ class Supervisor:
 
         def handle() -> None:
             if action == "oom":
-                watch.oom_seen = True
+                watch.record(oom_seen=True)
                 # The cgroup may still be there: its own high-water mark beats any sample.
                 self._final_sample(watch)
             elif action == "kill":
                 if not watch.stopping:
-                    watch.external_kill = True
+                    watch.record(external_kill=True)
             elif action == "die":
                 code = attributes.get("exitCode")
-                watch.exit_code = int(code) if code is not None else None
+                watch.record(exit_code=int(code) if code is not None else None)
                 self._final_sample(watch)
                 watch.exited.set()
             elif action == "destroy":
-                watch.vanished = not watch.exited.is_set()
+                watch.record(vanished=not watch.exited.is_set())
                 watch.exited.set()
 
         if not self._guard(watch, f"event {action}", handle):
@@ -233,14 +255,14 @@ class Supervisor:
         def check() -> None:
             state = watch.container.inspect()
             if state is None:
-                watch.vanished = not watch.exited.is_set()
+                watch.record(vanished=not watch.exited.is_set())
                 watch.exited.set()
                 return
             st = state.get("State", {})
             if st.get("OOMKilled"):
-                watch.oom_seen = True
+                watch.record(oom_seen=True)
             if st.get("Status") in ("exited", "dead"):
-                watch.exit_code = int(st.get("ExitCode", -1))
+                watch.record(exit_code=int(st.get("ExitCode", -1)))
                 watch.exited.set()
 
         self._guard(watch, "reconcile", check)
@@ -278,13 +300,13 @@ class Supervisor:
     def _sample(self, watch: Watch) -> None:
         self._sample_cgroup(watch)
         if watch.disk_free is not None and watch.disk_free() < FULL_DISK_MARGIN:
-            watch.disk_filled = True
+            watch.record(disk_filled=True)
         if watch.disk_usage is not None:
             watch.disk_used_bytes = watch.disk_usage()
             if (watch.soft_disk and watch.disk_limit_bytes
                     and watch.disk_used_bytes > watch.disk_limit_bytes
                     and not watch.stopping):
-                watch.stopping = True  # one stop, not one per sample while it takes effect
+                watch.record(stopping=True)  # one stop, not one per sample while it takes effect
                 threading.Thread(target=self.stop, args=(watch,), kwargs={"reason": "disk"},
                                  daemon=True).start()
 
@@ -300,7 +322,7 @@ class Supervisor:
             if reading.cpu_seconds is not None:
                 watch.cpu_seconds = max(watch.cpu_seconds, reading.cpu_seconds)
             if reading.oom_kills:
-                watch.oom_seen = True
+                watch.record(oom_seen=True)
 
     def _final_sample(self, watch: Watch) -> None:
         # The cgroup disappears with the container: read it once more at "die". Only the

@@ -69,3 +69,25 @@ def _seen(facts: EndFacts) -> dict[str, object]:
 
 def test_an_agentrt_stop_is_never_mistaken_for_an_outside_kill() -> None:
     assert classify(EndFacts(exit_code=137, stopping=True), LIMITS) == (S.FAILED, "exit code 137")
+
+
+def test_a_watch_records_facts_under_its_lock_and_never_forgets_one() -> None:
+    import threading
+
+    from runtime.run.supervisor import Watch
+
+    watch = Watch(session_id="s", container=None, deadline=0.0, grace_seconds=1)  # type: ignore[arg-type]
+    threads = [threading.Thread(target=watch.record, kwargs={"oom_seen": True}),
+               threading.Thread(target=watch.record, kwargs={"timed_out": True, "exit_code": 137}),
+               threading.Thread(target=watch.record, kwargs={"exit_code": 0})]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    watch.record(oom_seen=False)  # a later "not seen" never clears a fact
+    assert watch.oom_seen and watch.timed_out
+    assert watch.exit_code in (0, 137)  # the first report with a code wins, once
+    watch.record(exit_code=1)
+    assert watch.exit_code in (0, 137)
+    with pytest.raises(AttributeError):
+        watch.record(typo=True)
