@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 FOLLOW_POLL_S = 0.5
+TAIL_BYTES = 64 * 1024
 
 
 # -- library: what the commands do -----------------------------------------------------------
@@ -105,11 +106,13 @@ def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dic
 
 
 def ps_table(entries: list[dict[str, Any]]) -> Table:
-    """The ``ps`` table: session, task, state, branch, started, duration, exit."""
+    """The ``ps`` table: session, run, task, state, branch, started, duration, exit.
+
+    The run id is what ``agentrt stop``, ``report`` and ``merge`` take."""
     from runtime.cli.live_view import STATUS_STYLE
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("session", "task", "state", "branch", "started", "duration", "exit"):
+    for col in ("session", "run", "task", "state", "branch", "started", "duration", "exit"):
         table.add_column(col, no_wrap=col != "branch")
     for e in entries:
         status = SessionStatus(e["status"])
@@ -127,7 +130,7 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
             same_day = moment.date() == datetime.now().astimezone().date()
             started = moment.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M")
         table.add_row(
-            markup_safe(e["id"]), markup_safe(e["task_id"]), state,
+            markup_safe(e["id"]), markup_safe(e["run_id"]), markup_safe(e["task_id"]), state,
             markup_safe(e["branch"] or "-"), started,
             "-" if e["duration_s"] is None else f"{e['duration_s']:.1f}s",
             "-" if e["exit_code"] is None else str(e["exit_code"]),
@@ -138,6 +141,32 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
 def saved_log_path(repo: MainRepo, session_id: str) -> Path:
     """Where a finished session's output is kept."""
     return paths.log_path(repo.state_dir, session_id)
+
+
+def saved_log_tail(repo: MainRepo, session_id: str, lines: int = 20) -> list[str]:
+    """The last ``lines`` lines of a session's saved output (as text, not yet made safe to
+    show: callers pass them through :mod:`runtime.text` or HTML escaping). Empty when none
+    was saved. Reads only the end of the file."""
+    path = saved_log_path(repo, session_id)
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    found = text.split("\n")
+    if size > TAIL_BYTES:
+        found = found[1:]  # the first one is probably cut
+    while found and not found[-1].strip():
+        found.pop()
+    return found[-lines:] if lines else []
+
+
+def last_output_line(repo: MainRepo, session_id: str) -> str:
+    """A finished session's last non-blank output line (for the live view), else ''."""
+    return next((ln for ln in reversed(saved_log_tail(repo, session_id, 20)) if ln.strip()), "")
 
 
 def redact_stream(chunks: Iterable[bytes], secrets: list[str]) -> Iterator[bytes]:
@@ -283,6 +312,35 @@ def _live_diff(container_id: str, base: str, stat: bool) -> bytes | None:
         return None
 
 
+def resolve_session(store: Store, prefix: str) -> SessionRow:
+    """The session named by an id or a prefix, preferring what a user most likely means.
+
+    An exact id, or a prefix matching one session, names it. A prefix matching several (the
+    task ``lint`` in two runs: ``lint-3f2a1c`` and ``lint-9b0e7d``) names the one still
+    pending or running, else the one of the latest run among those matched; only if that
+    leaves more than one is it ambiguous (NotFoundError listing them).
+    """
+    if not prefix:
+        raise NotFoundError("no session matches ''")
+    matches = [r for r in store.list_sessions() if r.id.startswith(prefix)]
+    exact = [r for r in matches if r.id == prefix]
+    if exact:
+        return exact[0]
+    if not matches:
+        raise NotFoundError(f"no session matches '{prefix}'")
+    live = [r for r in matches if not r.status.is_final]
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        order = {run.id: n for n, run in enumerate(store.list_runs())}
+        newest = max(order.get(r.run_id, -1) for r in matches)
+        live = [r for r in matches if order.get(r.run_id, -1) == newest]
+        if len(live) == 1:
+            return live[0]
+    names = ", ".join(r.id for r in live[:5]) + (", ..." if len(live) > 5 else "")
+    raise NotFoundError(f"'{prefix}' is ambiguous: matches {names}")
+
+
 def resolve_run(store: Store, name: str) -> RunRow:
     """The run named by an id prefix, or ``latest``."""
     if name == "latest":
@@ -366,13 +424,13 @@ def ps(all_runs: bool, as_json: bool, repo: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the session ends.")
 @repo_option
 def logs(session: str, follow: bool, repo: str) -> None:
-    """A session's output (SESSION may be a unique prefix of its id)."""
+    """A session's output (SESSION: an id or a prefix; the running or latest one wins)."""
     from runtime.engine.discovery import get_client
 
     main_repo = MainRepo(repo)
     decoder = _tty_decoder()
     with open_store(main_repo) as store:
-        row = store.find_session(session)
+        row = resolve_session(store, session)
         try:
             for chunk in session_output(main_repo, store, row, follow, get_client):
                 _write(chunk, decoder)
