@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime import paths
-from runtime.errors import ConfigError, NotFoundError
+from runtime.errors import ConfigError, GitError, NotFoundError
 from runtime.git.safe_git import MainRepo, run_git
 from runtime.models import SessionStatus, WorkState
 from runtime.text import markup_safe
@@ -34,12 +34,15 @@ from runtime.text import terminal_safe as _safe
 if TYPE_CHECKING:
     import docker
 
+    from runtime.cli.html_report import FileChange, SessionWork, TargetStory
+    from runtime.models import RunReport, SessionResult
     from runtime.state.store import RunRow, SessionRow, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 FOLLOW_POLL_S = 0.5
 TAIL_BYTES = 64 * 1024
+MAX_FILES, MAX_COMMITS, MAX_HISTORY = 200, 50, 10_000  # what the report lists at most
 
 
 # -- library: what the commands do -----------------------------------------------------------
@@ -351,15 +354,101 @@ def resolve_run(store: Store, name: str) -> RunRow:
     return store.find_run(name)
 
 
-def html_report(store: Store, run_id: str) -> str:
-    """The run's HTML page, with every session's samples and manifest from the store."""
+def html_report(store: Store, run_id: str, repo: MainRepo | None = None) -> str:
+    """The run's HTML page, with every session's samples and manifest from the store and,
+    given the repository, what each session changed, committed and printed, and the order
+    its merges landed in."""
     from runtime.cli.html_report import render_html
 
     report = store.run_report(run_id)
     rows = {r.id: r for r in store.list_sessions(run_id)}
+    works = {s.id: session_work(repo, s) for s in report.sessions} if repo else None
     return render_html(report, {s.id: store.samples(s.id) for s in report.sessions},
                        {s.id: rows[s.id].manifest if s.id in rows else None
-                        for s in report.sessions})
+                        for s in report.sessions},
+                       works, target_story(repo, report) if repo else None)
+
+
+def session_work(repo: MainRepo, result: SessionResult, lines: int = 20) -> SessionWork:
+    """What a session did, read on the host from its branch in the repository
+    (``git diff --numstat base..branch``, ``git log base..branch``) and its saved output's
+    last ``lines`` lines. The texts are the agent's: the page escapes them."""
+    from runtime.cli.html_report import Commit, SessionWork
+
+    work = SessionWork(output=saved_log_tail(repo, result.id, lines))
+    head = (repo.branch_head(result.branch) if result.branch else None) or result.head_commit
+    if not result.base_commit or not head:
+        return work
+    work.head = head
+    try:
+        numstat = run_git(["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--numstat",
+                           "-z", "-M", "--end-of-options", result.base_commit, head, "--"],
+                          git_dir=repo.git_dir, cwd=repo.git_dir).stdout
+        log = run_git(["log", "--no-color", f"--max-count={MAX_COMMITS + 1}",
+                       "--format=%H%x1f%an%x1f%s%x00", "--end-of-options",
+                       f"{result.base_commit}..{head}", "--"],
+                      git_dir=repo.git_dir, cwd=repo.git_dir).stdout
+    except GitError:  # a base or branch gone from the repository: say nothing rather than fail
+        return work
+    files = parse_numstat(numstat)
+    work.files, work.more_files = files[:MAX_FILES], max(0, len(files) - MAX_FILES)
+    commits = []
+    for record in log.split("\x00"):
+        fields = record.lstrip("\n").split("\x1f", 2)
+        if len(fields) == 3:
+            commits.append(Commit(commit=fields[0], author=fields[1], subject=fields[2]))
+    work.commits = commits[:MAX_COMMITS]
+    work.more_commits = max(0, len(commits) - MAX_COMMITS)
+    if len(commits) > MAX_COMMITS:
+        count = run_git(["rev-list", "--count", "--end-of-options",
+                         f"{result.base_commit}..{head}", "--"],
+                        git_dir=repo.git_dir, cwd=repo.git_dir, check=False).stdout.strip()
+        work.more_commits = int(count) - MAX_COMMITS if count.isdigit() else 1
+    return work
+
+
+def parse_numstat(output: str) -> list[FileChange]:
+    """``git diff --numstat -z`` records: ``A<TAB>D<TAB>path<NUL>``, or for a rename
+    ``A<TAB>D<TAB><NUL>old<NUL>new<NUL>``; ``-`` counts mean a binary file."""
+    from runtime.cli.html_report import FileChange
+
+    tokens = output.split("\x00")
+    changes: list[FileChange] = []
+    i = 0
+    while i < len(tokens):
+        fields = tokens[i].lstrip("\n").split("\t", 2)
+        i += 1
+        if len(fields) != 3:
+            continue
+        added, deleted, path = fields
+        old = None
+        if not path and i + 1 < len(tokens):
+            old, path = tokens[i], tokens[i + 1]
+            i += 2
+        changes.append(FileChange(path, int(added) if added.isdigit() else None,
+                                  int(deleted) if deleted.isdigit() else None, old))
+    return changes
+
+
+def target_story(repo: MainRepo, report: RunReport) -> TargetStory:
+    """The run's merged sessions in the order their merge commits landed on the target
+    (first-parent history), and where the target is now. Merges no longer on the target
+    (rewritten, or merged elsewhere) follow, in merge order."""
+    from runtime.cli.html_report import TargetStory
+    from runtime.run.merging import merge_order
+
+    merged = [s for s in merge_order(report.sessions) if s.merge.status == "merged"]
+    head = repo.branch_head(report.target) if report.target else None
+    position: dict[str, int] = {}
+    if head and merged:
+        history = run_git(["rev-list", "--first-parent", f"--max-count={MAX_HISTORY}",
+                           "--end-of-options", head, "--"],
+                          git_dir=repo.git_dir, cwd=repo.git_dir, check=False).stdout.split()
+        position = {commit: -n for n, commit in enumerate(history)}
+    ranked = sorted(enumerate(merged), key=lambda item: (
+        item[1].merge.merge_commit not in position,
+        position.get(item[1].merge.merge_commit or "", 0), item[0]))
+    return TargetStory([s.id for _, s in ranked], head)
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -483,7 +572,7 @@ def report(run: str, html_path: Path | None, as_json: bool, repo: str) -> None:
     with open_store(main_repo) as store:
         run_id = resolve_run(store, run).id
         result = store.run_report(run_id)
-        page = html_report(store, run_id) if html_path else None
+        page = html_report(store, run_id, main_repo) if html_path else None
     if html_path is not None and page is not None:
         try:
             html_path.write_text(page, encoding="utf-8")
