@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime import paths
-from runtime.errors import ConfigError, NotFoundError
+from runtime.errors import ConfigError, GitError, NotFoundError
 from runtime.git.safe_git import MainRepo, run_git
 from runtime.models import SessionStatus, WorkState
 from runtime.text import markup_safe
@@ -35,11 +35,15 @@ from runtime.text import terminal_safe as _safe
 if TYPE_CHECKING:
     import docker
 
+    from runtime.cli.html_report import FileChange, SessionWork, TargetStory
+    from runtime.models import RunReport, SessionResult
     from runtime.state.store import RunRow, SessionRow, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 FOLLOW_POLL_S = 0.5
+TAIL_BYTES = 64 * 1024
+MAX_FILES, MAX_COMMITS, MAX_HISTORY = 200, 50, 10_000  # what the report lists at most
 
 
 # -- library: what the commands do -----------------------------------------------------------
@@ -106,11 +110,13 @@ def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dic
 
 
 def ps_table(entries: list[dict[str, Any]]) -> Table:
-    """The ``ps`` table: session, task, state, branch, started, duration, exit."""
+    """The ``ps`` table: session, run, task, state, branch, started, duration, exit.
+
+    The run id is what ``agentrt stop``, ``report`` and ``merge`` take."""
     from runtime.cli.live_view import STATUS_STYLE
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("session", "task", "state", "branch", "started", "duration", "exit"):
+    for col in ("session", "run", "task", "state", "branch", "started", "duration", "exit"):
         table.add_column(col, no_wrap=col != "branch")
     for e in entries:
         status = SessionStatus(e["status"])
@@ -128,7 +134,7 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
             same_day = moment.date() == datetime.now().astimezone().date()
             started = moment.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M")
         table.add_row(
-            markup_safe(e["id"]), markup_safe(e["task_id"]), state,
+            markup_safe(e["id"]), markup_safe(e["run_id"]), markup_safe(e["task_id"]), state,
             markup_safe(e["branch"] or "-"), started,
             "-" if e["duration_s"] is None else f"{e['duration_s']:.1f}s",
             "-" if e["exit_code"] is None else str(e["exit_code"]),
@@ -139,6 +145,32 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
 def saved_log_path(repo: MainRepo, session_id: str) -> Path:
     """Where a finished session's output is kept."""
     return paths.log_path(repo.state_dir, session_id)
+
+
+def saved_log_tail(repo: MainRepo, session_id: str, lines: int = 20) -> list[str]:
+    """The last ``lines`` lines of a session's saved output (as text, not yet made safe to
+    show: callers pass them through :mod:`runtime.text` or HTML escaping). Empty when none
+    was saved. Reads only the end of the file."""
+    path = saved_log_path(repo, session_id)
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    found = text.split("\n")
+    if size > TAIL_BYTES:
+        found = found[1:]  # the first one is probably cut
+    while found and not found[-1].strip():
+        found.pop()
+    return found[-lines:] if lines else []
+
+
+def last_output_line(repo: MainRepo, session_id: str) -> str:
+    """A finished session's last non-blank output line (for the live view), else ''."""
+    return next((ln for ln in reversed(saved_log_tail(repo, session_id, 20)) if ln.strip()), "")
 
 
 def session_output(repo: MainRepo, store: Store, row: SessionRow, follow: bool,
@@ -219,6 +251,35 @@ def _live_diff(container_id: str, base: str, stat: bool) -> bytes | None:
         return None
 
 
+def resolve_session(store: Store, prefix: str) -> SessionRow:
+    """The session named by an id or a prefix, preferring what a user most likely means.
+
+    An exact id, or a prefix matching one session, names it. A prefix matching several (the
+    task ``lint`` in two runs: ``lint-3f2a1c`` and ``lint-9b0e7d``) names the one still
+    pending or running, else the one of the latest run among those matched; only if that
+    leaves more than one is it ambiguous (NotFoundError listing them).
+    """
+    if not prefix:
+        raise NotFoundError("no session matches ''")
+    matches = [r for r in store.list_sessions() if r.id.startswith(prefix)]
+    exact = [r for r in matches if r.id == prefix]
+    if exact:
+        return exact[0]
+    if not matches:
+        raise NotFoundError(f"no session matches '{prefix}'")
+    live = [r for r in matches if not r.status.is_final]
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        order = {run.id: n for n, run in enumerate(store.list_runs())}
+        newest = max(order.get(r.run_id, -1) for r in matches)
+        live = [r for r in matches if order.get(r.run_id, -1) == newest]
+        if len(live) == 1:
+            return live[0]
+    names = ", ".join(r.id for r in live[:5]) + (", ..." if len(live) > 5 else "")
+    raise NotFoundError(f"'{prefix}' is ambiguous: matches {names}")
+
+
 def resolve_run(store: Store, name: str) -> RunRow:
     """The run named by an id prefix, or ``latest``."""
     if name == "latest":
@@ -229,15 +290,101 @@ def resolve_run(store: Store, name: str) -> RunRow:
     return store.find_run(name)
 
 
-def html_report(store: Store, run_id: str) -> str:
-    """The run's HTML page, with every session's samples and manifest from the store."""
+def html_report(store: Store, run_id: str, repo: MainRepo | None = None) -> str:
+    """The run's HTML page, with every session's samples and manifest from the store and,
+    given the repository, what each session changed, committed and printed, and the order
+    its merges landed in."""
     from runtime.cli.html_report import render_html
 
     report = store.run_report(run_id)
     rows = {r.id: r for r in store.list_sessions(run_id)}
+    works = {s.id: session_work(repo, s) for s in report.sessions} if repo else None
     return render_html(report, {s.id: store.samples(s.id) for s in report.sessions},
                        {s.id: rows[s.id].manifest if s.id in rows else None
-                        for s in report.sessions})
+                        for s in report.sessions},
+                       works, target_story(repo, report) if repo else None)
+
+
+def session_work(repo: MainRepo, result: SessionResult, lines: int = 20) -> SessionWork:
+    """What a session did, read on the host from its branch in the repository
+    (``git diff --numstat base..branch``, ``git log base..branch``) and its saved output's
+    last ``lines`` lines. The texts are the agent's: the page escapes them."""
+    from runtime.cli.html_report import Commit, SessionWork
+
+    work = SessionWork(output=saved_log_tail(repo, result.id, lines))
+    head = (repo.branch_head(result.branch) if result.branch else None) or result.head_commit
+    if not result.base_commit or not head:
+        return work
+    work.head = head
+    try:
+        numstat = run_git(["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--numstat",
+                           "-z", "-M", "--end-of-options", result.base_commit, head, "--"],
+                          git_dir=repo.git_dir, cwd=repo.git_dir).stdout
+        log = run_git(["log", "--no-color", f"--max-count={MAX_COMMITS + 1}",
+                       "--format=%H%x1f%an%x1f%s%x00", "--end-of-options",
+                       f"{result.base_commit}..{head}", "--"],
+                      git_dir=repo.git_dir, cwd=repo.git_dir).stdout
+    except GitError:  # a base or branch gone from the repository: say nothing rather than fail
+        return work
+    files = parse_numstat(numstat)
+    work.files, work.more_files = files[:MAX_FILES], max(0, len(files) - MAX_FILES)
+    commits = []
+    for record in log.split("\x00"):
+        fields = record.lstrip("\n").split("\x1f", 2)
+        if len(fields) == 3:
+            commits.append(Commit(commit=fields[0], author=fields[1], subject=fields[2]))
+    work.commits = commits[:MAX_COMMITS]
+    work.more_commits = max(0, len(commits) - MAX_COMMITS)
+    if len(commits) > MAX_COMMITS:
+        count = run_git(["rev-list", "--count", "--end-of-options",
+                         f"{result.base_commit}..{head}", "--"],
+                        git_dir=repo.git_dir, cwd=repo.git_dir, check=False).stdout.strip()
+        work.more_commits = int(count) - MAX_COMMITS if count.isdigit() else 1
+    return work
+
+
+def parse_numstat(output: str) -> list[FileChange]:
+    """``git diff --numstat -z`` records: ``A<TAB>D<TAB>path<NUL>``, or for a rename
+    ``A<TAB>D<TAB><NUL>old<NUL>new<NUL>``; ``-`` counts mean a binary file."""
+    from runtime.cli.html_report import FileChange
+
+    tokens = output.split("\x00")
+    changes: list[FileChange] = []
+    i = 0
+    while i < len(tokens):
+        fields = tokens[i].lstrip("\n").split("\t", 2)
+        i += 1
+        if len(fields) != 3:
+            continue
+        added, deleted, path = fields
+        old = None
+        if not path and i + 1 < len(tokens):
+            old, path = tokens[i], tokens[i + 1]
+            i += 2
+        changes.append(FileChange(path, int(added) if added.isdigit() else None,
+                                  int(deleted) if deleted.isdigit() else None, old))
+    return changes
+
+
+def target_story(repo: MainRepo, report: RunReport) -> TargetStory:
+    """The run's merged sessions in the order their merge commits landed on the target
+    (first-parent history), and where the target is now. Merges no longer on the target
+    (rewritten, or merged elsewhere) follow, in merge order."""
+    from runtime.cli.html_report import TargetStory
+    from runtime.run.merging import merge_order
+
+    merged = [s for s in merge_order(report.sessions) if s.merge.status == "merged"]
+    head = repo.branch_head(report.target) if report.target else None
+    position: dict[str, int] = {}
+    if head and merged:
+        history = run_git(["rev-list", "--first-parent", f"--max-count={MAX_HISTORY}",
+                           "--end-of-options", head, "--"],
+                          git_dir=repo.git_dir, cwd=repo.git_dir, check=False).stdout.split()
+        position = {commit: -n for n, commit in enumerate(history)}
+    ranked = sorted(enumerate(merged), key=lambda item: (
+        item[1].merge.merge_commit not in position,
+        position.get(item[1].merge.merge_commit or "", 0), item[0]))
+    return TargetStory([s.id for _, s in ranked], head)
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -302,13 +449,13 @@ def ps(all_runs: bool, as_json: bool, repo: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the session ends.")
 @repo_option
 def logs(session: str, follow: bool, repo: str) -> None:
-    """A session's output (SESSION may be a unique prefix of its id)."""
+    """A session's output (SESSION: an id or a prefix; the running or latest one wins)."""
     from runtime.engine.discovery import get_client
 
     main_repo = MainRepo(repo)
     decoder = _tty_decoder()
     with open_store(main_repo) as store:
-        row = store.find_session(session)
+        row = resolve_session(store, session)
         try:
             for chunk in session_output(main_repo, store, row, follow, get_client):
                 _write(chunk, decoder)
@@ -361,7 +508,7 @@ def report(run: str, html_path: Path | None, as_json: bool, repo: str) -> None:
     with open_store(main_repo) as store:
         run_id = resolve_run(store, run).id
         result = store.run_report(run_id)
-        page = html_report(store, run_id) if html_path else None
+        page = html_report(store, run_id, main_repo) if html_path else None
     if html_path is not None and page is not None:
         try:
             html_path.write_text(page, encoding="utf-8")

@@ -1,16 +1,28 @@
-"""Live progress of a run on stderr: a rich live table on a terminal, plain lines otherwise."""
+"""Live progress of a run on stderr: a rich live table on a terminal, plain lines otherwise.
+
+The live table's header names the run (``agentrt stop``, ``report`` and ``merge`` need its id)
+and, after Ctrl-C, says that the run is stopping and how to force it. Columns are fitted to the
+terminal: the state column is never cut, numbers are shown whole or not at all (cpu, session,
+disk, memory and time go, in that order, while the rest cannot fit), and the text columns share
+what is left, the last output giving way first. Finished rows keep their
+reason and last output line.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from runtime.config import ResourceLimits
 from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus
 from runtime.text import markup_safe, terminal_safe
 
@@ -27,6 +39,9 @@ STATUS_STYLE = {
     SessionStatus.PENDING: "dim",
 }
 
+#: The coordinator's listener event for a session being stopped (SIGTERM sent, grace running).
+STOPPING = "stopping"
+
 
 def _mb(value: int) -> str:
     if not value:
@@ -34,18 +49,50 @@ def _mb(value: int) -> str:
     return f"{value / 1048576:.0f}M" if value >= 1048576 else f"{value / 1024:.0f}K"
 
 
+@dataclass
+class _Column:
+    """One column of the live table: its cells (plain text) and how it gives way on a narrow
+    terminal. ``minimum`` > 0: a text column cut down to it at most (with an ellipsis);
+    ``minimum`` 0: never cut, shown whole or (``drop`` > 0, in that order) not at all."""
+
+    header: str
+    cells: list[str]
+    minimum: int = 0
+    cap: int = 1000
+    drop: int = 0
+
+    @property
+    def natural(self) -> int:
+        return min(max([len(self.header), *(len(c) for c in self.cells)]), self.cap)
+
+    @property
+    def least(self) -> int:
+        return min(self.minimum, self.natural) if self.minimum else self.natural
+
+
 class ProgressView:
     """Receives coordinator events (a listener) and shows them."""
 
-    def __init__(self, stream: IO[str], total: int, live: bool | None = None) -> None:
+    def __init__(self, stream: IO[str], total: int, live: bool | None = None,
+                 run_id: str = "") -> None:
         self.console = Console(file=stream, stderr=True)
         self.total = total
+        self.run_id = run_id
         self.live_mode = self.console.is_terminal if live is None else live
         self.rows: dict[str, SessionResult] = {}
         self.warnings: list[str] = []
         self.live_stats: Callable[[], dict[str, LiveStat]] = dict
+        #: Each task's limits, for rows that finished before the first live reading.
+        self.limits: dict[str, ResourceLimits] = {}
+        #: The last output line of a finished session (the CLI reads its saved log).
+        self.final_line: Callable[[SessionResult], str] = lambda result: ""
         self._cpu_seen: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self._seen: dict[str, LiveStat] = {}  # the last numbers of each session, kept once done
+        self._final_lines: dict[str, str] = {}
+        self._stopping: set[str] = set()
+        self._stop_requests = 0  # Ctrl-C / SIGTERM seen by the CLI
+        # Re-entrant: the CLI's signal handler may run while the main thread is inside a call.
+        self._lock = threading.RLock()
         self._live: Live | None = None
         self._t0 = time.monotonic()
 
@@ -54,15 +101,29 @@ class ProgressView:
             self._live = Live(self._table(), console=self.console, refresh_per_second=2,
                               get_renderable=self._table)
             self._live.__enter__()
+        elif self.run_id:
+            self._line(f"run {self.run_id} (agentrt ps, agentrt stop {self.run_id})")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.__exit__(None, None, None)
 
+    def stop_requested(self, forced: bool) -> None:
+        """The user asked the run to stop (Ctrl-C, SIGTERM); ``forced`` from the second one."""
+        with self._lock:
+            self._stop_requests = max(self._stop_requests + 1, 2 if forced else 1)
+        if not self.live_mode:
+            self._line("stopping every session; work is kept on its branch"
+                       + (" (forced)" if forced else " (Ctrl-C again to force)"), "yellow")
+        elif self._live is not None:
+            self._live.refresh()
+
     def __call__(self, event: str, result: SessionResult) -> None:
         with self._lock:
             self.rows[result.task_id] = result
+            if event == STOPPING:
+                self._stopping.add(result.task_id)
         if event == "radar":
             warning = result.warnings[-1]
             with self._lock:
@@ -70,58 +131,146 @@ class ProgressView:
                     return
                 self.warnings.append(warning)
             if not self.live_mode:
-                self.console.print(f"{time.strftime('%H:%M:%S')} warning: "
-                                   f"{terminal_safe(warning)}",
-                                   style="yellow", markup=False, highlight=False, soft_wrap=True)
+                self._line(f"warning: {warning}", "yellow")
             return
+        if event == "finished" and result.started_at is not None:
+            try:
+                line = self.final_line(result)
+            except Exception:  # noqa: BLE001 - the view never takes the run down
+                line = ""
+            if line:
+                with self._lock:
+                    self._final_lines[result.task_id] = line
         if not self.live_mode:
-            stamp = time.strftime("%H:%M:%S")
             detail = f" ({result.reason})" if event == "finished" and result.reason else ""
             state = result.status.value if event == "finished" else event
-            # One record per line: nothing an agent wrote may start a line of its own.
-            self.console.print(terminal_safe(f"{stamp} {result.task_id:<20} {state}{detail}"),
-                               markup=False, highlight=False, soft_wrap=True)
+            self._line(f"{result.task_id:<20} {state}{detail}")
 
-    def _table(self) -> Table:
+    def _line(self, text: str, style: str | None = None) -> None:
+        # One record per line: nothing an agent wrote may start a line of its own.
+        self.console.print(terminal_safe(f"{time.strftime('%H:%M:%S')} {text}"), style=style,
+                           markup=False, highlight=False, soft_wrap=True)
+
+    # -- the live table ----------------------------------------------------------------------
+
+    def _table(self) -> RenderableType:
+        """The header (run id, counts, stopping state), the table fitted to the terminal, and
+        the latest radar warnings."""
         with self._lock:
             rows = list(self.rows.values())
+            warnings = self.warnings[-3:]
         finished = sum(1 for r in rows if r.status.is_final)
         running = sum(1 for r in rows if r.status is SessionStatus.RUNNING)
         queued = self.total - finished - running
-        table = Table(title=f"agentrt  done {finished} / running {running} / queued {queued}"
-                      f"  ({time.monotonic() - self._t0:.0f}s)", expand=False)
-        for col in ("task", "session", "state", "elapsed / limit", "cpu %", "memory / limit",
-                    "disk / limit", "last output"):
-            table.add_column(col, overflow="ellipsis", no_wrap=True)
+        header = Text(f"agentrt run {terminal_safe(self.run_id or '?')}", style="bold")
+        header.append(f"  done {finished} / running {running} / queued {queued}"
+                      f"  ({time.monotonic() - self._t0:.0f}s)", style="")
+        parts: list[RenderableType] = [header]
+        stopping = self._stopping_line()
+        if stopping:
+            parts.append(Text(stopping, style="bold yellow"))
+        parts.append(self._grid(rows, self.console.width))
+        parts += [Text(f"! {terminal_safe(w)}", style="yellow", overflow="ellipsis",
+                       no_wrap=True) for w in warnings]
+        return Group(*parts)
+
+    def _stopping_line(self) -> str:
+        if self._stop_requests >= 2:
+            return "stopping (forced): containers are killed now; work is kept on its branch"
+        if self._stop_requests == 1:
+            return ("stopping (Ctrl-C again to force): each session gets SIGTERM, then SIGKILL "
+                    "after its grace; work is kept on its branch")
+        if self._stopping:
+            return "stopping: a stop was requested; work is kept on its branch"
+        return ""
+
+    def _grid(self, rows: list[SessionResult], width: int) -> Table:
         try:
             live = self.live_stats()
         except Exception:  # noqa: BLE001 - the view never takes the run down
             live = {}
-        for r in rows:
-            table.add_row(*self._row(r, live.get(r.task_id)))
-        for warning in self.warnings[-3:]:
-            table.add_row("[yellow]![/]", "", "", "", "", "", "",
-                          f"[yellow]{markup_safe(warning)}[/]")
+        cells = [self._row(r, live.get(r.task_id)) for r in rows]
+        layout = [("task", 8, 24, 0), ("session", 0, 0, 2), ("state", 0, 0, 0),
+                  ("time", 0, 0, 5), ("cpu%", 0, 0, 1), ("memory", 0, 0, 4), ("disk", 0, 0, 3),
+                  ("last output", 20, 0, 0)]
+        columns = [_Column(name, [row[n].plain for row in cells], minimum, cap or 1000, drop)
+                   for n, (name, minimum, cap, drop) in enumerate(layout)]
+        shown = _fit(columns, width)
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+        for col, col_width in shown:
+            table.add_column(col.header, width=col_width, no_wrap=True, overflow="ellipsis")
+        keep = [n for n, col in enumerate(columns) if any(c is col for c, _ in shown)]
+        for row in cells:
+            table.add_row(*(row[n] for n in keep))
         return table
 
-    def _row(self, r: SessionResult, stat: LiveStat | None) -> list[str]:
+    def _row(self, r: SessionResult, stat: LiveStat | None) -> list[Text]:
+        """The row's cells, agent-influenced text made safe."""
         elapsed = r.duration_s if r.duration_s is not None else (
             (time.time() - r.started_at.timestamp()) if r.started_at else 0.0)
-        state = f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]"
-        if stat is None:
-            return [markup_safe(r.task_id), markup_safe(r.id), state, f"{elapsed:.0f}s", "",
-                    _mb(r.peak_memory_bytes), _mb(r.disk_used_bytes), ""]
-        now = time.monotonic()
-        before = self._cpu_seen.get(r.id)
-        self._cpu_seen[r.id] = (now, stat.cpu_seconds)
+        with self._lock:
+            if stat is not None:
+                self._seen[r.task_id] = stat
+            seen = self._seen.get(r.task_id)
+            stopping = r.task_id in self._stopping
+            final_line = self._final_lines.get(r.task_id, "")
+        state, style = r.status.value, STATUS_STYLE[r.status]
+        if stopping and not r.status.is_final:
+            state, style = STOPPING, "bold yellow"
+        lim = seen.limits if seen is not None else self.limits.get(r.task_id)
+        time_cell = f"{elapsed:.0f}s" + (f"/{lim.time_seconds}s" if lim else "")
         cpu = ""
-        if before is not None and now > before[0]:
-            cpu = f"{100 * (stat.cpu_seconds - before[1]) / (now - before[0]):.0f}"
-        lim = stat.limits
-        return [markup_safe(r.task_id), markup_safe(r.id), state,
-                f"{elapsed:.0f}s / {lim.time_seconds}s", cpu,
-                f"{_mb(stat.memory_bytes)} / {lim.memory_mb}M",
-                f"{_mb(stat.disk_bytes)} / {lim.disk_mb}M", markup_safe(stat.last_line)]
+        if stat is not None:
+            now = time.monotonic()
+            before = self._cpu_seen.get(r.id)
+            self._cpu_seen[r.id] = (now, stat.cpu_seconds)
+            if before is not None and now > before[0]:
+                cpu = f"{100 * (stat.cpu_seconds - before[1]) / (now - before[0]):.0f}"
+        if stat is not None:
+            memory, disk = stat.memory_bytes, stat.disk_bytes
+        else:
+            memory, disk = r.peak_memory_bytes, r.disk_used_bytes
+        memory_cell = _mb(memory) + (f"/{lim.memory_mb}M" if lim else "")
+        disk_cell = _mb(disk) + (f"/{lim.disk_mb}M" if lim else "")
+        last = stat.last_line if stat is not None else (final_line or (
+            seen.last_line if seen is not None else ""))
+        last_style = ""
+        if r.status.is_final and r.reason:
+            last = f"{r.reason}: {last}" if last else r.reason
+            last_style = "red" if r.status.is_failure else "yellow"
+        return [Text(terminal_safe(r.task_id)), Text(terminal_safe(r.id)), Text(state, style),
+                Text(time_cell), Text(cpu), Text(memory_cell), Text(disk_cell),
+                Text(terminal_safe(last), last_style)]
+
+
+def _fit(columns: list[_Column], width: int) -> list[tuple[_Column, int]]:
+    """Which columns to show and how wide, so the table fits ``width`` terminal cells.
+
+    Columns without a minimum (the state and the numbers) are shown whole or dropped, in
+    their ``drop`` order, while the rest cannot fit whole beside the last column at its
+    minimum; the state is never dropped. The text columns then share what is left: the last
+    one (last output) gives way first, the task id only on a very narrow terminal.
+    """
+    shown = list(columns)
+
+    def chrome() -> int:  # two cells of padding per column, one divider between, no edges
+        return 3 * len(shown) - 3
+
+    # Numbers go before any text is cut, the last output down to its minimum aside.
+    for col in sorted((c for c in columns if c.drop), key=lambda c: c.drop):
+        if sum(c.natural for c in shown[:-1]) + shown[-1].least + chrome() <= width:
+            break
+        shown.remove(col)
+    widths = {id(c): max(c.natural, 1) for c in shown}
+    excess = sum(widths.values()) + chrome() - width
+    for col in reversed(shown):
+        if excess <= 0:
+            break
+        if col.minimum:
+            give = min(excess, widths[id(col)] - col.least)
+            widths[id(col)] -= give
+            excess -= give
+    return [(c, widths[id(c)]) for c in shown]
 
 
 def summary_table(report: RunReport) -> Table:

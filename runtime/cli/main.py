@@ -71,6 +71,7 @@ def main(debug: bool) -> None:
 def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
         as_json: bool) -> None:
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
+    from runtime.cli.inspect import last_output_line
     from runtime.cli.live_view import ProgressView
     from runtime.git.directory_mode import open_repo
     from runtime.run.coordinator import AgentCoordinator
@@ -86,6 +87,9 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     view = ProgressView(sys.stderr, len(parsed.tasks))
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
     view.live_stats = coordinator.live_stats
+    view.run_id = coordinator.run_id
+    view.limits = {t.id: config.limits_for(t) for t in parsed.tasks}
+    view.final_line = lambda result: last_output_line(main_repo, result.id)
     coordinator.preflight(parsed.tasks)
     blocker = None
     if config.merge == "auto":
@@ -101,8 +105,8 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal interrupts
         interrupts += 1
-        err.print("[yellow]agentrt: stopping every session; work is kept on its branch"
-                  + (" (forced)" if interrupts > 1 else "") + "[/]")
+        # Through the view: on a terminal a line printed here would be drawn over by the table.
+        view.stop_requested(forced=interrupts > 1)
         coordinator.cancel(force=interrupts > 1)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

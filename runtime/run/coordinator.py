@@ -149,7 +149,9 @@ class AgentCoordinator:
     # -- running -----------------------------------------------------------------------------
 
     def cancel(self, force: bool = False) -> None:
-        """Stop all sessions (SIGTERM, grace, SIGKILL; at once if ``force``), keep their work."""
+        """Stop all sessions (SIGTERM, grace, SIGKILL; at once if ``force``), keep their work.
+
+        The listener hears ``stopping`` for each running session; ``finished`` follows."""
         self._cancelled.set()
         with self._lock:
             live = list(self._live.values())
@@ -157,6 +159,8 @@ class AgentCoordinator:
             if force:
                 session.stop_grace_seconds = 0
             threading.Thread(target=session.cancel, daemon=True).start()
+            if session.result.status is SessionStatus.RUNNING:
+                self._notify("stopping", session.result)  # the view shows it while grace runs
 
     def run_agents(self, tasks: Sequence[Task | Mapping[str, Any] | str]) -> RunReport:
         """Run every task; return the report (merge per ``config.merge``).

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from runtime.cli.html_report import axis_ticks, format_seconds, render_html
+from runtime.cli.html_report import (
+    Commit,
+    FileChange,
+    SessionWork,
+    TargetStory,
+    axis_ticks,
+    format_seconds,
+    render_html,
+)
 from runtime.config import ResourceLimits
 from runtime.models import Conflict, Manifest, MergeInfo, RunReport, SessionResult, SessionStatus
 from runtime.state.store import Sample
@@ -75,8 +83,8 @@ def test_memory_and_cpu_curves_are_drawn_against_the_manifest_limits() -> None:
     samples = [Sample(session_id=s.id, ts=T0.timestamp() + i, memory_bytes=(50 * i) << 20,
                       cpu_seconds=0.4 * i, disk_bytes=0) for i in range(5)]
     page = render_html(report(s), {s.id: samples}, {s.id: manifest(memory_mb=256)})
-    assert page.count("<polyline") == 2
-    assert "limit 256 MiB" in page and "limit 50 %" in page
+    assert page.count("<polyline") == 3  # memory, cpu, disk
+    assert "limit 256 MiB" in page and "limit 50 %" in page and "limit 5120 MiB" in page
     without = render_html(report(s), {}, {s.id: manifest()})
     assert "<polyline" not in without and "no samples recorded" in without
 
@@ -87,3 +95,86 @@ def test_axis_ticks_and_durations_read_naturally() -> None:
     assert len(axis_ticks(4000)) <= 9
     assert [format_seconds(v) for v in (0, 0.4, 2, 12, 125, 3720)] == \
         ["0s", "0.4s", "2s", "12s", "2m05s", "1h02m"]
+
+
+def test_a_session_oom_killed_in_under_a_second_shows_its_peak_not_an_empty_chart() -> None:
+    s = session("hog", 0, 0.4, SessionStatus.OOM_KILLED, peak_memory_bytes=255 << 20,
+                reason="out of memory at memory_mb=256")
+    one = [Sample(session_id=s.id, ts=T0.timestamp() + 0.3, memory_bytes=240 << 20,
+                  cpu_seconds=0.3, disk_bytes=4096)]
+    for samples, why in ((one, "one sample: too short for a curve"), ([], "no samples recorded")):
+        page = render_html(report(s), {s.id: samples}, {s.id: manifest(memory_mb=256)})
+        memory = page[page.index("Memory · peak"):page.index("CPU, % of one core")]
+        assert "<polyline" not in memory
+        assert '<rect class="peak"' in memory and f"peak 255 MiB ({why})" in memory
+
+
+def story_report() -> tuple[RunReport, dict[str, SessionWork], TargetStory]:
+    usage = session("usage", 0, 1, merge=MergeInfo(status="merged", merge_commit="a" * 40))
+    lic = session("license", 0, 2, merge=MergeInfo(status="merged", merge_commit="b" * 40))
+    tag = session("tagline", 0, 3, merge=MergeInfo(status="conflicts", conflicts=[
+        Conflict(path="README.md", ours_lines=[(2, 2)])]))
+    pair = session("pair", 0, 3, merge=MergeInfo(status="conflicts", conflicts=[
+        Conflict(path="src/app.py", with_branch=lic.branch)]))
+    run = report(usage, lic, tag, pair)
+    run.merge = "auto"
+    works = {
+        usage.id: SessionWork(files=[FileChange("README.md", 1, 0)],
+                              commits=[Commit("c" * 40, "readme: usage")],
+                              output=[f"line {i}" for i in range(11, 31)]),
+        lic.id: SessionWork(files=[FileChange("LICENSE", 1, 0), FileChange("logo.png", None, None),
+                                   FileChange("new.py", 3, 2, old_path="old.py")],
+                            more_files=4),
+        tag.id: SessionWork(files=[FileChange(EVIL, 2, 1)],
+                            commits=[Commit("d" * 40, EVIL)], output=[EVIL, "\x1b[2Jdone"]),
+    }
+    return run, works, TargetStory([lic.id, usage.id], "b" * 40)
+
+
+def test_each_session_shows_its_files_commits_and_last_lines_escaped() -> None:
+    run, works, story = story_report()
+    page = render_html(run, {}, {}, works, story)
+    assert "<script" not in page.lower()
+    assert "line 11\nline 12" in page and "Last 20 lines of output" in page
+    assert "readme: usage" in page and "cccccccccc" in page
+    assert "binary" in page and "(from <code>old.py</code>)" in page and "and 4 more" in page
+    assert "Changed files <span class=\"muted\">7 · +4 −2</span>" in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "\\x1b[2Jdone" in page and "\x1b" not in page
+
+
+def test_conflicts_name_their_partner_and_the_commands_that_resolve_them() -> None:
+    run, works, story = story_report()
+    page = render_html(run, {}, {}, works, story)
+    tagline = page[page.index('id="s-tagline-abc123"'):page.index('id="s-pair-abc123"')]
+    assert "with <code>main</code> after it took session <a href=\"#s-usage-abc123\">usage" \
+        in tagline
+    for command in ("cd /src/app", "git checkout main &amp;&amp; git merge agent/tagline/abc123",
+                    "git add -- README.md &amp;&amp; git commit",
+                    "git checkout agent/tagline/abc123 &amp;&amp; git merge main",
+                    "agentrt merge r1 --strategy auto"):
+        assert command in tagline, command
+    pair = page[page.index('id="s-pair-abc123"'):]
+    assert "with session <a href=\"#s-license-abc123\">license</a>" in pair
+    assert "(<code>agent/license/abc123</code>)" in pair
+    table = page[page.index("<h2>Sessions</h2>"):page.index('id="merges"')]
+    assert "README.md with main (after usage)" in table and "src/app.py with license" in table
+
+
+def test_merges_are_listed_in_the_order_they_landed_and_where_the_target_ended() -> None:
+    run, works, story = story_report()
+    page = render_html(run, {}, {}, works, story)
+    merges = page[page.index('id="merges"'):page.index('id="s-usage-abc123"')]
+    assert merges.index("bbbbbbbbbbbb") < merges.index("aaaaaaaaaaaa")  # the story's order
+    assert "ended at <code>aaaaaaaaaaaa</code> after these merges" in merges
+    assert "It is now at <code>bbbbbbbbbbbb</code> (moved since)" in merges
+    assert "merge 1 of 2 into main" in page[page.index('id="s-license-abc123"'):]
+
+
+def test_every_measured_number_in_the_table_stands_beside_its_limit() -> None:
+    s = session("a", 0, 4, peak_memory_bytes=200 << 20, cpu_seconds=1.0,
+                disk_used_bytes=3 << 20)
+    page = render_html(report(s), {}, {s.id: manifest(memory_mb=256)})
+    table = page[page.index("<h2>Sessions</h2>"):]
+    for cell in ("4s / 1h00m", "200 MiB / 256 MiB", "1.00s · 25 % / 50 %", "3.0 MiB / 5120 MiB"):
+        assert f'<td class="num">{cell}</td>' in table, cell

@@ -26,7 +26,7 @@ def test_live_table_shows_usage_against_limits_and_the_last_line() -> None:
     view.live_stats = lambda: {"a": LiveStat(5 * 1048576, 1.0, 40 * 1024, limits,
                                              "[red]step 3[/red] of a")}
     text = render(view)
-    assert "5M / 256M" in text and "40K / 64M" in text and "/ 60s" in text
+    assert "5M/256M" in text and "40K/64M" in text and "/60s" in text
     assert "[red]step 3[/red] of a" in text  # agent output is shown, never read as markup
     assert "running 1 / queued 1" in text
 
