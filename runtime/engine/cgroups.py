@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -122,3 +123,19 @@ def _existing(path: Path, container_id: str, controller: str) -> Path | None:
             if found.is_dir():
                 return found
     return None
+
+
+def engine_stats_reading(stats: dict[str, Any]) -> CgroupReading:
+    """A reading from the engine's stats API (``one_shot``), for an engine whose cgroup files
+    are not on this host. Pure. cgroup v1 reports ``max_usage``; v2 engines do not."""
+    memory = stats.get("memory_stats") or {}
+    cpu = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+    usage = memory.get("usage")
+    peak = memory.get("max_usage")
+    total = cpu.get("total_usage")
+    return CgroupReading(
+        memory_bytes=int(usage) if usage is not None else None,
+        peak_memory_bytes=int(peak) if peak is not None else None,
+        cpu_seconds=int(total) / 1e9 if total is not None else None,
+        oom_kills=int((memory.get("stats") or {}).get("oom_kill", 0)) or None,
+    )

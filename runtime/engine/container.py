@@ -87,7 +87,7 @@ class ContainerPlan:
     limits: ResourceLimits
     workspace: Path
     db_dir: Path | None
-    objects_dir: Path  # the run's read-only object store (runtime.git.object_store)
+    objects_dir: Path | None  # the run's read-only object store (runtime.git.object_store)
     uid: int
     gid: int
     network: str = "none"
@@ -98,6 +98,9 @@ class ContainerPlan:
     # entry point can delete the file once read); None: the task has no secrets.
     secrets_dir: Path | None = None
     grace_seconds: int = 10
+    # An engine that does not share agentrt's disk: the volume's own mounts (resolved on the
+    # engine's host) replace the workspace, database and object-store binds.
+    volume_mounts: tuple[Mount, ...] = ()
 
 
 def entry_command(plan: ContainerPlan) -> list[str]:
@@ -140,14 +143,17 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     limits = plan.limits
     if plan.uid == 0:
         raise SessionError("refusing to run an agent container as root (uid 0)")
-    mounts = [
-        Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=False),
-        # The run's object store (only what the base reaches), read-only, at the same path as
-        # on the host so the session repository's alternates file resolves inside and outside.
-        Mount(str(plan.objects_dir), str(plan.objects_dir), type="bind", read_only=True),
-    ]
-    if plan.db_dir is not None:
-        mounts.append(Mount(DB_MOUNT, str(plan.db_dir), type="bind", read_only=False))
+    if plan.volume_mounts:
+        mounts = list(plan.volume_mounts)
+    else:
+        mounts = [
+            Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=False),
+            # The run's object store (only what the base reaches), read-only, at the same path
+            # as on the host so the session repository's alternates resolve inside and outside.
+            Mount(str(plan.objects_dir), str(plan.objects_dir), type="bind", read_only=True),
+        ]
+        if plan.db_dir is not None:
+            mounts.append(Mount(DB_MOUNT, str(plan.db_dir), type="bind", read_only=False))
     if plan.secrets_dir is not None:
         mounts.append(Mount(SECRETS_MOUNT, str(plan.secrets_dir), type="bind", read_only=False))
     labels = {**plan.labels, LABEL_SESSION: plan.session_id, LABEL_RUN: plan.run_id,

@@ -534,3 +534,35 @@ def engine_volume_usage(client: docker.DockerClient, volume: EngineVolume) -> tu
         return fields["df"][0], fields["df"][1]
     used = fields.get("du", [0])[0]
     return used, max(0, volume.limit_bytes - used)
+
+
+class RemoteVolume:
+    """An engine-side volume with the host volume's interface (what a session uses)."""
+
+    def __init__(self, client: docker.DockerClient, volume: EngineVolume) -> None:
+        self.client = client
+        self.volume = volume
+        self.mode: DiskLimitMode = volume.mode
+        self.limit_bytes = volume.limit_bytes
+
+    @property
+    def root(self) -> str:
+        """Where the volume is on the engine's host (for the record)."""
+        return self.volume.root
+
+    def mounts(self, db: bool = True, read_only: bool = False) -> list[Mount]:
+        """Binds of the workspace (and the database directory), resolved on the engine."""
+        return self.volume.mounts(db_target=DB_TARGET if db else None, read_only=read_only)
+
+    def used_bytes(self) -> int:
+        """Bytes in use, read by a helper on the engine."""
+        return engine_volume_usage(self.client, self.volume)[0]
+
+    def free_bytes(self) -> int:
+        """Bytes still free, read by a helper on the engine."""
+        return engine_volume_usage(self.client, self.volume)[1]
+
+    def remove(self) -> None:
+        """Unmount and delete it on the engine's host; idempotent."""
+        remove_engine_volume(self.client, self.volume)
+

@@ -74,7 +74,8 @@ g() {
       -c advice.addEmbeddedRepo=false -c pack.threads=1 "$@"
 }
 g init -q --bare "$h"
-printf '%s\n%s\n' /workspace/.git/objects "$store" > "$h/objects/info/alternates"
+printf '%s\n' /workspace/.git/objects > "$h/objects/info/alternates"
+if [ -n "$store" ]; then printf '%s\n' "$store" >> "$h/objects/info/alternates"; fi
 export GIT_INDEX_FILE=$out/index
 head=
 if a=$(g --git-dir=/workspace/.git rev-parse --verify -q 'HEAD^{commit}' 2>/dev/null) \
@@ -135,13 +136,15 @@ class HarvestPlan:
     session_id: str
     base_commit: str
     workspace: Path
-    store: Path
+    store: Path | None  # the run's object store; None when the volume holds the objects
     uid: int
     gid: int
     memory_mb: int
     runtime: str = "runc"
     image: str = HARVEST_IMAGE
     labels: Mapping[str, str] = field(default_factory=dict)
+    # An engine-side volume's mounts (read-only), replacing the workspace bind.
+    volume_mounts: tuple[Mount, ...] = ()
 
 
 @dataclass
@@ -166,20 +169,22 @@ def harvest_spec(plan: HarvestPlan) -> dict[str, Any]:
     if plan.uid == 0:
         raise HarvestError("refusing to harvest as root (uid 0)")
     memory = max(plan.memory_mb, HARVEST_MIN_MEMORY_MB) * 1024 * 1024
+    mounts = list(plan.volume_mounts) or [
+        Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=True)]
+    if plan.store is not None:
+        mounts.append(Mount(str(plan.store), str(plan.store), type="bind", read_only=True))
     spec: dict[str, Any] = {
         **HARDENING,
         "image": plan.image,
-        "command": ["sh", "-c", SCRIPT, "agentrt-harvest", plan.base_commit, str(plan.store),
+        "command": ["sh", "-c", SCRIPT, "agentrt-harvest", plan.base_commit,
+                    str(plan.store or ""),
                     plan.session_id],
         "name": f"agentrt-harvest-{plan.session_id}",
         "user": f"{plan.uid}:{plan.gid}",
         "working_dir": "/",
         "environment": {"HOME": "/var/tmp"},
         "labels": {**plan.labels, LABEL_HARVEST: plan.session_id},
-        "mounts": [
-            Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=True),
-            Mount(str(plan.store), str(plan.store), type="bind", read_only=True),
-        ],
+        "mounts": mounts,
         "mem_limit": memory,
         "memswap_limit": memory,
         "pids_limit": 256,

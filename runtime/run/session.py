@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shlex
+import shutil
 import signal
 import threading
 import time
@@ -31,15 +32,19 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from runtime import paths
 from runtime.config import ResourceLimits, RunConfig, Task
-from runtime.databases.sqlite import SessionDatabase, SqliteDatabase, create_sqlite
+from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
 from runtime.engine.container import (
+    DB_MOUNT,
     SECRETS_FILE,
+    WORKSPACE,
     AgentContainer,
     ContainerPlan,
     OutputStream,
     ended_at_deadline,
 )
-from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
+from runtime.engine.disk_sharing import engine_shares_disk
+from runtime.engine.engine_volumes import RemoteVolume
+from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.directory_mode import open_repo
@@ -192,6 +197,9 @@ class IsolatedAgentSession:
         self._own_supervisor = supervisor is None
         self._supervisor = supervisor
         self.volume: Volume | None = None
+        # Set when the engine does not share agentrt's disk (a VM, a remote host, dind): the
+        # volume lives where the engine is and every file operation goes through the API.
+        self.remote_volume: RemoteVolume | None = None
         self.database: SessionDatabase | None = None
         self.container: AgentContainer | None = None
         self.watch: Watch | None = None
@@ -271,7 +279,11 @@ class IsolatedAgentSession:
             )
             create_branch(self.repo, self.branch, self.base_commit)
             crash_point("branch")
-            self.objects = ensure_store(self.repo, self.run_id, self.base_commit)
+            remote = not engine_shares_disk(self.client, self.repo.state_dir / "probe")
+            if remote:
+                self._check_remote_supported()
+            else:
+                self.objects = ensure_store(self.repo, self.run_id, self.base_commit)
             # The marker comes first: from here on gc judges the session by its owner's pid
             # and start time, and it harvests only once the checkout is complete.
             self.session_dir.mkdir(parents=True, mode=0o711)
@@ -281,12 +293,15 @@ class IsolatedAgentSession:
                 uid=uid, gid=gid)
             self._marker.write(self.session_dir)
             crash_point("marker")
-            self.volume = create_volume(self.session_dir, self.limits.disk_mb, uid, gid,
-                                        self.disk_mode)
-            self.result.disk_limit_mode = self.volume.mode
-            crash_point("volume")
-            create_workspace(self.repo, self.volume.workspace, self.branch, self.base_commit,
-                             uid, gid, objects=self.objects)
+            if remote:
+                self._prepare_remote_volume(uid, gid)
+            else:
+                self.volume = create_volume(self.session_dir, self.limits.disk_mb, uid, gid,
+                                            self.disk_mode)
+                self.result.disk_limit_mode = self.volume.mode
+                crash_point("volume")
+                create_workspace(self.repo, self.volume.workspace, self.branch,
+                                 self.base_commit, uid, gid, objects=self.objects)
             crash_point("checkout")
             self._marker.checked_out = self._checked_out = True
             self._marker.write(self.session_dir)
@@ -311,8 +326,10 @@ class IsolatedAgentSession:
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
-                workspace=self.volume.workspace, db_dir=self.volume.db_dir,
+                workspace=self.volume.workspace if self.volume else Path(WORKSPACE),
+                db_dir=self.volume.db_dir if self.volume else None,
                 objects_dir=self.objects, uid=uid, gid=gid,
+                volume_mounts=tuple(self.remote_volume.mounts()) if self.remote_volume else (),
                 network=getattr(self.database, "network", None) or self.network,
                 runtime=self.config.runtime, env=env, secrets_dir=secrets_dir,
                 grace_seconds=self.stop_grace_seconds,
@@ -323,11 +340,47 @@ class IsolatedAgentSession:
             self._plan = plan
             self.container = AgentContainer.create(self.client, plan)
             crash_point("container")
-            self._record(container_id=self.container.id, mount_path=str(self.volume.root))
+            root = self.remote_volume.root if self.remote_volume else self.volume.root  # type: ignore[union-attr]
+            self._record(container_id=self.container.id, mount_path=str(root))
         except BaseException:
             self.close(snapshot_work=False)
             self._delete_unused_branch()
             raise
+
+    def _check_remote_supported(self) -> None:
+        """What engine-side sessions cannot do yet, refused before anything is made."""
+        if self.task.secrets:
+            raise ConfigError(f"task {self.task.id!r}: field secrets: not yet supported on an "
+                              "engine that does not share agentrt's disk")
+        if self.config.database_strategy == "shared":
+            raise ConfigError("[run] field database_strategy: 'shared' is not yet supported on "
+                              "an engine that does not share agentrt's disk")
+
+    def _prepare_remote_volume(self, uid: int, gid: int) -> None:
+        """The volume on the engine's host, and the base checked out there from a bundle."""
+        from runtime.engine.engine_volumes import create_engine_volume
+        from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
+
+        volume = create_engine_volume(
+            self.client, self.session_id, self.limits.disk_mb, uid, gid,
+            labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
+        self.remote_volume = RemoteVolume(self.client, volume)
+        self.result.disk_limit_mode = volume.mode
+        if self._marker is not None:
+            self._marker.engine_volume = volume.name
+            self._marker.write(self.session_dir)
+        crash_point("volume")
+        bundle = create_base_bundle(self.repo.git_dir, self.branch, self.base_commit,
+                                    self.session_dir / "base.bundle")
+        try:
+            checkout_in_engine(self.client, volume, bundle, self.branch, self.base_commit,
+                               uid, gid)
+        finally:
+            bundle.unlink(missing_ok=True)
+
+    @property
+    def _any_volume(self) -> Volume | RemoteVolume | None:
+        return self.remote_volume or self.volume
 
     def _delete_unused_branch(self) -> None:
         # A session that never started leaves no half-made branch behind.
@@ -346,6 +399,10 @@ class IsolatedAgentSession:
         )
 
     def _make_database(self, uid: int, gid: int) -> SessionDatabase:
+        if self.remote_volume is not None:
+            # The file is created by SQLite on the agent's first use, on the engine's side.
+            return SqliteDatabase(Path(DB_MOUNT) / SQLITE_NAME,
+                                  {"AGENT_DB": f"{DB_MOUNT}/{SQLITE_NAME}"})
         if self.volume is None:
             raise SessionError("volume missing")
         if self.config.database_strategy == "shared":
@@ -366,7 +423,7 @@ class IsolatedAgentSession:
 
         ``command`` (an argv) replaces the task's command for this run; a session made from
         an id string has none until it is given here."""
-        if self.container is None or self.volume is None:
+        if self.container is None or self._any_volume is None:
             raise SessionError("session not prepared: use it as a context manager")
         if command is not None:
             self._use_command(as_command(command))
@@ -380,14 +437,16 @@ class IsolatedAgentSession:
         supervisor = self._supervisor
         if supervisor is None:
             supervisor = self._supervisor = Supervisor(self.client, self.run_id).__enter__()
-        volume = self.volume
+        volume = self._any_volume
+        remote = self.remote_volume is not None
         deadline = time.time() + self.limits.time_seconds
         self.watch = supervisor.watch(Watch(
             session_id=self.session_id, container=self.container, deadline=deadline,
             grace_seconds=self.stop_grace_seconds, disk_limit_bytes=volume.limit_bytes,
-            disk_usage=volume.used_bytes, soft_disk=volume.mode == "soft",
-            disk_free=volume.free_bytes if volume.mode == "loop" else None,
-            on_sample=self._on_sample,
+            disk_usage=None if remote else volume.used_bytes,
+            soft_disk=volume.mode == "soft" and not remote,
+            disk_free=volume.free_bytes if volume.mode == "loop" and not remote else None,
+            engine_stats=remote, on_sample=self._on_sample,
         ))
         self.result.started_at = utcnow()
         self.result.status = SessionStatus.RUNNING
@@ -465,8 +524,9 @@ class IsolatedAgentSession:
         code = watch.exit_code if watch.exit_code is not None else st.get("ExitCode")
         self.result.exit_code = int(code) if code is not None else None
         oom = watch.oom_seen or bool(st.get("OOMKilled"))
-        low_disk = self.volume is not None and self.volume.mode == "loop" and \
-            self.volume.free_bytes() < DISK_FULL_MARGIN
+        volume = self._any_volume
+        low_disk = volume is not None and volume.mode == "loop" and \
+            self.result.exit_code not in (0, None) and volume.free_bytes() < DISK_FULL_MARGIN
         started, finished = engine_times(st)
         # The container's own deadline (its entry point's timeout) ended it: agentrt was
         # paused or late, the engine's record still says so.
@@ -501,7 +561,7 @@ class IsolatedAgentSession:
         self.result.cpu_seconds = round(watch.cpu_seconds, 3)
         with contextlib.suppress(OSError):
             self.result.disk_used_bytes = (
-                self.volume.used_bytes() if self.volume else watch.disk_used_bytes
+                volume.used_bytes() if volume else watch.disk_used_bytes
             )
         self.result.warnings.extend(watch.errors)
 
@@ -579,7 +639,7 @@ class IsolatedAgentSession:
 
     def _bring_home(self) -> None:
         """Harvest the stopped session's tree in a container; import the verified bundle."""
-        if self._harvested or self.volume is None or not self._checked_out:
+        if self._harvested or self._any_volume is None or not self._checked_out:
             return
         self._harvested = True
         if not self._started:
@@ -587,12 +647,13 @@ class IsolatedAgentSession:
             self.result.work = WorkState.HOME
             self.result.head_commit = self.repo.branch_head(self.branch)
             return
-        if self.objects is None:
-            raise SessionError("object store missing")
         uid, gid = agent_ids()
+        remote = self.remote_volume
         plan = HarvestPlan(
             session_id=self.session_id, base_commit=self.base_commit,
-            workspace=self.volume.workspace, store=self.objects, uid=uid, gid=gid,
+            workspace=self.volume.workspace if self.volume else Path(WORKSPACE),
+            store=self.objects, uid=uid, gid=gid,
+            volume_mounts=tuple(remote.mounts(db=False, read_only=True)) if remote else (),
             memory_mb=self.limits.memory_mb, runtime=self.config.runtime,
             labels={LABEL_OWNER_PID: str(os.getpid()),
                     LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
@@ -633,7 +694,8 @@ class IsolatedAgentSession:
 
     def disk_used(self) -> int:
         """Bytes used on the session's volume."""
-        return self.volume.used_bytes() if self.volume else 0
+        volume = self._any_volume
+        return volume.used_bytes() if volume else 0
 
     def close(self, snapshot_work: bool = True) -> None:
         """Stop the container, save the work, release resources; safe to call twice."""
@@ -685,7 +747,10 @@ class IsolatedAgentSession:
             self.database.drop()
 
     def _remove_volume(self) -> None:
-        if self.volume is not None:
+        if self.remote_volume is not None:
+            self.remote_volume.remove()
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+        elif self.volume is not None:
             self.volume.remove()
         elif self.session_dir.exists():
             from runtime.engine.volumes import open_volume

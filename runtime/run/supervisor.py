@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 
-from runtime.engine.cgroups import ContainerCgroup
+from runtime.engine.cgroups import CgroupReading, ContainerCgroup, engine_stats_reading
 from runtime.engine.container import AgentContainer
 from runtime.engine.labels import LABEL_RUN
 
@@ -65,6 +65,8 @@ class Watch:
     external_kill: bool = False
     engine_interrupted: bool = False
     cgroup: ContainerCgroup | None = None
+    # The engine's cgroup files are not on this host (a VM, a remote engine): its stats API.
+    engine_stats: bool = False
     peak_memory_bytes: int = 0
     memory_bytes: int = 0
     cpu_seconds: float = 0.0
@@ -311,8 +313,13 @@ class Supervisor:
                                  daemon=True).start()
 
     def _sample_cgroup(self, watch: Watch) -> None:
+        reading: CgroupReading | None = None
         if watch.cgroup is not None:
             reading = watch.cgroup.read()
+        elif watch.engine_stats:
+            stats = self.client.api.stats(watch.container.id, stream=False, one_shot=True)
+            reading = engine_stats_reading(stats)
+        if reading is not None:
             if reading.memory_bytes is not None:
                 watch.memory_bytes = reading.memory_bytes
             if reading.peak_memory_bytes is not None:

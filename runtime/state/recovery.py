@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,7 @@ import docker.errors
 
 from runtime.config import RunConfig
 from runtime.engine.container import ended_at_deadline
+from runtime.engine.engine_volumes import RemoteVolume, list_engine_volumes
 from runtime.engine.labels import (
     LABEL_HARVEST,
     LABEL_OWNER_PID,
@@ -111,6 +113,7 @@ class SessionMarker:
     gid: int = 1000
     checked_out: bool = False
     work_kept: bool = False
+    engine_volume: str = ""  # the named volume on an engine that does not share our disk
 
     def write(self, session_dir: Path) -> None:
         """Store the marker in ``session_dir``."""
@@ -329,8 +332,26 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             marker.write(session_dir)
         return
     if session_dir is not None:
-        open_volume(session_dir).remove()
+        if marker is not None and marker.engine_volume:
+            if client is None:
+                report.errors.append(f"{session_id}: no engine to remove its volume with")
+                return
+            with contextlib.suppress(NotFoundError):
+                _engine_volume(client, session_id).remove()
+            shutil.rmtree(session_dir, ignore_errors=True)
+        else:
+            open_volume(session_dir).remove()
         report.removed_sessions.append(session_id)
+
+
+def _engine_volume(client: docker.DockerClient | None, session_id: str) -> RemoteVolume:
+    """The engine-side volume of ``session_id`` (found by label); NotFoundError if gone."""
+    if client is None:
+        raise NotFoundError("no engine")
+    found = list_engine_volumes(client, session_id)
+    if not found:
+        raise NotFoundError(f"no engine volume for {session_id}")
+    return RemoteVolume(client, found[0])
 
 
 def _ever_started(container: Any) -> bool:
@@ -364,15 +385,22 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             secrets = list(json.loads(row.manifest_json or "{}").get("task", {}).get("secrets", []))
     try:
-        volume = open_volume(session_dir)
-        objects = ensure_store(repo, marker.run_id, marker.base_commit)
+        if marker.engine_volume:
+            remote = _engine_volume(client, session_id)
+            workspace, objects = session_dir, None
+            mounts = tuple(remote.mounts(db=False, read_only=True))
+        else:
+            workspace = open_volume(session_dir).workspace
+            objects = ensure_store(repo, marker.run_id, marker.base_commit)
+            mounts = ()
     except AgentRuntimeError as exc:
         return WorkOutcome(WorkState.KEPT, repo.branch_head(branch),
                            [f"cannot reopen the session to harvest it: {exc}; the volume is kept"])
     plan = HarvestPlan(session_id=session_id, base_commit=marker.base_commit,
-                       workspace=volume.workspace, store=objects, uid=marker.uid,
+                       workspace=workspace, store=objects, uid=marker.uid,
                        gid=marker.gid, memory_mb=config.resource_limits.memory_mb,
-                       runtime=config.runtime, labels={LABEL_REPO: str(repo.root)})
+                       runtime=config.runtime, labels={LABEL_REPO: str(repo.root)},
+                       volume_mounts=mounts)
     return bring_work_home(client, repo, plan, branch=branch,
                            policy=import_policy(config, secrets))
 

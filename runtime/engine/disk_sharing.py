@@ -1,0 +1,69 @@
+"""Does the engine see agentrt's disk? Asked of the engine itself, once, never guessed.
+
+A local engine (this host's dockerd) can bind a host directory into a container; an engine in a
+VM (Colima), on another host (``DOCKER_HOST=ssh://…``/``tcp://…``) or in a container (dind)
+cannot: the same path names another file, or nothing. agentrt writes a random token into its
+own state directory and asks a tiny container (no network, no capabilities, read-only) to read
+that path through a bind mount. The token coming back means the disk is shared and sessions use
+host-side volumes and the run's object store; anything else means engine-side volumes
+(:mod:`runtime.engine.engine_volumes`). ``AGENTRT_ENGINE_DISK=shared|remote`` overrides the probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from runtime.engine.discovery import engine_errors, engine_info
+from runtime.errors import ConfigError, EngineError
+
+OVERRIDE_ENV = "AGENTRT_ENGINE_DISK"
+PROBE_IMAGE = "agentrt/base:latest"
+
+_cache: dict[str, bool] = {}
+_lock = threading.Lock()
+
+
+def engine_shares_disk(client: docker.DockerClient, probe_dir: Path) -> bool:
+    """True when containers of ``client``'s engine can bind paths of this host's disk."""
+    forced = os.environ.get(OVERRIDE_ENV, "")
+    if forced:
+        if forced not in ("shared", "remote"):
+            raise ConfigError(f"{OVERRIDE_ENV}={forced!r}: use shared or remote")
+        return forced == "shared"
+    key = f"{client.api.base_url} {engine_info(client).get('ID', '')}"
+    with _lock:
+        if key not in _cache:
+            _cache[key] = _probe(client, probe_dir)
+        return _cache[key]
+
+
+def _probe(client: docker.DockerClient, probe_dir: Path) -> bool:
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    marker = probe_dir / f"disk-probe-{token[:8]}"
+    marker.write_text(token)
+    marker.chmod(0o644)
+    try:
+        with engine_errors("ask the engine whether it shares agentrt's disk"):
+            try:
+                out = client.containers.run(
+                    PROBE_IMAGE, ["cat", f"/probe/{marker.name}"], remove=True,
+                    network_mode="none", cap_drop=["ALL"], read_only=True, user="65534:65534",
+                    security_opt=["no-new-privileges:true"],
+                    volumes={str(probe_dir): {"bind": "/probe", "mode": "ro"}},
+                    stdout=True, stderr=False)
+            except docker.errors.ContainerError:
+                return False  # the path is not there on the engine's side
+        return bytes(out).decode(errors="replace").strip() == token
+    except EngineError:
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            marker.unlink()

@@ -1,0 +1,101 @@
+"""Any Docker engine: `DOCKER_HOST=<an engine that shares nothing with us> agentrt run` works.
+
+The second engine is Docker-in-Docker (see dind.py): its disk is its own, as a Colima VM's or a
+remote host's is. Sessions get their volumes there (hard ext4 limits, the kernel's ENOSPC), the
+base goes in as a bundle, work comes home as the verified bundle, and nothing of a session is
+ever made on this process's own disk beyond agentrt's state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.integration.dind import DindEngine
+
+pytestmark = pytest.mark.docker
+
+TASKS = """
+[run]
+merge = "auto"
+max_concurrent_agents = 3
+[run.resource_limits]
+memory_mb = 128
+disk_mb = 40
+time_seconds = 120
+pids = 128
+[[tasks]]
+id = "writer"
+command = ["sh", "-c", "echo c > committed.txt && git add . && git commit -qm 'agent commit' && echo u > uncommitted.txt"]
+[[tasks]]
+id = "filler"
+command = ["sh", "-c", "dd if=/dev/zero of=big bs=1M count=100"]
+[[tasks]]
+id = "hog"
+command = ["python3", "-c", "b = []\\nwhile True: b.append(bytearray(16 * 1024 * 1024))"]
+"""
+
+
+def test_a_run_on_an_engine_that_does_not_share_our_disk(
+    dind_engine: DindEngine, repo: Path, tmp_path: Path
+) -> None:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(TASKS)
+    env = {**os.environ, "DOCKER_HOST": dind_engine.url}
+    env.pop("AGENTRT_ENGINE_DISK", None)
+    mounts_before = Path("/proc/mounts").read_text().count(str(repo))
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                           str(repo), "--json"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    by_task = {s["task_id"]: s for s in report["sessions"]}
+    writer, filler, hog = by_task["writer"], by_task["filler"], by_task["hog"]
+    # Engine-side volumes with hard limits, decided by asking the engine, not DOCKER_HOST.
+    assert {s["disk_limit_mode"] for s in by_task.values()} == {"loop"}
+    assert writer["status"] == "succeeded" and writer["work"] == "home"
+    files = git(repo, "ls-tree", "-r", "--name-only", "main").split()
+    assert {"committed.txt", "uncommitted.txt"} <= set(files)  # merged into main
+    # The kernel's ENOSPC at disk_mb (not a walker's estimate): dd got less than 40 MiB out.
+    assert filler["status"] == "disk_full", filler
+    size = int(git(repo, "cat-file", "-s", f"{filler['branch']}:big"))
+    assert 20 * 1024 * 1024 < size < 40 * 1024 * 1024, size
+    assert hog["status"] == "oom_killed", hog
+    # Nothing of a session on this host: no mount, no volume image, no session directory left.
+    assert Path("/proc/mounts").read_text().count(str(repo)) == mounts_before
+    state = repo / ".git" / "agentrt"
+    assert not list(state.glob("sessions/*")), list(state.glob("sessions/*"))
+    assert not list(state.glob("**/volume.img"))
+    # And nothing left on the engine either.
+    assert not dind_engine.client.containers.list(all=True, filters={"label": "agentrt.session"})
+    assert not dind_engine.client.volumes.list(filters={"label": "agentrt.role=volume"})
+    assert "agentrt/sessions" not in dind_engine.exec("cat /proc/mounts")
+
+
+def test_gc_brings_home_the_work_of_a_killed_run_on_that_engine(
+    dind_engine: DindEngine, repo: Path, tmp_path: Path
+) -> None:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[run.resource_limits]\ndisk_mb = 40\n[[tasks]]\nid = "orphan"\ncommand = ["sh", "-c", "echo c > c.txt && '
+                     'git add . && git commit -qm c && echo u > u.txt && sleep 2"]\n')
+    env = {**os.environ, "DOCKER_HOST": dind_engine.url, "AGENTRT_CRASH_AT": "started"}
+    run = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                          str(repo), "--json"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert dind_engine.client.volumes.list(filters={"label": "agentrt.role=volume"})
+    env.pop("AGENTRT_CRASH_AT")
+    gc = subprocess.run([sys.executable, "-m", "runtime.cli", "gc", "--repo", str(repo),
+                         "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert gc.returncode == 0, gc.stderr[-2000:]
+    (branch,) = json.loads(gc.stdout)["saved_branches"]
+    assert {"c.txt", "u.txt"} <= set(git(repo, "ls-tree", "-r", "--name-only", branch).split())
+    assert not dind_engine.client.volumes.list(filters={"label": "agentrt.role=volume"})
+    assert not dind_engine.client.containers.list(all=True, filters={"label": "agentrt.session"})
+    assert not list((repo / ".git" / "agentrt").glob("sessions/*"))
