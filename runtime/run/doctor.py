@@ -225,8 +225,11 @@ def run_checks(client_factory: Callable[[], docker.DockerClient],
     raises :class:`~runtime.errors.AgentRuntimeError`, the engine check fails and the checks
     that need an engine are reported as not checked.
     """
+    disk = disk_check(disk_limit_mode())
     try:
-        engine_part = _engine_checks(client_factory())
+        client = client_factory()
+        engine_part = _engine_checks(client)
+        disk = _volume_place_check(client, state_dir) or disk
     except AgentRuntimeError as exc:
         engine_part = [Check("engine", "fail", str(exc), engine.how_to_start_engine())]
         engine_part += [
@@ -235,12 +238,28 @@ def run_checks(client_factory: Callable[[], docker.DockerClient],
         ]
     found = {c.name: c for c in engine_part}
     found["git"] = _git_check_host()
-    found["disk limits"] = disk_check(disk_limit_mode())
+    found["disk limits"] = disk
     found["colima"] = colima_check()
     checks = [found[name] for name in CHECK_ORDER]
     if state_dir is not None:
         checks.append(kept_check(kept_volumes(state_dir)))
     return checks
+
+
+def _volume_place_check(client: docker.DockerClient, state_dir: Path | None) -> Check | None:
+    """Where sessions' volumes go with this engine; None when it shares this host's disk."""
+    import tempfile
+
+    from runtime.engine.disk_sharing import engine_shares_disk
+    from runtime.engine.engine_volumes import engine_volume_mode
+
+    with tempfile.TemporaryDirectory(prefix="agentrt-probe-") as tmp:
+        if engine_shares_disk(client, state_dir / "probe" if state_dir else Path(tmp)):
+            return None
+    mode = engine_volume_mode(client)
+    check = disk_check(mode)
+    where = "the engine does not share this disk: volumes are made on the engine's host"
+    return Check(check.name, check.status, f"{where}; {check.detail}", check.fix)
 
 
 def kept_volumes(state_dir: Path) -> list[tuple[str, int]]:

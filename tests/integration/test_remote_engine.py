@@ -99,3 +99,11 @@ def test_gc_brings_home_the_work_of_a_killed_run_on_that_engine(
     assert not dind_engine.client.volumes.list(filters={"label": "agentrt.role=volume"})
     assert not dind_engine.client.containers.list(all=True, filters={"label": "agentrt.session"})
     assert not list((repo / ".git" / "agentrt").glob("sessions/*"))
+
+
+def test_doctor_says_where_volumes_go_on_that_engine(dind_engine: DindEngine) -> None:
+    env = {**os.environ, "DOCKER_HOST": dind_engine.url}
+    env.pop("AGENTRT_ENGINE_DISK", None)
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "doctor"], capture_output=True,
+                         text=True, env=env, timeout=300).stdout
+    assert "does not share this disk" in out and "loop" in out, out
