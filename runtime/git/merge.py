@@ -295,16 +295,22 @@ def _review(repo: MainRepo, sessions: list[SessionResult], target: str) -> None:
             )
 
 
+def ready_to_move(git: SafeGit, repo: MainRepo, target: str) -> CheckoutState:
+    """Under the merge lock: finish an interrupted checkout update, then refuse (MergeError) a
+    target that may not move now (dirty checkout, detached, a rebase or merge in progress)."""
+    _finish_interrupted_checkout(git)
+    state = checkout_state(repo, target)
+    refused = merge_blocker(state)
+    if refused is not None:
+        raise MergeError(refused)
+    return state
+
+
 def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: str) -> None:
     git = SafeGit(repo)
     ref = f"refs/heads/{target}"
     with merge_lock(repo):
-        _finish_interrupted_checkout(git)
-        state = checkout_state(repo, target)
-        refused = merge_blocker(state)
-        if refused is not None:
-            raise MergeError(refused)
-        worktree = state.checked_out
+        worktree = ready_to_move(git, repo, target).checked_out
         for session in sessions:
             head = git.commit(ref)
             branch_head = git.commit(session.branch)

@@ -30,13 +30,7 @@ from typing import TYPE_CHECKING
 
 from runtime.errors import ConfigError, MergeError, NotFoundError
 from runtime.git.conflicts import SafeGit, check_commits
-from runtime.git.merge import (
-    _finish_interrupted_checkout,
-    advance_target,
-    checkout_state,
-    merge_blocker,
-    merge_lock,
-)
+from runtime.git.merge import advance_target, merge_lock, ready_to_move
 from runtime.git.safe_git import MainRepo
 from runtime.models import Conflict, SessionResult
 from runtime.state.schema import SessionRow
@@ -171,11 +165,7 @@ def _revert(main: MainRepo, store: Store, rows: list[SessionRow],
     ref = f"refs/heads/{into}"
     git = SafeGit(main)
     with merge_lock(main):
-        _finish_interrupted_checkout(git)
-        state = checkout_state(main, into)
-        refused = merge_blocker(state)
-        if refused is not None:
-            raise MergeError(refused)
+        state = ready_to_move(git, main, into)
         old = git.commit(ref)
         order = _first_parent_order(git, old)
         for row in merged:

@@ -44,6 +44,19 @@ def cli(*args: str, env: dict[str, str] | None = None,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def start_run_and_wait(docker_client: object, repo: Path,
+                       task_file: Path) -> subprocess.Popen[str]:
+    """`agentrt run --json` in the background, returned once its container exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(task_file),
+                             "--repo", str(repo), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not docker_client.containers.list(  # type: ignore[attr-defined]
+            filters={"label": f"agentrt.repo={repo.resolve()}"}):
+        time.sleep(0.1)
+    return proc
+
+
 def agent_branches(repo: Path) -> dict[str, str]:
     out = git(repo, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads/agent/")
     return dict(line.split() for line in out.splitlines())
@@ -120,13 +133,7 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
     docker_client: object, repo: Path, tmp_path: Path, small_state_fs: Path
 ) -> None:
     base = git(repo, "rev-parse", "HEAD").strip()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run",
-                             str(write_task(tmp_path, 6)), "--repo", str(repo), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not docker_client.containers.list(  # type: ignore[attr-defined]
-            filters={"label": f"agentrt.repo={repo.resolve()}"}):
-        time.sleep(0.2)
+    proc = start_run_and_wait(docker_client, repo, write_task(tmp_path, 6))
     time.sleep(1)
     filler = fill(small_state_fs)
     out, err = proc.communicate(timeout=240)
@@ -166,13 +173,7 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
 def test_durations_come_from_the_engine_even_when_agentrt_was_paused(
     docker_client: object, repo: Path, tmp_path: Path
 ) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run",
-                             str(write_task(tmp_path, 2)), "--repo", str(repo), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not docker_client.containers.list(  # type: ignore[attr-defined]
-            filters={"label": f"agentrt.repo={repo.resolve()}"}):
-        time.sleep(0.1)
+    proc = start_run_and_wait(docker_client, repo, write_task(tmp_path, 2))
     os.kill(proc.pid, signal.SIGSTOP)
     time.sleep(8)
     os.kill(proc.pid, signal.SIGCONT)
