@@ -249,6 +249,12 @@ class SharedDatabase:
         self._dropped = True
 
 
+def check_database_url(client: docker.DockerClient, admin_url: str) -> None:
+    """Connect to ``admin_url`` as a run would (``SELECT 1`` from psql's container); raise
+    DatabaseError, with the URL redacted, when the server cannot be reached or refuses."""
+    _Admin(client, admin_url=admin_url).run("SELECT 1;")
+
+
 def create_shared_database(config: RunConfig, session_id: str, run_id: str,
                            client: docker.DockerClient | None = None) -> SharedDatabase:
     """Create the session's database and role (starting the run's server first if needed).

@@ -140,6 +140,16 @@ class AgentCoordinator:
                     "[run] field runtime: runsc is registered with --network=none on this engine, "
                     "so network = \"bridge\" and database_strategy = \"shared\" cannot work; "
                     "use runc for this run or register runsc with networking")
+        if self.config.database_strategy == "shared" and self.config.database_url:
+            from runtime.databases.postgres import IMAGE as POSTGRES_IMAGE
+            from runtime.databases.postgres import check_database_url
+            from runtime.errors import DatabaseError
+
+            require_image(self.client, POSTGRES_IMAGE)
+            try:
+                check_database_url(self.client, self.config.database_url)
+            except DatabaseError as exc:
+                raise ConfigError(f"[run] field database_url: cannot use it: {exc}") from None
         from runtime.run.admission import check_admission
 
         check_admission(self.client, self.config, tasks, self.repo.state_dir)

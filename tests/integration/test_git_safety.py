@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,29 @@ def test_import_refuses_a_tree_with_a_dot_git_entry_and_keeps_the_files(repo: Pa
     assert ".GIT/config" not in tree
     assert "ok.txt" in tree
     assert any("could not be imported" in w for w in result.warnings)
+
+
+def test_a_dependency_merge_never_runs_a_merge_driver_the_stages_select(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A pipeline's dependency merge goes through the same neutralised merge as any other:
+    a merge driver the repository's attributes select never runs on agents' content."""
+    canary = tmp_path / f"canary-{secrets.token_hex(4)}"
+    git(repo, "config", "merge.evil.driver", f"touch {canary}; false")
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "attributes").write_text("* merge=evil\n")
+    tasks = [sh("left", "echo left >> README.md"),
+             sh("right", "(echo right; cat README.md) > r && mv r README.md"),
+             sh("joined", "true", deps=["left", "right"])]
+    report = run_tasks(repo, tasks, max_concurrent_agents=2)
+    results = by_task(report)
+    assert results["left"].status is SessionStatus.SUCCEEDED
+    assert not canary.exists(), "the planted merge driver ran during the dependency merge"
+    # The neutralised driver makes the shared file a conflict: the dependent is skipped.
+    assert results["joined"].status is SessionStatus.SKIPPED
+    assert "README.md" in (results["joined"].reason or "")
+    # Control: the same merge with plain git runs the driver (which reports a conflict).
+    subprocess.run(["git", "-C", str(repo), "merge-tree", "--write-tree",
+                    results["left"].branch, results["right"].branch],
+                   capture_output=True, check=False)
+    assert canary.exists()

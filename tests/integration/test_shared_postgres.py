@@ -206,3 +206,18 @@ def test_the_run_removes_its_database_server_when_it_ends(
     assert not docker_client.containers.list(
         all=True, filters={"label": f"agentrt.run={report.run_id}"})
     assert not docker_client.networks.list(names=[server_name(report.run_id)])
+
+
+def test_an_unreachable_database_url_is_refused_before_anything_starts(
+    postgres_image: str, repo: Path, tmp_path: Path
+) -> None:
+    from tests.integration.helpers import agentrt
+
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[run]\ndatabase_strategy = "shared"\n'
+                     'database_url = "postgresql://admin:hunter2pass@127.0.0.1:9/postgres"\n'
+                     '[[tasks]]\nid = "t"\ncommand = ["true"]\n')
+    proc = agentrt("run", str(tasks), "--repo", str(repo))
+    assert proc.returncode == 2, proc.stderr
+    assert "database_url" in proc.stderr and "hunter2pass" not in proc.stderr
+    assert "agent/" not in git(repo, "branch", "--list", "agent/*")
