@@ -276,7 +276,8 @@ def resolve_session(store: Store, prefix: str) -> SessionRow:
         live = [r for r in matches if order.get(r.run_id, -1) == newest]
         if len(live) == 1:
             return live[0]
-    names = ", ".join(r.id for r in live[:5]) + (", ..." if len(live) > 5 else "")
+    ids = sorted(r.id for r in live)
+    names = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
     raise NotFoundError(f"'{prefix}' is ambiguous: matches {names}")
 
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -67,3 +68,19 @@ def _probe(client: docker.DockerClient, probe_dir: Path) -> bool:
     finally:
         with contextlib.suppress(OSError):
             marker.unlink()
+
+
+def volume_on_engine(shares_disk: bool, host_mode: str, engine_mode: Callable[[], str],
+                     engine_side_allowed: bool = True) -> bool:
+    """Where a session's volume goes: True for the engine's host, False for this one. Pure
+    apart from calling ``engine_mode`` (a probe) only when the answer depends on it.
+
+    Always the engine's host when it does not share this disk. Otherwise this host, unless
+    this host can only give a soft limit (``host_mode == "soft"``: not root, macOS) while the
+    engine can give a hard one (Colima's VM) and the session may live there.
+    """
+    if not shares_disk:
+        return True
+    if host_mode == "loop" or not engine_side_allowed:
+        return False
+    return engine_mode() == "loop"

@@ -42,10 +42,16 @@ from runtime.engine.container import (
     OutputStream,
     ended_at_deadline,
 )
-from runtime.engine.disk_sharing import engine_shares_disk
+from runtime.engine.disk_sharing import engine_shares_disk, volume_on_engine
 from runtime.engine.engine_volumes import RemoteVolume
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
-from runtime.engine.volumes import DiskLimitMode, Volume, create_volume, volumes_root
+from runtime.engine.volumes import (
+    DiskLimitMode,
+    Volume,
+    create_volume,
+    default_mode,
+    volumes_root,
+)
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.directory_mode import open_repo
 from runtime.git.harvest import HarvestPlan, bring_work_home
@@ -279,7 +285,7 @@ class IsolatedAgentSession:
             )
             create_branch(self.repo, self.branch, self.base_commit)
             crash_point("branch")
-            remote = not engine_shares_disk(self.client, self.repo.state_dir / "probe")
+            remote = self._volumes_on_engine()
             if remote:
                 self._check_remote_supported()
             else:
@@ -346,6 +352,18 @@ class IsolatedAgentSession:
             self.close(snapshot_work=False)
             self._delete_unused_branch()
             raise
+
+    def _volumes_on_engine(self) -> bool:
+        """Whether this session's volume is made on the engine's host: always when the engine
+        does not share this disk; also when this host can only give a soft limit (not root,
+        macOS) but the engine can give a hard one (Colima's VM), if the task allows it."""
+        from runtime.engine.engine_volumes import engine_volume_mode
+
+        return volume_on_engine(
+            engine_shares_disk(self.client, self.repo.state_dir / "probe"),
+            self.disk_mode or default_mode(), lambda: engine_volume_mode(self.client),
+            engine_side_allowed=not self.task.secrets
+            and self.config.database_strategy != "shared")
 
     def _check_remote_supported(self) -> None:
         """What engine-side sessions cannot do yet, refused before anything is made."""

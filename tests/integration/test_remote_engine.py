@@ -24,7 +24,7 @@ pytestmark = pytest.mark.docker
 TASKS = """
 [run]
 merge = "auto"
-max_concurrent_agents = 3
+max_concurrent_agents = 5
 [run.resource_limits]
 memory_mb = 128
 disk_mb = 40
@@ -37,6 +37,12 @@ command = ["sh", "-c", "echo c > committed.txt && git add . && git commit -qm 'a
 id = "filler"
 command = ["sh", "-c", "dd if=/dev/zero of=big bs=1M count=100"]
 [[tasks]]
+id = "bomb"
+command = ["sh", "-c", "for i in $(seq 1 300); do sleep 5 & done 2> fork-errors.txt; wait"]
+[[tasks]]
+id = "planter"
+command = ["sh", "-c", "echo mine > mine.txt && git config core.fsmonitor 'touch CANARY; echo' && printf '#!/bin/sh\\ntouch CANARY\\n' > .git/hooks/post-checkout && chmod +x .git/hooks/post-checkout && rm -rf .git/objects/pack && ln -s /var/lib/docker .git/objects/pack"]
+[[tasks]]
 id = "hog"
 command = ["python3", "-c", "b = []\\nwhile True: b.append(bytearray(16 * 1024 * 1024))"]
 """
@@ -46,7 +52,8 @@ def test_a_run_on_an_engine_that_does_not_share_our_disk(
     dind_engine: DindEngine, repo: Path, tmp_path: Path
 ) -> None:
     tasks = tmp_path / "tasks.toml"
-    tasks.write_text(TASKS)
+    canary = tmp_path / "canary"
+    tasks.write_text(TASKS.replace("CANARY", str(canary)))
     env = {**os.environ, "DOCKER_HOST": dind_engine.url}
     env.pop("AGENTRT_ENGINE_DISK", None)
     mounts_before = Path("/proc/mounts").read_text().count(str(repo))
@@ -57,6 +64,7 @@ def test_a_run_on_an_engine_that_does_not_share_our_disk(
     report = json.loads(proc.stdout)
     by_task = {s["task_id"]: s for s in report["sessions"]}
     writer, filler, hog = by_task["writer"], by_task["filler"], by_task["hog"]
+    bomb, planter = by_task["bomb"], by_task["planter"]
     # Engine-side volumes with hard limits, decided by asking the engine, not DOCKER_HOST.
     assert {s["disk_limit_mode"] for s in by_task.values()} == {"loop"}
     assert writer["status"] == "succeeded" and writer["work"] == "home"
@@ -67,6 +75,12 @@ def test_a_run_on_an_engine_that_does_not_share_our_disk(
     size = int(git(repo, "cat-file", "-s", f"{filler['branch']}:big"))
     assert 20 * 1024 * 1024 < size < 40 * 1024 * 1024, size
     assert hog["status"] == "oom_killed", hog
+    # pids is enforced on that engine too: the shell met fork failures.
+    assert "fork" in git(repo, "show", f"{bomb['branch']}:fork-errors.txt")
+    # git safety there: planted hooks and config never ran anywhere, the agent's file came home.
+    assert planter["work"] == "home", planter
+    assert "mine.txt" in git(repo, "ls-tree", "--name-only", planter["branch"])
+    assert not canary.exists()
     # Nothing of a session on this host: no mount, no volume image, no session directory left.
     assert Path("/proc/mounts").read_text().count(str(repo)) == mounts_before
     state = repo / ".git" / "agentrt"
