@@ -9,7 +9,10 @@ hardening, the worktree bind-mounted + ``git worktree remove --force`` + branch 
 command's own ``date +%s.%N``); *teardown* is the time from that instruction until everything
 is released. Raw worktrees go next to the repository (the same disk) unless ``--raw-dir``
 says otherwise (``--raw-dir /dev/shm`` gives raw a RAM-backed checkout: its best case).
-Run: ``.venv/bin/python bench/lifecycle.py [--runs N] [--raw-dir DIR]``.
+Run: ``.venv/bin/python bench/lifecycle.py [--runs N] [--raw-dir DIR] [--engine dind]``.
+``--engine dind`` also starts a Docker-in-Docker engine (an engine that does not share this
+disk, standing in for Colima's VM or a remote host) and prints agentrt's lifecycle there next
+to the local engine's, in the same run.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import functools
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -85,12 +89,14 @@ def phase_timers() -> Iterator[dict[str, float]]:
 Times = dict[str, float]
 
 
-def agentrt_once(repo: Path, config: RunConfig, n: int) -> tuple[Times, Times]:
+def agentrt_once(repo: Path, config: RunConfig, n: int,
+                 client: Any = None) -> tuple[Times, Times]:
     """Lifecycle, ready and teardown seconds of one session, and its phase times."""
     with phase_timers() as phases:
         cpu = host_cpu()
         start = time.time()
-        with IsolatedAgentSession(Task(id=f"life{n}", command=STAMP), config, repo=repo) as s:
+        with IsolatedAgentSession(Task(id=f"life{n}", command=STAMP), config, repo=repo,
+                                  client=client) as s:
             result = s.run()
         end = time.time()
         cpu = host_cpu() - cpu
@@ -153,6 +159,8 @@ def main() -> None:
     p.add_argument("--megabytes", type=int, default=25)
     p.add_argument("--raw-dir", type=Path,
                    help="where raw worktrees go (default: next to the repository, same disk)")
+    p.add_argument("--engine", choices=["local", "dind"], default="local",
+                   help="dind: also measure agentrt on an engine that does not share this disk")
     args = p.parse_args()
     limits = ResourceLimits(memory_mb=512, cpu_percent=100, pids=256, disk_mb=args.disk_mb)
     config = RunConfig(resource_limits=limits)
@@ -179,6 +187,8 @@ def main() -> None:
                     collect(phases, spent)
                 else:
                     collect(r, raw_once(repo, trees, limits, root.name, n))
+    if args.engine == "dind":
+        remote_lifecycle(args, config, repo_args=(args.files, args.megabytes), local=a)
     rows = [[k, c.fmt(a[k]), c.fmt(r[k]), c.ratio(a[k], r[k])] for k in a]
     print(c.table(["metric", "agentrt", "raw (worktree + docker run)", "agentrt / raw"], rows))
     print("\nagentrt phases (per session):")
@@ -189,6 +199,32 @@ def main() -> None:
     print(c.goal("lifecycle ≤ 1.0× raw", c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.0))
     print(c.goal(f"ready p50 ≤ 400 ms + agentrt's checkout ({checkout * 1000:.0f} ms)",
                  c.median(a["ready"]) * 1000, 400 + checkout * 1000, "ms"))
+
+
+def remote_lifecycle(args: Any, config: RunConfig, repo_args: tuple[int, int],
+                     local: dict[str, list[float]]) -> None:
+    """agentrt's lifecycle on a dind engine (volumes made there, the base shipped as a
+    bundle), printed next to the local engine's samples of this same run."""
+    import docker
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.integration.dind import start_dind, stop_dind
+
+    engine = start_dind(docker.from_env())
+    remote: dict[str, list[float]] = {}
+    try:
+        with c.scratch("lifecycle-remote") as root:
+            repo = _repo.clone(root / "repo", files=repo_args[0], megabytes=repo_args[1])
+            agentrt_once(repo, config, 0, engine.client)  # warm-up
+            for n in range(1, args.runs + 1):
+                collect(remote, agentrt_once(repo, config, n, engine.client)[0])
+    finally:
+        stop_dind(engine)
+    keys = ["lifecycle", "ready", "teardown", "host CPU (self + children)"]
+    print(c.table(["metric", "agentrt, local engine", "agentrt, dind engine", "dind / local"],
+                  [[k, c.fmt(local[k]), c.fmt(remote[k]), c.ratio(remote[k], local[k])]
+                   for k in keys]))
+    print()
 
 
 if __name__ == "__main__":
