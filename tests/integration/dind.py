@@ -14,7 +14,7 @@ profile, the host's cgroup tree read-write (cgroup v1), ``/dev/loop-control`` an
 cgroup rule ``b 7:* rwm`` (the image's entrypoint makes the ``/dev/loopN`` nodes). Its dockerd
 runs with ``--bridge=none --iptables=false``: containers on it get ``network_mode="none"``.
 
-Why not pytest-docker (a declared test dependency) with a compose file: it drives the
+Why not pytest-docker (once declared, now dropped) with a compose file: it drives the
 ``docker compose`` v2 plugin (or Debian's EOL ``docker-compose`` v1 when told to), and neither
 is installed by ``scripts/setup`` nor on CI's machine; it only publishes and waits for a port,
 so loading the base image and a clean shutdown (inner containers first, so no cgroup of
