@@ -104,7 +104,8 @@ def agentrt_once(repo: Path, config: RunConfig, n: int,
         raise RuntimeError(f"session {s.session_id} {result.status.value}: {result.reason}")
     t0 = float(_repo.git("show", f"{s.branch}:t0", cwd=repo))
     _repo.git("branch", "-q", "-D", s.branch, cwd=repo)
-    return times(start, t0, end, phases[CHECKOUT], cpu), phases
+    # An engine that does not share this disk checks out inside the engine (not this phase).
+    return times(start, t0, end, phases.get(CHECKOUT, 0.0), cpu), phases
 
 
 def host_cpu() -> float:
