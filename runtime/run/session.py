@@ -362,7 +362,8 @@ class IsolatedAgentSession:
         return volume_on_engine(
             engine_shares_disk(self.client, self.repo.state_dir / "probe"),
             self.disk_mode or default_mode(), lambda: engine_volume_mode(self.client),
-            engine_side_allowed=not self.task.secrets
+            # An explicit disk_mode pins the volume to this host (tests, and users who ask).
+            engine_side_allowed=self.disk_mode is None and not self.task.secrets
             and self.config.database_strategy != "shared")
 
     def _check_remote_supported(self) -> None:
