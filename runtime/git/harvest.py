@@ -41,7 +41,7 @@ from docker.types import Mount
 from runtime import paths
 from runtime.engine.container import HARDENING, WORKSPACE
 from runtime.engine.discovery import engine_errors
-from runtime.engine.labels import LABEL_HARVEST, LABEL_REPO
+from runtime.engine.labels import LABEL_HARVEST
 from runtime.errors import BundleRefusedError, EngineError, GitError, HarvestError
 from runtime.git.bundle import ImportPolicy, import_bundle
 from runtime.git.safe_git import MainRepo
@@ -302,17 +302,6 @@ def _extract_one(raw: Any, name: str, dest: Path, max_bytes: int) -> Path:
         if members == 0:
             raise HarvestError(f"the archive of {name} is empty")
         return target
-
-
-def remove_stale_harvests(client: docker.DockerClient, repo_root: str) -> list[str]:
-    """Remove harvest containers of ``repo_root`` left by a killed agentrt (for gc)."""
-    removed = []
-    with contextlib.suppress(docker.errors.DockerException):
-        for container in client.containers.list(
-                all=True, filters={"label": [LABEL_HARVEST, f"{LABEL_REPO}={repo_root}"]}):
-            container.remove(force=True, v=True)
-            removed.append(str(container.name))
-    return removed
 
 
 @dataclass

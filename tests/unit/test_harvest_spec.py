@@ -1,0 +1,60 @@
+"""The harvest container's arguments (pure) and the bundle header parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from docker.types import Mount
+
+from runtime.errors import BundleRefusedError, HarvestError
+from runtime.git.bundle import read_header
+from runtime.git.harvest import HarvestPlan, harvest_spec
+
+
+def plan(**kw: object) -> HarvestPlan:
+    fields: dict[str, object] = dict(session_id="s-1", base_commit="a" * 40,
+                                     workspace=Path("/state/s-1/volume/workspace"),
+                                     store=Path("/state/runs/r/objects/" + "a" * 40),
+                                     uid=1000, gid=1000, memory_mb=64)
+    fields.update(kw)
+    return HarvestPlan(**fields)  # type: ignore[arg-type]
+
+
+def test_the_harvest_has_a_sessions_hardening_and_sees_only_the_tree_and_the_store() -> None:
+    spec = harvest_spec(plan())
+    assert spec["cap_drop"] == ["ALL"] and "no-new-privileges:true" in spec["security_opt"]
+    assert spec["network_mode"] == "none" and spec["user"] == "1000:1000"
+    assert spec["mem_limit"] == 256 * 1024 * 1024  # at least enough to pack a snapshot
+    targets = {m["Target"]: m for m in spec["mounts"]}
+    assert set(targets) == {"/workspace", "/state/runs/r/objects/" + "a" * 40}
+    assert all(m["ReadOnly"] for m in targets.values())
+    assert "environment" in spec and "AGENT" not in " ".join(spec["environment"])
+
+
+def test_an_engine_side_volume_replaces_the_workspace_bind_and_there_is_no_store() -> None:
+    remote = Mount("/workspace", "/var/lib/docker/agentrt/s-1/volume/workspace", type="bind",
+                   read_only=True)
+    spec = harvest_spec(plan(store=None, volume_mounts=(remote,)))
+    assert spec["mounts"] == [remote]
+    assert spec["command"][5] == ""  # no store for the script's alternates
+
+
+def test_root_is_refused() -> None:
+    with pytest.raises(HarvestError):
+        harvest_spec(plan(uid=0))
+
+
+def test_a_bundle_header_is_parsed_and_a_forgery_refused(tmp_path: Path) -> None:
+    good = tmp_path / "good.bundle"
+    good.write_bytes(b"# v2 git bundle\n-" + b"b" * 40 + b" base\n" + b"c" * 40
+                     + b" refs/heads/work\n\nPACK....")
+    header = read_header(good)
+    assert header.prerequisites == ["b" * 40]
+    assert header.refs == {"refs/heads/work": "c" * 40}
+    for bad in (b"not a bundle", b"# v2 git bundle\nzz refs/heads/x\n\nPACK",
+                b"# v2 git bundle\n-nothex base\n\nPACK", b"# v2 git bundle\n" + b"x" * 70000):
+        path = tmp_path / "bad.bundle"
+        path.write_bytes(bad)
+        with pytest.raises(BundleRefusedError):
+            read_header(path)
