@@ -48,7 +48,10 @@ def test_three_task_run_reports_commits_each_branch_and_leaves_main_alone(
     report = json.loads(proc.stdout)
     # stderr is not a terminal here: plain timestamped lines, no live table, no escape codes.
     assert "\x1b[" not in proc.stderr
-    progress = [line for line in proc.stderr.splitlines() if line[:2].isdigit()]
+    lines = [line for line in proc.stderr.splitlines() if line[:2].isdigit()]
+    # The first line names the run (its id is what `stop`, `report` and `merge` take).
+    assert re.match(r"^\d\d:\d\d:\d\d run r\d{8}-\d{6}-[0-9a-f]{4} ", lines[0]), lines[0]
+    progress = lines[1:]
     assert len(progress) >= 9
     assert all(re.match(r"^\d\d:\d\d:\d\d \S+ +(starting|running|succeeded)", line)
                for line in progress), progress
