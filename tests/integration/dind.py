@@ -132,14 +132,19 @@ def stop_dind(engine: DindEngine) -> None:
     try:
         for inner in engine.client.containers.list(all=True):
             inner.remove(force=True, v=True)
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        pass  # the engine is already gone (e.g. its host's dockerd restarted): remove it
     finally:
         engine.client.close()
         _remove(engine.container)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dind_engine(docker_client: docker.DockerClient) -> Iterator[DindEngine]:
-    """A second Docker engine (agentrt/dind) with agentrt/base loaded, for the session."""
+    """A second Docker engine (agentrt/dind) with agentrt/base loaded, for one test module.
+
+    Per module, not per session: it must be gone before the disruptive test restarts the
+    host's dockerd (a running dind engine holds that restart up past its deadline)."""
     from runtime.engine.images import build_image
 
     build_image(docker_client, "dind")
