@@ -43,6 +43,10 @@ _ENVIRONMENT = re.compile(r"No space left|Out of diskspace|Disk quota|Read-only 
                           r"Too many open files|Cannot allocate memory", re.IGNORECASE)
 
 
+class SecretInBundleError(BundleRefusedError):
+    """A bundle held a secret's value: refused, and not kept on disk either."""
+
+
 @dataclass(frozen=True)
 class ImportPolicy:
     """What a bundle may bring: total size, size of one file, and secrets it must not hold."""
@@ -219,9 +223,9 @@ def _check_objects(repo: MainRepo, quarantine: Path, packs: list[Path],
     for data in _object_contents(repo, env, oids):
         for name, forms in needles.items():
             if any(form in data for form in forms):
-                raise BundleRefusedError(
+                raise SecretInBundleError(
                     f"the work holds the value of secret {name}: refused so that it never "
-                    "reaches the repository")
+                    "reaches the repository (the bundle was deleted, not kept)")
 
 
 def _object_contents(repo: MainRepo, env: Mapping[str, str], oids: list[str]) -> Iterator[bytes]:

@@ -43,7 +43,7 @@ from runtime.engine.container import HARDENING, WORKSPACE
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_HARVEST
 from runtime.errors import BundleRefusedError, EngineError, GitError, HarvestError
-from runtime.git.bundle import ImportPolicy, import_bundle
+from runtime.git.bundle import ImportPolicy, SecretInBundleError, import_bundle
 from runtime.git.safe_git import MainRepo
 from runtime.models import WorkState
 
@@ -331,7 +331,8 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
     except HarvestError as exc:
         shutil.rmtree(dest, ignore_errors=True)
         return WorkOutcome(WorkState.KEPT, current, [
-            f"work not brought home yet: {exc}; the volume is kept: run `agentrt gc` to retry"])
+            f"work not brought home yet: {exc}; the volume is kept: run `agentrt recover "
+            f"{plan.session_id}` (or `agentrt gc`) to retry"])
     warnings: list[str] = []
     if harvest.unreadable_files:
         warnings.append("some files could not be read by the harvest and were left out")
@@ -347,7 +348,7 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
             head = import_bundle(repo, harvest.bundles["work.bundle"], branch=branch,
                                  base_commit=plan.base_commit, policy=policy)
         except BundleRefusedError as exc:
-            _keep_rejected(harvest.bundles["work.bundle"])
+            _keep_rejected(harvest.bundles["work.bundle"], exc)
             files = harvest.bundles.get("files.bundle")
             if files is None:
                 warnings.append(f"work refused: {exc}; the branch stays at {current[:10]}; the "
@@ -357,7 +358,7 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
                 head = import_bundle(repo, files, branch=branch, base_commit=plan.base_commit,
                                      policy=policy)
             except BundleRefusedError as files_exc:
-                _keep_rejected(files)
+                _keep_rejected(files, files_exc)
                 warnings.append(f"work refused: {files_exc}; the branch stays at {current[:10]};"
                                 f" the bundles are kept in {dest}")
                 return WorkOutcome(WorkState.REFUSED, current, warnings)
@@ -372,8 +373,8 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
     except (GitError, OSError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
         return WorkOutcome(WorkState.KEPT, current, [
-            *warnings, f"work not brought home yet: {exc}; the volume is kept: run `agentrt gc` "
-            "to retry"])
+            *warnings, f"work not brought home yet: {exc}; the volume is kept: run `agentrt "
+            f"recover {plan.session_id}` (or `agentrt gc`) to retry"])
     if state is WorkState.HOME:
         shutil.rmtree(dest, ignore_errors=True)
     else:
@@ -383,6 +384,10 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
     return WorkOutcome(state, head, warnings)
 
 
-def _keep_rejected(bundle: Path) -> None:
+def _keep_rejected(bundle: Path, reason: BundleRefusedError) -> None:
+    """Keep a refused bundle for inspection, unless it holds a secret (then it goes)."""
     with contextlib.suppress(OSError):
-        bundle.rename(bundle.with_name(f"rejected-{bundle.name}"))
+        if isinstance(reason, SecretInBundleError):
+            bundle.unlink()
+        else:
+            bundle.rename(bundle.with_name(f"rejected-{bundle.name}"))

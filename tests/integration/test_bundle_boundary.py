@@ -217,6 +217,16 @@ def test_a_secret_written_to_a_file_is_refused_by_name_never_by_value(
     grep = subprocess.run(["git", "-C", str(repo), "grep", "-q", value, "--all"],
                           capture_output=True, check=False)
     assert grep.returncode != 0
+    # Nor is it kept on disk as a refused bundle (other refusals keep theirs for inspection).
+    state = repo / ".git" / "agentrt"
+    holding = []
+    for path in state.rglob("*"):
+        try:
+            if path.is_file() and value.encode() in path.read_bytes():
+                holding.append(path)
+        except OSError:
+            continue  # gone while we looked
+    assert not holding, holding
 
 
 def deterministic_commit(name: str) -> str:
