@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 from dataclasses import asdict
@@ -128,8 +129,11 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
         branches = ", ".join(s.branch for s in report.sessions
                              if s.status is SessionStatus.SUCCEEDED and s.merge.status != "merged")
         warn(f"not merged: {report.merge_refused}; the work is on {branches or 'its branches'}")
-    err.print(f"run {report.run_id}: `agentrt report {report.run_id}` shows it again",
-              highlight=False)
+    # The hint works from any directory: it names the repository unless it is the current one.
+    where = "" if Path.cwd().resolve() == Path(report.repo) else \
+        f" --repo {shlex.quote(report.repo)}"
+    err.print(f"run {report.run_id}: `agentrt report {report.run_id}{where}` shows it again",
+              highlight=False, markup=False, soft_wrap=True)
     sys.exit(report.exit_code())
 
 

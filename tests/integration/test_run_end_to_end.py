@@ -49,6 +49,8 @@ def test_three_task_run_reports_commits_each_branch_and_leaves_main_alone(
     # stderr is not a terminal here: plain timestamped lines, no live table, no escape codes.
     assert "\x1b[" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line[:2].isdigit()]
+    # The closing hint works from any directory: it names the repository.
+    assert f"--repo {repo.resolve()}` shows it again" in proc.stderr, proc.stderr[-500:]
     # The first line names the run (its id is what `stop`, `report` and `merge` take).
     assert re.match(r"^\d\d:\d\d:\d\d run r\d{8}-\d{6}-[0-9a-f]{4} ", lines[0]), lines[0]
     progress = lines[1:]
