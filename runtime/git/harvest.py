@@ -371,7 +371,7 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
             repo.update_ref(f"refs/heads/{branch}", head, current,
                             f"agentrt: work of session {plan.session_id}")
     except (GitError, OSError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
+        # The bundle stays too, next to the kept volume, until a retry brings the work home.
         return WorkOutcome(WorkState.KEPT, current, [
             *warnings, f"work not brought home yet: {exc}; the volume is kept: run `agentrt "
             f"recover {plan.session_id}` (or `agentrt gc`) to retry"])
