@@ -58,16 +58,17 @@ def _run(cmd: list[str], what: str) -> str:
 
 @functools.cache
 def loop_supported() -> bool:
-    """True when loop-mounted ext4 volumes can be used: Linux, root, mkfs.ext4, a loop device."""
+    """True when this host can make loop-mounted ext4 volumes: Linux, root, mkfs.ext4,
+    losetup and the loop driver.
+
+    A capability, not the state of the moment: a host whose loop devices happen to be all in
+    use right now is still a loop host (the mount then fails with a clear VolumeError), so a
+    long-lived process never switches every later session to another mode by accident.
+    """
     if not (Path("/proc/mounts").exists() and os.geteuid() == 0
             and shutil.which("mkfs.ext4") and shutil.which("losetup")):
         return False
-    try:
-        found = subprocess.run(["losetup", "-f"], capture_output=True, text=True, timeout=10,
-                               check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return found.returncode == 0 and bool(found.stdout.strip())
+    return Path("/dev/loop-control").exists() or any(Path("/dev").glob("loop[0-9]*"))
 
 
 def default_mode() -> DiskLimitMode:
