@@ -205,7 +205,7 @@ def test_diff_of_a_running_session_is_read_inside_its_container(
     docker_client: object, repo: Path, tmp_path: Path
 ) -> None:
     script = ("printf 'print(3)\\n' > src/app.py && printf 'fresh\\n' > fresh.txt && "
-              "ln -s /etc/shadow shadow-link && sleep 60")
+              "ln -s /etc/shadow shadow-link && sleep 25")
     tasks = task_file(tmp_path, "[[tasks]]\nid = 'live'\ncommand = ['sh', '-c', '''"
                       + script + "''']\n")
     run = start_run(tasks, repo, tmp_path)

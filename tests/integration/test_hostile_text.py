@@ -50,7 +50,7 @@ def test_conflicting_hostile_file_names_exit_3_and_report_prints_them_as_text(
         assert not _RAW.search(output), f"raw control characters in {output!r}"
     assert "a[/b]" in run.stdout and "[bold red]/x" in run.stdout
 
-    run_id = re.search(r"agentrt report (\S+)`", run.stderr)
+    run_id = re.search(r"agentrt report (\S+)[ `]", run.stderr)
     assert run_id, run.stderr
     for _ in range(2):  # the stored run prints again, every time
         shown = agentrt("report", run_id.group(1), "--repo", str(repo))
