@@ -130,10 +130,11 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
                              if s.status is SessionStatus.SUCCEEDED and s.merge.status != "merged")
         warn(f"not merged: {report.merge_refused}; the work is on {branches or 'its branches'}")
     # The hint works from any directory: it names the repository unless it is the current one.
+    # Piped, it stays one line (for scripts); on a terminal it wraps at the terminal's width.
     where = "" if Path.cwd().resolve() == Path(report.repo) else \
         f" --repo {shlex.quote(report.repo)}"
     err.print(f"run {report.run_id}: `agentrt report {report.run_id}{where}` shows it again",
-              highlight=False, markup=False, soft_wrap=True)
+              highlight=False, markup=False, soft_wrap=not err.is_terminal)
     sys.exit(report.exit_code())
 
 
