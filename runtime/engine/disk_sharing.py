@@ -45,7 +45,18 @@ def engine_shares_disk(client: docker.DockerClient, probe_dir: Path) -> bool:
         return _cache[key]
 
 
-def _probe(client: docker.DockerClient, probe_dir: Path) -> bool:
+def _probe(client: docker.DockerClient, probe_dir: Path, attempts: int = 3) -> bool:
+    # Only a clear answer counts: the file missing on the engine's side, or another token.
+    # An empty read (the engine busy, the output not collected yet) is asked again, so one
+    # slow moment never marks the local engine "remote" for a whole process.
+    for _ in range(attempts - 1):
+        answer = _probe_once(client, probe_dir)
+        if answer is not None:
+            return answer
+    return bool(_probe_once(client, probe_dir))
+
+
+def _probe_once(client: docker.DockerClient, probe_dir: Path) -> bool | None:
     probe_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     marker = probe_dir / f"disk-probe-{token[:8]}"
@@ -62,7 +73,8 @@ def _probe(client: docker.DockerClient, probe_dir: Path) -> bool:
                     stdout=True, stderr=False)
             except docker.errors.ContainerError:
                 return False  # the path is not there on the engine's side
-        return bytes(out).decode(errors="replace").strip() == token
+        text = bytes(out).decode(errors="replace").strip()
+        return None if not text else text == token
     except EngineError:
         raise
     finally:
