@@ -26,13 +26,14 @@ import re
 import secrets as pysecrets
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import paths
 from runtime.errors import BundleRefusedError, GitError
-from runtime.git.safe_git import MainRepo, git_env
+from runtime.git.safe_git import MainRepo, git_argv, git_env
 
 SIGNATURE = b"# v2 git bundle\n"
 MAX_HEADER = 64 * 1024
@@ -114,12 +115,7 @@ def _git(
     repo: MainRepo, *args: str, env: Mapping[str, str] | None = None, stdin: int | None = None,
     input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    from runtime.git.safe_git import SAFE_CONFIG
-
-    cmd = ["git"]
-    for item in SAFE_CONFIG:
-        cmd += ["-c", item]
-    cmd += [f"--git-dir={repo.git_dir}", *args]
+    cmd = git_argv(args, git_dir=repo.git_dir)
     try:
         return subprocess.run(cmd, env=git_env(env), stdin=stdin, input=input,
                               capture_output=True, timeout=900, check=False, cwd=repo.git_dir)
@@ -229,23 +225,30 @@ def _check_objects(repo: MainRepo, quarantine: Path, packs: list[Path],
 
 
 def _object_contents(repo: MainRepo, env: Mapping[str, str], oids: list[str]) -> Iterator[bytes]:
-    from runtime.git.safe_git import SAFE_CONFIG
-
-    cmd = ["git", *[a for item in SAFE_CONFIG for a in ("-c", item)],
-           f"--git-dir={repo.git_dir}", "cat-file", "--batch"]
+    cmd = git_argv(["cat-file", "--batch"], git_dir=repo.git_dir)
     with subprocess.Popen(cmd, env=git_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, cwd=repo.git_dir) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("".join(f"{o}\n" for o in oids).encode())
-        proc.stdin.close()
+        stdin, stdout = proc.stdin, proc.stdout
+        assert stdin is not None and stdout is not None
+
+        def feed() -> None:
+            # From a thread: git answers while it reads, so writing every id before reading
+            # would fill both pipes and wait forever on a large bundle.
+            with contextlib.suppress(BrokenPipeError):
+                stdin.write("".join(f"{o}\n" for o in oids).encode())
+                stdin.close()
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
         for _ in oids:
-            line = proc.stdout.readline()
+            line = stdout.readline()
             fields = line.split()
             if len(fields) != 3:
                 continue
-            data = proc.stdout.read(int(fields[2]))
-            proc.stdout.read(1)
+            data = stdout.read(int(fields[2]))
+            stdout.read(1)
             yield data
+        writer.join()
 
 
 def _adopt_packs(repo: MainRepo, idx_files: list[Path]) -> None:

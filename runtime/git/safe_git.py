@@ -83,6 +83,20 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def git_argv(args: Sequence[str], *, git_dir: Path | None = None,
+             work_tree: Path | None = None, config: Sequence[str] = ()) -> list[str]:
+    """The command line of a host-side git: the safe configuration, an explicit git dir and
+    work tree (never discovered), then ``args``."""
+    cmd = ["git"]
+    for item in (*SAFE_CONFIG, *config):
+        cmd += ["-c", item]
+    if git_dir is not None:
+        cmd.append(f"--git-dir={git_dir}")
+    if work_tree is not None:
+        cmd.append(f"--work-tree={work_tree}")
+    return cmd + list(args)
+
+
 def run_git(
     args: Sequence[str],
     *,
@@ -100,14 +114,7 @@ def run_git(
     ``git_dir``/``work_tree`` are passed explicitly so that git never discovers a repository
     (or a swapped ``.git`` pointer) from the current directory.
     """
-    cmd = ["git"]
-    for item in (*SAFE_CONFIG, *config):
-        cmd += ["-c", item]
-    if git_dir is not None:
-        cmd.append(f"--git-dir={git_dir}")
-    if work_tree is not None:
-        cmd.append(f"--work-tree={work_tree}")
-    cmd += list(args)
+    cmd = git_argv(args, git_dir=git_dir, work_tree=work_tree, config=config)
     data = input.decode() if isinstance(input, bytes) else input
     try:
         proc = subprocess.run(
