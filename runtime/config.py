@@ -7,8 +7,10 @@ Every model forbids unknown keys. :func:`load_task_file` turns any problem into 
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -448,3 +450,11 @@ def load_task_file(path: str | Path) -> TaskFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: TOML syntax error: {exc}") from None
     return parse_task_file(raw, str(file))
+
+
+def secret_values(names: Iterable[str]) -> dict[str, str]:
+    """The values of the named secrets that agentrt's environment has (unset ones left out).
+
+    The one place secret values are read; they are passed on by name and value, never stored.
+    """
+    return {name: os.environ[name] for name in names if os.environ.get(name)}

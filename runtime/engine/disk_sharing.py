@@ -21,7 +21,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from runtime.engine.discovery import engine_errors, engine_info
+from runtime.engine.discovery import engine_errors
 from runtime.errors import ConfigError, EngineError
 
 OVERRIDE_ENV = "AGENTRT_ENGINE_DISK"
@@ -38,7 +38,7 @@ def engine_shares_disk(client: docker.DockerClient, probe_dir: Path) -> bool:
         if forced not in ("shared", "remote"):
             raise ConfigError(f"{OVERRIDE_ENV}={forced!r}: use shared or remote")
         return forced == "shared"
-    key = f"{client.api.base_url} {engine_info(client).get('ID', '')}"
+    key = str(client.api.base_url)  # one engine per endpoint; no API call per session
     with _lock:
         if key not in _cache:
             _cache[key] = _probe(client, probe_dir)

@@ -63,6 +63,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -536,6 +537,9 @@ def engine_volume_usage(client: docker.DockerClient, volume: EngineVolume) -> tu
     return used, max(0, volume.limit_bytes - used)
 
 
+USAGE_FRESH_S = 2.0
+
+
 class RemoteVolume:
     """An engine-side volume with the host volume's interface (what a session uses)."""
 
@@ -544,6 +548,7 @@ class RemoteVolume:
         self.volume = volume
         self.mode: DiskLimitMode = volume.mode
         self.limit_bytes = volume.limit_bytes
+        self._read: tuple[float, tuple[int, int]] | None = None
 
     @property
     def root(self) -> str:
@@ -556,11 +561,19 @@ class RemoteVolume:
 
     def used_bytes(self) -> int:
         """Bytes in use, read by a helper on the engine."""
-        return engine_volume_usage(self.client, self.volume)[0]
+        return self._usage()[0]
 
     def free_bytes(self) -> int:
         """Bytes still free, read by a helper on the engine."""
-        return engine_volume_usage(self.client, self.volume)[1]
+        return self._usage()[1]
+
+    def _usage(self) -> tuple[int, int]:
+        # Each reading is a helper container: one reading answers both questions of a moment
+        # (classifying an exit asks for free space, then usage).
+        now = time.monotonic()
+        if self._read is None or now - self._read[0] > USAGE_FRESH_S:
+            self._read = (now, engine_volume_usage(self.client, self.volume))
+        return self._read[1]
 
     def remove(self) -> None:
         """Unmount and delete it on the engine's host; idempotent."""

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from docker.types import Mount
-
 from runtime.errors import ConfigError, VolumeError
 
 DiskLimitMode = Literal["loop", "soft"]
@@ -166,13 +164,6 @@ class Volume:
         """The directory the volume is mounted at (or the plain directory in soft mode)."""
         return self.session_dir / "volume"
 
-    def mounts(self, db: bool = True, read_only: bool = False) -> list[Mount]:
-        """Binds of the workspace (and the database directory) for a container."""
-        found = [Mount("/workspace", str(self.workspace), type="bind", read_only=read_only)]
-        if db:
-            found.append(Mount("/agentrt/db", str(self.db_dir), type="bind",
-                               read_only=read_only))
-        return found
 
     @property
     def image(self) -> Path:

@@ -253,9 +253,13 @@ def _volume_place_check(client: docker.DockerClient, state_dir: Path | None) -> 
     from runtime.engine.disk_sharing import engine_shares_disk
     from runtime.engine.engine_volumes import engine_volume_mode
 
-    with tempfile.TemporaryDirectory(prefix="agentrt-probe-") as tmp:
-        if engine_shares_disk(client, state_dir / "probe" if state_dir else Path(tmp)):
-            return None
+    if state_dir is not None:
+        shares = engine_shares_disk(client, state_dir / "probe")
+    else:
+        with tempfile.TemporaryDirectory(prefix="agentrt-probe-") as tmp:
+            shares = engine_shares_disk(client, Path(tmp))
+    if shares:
+        return None
     mode = engine_volume_mode(client)
     check = disk_check(mode)
     where = "the engine does not share this disk: volumes are made on the engine's host"

@@ -31,7 +31,7 @@ import docker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from runtime import paths
-from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.config import ResourceLimits, RunConfig, Task, secret_values
 from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
 from runtime.engine.container import (
     DB_MOUNT,
@@ -654,7 +654,7 @@ class IsolatedAgentSession:
                 self.result.warnings.append(f"the output was not saved in full: {keeper.error}")
 
     def _secret_values(self) -> list[str]:
-        return [os.environ[n] for n in self.task.secrets if os.environ.get(n)]
+        return list(secret_values(self.task.secrets).values())
 
     def _bring_home(self) -> None:
         """Harvest the stopped session's tree in a container; import the verified bundle."""

@@ -34,7 +34,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from runtime.config import RunConfig
+from runtime.config import RunConfig, secret_values
 from runtime.engine.container import ended_at_deadline
 from runtime.engine.engine_volumes import RemoteVolume, list_engine_volumes
 from runtime.engine.labels import (
@@ -89,12 +89,10 @@ def _engine_time(value: Any) -> datetime | None:
 
 def import_policy(config: RunConfig, secret_names: list[str]) -> ImportPolicy:
     """The bundle import policy of a run, with the values of the task's secrets."""
-    import os
-
     return ImportPolicy(
         max_import_bytes=config.max_import_mb * 1024 * 1024,
         max_file_bytes=config.max_file_mb * 1024 * 1024,
-        secrets={n: os.environ[n] for n in secret_names if os.environ.get(n)},
+        secrets=secret_values(secret_names),
     )
 
 
