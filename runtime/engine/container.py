@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -85,22 +84,19 @@ class ContainerPlan:
     image: str
     command: list[str]
     limits: ResourceLimits
-    workspace: Path
-    db_dir: Path | None
-    objects_dir: Path | None  # the run's read-only object store (runtime.git.object_store)
+    # The volume's mounts (workspace, database directory, object store), made by the
+    # session's tree (runtime.git.session_tree) wherever the engine keeps it.
+    mounts: tuple[Mount, ...]
     uid: int
     gid: int
     network: str = "none"
     runtime: str = "runc"
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
-    # A host directory holding the secrets file (mounted read-write at /run/agentrt so the
-    # entry point can delete the file once read); None: the task has no secrets.
-    secrets_dir: Path | None = None
+    # The directory holding the secrets file, mounted read-write at /run/agentrt so the entry
+    # point can delete the file once read; None: the task has no secrets.
+    secrets_mount: Mount | None = None
     grace_seconds: int = 10
-    # An engine that does not share agentrt's disk: the volume's own mounts (resolved on the
-    # engine's host) replace the workspace, database and object-store binds.
-    volume_mounts: tuple[Mount, ...] = ()
 
 
 def entry_command(plan: ContainerPlan) -> list[str]:
@@ -143,19 +139,9 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     limits = plan.limits
     if plan.uid == 0:
         raise SessionError("refusing to run an agent container as root (uid 0)")
-    if plan.volume_mounts:
-        mounts = list(plan.volume_mounts)
-    else:
-        mounts = [
-            Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=False),
-            # The run's object store (only what the base reaches), read-only, at the same path
-            # as on the host so the session repository's alternates resolve inside and outside.
-            Mount(str(plan.objects_dir), str(plan.objects_dir), type="bind", read_only=True),
-        ]
-        if plan.db_dir is not None:
-            mounts.append(Mount(DB_MOUNT, str(plan.db_dir), type="bind", read_only=False))
-    if plan.secrets_dir is not None:
-        mounts.append(Mount(SECRETS_MOUNT, str(plan.secrets_dir), type="bind", read_only=False))
+    mounts = list(plan.mounts)
+    if plan.secrets_mount is not None:
+        mounts.append(plan.secrets_mount)
     labels = {**plan.labels, LABEL_SESSION: plan.session_id, LABEL_RUN: plan.run_id,
               LABEL_TIME_SECONDS: str(limits.time_seconds),
               LABEL_GRACE_SECONDS: str(plan.grace_seconds)}

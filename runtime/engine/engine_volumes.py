@@ -145,7 +145,8 @@ loop_nodes
 mount -o loop,nodev,nosuid,noatime,noinit_itable "$d/volume.img" "$d/volume"
 rmdir "$d/volume/lost+found" 2>/dev/null || :
 mkdir -m 0755 "$d/volume/workspace" "$d/volume/db"
-chown "$uid:$gid" "$d/volume" "$d/volume/workspace" "$d/volume/db"
+mkdir -m 0700 "$d/volume/secrets"
+chown "$uid:$gid" "$d/volume" "$d/volume/workspace" "$d/volume/db" "$d/volume/secrets"
 echo "agentrt-volume: created $(losetup -j "$d/volume.img" | cut -d: -f1)"
 """
 
@@ -185,8 +186,9 @@ echo "agentrt-volume: loop ok"
 SOFT_CREATE_SCRIPT = r"""
 set -eu
 mkdir -p -m 0755 /vol/workspace /vol/db
+mkdir -p -m 0700 /vol/secrets
 chmod 0755 /vol
-chown "$1:$2" /vol /vol/workspace /vol/db
+chown "$1:$2" /vol /vol/workspace /vol/db /vol/secrets
 """
 
 # As the agent's uid, /workspace = the volume's workspace. Arguments: branch, commit.
@@ -221,6 +223,12 @@ class EngineVolume:
     def db_dir(self) -> str:
         """The private database directory's path on the engine's host."""
         return f"{self.root}/db"
+
+    @property
+    def secrets_dir(self) -> str:
+        """Where the secrets file waits for the entry point (0700, the agent's uid): outside
+        the workspace, never mounted into a harvest."""
+        return f"{self.root}/secrets"
 
     @property
     def session_dir(self) -> str | None:

@@ -39,7 +39,7 @@ import requests
 from docker.types import Mount
 
 from runtime import paths
-from runtime.engine.container import HARDENING, WORKSPACE
+from runtime.engine.container import HARDENING
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_HARVEST
 from runtime.errors import BundleRefusedError, EngineError, GitError, HarvestError
@@ -135,7 +135,8 @@ class HarvestPlan:
 
     session_id: str
     base_commit: str
-    workspace: Path
+    # The tree's mounts, read-only (runtime.git.session_tree: the workspace, and the store).
+    mounts: tuple[Mount, ...]
     store: Path | None  # the run's object store; None when the volume holds the objects
     uid: int
     gid: int
@@ -143,8 +144,6 @@ class HarvestPlan:
     runtime: str = "runc"
     image: str = HARVEST_IMAGE
     labels: Mapping[str, str] = field(default_factory=dict)
-    # An engine-side volume's mounts (read-only), replacing the workspace bind.
-    volume_mounts: tuple[Mount, ...] = ()
 
 
 @dataclass
@@ -169,10 +168,9 @@ def harvest_spec(plan: HarvestPlan) -> dict[str, Any]:
     if plan.uid == 0:
         raise HarvestError("refusing to harvest as root (uid 0)")
     memory = max(plan.memory_mb, HARVEST_MIN_MEMORY_MB) * 1024 * 1024
-    mounts = list(plan.volume_mounts) or [
-        Mount(WORKSPACE, str(plan.workspace), type="bind", read_only=True)]
-    if plan.store is not None:
-        mounts.append(Mount(str(plan.store), str(plan.store), type="bind", read_only=True))
+    mounts = list(plan.mounts)
+    if any(not m["ReadOnly"] for m in mounts):
+        raise HarvestError("a harvest mounts the session's tree read-only")
     spec: dict[str, Any] = {
         **HARDENING,
         "image": plan.image,

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shlex
 import shutil
 import signal
 import threading
@@ -35,29 +34,21 @@ from runtime.config import ResourceLimits, RunConfig, Task, secret_values
 from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
 from runtime.engine.container import (
     DB_MOUNT,
-    SECRETS_FILE,
-    WORKSPACE,
     AgentContainer,
     ContainerPlan,
     OutputStream,
     ended_at_deadline,
 )
 from runtime.engine.disk_sharing import engine_shares_disk, volume_on_engine
-from runtime.engine.engine_volumes import RemoteVolume
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
-from runtime.engine.volumes import (
-    DiskLimitMode,
-    Volume,
-    create_volume,
-    default_mode,
-    volumes_root,
-)
+from runtime.engine.volumes import DiskLimitMode, Volume, default_mode, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.directory_mode import open_repo
 from runtime.git.harvest import HarvestPlan, bring_work_home
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
-from runtime.git.workspace import create_branch, create_workspace, new_session_id
+from runtime.git.session_tree import EngineTree, HostTree, SessionTree
+from runtime.git.workspace import create_branch, new_session_id
 from runtime.models import LiveStat, Manifest, SessionResult, SessionStatus, WorkState, utcnow
 from runtime.presets import resolve_command, resolve_image
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
@@ -114,28 +105,6 @@ def secret_env(task: Task) -> dict[str, str]:
 
 # Environment entries that are credentials even though the task did not name them.
 HIDDEN_DATABASE_ENV = ("AGENT_DATABASE_URL",)
-
-
-def write_secrets_file(directory: Path, values: Mapping[str, str], uid: int, gid: int) -> Path:
-    """Write ``values`` as ``export NAME='value'`` lines for the container's entry point.
-
-    ``directory`` is created (0700) and, like the file (0400), owned by the agent's uid; the
-    entry point sources the file and deletes it before the agent runs, so the values never
-    appear in the container's configuration. Returns the file's path.
-    """
-    directory.mkdir(mode=0o700)
-    path = directory / SECRETS_FILE
-    text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
-    try:
-        os.write(fd, text.encode())
-        if os.getuid() == 0:
-            os.fchown(fd, uid, gid)
-    finally:
-        os.close(fd)
-    if os.getuid() == 0:
-        os.chown(directory, uid, gid)
-    return path
 
 
 def agent_ids() -> tuple[int, int]:
@@ -202,14 +171,12 @@ class IsolatedAgentSession:
         self._client = client
         self._own_supervisor = supervisor is None
         self._supervisor = supervisor
-        self.volume: Volume | None = None
-        # Set when the engine does not share agentrt's disk (a VM, a remote host, dind): the
-        # volume lives where the engine is and every file operation goes through the API.
-        self.remote_volume: RemoteVolume | None = None
+        # The volume and working tree: on this host, or where the engine is when it does not
+        # share agentrt's disk (a VM, a remote host, dind; every file operation by the API).
+        self.tree: SessionTree | None = None
         self.database: SessionDatabase | None = None
         self.container: AgentContainer | None = None
         self.watch: Watch | None = None
-        self.objects: Path | None = None
         self._marker: SessionMarker | None = None
         self._checked_out = False
         self._started = False
@@ -242,17 +209,27 @@ class IsolatedAgentSession:
         return self._client
 
     @property
+    def volume(self) -> Volume | None:
+        """The session's volume on this host (None until prepared, or when it lives on the
+        engine's host)."""
+        return self.tree.volume if isinstance(self.tree, HostTree) else None
+
+    @property
     def workspace(self) -> Path:
         """The session's working tree on the host (mounted at /workspace in its container)."""
-        if self.volume is None:
+        if self.tree is None:
             raise SessionError("session not prepared: use it as a context manager")
+        if self.volume is None:
+            raise SessionError(f"session {self.session_id}: the working tree is on the "
+                               "engine's host, not this one")
         return self.volume.workspace
 
     @property
     def db_path(self) -> Path | None:
         """The session's SQLite file on the host (``AGENT_DB`` inside), or None with the
-        shared (PostgreSQL) strategy, whose database is named by ``AGENT_DATABASE_URL``."""
-        if self.volume is None:
+        shared (PostgreSQL) strategy, whose database is named by ``AGENT_DATABASE_URL``, or
+        when the volume is on the engine's host."""
+        if self.tree is None:
             raise SessionError("session not prepared: use it as a context manager")
         return self.database.host_path if isinstance(self.database, SqliteDatabase) else None
 
@@ -285,11 +262,7 @@ class IsolatedAgentSession:
             )
             create_branch(self.repo, self.branch, self.base_commit)
             crash_point("branch")
-            remote = self._volumes_on_engine()
-            if remote:
-                self._check_remote_supported()
-            else:
-                self.objects = ensure_store(self.repo, self.run_id, self.base_commit)
+            on_engine = self._volumes_on_engine()
             # The marker comes first: from here on gc judges the session by its owner's pid
             # and start time, and it harvests only once the checkout is complete.
             self.session_dir.mkdir(parents=True, mode=0o711)
@@ -299,15 +272,10 @@ class IsolatedAgentSession:
                 uid=uid, gid=gid)
             self._marker.write(self.session_dir)
             crash_point("marker")
-            if remote:
-                self._prepare_remote_volume(uid, gid)
-            else:
-                self.volume = create_volume(self.session_dir, self.limits.disk_mb, uid, gid,
-                                            self.disk_mode)
-                self.result.disk_limit_mode = self.volume.mode
-                crash_point("volume")
-                create_workspace(self.repo, self.volume.workspace, self.branch,
-                                 self.base_commit, uid, gid, objects=self.objects)
+            tree = self.tree = self._make_tree(on_engine, uid, gid)
+            self.result.disk_limit_mode = tree.mode
+            crash_point("volume")
+            tree.checkout(self.repo, self.branch, self.base_commit, self.session_dir)
             crash_point("checkout")
             self._marker.checked_out = self._checked_out = True
             self._marker.write(self.session_dir)
@@ -325,19 +293,13 @@ class IsolatedAgentSession:
             # never through the container's configuration (visible to `docker inspect`).
             hidden = {**secret_env(self.task),
                       **{k: env.pop(k) for k in HIDDEN_DATABASE_ENV if k in env}}
-            secrets_dir = None
-            if hidden:
-                secrets_dir = self.session_dir / "secrets"
-                write_secrets_file(secrets_dir, hidden, uid, gid)
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
-                workspace=self.volume.workspace if self.volume else Path(WORKSPACE),
-                db_dir=self.volume.db_dir if self.volume else None,
-                objects_dir=self.objects, uid=uid, gid=gid,
-                volume_mounts=tuple(self.remote_volume.mounts()) if self.remote_volume else (),
+                mounts=tuple(tree.agent_mounts()), uid=uid, gid=gid,
                 network=getattr(self.database, "network", None) or self.network,
-                runtime=self.config.runtime, env=env, secrets_dir=secrets_dir,
+                runtime=self.config.runtime, env=env,
+                secrets_mount=tree.secrets_mount(hidden) if hidden else None,
                 grace_seconds=self.stop_grace_seconds,
                 labels={LABEL_OWNER_PID: str(os.getpid()),
                         LABEL_OWNER_START: str(owner_start or ""),
@@ -345,9 +307,9 @@ class IsolatedAgentSession:
             )
             self._plan = plan
             self.container = AgentContainer.create(self.client, plan)
+            tree.deliver_secrets(self.client, self.container.id)
             crash_point("container")
-            root = self.remote_volume.root if self.remote_volume else self.volume.root  # type: ignore[union-attr]
-            self._record(container_id=self.container.id, mount_path=str(root))
+            self._record(container_id=self.container.id, mount_path=tree.location)
         except BaseException:
             self.close(snapshot_work=False)
             self._delete_unused_branch()
@@ -356,50 +318,28 @@ class IsolatedAgentSession:
     def _volumes_on_engine(self) -> bool:
         """Whether this session's volume is made on the engine's host: always when the engine
         does not share this disk; also when this host can only give a soft limit (not root,
-        macOS) but the engine can give a hard one (Colima's VM), if the task allows it."""
+        macOS) but the engine can give a hard one (Colima's VM)."""
         from runtime.engine.engine_volumes import engine_volume_mode
 
         return volume_on_engine(
             engine_shares_disk(self.client, self.repo.state_dir / "probe"),
             self.disk_mode or default_mode(), lambda: engine_volume_mode(self.client),
             # An explicit disk_mode pins the volume to this host (tests, and users who ask).
-            engine_side_allowed=self.disk_mode is None and not self.task.secrets
-            and self.config.database_strategy != "shared")
+            engine_side_allowed=self.disk_mode is None)
 
-    def _check_remote_supported(self) -> None:
-        """What engine-side sessions cannot do yet, refused before anything is made."""
-        if self.task.secrets:
-            raise ConfigError(f"task {self.task.id!r}: field secrets: not yet supported on an "
-                              "engine that does not share agentrt's disk")
-        if self.config.database_strategy == "shared":
-            raise ConfigError("[run] field database_strategy: 'shared' is not yet supported on "
-                              "an engine that does not share agentrt's disk")
-
-    def _prepare_remote_volume(self, uid: int, gid: int) -> None:
-        """The volume on the engine's host, and the base checked out there from a bundle."""
-        from runtime.engine.engine_volumes import create_engine_volume
-        from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
-
-        volume = create_engine_volume(
-            self.client, self.session_id, self.limits.disk_mb, uid, gid,
-            labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
-        self.remote_volume = RemoteVolume(self.client, volume)
-        self.result.disk_limit_mode = volume.mode
-        if self._marker is not None:
-            self._marker.engine_volume = volume.name
-            self._marker.write(self.session_dir)
-        crash_point("volume")
-        bundle = create_base_bundle(self.repo.git_dir, self.branch, self.base_commit,
-                                    self.session_dir / "base.bundle")
-        try:
-            checkout_in_engine(self.client, volume, bundle, self.branch, self.base_commit,
-                               uid, gid)
-        finally:
-            bundle.unlink(missing_ok=True)
-
-    @property
-    def _any_volume(self) -> Volume | RemoteVolume | None:
-        return self.remote_volume or self.volume
+    def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
+        """The volume, on the engine's host or on this one (with the run's object store)."""
+        if on_engine:
+            tree: SessionTree = EngineTree.create(
+                self.client, self.session_id, self.limits.disk_mb, uid, gid,
+                labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
+            if self._marker is not None:
+                self._marker.engine_volume = tree.volume.name  # type: ignore[attr-defined]
+                self._marker.write(self.session_dir)
+            return tree
+        store = ensure_store(self.repo, self.run_id, self.base_commit)
+        return HostTree.create(self.session_dir, self.limits.disk_mb, uid, gid, store,
+                               self.disk_mode)
 
     def _delete_unused_branch(self) -> None:
         # A session that never started leaves no half-made branch behind.
@@ -418,17 +358,17 @@ class IsolatedAgentSession:
         )
 
     def _make_database(self, uid: int, gid: int) -> SessionDatabase:
-        if self.remote_volume is not None:
-            # The file is created by SQLite on the agent's first use, on the engine's side.
-            return SqliteDatabase(Path(DB_MOUNT) / SQLITE_NAME,
-                                  {"AGENT_DB": f"{DB_MOUNT}/{SQLITE_NAME}"})
-        if self.volume is None:
-            raise SessionError("volume missing")
         if self.config.database_strategy == "shared":
             from runtime.databases.postgres import create_shared_database
 
-            return create_shared_database(self.config, self.session_id, self.run_id)
-        return create_sqlite(self.volume.db_dir, uid, gid)
+            return create_shared_database(self.config, self.session_id, self.run_id,
+                                          client=self.client)
+        db_dir = self.tree.host_db_dir if self.tree is not None else None
+        if db_dir is None:
+            # On the engine's side: SQLite creates the file on the agent's first use.
+            return SqliteDatabase(Path(DB_MOUNT) / SQLITE_NAME,
+                                  {"AGENT_DB": f"{DB_MOUNT}/{SQLITE_NAME}"})
+        return create_sqlite(db_dir, uid, gid)
 
     def cancel(self) -> None:
         """Stop the container (SIGTERM, grace, SIGKILL); the session ends as ``cancelled``."""
@@ -442,7 +382,7 @@ class IsolatedAgentSession:
 
         ``command`` (an argv) replaces the task's command for this run; a session made from
         an id string has none until it is given here."""
-        if self.container is None or self._any_volume is None:
+        if self.container is None or self.tree is None:
             raise SessionError("session not prepared: use it as a context manager")
         if command is not None:
             self._use_command(as_command(command))
@@ -456,16 +396,15 @@ class IsolatedAgentSession:
         supervisor = self._supervisor
         if supervisor is None:
             supervisor = self._supervisor = Supervisor(self.client, self.run_id).__enter__()
-        volume = self._any_volume
-        remote = self.remote_volume is not None
+        tree = self.tree
         deadline = time.time() + self.limits.time_seconds
         self.watch = supervisor.watch(Watch(
             session_id=self.session_id, container=self.container, deadline=deadline,
-            grace_seconds=self.stop_grace_seconds, disk_limit_bytes=volume.limit_bytes,
-            disk_usage=None if remote else volume.used_bytes,
-            soft_disk=volume.mode == "soft" and not remote,
-            disk_free=volume.free_bytes if volume.mode == "loop" and not remote else None,
-            engine_stats=remote, on_sample=self._on_sample,
+            grace_seconds=self.stop_grace_seconds, disk_limit_bytes=tree.limit_bytes,
+            disk_usage=None if tree.on_engine else tree.used_bytes,
+            soft_disk=tree.usage_walker is not None,
+            disk_free=tree.free_bytes if tree.mode == "loop" and not tree.on_engine else None,
+            engine_stats=tree.on_engine, on_sample=self._on_sample,
         ))
         self.result.started_at = utcnow()
         self.result.status = SessionStatus.RUNNING
@@ -543,7 +482,7 @@ class IsolatedAgentSession:
         code = watch.exit_code if watch.exit_code is not None else st.get("ExitCode")
         self.result.exit_code = int(code) if code is not None else None
         oom = watch.oom_seen or bool(st.get("OOMKilled"))
-        volume = self._any_volume
+        volume = self.tree
         low_disk = volume is not None and volume.mode == "loop" and \
             self.result.exit_code not in (0, None) and volume.free_bytes() < DISK_FULL_MARGIN
         started, finished = engine_times(st)
@@ -586,9 +525,9 @@ class IsolatedAgentSession:
 
     def _discard_secrets(self) -> None:
         # The entry point deletes the file as soon as it has read it; this covers a container
-        # that never got that far. unlink does not follow a link the agent might plant there.
-        with contextlib.suppress(OSError):
-            (self.session_dir / "secrets" / SECRETS_FILE).unlink()
+        # that never got that far.
+        if self.tree is not None:
+            self.tree.discard_secrets()
 
     def _finish(self) -> None:
         self._discard_secrets()
@@ -658,7 +597,7 @@ class IsolatedAgentSession:
 
     def _bring_home(self) -> None:
         """Harvest the stopped session's tree in a container; import the verified bundle."""
-        if self._harvested or self._any_volume is None or not self._checked_out:
+        if self._harvested or self.tree is None or not self._checked_out:
             return
         self._harvested = True
         if not self._started:
@@ -667,12 +606,9 @@ class IsolatedAgentSession:
             self.result.head_commit = self.repo.branch_head(self.branch)
             return
         uid, gid = agent_ids()
-        remote = self.remote_volume
         plan = HarvestPlan(
             session_id=self.session_id, base_commit=self.base_commit,
-            workspace=self.volume.workspace if self.volume else Path(WORKSPACE),
-            store=self.objects, uid=uid, gid=gid,
-            volume_mounts=tuple(remote.mounts(db=False, read_only=True)) if remote else (),
+            mounts=tuple(self.tree.harvest_mounts()), store=self.tree.store, uid=uid, gid=gid,
             memory_mb=self.limits.memory_mb, runtime=self.config.runtime,
             labels={LABEL_OWNER_PID: str(os.getpid()),
                     LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
@@ -713,8 +649,7 @@ class IsolatedAgentSession:
 
     def disk_used(self) -> int:
         """Bytes used on the session's volume."""
-        volume = self._any_volume
-        return volume.used_bytes() if volume else 0
+        return self.tree.used_bytes() if self.tree else 0
 
     def close(self, snapshot_work: bool = True) -> None:
         """Stop the container, save the work, release resources; safe to call twice."""
@@ -766,11 +701,9 @@ class IsolatedAgentSession:
             self.database.drop()
 
     def _remove_volume(self) -> None:
-        if self.remote_volume is not None:
-            self.remote_volume.remove()
+        if self.tree is not None:
+            self.tree.remove()
             shutil.rmtree(self.session_dir, ignore_errors=True)
-        elif self.volume is not None:
-            self.volume.remove()
         elif self.session_dir.exists():
             from runtime.engine.volumes import open_volume
 

@@ -57,6 +57,7 @@ from runtime.git.harvest import (
 )
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
+from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.models import SessionStatus, WorkState, utcnow
 from runtime.paths import runs_dir
 from runtime.state.liveness import owner_alive
@@ -383,22 +384,20 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             secrets = list(json.loads(row.manifest_json or "{}").get("task", {}).get("secrets", []))
     try:
+        tree: SessionTree
         if marker.engine_volume:
             remote = _engine_volume(client, session_id)
-            workspace, objects = session_dir, None
-            mounts = tuple(remote.mounts(db=False, read_only=True))
+            tree = EngineTree(client, remote.volume, marker.uid, marker.gid)
         else:
-            workspace = open_volume(session_dir).workspace
-            objects = ensure_store(repo, marker.run_id, marker.base_commit)
-            mounts = ()
+            tree = HostTree(open_volume(session_dir), marker.uid, marker.gid,
+                            ensure_store(repo, marker.run_id, marker.base_commit))
     except AgentRuntimeError as exc:
         return WorkOutcome(WorkState.KEPT, repo.branch_head(branch),
                            [f"cannot reopen the session to harvest it: {exc}; the volume is kept"])
     plan = HarvestPlan(session_id=session_id, base_commit=marker.base_commit,
-                       workspace=workspace, store=objects, uid=marker.uid,
+                       mounts=tuple(tree.harvest_mounts()), store=tree.store, uid=marker.uid,
                        gid=marker.gid, memory_mb=config.resource_limits.memory_mb,
-                       runtime=config.runtime, labels={LABEL_REPO: str(repo.root)},
-                       volume_mounts=mounts)
+                       runtime=config.runtime, labels={LABEL_REPO: str(repo.root)})
     return bring_work_home(client, repo, plan, branch=branch,
                            policy=import_policy(config, secrets))
 

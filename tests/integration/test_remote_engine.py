@@ -8,10 +8,13 @@ ever made on this process's own disk beyond agentrt's state directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,10 @@ command = ["sh", "-c", "echo mine > mine.txt && git config core.fsmonitor 'touch
 [[tasks]]
 id = "hog"
 command = ["python3", "-c", "b = []\\nwhile True: b.append(bytearray(16 * 1024 * 1024))"]
+[[tasks]]
+id = "keyed"
+secrets = ["AGENTRT_TEST_SECRET"]
+command = ["sh", "-c", "printf %s \\"$AGENTRT_TEST_SECRET\\" | sha256sum | cut -c1-64 > key.sha && test ! -e /run/agentrt/env && echo consumed > env.txt"]
 """
 
 
@@ -54,13 +61,20 @@ def test_a_run_on_an_engine_that_does_not_share_our_disk(
     tasks = tmp_path / "tasks.toml"
     canary = tmp_path / "canary"
     tasks.write_text(TASKS.replace("CANARY", str(canary)))
-    env = {**os.environ, "DOCKER_HOST": dind_engine.url}
+    secret = secrets.token_hex(16)
+    env = {**os.environ, "DOCKER_HOST": dind_engine.url, "AGENTRT_TEST_SECRET": secret}
     env.pop("AGENTRT_ENGINE_DISK", None)
     mounts_before = Path("/proc/mounts").read_text().count(str(repo))
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
-                           str(repo), "--json"], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    state = repo / ".git" / "agentrt"
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                             str(repo), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    # Nothing of a session's tree is *ever* on this host while it runs: sampled every 50 ms.
+    seen = _watch_host_while(proc, repo, state, mounts_before)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-3000:]
+    assert seen == [], seen
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     report = json.loads(proc.stdout)
     by_task = {s["task_id"]: s for s in report["sessions"]}
     writer, filler, hog = by_task["writer"], by_task["filler"], by_task["hog"]
@@ -86,10 +100,31 @@ def test_a_run_on_an_engine_that_does_not_share_our_disk(
     state = repo / ".git" / "agentrt"
     assert not list(state.glob("sessions/*")), list(state.glob("sessions/*"))
     assert not list(state.glob("**/volume.img"))
+    # The secret reached the agent there through a file its entry point consumed.
+    keyed = by_task["keyed"]
+    assert keyed["status"] == "succeeded", keyed
+    assert git(repo, "show", f"{keyed['branch']}:key.sha").strip() == \
+        hashlib.sha256(secret.encode()).hexdigest()
+    assert git(repo, "show", f"{keyed['branch']}:env.txt").strip() == "consumed"
+    assert secret not in proc.stdout + proc.stderr
     # And nothing left on the engine either.
     assert not dind_engine.client.containers.list(all=True, filters={"label": "agentrt.session"})
     assert not dind_engine.client.volumes.list(filters={"label": "agentrt.role=volume"})
     assert "agentrt/sessions" not in dind_engine.exec("cat /proc/mounts")
+
+
+def _watch_host_while(proc: subprocess.Popen[str], repo: Path, state: Path,
+                      mounts_before: int) -> list[str]:
+    """What of a session's tree appeared on this host while ``proc`` ran (mounts of the
+    repository's state, volume images, working trees under the state directory)."""
+    seen: list[str] = []
+    while proc.poll() is None:
+        if Path("/proc/mounts").read_text().count(str(repo)) != mounts_before:
+            seen.append("a mount under the repository")
+        seen.extend(str(p) for p in state.glob("sessions/*/volume*"))
+        seen.extend(str(p) for p in state.glob("**/workspace"))
+        time.sleep(0.05)
+    return sorted(set(seen))
 
 
 def test_gc_brings_home_the_work_of_a_killed_run_on_that_engine(
@@ -121,3 +156,46 @@ def test_doctor_says_where_volumes_go_on_that_engine(dind_engine: DindEngine) ->
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "doctor"], capture_output=True,
                          text=True, env=env, timeout=300).stdout
     assert "does not share this disk" in out and "loop" in out, out
+
+
+SHARED = """
+[run]
+database_strategy = "shared"
+image = "agentrt/postgres:latest"
+[run.resource_limits]
+disk_mb = 64
+[[tasks]]
+id = "left"
+command = ["sh", "-c", "psql \\"$AGENT_DATABASE_URL\\" -X -At -c 'create table t (v text); insert into t values (current_database()); select v from t' > \\"$AGENT_TASK_ID.txt\\""]
+[[tasks]]
+id = "right"
+command = ["sh", "-c", "psql \\"$AGENT_DATABASE_URL\\" -X -At -c 'select current_user' > \\"$AGENT_TASK_ID.txt\\""]
+"""
+
+
+def test_a_shared_postgres_run_on_that_engine(
+    dind_engine: DindEngine, docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    from runtime.engine.images import build_image
+
+    # The run's server is made on that engine (its image loaded there: no registry here).
+    build_image(docker_client, "postgres")  # type: ignore[arg-type]
+    image = docker_client.images.get("agentrt/postgres:latest")  # type: ignore[attr-defined]
+    dind_engine.client.images.load(image.save(named="agentrt/postgres:latest"))
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(SHARED)
+    env = {**os.environ, "DOCKER_HOST": dind_engine.url}
+    env.pop("AGENTRT_ENGINE_DISK", None)
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                           str(repo), "--json"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sessions = {s["task_id"]: s for s in json.loads(proc.stdout)["sessions"]}
+    own = {t: git(repo, "show", f"{s['branch']}:{t}.txt").split()[-1]
+           for t, s in sessions.items()}
+    # Each session had a database of its own, on the server of that engine.
+    assert own["left"].startswith("agentrt_") and own["right"].startswith("agentrt_"), own
+    assert own["left"] != own["right"]
+    assert {s["disk_limit_mode"] for s in sessions.values()} == {"loop"}
+    assert not dind_engine.client.containers.list(all=True)
+    assert not [n for n in dind_engine.client.networks.list() if n.name.startswith("agentrt")]

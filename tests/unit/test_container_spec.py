@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from docker.types import Mount
 
 from runtime.config import ResourceLimits
 from runtime.engine.container import (
@@ -15,15 +16,19 @@ from runtime.engine.container import (
     ended_at_deadline,
     tmpfs_mb,
 )
+from runtime.engine.engine_volumes import EngineVolume
+from runtime.engine.volumes import Volume
 from runtime.errors import SessionError
+from runtime.git.session_tree import EngineTree, HostTree
 
 
 def plan(**kw: object) -> ContainerPlan:
     fields: dict[str, object] = dict(
         session_id="a-123456", run_id="r1", image="agentrt/base:latest", command=["true"],
         limits=ResourceLimits(memory_mb=512, cpu_percent=150, pids=64, disk_mb=100),
-        workspace=Path("/s/volume/workspace"), db_dir=Path("/s/volume/db"),
-        objects_dir=Path("/repo/.git/objects"), uid=1000, gid=1000,
+        mounts=tuple(HostTree(Volume(Path("/s"), "loop", 100 * 1024 * 1024), 1000, 1000,
+                              Path("/repo/.git/objects")).agent_mounts()),
+        uid=1000, gid=1000,
     )
     fields.update(kw)
     return ContainerPlan(**fields)  # type: ignore[arg-type]
@@ -52,6 +57,20 @@ def test_hardening_is_always_on() -> None:
     assert not any("docker.sock" in s for s in sources)
     readonly = {m["Target"]: m["ReadOnly"] for m in spec["mounts"]}
     assert readonly == {"/workspace": False, "/repo/.git/objects": True, "/agentrt/db": False}
+
+
+def test_an_engine_side_tree_binds_paths_of_the_engines_host_and_has_no_store() -> None:
+    volume = EngineVolume("a-123456", "agentrt-vol-a-123456", "loop", 1 << 20,
+                          "/var/lib/docker/agentrt/sessions/a-123456/volume")
+    tree = EngineTree(None, volume, 1000, 1000)  # type: ignore[arg-type]  # no engine call
+    spec = container_spec(plan(mounts=tuple(tree.agent_mounts()),
+                               secrets_mount=tree.secrets_mount({"K": "v"})))
+    mounts = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in spec["mounts"]}
+    assert mounts == {"/workspace": (volume.root + "/workspace", False),
+                      "/agentrt/db": (volume.root + "/db", False),
+                      "/run/agentrt": (volume.root + "/secrets", False)}
+    assert tree.store is None
+    assert {m["Target"]: m["ReadOnly"] for m in tree.harvest_mounts()} == {"/workspace": True}
 
 
 def test_bridge_network_only_when_asked_and_runsc_gets_pids_headroom() -> None:
@@ -85,7 +104,8 @@ def test_the_agents_argv_is_wrapped_by_the_entry_point_with_its_deadline() -> No
 
 
 def test_secrets_come_as_a_mounted_directory_never_in_the_environment() -> None:
-    spec = container_spec(plan(secrets_dir=Path("/s/secrets"), env={"PLAIN": "1"}))
+    secrets = Mount("/run/agentrt", "/s/secrets", type="bind", read_only=False)
+    spec = container_spec(plan(secrets_mount=secrets, env={"PLAIN": "1"}))
     assert spec["environment"] == {"HOME": "/tmp", "TMPDIR": "/tmp", "PLAIN": "1"}
     mounts = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in spec["mounts"]}
     # Read-write so the entry point can delete the file once it has read it.

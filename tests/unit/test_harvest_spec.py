@@ -7,15 +7,18 @@ from pathlib import Path
 import pytest
 from docker.types import Mount
 
+from runtime.engine.volumes import Volume
 from runtime.errors import BundleRefusedError, HarvestError
 from runtime.git.bundle import read_header
 from runtime.git.harvest import HarvestPlan, harvest_spec
+from runtime.git.session_tree import HostTree
 
 
 def plan(**kw: object) -> HarvestPlan:
+    store = Path("/state/runs/r/objects/" + "a" * 40)
+    tree = HostTree(Volume(Path("/state/s-1"), "loop", 1 << 20), 1000, 1000, store)
     fields: dict[str, object] = dict(session_id="s-1", base_commit="a" * 40,
-                                     workspace=Path("/state/s-1/volume/workspace"),
-                                     store=Path("/state/runs/r/objects/" + "a" * 40),
+                                     mounts=tuple(tree.harvest_mounts()), store=store,
                                      uid=1000, gid=1000, memory_mb=64)
     fields.update(kw)
     return HarvestPlan(**fields)  # type: ignore[arg-type]
@@ -35,9 +38,15 @@ def test_the_harvest_has_a_sessions_hardening_and_sees_only_the_tree_and_the_sto
 def test_an_engine_side_volume_replaces_the_workspace_bind_and_there_is_no_store() -> None:
     remote = Mount("/workspace", "/var/lib/docker/agentrt/s-1/volume/workspace", type="bind",
                    read_only=True)
-    spec = harvest_spec(plan(store=None, volume_mounts=(remote,)))
+    spec = harvest_spec(plan(store=None, mounts=(remote,)))
     assert spec["mounts"] == [remote]
     assert spec["command"][5] == ""  # no store for the script's alternates
+
+
+def test_a_writable_mount_is_refused() -> None:
+    writable = Mount("/workspace", "/state/s-1/volume/workspace", type="bind", read_only=False)
+    with pytest.raises(HarvestError, match="read-only"):
+        harvest_spec(plan(mounts=(writable,)))
 
 
 def test_root_is_refused() -> None:

@@ -1,0 +1,282 @@
+"""A session's working tree and the volume holding it: on this host or on the engine's host.
+
+One interface, :class:`SessionTree`, for everything a session does with its tree; two homes:
+
+* :class:`HostTree`: the volume is made on the machine running agentrt
+  (:mod:`runtime.engine.volumes`: a loop-mounted ext4 image, or a plain directory with a soft
+  limit) and bound into the container by path; the base is checked out by host git, borrowing
+  the run's read-only object store. The fast path, for an engine that shares this disk.
+* :class:`EngineTree`: the volume is made where the engine runs
+  (:mod:`runtime.engine.engine_volumes`), the base goes in as a bundle through ``put_archive``
+  and is checked out in a helper there (:mod:`runtime.git.engine_checkout`), the secrets file
+  goes in through ``put_archive`` too, and usage is read by helpers. For Colima's VM, a remote
+  engine, a Docker-in-Docker engine: agentrt's host shares no path with the engine.
+
+Either way the tree is read back only by a harvest container (:mod:`runtime.git.harvest`),
+which mounts :meth:`SessionTree.harvest_mounts`. Which home a session gets is decided by
+:func:`runtime.engine.disk_sharing.volume_on_engine`, from what the engine reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shlex
+import tarfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import docker
+from docker.types import Mount
+
+from runtime.engine.container import DB_MOUNT, SECRETS_FILE, SECRETS_MOUNT, WORKSPACE
+from runtime.engine.discovery import engine_errors
+from runtime.engine.engine_volumes import EngineVolume, RemoteVolume, create_engine_volume
+from runtime.engine.volumes import DiskLimitMode, Volume, create_volume
+from runtime.errors import EngineError, VolumeError
+from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
+from runtime.git.safe_git import MainRepo
+from runtime.git.workspace import create_workspace
+
+
+def secrets_text(values: Mapping[str, str]) -> bytes:
+    """The secrets file the entry point sources: one ``export NAME='value'`` line each."""
+    return "".join(f"export {name}={shlex.quote(value)}\n"
+                   for name, value in values.items()).encode()
+
+
+class SessionTree(ABC):
+    """A session's volume and working tree, wherever the engine keeps them."""
+
+    mode: DiskLimitMode
+    limit_bytes: int
+    #: True when the tree is on the engine's host: nothing of it is on agentrt's disk.
+    on_engine: bool
+    #: The run's object store the tree borrows from (a host path), if any.
+    store: Path | None = None
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the volume is, for the record (a path on agentrt's or the engine's host)."""
+
+    @property
+    def host_db_dir(self) -> Path | None:
+        """The database directory on agentrt's host, or None when it is on the engine's."""
+        return None
+
+    @abstractmethod
+    def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
+        """Make the working tree a repository on ``branch`` at ``commit``, owned by the agent.
+
+        ``scratch`` is a directory of agentrt's own for a temporary file (the base bundle)."""
+
+    @abstractmethod
+    def agent_mounts(self) -> list[Mount]:
+        """The session container's mounts: workspace, database directory, object store."""
+
+    @abstractmethod
+    def harvest_mounts(self) -> list[Mount]:
+        """The harvest container's mounts: the workspace (and object store), read-only."""
+
+    @abstractmethod
+    def secrets_mount(self, values: Mapping[str, str]) -> Mount:
+        """The mount at which the entry point finds the secrets file (written now, or by
+        :meth:`deliver_secrets` once the container exists)."""
+
+    @abstractmethod
+    def deliver_secrets(self, client: docker.DockerClient, container_id: str) -> None:
+        """Put the secrets file into the created (not started) container, where needed."""
+
+    @abstractmethod
+    def discard_secrets(self) -> None:
+        """Delete a secrets file no entry point consumed (a container that never started)."""
+
+    @abstractmethod
+    def used_bytes(self) -> int:
+        """Bytes in use on the volume."""
+
+    @abstractmethod
+    def free_bytes(self) -> int:
+        """Bytes still free for the agent."""
+
+    @property
+    def usage_walker(self) -> Callable[[], int] | None:
+        """A cheap host-side reading of usage for the supervisor's soft limit, if any."""
+        return None
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Unmount and delete the volume; idempotent."""
+
+
+class HostTree(SessionTree):
+    """The volume on agentrt's own disk, bound into the container by path."""
+
+    on_engine = False
+
+    def __init__(self, volume: Volume, uid: int, gid: int, store: Path | None) -> None:
+        self.volume = volume
+        self.mode = volume.mode
+        self.limit_bytes = volume.limit_bytes
+        self.store = store
+        self._uid, self._gid = uid, gid
+
+    @classmethod
+    def create(cls, session_dir: Path, disk_mb: int, uid: int, gid: int, store: Path,
+               mode: DiskLimitMode | None = None) -> HostTree:
+        """Make the volume in ``session_dir`` (see :func:`runtime.engine.volumes.create_volume`)."""
+        return cls(create_volume(session_dir, disk_mb, uid, gid, mode), uid, gid, store)
+
+    @property
+    def location(self) -> str:
+        return str(self.volume.root)
+
+    @property
+    def host_db_dir(self) -> Path | None:
+        return self.volume.db_dir
+
+    @property
+    def _secrets_dir(self) -> Path:
+        return self.volume.session_dir / "secrets"
+
+    def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
+        create_workspace(repo, self.volume.workspace, branch, commit, self._uid, self._gid,
+                         objects=self.store)
+
+    def agent_mounts(self) -> list[Mount]:
+        mounts = [Mount(WORKSPACE, str(self.volume.workspace), type="bind", read_only=False),
+                  Mount(DB_MOUNT, str(self.volume.db_dir), type="bind", read_only=False)]
+        if self.store is not None:
+            # Read-only, at the same path as on the host, so the session repository's
+            # alternates resolve inside and outside.
+            mounts.append(Mount(str(self.store), str(self.store), type="bind", read_only=True))
+        return mounts
+
+    def harvest_mounts(self) -> list[Mount]:
+        mounts = [Mount(WORKSPACE, str(self.volume.workspace), type="bind", read_only=True)]
+        if self.store is not None:
+            mounts.append(Mount(str(self.store), str(self.store), type="bind", read_only=True))
+        return mounts
+
+    def secrets_mount(self, values: Mapping[str, str]) -> Mount:
+        """Write the file now: a directory (0700) and file (0400) of the agent's uid, in the
+        session's directory on this host (outside the volume)."""
+        directory = self._secrets_dir
+        directory.mkdir(mode=0o700)
+        fd = os.open(directory / SECRETS_FILE,
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        try:
+            os.write(fd, secrets_text(values))
+            if os.getuid() == 0:
+                os.fchown(fd, self._uid, self._gid)
+        finally:
+            os.close(fd)
+        if os.getuid() == 0:
+            os.chown(directory, self._uid, self._gid)
+        return Mount(SECRETS_MOUNT, str(directory), type="bind", read_only=False)
+
+    def deliver_secrets(self, client: docker.DockerClient, container_id: str) -> None:
+        """Nothing to do: :meth:`secrets_mount` wrote the file on this host."""
+
+    def discard_secrets(self) -> None:
+        # unlink does not follow a link the agent might have planted there.
+        with contextlib.suppress(OSError):
+            (self._secrets_dir / SECRETS_FILE).unlink()
+
+    def used_bytes(self) -> int:
+        return self.volume.used_bytes()
+
+    def free_bytes(self) -> int:
+        return self.volume.free_bytes()
+
+    @property
+    def usage_walker(self) -> Callable[[], int] | None:
+        return self.volume.used_bytes if self.mode == "soft" else None
+
+    def remove(self) -> None:
+        self.volume.remove()
+
+
+class EngineTree(SessionTree):
+    """The volume on the engine's host; every file operation goes through the Docker API."""
+
+    on_engine = True
+
+    def __init__(self, client: docker.DockerClient, volume: EngineVolume, uid: int,
+                 gid: int) -> None:
+        self.client = client
+        self.volume = volume
+        self.remote = RemoteVolume(client, volume)
+        self.mode = volume.mode
+        self.limit_bytes = volume.limit_bytes
+        self._uid, self._gid = uid, gid
+        self._secrets: bytes | None = None
+
+    @classmethod
+    def create(cls, client: docker.DockerClient, session_id: str, disk_mb: int, uid: int,
+               gid: int, labels: Mapping[str, str]) -> EngineTree:
+        """Make the volume on the engine's host (see
+        :func:`runtime.engine.engine_volumes.create_engine_volume`)."""
+        volume = create_engine_volume(client, session_id, disk_mb, uid, gid, labels=labels)
+        return cls(client, volume, uid, gid)
+
+    @property
+    def location(self) -> str:
+        return self.volume.root
+
+    def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
+        """The branch's history as a bundle made on this host (the user's repository, trusted),
+        shipped in and checked out by a helper on the engine."""
+        bundle = create_base_bundle(repo.git_dir, branch, commit, scratch / "base.bundle")
+        try:
+            checkout_in_engine(self.client, self.volume, bundle, branch, commit,
+                               self._uid, self._gid)
+        finally:
+            bundle.unlink(missing_ok=True)
+
+    def agent_mounts(self) -> list[Mount]:
+        return self.remote.mounts()
+
+    def harvest_mounts(self) -> list[Mount]:
+        return self.remote.mounts(db=False, read_only=True)
+
+    def secrets_mount(self, values: Mapping[str, str]) -> Mount:
+        self._secrets = secrets_text(values)
+        return Mount(SECRETS_MOUNT, self.volume.secrets_dir, type="bind", read_only=False)
+
+    def deliver_secrets(self, client: docker.DockerClient, container_id: str) -> None:
+        """``put_archive`` into the created container's secrets mount: the engine writes the
+        file (0400, the agent's uid) into the volume on its own host."""
+        if self._secrets is None:
+            return
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            info = tarfile.TarInfo(SECRETS_FILE)
+            info.size, info.mode = len(self._secrets), 0o400
+            info.uid, info.gid = self._uid, self._gid
+            tar.addfile(info, io.BytesIO(self._secrets))
+        self._secrets = None
+        with engine_errors("put the secrets file into the container"):
+            if not client.api.put_archive(container_id, SECRETS_MOUNT, data.getvalue()):
+                raise EngineError("the engine refused the secrets file")
+
+    def discard_secrets(self) -> None:
+        """Forget a file not yet delivered. One delivered to a container that never started
+        stays in the volume's ``secrets/`` (0700, never mounted into a harvest) until the
+        volume is removed."""
+        self._secrets = None
+
+    def used_bytes(self) -> int:
+        return self.remote.used_bytes()
+
+    def free_bytes(self) -> int:
+        return self.remote.free_bytes()
+
+    def remove(self) -> None:
+        try:
+            self.remote.remove()
+        except EngineError as exc:
+            raise VolumeError(str(exc)) from exc
