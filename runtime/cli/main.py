@@ -141,9 +141,13 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
 @main.command()
 @click.option("--repo", default=".", show_default=True,
               help="Also report this repository's volumes kept for a retry (if it is one).")
-def doctor(repo: str) -> None:
-    """Check the Docker engine, git, cgroups, disk-limit support, gVisor and images."""
+@click.option("--node", "nodes", multiple=True, metavar="URL",
+              help="A Swarm node's engine (tcp://HOST:PORT), repeatable: compare its "
+                   "agentrt/base with the manager's (default: $AGENTRT_SWARM_NODES).")
+def doctor(repo: str, nodes: tuple[str, ...]) -> None:
+    """Check the Docker engine, git, cgroups, disk-limit support, gVisor, images and Swarm."""
     from runtime.engine.discovery import get_client
+    from runtime.engine.swarm_images import node_addresses
     from runtime.errors import ConfigError
     from runtime.git.safe_git import MainRepo
     from runtime.run.doctor import run_checks
@@ -152,7 +156,7 @@ def doctor(repo: str) -> None:
         state_dir: Path | None = MainRepo(repo).state_dir
     except ConfigError:
         state_dir = None  # not a repository: the engine and host checks only
-    checks = run_checks(get_client, state_dir)
+    checks = run_checks(get_client, state_dir, node_addresses(nodes))
     worst = 0
     for check in checks:
         color = {"ok": "green", "warn": "yellow", "fail": "red"}[check.status]
@@ -219,6 +223,30 @@ def images_export(session: str, file: Path, repo: str) -> None:
         return
     export_image(get_client(), manifest.image_digest, manifest.image, file)
     click.echo(f"saved {manifest.image} ({manifest.image_digest}) to {file}")
+
+
+@images.command("push-nodes")
+@click.argument("ref", required=False, default="agentrt/base:latest")
+@click.option("--node", "nodes", multiple=True, metavar="URL",
+              help="A Swarm node's engine, e.g. tcp://10.0.0.2:2375; repeatable "
+                   "(default: $AGENTRT_SWARM_NODES, separated by commas or spaces).")
+@click.option("--json", "as_json", is_flag=True)
+def images_push_nodes(ref: str, nodes: tuple[str, ...], as_json: bool) -> None:
+    """Load image REF (default agentrt/base:latest) from this engine onto each Swarm node by
+    `docker save | docker load` (no registry needed), then check its id on every node."""
+    from runtime.engine.discovery import get_client
+    from runtime.engine.swarm_images import node_addresses, push_image
+
+    results = push_image(get_client(), ref, node_addresses(nodes),
+                         log=lambda line: err.print(terminal_safe(line), highlight=False,
+                                                    markup=False))
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in results], indent=2))
+    for r in results if not as_json else []:
+        state = ("loaded" if r.loaded else "already there") if r.matches else "FAILED"
+        detail = r.image_id[:19] if r.matches else r.error
+        click.echo(f"{r.address}\t{state}\t{terminal_safe(detail)}\t{r.seconds:.1f}s")
+    sys.exit(0 if all(r.matches for r in results) else 1)
 
 
 def _register_commands() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.dind import dind_engine  # noqa: F401 - a second engine (session)
+from tests.integration.dind import dind_engine  # noqa: F401 - a second engine (module)
+from tests.integration.swarm import swarm_cluster  # noqa: F401 - a 3-node Swarm (module)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -59,9 +59,14 @@ class DindEngine:
         return str(text)
 
 
-def dind_run_kwargs(name: str) -> dict[str, Any]:
-    """``containers.run`` arguments of the dind container (see the module docstring)."""
-    return {
+def dind_run_kwargs(name: str, network: str | None = None, hostname: str | None = None,
+                    data_size: str = "3g", role: str = "dind") -> dict[str, Any]:
+    """``containers.run`` arguments of the dind container (see the module docstring).
+
+    ``network``: a user-defined network of the local engine to put it on (the Swarm fixture's
+    nodes reach each other there), ``hostname`` its host name (a Swarm node's name),
+    ``data_size`` the tmpfs holding its data root, ``role`` the value of its test label."""
+    kwargs: dict[str, Any] = {
         "image": DIND_IMAGE,
         "name": name,
         "command": ["--host", "tcp://0.0.0.0:2375", "--host", "unix:///var/run/docker.sock",
@@ -72,11 +77,16 @@ def dind_run_kwargs(name: str) -> dict[str, Any]:
         "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
         "devices": ["/dev/loop-control:/dev/loop-control:rwm"],
         "device_cgroup_rules": ["b 7:* rwm"],
-        "tmpfs": {"/var/lib/docker": "rw,size=3g,mode=0711", "/run": "rw,size=64m"},
+        "tmpfs": {"/var/lib/docker": f"rw,size={data_size},mode=0711", "/run": "rw,size=64m"},
         "ports": {"2375/tcp": ("127.0.0.1", None)},
-        "labels": {LABEL_TEST: "dind"},
+        "labels": {LABEL_TEST: role},
         "detach": True,
     }
+    if network is not None:
+        kwargs["network"] = network
+    if hostname is not None:
+        kwargs["hostname"] = hostname
+    return kwargs
 
 
 def start_dind(host: docker.DockerClient, images: tuple[str, ...] = LOADED_IMAGES,
@@ -85,32 +95,38 @@ def start_dind(host: docker.DockerClient, images: tuple[str, ...] = LOADED_IMAGE
     name = f"agentrt-test-dind-{os.getpid()}-{secrets.token_hex(3)}"
     container = host.containers.run(**dind_run_kwargs(name))
     try:
-        deadline = time.monotonic() + timeout
-        port = None
-        while port is None:
-            container.reload()
-            bound = (container.attrs["NetworkSettings"]["Ports"] or {}).get("2375/tcp") or []
-            port = bound[0]["HostPort"] if bound else None
-            if port is None:
-                _check_alive(container, deadline)
-                time.sleep(0.1)
-        url = f"tcp://127.0.0.1:{port}"
-        client = None
-        while client is None:
-            try:
-                # The client asks the engine for its API version as it is made.
-                client = docker.DockerClient(base_url=url, timeout=120)
-                client.ping()
-            except (docker.errors.DockerException, requests.exceptions.RequestException):
-                client = None
-                _check_alive(container, deadline)
-                time.sleep(0.2)
+        engine = wait_for_engine(container, timeout)
         for ref in images:
-            client.images.load(host.images.get(ref).save(named=ref))
-        return DindEngine(container, client, url)
+            engine.client.images.load(host.images.get(ref).save(named=ref))
+        return engine
     except BaseException:
-        _remove(container)
+        remove_dind_container(container)
         raise
+
+
+def wait_for_engine(container: Any, timeout: float = START_TIMEOUT_S) -> DindEngine:
+    """Wait until the dockerd of a started dind container answers on its published port."""
+    deadline = time.monotonic() + timeout
+    port = None
+    while port is None:
+        container.reload()
+        bound = (container.attrs["NetworkSettings"]["Ports"] or {}).get("2375/tcp") or []
+        port = bound[0]["HostPort"] if bound else None
+        if port is None:
+            _check_alive(container, deadline)
+            time.sleep(0.1)
+    url = f"tcp://127.0.0.1:{port}"
+    client = None
+    while client is None:
+        try:
+            # The client asks the engine for its API version as it is made.
+            client = docker.DockerClient(base_url=url, timeout=120)
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            client = None
+            _check_alive(container, deadline)
+            time.sleep(0.2)
+    return DindEngine(container, client, url)
 
 
 def _check_alive(container: Any, deadline: float) -> None:
@@ -120,7 +136,8 @@ def _check_alive(container: Any, deadline: float) -> None:
         raise RuntimeError(f"the dind engine did not come up ({container.status}):\n{logs}")
 
 
-def _remove(container: Any) -> None:
+def remove_dind_container(container: Any) -> None:
+    """Stop (dockerd shuts down cleanly) and remove a dind container."""
     try:
         container.stop(timeout=20)
     finally:
@@ -136,7 +153,7 @@ def stop_dind(engine: DindEngine) -> None:
         pass  # the engine is already gone (e.g. its host's dockerd restarted): remove it
     finally:
         engine.client.close()
-        _remove(engine.container)
+        remove_dind_container(engine.container)
 
 
 @pytest.fixture(scope="module")

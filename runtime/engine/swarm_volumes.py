@@ -1,0 +1,253 @@
+"""Session volumes on a Swarm node, made through that node's own engine.
+
+On one engine, :mod:`runtime.engine.engine_volumes` loop-mounts a session's volume with a helper
+*container* that needs ``/dev/loop-control``, a device cgroup rule, ``SYS_ADMIN`` and an
+AppArmor exception. A Swarm *service* can have none of these (no devices, no security
+options on Docker API 1.41), and agentrt talks only to the manager, never to a node's engine.
+So a one-shot helper *service* pinned to the node
+(:func:`runtime.engine.swarm_service.run_one_shot`) binds the node's ``/var/run/docker.sock``
+and has that engine run exactly the loop helper container of
+:mod:`runtime.engine.engine_volumes` (same script, capabilities, devices, rules and ``rshared``
+bind of the state directory): the mount it makes appears in the node engine's mount namespace,
+where a session service on that node binds it (:meth:`EngineVolume.mounts`).
+
+Why a few lines of stdlib Python (:data:`NODE_SCRIPT`) in ``agentrt/base`` speaking the Engine
+API over the socket, rather than the docker CLI or the SDK: ``agentrt/base`` is the one image
+every node must have anyway, and it has ``python3`` but neither the CLI nor the SDK;
+``agentrt/dind`` has the CLI but is a test image. The container's create body is computed here,
+by the SDK's own conversion of the very keyword arguments :func:`engine_volumes._loop_helper_spec`
+gives ``containers.create``, so both paths make the same container. What only the node knows is
+filled in there: its state directory (``AGENTRT_ENGINE_STATE_DIR`` if set here, else the node's
+``<DockerRootDir>/agentrt``) and the AppArmor/SELinux exception its engine needs. The helper
+service runs as root with every capability dropped (the socket is root's), no network, a
+read-only root and 128 MiB; it is labelled ``agentrt.role=volume-helper`` and removed when it
+ends. Whoever may create services on the manager is root on every node anyway.
+
+Like on one engine, each volume has a labelled named Docker volume ``agentrt-vol-<session>``
+*on its node* (a bind of the mounted image), made by the same helper before the loop helper
+runs and removed after it. Loop mode only: a node that cannot loop-mount makes the helper fail
+with its error (soft volumes on nodes are not done).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import docker
+from docker.types import Mount
+
+from runtime.engine.engine_volumes import (
+    _JOURNAL_MIN_MB,
+    CREATE_SCRIPT,
+    HELPER_IMAGE,
+    REMOVE_SCRIPT,
+    ROLE_HELPER,
+    STATE_DIR_ENV,
+    EngineVolume,
+    _check_session_id,
+    _loop_helper_spec,
+    volume_name,
+)
+from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
+from runtime.engine.swarm_service import helper_service_spec, run_one_shot
+from runtime.errors import EngineError, VolumeError
+
+NODE_SOCKET = "/var/run/docker.sock"
+STATE_PLACEHOLDER = "@STATE@"
+NODE_HELPER_TIMEOUT_S = 180
+_STATE_LINE = "agentrt-node: state="
+
+# Runs in agentrt/base on the node, root, the node engine's socket at NODE_SOCKET. argv[1]: the
+# job (JSON): api, state ("" = the node's default), lift_lsm, container (a create body with
+# @STATE@), volume (a named volume to make first, or null), remove_volume (a name to remove
+# after success, or null), timeout. Prints the state line, then the helper's output; exits
+# with the helper's exit code, or 70 if the job itself failed.
+NODE_SCRIPT = r'''
+import http.client, json, socket, sys
+job = json.loads(sys.argv[1])
+V = "/v" + job["api"]
+
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect("/var/run/docker.sock")
+
+def call(method, path, body=None, ok=(200, 201, 204), timeout=60):
+    conn = Conn("localhost", timeout=timeout)
+    data = None if body is None else json.dumps(body).encode()
+    conn.request(method, V + path, body=data, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    raw = resp.read()
+    conn.close()
+    if resp.status not in ok:
+        text = raw.decode(errors="replace")[:500]
+        raise RuntimeError("%s %s: %s %s" % (method, path, resp.status, text))
+    return resp.status, raw
+
+def demux(raw):
+    out, i = [], 0
+    while i + 8 <= len(raw):
+        size = int.from_bytes(raw[i + 4:i + 8], "big")
+        out.append(raw[i + 8:i + 8 + size])
+        i += 8 + size
+    return b"".join(out)
+
+def filled(doc, state):
+    return json.loads(json.dumps(doc).replace("@STATE@", state))
+
+def run(body):
+    cid = json.loads(call("POST", "/containers/create", body)[1])["Id"]
+    try:
+        call("POST", "/containers/%s/start" % cid)
+        done = call("POST", "/containers/%s/wait" % cid, timeout=job["timeout"])[1]
+        logs = call("GET", "/containers/%s/logs?stdout=1&stderr=1" % cid)[1]
+        sys.stdout.write(demux(logs).decode(errors="replace"))
+        sys.stdout.flush()
+        return int(json.loads(done)["StatusCode"])
+    finally:
+        call("DELETE", "/containers/%s?force=1&v=1" % cid, ok=(204, 404))
+
+def main():
+    info = json.loads(call("GET", "/info")[1])
+    root = str(info.get("DockerRootDir") or "/var/lib/docker").rstrip("/")
+    state = job["state"] or root + "/agentrt"
+    if not state.startswith("/") or "/.." in state or any(c in state for c in "\"\\:,"):
+        raise RuntimeError("unusable state directory %r" % state)
+    print("agentrt-node: state=" + state, flush=True)
+    body = filled(job["container"], state)
+    lsm = " ".join(str(o) for o in info.get("SecurityOptions") or [])
+    opts = body["HostConfig"].setdefault("SecurityOpt", [])
+    if job["lift_lsm"] and "name=apparmor" in lsm:
+        opts.append("apparmor=unconfined")
+    if job["lift_lsm"] and "name=selinux" in lsm:
+        opts.append("label=disable")
+    volume = filled(job["volume"], state) if job["volume"] else None
+    if volume:
+        if call("GET", "/volumes/" + volume["Name"], ok=(200, 404))[0] == 200:
+            raise RuntimeError("named volume %s already exists on this node" % volume["Name"])
+        call("POST", "/volumes/create", volume)
+    code = 70
+    try:
+        code = run(body)
+    finally:
+        if volume and code != 0:
+            call("DELETE", "/volumes/%s?force=1" % volume["Name"], ok=(204, 404))
+    if code == 0 and job["remove_volume"]:
+        call("DELETE", "/volumes/%s?force=1" % job["remove_volume"], ok=(204, 404))
+    return code
+
+try:
+    sys.exit(main())
+except Exception as exc:
+    print("agentrt-node: %s" % exc, file=sys.stderr, flush=True)
+    sys.exit(70)
+'''
+
+
+def container_body(spec: Mapping[str, Any], api_version: str) -> dict[str, Any]:
+    """The Engine API body of ``POST /containers/create`` for ``containers.create(**spec)``:
+    the SDK's own conversion (what ``client.containers.create`` sends)."""
+    from docker.models.containers import _create_container_args
+    from docker.types import ContainerConfig
+
+    kwargs = {k: v for k, v in spec.items() if k not in ("detach", "name")}
+    kwargs["version"] = api_version
+    args = _create_container_args(kwargs)
+    return dict(ContainerConfig(api_version, **args))
+
+
+def _node_job(client: docker.DockerClient, state: str, script: str, args: list[str],
+              session_id: str, volume: Mapping[str, Any] | None,
+              remove_volume: str | None) -> str:
+    spec = _loop_helper_spec(client, STATE_PLACEHOLDER, script, args, session_id)
+    # The node adds its own AppArmor/SELinux exception (lift_lsm); the manager's says nothing
+    # about the node's.
+    spec["security_opt"] = ["no-new-privileges:true"]
+    api = str(client.api.api_version)
+    return json.dumps({"api": api, "state": state, "lift_lsm": True,
+                       "container": container_body(spec, api), "volume": volume,
+                       "remove_volume": remove_volume, "timeout": NODE_HELPER_TIMEOUT_S})
+
+
+def _run_on_node(client: docker.DockerClient, node_id: str, session_id: str, job: str,
+                 what: str) -> str:
+    """Run the node helper service; its output, or VolumeError."""
+    spec = helper_service_spec(
+        image=HELPER_IMAGE, command=["python3", "-c", NODE_SCRIPT, job], node_id=node_id,
+        labels={LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER},
+        mounts=[Mount(NODE_SOCKET, NODE_SOCKET, type="bind")],
+        name_prefix="agentrt-volume", session_id=session_id)
+    try:
+        code, output = run_one_shot(client, spec, timeout=NODE_HELPER_TIMEOUT_S + 60)
+    except EngineError as exc:
+        raise VolumeError(f"{what} on node {node_id}: {exc}") from exc
+    if code != 0:
+        raise VolumeError(f"{what} on node {node_id} failed (exit {code}): "
+                          f"{output.strip()[-800:]}")
+    return output
+
+
+def _state_from(output: str, what: str) -> str:
+    for line in output.splitlines():
+        if line.startswith(_STATE_LINE):
+            return line[len(_STATE_LINE):].strip()
+    raise VolumeError(f"{what}: the node helper did not say where its state is: {output[-300:]}")
+
+
+def create_node_volume(client: docker.DockerClient, node_id: str, session_id: str,
+                       disk_mb: int, uid: int, gid: int,
+                       labels: Mapping[str, str] | None = None) -> EngineVolume:
+    """Make session ``session_id``'s loop volume of ``disk_mb`` MiB on Swarm node ``node_id``
+    (through the manager ``client``), owned by ``uid:gid``; undone on failure (VolumeError).
+
+    ``labels`` go on the node's named volume only, as in
+    :func:`runtime.engine.engine_volumes.create_engine_volume`."""
+    _check_session_id(session_id)
+    if not 1 <= disk_mb <= 16 * 1024 * 1024:
+        raise VolumeError(f"disk_mb={disk_mb} is out of range")
+    state = _chosen_state()
+    name = volume_name(session_id)
+    limit = disk_mb * 1024 * 1024
+    root = f"{STATE_PLACEHOLDER}/sessions/{session_id}/volume"
+    record = EngineVolume(session_id, name, "loop", limit, root, uid)
+    named = {"Name": name, "Driver": "local",
+             "DriverOpts": {"type": "none", "o": "bind", "device": root},
+             "Labels": {**dict(labels or {}), **record.labels()}}
+    journal = "yes" if disk_mb >= _JOURNAL_MIN_MB else "no"
+    label = ("agentrt-" + session_id[-8:])[:16]
+    job = _node_job(client, state, CREATE_SCRIPT,
+                    [session_id, str(disk_mb), str(uid), str(gid), label, journal],
+                    session_id, named, None)
+    what = f"create the volume of {session_id}"
+    output = _run_on_node(client, node_id, session_id, job, what)
+    node_state = _state_from(output, what)
+    return EngineVolume(session_id, name, "loop", limit,
+                        f"{node_state}/sessions/{session_id}/volume", uid)
+
+
+def remove_node_volume(client: docker.DockerClient, node_id: str,
+                       volume: EngineVolume) -> None:
+    """Unmount and delete ``volume`` on node ``node_id``, and its named volume there;
+    idempotent. Remove the services that bind it first."""
+    _check_session_id(volume.session_id)
+    state = volume.session_dir.rsplit("/sessions/", 1)[0] if volume.session_dir else ""
+    if volume.mode != "loop" or not state.startswith("/") \
+            or volume.root != f"{state}/sessions/{volume.session_id}/volume":
+        raise VolumeError(f"node volume {volume.name} has an unexpected root {volume.root}")
+    job = _node_job(client, state, REMOVE_SCRIPT, [volume.session_id], volume.session_id,
+                    None, volume.name)
+    _run_on_node(client, node_id, volume.session_id, job,
+                 f"remove the volume of {volume.session_id}")
+
+
+def _chosen_state() -> str:
+    """``AGENTRT_ENGINE_STATE_DIR`` if set (the same directory on every node), else "" (each
+    node's ``<DockerRootDir>/agentrt``)."""
+    chosen = os.environ.get(STATE_DIR_ENV, "")
+    if chosen and (not chosen.startswith("/") or "/.." in chosen or ":" in chosen):
+        raise VolumeError(f"{STATE_DIR_ENV}={chosen!r} is not a plain absolute path")
+    return chosen.rstrip("/")

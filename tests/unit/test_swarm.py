@@ -1,0 +1,296 @@
+"""The pure parts of the Swarm foundations: placement, admission, service specs, doctor rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from docker.types import Mount
+
+from runtime.config import ResourceLimits
+from runtime.engine.container import ENTRYPOINT, ContainerPlan
+from runtime.engine.swarm import (
+    Need,
+    Reserved,
+    SwarmNode,
+    check_fits,
+    node_from_attrs,
+    place,
+    reserved_from_tasks,
+    swarm_status,
+)
+from runtime.engine.swarm_images import NodeImage, node_addresses
+from runtime.engine.swarm_service import (
+    NETWORK_GUARD,
+    helper_service_spec,
+    require_api,
+    session_service_spec,
+    task_outcome,
+)
+from runtime.engine.swarm_volumes import container_body
+from runtime.errors import ConfigError, EngineError, SessionError
+from runtime.run.doctor import swarm_check, swarm_images_check
+
+GIB = 2**30
+CPU = 1_000_000_000
+
+
+def node(name: str, mem_gib: float, cpus: float, state: str = "ready",
+         availability: str = "active", role: str = "worker") -> SwarmNode:
+    return SwarmNode(id=f"id-{name}", hostname=name, role=role,  # type: ignore[arg-type]
+                     state=state, availability=availability, nano_cpus=int(cpus * CPU),
+                     memory_bytes=int(mem_gib * GIB))
+
+
+NODES = [node("a", 8, 4), node("b", 16, 2), node("c", 4, 8)]
+
+
+@pytest.mark.parametrize(("need_gib", "need_cpus", "reserved", "nodes", "expected"), [
+    # the most free memory wins
+    (1, 1, {}, NODES, "b"),
+    # what is reserved counts: b has 16 - 12 = 4 left, a has 8
+    (1, 1, {"id-b": Reserved(12 * GIB, 0)}, NODES, "a"),
+    # CPU must fit too: only c has 5 CPUs free
+    (1, 5, {}, NODES, "c"),
+    # exactly full fits
+    (16, 2, {}, NODES, "b"),
+    # nothing fits
+    (17, 1, {}, NODES, None),
+    (1, 9, {}, NODES, None),
+    # reservations fill a node's CPU
+    (1, 1, {"id-b": Reserved(0, 2 * CPU), "id-a": Reserved(0, 4 * CPU)}, NODES, "c"),
+    # not ready, drained or paused nodes are never chosen
+    (1, 1, {}, [node("b", 16, 2, state="down"), node("a", 8, 4)], "a"),
+    (1, 1, {}, [node("b", 16, 2, availability="drain"), node("a", 8, 4)], "a"),
+    (1, 1, {}, [node("b", 16, 2, availability="pause")], None),
+    # a tie on memory goes to more free CPU, then to the host name
+    (1, 1, {}, [node("y", 8, 2), node("x", 8, 4)], "x"),
+    (1, 1, {}, [node("y", 8, 4), node("x", 8, 4)], "x"),
+    (1, 1, {}, [], None),
+])
+def test_place_picks_the_fitting_node_with_most_free_memory(
+        need_gib: float, need_cpus: float, reserved: dict[str, Reserved],
+        nodes: list[SwarmNode], expected: str | None) -> None:
+    chosen = place(Need("t", int(need_gib * GIB), int(need_cpus * CPU)), nodes, reserved)
+    assert (chosen.hostname if chosen else None) == expected
+
+
+def test_need_of_limits_converts_mib_and_percent() -> None:
+    assert Need.of_limits("t", 512, 150) == Need("t", 512 * 2**20, 1_500_000_000)
+
+
+def test_check_fits_passes_when_every_task_fits_somewhere() -> None:
+    check_fits([Need("small", GIB, CPU), Need("wide", GIB, 8 * CPU),
+                Need("big", 16 * GIB, 2 * CPU)], NODES)
+
+
+@pytest.mark.parametrize(("needs", "names"), [
+    ([Need("ok", GIB, CPU), Need("huge", 32 * GIB, CPU)], ["task huge", "32768 MiB", "1 CPUs"]),
+    ([Need("greedy", GIB, 16 * CPU)], ["task greedy", "16 CPUs"]),
+    # fits a node's memory and another's CPU, but no single node's both
+    ([Need("both", 10 * GIB, 6 * CPU)], ["task both"]),
+])
+def test_check_fits_names_the_task_and_the_biggest_node(needs: list[Need],
+                                                        names: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_fits(needs, NODES)
+    message = str(caught.value)
+    for name in [*names, "biggest is b (16384 MiB, 2 CPUs)"]:
+        assert name in message
+
+
+def test_check_fits_ignores_nodes_that_cannot_take_tasks() -> None:
+    with pytest.raises(ConfigError, match="no Swarm node is ready and active: b"):
+        check_fits([Need("t", GIB, CPU)], [node("b", 16, 2, state="down")])
+    with pytest.raises(ConfigError, match="biggest is a"):
+        check_fits([Need("t", 12 * GIB, CPU)],
+                   [node("b", 16, 2, availability="drain"), node("a", 8, 4)])
+
+
+def test_reserved_sums_only_tasks_that_hold_resources() -> None:
+    def task(node_id: str, state: str, mem: int, cpu: int,
+             desired: str = "running") -> dict[str, Any]:
+        return {"NodeID": node_id, "DesiredState": desired, "Status": {"State": state},
+                "Spec": {"Resources": {"Reservations": {"MemoryBytes": mem, "NanoCPUs": cpu}}}}
+
+    tasks = [task("n1", "running", 100, 10), task("n1", "pending", 50, 5),
+             task("n1", "complete", 1000, 1000), task("n2", "running", 7, 0),
+             task("n2", "running", 1000, 1000, desired="shutdown"), task("", "pending", 9, 9),
+             {"NodeID": "n3", "Status": {"State": "running"}}]
+    assert reserved_from_tasks(tasks) == {"n1": Reserved(150, 15), "n2": Reserved(7, 0),
+                                          "n3": Reserved(0, 0)}
+
+
+def test_node_from_the_api_document() -> None:
+    attrs = {"ID": "abc", "Spec": {"Role": "manager", "Availability": "drain"},
+             "Description": {"Hostname": "h1",
+                             "Resources": {"NanoCPUs": 2 * CPU, "MemoryBytes": GIB}},
+             "Status": {"State": "ready"}}
+    assert node_from_attrs(attrs) == SwarmNode("abc", "h1", "manager", "ready", "drain",
+                                               2 * CPU, GIB)
+    assert not node_from_attrs(attrs).schedulable
+
+
+class FakeInfo:
+    def __init__(self, swarm: dict[str, Any]) -> None:
+        self.swarm = swarm
+
+    def info(self) -> dict[str, Any]:
+        return {"Swarm": self.swarm}
+
+
+def test_swarm_status_requires_a_manager() -> None:
+    with pytest.raises(EngineError, match="not part of a Docker Swarm.*inactive"):
+        swarm_status(FakeInfo({"LocalNodeState": "inactive"}))  # type: ignore[arg-type]
+    with pytest.raises(EngineError, match="is a Swarm worker .*node n2"):
+        swarm_status(FakeInfo({"LocalNodeState": "active", "NodeID": "n2",  # type: ignore[arg-type]
+                               "ControlAvailable": False}))
+    status = swarm_status(FakeInfo({  # type: ignore[arg-type]
+        "LocalNodeState": "active", "NodeID": "n1", "ControlAvailable": True,
+        "Cluster": {"ID": "c1"}, "Managers": 1, "Nodes": 3}))
+    assert (status.node_id, status.cluster_id, status.managers, status.nodes) == \
+        ("n1", "c1", 1, 3)
+
+
+def plan(**kw: Any) -> ContainerPlan:
+    fields: dict[str, Any] = dict(
+        session_id="a-123456", run_id="r1", image="agentrt/base:latest", command=["agent", "go"],
+        limits=ResourceLimits(memory_mb=512, cpu_percent=150, pids=64, disk_mb=100,
+                              time_seconds=600),
+        workspace=Path("/unused"), db_dir=None, objects_dir=None, uid=1000, gid=1000,
+        volume_mounts=(Mount("/workspace", "/var/lib/docker/agentrt/sessions/a/volume/workspace",
+                             type="bind"),),
+        labels={"agentrt.repo": "/r"}, env={"A": "1"}, grace_seconds=7,
+    )
+    fields.update(kw)
+    return ContainerPlan(**fields)
+
+
+def test_session_service_spec_limits_reserves_and_pins() -> None:
+    spec = session_service_spec(plan(), "node-7", "1.41")
+    resources = spec["resources"]
+    assert resources["Limits"] == {"MemoryBytes": 512 * 2**20, "NanoCPUs": 1_500_000_000,
+                                   "Pids": 64}
+    assert resources["Reservations"] == {"MemoryBytes": 512 * 2**20, "NanoCPUs": 1_500_000_000}
+    assert spec["constraints"] == ["node.id==node-7"]
+    assert spec["mode"]["replicated"] == {"Replicas": 1}
+    assert spec["restart_policy"]["Condition"] == "none"
+    assert spec["cap_drop"] == ["ALL"] and spec["init"] is True and spec["read_only"] is True
+    assert spec["user"] == "1000:1000"
+    assert spec["env"] == {"HOME": "/tmp", "TMPDIR": "/tmp", "A": "1"}
+    for labels in (spec["labels"], spec["container_labels"]):
+        assert labels["agentrt.session"] == "a-123456" and labels["agentrt.run"] == "r1"
+        assert labels["agentrt.repo"] == "/r" and labels["agentrt.time_seconds"] == "600"
+    assert spec["mounts"][0]["Source"].endswith("/workspace")
+    assert spec["mounts"][-1]["Type"] == "tmpfs" and spec["mounts"][-1]["Target"] == "/tmp"
+    assert "networks" not in spec
+    assert spec["stop_grace_period"] == 7 * 10**9
+    # the guard first, then the local entry point, around the agent's argv
+    assert spec["command"][:2] == ["sh", "-c"]
+    assert spec["command"][2] == NETWORK_GUARD + ENTRYPOINT
+    assert spec["command"][3:] == ["agentrt-entry", "607", "7", "agent", "go"]
+    assert len(spec["name"]) <= 63
+
+
+@pytest.mark.parametrize(("changes", "error", "words"), [
+    ({"uid": 0}, SessionError, "root"),
+    ({"volume_mounts": ()}, SessionError, "volume made on its node"),
+    ({"secrets_dir": Path("/s")}, ConfigError, "secrets"),
+    ({"runtime": "runsc"}, ConfigError, "runtime 'runsc'"),
+    ({"network": "bridge"}, ConfigError, "no network"),
+])
+def test_session_service_spec_refuses_what_swarm_cannot_do(
+        changes: dict[str, Any], error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):
+        session_service_spec(plan(**changes), "node-7", "1.41")
+
+
+def test_api_older_than_1_41_is_refused_by_name() -> None:
+    require_api("1.41")
+    require_api("1.43")
+    with pytest.raises(EngineError, match=r"API 1\.40: .*pids limit.*API 1\.41"):
+        session_service_spec(plan(), "n", "1.40")
+    with pytest.raises(EngineError, match="unreadable"):
+        require_api("latest")
+
+
+def test_helper_service_spec_is_pinned_capless_and_limited() -> None:
+    spec = helper_service_spec(image="i", command=["true"], node_id="n1",
+                               labels={"agentrt.role": "volume-helper"})
+    assert spec["constraints"] == ["node.id==n1"] and spec["cap_drop"] == ["ALL"]
+    assert spec["resources"]["Limits"]["Pids"] == 64
+    assert spec["container_labels"] == {"agentrt.role": "volume-helper"}
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ({"State": "complete", "ContainerStatus": {"ContainerID": "c", "ExitCode": 0}},
+     ("complete", 0, "")),
+    ({"State": "failed", "Err": "task: non-zero exit (3)",
+      "ContainerStatus": {"ContainerID": "c", "ExitCode": 3}},
+     ("failed", 3, "task: non-zero exit (3)")),
+    ({"State": "rejected", "Err": "No such image: x"}, ("rejected", None, "No such image: x")),
+    ({"State": "failed", "Err": "starting container failed",
+      "ContainerStatus": {"ContainerID": "", "ExitCode": 0}},
+     ("failed", None, "starting container failed")),
+    ({"State": "running", "Message": "started", "ContainerStatus": {"ContainerID": "c"}},
+     ("running", None, "started")),
+])
+def test_task_outcome(status: dict[str, Any], expected: tuple[str, int | None, str]) -> None:
+    assert task_outcome({"Status": status}) == expected
+
+
+def test_node_addresses_from_flags_or_environment() -> None:
+    assert node_addresses(["tcp://a:1", "tcp://b:2", "tcp://a:1"]) == ["tcp://a:1", "tcp://b:2"]
+    assert node_addresses([], env="tcp://a:1, ssh://u@b  unix:///x.sock") == \
+        ["tcp://a:1", "ssh://u@b", "unix:///x.sock"]
+    assert node_addresses([], env="") == []
+    with pytest.raises(ConfigError, match="not a URL"):
+        node_addresses(["10.0.0.1:2375"])
+
+
+def test_container_body_is_what_containers_create_sends() -> None:
+    body = container_body({
+        "image": "agentrt/base:latest", "command": ["sh", "-c", "x"], "user": "0:0",
+        "cap_drop": ["ALL"], "cap_add": ["SYS_ADMIN"], "devices": ["/dev/loop-control:/dev/loop-control:rwm"],
+        "device_cgroup_rules": ["b 7:* rwm"], "volumes": {"@STATE@": {"bind": "/state",
+                                                                      "mode": "rw,rshared"}},
+        "network_mode": "none", "mem_limit": 256, "pids_limit": 64,
+        "labels": {"agentrt.role": "volume-helper"}, "detach": True}, "1.41")
+    host = body["HostConfig"]
+    assert body["Image"] == "agentrt/base:latest" and body["Cmd"] == ["sh", "-c", "x"]
+    assert host["Binds"] == ["@STATE@:/state:rw,rshared"]
+    assert host["Devices"] == [{"PathOnHost": "/dev/loop-control",
+                                "PathInContainer": "/dev/loop-control",
+                                "CgroupPermissions": "rwm"}]
+    assert host["DeviceCgroupRules"] == ["b 7:* rwm"] and host["NetworkMode"] == "none"
+    assert host["CapAdd"] == ["SYS_ADMIN"] and host["PidsLimit"] == 64
+
+
+def test_doctor_swarm_check() -> None:
+    assert swarm_check({"Swarm": {"LocalNodeState": "inactive"}}).detail.startswith(
+        "swarm mode off")
+    worker = swarm_check({"Swarm": {"LocalNodeState": "active", "ControlAvailable": False}})
+    assert worker.status == "warn" and "worker" in worker.detail
+    manager = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True}}
+    ok = swarm_check(manager, [node("a", 8, 4, role="manager"), node("b", 16, 2)])
+    assert ok.status == "ok"
+    assert "a (manager, ready, active, 4 CPUs, 8192 MiB); b (worker" in ok.detail
+    down = swarm_check(manager, [node("a", 8, 4), node("b", 16, 2, state="down")])
+    assert down.status == "warn" and "b" in down.fix
+
+
+def test_doctor_swarm_images_check() -> None:
+    ref = "agentrt/base:latest"
+    assert swarm_images_check(ref, "", [], 3).status == "fail"
+    unchecked = swarm_images_check(ref, "sha256:aaa", [], 3)
+    assert unchecked.status == "warn" and "not visible" in unchecked.detail
+    assert swarm_images_check(ref, "sha256:aaa", [], 1).status == "ok"
+    same = [NodeImage("tcp://a:1", "sha256:aaa", True), NodeImage("tcp://b:1", "sha256:aaa", True)]
+    assert swarm_images_check(ref, "sha256:aaa", same, 3).status == "ok"
+    differ = [NodeImage("tcp://a:1", "sha256:bbb", False), NodeImage("tcp://b:1", "", False),
+              NodeImage("tcp://c:1", "", False, error="could not reach")]
+    bad = swarm_images_check(ref, "sha256:aaa", differ, 3)
+    assert bad.status == "fail"
+    assert "tcp://a:1: sha256:bbb" in bad.detail and "tcp://b:1: missing" in bad.detail
+    assert "tcp://c:1: could not reach" in bad.detail and "push-nodes" in bad.fix
