@@ -111,7 +111,7 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
                          api_version: str) -> dict[str, Any]:
     """Keyword arguments for ``client.services.create`` running ``plan`` once on ``node_id``.
 
-    Pure. The plan must carry its engine-side volume's mounts (``plan.volume_mounts``, made
+    Pure. The plan must carry its engine-side volume's mounts (``plan.mounts``, made
     on that node by :func:`runtime.engine.swarm_volumes.create_node_volume`). Refused:
     secrets, a runtime other than runc, a network other than none (see the module docstring),
     and an API older than 1.41.
@@ -122,10 +122,10 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
         raise SessionError("refusing to run an agent container as root (uid 0)")
     if not node_id:
         raise SessionError(f"session {plan.session_id} has no node to run on")
-    if not plan.volume_mounts:
+    if not plan.mounts:
         raise SessionError(f"session {plan.session_id}: a Swarm session needs its volume made "
-                           "on its node (volume_mounts); host paths mean nothing there")
-    if plan.secrets_dir is not None:
+                           "on its node (mounts); host paths mean nothing there")
+    if plan.secrets_mount is not None:
         raise ConfigError(f"session {plan.session_id} has secrets: sessions on Docker Swarm "
                           "cannot receive secrets yet")
     if plan.runtime != "runc":
@@ -153,7 +153,7 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
         "env": {"HOME": "/tmp", "TMPDIR": "/tmp", **plan.env},
         "labels": dict(labels),
         "container_labels": dict(labels),
-        "mounts": [*plan.volume_mounts,
+        "mounts": [*plan.mounts,
                    Mount("/tmp", None, type="tmpfs", tmpfs_size=tmpfs_mb(limits) * 1024 * 1024,
                          tmpfs_mode=0o1777)],
         "mode": ServiceMode("replicated", replicas=1),

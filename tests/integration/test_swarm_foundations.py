@@ -9,7 +9,6 @@ import io
 import json
 import tarfile
 import time
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -102,8 +101,8 @@ def test_a_session_service_on_a_worker_volume_hits_enospc_and_leaves_nothing(
                   "dd if=/dev/zero of=/workspace/big bs=1M count=40 2>&1; echo dd=$?")
         plan = ContainerPlan(
             session_id="sw-enospc", run_id="r-swarm", image=BASE, command=["sh", "-c", script],
-            limits=limits, workspace=Path("/unused"), db_dir=None, objects_dir=None, uid=1000,
-            gid=1000, volume_mounts=tuple(volume.mounts(db_target=None)), grace_seconds=2)
+            limits=limits, uid=1000,
+            gid=1000, mounts=tuple(volume.mounts(db_target=None)), grace_seconds=2)
         api = str(manager.version()["ApiVersion"])
         service = manager.services.create(**session_service_spec(plan, worker.node_id, api))
         deadline = time.monotonic() + 10  # until the scheduler assigns the task
@@ -155,8 +154,8 @@ def test_a_session_with_a_network_interface_refuses_to_start(
         plan = ContainerPlan(
             session_id="sw-guard", run_id="r-swarm", image=BASE,
             command=["sh", "-c", "echo agent-ran"], limits=ResourceLimits(memory_mb=64),
-            workspace=Path("/unused"), db_dir=None, objects_dir=None, uid=1000, gid=1000,
-            volume_mounts=(Mount("/workspace", None, type="tmpfs"),))
+            uid=1000, gid=1000,
+            mounts=(Mount("/workspace", None, type="tmpfs"),))
         spec = session_service_spec(plan, worker.node_id, "1.41")
         spec["networks"] = [network.id]
         code, logs = run_one_shot(manager, spec, timeout=60)

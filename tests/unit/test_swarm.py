@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,8 +157,8 @@ def plan(**kw: Any) -> ContainerPlan:
         session_id="a-123456", run_id="r1", image="agentrt/base:latest", command=["agent", "go"],
         limits=ResourceLimits(memory_mb=512, cpu_percent=150, pids=64, disk_mb=100,
                               time_seconds=600),
-        workspace=Path("/unused"), db_dir=None, objects_dir=None, uid=1000, gid=1000,
-        volume_mounts=(Mount("/workspace", "/var/lib/docker/agentrt/sessions/a/volume/workspace",
+        uid=1000, gid=1000,
+        mounts=(Mount("/workspace", "/var/lib/docker/agentrt/sessions/a/volume/workspace",
                              type="bind"),),
         labels={"agentrt.repo": "/r"}, env={"A": "1"}, grace_seconds=7,
     )
@@ -195,8 +194,8 @@ def test_session_service_spec_limits_reserves_and_pins() -> None:
 
 @pytest.mark.parametrize(("changes", "error", "words"), [
     ({"uid": 0}, SessionError, "root"),
-    ({"volume_mounts": ()}, SessionError, "volume made on its node"),
-    ({"secrets_dir": Path("/s")}, ConfigError, "secrets"),
+    ({"mounts": ()}, SessionError, "volume made on its node"),
+    ({"secrets_mount": Mount("/run/agentrt", "/s", type="bind")}, ConfigError, "secrets"),
     ({"runtime": "runsc"}, ConfigError, "runtime 'runsc'"),
     ({"network": "bridge"}, ConfigError, "no network"),
 ])
