@@ -30,7 +30,9 @@ from runtime.git.safe_git import run_git
 
 CHECKOUT_SCRIPT = r"""
 set -eu
-branch=$1; commit=$2; b=/var/tmp/agentrt-base.bundle; w=/workspace
+branch=$1; commit=$2; w=/workspace
+# The source: the shipped bundle, or (on Swarm) the run's exchange and the base's ref there.
+src=${3:-/var/tmp/agentrt-base.bundle}; ref=${4:-refs/heads/$branch}
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/var/tmp GIT_TERMINAL_PROMPT=0
 export LC_ALL=C
 g() {
@@ -43,8 +45,8 @@ g --git-dir="$w/.git" config user.name "agentrt agent"
 g --git-dir="$w/.git" config user.email agent@agentrt.invalid
 g --git-dir="$w/.git" config gc.auto 0
 g --git-dir="$w/.git" config maintenance.auto false
-g --git-dir="$w/.git" fetch -q --no-tags --no-write-fetch-head --update-head-ok "$b" \
-  "+refs/heads/$branch:refs/heads/$branch"
+g --git-dir="$w/.git" fetch -q --no-tags --no-write-fetch-head --update-head-ok "$src" \
+  "+$ref:refs/heads/$branch"
 got=$(g --git-dir="$w/.git" rev-parse --verify -q "refs/heads/$branch^{commit}") || got=
 if [ "$got" != "$commit" ]; then
   echo "agentrt-checkout: the bundle's $branch is '$got', not $commit" >&2; exit 4
@@ -68,7 +70,7 @@ def create_base_bundle(git_dir: Path, branch: str, commit: str, dest: Path) -> P
     return dest
 
 
-def _tar_one_file(path: Path, name: str) -> Iterator[bytes]:
+def tar_one_file(path: Path, name: str) -> Iterator[bytes]:
     """A tar stream of one regular file, read as it is sent (no copy on disk or in memory)."""
     with open(path, "rb") as source:
         size = os.fstat(source.fileno()).st_size
@@ -113,6 +115,6 @@ def checkout_in_engine(client: docker.DockerClient, volume: EngineVolume, bundle
     try:
         run_helper(client, spec, f"check out {branch} in the engine volume of "
                     f"{volume.session_id}", timeout=timeout,
-                    put=("/var/tmp", _tar_one_file(bundle, "agentrt-base.bundle")))
+                    put=("/var/tmp", tar_one_file(bundle, "agentrt-base.bundle")))
     except (VolumeError, OSError) as exc:
         raise WorkspaceError(str(exc)) from exc

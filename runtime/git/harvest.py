@@ -28,7 +28,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,13 +311,18 @@ class WorkOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
+Harvester = Callable[[HarvestPlan, Path, int], Harvest]
+
+
 def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPlan, *,
-                    branch: str, policy: ImportPolicy) -> WorkOutcome:
+                    branch: str, policy: ImportPolicy,
+                    harvester: Harvester | None = None) -> WorkOutcome:
     """Harvest ``plan``'s working tree and move ``branch`` onto what the agent left.
 
     Never raises for the agent's doing: a refused bundle is kept as ``rejected-*.bundle`` under
     ``<state>/harvest/<session>/`` and reported; a harvest that cannot finish (engine gone, disk
-    full) reports ``kept`` so the caller keeps the volume for a later retry.
+    full) reports ``kept`` so the caller keeps the volume for a later retry. ``harvester``
+    runs the harvest where the tree is (default: :func:`run_harvest` on ``client``'s engine).
     """
     dest = paths.harvest_dir(repo.state_dir, plan.session_id)
     current = repo.branch_head(branch)
@@ -325,7 +330,10 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
         return WorkOutcome(WorkState.KEPT, None, [f"session branch {branch} is missing; the "
                                                   "volume is kept"])
     try:
-        harvest = run_harvest(client, plan, dest, policy.max_import_bytes)
+        if harvester is None:
+            harvest = run_harvest(client, plan, dest, policy.max_import_bytes)
+        else:
+            harvest = harvester(plan, dest, policy.max_import_bytes)
     except HarvestError as exc:
         shutil.rmtree(dest, ignore_errors=True)
         return WorkOutcome(WorkState.KEPT, current, [

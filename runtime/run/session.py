@@ -613,8 +613,11 @@ class IsolatedAgentSession:
             labels={LABEL_OWNER_PID: str(os.getpid()),
                     LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
                     LABEL_REPO: str(self.repo.root)})
-        outcome = bring_work_home(self.client, self.repo, plan, branch=self.branch,
-                                  policy=import_policy(self.config, self.task.secrets))
+        tree = self.tree
+        outcome = bring_work_home(
+            self.client, self.repo, plan, branch=self.branch,
+            policy=import_policy(self.config, self.task.secrets),
+            harvester=lambda plan, dest, limit: tree.harvest(self.client, plan, dest, limit))
         self.result.work = outcome.state
         self.result.head_commit = outcome.head
         self.result.warnings.extend(outcome.warnings)
