@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from runtime.cli.inspect import open_store, repo_option
+from runtime.cli.lookup import open_store, repo_option
 from runtime.config import MAX_CONCURRENT_AGENTS, load_task_file
 from runtime.errors import AgentRuntimeError
 from runtime.models import SessionStatus
@@ -72,8 +72,8 @@ def main(debug: bool) -> None:
 def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
         as_json: bool) -> None:
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
-    from runtime.cli.inspect import last_output_line
     from runtime.cli.live_view import ProgressView
+    from runtime.cli.session_output import last_output_line
     from runtime.git.directory_mode import open_repo
     from runtime.run.coordinator import AgentCoordinator
 
