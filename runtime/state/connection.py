@@ -234,7 +234,7 @@ class StoreConnection:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     def _refuse_if_lost(self) -> None:
-        from runtime.state.repair import agentrt_traces
+        from runtime.state.traces import agentrt_traces
 
         traces = agentrt_traces(self.path.parent)
         if traces:
