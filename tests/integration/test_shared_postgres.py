@@ -13,10 +13,8 @@ from typing import Any
 
 import pytest
 
-from runtime.databases.postgres import (
-    server_name,
-    stop_shared_server,
-)
+from runtime.databases.postgres import stop_shared_server
+from runtime.databases.postgres_server import server_name
 from runtime.models import SessionStatus
 from tests.conftest import git
 from tests.integration.helpers import by_task, run_tasks, sh
