@@ -176,7 +176,7 @@ def images() -> None:
 def images_build(name: str, force: bool) -> None:
     """Build image NAME (default: base), only if its recipe changed."""
     from runtime.engine.discovery import get_client
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     built = build_image(get_client(), name, force=force,
                         log=lambda line: err.print(terminal_safe(line), highlight=False,

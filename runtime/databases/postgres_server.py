@@ -68,7 +68,7 @@ def server_labels(run_id: str) -> dict[str, str]:
 
 
 def start_server(client: docker.DockerClient, run_id: str) -> str:
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     name = server_name(run_id)
     with docker_errors(f"build image {IMAGE}"):

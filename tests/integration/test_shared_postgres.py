@@ -82,7 +82,7 @@ then echo reached; else echo blocked; fi > egress.txt
 @pytest.fixture(scope="module")
 def postgres_image(docker_client: Any) -> str:
     """agentrt/postgres:latest, built through the same recipe machinery as every image."""
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     build_image(docker_client, "postgres")
     return IMAGE
