@@ -2,61 +2,40 @@
 
 They only read: the state database (safe while a run writes to it), the saved logs, the
 session containers (through the docker SDK) and the repository (through :func:`run_git`).
-Each command is a thin layer over the small functions below. Agent output and agent-written
+Each command is a thin layer over small functions: below, in :mod:`runtime.cli.lookup`
+(naming runs and sessions), :mod:`runtime.cli.session_output` (logs and diffs) and
+:mod:`runtime.cli.report_work` (what the HTML report reads). Agent output and agent-written
 files are data: on a terminal their control characters are shown escaped, never interpreted.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import json
 import os
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from runtime import paths
-from runtime.errors import ConfigError, GitError, NotFoundError
-from runtime.git.safe_git import MainRepo, run_git
+from runtime.cli.lookup import open_store, repo_option, resolve_run, resolve_session
+from runtime.cli.session_output import session_diff, session_output, terminal_safe
+from runtime.errors import ConfigError, NotFoundError
+from runtime.git.safe_git import MainRepo
 from runtime.models import SessionStatus, WorkState
 from runtime.text import markup_safe
-from runtime.text import terminal_safe as _safe
 
 if TYPE_CHECKING:
-    import docker
-
-    from runtime.cli.html_report import FileChange, SessionWork, TargetStory
-    from runtime.models import RunReport, SessionResult
     from runtime.state.store import RunRow, SessionRow, Store
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-FOLLOW_POLL_S = 0.5
-TAIL_BYTES = 64 * 1024
-MAX_FILES, MAX_COMMITS, MAX_HISTORY = 200, 50, 10_000  # what the report lists at most
 
 
 # -- library: what the commands do -----------------------------------------------------------
-
-
-def open_store(repo: MainRepo) -> Store:
-    """The repository's state database; NotFoundError if agentrt never ran here."""
-    from runtime.state.store import Store
-
-    path = paths.state_db(repo.state_dir)
-    if not path.exists():
-        raise NotFoundError(f"no agentrt runs in {repo.root} yet")
-    return Store(path)
 
 
 def select_sessions(store: Store, all_runs: bool = False) -> list[SessionRow]:
@@ -142,160 +121,12 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
     return table
 
 
-def saved_log_path(repo: MainRepo, session_id: str) -> Path:
-    """Where a finished session's output is kept."""
-    return paths.log_path(repo.state_dir, session_id)
-
-
-def saved_log_tail(repo: MainRepo, session_id: str, lines: int = 20) -> list[str]:
-    """The last ``lines`` lines of a session's saved output (as text, not yet made safe to
-    show: callers pass them through :mod:`runtime.text` or HTML escaping). Empty when none
-    was saved. Reads only the end of the file."""
-    path = saved_log_path(repo, session_id)
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - TAIL_BYTES))
-            data = f.read()
-    except OSError:
-        return []
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    found = text.split("\n")
-    if size > TAIL_BYTES:
-        found = found[1:]  # the first one is probably cut
-    while found and not found[-1].strip():
-        found.pop()
-    return found[-lines:] if lines else []
-
-
-def last_output_line(repo: MainRepo, session_id: str) -> str:
-    """A finished session's last non-blank output line (for the live view), else ''."""
-    return next((ln for ln in reversed(saved_log_tail(repo, session_id, 20)) if ln.strip()), "")
-
-
-def session_output(repo: MainRepo, store: Store, row: SessionRow, follow: bool,
-                   client: Callable[[], docker.DockerClient] | None = None) -> Iterator[bytes]:
-    """A session's output as the process that owns its run saved it (secrets redacted there).
-
-    Never asks the container or depends on this process's environment: the owner writes the
-    log as the output arrives (``runtime.state.log_keeper``). With ``follow`` the output of a
-    pending or running session streams until the session ends (or its owner dies).
-    ``client`` is accepted for compatibility and not used.
-    """
-    from runtime.state.log_keeper import follow_log
-
-    path = saved_log_path(repo, row.id)
-    if not follow or row.status.is_final:
-        with contextlib.suppress(FileNotFoundError):
-            yield path.read_bytes()
-        return
-    yield from follow_log(path, lambda: _session_over(store, row.id))
-
-
-def _session_over(store: Store, session_id: str) -> bool:
-    """True once the session is final, or nobody is left to finish it (its owner died)."""
-    from runtime.state.liveness import owner_alive
-
-    row = store.get_session(session_id)
-    if row.status.is_final:
-        return True
-    return row.owner_pid is not None and not owner_alive(row.owner_pid, row.owner_start_time)
-
-
-def terminal_safe(text: str) -> str:
-    """Many-line ``text`` (a log, a diff) safe for a terminal: lines and tabs kept, every other
-    control character shown escaped. The rules live in :func:`runtime.text.terminal_safe`."""
-    return _safe(text, multiline=True)
-
-
-def session_diff(repo: MainRepo, row: SessionRow, stat: bool = False) -> bytes:
-    """``git diff <base commit> <branch head>`` of a session, as bytes (content is data).
-
-    External diff drivers and textconv filters are off. The branch's current head is used; if
-    the branch is gone, the head recorded when the session ended. A running session is asked
-    inside its own container (:func:`runtime.git.live_tree.live_diff`): the host never reads it.
-    """
-    result = row.result
-    if not row.status.is_final and row.container_id and result.base_commit:
-        live = _live_diff(row.container_id, result.base_commit, stat)
-        if live is not None:
-            return live
-    head = (repo.branch_head(row.branch) if row.branch else None) or result.head_commit
-    if not result.base_commit or not head:
-        raise NotFoundError(f"session {row.id} has no branch to diff ({row.status.value})")
-    # --output keeps the bytes as git wrote them: agent files need not be UTF-8.
-    with tempfile.TemporaryDirectory(prefix="agentrt-diff-") as tmp:
-        out = Path(tmp) / "diff"
-        run_git(["diff", "--no-ext-diff", "--no-textconv", "--no-color", f"--output={out}",
-                 *(["--stat"] if stat else []), result.base_commit, head, "--"],
-                git_dir=repo.git_dir, cwd=repo.git_dir)
-        return out.read_bytes()
-
-
-def _live_diff(container_id: str, base: str, stat: bool) -> bytes | None:
-    """The diff of a running session from inside its container; None if it is not running."""
-    import docker.errors
-
-    from runtime.engine.container import AgentContainer
-    from runtime.engine.discovery import get_client
-    from runtime.errors import AgentRuntimeError
-    from runtime.git.live_tree import live_diff
-    from runtime.run.session import agent_ids
-
-    try:
-        client = get_client()
-        container = AgentContainer(client, client.containers.get(container_id))
-        uid, gid = agent_ids()
-        return live_diff(container, f"{uid}:{gid}", base, stat)
-    except (AgentRuntimeError, docker.errors.DockerException):  # gone or stopping: the branch
-        return None
-
-
-def resolve_session(store: Store, prefix: str) -> SessionRow:
-    """The session named by an id or a prefix, preferring what a user most likely means.
-
-    An exact id, or a prefix matching one session, names it. A prefix matching several (the
-    task ``lint`` in two runs: ``lint-3f2a1c`` and ``lint-9b0e7d``) names the one still
-    pending or running, else the one of the latest run among those matched; only if that
-    leaves more than one is it ambiguous (NotFoundError listing them).
-    """
-    if not prefix:
-        raise NotFoundError("no session matches ''")
-    matches = [r for r in store.list_sessions() if r.id.startswith(prefix)]
-    exact = [r for r in matches if r.id == prefix]
-    if exact:
-        return exact[0]
-    if not matches:
-        raise NotFoundError(f"no session matches '{prefix}'")
-    live = [r for r in matches if not r.status.is_final]
-    if len(live) == 1:
-        return live[0]
-    if not live:
-        order = {run.id: n for n, run in enumerate(store.list_runs())}
-        newest = max(order.get(r.run_id, -1) for r in matches)
-        live = [r for r in matches if order.get(r.run_id, -1) == newest]
-        if len(live) == 1:
-            return live[0]
-    ids = sorted(r.id for r in live)
-    names = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-    raise NotFoundError(f"'{prefix}' is ambiguous: matches {names}")
-
-
-def resolve_run(store: Store, name: str) -> RunRow:
-    """The run named by an id prefix, or ``latest``."""
-    if name == "latest":
-        run = store.latest_run()
-        if run is None:
-            raise NotFoundError("no runs yet")
-        return run
-    return store.find_run(name)
-
-
 def html_report(store: Store, run_id: str, repo: MainRepo | None = None) -> str:
     """The run's HTML page, with every session's samples and manifest from the store and,
     given the repository, what each session changed, committed and printed, and the order
     its merges landed in."""
     from runtime.cli.html_report import render_html
+    from runtime.cli.report_work import session_work, target_story
 
     report = store.run_report(run_id)
     rows = {r.id: r for r in store.list_sessions(run_id)}
@@ -306,95 +137,7 @@ def html_report(store: Store, run_id: str, repo: MainRepo | None = None) -> str:
                        works, target_story(repo, report) if repo else None)
 
 
-def session_work(repo: MainRepo, result: SessionResult, lines: int = 20) -> SessionWork:
-    """What a session did, read on the host from its branch in the repository
-    (``git diff --numstat base..branch``, ``git log base..branch``) and its saved output's
-    last ``lines`` lines. The texts are the agent's: the page escapes them."""
-    from runtime.cli.html_report import Commit, SessionWork
-
-    work = SessionWork(output=saved_log_tail(repo, result.id, lines))
-    head = (repo.branch_head(result.branch) if result.branch else None) or result.head_commit
-    if not result.base_commit or not head:
-        return work
-    work.head = head
-    try:
-        numstat = run_git(["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--numstat",
-                           "-z", "-M", "--end-of-options", result.base_commit, head, "--"],
-                          git_dir=repo.git_dir, cwd=repo.git_dir).stdout
-        log = run_git(["log", "--no-color", f"--max-count={MAX_COMMITS + 1}",
-                       "--format=%H%x1f%an%x1f%s%x00", "--end-of-options",
-                       f"{result.base_commit}..{head}", "--"],
-                      git_dir=repo.git_dir, cwd=repo.git_dir).stdout
-    except GitError:  # a base or branch gone from the repository: say nothing rather than fail
-        return work
-    files = parse_numstat(numstat)
-    work.files, work.more_files = files[:MAX_FILES], max(0, len(files) - MAX_FILES)
-    commits = []
-    for record in log.split("\x00"):
-        fields = record.lstrip("\n").split("\x1f", 2)
-        if len(fields) == 3:
-            commits.append(Commit(commit=fields[0], author=fields[1], subject=fields[2]))
-    work.commits = commits[:MAX_COMMITS]
-    work.more_commits = max(0, len(commits) - MAX_COMMITS)
-    if len(commits) > MAX_COMMITS:
-        count = run_git(["rev-list", "--count", "--end-of-options",
-                         f"{result.base_commit}..{head}", "--"],
-                        git_dir=repo.git_dir, cwd=repo.git_dir, check=False).stdout.strip()
-        work.more_commits = int(count) - MAX_COMMITS if count.isdigit() else 1
-    return work
-
-
-def parse_numstat(output: str) -> list[FileChange]:
-    """``git diff --numstat -z`` records: ``A<TAB>D<TAB>path<NUL>``, or for a rename
-    ``A<TAB>D<TAB><NUL>old<NUL>new<NUL>``; ``-`` counts mean a binary file."""
-    from runtime.cli.html_report import FileChange
-
-    tokens = output.split("\x00")
-    changes: list[FileChange] = []
-    i = 0
-    while i < len(tokens):
-        fields = tokens[i].lstrip("\n").split("\t", 2)
-        i += 1
-        if len(fields) != 3:
-            continue
-        added, deleted, path = fields
-        old = None
-        if not path and i + 1 < len(tokens):
-            old, path = tokens[i], tokens[i + 1]
-            i += 2
-        changes.append(FileChange(path, int(added) if added.isdigit() else None,
-                                  int(deleted) if deleted.isdigit() else None, old))
-    return changes
-
-
-def target_story(repo: MainRepo, report: RunReport) -> TargetStory:
-    """The run's merged sessions in the order their merge commits landed on the target
-    (first-parent history), and where the target is now. Merges no longer on the target
-    (rewritten, or merged elsewhere) follow, in merge order."""
-    from runtime.cli.html_report import TargetStory
-    from runtime.run.merging import merge_order
-
-    merged = [s for s in merge_order(report.sessions) if s.merge.status == "merged"]
-    head = repo.branch_head(report.target) if report.target else None
-    position: dict[str, int] = {}
-    if head and merged:
-        history = run_git(["rev-list", "--first-parent", f"--max-count={MAX_HISTORY}",
-                           "--end-of-options", head, "--"],
-                          git_dir=repo.git_dir, cwd=repo.git_dir, check=False).stdout.split()
-        position = {commit: -n for n, commit in enumerate(history)}
-    ranked = sorted(enumerate(merged), key=lambda item: (
-        item[1].merge.merge_commit not in position,
-        position.get(item[1].merge.merge_commit or "", 0), item[0]))
-    return TargetStory([s.id for _, s in ranked], head)
-
-
 # -- the commands ----------------------------------------------------------------------------
-
-
-def repo_option(func: F) -> F:
-    """The ``--repo PATH`` option every verb takes."""
-    return click.option("--repo", default=".", show_default=True,
-                        help="The git repository.")(func)
 
 
 def _stdout_console() -> Console:

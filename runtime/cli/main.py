@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from runtime.cli.inspect import open_store, repo_option
+from runtime.cli.lookup import open_store, repo_option
 from runtime.config import MAX_CONCURRENT_AGENTS, load_task_file
 from runtime.errors import AgentRuntimeError
 from runtime.models import SessionStatus
@@ -72,8 +72,8 @@ def main(debug: bool) -> None:
 def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
         as_json: bool) -> None:
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
-    from runtime.cli.inspect import last_output_line
     from runtime.cli.live_view import ProgressView
+    from runtime.cli.session_output import last_output_line
     from runtime.git.directory_mode import open_repo
     from runtime.run.coordinator import AgentCoordinator
 
@@ -180,7 +180,7 @@ def images() -> None:
 def images_build(name: str, force: bool) -> None:
     """Build image NAME (default: base), only if its recipe changed."""
     from runtime.engine.discovery import get_client
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     built = build_image(get_client(), name, force=force,
                         log=lambda line: err.print(terminal_safe(line), highlight=False,

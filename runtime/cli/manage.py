@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from runtime.cli.inspect import open_store, repo_option
+from runtime.cli.lookup import open_store, repo_option
 from runtime.errors import ConfigError, NotFoundError
 from runtime.git.safe_git import MainRepo
 from runtime.models import RunReport

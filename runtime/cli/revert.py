@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from runtime.cli.inspect import repo_option
+from runtime.cli.lookup import repo_option
 from runtime.git.safe_git import MainRepo
 from runtime.text import terminal_safe
 

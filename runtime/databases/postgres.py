@@ -1,8 +1,9 @@
 """The ``shared`` database strategy: one PostgreSQL database and one role per session.
 
 A session gets a database with a random name, ``agentrt_`` + 16 hex digits
-(:func:`random_database_name`), owned by a role of the same name with a random password and none
-of ``SUPERUSER``/``CREATEDB``/``CREATEROLE``/``REPLICATION``/``BYPASSRLS``. Any role can list
+(:func:`~runtime.databases.postgres_credentials.random_database_name`), owned by a role of
+the same name with a random password and none of
+``SUPERUSER``/``CREATEDB``/``CREATEROLE``/``REPLICATION``/``BYPASSRLS``. Any role can list
 ``pg_database`` and ``pg_roles``, so the names say nothing about the session, its task or its
 run: an agent learns from the catalog only that opaque neighbours exist. The name is returned in
 :class:`SharedDatabase`, which is what drops it. ``CONNECT`` is revoked from ``PUBLIC`` and
@@ -26,50 +27,47 @@ The server is either
 Passwords never reach the server in clear (it gets a SCRAM-SHA-256 verifier computed here), and
 names and values reach SQL only as psql variables (``:"name"``, ``:'value'``), which psql
 quotes, on top of names already restricted to ``[a-z0-9_]``.
+
+This module is the strategy's face: a session's database and role, and the run's server
+registry. Names and the verifier are :mod:`~runtime.databases.postgres_credentials`, the admin
+psql :mod:`~runtime.databases.psql_admin`, the server's container
+:mod:`~runtime.databases.postgres_server`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
-import re
 import secrets
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
-import requests.exceptions
-from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
 from runtime.config import RunConfig
-from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
-from runtime.errors import AgentRuntimeError, DatabaseError
-
-IMAGE_NAME = "postgres"
-IMAGE = "agentrt/postgres:latest"
-PORT = 5432
-ROLE_DATABASE = "database"
-NAME_PREFIX = "agentrt_"
-MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1: longer names are silently truncated
-SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
-READY_TIMEOUT_S = 60
-SERVER_MEMORY = 1024 * 1024 * 1024
-SERVER_PIDS = 512
-AGENT_CONNECTION_LIMIT = 32
-
-# Reads the script from $AGENTRT_SQL and hands every name and value to psql as a variable, so the
-# values never become part of the SQL text or of any argv.
-_PSQL = (
-    'printf "%s\\n" "$AGENTRT_SQL" | psql -X -q -A -t -v ON_ERROR_STOP=1 '
-    '-v role="$AGENTRT_ROLE" -v db="$AGENTRT_DB" -v verifier="$AGENTRT_VERIFIER" '
-    '"$AGENTRT_TARGET"'
+from runtime.databases.postgres_credentials import (
+    database_url,
+    random_database_name,
+    scram_verifier,
 )
+from runtime.databases.postgres_server import (
+    is_running,
+    remove_network,
+    remove_server,
+    server_labels,
+    server_name,
+    start_server,
+)
+from runtime.databases.psql_admin import IMAGE, PsqlAdmin, docker_errors
+from runtime.engine.labels import LABEL_SESSION
+from runtime.errors import DatabaseError
+
+__all__ = ["IMAGE", "PORT", "SharedDatabase", "check_database_url", "create_shared_database",
+           "ensure_shared_server", "stop_shared_server"]
+
+PORT = 5432
+AGENT_CONNECTION_LIMIT = 32
 
 # INHERIT (the default) matters: the owner's CREATE on schema public comes through its implicit
 # membership in pg_database_owner.
@@ -94,129 +92,9 @@ DROP DATABASE IF EXISTS :"db" WITH (FORCE);
 DROP ROLE IF EXISTS :"role";
 """
 
-# On agentrt's own server nobody but the superuser needs the maintenance databases.
-_SERVER_SETUP_SQL = """
-REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;
-REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC;
-"""
-
 _run_locks: dict[str, threading.Lock] = {}
 _servers: dict[str, str] = {}  # run id -> server container id
 _registry_lock = threading.Lock()
-
-
-def random_database_name() -> str:
-    """A fresh database and role name: ``agentrt_`` + 16 random hex digits (64 bits).
-
-    Never derived from the session, task or run id: every role can read the names of every
-    database and role on the server. Always matches ``[a-z0-9_]{1,63}``.
-    """
-    return NAME_PREFIX + secrets.token_hex(8)
-
-
-def server_name(run_id: str) -> str:
-    """Name of a run's server container and of its network: ``agentrt-db-<run>``."""
-    return "agentrt-db-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", run_id)[:100]
-
-
-def scram_verifier(password: str, salt: bytes | None = None) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
-
-    Handing the server this instead of the password keeps the clear text out of SQL, psql's
-    argv, the server's logs and ``pg_stat_activity``. ``password`` must be ASCII (SASLprep is
-    then the identity), which ``secrets.token_urlsafe`` guarantees.
-    """
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return (f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}"
-            f"${b64(stored_key)}:{b64(server_key)}")
-
-
-def database_url(role: str, password: str, host: str, port: int, db: str) -> str:
-    """``postgresql://role:password@host:port/db`` with user and password percent-encoded."""
-    return f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}@{host}:{port}/{db}"
-
-
-@contextlib.contextmanager
-def _docker_errors(action: str) -> Iterator[None]:
-    """Docker, transport and engine errors inside the block become DatabaseError."""
-    try:
-        yield
-    except DatabaseError:
-        raise
-    except (docker.errors.DockerException, requests.exceptions.RequestException,
-            AgentRuntimeError) as exc:
-        raise DatabaseError(f"could not {action}: {exc}") from exc
-
-
-class _Admin:
-    """Runs psql scripts as the server's superuser, in a container (never on the host)."""
-
-    def __init__(self, client: docker.DockerClient, *, container_id: str | None = None,
-                 admin_url: str | None = None) -> None:
-        self.client = client
-        self.container_id = container_id
-        self.admin_url = admin_url
-
-    def run(self, sql: str, *, role: str = "", db: str = "", verifier: str = "") -> str:
-        """Run ``sql`` with psql variables ``role``, ``db`` and ``verifier``; return stdout."""
-        env = {"AGENTRT_SQL": sql, "AGENTRT_ROLE": role, "AGENTRT_DB": db,
-               "AGENTRT_VERIFIER": verifier,
-               "AGENTRT_TARGET": self.admin_url or "dbname=postgres"}
-        if self.container_id is not None:
-            code, out, err = self._exec(env)
-        else:
-            code, out, err = self._one_shot(env)
-        if code != 0:
-            detail = err.strip() or out.strip()
-            for value in (verifier, self.admin_url):
-                detail = detail.replace(value, "[REDACTED]") if value else detail
-            raise DatabaseError(f"psql failed (exit {code}): {detail}")
-        return out
-
-    def _exec(self, env: dict[str, str]) -> tuple[int, str, str]:
-        cid = str(self.container_id)
-        with _docker_errors("run psql in the database server"):
-            exec_id = self.client.api.exec_create(cid, ["sh", "-c", _PSQL], user="postgres",
-                                                  environment=env, stdout=True, stderr=True)
-            out, err = self.client.api.exec_start(exec_id, demux=True)
-            code = _exit_code(self.client, exec_id)
-        return code, _text(out), _text(err)
-
-    def _one_shot(self, env: dict[str, str]) -> tuple[int, str, str]:
-        # The host network, because the admin URL is written from the host's point of view
-        # (often localhost); psql's own container is hardened like an agent's.
-        with _docker_errors("run psql against database_url"):
-            try:
-                out = self.client.containers.run(
-                    IMAGE, ["sh", "-c", _PSQL], environment=env, network_mode="host",
-                    user="postgres", read_only=True, cap_drop=["ALL"], remove=True,
-                    security_opt=["no-new-privileges:true"], labels={LABEL_ROLE: "database-admin"})
-            except docker.errors.ContainerError as exc:  # psql ran and failed: its own words
-                return exc.exit_status, "", _text(exc.stderr)
-        return 0, _text(out), ""
-
-
-def _exit_code(client: docker.DockerClient, exec_id: str) -> int:
-    """An exec's exit code; -1 if unknown. The engine may still report it running (and its code
-    as None) for a moment after exec_start has returned, so ask again briefly."""
-    for _ in range(50):
-        info = client.api.exec_inspect(exec_id)
-        if not info.get("Running") and info.get("ExitCode") is not None:
-            return int(info["ExitCode"])
-        time.sleep(0.02)
-    return -1
-
-
-def _text(data: bytes | None) -> str:
-    return (data or b"").decode(errors="replace")
 
 
 @dataclass
@@ -230,7 +108,7 @@ class SharedDatabase:
     name: str
     env: dict[str, str]
     network: str | None
-    _admin: _Admin = field(repr=False)
+    _admin: PsqlAdmin = field(repr=False)
     _dropped: bool = field(default=False, repr=False)
     _owns_network: bool = field(default=False, repr=False)
 
@@ -241,18 +119,18 @@ class SharedDatabase:
         """
         if self._dropped:
             return
-        if self._admin.container_id is None or _is_running(
+        if self._admin.container_id is None or is_running(
                 self._admin.client, self._admin.container_id):
             self._admin.run(_DROP_SQL, role=self.name, db=self.name)
         if self._owns_network and self.network:
-            _remove_network(self._admin.client, self.network)
+            remove_network(self._admin.client, self.network)
         self._dropped = True
 
 
 def check_database_url(client: docker.DockerClient, admin_url: str) -> None:
     """Connect to ``admin_url`` as a run would (``SELECT 1`` from psql's container); raise
     DatabaseError, with the URL redacted, when the server cannot be reached or refuses."""
-    _Admin(client, admin_url=admin_url).run("SELECT 1;")
+    PsqlAdmin(client, admin_url=admin_url).run("SELECT 1;")
 
 
 def create_shared_database(config: RunConfig, session_id: str, run_id: str,
@@ -268,12 +146,12 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
     name = random_database_name()
     password = secrets.token_urlsafe(24)
     if config.database_url:
-        admin = _Admin(client, admin_url=config.database_url)
+        admin = PsqlAdmin(client, admin_url=config.database_url)
         parts = urlsplit(config.database_url)
         host, port, network = parts.hostname or "localhost", parts.port or PORT, None
     else:
         container_id = ensure_shared_server(client, run_id)
-        admin = _Admin(client, container_id=container_id)
+        admin = PsqlAdmin(client, container_id=container_id)
         host, port = server_name(run_id), PORT
         network = _session_network(client, run_id, session_id, name, container_id)
     if ":" in host:  # an IPv6 literal
@@ -299,8 +177,8 @@ def _session_network(client: docker.DockerClient, run_id: str, session_id: str, 
     the server joins each under the alias the session's URL names. Labelled with the session.
     """
     name = f"{server_name(run_id)}-{db_name}"[:120]
-    labels = {**_labels(run_id), LABEL_SESSION: session_id}
-    with _docker_errors(f"create network {name}"):
+    labels = {**server_labels(run_id), LABEL_SESSION: session_id}
+    with docker_errors(f"create network {name}"):
         network = client.networks.create(name, driver="bridge", internal=True, labels=labels,
                                          check_duplicate=True)
         try:
@@ -311,36 +189,9 @@ def _session_network(client: docker.DockerClient, run_id: str, session_id: str, 
     return name
 
 
-def _remove_network(client: docker.DockerClient, name: str) -> None:
-    with _docker_errors(f"remove network {name}"):
-        try:
-            network = client.networks.get(name)
-        except docker.errors.NotFound:
-            return
-        # Stopped agent containers do not hold a network; the server and stragglers would.
-        for attached in network.attrs.get("Containers") or {}:
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                network.disconnect(attached, force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            network.remove()
-
-
 def _run_lock(run_id: str) -> threading.Lock:
     with _registry_lock:
         return _run_locks.setdefault(run_id, threading.Lock())
-
-
-def _is_running(client: docker.DockerClient, container_id: str) -> bool:
-    with _docker_errors("inspect the database server"):
-        try:
-            state = client.api.inspect_container(container_id).get("State", {})
-        except docker.errors.NotFound:
-            return False
-    return bool(state.get("Running"))
-
-
-def _labels(run_id: str) -> dict[str, str]:
-    return {LABEL_RUN: run_id, LABEL_SESSION: f"db-{run_id}", LABEL_ROLE: ROLE_DATABASE}
 
 
 def ensure_shared_server(client: docker.DockerClient, run_id: str) -> str:
@@ -352,84 +203,15 @@ def ensure_shared_server(client: docker.DockerClient, run_id: str) -> str:
     name = server_name(run_id)
     with _run_lock(run_id):
         known = _servers.get(run_id)
-        if known is not None and _is_running(client, known):
+        if known is not None and is_running(client, known):
             return known
-        with _docker_errors(f"look up {name}"):
+        with docker_errors(f"look up {name}"):
             found = client.containers.list(all=True, filters={"name": f"^/{name}$"})
         if found and found[0].status != "running":
             raise DatabaseError(f"database server {name} exists but is {found[0].status}: "
                                 f"run `agentrt gc` or `docker rm -f {name}`")
-        _servers[run_id] = str(found[0].id) if found else _start_server(client, run_id)
+        _servers[run_id] = str(found[0].id) if found else start_server(client, run_id)
         return _servers[run_id]
-
-
-def _start_server(client: docker.DockerClient, run_id: str) -> str:
-    from runtime.engine.images import build_image
-
-    name = server_name(run_id)
-    with _docker_errors(f"build image {IMAGE}"):
-        build_image(client, IMAGE_NAME)  # a no-op when the recipe has not changed
-    try:
-        with _docker_errors(f"create network {name}"):
-            # internal: neither the server nor the agents on this network have a route out.
-            client.networks.create(name, driver="bridge", internal=True,
-                                   labels=_labels(run_id), check_duplicate=True)
-        with _docker_errors(f"start {name}"):
-            container = client.containers.run(
-                IMAGE, name=name, hostname=name, network=name, labels=_labels(run_id),
-                # Nobody needs the superuser's password (admin goes through the socket);
-                # a random one means nobody on the network can guess it either.
-                environment={"POSTGRES_PASSWORD": scram_verifier(secrets.token_urlsafe(24))},
-                user="postgres", cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
-                mem_limit=SERVER_MEMORY, memswap_limit=SERVER_MEMORY, pids_limit=SERVER_PIDS,
-                log_config=docker.types.LogConfig(type="json-file",
-                                                  config={"max-size": "10m", "max-file": "2"}),
-                detach=True)
-        container_id = str(container.id)
-        _wait_ready(client, container_id, name)
-        _Admin(client, container_id=container_id).run(_SERVER_SETUP_SQL)
-    except BaseException:
-        # Only reached when this call made (or failed to make) the server: take it all back.
-        with contextlib.suppress(DatabaseError):
-            _remove_server(client, run_id)
-        raise
-    return container_id
-
-
-def _wait_ready(client: docker.DockerClient, container_id: str, name: str) -> None:
-    def probe() -> int:
-        if not _is_running(client, container_id):
-            raise DatabaseError(f"database server {name} exited: {_tail(client, container_id)}")
-        with _docker_errors(f"probe {name}"):
-            exec_id = client.api.exec_create(container_id, ["pg_isready", "-q"],
-                                              user="postgres", stdout=False, stderr=False)
-            client.api.exec_start(exec_id)
-            return _exit_code(client, exec_id)
-
-    waiter = retry(retry=retry_if_result(lambda code: code != 0), wait=wait_fixed(0.25),
-                   stop=stop_after_delay(READY_TIMEOUT_S))(probe)
-    try:
-        waiter()
-    except RetryError as exc:
-        raise DatabaseError(f"database server {name} not ready after {READY_TIMEOUT_S}s: "
-                            f"{_tail(client, container_id)}") from exc
-
-
-def _tail(client: docker.DockerClient, container_id: str) -> str:
-    with contextlib.suppress(docker.errors.DockerException):
-        return _text(client.api.logs(container_id, tail=20)).strip()
-    return "(no logs)"
-
-
-def _remove_server(client: docker.DockerClient, run_id: str) -> None:
-    name = server_name(run_id)
-    with _docker_errors(f"remove {name}"):
-        with contextlib.suppress(docker.errors.NotFound):
-            client.api.remove_container(name, force=True, v=True)
-        networks = client.networks.list(
-            filters={"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={ROLE_DATABASE}"]})
-    for network in networks:
-        _remove_network(client, str(network.name))
 
 
 def stop_shared_server(run_id: str, client: docker.DockerClient | None = None) -> None:
@@ -445,6 +227,6 @@ def stop_shared_server(run_id: str, client: docker.DockerClient | None = None) -
         client = get_client()
     with _run_lock(run_id):
         _servers.pop(run_id, None)
-        _remove_server(client, run_id)
+        remove_server(client, run_id)
     with _registry_lock:
         _run_locks.pop(run_id, None)

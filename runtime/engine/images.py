@@ -1,84 +1,36 @@
-"""Building, finding and identifying agentrt's images.
+"""Finding and identifying agentrt's images on the engine: is one there, its digest, which
+ones are agentrt's and current, and exporting one for ``docker load``.
 
-Recipes live in ``runtime/recipes/<name>/``, package data found through ``importlib.resources``
-so an installed wheel builds as a checkout does (``AGENTRT_IMAGES_DIR`` overrides).
 An image is tagged ``agentrt/<name>:latest`` and labelled ``agentrt.image=<name>`` and
-``agentrt.recipe=<hash>``; :func:`build_image` does nothing when the tagged image already carries
-the current recipe's hash, so calling it before every run is cheap.
-
-``agentrt/base`` is built one of two ways, from the same Dockerfile (its ``BASE`` build argument):
-
-* **registry**: ``FROM debian:bookworm-slim`` when that image is local or pulls quickly;
-* **debootstrap** (air-gapped): ``debootstrap --variant=minbase`` of bookworm from a Debian
-  mirror, imported with ``docker import`` as ``agentrt/rootfs:<hash>``; needs root on Linux.
-
-The agent images (``claude-code``, ``codex``, ``aider``) build ``FROM agentrt/base:latest`` and
-are only built when asked for by name.
+``agentrt.recipe=<hash>`` (:mod:`runtime.engine.image_build` builds them from
+:mod:`runtime.engine.recipes`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import importlib.resources
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 
 from runtime.engine.discovery import engine_errors
-from runtime.errors import EngineError, ImageNotFoundError
+from runtime.engine.recipes import (
+    DEFAULT_MIRROR,
+    IMAGE_PARENTS,
+    ROOTFS_REPO,
+    image_ref,
+    recipe_hash,
+    rootfs_hash,
+)
+from runtime.errors import ImageNotFoundError
 
-LogFn = Callable[[str], None]
-BuildMethod = Literal["cached", "registry", "debootstrap", "dockerfile"]
-
-IMAGE_PARENTS: dict[str, str | None] = {
-    "base": None,
-    "claude-code": "base",
-    "codex": "base",
-    "aider": "base",
-    "postgres": "base",
-    "dind": "base",  # a second engine for the tests of runtime/engine/engine_volumes.py
-}
-DEFAULT_IMAGES = ("base",)
-REGISTRY_BASE = "debian:bookworm-slim"
-DEBIAN_SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-ROOTFS_REPO = "agentrt/rootfs"
 LABEL_IMAGE = "agentrt.image"
 LABEL_RECIPE = "agentrt.recipe"
 LABEL_METHOD = "agentrt.build"
-PULL_STALL_S = 20  # no progress for this long: the registry is not usable
-PULL_DEADLINE_S = 90  # a pull still running after this is slower than debootstrap
-
-_build_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    """The outcome of :func:`build_image`."""
-
-    name: str
-    ref: str
-    id: str
-    digest: str
-    recipe_hash: str
-    rebuilt: bool
-    method: BuildMethod
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -96,58 +48,8 @@ class ImageInfo:
     size_bytes: int
 
 
-def images_dir() -> Path:
-    """The directory holding one recipe directory per image: ``AGENTRT_IMAGES_DIR`` if set,
-    else the ``recipes`` directory installed with the ``runtime`` package."""
-    override = os.environ.get("AGENTRT_IMAGES_DIR")
-    if override:
-        return Path(override)
-    recipes = importlib.resources.files("runtime").joinpath("recipes")
-    if not isinstance(recipes, Path):
-        # A zip import has no directory to hand to `docker build` as its context.
-        raise ImageNotFoundError(
-            f"the image recipes ({recipes}) are not files on disk: install agentrt unzipped, "
-            "or set AGENTRT_IMAGES_DIR to a copy of them"
-        )
-    return recipes
-
-
-def image_ref(name: str) -> str:
-    """The tag an image is built under, e.g. ``agentrt/base:latest``."""
-    return f"agentrt/{name}:latest"
-
-
-def recipe_dir(name: str) -> Path:
-    """The recipe directory of image ``name``; ImageNotFoundError for an unknown name."""
-    if name not in IMAGE_PARENTS:
-        choices = ", ".join(IMAGE_PARENTS)
-        raise ImageNotFoundError(f"unknown image {name!r}: agentrt builds {choices}")
-    path = images_dir() / name
-    if not (path / "Dockerfile").is_file():
-        raise ImageNotFoundError(f"recipe of image {name!r} is missing: no {path}/Dockerfile")
-    return path
-
-
-def recipe_hash(name: str) -> str:
-    """sha256 of the recipe's files (paths and contents) and of its parent's recipe hash."""
-    digest = hashlib.sha256(f"agentrt-image\0{name}\0".encode())
-    root = recipe_dir(name)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    parent = IMAGE_PARENTS[name]
-    if parent is not None:
-        digest.update(recipe_hash(parent).encode())
-    return digest.hexdigest()
-
-
-def base_packages() -> list[str]:
-    """The Debian packages of ``agentrt/base`` (``recipes/base/packages``)."""
-    lines = (recipe_dir("base") / "packages").read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-def _get_image(client: docker.DockerClient, ref: str) -> Any | None:
+def get_image(client: docker.DockerClient, ref: str) -> Any | None:
+    """The engine's image ``ref`` (a tag, an id or a digest), or None if it has none."""
     with engine_errors(f"inspect image {ref}"):
         try:
             return client.images.get(ref)
@@ -157,7 +59,7 @@ def _get_image(client: docker.DockerClient, ref: str) -> Any | None:
 
 def image_digest(client: docker.DockerClient, ref: str) -> str:
     """The image's first repo digest if it has one, else its id (``sha256:...``)."""
-    image = _get_image(client, ref)
+    image = get_image(client, ref)
     if image is None:
         raise _not_found(ref)
     repo_digests = image.attrs.get("RepoDigests") or []
@@ -173,7 +75,7 @@ def _not_found(ref: str) -> ImageNotFoundError:
 
 def require_image(client: docker.DockerClient, ref: str) -> None:
     """Raise ImageNotFoundError, saying how to get it, unless ``ref`` exists on the engine."""
-    if _get_image(client, ref) is None:
+    if get_image(client, ref) is None:
         raise _not_found(ref)
 
 
@@ -229,228 +131,9 @@ def _current_recipe(name: str) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def _exclusive() -> Iterator[None]:
-    """One build at a time, across threads and processes on this host."""
-    lock_path = Path(tempfile.gettempdir()) / f"agentrt-image-build-{os.getuid()}.lock"
-    with _build_lock, open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def build_image(
-    client: docker.DockerClient,
-    name: str = "base",
-    force: bool = False,
-    log: LogFn | None = None,
-) -> BuiltImage:
-    """Build ``agentrt/<name>:latest`` unless it already carries the current recipe's hash.
-
-    A parent image (``base`` for the agent images) is built first if it is missing or stale.
-    ``force`` rebuilds without the layer cache (and redoes debootstrap). ``log`` receives
-    progress lines. Raises EngineError if the build fails, with its last lines.
-    """
-    emit: LogFn = log or (lambda _line: None)
-    started = time.monotonic()
-    recipe = recipe_hash(name)
-    ref = image_ref(name)
-    if not force and _is_current(client, ref, recipe):
-        emit(f"{ref} is up to date (recipe {recipe[:12]})")
-        return _built(client, name, recipe, False, "cached", started)
-    parent = IMAGE_PARENTS[name]
-    if parent is not None:
-        build_image(client, parent, force=False, log=log)
-    with _exclusive():
-        # Another process may have built it while this one waited for the lock.
-        if not force and _is_current(client, ref, recipe):
-            return _built(client, name, recipe, False, "cached", started)
-        buildargs: dict[str, str] = {}
-        method: BuildMethod = "dockerfile"
-        if parent is None and registry_base_available(client, emit):
-            method, buildargs = "registry", {"BASE": REGISTRY_BASE}
-        elif parent is None:
-            method, buildargs = "debootstrap", {"BASE": build_rootfs(client, force, emit)}
-        emit(f"building {ref} ({method})")
-        labels = {LABEL_IMAGE: name, LABEL_RECIPE: recipe, LABEL_METHOD: method}
-        _docker_build(client, recipe_dir(name), ref, buildargs, labels, force, emit)
-    built = _built(client, name, recipe, True, method, started)
-    emit(f"built {ref} {built.id[:19]} in {built.seconds:.0f}s")
-    return built
-
-
-def _is_current(client: docker.DockerClient, ref: str, recipe: str) -> bool:
-    image = _get_image(client, ref)
-    return image is not None and (image.labels or {}).get(LABEL_RECIPE) == recipe
-
-
-def _built(
-    client: docker.DockerClient,
-    name: str,
-    recipe: str,
-    rebuilt: bool,
-    method: BuildMethod,
-    started: float,
-) -> BuiltImage:
-    ref = image_ref(name)
-    image = _get_image(client, ref)
-    if image is None:
-        raise EngineError(f"image {ref} vanished right after its build")
-    return BuiltImage(
-        name=name,
-        ref=ref,
-        id=str(image.id),
-        digest=image_digest(client, ref),
-        recipe_hash=recipe,
-        rebuilt=rebuilt,
-        method=method,
-        seconds=time.monotonic() - started,
-    )
-
-
-def _docker_build(
-    client: docker.DockerClient,
-    context: Path,
-    ref: str,
-    buildargs: dict[str, str],
-    labels: dict[str, str],
-    nocache: bool,
-    emit: LogFn,
-) -> None:
-    tail: list[str] = []
-    with engine_errors(f"build {ref}"):
-        stream = client.api.build(
-            path=str(context),
-            tag=ref,
-            buildargs=buildargs,
-            labels=labels,
-            nocache=nocache,
-            pull=False,
-            rm=True,
-            forcerm=True,
-            decode=True,
-        )
-        for chunk in stream:
-            text = str(chunk.get("stream") or chunk.get("status") or "").rstrip()
-            if text:
-                emit(text)
-                tail = (tail + text.splitlines())[-15:]
-            if "error" in chunk:
-                last = "\n".join(tail)
-                raise EngineError(f"building {ref} failed: {chunk['error']}\n{last}".rstrip())
-
-
-def registry_base_available(client: docker.DockerClient, log: LogFn | None = None) -> bool:
-    """Whether ``debian:bookworm-slim`` is local, or pulls without stalling for 20 s."""
-    emit: LogFn = log or (lambda _line: None)
-    if _get_image(client, REGISTRY_BASE) is not None:
-        return True
-    emit(f"pulling {REGISTRY_BASE}")
-    repo, tag = REGISTRY_BASE.split(":")
-    url = f"{client.api.base_url}/v{client.api.api_version}/images/create"
-    deadline = time.monotonic() + PULL_DEADLINE_S
-    # The SDK's pull has no timeout at all; a raw streamed request bounds both the wait for
-    # each progress line and the whole pull, so a black-holed registry cannot hang the build.
-    try:
-        with client.api.post(
-            url, params={"fromImage": repo, "tag": tag}, stream=True, timeout=(5, PULL_STALL_S)
-        ) as response:
-            if response.status_code != 200:
-                emit(f"registry unavailable: {_api_message(response)}")
-                return False
-            for line in response.iter_lines():
-                message = json.loads(line) if line else {}
-                if "error" in message:
-                    emit(f"registry unavailable: {message['error']}")
-                    return False
-                if time.monotonic() > deadline:
-                    emit(f"pull slower than {PULL_DEADLINE_S}s; using debootstrap instead")
-                    return False
-    except (requests.exceptions.RequestException, ValueError) as exc:
-        emit(f"registry unavailable: {exc}")
-        return False
-    return _get_image(client, REGISTRY_BASE) is not None
-
-
-def _api_message(response: requests.Response) -> str:
-    try:
-        return str(response.json().get("message", ""))[:300]
-    except ValueError:
-        return response.text.strip()[:300]
-
-
-def rootfs_hash(mirror: str) -> str:
-    """Identity of a debootstrap rootfs: suite, mirror, package list and the script."""
-    digest = hashlib.sha256(f"{DEBIAN_SUITE}\0{mirror}\0".encode())
-    for part in ("packages", "rootfs.sh"):
-        digest.update((recipe_dir("base") / part).read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def build_rootfs(client: docker.DockerClient, force: bool = False, log: LogFn | None = None) -> str:
-    """Debootstrap Debian (``recipes/base/rootfs.sh``) and ``docker import`` it; return its tag.
-
-    Reuses ``agentrt/rootfs:<hash>`` if it exists (unless ``force``). Needs root on Linux,
-    ``debootstrap`` and ``tar``; the mirror is ``AGENTRT_DEBIAN_MIRROR`` or deb.debian.org.
-    """
-    emit: LogFn = log or (lambda _line: None)
-    mirror = os.environ.get("AGENTRT_DEBIAN_MIRROR", DEFAULT_MIRROR)
-    digest = rootfs_hash(mirror)
-    ref = f"{ROOTFS_REPO}:{digest[:16]}"
-    if not force and _get_image(client, ref) is not None:
-        emit(f"reusing {ref}")
-        return ref
-    missing = [tool for tool in ("debootstrap", "tar") if shutil.which(tool) is None]
-    if not sys.platform.startswith("linux") or os.geteuid() != 0 or missing:
-        raise EngineError(
-            f"cannot build the base image: {REGISTRY_BASE} cannot be pulled, and the "
-            "air-gapped build (debootstrap) needs root on Linux with debootstrap and tar"
-            f"{' (missing: ' + ', '.join(missing) + ')' if missing else ''}: run "
-            "`sudo agentrt images build`, or `docker load` an exported agentrt/base image"
-        )
-    # /tmp is often a small tmpfs; the rootfs and its tarball need a few hundred MiB.
-    scratch = os.environ.get("AGENTRT_BUILD_DIR") or "/var/tmp"
-    work = Path(tempfile.mkdtemp(prefix="agentrt-build-", dir=scratch))
-    tarball = work / "rootfs.tar"
-    try:
-        emit(f"debootstrap {DEBIAN_SUITE} from {mirror} (a minute or two)")
-        script = recipe_dir("base") / "rootfs.sh"
-        _run_logged(["sh", str(script), str(tarball), mirror, DEBIAN_SUITE], emit)
-        emit(f"importing {ref} ({tarball.stat().st_size // 2**20} MiB)")
-        with engine_errors(f"import {ref}"), open(tarball, "rb") as data:
-            client.api.import_image_from_data(
-                data,
-                repository=ROOTFS_REPO,
-                tag=digest[:16],
-                changes=[f"LABEL {LABEL_IMAGE}=rootfs", f"LABEL {LABEL_RECIPE}={digest}"],
-            )
-    finally:
-        # Not rmtree: rootfs.sh keeps its directory in here if a mount inside it survived.
-        tarball.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            work.rmdir()
-    if _get_image(client, ref) is None:
-        raise EngineError(f"docker import of {ref} reported success but the image is missing")
-    return ref
-
-
-def _run_logged(argv: list[str], emit: LogFn) -> None:
-    tail: list[str] = []
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    ) as proc:
-        if proc.stdout is None:
-            raise EngineError(f"{argv[0]}: no output pipe")
-        for line in proc.stdout:
-            emit(line.rstrip())
-            tail = (tail + [line.rstrip()])[-15:]
-    if proc.returncode != 0:
-        detail = "\n".join(tail)
-        raise EngineError(f"{argv[0]} failed with exit code {proc.returncode}:\n{detail}")
-
-
 def export_image(client: docker.DockerClient, digest: str, ref: str, file: Path) -> None:
     """Save image ``digest`` (tagged ``ref`` in the archive) to ``file`` for `docker load`."""
-    image = _get_image(client, digest)
+    image = get_image(client, digest)
     if image is None:
         raise _not_found(digest)
     with engine_errors(f"export image {digest}"):

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING
 
 from runtime.errors import ConfigError, MergeError, NotFoundError
 from runtime.git.conflicts import SafeGit, check_commits
-from runtime.git.merge import advance_target, merge_lock, ready_to_move
+from runtime.git.merge import merge_lock, ready_to_move
 from runtime.git.safe_git import MainRepo
+from runtime.git.target_move import advance_target
 from runtime.models import Conflict, SessionResult
 from runtime.state.schema import SessionRow
 

@@ -61,8 +61,9 @@ from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.models import SessionStatus, WorkState, utcnow
 from runtime.paths import runs_dir
 from runtime.state.liveness import owner_alive
-from runtime.state.repair import open_store_for_gc, session_dirs
+from runtime.state.repair import open_store_for_gc
 from runtime.state.store import Store
+from runtime.state.traces import session_dirs
 
 log = logging.getLogger(__name__)
 

@@ -162,7 +162,7 @@ def dind_engine(docker_client: docker.DockerClient) -> Iterator[DindEngine]:
 
     Per module, not per session: it must be gone before the disruptive test restarts the
     host's dockerd (a running dind engine holds that restart up past its deadline)."""
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     build_image(docker_client, "dind")
     engine = start_dind(docker_client)

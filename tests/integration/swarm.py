@@ -232,7 +232,7 @@ def stop_swarm(cluster: SwarmCluster) -> None:
 def swarm_cluster(docker_client: docker.DockerClient) -> Iterator[SwarmCluster]:
     """A real three-node Swarm (agentrt/dind engines) with agentrt/base on every node, for one
     test module; torn down after it."""
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     build_image(docker_client, "dind")
     cluster = start_swarm(docker_client)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runtime.engine import images
+from runtime.engine import image_build, images, recipes
 from runtime.errors import ImageNotFoundError
 
 BASE = "agentrt/base:latest"
@@ -29,14 +29,14 @@ def _run(client: Any, command: str) -> str:
 
 @pytest.mark.docker
 def test_building_base_again_is_skipped_quickly(docker_client: Any) -> None:
-    first = images.build_image(docker_client, "base")
+    first = image_build.build_image(docker_client, "base")
     started = time.monotonic()
-    second = images.build_image(docker_client, "base")
+    second = image_build.build_image(docker_client, "base")
     elapsed = time.monotonic() - started
     assert second.rebuilt is False
     assert second.method == "cached"
     assert second.id == first.id
-    assert second.recipe_hash == images.recipe_hash("base")
+    assert second.recipe_hash == recipes.recipe_hash("base")
     assert elapsed < 5
 
 
@@ -44,7 +44,7 @@ def test_building_base_again_is_skipped_quickly(docker_client: Any) -> None:
 def test_base_is_labelled_with_its_recipe_and_listed(docker_client: Any) -> None:
     labels = docker_client.images.get(BASE).labels
     assert labels["agentrt.image"] == "base"
-    assert labels["agentrt.recipe"] == images.recipe_hash("base")
+    assert labels["agentrt.recipe"] == recipes.recipe_hash("base")
     listed = [i for i in images.list_images(docker_client) if BASE in i.tags]
     assert len(listed) == 1
     assert listed[0].current
@@ -62,7 +62,7 @@ def test_an_image_built_from_base_elsewhere_is_not_listed_as_agentrts(docker_cli
     try:
         # It inherits base's labels, recipe hash included: the labels alone cannot tell.
         assert image.labels[images.LABEL_IMAGE] == "base"
-        assert image.labels[images.LABEL_RECIPE] == images.recipe_hash("base")
+        assert image.labels[images.LABEL_RECIPE] == recipes.recipe_hash("base")
         listed = images.list_images(docker_client)
         assert [i for i in listed if foreign in i.tags or i.id == image.id] == []
         assert [(i.ref, i.current) for i in listed if BASE in i.tags] == [(BASE, True)]
@@ -113,18 +113,18 @@ def test_missing_image_says_how_to_build_it(docker_client: Any) -> None:
 @pytest.mark.docker
 def test_unknown_image_name_is_refused_before_any_build(docker_client: Any) -> None:
     with pytest.raises(ImageNotFoundError, match="unknown image"):
-        images.build_image(docker_client, "no-such-recipe")
+        image_build.build_image(docker_client, "no-such-recipe")
 
 
 def test_recipe_hash_follows_the_recipe_files_and_the_parent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copytree(images.images_dir(), tmp_path / "images")
+    shutil.copytree(recipes.images_dir(), tmp_path / "images")
     monkeypatch.setenv("AGENTRT_IMAGES_DIR", str(tmp_path / "images"))
-    base, aider = images.recipe_hash("base"), images.recipe_hash("aider")
-    assert images.recipe_hash("base") == base
+    base, aider = recipes.recipe_hash("base"), recipes.recipe_hash("aider")
+    assert recipes.recipe_hash("base") == base
     with (tmp_path / "images" / "base" / "packages").open("a") as packages:
         packages.write("less\n")
-    assert images.recipe_hash("base") != base
-    assert images.recipe_hash("aider") != aider  # a child is stale when its parent changes
-    assert "less" in images.base_packages()
+    assert recipes.recipe_hash("base") != base
+    assert recipes.recipe_hash("aider") != aider  # a child is stale when its parent changes
+    assert "less" in recipes.base_packages()

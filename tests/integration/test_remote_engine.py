@@ -176,7 +176,7 @@ command = ["sh", "-c", "psql \\"$AGENT_DATABASE_URL\\" -X -At -c 'select current
 def test_a_shared_postgres_run_on_that_engine(
     dind_engine: DindEngine, docker_client: object, repo: Path, tmp_path: Path
 ) -> None:
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     # The run's server is made on that engine (its image loaded there: no registry here).
     build_image(docker_client, "postgres")  # type: ignore[arg-type]

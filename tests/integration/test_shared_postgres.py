@@ -13,10 +13,8 @@ from typing import Any
 
 import pytest
 
-from runtime.databases.postgres import (
-    server_name,
-    stop_shared_server,
-)
+from runtime.databases.postgres import stop_shared_server
+from runtime.databases.postgres_server import server_name
 from runtime.models import SessionStatus
 from tests.conftest import git
 from tests.integration.helpers import by_task, run_tasks, sh
@@ -84,7 +82,7 @@ then echo reached; else echo blocked; fi > egress.txt
 @pytest.fixture(scope="module")
 def postgres_image(docker_client: Any) -> str:
     """agentrt/postgres:latest, built through the same recipe machinery as every image."""
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     build_image(docker_client, "postgres")
     return IMAGE

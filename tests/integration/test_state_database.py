@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runtime.state.repair import REBUILT_REASON
+from runtime.state.rebuild import REBUILT_REASON
 from tests.conftest import git
 from tests.integration.helpers import agentrt
 

@@ -86,7 +86,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 def test_the_wheel_ships_the_image_recipes_and_the_colima_template(installed: Installed) -> None:
     proc = installed.run(
         "python", "-c",
-        "import runtime, runtime.engine.images as i, runtime.engine.colima as c\n"
+        "import runtime, runtime.engine.recipes as i, runtime.engine.colima as c\n"
         "print(runtime.__file__); print(i.images_dir()); print(c.colima_dir())\n"
         "print(i.recipe_hash('base')); print(len(i.base_packages()))",
     )
@@ -99,7 +99,7 @@ def test_the_wheel_ships_the_image_recipes_and_the_colima_template(installed: In
         assert (Path(recipes) / name / "Dockerfile").is_file(), name
     # The same recipe hash as the checkout's: an installed agentrt sees images built from a
     # checkout as current, and rebuilds nothing.
-    from runtime.engine.images import recipe_hash
+    from runtime.engine.recipes import recipe_hash
 
     assert base_hash == recipe_hash("base")
     assert int(packages) > 5
@@ -119,7 +119,7 @@ def test_colima_up_renders_the_profile_from_an_installed_agentrt(installed: Inst
 def test_an_installed_agentrt_lists_and_skips_building_the_current_base(
     installed: Installed, docker_client: Any
 ) -> None:
-    from runtime.engine.images import build_image
+    from runtime.engine.image_build import build_image
 
     build_image(docker_client, "base")  # current already in the usual case: a no-op
     proc = installed.run("agentrt", "images", "build", "base")

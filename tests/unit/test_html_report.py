@@ -5,15 +5,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from runtime.cli.html_report import (
-    Commit,
-    FileChange,
-    SessionWork,
-    TargetStory,
-    axis_ticks,
-    format_seconds,
-    render_html,
-)
+from runtime.cli.html_format import axis_ticks, format_seconds
+from runtime.cli.html_report import render_html
+from runtime.cli.report_work import Commit, FileChange, SessionWork, TargetStory
 from runtime.config import ResourceLimits
 from runtime.models import Conflict, Manifest, MergeInfo, RunReport, SessionResult, SessionStatus
 from runtime.state.store import Sample

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from runtime.cli.inspect import ps_table, resolve_session
+from runtime.cli.inspect import ps_table
 from runtime.cli.live_view import ProgressView
+from runtime.cli.lookup import resolve_session
 from runtime.config import ResourceLimits
 from runtime.errors import NotFoundError
 from runtime.models import LiveStat, SessionResult, SessionStatus, utcnow

@@ -12,12 +12,8 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import MergeError
-from runtime.git.merge import (
-    CheckoutState,
-    auto_merge_blocker,
-    merge_blocker,
-    missed_merge_reason,
-)
+from runtime.git.checkout_state import CheckoutState, merge_blocker
+from runtime.git.merge import auto_merge_blocker, missed_merge_reason
 from runtime.git.safe_git import MainRepo
 from runtime.models import MergeInfo, RunReport, SessionResult, SessionStatus
 from runtime.run.merging import merge_agent_results

@@ -8,7 +8,11 @@ import hmac
 import re
 from urllib.parse import unquote, urlsplit
 
-from runtime.databases.postgres import database_url, random_database_name, scram_verifier
+from runtime.databases.postgres_credentials import (
+    database_url,
+    random_database_name,
+    scram_verifier,
+)
 
 IDENTIFIER = re.compile(r"^[a-z0-9_]{1,63}$")
 OPAQUE = re.compile(r"^agentrt_[0-9a-f]{16}$")

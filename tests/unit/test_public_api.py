@@ -14,6 +14,41 @@ def test_every_name_in_all_imports_from_runtime() -> None:
         assert getattr(runtime, name) is not None, name
 
 
+def test_every_name_in_all_is_importable_with_from_import() -> None:
+    from runtime import (
+        AgentCoordinator,
+        AgentRuntimeError,
+        IsolatedAgentSession,
+        ResourceLimits,
+        RunConfig,
+        RunReport,
+        SessionResult,
+        SessionStatus,
+        Task,
+        TaskFile,
+        load_task_file,
+        merge_agent_results,
+        revert_session,
+    )
+
+    imported = {
+        "AgentCoordinator": AgentCoordinator, "AgentRuntimeError": AgentRuntimeError,
+        "IsolatedAgentSession": IsolatedAgentSession, "ResourceLimits": ResourceLimits,
+        "RunConfig": RunConfig, "RunReport": RunReport, "SessionResult": SessionResult,
+        "SessionStatus": SessionStatus, "Task": Task, "TaskFile": TaskFile,
+        "load_task_file": load_task_file, "merge_agent_results": merge_agent_results,
+        "revert_session": revert_session,
+    }
+    # The list above is the promise: a name added to or dropped from __all__ shows up here.
+    assert sorted(imported) == sorted(runtime.__all__)
+    for name, value in imported.items():
+        assert value is getattr(runtime, name), name
+    for name in runtime.__all__:
+        namespace: dict[str, object] = {}
+        exec(f"from runtime import {name}", namespace)
+        assert namespace[name] is getattr(runtime, name), name
+
+
 def test_lazy_names_come_from_their_modules() -> None:
     for name, module in runtime._LAZY.items():
         assert getattr(runtime, name) is getattr(importlib.import_module(module), name)

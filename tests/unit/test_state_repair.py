@@ -18,18 +18,12 @@ from runtime.errors import StateDamagedError, StateError
 from runtime.git.safe_git import MainRepo
 from runtime.models import SessionResult, SessionStatus
 from runtime.state.liveness import process_start_time
+from runtime.state.rebuild import REBUILT_REASON, REBUILT_RUN_STATUS, plan_rebuild
 from runtime.state.recovery import SessionMarker
-from runtime.state.repair import (
-    REBUILT_REASON,
-    REBUILT_RUN_STATUS,
-    FoundSession,
-    agentrt_traces,
-    open_store_for_gc,
-    plan_rebuild,
-    repair_state,
-)
+from runtime.state.repair import open_store_for_gc, repair_state
 from runtime.state.schema import RunRow
 from runtime.state.store import SCHEMA_VERSION, Store
+from runtime.state.traces import FoundSession, agentrt_traces
 from tests.conftest import git, make_repo
 
 RUN = "r20260101-120000-abcd"

@@ -14,7 +14,8 @@ import pytest
 
 from runtime.errors import NotFoundError, StateDamagedError, StateError
 from runtime.models import Conflict, MergeInfo, RunReport, SessionResult, SessionStatus
-from runtime.state.store import APPLICATION_ID, SCHEMA_VERSION, Store
+from runtime.state.schema import APPLICATION_ID, SCHEMA_VERSION
+from runtime.state.store import Store
 
 WRITERS = 8
 EVENTS_PER_WRITER = 200
@@ -402,14 +403,14 @@ def test_many_processes_write_and_read_without_lock_errors(tmp_path: Path) -> No
 def test_a_large_database_still_checks_runs_and_sessions_at_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runtime.state.store
+    import runtime.state.connection
 
     path = tmp_path / "agentrt" / "state.db"
     with Store(path) as opened:
         _run(opened)
         for i in range(50):
             opened.upsert_session(_result(f"s{i:03d}"), "run-1")
-    monkeypatch.setattr(runtime.state.store, "QUICK_CHECK_FULL_BYTES", 0)  # "large": partial check
+    monkeypatch.setattr(runtime.state.connection, "QUICK_CHECK_FULL_BYTES", 0)  # "large": partial check
     with sqlite3.connect(path) as raw:
         root = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sessions'"
                            ).fetchone()[0]
