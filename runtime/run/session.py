@@ -59,7 +59,7 @@ from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import create_branch, create_workspace, new_session_id
 from runtime.models import LiveStat, Manifest, SessionResult, SessionStatus, WorkState, utcnow
-from runtime.presets import resolve_command, resolve_image
+from runtime.presets import resolve_command, resolve_env, resolve_image, resolve_secrets
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
 from runtime.run.classify import EndFacts, classify
 from runtime.run.supervisor import Supervisor, Watch
@@ -68,6 +68,7 @@ from runtime.state.log_keeper import LogKeeper
 from runtime.state.recovery import SessionMarker, engine_times, import_policy
 
 if TYPE_CHECKING:
+    from runtime.engine.egress import RunEgress
     from runtime.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class IsolatedAgentSession:
         store: Store | None = None,
         disk_mode: DiskLimitMode | None = None,
         stop_grace_seconds: int = 10,
+        egress: RunEgress | None = None,
     ) -> None:
         # The design's form: IsolatedAgentSession("fix-parser", Path("~/src/app"), limits=...)
         # or base_workspace=...; the typed form: IsolatedAgentSession(task, config, repo=...).
@@ -202,6 +204,9 @@ class IsolatedAgentSession:
         self._client = client
         self._own_supervisor = supervisor is None
         self._supervisor = supervisor
+        # network = "allowlist": the run's egress proxies (the session makes its own if none).
+        self._egress = egress
+        self._own_egress = False
         self.volume: Volume | None = None
         # Set when the engine does not share agentrt's disk (a VM, a remote host, dind): the
         # volume lives where the engine is and every file operation goes through the API.
@@ -313,6 +318,7 @@ class IsolatedAgentSession:
             self._marker.write(self.session_dir)
             self.database = self._make_database(uid, gid)
             env = {
+                **resolve_env(self.task),
                 **self.task.env,
                 "AGENT_TASK": self.task.prompt,
                 "AGENT_TASK_ID": self.task.id,
@@ -323,12 +329,15 @@ class IsolatedAgentSession:
             }
             # Credentials reach the agent through a file its entry point reads and deletes,
             # never through the container's configuration (visible to `docker inspect`).
-            hidden = {**secret_env(self.task),
+            hidden = {**resolve_secrets(self.task, secret_env(self.task)),
                       **{k: env.pop(k) for k in HIDDEN_DATABASE_ENV if k in env}}
             secrets_dir = None
             if hidden:
                 secrets_dir = self.session_dir / "secrets"
                 write_secrets_file(secrets_dir, hidden, uid, gid)
+            network = getattr(self.database, "network", None) or self.network
+            if self.network == "allowlist":
+                network = self._join_egress(env, getattr(self.database, "network", None))
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
@@ -336,7 +345,7 @@ class IsolatedAgentSession:
                 db_dir=self.volume.db_dir if self.volume else None,
                 objects_dir=self.objects, uid=uid, gid=gid,
                 volume_mounts=tuple(self.remote_volume.mounts()) if self.remote_volume else (),
-                network=getattr(self.database, "network", None) or self.network,
+                network=network,
                 runtime=self.config.runtime, env=env, secrets_dir=secrets_dir,
                 grace_seconds=self.stop_grace_seconds,
                 labels={LABEL_OWNER_PID: str(os.getpid()),
@@ -352,6 +361,27 @@ class IsolatedAgentSession:
             self.close(snapshot_work=False)
             self._delete_unused_branch()
             raise
+
+    def _join_egress(self, env: dict[str, str], own_network: str | None) -> str:
+        """Put the session behind its run's egress proxy; add the proxy variables to ``env``
+        and return the network its container joins (runtime/engine/egress.py)."""
+        from runtime.engine.egress import RunEgress
+
+        if self._egress is None:
+            self._egress = RunEgress(self.client, self.run_id,
+                                     labels={LABEL_REPO: str(self.repo.root)})
+            self._own_egress = True
+        allow, networks = self.config.egress_for(self.task)
+        network, proxy = self._egress.open_session(self.session_id, allow, networks,
+                                                   join=own_network)
+        env.update(proxy)
+        return network
+
+    def _leave_egress(self) -> None:
+        if self._egress is not None:
+            self._egress.close_session(self.session_id)
+            if self._own_egress:
+                self._egress.close()
 
     def _volumes_on_engine(self) -> bool:
         """Whether this session's volume is made on the engine's host: always when the engine
@@ -739,7 +769,7 @@ class IsolatedAgentSession:
         errors: list[str] = []
         # Nothing is deleted until it is safely home: a failed harvest keeps the volume.
         keep_volume = snapshot_work and self.result.work is WorkState.KEPT
-        steps = [self._remove_container, self._drop_database]
+        steps = [self._remove_container, self._drop_database, self._leave_egress]
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:
