@@ -33,13 +33,17 @@ _HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 _PORT_RE = re.compile(r"^[0-9]{1,5}$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class EgressTarget:
     """One allowed destination: a host (lower case, maybe ``*.``-prefixed) and a port or None
     (None: HTTP on 80 and HTTPS on 443)."""
 
     host: str
     port: int | None = None
+
+    def sort_key(self) -> tuple[str, int]:
+        """Host, then port (a bare host first)."""
+        return self.host, self.port or 0
 
     def __str__(self) -> str:
         return self.host if self.port is None else f"{self.host}:{self.port}"
@@ -73,7 +77,7 @@ def parse_target(entry: str) -> EgressTarget:
 
 def parse_targets(entries: Iterable[str]) -> tuple[EgressTarget, ...]:
     """Every entry parsed, duplicates dropped, sorted (so equal policies compare equal)."""
-    return tuple(sorted({parse_target(entry) for entry in entries}))
+    return tuple(sorted({parse_target(entry) for entry in entries}, key=EgressTarget.sort_key))
 
 
 def _host_regex(host: str) -> str:
@@ -112,7 +116,8 @@ def connect_ports(targets: Iterable[EgressTarget]) -> list[int]:
 def proxy_config(targets: Iterable[EgressTarget], filter_path: str = "/tmp/filter",
                  port: int = PROXY_PORT) -> str:
     """tinyproxy's configuration: deny by default, allow what the filter matches, CONNECT only
-    to the allowed ports, log refusals (``Notice``) to stdout, no Via header."""
+    to the allowed ports, every request and refusal logged to stdout (``Connect``), no Via
+    header."""
     targets = list(targets)
     if not targets:
         raise ValueError("an egress proxy needs at least one allowed host")
@@ -120,7 +125,7 @@ def proxy_config(targets: Iterable[EgressTarget], filter_path: str = "/tmp/filte
         f"Port {port}",
         "Timeout 600",
         "MaxClients 128",
-        "LogLevel Notice",
+        "LogLevel Connect",
         "DisableViaHeader Yes",
         "FilterDefaultDeny Yes",
         f'Filter "{filter_path}"',
@@ -143,6 +148,6 @@ def policy_key(targets: Iterable[EgressTarget], networks: Iterable[str]) -> str:
     """A short stable key of one egress policy (sessions with equal keys share a proxy)."""
     import hashlib
 
-    text = "\0".join(str(t) for t in sorted(targets)) + "\0\0" + "\0".join(sorted(networks))
+    text = "\0".join(str(t) for t in sorted(targets, key=EgressTarget.sort_key)) + "\0\0" + "\0".join(sorted(networks))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -31,6 +31,7 @@ from docker.types import LogConfig
 
 from runtime.egress_rules import (
     PROXY_ALIAS,
+    PROXY_PORT,
     EgressTarget,
     filter_rules,
     parse_targets,
@@ -48,7 +49,7 @@ ROLE_EGRESS = "egress"
 PROXY_MEMORY = 256 * 1024 * 1024
 PROXY_PIDS = 256
 READY_TIMEOUT_S = 15
-READY_LINE = "Accepting connections"
+_PROBE = f"import socket; socket.create_connection(('127.0.0.1', {PROXY_PORT}), timeout=1)"
 
 
 def _safe(text: str) -> str:
@@ -196,14 +197,20 @@ class RunEgress:
 
 
 def _wait_ready(client: docker.DockerClient, container_id: str, name: str) -> None:
+    """Wait until the proxy accepts connections (probed from inside it); EngineError with its
+    log if it exits or does not listen within READY_TIMEOUT_S."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
-        with engine_errors(f"inspect the egress proxy {name}"):
+        with engine_errors(f"probe the egress proxy {name}"):
             state = client.api.inspect_container(container_id).get("State", {})
-            logs = client.api.logs(container_id, tail=50).decode(errors="replace")
-        if READY_LINE in logs:
-            return
+            if state.get("Running"):
+                exec_id = client.api.exec_create(container_id, ["python3", "-c", _PROBE])
+                client.api.exec_start(exec_id)
+                if client.api.exec_inspect(exec_id).get("ExitCode") == 0:
+                    return
         if not state.get("Running") or time.monotonic() > deadline:
+            with engine_errors(f"read the log of {name}"):
+                logs = client.api.logs(container_id, tail=20).decode(errors="replace")
             raise EngineError(f"the egress proxy {name} did not start: {logs.strip()[-600:]}")
         time.sleep(0.05)
 
