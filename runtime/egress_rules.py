@@ -17,6 +17,7 @@ every rule is anchored at both ends of the host and port, and ``http://allowed@e
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -146,8 +147,7 @@ def proxy_env(host: str = PROXY_ALIAS, port: int = PROXY_PORT) -> dict[str, str]
 
 def policy_key(targets: Iterable[EgressTarget], networks: Iterable[str]) -> str:
     """A short stable key of one egress policy (sessions with equal keys share a proxy)."""
-    import hashlib
-
-    text = "\0".join(str(t) for t in sorted(targets, key=EgressTarget.sort_key)) + "\0\0" + "\0".join(sorted(networks))
+    hosts = "\0".join(str(t) for t in sorted(targets, key=EgressTarget.sort_key))
+    text = hosts + "\0\0" + "\0".join(sorted(networks))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

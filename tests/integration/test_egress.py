@@ -39,6 +39,7 @@ BASE = "agentrt/base:latest"
 # attacks a). Results go to result.json in the workspace, so they come home on the branch.
 AGENT = r'''
 import http.server, json, os, socket, threading, time, urllib.error, urllib.request
+PROXY_PORT = int(os.environ["HTTPS_PROXY"].rsplit(":", 1)[1])
 role, ok, bad, ok_ip = (os.environ[k] for k in ("ROLE", "OK_HOST", "BAD_HOST", "OK_IP"))
 out = {"https_proxy": os.environ.get("HTTPS_PROXY"), "no_proxy": os.environ.get("NO_PROXY")}
 
@@ -53,7 +54,7 @@ def get(url, proxy=True):
         return ["error", type(e).__name__ + ": " + str(e)[:200]]
 
 def connect(target):
-    with socket.create_connection(("agentrt-egress", %(port)d), timeout=5) as s:
+    with socket.create_connection(("agentrt-egress", PROXY_PORT), timeout=5) as s:
         s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         return s.recv(200).split(b"\r\n")[0].decode()
 
@@ -87,7 +88,7 @@ else:
     out["direct_a"] = direct(ip_a, 9000)
     out["proxy_a"] = get(f"http://{ip_a}:9000/")
 json.dump(out, open("result.json", "w"))
-''' % {"port": PROXY_PORT}
+'''
 
 # A probe the test runs itself (in the proxy, or on the servers' network): connect and GET.
 PROBE = r'''
@@ -226,7 +227,7 @@ def test_an_allowlist_run_reaches_only_what_it_allows(
     log = seen["proxy_log"]
     assert 'refused on filtered url "pypi.org:443"' in log
     assert 'Established connection to host "pypi.org"' not in log
-    assert 'Established connection to host "%s"' % ok.name in log  # the control
+    assert f'Established connection to host "{ok.name}"' in log  # the control
     assert servers["net"] in seen["proxy_networks"]
     # Everything of the egress went with the run.
     labels = [f"agentrt.run={coordinator.run_id}", f"agentrt.role={ROLE_EGRESS}"]
