@@ -24,14 +24,16 @@ from pydantic import (
     model_validator,
 )
 
+from runtime.egress_rules import parse_target
 from runtime.errors import ConfigError
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 _TASK_ID_RE = re.compile(TASK_ID_PATTERN)
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DOCKER_NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 MergeStrategy = Literal["review", "auto", "none"]
-NetworkMode = Literal["none", "bridge"]
+NetworkMode = Literal["none", "bridge", "allowlist"]
 DatabaseStrategy = Literal["per_agent", "shared"]
 ContainerRuntime = Literal["runc", "runsc"]
 AgentPreset = Literal["shell", "claude-code", "codex", "aider"]
@@ -91,6 +93,19 @@ def branch_name_problem(name: str) -> str | None:
         if part.startswith(".") or part.endswith(".lock"):
             return "a component starts with '.' or ends with '.lock'"
     return None
+
+def _check_egress_allow(value: list[str] | None) -> list[str] | None:
+    for entry in value or []:
+        parse_target(entry)  # its ValueError names the entry and what is wrong
+    return value
+
+
+def _check_egress_networks(value: list[str] | None) -> list[str] | None:
+    for name in value or []:
+        if not _DOCKER_NETWORK_RE.match(name):
+            raise ValueError(f"{name!r} is not a Docker network name")
+    return value
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -205,6 +220,15 @@ class Task(_Strict):
         default_factory=list, description="Host environment variables passed by name only."
     )
     network: NetworkMode | None = Field(None, description="Network override for this task.")
+    egress_allow: list[str] | None = Field(
+        None, description="Hosts (host or host:port) this task may reach with network = "
+        "\"allowlist\"; default: [run] egress_allow.")
+    egress_networks: list[str] | None = Field(
+        None, description="Existing Docker networks the egress proxy joins for this task; "
+        "default: [run] egress_networks.")
+    base_url: str | None = Field(
+        None, description="The model API's base URL, passed to the agent preset's CLI.")
+    model: str | None = Field(None, description="The model, passed to the agent preset's CLI.")
     resource_limits: LimitOverrides = Field(
         default_factory=LimitOverrides, description="Overrides of the run's default limits."
     )
@@ -223,6 +247,24 @@ class Task(_Strict):
     @classmethod
     def _check_text(cls, value: str | None) -> str | None:
         return value if value is None else _no_nul(value, "the value")
+
+    _egress_allow = field_validator("egress_allow")(_check_egress_allow)
+    _egress_networks = field_validator("egress_networks")(_check_egress_networks)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value.startswith("-")
+                                  or any(ord(c) < 32 for c in value)):
+            raise ValueError(f"{value!r} is not a model name")
+        return value
 
     @field_validator("command")
     @classmethod
@@ -262,7 +304,13 @@ class RunConfig(_Strict):
     merge: MergeStrategy = Field("review", description="review | auto | none.")
     cleanup_on_complete: bool = Field(True, description="Remove containers and volumes at the end.")
     image: str = Field("agentrt/base:latest", description="Default image for every task.")
-    network: NetworkMode = Field("none", description="none | bridge.")
+    network: NetworkMode = Field("none", description="none | bridge | allowlist.")
+    egress_allow: list[str] = Field(
+        default_factory=list, description="With network = \"allowlist\": the hosts (host or "
+        "host:port) sessions may reach through the run's egress proxy.")
+    egress_networks: list[str] = Field(
+        default_factory=list, description="Existing Docker networks the egress proxy joins "
+        "(e.g. where a private model server runs).")
     database_strategy: DatabaseStrategy = Field("per_agent", description="per_agent | shared.")
     database_url: str | None = Field(
         None,
@@ -327,6 +375,9 @@ class RunConfig(_Strict):
     def _check_text(cls, value: str | None) -> str | None:
         return value if value is None else _no_nul(value, "the value")
 
+    _egress_allow = field_validator("egress_allow")(_check_egress_allow)
+    _egress_networks = field_validator("egress_networks")(_check_egress_networks)
+
     @field_validator("target")
     @classmethod
     def _check_target(cls, value: str | None) -> str | None:
@@ -346,6 +397,35 @@ class RunConfig(_Strict):
     def network_for(self, task: Task) -> NetworkMode:
         """The network mode of ``task``."""
         return task.network or self.network
+
+    def egress_for(self, task: Task) -> tuple[list[str], list[str]]:
+        """``task``'s egress_allow and egress_networks (its own, else the run's)."""
+        allow = task.egress_allow if task.egress_allow is not None else self.egress_allow
+        networks = (task.egress_networks if task.egress_networks is not None
+                    else self.egress_networks)
+        return list(allow), list(networks)
+
+
+def check_egress(config: RunConfig, tasks: Iterable[Task], source: str = "tasks") -> None:
+    """Raise ConfigError naming the task and field when an allowlist has nothing to allow, or a
+    task sets egress keys while its network is not ``"allowlist"``."""
+    for task in tasks:
+        where = f"{source}: task {task.id!r}"
+        if config.network_for(task) != "allowlist":
+            for key in ("egress_allow", "egress_networks"):
+                if getattr(task, key) is not None:
+                    raise ConfigError(f"{where}: field {key}: only used with network = "
+                                      "\"allowlist\" (this task's network is "
+                                      f"{config.network_for(task)!r})")
+            continue
+        allow, _ = config.egress_for(task)
+        if not allow:
+            if task.egress_allow is None and task.network is None:
+                where = f"{source}: [run]"
+            raise ConfigError(
+                f"{where}: field egress_allow: network = \"allowlist\" needs at least one "
+                f"host (task {task.id!r} has none), e.g. egress_allow = "
+                "[\"api.anthropic.com\", \"models.internal:8080\"]")
 
 
 class TaskFile(_Strict):
@@ -433,6 +513,7 @@ def parse_task_file(raw: dict[str, Any], source: str = "tasks") -> TaskFile:
         first = exc.errors()[0]
         raise ConfigError(_describe(dict(first), raw, source)) from None
     validate_tasks(parsed.tasks, source)
+    check_egress(parsed.run, parsed.tasks, source)
     return parsed
 
 

@@ -1,46 +1,155 @@
-"""Agent presets: ``agent = "<name>"`` in a task maps to an image and a command template.
+"""Agent presets: ``agent = "<name>"`` in a task maps to an image, a command and an environment.
 
 Each agent runs non-interactively with its own permission prompts off: that is safe because
-the container (not the agent's prompt) is the sandbox.
+the container (not the agent's prompt) is the sandbox. Each preset also knows its CLI:
+
+* the task's ``model`` and ``base_url`` become that CLI's own flags or variables;
+* its quiet settings are on (no update checks, telemetry or other non-essential traffic, which
+  an allowlist would refuse anyway);
+* its state and history live under ``/tmp`` (the container's private scratch space), never in
+  ``/workspace``, so nothing of the CLI's own comes home with the agent's work.
+
+Every decision here is a pure function of the task, table-tested in ``tests/unit``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from runtime.config import Task
+
+SCRATCH = "/tmp"  # the container's tmpfs: outside /workspace, gone with the container
+
+FlagsFn = Callable[[Task], list[str]]
+EnvFn = Callable[[Task], dict[str, str]]
+
+
+def _no_flags(_task: Task) -> list[str]:
+    return []
+
+
+def _no_env(_task: Task) -> dict[str, str]:
+    return {}
 
 
 @dataclass(frozen=True)
 class Preset:
-    """An agent CLI packaged in an image."""
+    """An agent CLI packaged in an image.
+
+    ``argv`` holds ``{prompt}`` (replaced as one argument, never through a shell) and
+    ``{options}`` (where the task's model and base-URL flags go); ``env`` is the CLI's quiet
+    settings and state directories; ``needs_network``: it must reach a model API.
+    """
 
     image: str
     argv: tuple[str, ...]
     version_argv: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    needs_network: bool = False
+    flags: FlagsFn = _no_flags
+    task_env: EnvFn = _no_env
 
-    def command(self, prompt: str) -> list[str]:
-        """The argv for ``prompt`` (``{prompt}`` is replaced as one argument, never via a shell)."""
-        return [prompt if part == "{prompt}" else part for part in self.argv]
+    def command(self, prompt: str, task: Task | None = None) -> list[str]:
+        """The argv for ``prompt`` with ``task``'s model and base-URL flags."""
+        options = self.flags(task) if task is not None else []
+        out: list[str] = []
+        for part in self.argv:
+            if part == "{options}":
+                out.extend(options)
+            else:
+                out.append(prompt if part == "{prompt}" else part)
+        return out
+
+    def environment(self, task: Task) -> dict[str, str]:
+        """The CLI's quiet settings and state directories, plus what ``task`` asks for."""
+        return {**self.env, **self.task_env(task)}
+
+
+def _claude_flags(task: Task) -> list[str]:
+    return ["--model", task.model] if task.model else []
+
+
+def _claude_env(task: Task) -> dict[str, str]:
+    return {"ANTHROPIC_BASE_URL": task.base_url} if task.base_url else {}
+
+
+CODEX_PROVIDER = "agentrt"
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string of printable text is a valid TOML basic string (codex parses -c as TOML).
+    return json.dumps(value)
+
+
+def _codex_flags(task: Task) -> list[str]:
+    flags = ["-c", "check_for_update_on_startup=false"]
+    if task.model:
+        flags += ["-m", task.model]
+    if task.base_url:
+        p = f"model_providers.{CODEX_PROVIDER}"
+        flags += ["-c", f"model_provider={_toml_string(CODEX_PROVIDER)}",
+                  "-c", f"{p}.name={_toml_string('agentrt base_url')}",
+                  "-c", f"{p}.base_url={_toml_string(task.base_url)}",
+                  "-c", f"{p}.env_key={_toml_string('CODEX_API_KEY')}"]
+    return flags
+
+
+def aider_is_anthropic(model: str | None) -> bool:
+    """Whether aider talks to Anthropic's API for ``model`` (so base_url is Anthropic's)."""
+    return bool(model) and (model or "").lower().startswith(("anthropic/", "claude", "sonnet",
+                                                              "opus", "haiku"))
+
+
+def _aider_flags(task: Task) -> list[str]:
+    flags: list[str] = []
+    if task.model:
+        flags += ["--model", task.model]
+    if task.base_url:
+        option = ("--anthropic-api-base" if aider_is_anthropic(task.model)
+                  else "--openai-api-base")
+        flags += [option, task.base_url]
+    return flags
 
 
 PRESETS: dict[str, Preset] = {
     "shell": Preset("agentrt/base:latest", ("sh", "-c", "{prompt}"), ("sh", "--version")),
     "claude-code": Preset(
         "agentrt/claude-code:latest",
-        ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "text"),
+        ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "text",
+         "{options}"),
         ("claude", "--version"),
+        env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
+             "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+             "CLAUDE_CONFIG_DIR": f"{SCRATCH}/.claude"},
+        needs_network=True, flags=_claude_flags, task_env=_claude_env,
     ),
     "codex": Preset(
         "agentrt/codex:latest",
-        ("codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "{prompt}"),
+        ("codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "{options}",
+         "{prompt}"),
         ("codex", "--version"),
+        # CODEX_HOME must exist when codex starts: the scratch directory itself does.
+        env={"CODEX_HOME": SCRATCH},
+        needs_network=True, flags=_codex_flags,
     ),
     "aider": Preset(
         "agentrt/aider:latest",
-        ("aider", "--yes-always", "--no-auto-commits", "--message", "{prompt}"),
+        ("aider", "--yes-always", "--no-auto-commits", "{options}", "--message", "{prompt}"),
         ("aider", "--version"),
+        env={"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false",
+             "AIDER_SHOW_RELEASE_NOTES": "false", "AIDER_GITIGNORE": "false",
+             "AIDER_INPUT_HISTORY_FILE": f"{SCRATCH}/.aider.input.history",
+             "AIDER_CHAT_HISTORY_FILE": f"{SCRATCH}/.aider.chat.history.md"},
+        needs_network=True, flags=_aider_flags,
     ),
+}
+
+# Secrets a preset's CLI reads under another name: (variable it reads, task secrets to take it
+# from, in order). codex exec authenticates with CODEX_API_KEY.
+SECRET_ALIASES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "codex": (("CODEX_API_KEY", ("CODEX_API_KEY", "OPENAI_API_KEY")),),
 }
 
 
@@ -50,7 +159,32 @@ def resolve_command(task: Task) -> list[str]:
         return list(task.command)
     if task.agent is None:
         raise ValueError(f"task {task.id!r} has neither command nor agent")
-    return PRESETS[task.agent].command(task.prompt)
+    return PRESETS[task.agent].command(task.prompt, task)
+
+
+def resolve_env(task: Task) -> dict[str, str]:
+    """The environment a task's preset sets (empty for a task with its own ``command``);
+    the task's own ``env`` is applied over it."""
+    if task.command or task.agent is None:
+        return {}
+    return PRESETS[task.agent].environment(task)
+
+
+def resolve_secrets(task: Task, values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` (the task's secrets) plus the names the preset's CLI reads them under."""
+    out = dict(values)
+    if task.command or task.agent is None:
+        return out
+    for wanted, sources in SECRET_ALIASES.get(task.agent, ()):
+        found = next((values[name] for name in sources if name in values), None)
+        if wanted not in out and found is not None:
+            out[wanted] = found
+    return out
+
+
+def needs_network(task: Task) -> bool:
+    """Whether the task runs an agent CLI that must reach its model API."""
+    return task.command is None and task.agent is not None and PRESETS[task.agent].needs_network
 
 
 def resolve_image(task: Task, default: str) -> str:

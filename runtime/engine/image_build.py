@@ -34,6 +34,7 @@ from typing import Literal
 import docker
 import requests.exceptions
 
+from runtime.engine.build_context import build_ca_bundle, build_context
 from runtime.engine.discovery import engine_errors
 from runtime.engine.images import LABEL_IMAGE, LABEL_METHOD, LABEL_RECIPE, get_image, image_digest
 from runtime.engine.recipes import (
@@ -115,7 +116,8 @@ def build_image(
             method, buildargs = "debootstrap", {"BASE": build_rootfs(client, force, emit)}
         emit(f"building {ref} ({method})")
         labels = {LABEL_IMAGE: name, LABEL_RECIPE: recipe, LABEL_METHOD: method}
-        _docker_build(client, recipe_dir(name), ref, buildargs, labels, force, emit)
+        with build_context(recipe_dir(name), build_ca_bundle()) as context:
+            _docker_build(client, context, ref, buildargs, labels, force, emit)
     built = _built(client, name, recipe, True, method, started)
     emit(f"built {ref} {built.id[:19]} in {built.seconds:.0f}s")
     return built

@@ -21,6 +21,7 @@ IMAGE_PARENTS: dict[str, str | None] = {
     "codex": "base",
     "aider": "base",
     "postgres": "base",
+    "egress": "base",  # the egress proxy of network = "allowlist"
     "dind": "base",  # a second engine for the tests of runtime/engine/engine_volumes.py
 }
 DEFAULT_IMAGES = ("base",)

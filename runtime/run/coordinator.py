@@ -23,6 +23,8 @@ import docker
 
 from runtime import paths
 from runtime.config import AgentPreset, RunConfig, Task, validate_tasks
+from runtime.engine.egress import RunEgress
+from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
@@ -36,6 +38,7 @@ from runtime.git.workspace import (
 from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, utcnow
 from runtime.presets import resolve_image
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
+from runtime.run.network_preflight import uses_allowlist
 from runtime.run.radar import ConflictRadar, LiveTree, Overlap
 from runtime.run.scheduler import DagScheduler, TaskState
 from runtime.run.session import (
@@ -100,6 +103,7 @@ class AgentCoordinator:
         self._last_lines: dict[str, tuple[float, str]] = {}
         self._checked: tuple[list[str], str] | None = None
         self.store: Store | None = None
+        self.egress: RunEgress | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -119,11 +123,13 @@ class AgentCoordinator:
         tasks (the CLI calls it first, to report bad input before the live view starts).
         """
         from runtime.engine.images import require_image
+        from runtime.run.network_preflight import check_network_settings
 
         validate_tasks(list(tasks))
         base_commit = resolve_base(self.repo, self.config.base)
         for task in tasks:
             secret_env(task)
+        check_network_settings(self.client, self.config, tasks)
         for image in sorted({resolve_image(t, self.config.image) for t in tasks}):
             require_image(self.client, image)
         if self.config.runtime == "runsc":
@@ -134,11 +140,12 @@ class AgentCoordinator:
                 raise ConfigError("[run] field runtime: runsc (gVisor) is not registered with "
                                   "the Docker engine; see `agentrt doctor`")
             needs_network = self.config.database_strategy == "shared" or any(
-                self.config.network_for(t) == "bridge" for t in tasks)
+                self.config.network_for(t) in ("bridge", "allowlist") for t in tasks)
             if needs_network and "--network=none" in runtime_args(self.client, "runsc"):
                 raise ConfigError(
                     "[run] field runtime: runsc is registered with --network=none on this engine, "
-                    "so network = \"bridge\" and database_strategy = \"shared\" cannot work; "
+                    "so network = \"bridge\" or \"allowlist\" and database_strategy = "
+                    "\"shared\" cannot work; "
                     "use runc for this run or register runsc with networking")
         if self.config.database_strategy == "shared" and self.config.database_url:
             from runtime.databases.postgres import IMAGE as POSTGRES_IMAGE
@@ -200,6 +207,10 @@ class AgentCoordinator:
             report.warnings.append(
                 "recovered work of dead sessions onto "
                 + ", ".join(sorted(recovered.saved_branches)))
+        if uses_allowlist(self.config, tasks):
+            self.egress = RunEgress(self.client, self.run_id, labels={
+                LABEL_REPO: str(self.repo.root), LABEL_OWNER_PID: str(os.getpid()),
+                LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
         try:
             with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
                 self.supervisor = supervisor
@@ -228,6 +239,12 @@ class AgentCoordinator:
         finally:
             self.supervisor = None
             remove_run_stores(self.repo, self.run_id)
+            if self.egress is not None:
+                try:
+                    self.egress.close()
+                except AgentRuntimeError as exc:
+                    report.warnings.append(f"egress proxy: not removed ({exc}); `agentrt gc` "
+                                           "removes it")
             if self.config.database_strategy == "shared":
                 from runtime.databases.postgres import stop_shared_server
 
@@ -306,7 +323,7 @@ class AgentCoordinator:
         session = IsolatedAgentSession(
             task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
             client=self.client, supervisor=self.supervisor, store=self.store,
-            stop_grace_seconds=self.stop_grace_seconds,
+            stop_grace_seconds=self.stop_grace_seconds, egress=self.egress,
         )
         with self._lock:
             self._live[task.id] = session

@@ -50,7 +50,7 @@ from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.git.workspace import create_branch, new_session_id
 from runtime.models import LiveStat, Manifest, SessionResult, SessionStatus, WorkState, utcnow
-from runtime.presets import resolve_command, resolve_image
+from runtime.presets import resolve_command, resolve_env, resolve_image, resolve_secrets
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
 from runtime.run.classify import EndFacts, classify
 from runtime.run.supervisor import Supervisor, Watch
@@ -59,6 +59,7 @@ from runtime.state.log_keeper import LogKeeper
 from runtime.state.recovery import SessionMarker, engine_times, import_policy
 
 if TYPE_CHECKING:
+    from runtime.engine.egress import RunEgress
     from runtime.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class IsolatedAgentSession:
         store: Store | None = None,
         disk_mode: DiskLimitMode | None = None,
         stop_grace_seconds: int = 10,
+        egress: RunEgress | None = None,
     ) -> None:
         # The design's form: IsolatedAgentSession("fix-parser", Path("~/src/app"), limits=...)
         # or base_workspace=...; the typed form: IsolatedAgentSession(task, config, repo=...).
@@ -171,6 +173,9 @@ class IsolatedAgentSession:
         self._client = client
         self._own_supervisor = supervisor is None
         self._supervisor = supervisor
+        # network = "allowlist": the run's egress proxies (the session makes its own if none).
+        self._egress = egress
+        self._own_egress = False
         # The volume and working tree: on this host, or where the engine is when it does not
         # share agentrt's disk (a VM, a remote host, dind; every file operation by the API).
         self.tree: SessionTree | None = None
@@ -281,6 +286,7 @@ class IsolatedAgentSession:
             self._marker.write(self.session_dir)
             self.database = self._make_database(uid, gid)
             env = {
+                **resolve_env(self.task),
                 **self.task.env,
                 "AGENT_TASK": self.task.prompt,
                 "AGENT_TASK_ID": self.task.id,
@@ -291,13 +297,15 @@ class IsolatedAgentSession:
             }
             # Credentials reach the agent through a file its entry point reads and deletes,
             # never through the container's configuration (visible to `docker inspect`).
-            hidden = {**secret_env(self.task),
+            hidden = {**resolve_secrets(self.task, secret_env(self.task)),
                       **{k: env.pop(k) for k in HIDDEN_DATABASE_ENV if k in env}}
+            network = getattr(self.database, "network", None) or self.network
+            if self.network == "allowlist":
+                network = self._join_egress(env, getattr(self.database, "network", None))
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
-                mounts=tuple(tree.agent_mounts()), uid=uid, gid=gid,
-                network=getattr(self.database, "network", None) or self.network,
+                mounts=tuple(tree.agent_mounts()), uid=uid, gid=gid, network=network,
                 runtime=self.config.runtime, env=env,
                 secrets_mount=tree.secrets_mount(hidden) if hidden else None,
                 grace_seconds=self.stop_grace_seconds,
@@ -314,6 +322,27 @@ class IsolatedAgentSession:
             self.close(snapshot_work=False)
             self._delete_unused_branch()
             raise
+
+    def _join_egress(self, env: dict[str, str], own_network: str | None) -> str:
+        """Put the session behind its run's egress proxy; add the proxy variables to ``env``
+        and return the network its container joins (runtime/engine/egress.py)."""
+        from runtime.engine.egress import RunEgress
+
+        if self._egress is None:
+            self._egress = RunEgress(self.client, self.run_id,
+                                     labels={LABEL_REPO: str(self.repo.root)})
+            self._own_egress = True
+        allow, networks = self.config.egress_for(self.task)
+        network, proxy = self._egress.open_session(self.session_id, allow, networks,
+                                                   join=own_network)
+        env.update(proxy)
+        return network
+
+    def _leave_egress(self) -> None:
+        if self._egress is not None:
+            self._egress.close_session(self.session_id)
+            if self._own_egress:
+                self._egress.close()
 
     def _volumes_on_engine(self) -> bool:
         """Whether this session's volume is made on the engine's host: always when the engine
@@ -677,7 +706,7 @@ class IsolatedAgentSession:
         errors: list[str] = []
         # Nothing is deleted until it is safely home: a failed harvest keeps the volume.
         keep_volume = snapshot_work and self.result.work is WorkState.KEPT
-        steps = [self._remove_container, self._drop_database]
+        steps = [self._remove_container, self._drop_database, self._leave_egress]
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:

@@ -215,6 +215,7 @@ def collect_garbage(
         _finish_dead_runs(store)
         _remove_dead_run_stores(repo, store)
         _collect_database_servers(client, store, report)
+        _collect_egress_proxies(client, store, report)
     finally:
         if store is not None:
             store.close()
@@ -258,6 +259,27 @@ def _collect_database_servers(client: docker.DockerClient | None, store: Store |
                 continue
             stop_shared_server(run_id, client)
             report.removed_containers.append(server.name)
+
+
+def _collect_egress_proxies(client: docker.DockerClient | None, store: Store | None,
+                            report: GcReport) -> None:
+    """Remove the egress proxies and networks of runs that are over (finished or owner dead)."""
+    if client is None or store is None:
+        return
+    from runtime.engine.egress import ROLE_EGRESS, remove_run_egress
+
+    with contextlib.suppress(docker.errors.DockerException, AgentRuntimeError):
+        found = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}={ROLE_EGRESS}"})
+        found += client.networks.list(filters={"label": f"{LABEL_ROLE}={ROLE_EGRESS}"})
+        for run_id in sorted({str((item.attrs.get("Labels") or item.attrs.get("Config", {})
+                                   .get("Labels") or {}).get(LABEL_RUN, "")) for item in found}):
+            try:
+                run = store.find_run(run_id)
+            except NotFoundError:
+                continue  # another repository's run: not ours to judge
+            if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
+                continue
+            report.removed_containers.extend(remove_run_egress(client, run_id))
 
 
 def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
