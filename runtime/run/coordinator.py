@@ -10,6 +10,7 @@ Per-task failures never stop the run; :meth:`cancel` stops everything and keeps 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -17,12 +18,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import docker
 
 from runtime import paths
 from runtime.config import AgentPreset, RunConfig, Task, validate_tasks
+from runtime.engine.container import AgentContainer
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.errors import AgentRuntimeError, ConfigError
@@ -52,6 +54,9 @@ from runtime.run.supervisor import Supervisor
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
 from runtime.state.store import Store
+
+if TYPE_CHECKING:
+    from runtime.run.swarm_session import SwarmRun
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,7 @@ class AgentCoordinator:
         self._checked: tuple[list[str], str] | None = None
         self.store: Store | None = None
         self.egress: RunEgress | None = None
+        self._swarm: SwarmRun | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -157,9 +163,14 @@ class AgentCoordinator:
                 check_database_url(self.client, self.config.database_url)
             except DatabaseError as exc:
                 raise ConfigError(f"[run] field database_url: cannot use it: {exc}") from None
-        from runtime.run.admission import check_admission
+        if self.config.engine == "swarm":
+            from runtime.run.swarm_session import SwarmRun
 
-        check_admission(self.client, self.config, tasks, self.repo.state_dir)
+            SwarmRun.preflight(self.client, tasks, self.config)
+        else:
+            from runtime.run.admission import check_admission
+
+            check_admission(self.client, self.config, tasks, self.repo.state_dir)
         self._checked = ([t.id for t in tasks], base_commit)
         return base_commit
 
@@ -212,6 +223,10 @@ class AgentCoordinator:
                 LABEL_REPO: str(self.repo.root), LABEL_OWNER_PID: str(os.getpid()),
                 LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
         try:
+            if self.config.engine == "swarm":
+                from runtime.run.swarm_session import SwarmRun
+
+                self._swarm = SwarmRun(self.client, self.run_id)
             with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
                 self.supervisor = supervisor
                 while not scheduler.done:
@@ -239,6 +254,9 @@ class AgentCoordinator:
         finally:
             self.supervisor = None
             remove_run_stores(self.repo, self.run_id)
+            if self._swarm is not None:
+                with contextlib.suppress(AgentRuntimeError):
+                    self._swarm.close()
             if self.egress is not None:
                 try:
                     self.egress.close()
@@ -320,11 +338,21 @@ class AgentCoordinator:
         start = prepare_base(self.repo, base_commit, [
             (results[d].branch, results[d].head_commit or "") for d in task.deps
         ])
-        session = IsolatedAgentSession(
-            task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
-            client=self.client, supervisor=self.supervisor, store=self.store,
-            stop_grace_seconds=self.stop_grace_seconds, egress=self.egress,
-        )
+        common: dict[str, Any] = dict(
+            repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
+            supervisor=self.supervisor, store=self.store,
+            stop_grace_seconds=self.stop_grace_seconds)
+        release: Callable[[], None] = lambda: None  # noqa: E731 - nothing held on one engine
+        session: IsolatedAgentSession
+        if self._swarm is not None:
+            placed = self._swarm.session(task, self.config, self._cancelled, **common)
+            if placed is None:
+                return self._placeholder(task, SessionStatus.CANCELLED,
+                                         "run cancelled before it started")
+            session, need = placed
+            release = functools.partial(self._swarm.release, placed[0], need)
+        else:
+            session = IsolatedAgentSession(task, self.config, egress=self.egress, **common)
         with self._lock:
             self._live[task.id] = session
         try:
@@ -335,6 +363,7 @@ class AgentCoordinator:
                 self._notify("running", session.result)
                 session.run()
         finally:
+            release()
             with self._lock:
                 self._live.pop(task.id, None)
         self._notify("finished", session.result)
@@ -376,7 +405,9 @@ class AgentCoordinator:
         return [
             LiveTree(s.session_id, s.task.id, s.container, f"{uid}:{gid}", s.base_commit)
             for s in self.live_sessions()
-            if s.container is not None and s.result.status is SessionStatus.RUNNING
+            # The radar reads a live tree by `docker exec`: a container on this engine only.
+            if isinstance(s.container, AgentContainer)
+            and s.result.status is SessionStatus.RUNNING
         ]
 
     def live_stats(self) -> dict[str, LiveStat]:
