@@ -255,8 +255,11 @@ class AgentCoordinator:
             self.supervisor = None
             remove_run_stores(self.repo, self.run_id)
             if self._swarm is not None:
-                with contextlib.suppress(AgentRuntimeError):
+                try:
                     self._swarm.close()
+                except AgentRuntimeError as exc:
+                    report.warnings.append(f"exchange: not removed ({exc}); `agentrt gc` "
+                                           "removes it")
             if self.egress is not None:
                 try:
                     self.egress.close()

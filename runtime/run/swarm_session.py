@@ -111,8 +111,10 @@ class SwarmSession(IsolatedAgentSession):
         tree = NodeTree.create(self.client, self.exchange, self.node.id, self.session_id,
                                self.limits.disk_mb, uid, gid,
                                labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
-        if self._marker is not None:
+        if self._marker is not None:  # what gc needs to find the volume on its node
             self._marker.engine_volume = tree.volume.name
+            self._marker.node_id = self.node.id
+            self._marker.volume_root = tree.volume.root
             self._marker.write(self.session_dir)
         return tree
 
