@@ -80,6 +80,7 @@ NETWORK_GUARD = (
     'none: run the node\'s dockerd with --bridge=none" >&2; exit 97; }; done; '
 )
 ONE_SHOT_TIMEOUT_S = 120
+NODE_CHECK_S = 2.0
 POLL_S = 0.25
 
 
@@ -217,6 +218,23 @@ def task_outcome(task: Mapping[str, Any]) -> tuple[str, int | None, str]:
     return state, None, detail
 
 
+def pinned_node(spec: Mapping[str, Any]) -> str:
+    """Pure: the node id a spec's ``node.id==`` constraint pins it to ("" if none)."""
+    for constraint in spec.get("constraints") or ():
+        name, _, value = str(constraint).partition("==")
+        if name.strip() == "node.id":
+            return value.strip()
+    return ""
+
+
+def node_status(client: docker.DockerClient, node_id: str) -> str:
+    """The node's state as the manager sees it (ready, down, ...; "" when it cannot say)."""
+    try:
+        return str((client.nodes.get(node_id).attrs.get("Status") or {}).get("State", ""))
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return ""
+
+
 def run_one_shot(client: docker.DockerClient, spec: Mapping[str, Any],
                  timeout: float = ONE_SHOT_TIMEOUT_S) -> tuple[int, str]:
     """Create the one-shot service ``spec``, wait for its task to end, read its output,
@@ -229,6 +247,8 @@ def run_one_shot(client: docker.DockerClient, spec: Mapping[str, Any],
             service = client.services.create(**dict(spec))
             deadline = time.monotonic() + timeout
             state, code, detail = "new", None, ""
+            node_id = pinned_node(spec)
+            next_node_check = time.monotonic() + NODE_CHECK_S
             while True:
                 tasks = service.tasks()
                 if tasks:
@@ -239,6 +259,12 @@ def run_one_shot(client: docker.DockerClient, spec: Mapping[str, Any],
                 if time.monotonic() > deadline:
                     raise EngineError(f"could not {what}: its task is still {state} after "
                                       f"{timeout:.0f} s{': ' + detail if detail else ''}")
+                if node_id and time.monotonic() > next_node_check:
+                    next_node_check = time.monotonic() + NODE_CHECK_S
+                    node_state = node_status(client, node_id)
+                    if node_state not in ("ready", ""):
+                        raise EngineError(f"could not {what}: node {node_id} is {node_state} "
+                                          "(node lost)")
                 time.sleep(POLL_S)
             if code is None:
                 raise EngineError(f"could not {what}: its task ended {state}: {detail}")

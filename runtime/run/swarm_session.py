@@ -27,6 +27,7 @@ from runtime.engine.container import ContainerPlan
 from runtime.engine.labels import LABEL_REPO, LABEL_RUN
 from runtime.engine.swarm import Need, Reserved, SwarmNode, place
 from runtime.engine.swarm_agent import EndStats, SwarmAgent, TaskView, parse_end_stats
+from runtime.engine.swarm_service import node_status
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.exchange import Exchange
 from runtime.git.session_tree import NodeTree, SessionTree
@@ -195,11 +196,7 @@ class SwarmSession(IsolatedAgentSession):
             time.sleep(POLL_S)
 
     def _node_down(self) -> bool:
-        try:
-            attrs = self.client.nodes.get(self.node.id).attrs
-        except Exception:  # noqa: BLE001 - the manager did not answer: ask again later
-            return False
-        return str((attrs.get("Status") or {}).get("State", "")) != "ready"
+        return node_status(self.client, self.node.id) not in ("ready", "")
 
     def _classify_end(self, view: TaskView | None, stopped_for: str,
                       stats: EndStats | None) -> None:

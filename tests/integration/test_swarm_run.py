@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,60 @@ def test_gc_brings_home_a_killed_runs_work_and_leaves_nothing_on_any_node(
     (branch,) = json.loads(gc.stdout)["saved_branches"]
     assert {"c.txt", "u.txt"} <= set(git(repo, "ls-tree", "-r", "--name-only", branch).split())
     assert _leftovers(swarm_cluster) == []
+
+
+LOST = """
+[run]
+merge = "auto"
+[run.resource_limits]
+memory_mb = 96
+disk_mb = 24
+time_seconds = 60
+[[tasks]]
+id = "one"
+command = ["sh", "-c", "sleep 12; echo done > one.txt"]
+[[tasks]]
+id = "two"
+command = ["sh", "-c", "sleep 12; echo done > two.txt"]
+[[tasks]]
+id = "three"
+command = ["sh", "-c", "sleep 12; echo done > three.txt"]
+"""
+
+
+def test_a_node_lost_mid_run_crashes_its_session_and_the_run_goes_on(
+        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
+    # Last in this module: the node stays down.
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(LOST)
+    env = {**os.environ, "DOCKER_HOST": swarm_cluster.manager.url}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                             str(repo), "--engine", "swarm", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    victim = swarm_cluster.node("node2")
+    manager = swarm_cluster.manager.client
+    deadline = time.monotonic() + 120
+    while not any(t.get("NodeID") == victim.node_id and t["Status"]["State"] == "running"
+                  # a session's own service (helpers carry no deadline label)
+                  for s in manager.services.list(filters={"label": "agentrt.time_seconds"})
+                  for t in s.tasks()):
+        assert proc.poll() is None and time.monotonic() < deadline, "no session ran on node2"
+        time.sleep(0.3)
+    victim.engine.container.stop(timeout=2)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 1, err[-3000:]
+    by_node = {s["node"]: s for s in json.loads(out)["sessions"]}
+    assert "node2" in by_node, out
+    lost = by_node.pop("node2")
+    assert lost["status"] == "crashed" and "node lost" in lost["reason"], lost
+    assert lost["work"] == "kept", lost
+    assert {s["status"] for s in by_node.values()} == {"succeeded"}, by_node
+    files = set(git(repo, "ls-tree", "-r", "--name-only", "main").split())
+    assert {f"{s['task_id']}.txt" for s in by_node.values()} <= files
+    assert f"{lost['task_id']}.txt" not in files
+    # Nothing is deleted until it is home: the marker keeps the way to the volume on node2.
+    marker = json.loads((repo / ".git/agentrt/sessions" / lost["id"] / "session.json")
+                        .read_text())
+    assert marker["work_kept"] and marker["node_id"] == victim.node_id, marker
+    # (node2 never comes back in this test: its disk went with it.)
+    shutil.rmtree(repo / ".git/agentrt/sessions" / lost["id"])
