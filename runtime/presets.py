@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
     "shell": Preset("agentrt/base:latest", ("sh", "-c", "{prompt}"), ("sh", "--version")),
     "claude-code": Preset(
         "agentrt/claude-code:latest",
-        ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "text",
+        ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "json",
          "{options}"),
         ("claude", "--version"),
         env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
@@ -127,7 +127,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "codex": Preset(
         "agentrt/codex:latest",
-        ("codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "{options}",
+        ("codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox", "{options}",
          "{prompt}"),
         ("codex", "--version"),
         # CODEX_HOME must exist when codex starts: the scratch directory itself does.
