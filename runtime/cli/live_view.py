@@ -278,21 +278,13 @@ def _fit(columns: list[_Column], width: int) -> list[tuple[_Column, int]]:
     return [(c, widths[id(c)]) for c in shown]
 
 
-def _agent(s: SessionResult) -> str:
-    """The agent CLI and its version, from the image's label (``-`` when not an agent's)."""
-    if not s.cli_version:
-        return "-"
-    name = s.image.rsplit("/", 1)[-1].split(":", 1)[0]
-    return f"{name} {s.cli_version}"
-
-
 def summary_table(report: RunReport) -> Table:
     """The final summary of a run; the run's warnings below it. Every string is made safe."""
     table = Table(title=markup_safe(f"run {report.run_id}  base {report.base_commit[:10]}  "
                                     f"merge={report.merge} target={report.target}"))
     agents = any(s.usage or s.cli_version for s in report.sessions)
     for col in ("task", "branch", "status", "exit", "time", "peak mem", "cpu s", "disk",
-                "merge", *(("agent", "usage") if agents else ())):
+                "merge", *(("cli version", "usage") if agents else ())):
         table.add_column(col)
     for s in report.sessions:
         merge: str = s.merge.status
@@ -306,7 +298,7 @@ def summary_table(report: RunReport) -> Table:
             "-" if s.exit_code is None else str(s.exit_code),
             "-" if s.duration_s is None else f"{s.duration_s:.1f}s", _mb(s.peak_memory_bytes),
             f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes), markup_safe(merge),
-            *((markup_safe(_agent(s)), format_usage(s.usage) or "-") if agents else ()),
+            *((markup_safe(s.cli_version or "-"), format_usage(s.usage) or "-") if agents else ()),
         )
     notes = [f"[yellow]warning: {markup_safe(w)}[/]" for w in report.warnings]
     total = total_usage(s.usage for s in report.sessions)
