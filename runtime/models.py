@@ -121,6 +121,9 @@ class Manifest(BaseModel):
     env_keys: list[str] = Field(default_factory=list)
     cli_version: str | None = None
     """The agent CLI's version (the image's ``agentrt.cli.version`` label), for presets."""
+    egress_allow: list[str] = Field(default_factory=list)
+    egress_networks: list[str] = Field(default_factory=list)
+    """With ``network = "allowlist"``: the policy the session ran under (the run's or its own)."""
 
 
 class SessionResult(BaseModel):

@@ -379,14 +379,17 @@ class IsolatedAgentSession:
                 self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)
 
     def manifest(self) -> Manifest:
-        """What a replay needs: image digest, base commit, task, limits (never secret values)."""
+        """What a replay needs: image digest, base commit, task, limits, egress policy and CLI
+        version (never secret values)."""
+        allow, networks = (self.config.egress_for(self.task) if self.network == "allowlist"
+                           else ([], []))
         return Manifest(
             image=self.image, image_digest=self.result.image_digest,
             base_commit=self.base_commit, task=self.task.model_dump(mode="json"),
             limits=self.limits, network=self.network, runtime=self.config.runtime,
             database_strategy=self.config.database_strategy,
             env_keys=sorted([*self.task.env, *self.task.secrets]),
-            cli_version=self.result.cli_version,
+            cli_version=self.result.cli_version, egress_allow=allow, egress_networks=networks,
         )
 
     def _make_database(self, uid: int, gid: int) -> SessionDatabase:

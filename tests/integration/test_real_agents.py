@@ -251,7 +251,20 @@ def test_a_real_agent_cli_edits_through_the_egress_proxy(
     assert api_key not in watcher.proxy_log
     assert api_key not in server.logs().decode(errors="replace")
     assert api_key not in json.dumps(docker_client.api.inspect_container(server.id))
-    print(f"{agent}: {took:.1f}s, usage {usage}\n{logs[-1500:]}", file=sys.stderr)
+    print(f"{agent}: {took:.1f}s, usage {usage}", file=sys.stderr)
+
+    if agent == "claude-code":
+        # Replay from the manifest (image digest, base, task, egress policy): it names the
+        # recorded CLI version and the new session reports its own.
+        again = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "replay", session["id"], "--repo", str(repo)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        version = session["cli_version"]
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"agent CLI {version}" in again.stderr
+        assert version in again.stdout and "in, " in again.stdout, again.stdout
+        assert api_key not in again.stdout + again.stderr
+        assert files_holding(state, needle) == []
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -174,3 +174,107 @@ def test_the_report_carries_usage_and_the_cli_version() -> None:
     assert data["usage"] == {"input_tokens": 1, "output_tokens": 2, "cost_usd": 0.5}
     assert data["cli_version"] == "2.1.332"
     assert SessionResult.model_validate(data) == result
+
+
+# -- where usage is shown -----------------------------------------------------------------
+
+def _agent_session(task: str, usage: Usage | None, version: str | None) -> SessionResult:
+    from runtime.models import SessionStatus, utcnow
+
+    return SessionResult(id=f"{task}-4db5ce", task_id=task, branch=f"agent/{task}/4db5ce",
+                         status=SessionStatus.SUCCEEDED, started_at=utcnow(), duration_s=5.0,
+                         usage=usage, cli_version=version)
+
+
+def _run(*sessions: SessionResult) -> object:
+    from runtime.models import RunReport, utcnow
+
+    return RunReport(run_id="r1", repo="/src/app", base_commit="c" * 40, target="main",
+                     merge="none", started_at=utcnow(), sessions=list(sessions))
+
+
+def test_summary_and_live_view_show_usage_version_and_totals() -> None:
+    import io
+
+    from rich.console import Console
+
+    from runtime.cli.live_view import ProgressView, summary_table
+
+    a = _agent_session("claude", Usage(input_tokens=2400, output_tokens=68, cost_usd=0.00822),
+                       "2.1.332")
+    b = _agent_session("codex", Usage(input_tokens=2400, output_tokens=68), "0.171.0")
+    out = io.StringIO()
+    Console(file=out, width=250).print(summary_table(_run(a, b)))  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "cli version" in text and "2.1.332" in text and "0.171.0" in text
+    assert "2.4k in, 68 out, $0.0082" in text
+    assert "usage of the run: 4.8k in, 136 out, $0.0082" in text
+    plain = _agent_session("sh", None, None)
+    out = io.StringIO()
+    Console(file=out, width=250).print(summary_table(_run(plain)))  # type: ignore[arg-type]
+    assert "cli version" not in out.getvalue()
+
+    view = ProgressView(io.StringIO(), total=2, live=False, run_id="r1")
+    view("finished", a)
+    grid = view._grid([a, plain], 200)
+    assert [c.header for c in grid.columns][-2:] == ["tokens", "last output"]
+    assert "tokens" not in [c.header for c in view._grid([plain], 200).columns]
+
+
+def test_the_html_report_shows_usage_and_the_cli_version() -> None:
+    from runtime.cli.html_report import render_html
+    from runtime.config import ResourceLimits
+    from runtime.models import Manifest
+
+    a = _agent_session("claude", Usage(input_tokens=2400, output_tokens=68, cost_usd=0.5),
+                       "2.1.332")
+    manifest = Manifest(image="agentrt/claude-code:latest", image_digest=None,
+                        base_commit="c" * 40, task={"id": "claude", "agent": "claude-code"},
+                        limits=ResourceLimits(), network="allowlist", runtime="runc",
+                        database_strategy="per_agent", cli_version="2.1.332")
+    page = render_html(_run(a), {}, {a.id: manifest})  # type: ignore[arg-type]
+    assert "<th>tokens</th>" in page and "2.4k in, 68 out, $0.5000" in page
+    assert "agent CLI" in page and "2.1.332" in page
+    assert "usage of the run" in page
+
+
+def test_replay_keeps_the_recorded_egress_policy() -> None:
+    from runtime.config import ResourceLimits
+    from runtime.models import Manifest
+    from runtime.run.replay import replay_config
+    from runtime.state.schema import SessionRow
+
+    manifest = Manifest(image="agentrt/codex:latest", image_digest="sha256:" + "ab" * 32,
+                        base_commit="c" * 40,
+                        task={"id": "x", "agent": "codex", "prompt": "hi"},
+                        limits=ResourceLimits(), network="allowlist", runtime="runc",
+                        database_strategy="per_agent", cli_version="0.171.0",
+                        egress_allow=["models:8080"], egress_networks=["llm-net"])
+    result = SessionResult(id="x-1", task_id="x", branch="agent/x/1")
+    row = SessionRow(id="x-1", run_id="r", task_id="x", branch="agent/x/1",
+                     status=result.status, result_json=result.model_dump_json(),
+                     manifest_json=manifest.model_dump_json(), container_id=None,
+                     volume_path=None, mount_path=None, loop_device=None, db_path=None,
+                     deadline=None, owner_pid=None, owner_start_time=None, created_at=0.0,
+                     updated_at=0.0, result=result)
+    config, task = replay_config(row)
+    assert config.network == "allowlist"
+    assert config.egress_for(task) == (["models:8080"], ["llm-net"])
+    assert task.image == manifest.image_digest
+
+
+def test_the_cli_version_label_is_read_only_when_it_looks_like_one() -> None:
+    from unittest import mock
+
+    from runtime.engine.images import cli_version
+
+    def client(labels: dict[str, str] | None) -> mock.MagicMock:
+        fake = mock.MagicMock()
+        fake.images.get.return_value = mock.MagicMock(labels=labels)
+        return fake
+
+    assert cli_version(client({"agentrt.cli.version": "2.1.332"}), "x") == "2.1.332"
+    assert cli_version(client({}), "x") is None
+    assert cli_version(client(None), "x") is None
+    assert cli_version(client({"agentrt.cli.version": "1\x1b[31m"}), "x") is None
+    assert cli_version(client({"agentrt.cli.version": "9" * 100}), "x") is None
