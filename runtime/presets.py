@@ -8,6 +8,9 @@ the container (not the agent's prompt) is the sandbox. Each preset also knows it
   an allowlist would refuse anyway);
 * its state and history live under ``/tmp`` (the container's private scratch space), never in
   ``/workspace``, so nothing of the CLI's own comes home with the agent's work.
+* it prints in its machine-readable mode where it has one (``claude -p --output-format json``,
+  ``codex exec --json``; aider's ``Tokens: …`` lines), from which ``runtime/run/usage.py``
+  reads the tokens and cost it reports once the session ends.
 
 Every decision here is a pure function of the task, table-tested in ``tests/unit``.
 """
