@@ -90,6 +90,23 @@ class MergeInfo(BaseModel):
     merge_commit: str | None = None
 
 
+class Usage(BaseModel):
+    """What an agent CLI reported it used (``runtime/run/usage.py`` reads it from the log).
+
+    ``None``: not reported. ``input_tokens`` counts every prompt token the model read (cached
+    ones included); ``cost_usd`` is the CLI's own estimate, when it gives one.
+    """
+
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+    cost_usd: float | None = Field(default=None, ge=0)
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing is known."""
+        return self.input_tokens is None and self.output_tokens is None and self.cost_usd is None
+
+
 class Manifest(BaseModel):
     """What is needed to replay a session: image digest, base commit, task and limits."""
 
@@ -102,6 +119,11 @@ class Manifest(BaseModel):
     runtime: str
     database_strategy: str
     env_keys: list[str] = Field(default_factory=list)
+    cli_version: str | None = None
+    """The agent CLI's version (the image's ``agentrt.cli.version`` label), for presets."""
+    egress_allow: list[str] = Field(default_factory=list)
+    egress_networks: list[str] = Field(default_factory=list)
+    """With ``network = "allowlist"``: the policy the session ran under (the run's or its own)."""
 
 
 class SessionResult(BaseModel):
@@ -130,6 +152,8 @@ class SessionResult(BaseModel):
     merge: MergeInfo = Field(default_factory=MergeInfo)
     work: WorkState = WorkState.NONE
     warnings: list[str] = Field(default_factory=list)
+    cli_version: str | None = None
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ the container (not the agent's prompt) is the sandbox. Each preset also knows it
   an allowlist would refuse anyway);
 * its state and history live under ``/tmp`` (the container's private scratch space), never in
   ``/workspace``, so nothing of the CLI's own comes home with the agent's work.
+* it prints in its machine-readable mode where it has one (``claude -p --output-format json``,
+  ``codex exec --json``; aider's ``Tokens: …`` lines), from which ``runtime/run/usage.py``
+  reads the tokens and cost it reports once the session ends.
 
 Every decision here is a pure function of the task, table-tested in ``tests/unit``.
 """
@@ -117,7 +120,7 @@ PRESETS: dict[str, Preset] = {
     "shell": Preset("agentrt/base:latest", ("sh", "-c", "{prompt}"), ("sh", "--version")),
     "claude-code": Preset(
         "agentrt/claude-code:latest",
-        ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "text",
+        ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "json",
          "{options}"),
         ("claude", "--version"),
         env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
@@ -127,7 +130,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "codex": Preset(
         "agentrt/codex:latest",
-        ("codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "{options}",
+        ("codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox", "{options}",
          "{prompt}"),
         ("codex", "--version"),
         # CODEX_HOME must exist when codex starts: the scratch directory itself does.

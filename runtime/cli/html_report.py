@@ -33,6 +33,7 @@ from runtime.cli.html_sessions import (
     with_limit,
 )
 from runtime.models import Manifest, RunReport, SessionStatus, utcnow
+from runtime.run.usage import format_usage, total_usage
 
 if TYPE_CHECKING:
     from runtime.cli.report_work import SessionWork, TargetStory
@@ -105,9 +106,10 @@ footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
 def _summary_table(page: ReportPage, manifests: dict[str, Manifest | None]) -> str:
     """One row per session; every measured number beside its limit."""
     report = page.report
+    usage = any(s.usage for s in report.sessions)
     head = "".join(f"<th>{h}</th>" for h in ("task", "status", "exit", "start", "time",
                                               "peak memory", "cpu", "disk", "changes",
-                                              "merge"))
+                                              *(("tokens",) if usage else ()), "merge"))
     rows = []
     for s in report.sessions:
         lim = manifest.limits if (manifest := manifests.get(s.id)) else None
@@ -134,6 +136,7 @@ def _summary_table(page: ReportPage, manifests: dict[str, Manifest | None]) -> s
             + with_limit(f"{average:.0f} %", f"{lim.cpu_percent} %" if lim else None),
             with_limit(mib(s.disk_used_bytes), f"{lim.disk_mb} MiB" if lim else None),
             changes,
+            *((format_usage(s.usage) or "-",) if usage else ()),
         ]
         rows.append(
             f'<tr><td><a href="#s-{esc(s.id)}">{esc(s.task_id)}</a><br>'
@@ -145,7 +148,12 @@ def _summary_table(page: ReportPage, manifests: dict[str, Manifest | None]) -> s
             + f"<td>{merge_pill(s.merge.status)}"
             + "".join(f"<br><code>{esc(p)}</code>" for p in sorted(set(partners)))
             + "</td></tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    total = total_usage(s.usage for s in report.sessions)
+    foot = "" if total is None else (
+        f'<tfoot><tr><td colspan="9">usage of the run (as the agents\' CLIs reported it)</td>'
+        f'<td class="num">{esc(format_usage(total))}</td><td></td></tr></tfoot>')
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>{foot}"
+            "</table>")
 
 
 def _merges_section(page: ReportPage) -> str:

@@ -12,6 +12,7 @@ from runtime.cli.html_charts import resource_charts
 from runtime.cli.html_format import STATUS_COLOR, esc, format_seconds, merge_pill, status_pill
 from runtime.cli.report_work import SessionWork, TargetStory
 from runtime.models import Manifest, RunReport, SessionResult
+from runtime.run.usage import format_usage
 
 if TYPE_CHECKING:
     from runtime.state.store import Sample
@@ -174,6 +175,8 @@ def _manifest_block(s: SessionResult, manifest: Manifest | None) -> str:
         ("isolation", esc(f"network {manifest.network} · runtime {manifest.runtime} · "
                          f"database {manifest.database_strategy}")),
         ("env keys", esc(", ".join(manifest.env_keys) or "none")),
+        *([("agent CLI", esc(manifest.cli_version))] if manifest.cli_version else []),
+        *([("usage", esc(format_usage(s.usage)))] if s.usage else []),
         ("command", f"<pre>{esc(command)}</pre>"),
     ]
     body = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in rows)

@@ -2,10 +2,11 @@
 
 The live table's header names the run (``agentrt stop``, ``report`` and ``merge`` need its id)
 and, after Ctrl-C, says that the run is stopping and how to force it. Columns are fitted to the
-terminal: the state column is never cut, numbers are shown whole or not at all (cpu, session,
-disk, memory and time go, in that order, while the rest cannot fit), and the text columns share
-what is left, the last output giving way first. Finished rows keep their
-reason and last output line.
+terminal: the state column is never cut, numbers are shown whole or not at all (tokens, cpu,
+session, disk, memory and time go, in that order, while the rest cannot fit), and the text
+columns share what is left, the last output giving way first. Finished rows keep their
+reason and last output line, and (for an agent preset) the tokens and cost its CLI reported;
+the final summary adds the CLI's version and the run's totals.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.text import Text
 
 from runtime.config import ResourceLimits
 from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus
+from runtime.run.usage import format_usage, total_usage
 from runtime.text import markup_safe, terminal_safe
 
 STATUS_STYLE = {
@@ -190,9 +192,12 @@ class ProgressView:
         except Exception:  # noqa: BLE001 - the view never takes the run down
             live = {}
         cells = [self._row(r, live.get(r.task_id)) for r in rows]
-        layout = [("task", 8, 24, 0), ("session", 0, 0, 2), ("state", 0, 0, 0),
-                  ("time", 0, 0, 5), ("cpu%", 0, 0, 1), ("memory", 0, 0, 4), ("disk", 0, 0, 3),
-                  ("last output", 20, 0, 0)]
+        layout = [("task", 8, 24, 0), ("session", 0, 0, 3), ("state", 0, 0, 0),
+                  ("time", 0, 0, 6), ("cpu%", 0, 0, 2), ("memory", 0, 0, 5), ("disk", 0, 0, 4),
+                  ("tokens", 0, 0, 1), ("last output", 20, 0, 0)]
+        if not any(r.usage for r in rows):  # known once an agent preset's session ends
+            layout.pop(-2)
+            cells = [row[:-2] + row[-1:] for row in cells]
         columns = [_Column(name, [row[n].plain for row in cells], minimum, cap or 1000, drop)
                    for n, (name, minimum, cap, drop) in enumerate(layout)]
         shown = _fit(columns, width)
@@ -240,7 +245,7 @@ class ProgressView:
             last_style = "red" if r.status.is_failure else "yellow"
         return [Text(terminal_safe(r.task_id)), Text(terminal_safe(r.id)), Text(state, style),
                 Text(time_cell), Text(cpu), Text(memory_cell), Text(disk_cell),
-                Text(terminal_safe(last), last_style)]
+                Text(format_usage(r.usage)), Text(terminal_safe(last), last_style)]
 
 
 def _fit(columns: list[_Column], width: int) -> list[tuple[_Column, int]]:
@@ -277,8 +282,9 @@ def summary_table(report: RunReport) -> Table:
     """The final summary of a run; the run's warnings below it. Every string is made safe."""
     table = Table(title=markup_safe(f"run {report.run_id}  base {report.base_commit[:10]}  "
                                     f"merge={report.merge} target={report.target}"))
+    agents = any(s.usage or s.cli_version for s in report.sessions)
     for col in ("task", "branch", "status", "exit", "time", "peak mem", "cpu s", "disk",
-                "merge"):
+                "merge", *(("cli version", "usage") if agents else ())):
         table.add_column(col)
     for s in report.sessions:
         merge: str = s.merge.status
@@ -292,8 +298,12 @@ def summary_table(report: RunReport) -> Table:
             "-" if s.exit_code is None else str(s.exit_code),
             "-" if s.duration_s is None else f"{s.duration_s:.1f}s", _mb(s.peak_memory_bytes),
             f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes), markup_safe(merge),
+            *((markup_safe(s.cli_version or "-"), format_usage(s.usage) or "-") if agents else ()),
         )
     notes = [f"[yellow]warning: {markup_safe(w)}[/]" for w in report.warnings]
+    total = total_usage(s.usage for s in report.sessions)
+    if total is not None and len(report.sessions) > 1:
+        notes.insert(0, f"usage of the run: {format_usage(total)}")
     if report.merge_refused is not None:
         notes.insert(0, f"[red]not merged: {markup_safe(report.merge_refused)}[/]")
     elif report.auto_merge_missed and not report.interrupted:

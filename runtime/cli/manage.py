@@ -145,6 +145,11 @@ def replay(session: str, repo: str, as_json: bool) -> None:
     main_repo = MainRepo(repo)
     with open_store(main_repo) as store:
         row = store.find_session(session)
+    if row.manifest is not None:  # what is replayed; the report says what ran this time
+        recorded = row.manifest
+        click.echo(f"replaying {row.id}: {recorded.image_digest or recorded.image}"
+                   + (f", agent CLI {recorded.cli_version}" if recorded.cli_version else "")
+                   + f", base {recorded.base_commit[:10]}", err=True)
     report = replay_session(main_repo, row)
     print_report(report, as_json)
     sys.exit(report.exit_code())

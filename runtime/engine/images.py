@@ -31,6 +31,8 @@ from runtime.errors import ImageNotFoundError
 LABEL_IMAGE = "agentrt.image"
 LABEL_RECIPE = "agentrt.recipe"
 LABEL_METHOD = "agentrt.build"
+LABEL_CLI_VERSION = "agentrt.cli.version"  # set by an agent preset's recipe (its pinned ARG)
+MAX_VERSION_LEN = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,17 @@ def image_digest(client: docker.DockerClient, ref: str) -> str:
         raise _not_found(ref)
     repo_digests = image.attrs.get("RepoDigests") or []
     return str(repo_digests[0]) if repo_digests else str(image.id)
+
+
+def cli_version(client: docker.DockerClient, ref: str) -> str | None:
+    """The agent CLI version the image's recipe pinned (its ``agentrt.cli.version`` label), or
+    None: no such label, or one that is not a short printable version string."""
+    image = get_image(client, ref)
+    value = str(((image.labels if image is not None else None) or {}).get(LABEL_CLI_VERSION, ""))
+    value = value.strip()
+    if not value or len(value) > MAX_VERSION_LEN or not value.isprintable():
+        return None
+    return value
 
 
 def _not_found(ref: str) -> ImageNotFoundError:

@@ -19,6 +19,8 @@ def replay_config(row: SessionRow) -> tuple[RunConfig, Task]:
     config = RunConfig(
         max_concurrent_agents=1, base=manifest.base_commit, merge="none",
         image=image, network=manifest.network,
+        egress_allow=manifest.egress_allow if manifest.network == "allowlist" else [],
+        egress_networks=manifest.egress_networks if manifest.network == "allowlist" else [],
         runtime=manifest.runtime,
         database_strategy=manifest.database_strategy,
         resource_limits=manifest.limits,

@@ -55,6 +55,7 @@ from runtime.presets import resolve_command, resolve_env, resolve_image, resolve
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
 from runtime.run.classify import EndFacts, classify
 from runtime.run.supervisor import Supervisor, Watch
+from runtime.run.usage import usage_from_log
 from runtime.state.liveness import process_start_time
 from runtime.state.log_keeper import LogKeeper
 from runtime.state.recovery import SessionMarker, engine_times, import_policy
@@ -255,11 +256,12 @@ class IsolatedAgentSession:
 
     def prepare(self) -> None:
         """Create branch, volume, working tree, database and container; undo on failure."""
-        from runtime.engine.images import image_digest
+        from runtime.engine.images import cli_version, image_digest
 
         uid, gid = agent_ids()
         try:
             self.result.image_digest = image_digest(self.client, self.image)
+            self.result.cli_version = cli_version(self.client, self.image)
             manifest = self.manifest()
             owner_start = process_start_time(os.getpid())
             self._record(
@@ -382,13 +384,17 @@ class IsolatedAgentSession:
                 self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)
 
     def manifest(self) -> Manifest:
-        """What a replay needs: image digest, base commit, task, limits (never secret values)."""
+        """What a replay needs: image digest, base commit, task, limits, egress policy and CLI
+        version (never secret values)."""
+        allow, networks = (self.config.egress_for(self.task) if self.network == "allowlist"
+                           else ([], []))
         return Manifest(
             image=self.image, image_digest=self.result.image_digest,
             base_commit=self.base_commit, task=self.task.model_dump(mode="json"),
             limits=self.limits, network=self.network, runtime=self.config.runtime,
             database_strategy=self.config.database_strategy,
             env_keys=sorted([*self.task.env, *self.task.secrets]),
+            cli_version=self.result.cli_version, egress_allow=allow, egress_networks=networks,
         )
 
     def _make_database(self, uid: int, gid: int) -> SessionDatabase:
@@ -573,6 +579,8 @@ class IsolatedAgentSession:
             self.result.duration_s = round(
                 (self.result.finished_at - self.result.started_at).total_seconds(), 3)
         self._save_logs()
+        if self.task.command is None:  # a preset's CLI: what it reported it used
+            self.result.usage = usage_from_log(self.task.agent, self.log_path)
         crash_point("harvest")
         self._bring_home()
         crash_point("home")

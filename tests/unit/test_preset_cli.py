@@ -38,7 +38,7 @@ def test_claude_code_model_and_base_url() -> None:
 
 def test_codex_model_provider_and_key() -> None:
     argv = resolve_command(task("codex", model="gpt-5-codex", base_url=URL))
-    assert argv[:3] == ["codex", "exec", "--dangerously-bypass-approvals-and-sandbox"]
+    assert argv[:4] == ["codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox"]
     assert argv[-1] == "fix it"
     assert argv[argv.index("-m") + 1] == "gpt-5-codex"
     configs = [argv[i + 1] for i, part in enumerate(argv) if part == "-c"]

@@ -1,0 +1,281 @@
+"""The three agent presets for real: claude-code, codex and aider, each in its own image, make
+an edit through a real ``agentrt run`` against a scripted model server.
+
+No real model is reachable here, so ``tests/integration/model_server.py`` (stdlib Python, in
+agentrt/base) plays one on a Docker network this test makes: Anthropic Messages for claude-code,
+the OpenAI Responses API for codex, Chat Completions for aider (through litellm), all streamed,
+each answering with a canned tool call or edit that writes a file. Each run uses
+``network = "allowlist"`` with only that server's ``host:port`` allowed and its network in
+``egress_networks``, so the CLI can reach the model only through the run's egress proxy.
+
+For each CLI the test proves: the session succeeds; the server saw the CLI's requests, with the
+right API key, coming from the proxy's address (never the session's); the proxy's log shows the
+connection; the file is on the session's branch; the JSON report holds the CLI's version (the
+image's label) and the usage it reported; and the API key is in no saved log, report, state
+file, the proxy's or server's log, nor any ``docker inspect`` of the run's containers.
+
+The preset images are built first if their recipes changed (minutes, cold: see
+docs/benchmarks.md); with current images the three runs take about a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.engine.image_build import build_image
+from runtime.engine.recipes import recipe_dir
+from tests.conftest import git
+
+pytestmark = pytest.mark.docker
+
+BASE = "agentrt/base:latest"
+PORT = 8080
+SERVER_SOURCE = (Path(__file__).parent / "model_server.py").read_text(encoding="utf-8")
+
+# Per preset: the secret it reads, its model and base URL, the file the server makes it write.
+CASES: dict[str, dict[str, Any]] = {
+    "claude-code": {"secret": "ANTHROPIC_API_KEY", "model": "claude-sonnet-4-5",
+                    "base_url": "http://{server}:8080", "path": "/v1/messages",
+                    "file": "hello-claude.txt", "text": "hello from claude-code\n",
+                    "version_arg": "CLAUDE_CODE_VERSION", "cost": True, "server_usage": True},
+    "codex": {"secret": "OPENAI_API_KEY", "model": "gpt-5-codex",
+              "base_url": "http://{server}:8080/v1", "path": "/v1/responses",
+              "file": "hello-codex.txt", "text": "hello from codex\n",
+              "version_arg": "CODEX_VERSION", "cost": False, "server_usage": True},
+    "aider": {"secret": "OPENAI_API_KEY", "model": "openai/agentrt-scripted",
+              "base_url": "http://{server}:8080/v1", "path": "/v1/chat/completions",
+              "file": "hello-aider.txt", "text": "hello from aider\n",
+              "version_arg": "AIDER_VERSION", "cost": False, "server_usage": False,
+              "env": {"AIDER_EDIT_FORMAT": "whole"}},
+}
+
+BUILD_SECONDS: dict[str, float] = {}
+
+
+def pinned_version(name: str, arg: str) -> str:
+    """The CLI version a recipe pins (its ``ARG <arg>=...``)."""
+    text = (recipe_dir(name) / "Dockerfile").read_text(encoding="utf-8")
+    found = re.search(rf"^ARG {arg}=(\S+)$", text, re.MULTILINE)
+    assert found, f"{name}: no ARG {arg}"
+    return found.group(1)
+
+
+def preset_image(client: Any, name: str) -> str:
+    """A preset's image, built if its recipe changed (a no-op when current)."""
+    result = build_image(client, name, log=lambda line: None)
+    BUILD_SECONDS[name] = result.seconds
+    if result.rebuilt:
+        print(f"built {result.ref} in {result.seconds:.0f}s", file=sys.stderr)
+    return result.ref
+
+
+@pytest.fixture(scope="module")
+def api_key() -> str:
+    """A fresh fake API key: the secret that must appear nowhere."""
+    return "sk-agentrt-test-" + secrets.token_hex(20)
+
+
+@pytest.fixture(scope="module")
+def model_server(docker_client: Any, api_key: str) -> Iterator[dict[str, Any]]:
+    """The scripted model server on a fresh internal network (no route out)."""
+    tag = secrets.token_hex(4)
+    net = docker_client.networks.create(f"agentrt-models-{tag}", driver="bridge",
+                                        internal=True)
+    server = None
+    try:
+        # The server checks the key by its hash: the key itself is not in its configuration.
+        server = docker_client.containers.run(
+            BASE, ["python3", "-u", "-c", SERVER_SOURCE], name=f"agentrt-model-{tag}",
+            network=net.name, detach=True,
+            environment={"EXPECT_KEY_SHA256": hashlib.sha256(api_key.encode()).hexdigest(),
+                         "PORT": str(PORT)})
+        for _ in range(100):
+            if b"listening" in server.logs():
+                break
+            time.sleep(0.1)
+        yield {"net": net.name, "name": server.name, "container": server}
+    finally:
+        if server is not None:
+            server.remove(force=True)
+        net.remove()
+
+
+def server_requests(server: Any, since: int) -> list[dict[str, Any]]:
+    """The server's request records (its JSON log lines) after the first ``since``."""
+    lines = server.logs().decode(errors="replace").splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    return [r for r in records if "path" in r][since:]
+
+
+class Watcher:
+    """Collects ``docker inspect`` of every container of a repository's run while it lives,
+    and the egress proxy's log and address on the model server's network."""
+
+    def __init__(self, client: Any, repo: Path, net: str) -> None:
+        self.client, self.repo, self.net = client, repo, net
+        self.inspected: dict[str, str] = {}
+        self.proxy_log = ""
+        self.proxy_ip = ""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                found = self.client.containers.list(
+                    all=True, filters={"label": f"agentrt.repo={self.repo}"})
+                for container in found:
+                    attrs = self.client.api.inspect_container(container.id)
+                    self.inspected[container.id] = json.dumps(attrs)
+                    labels = attrs.get("Config", {}).get("Labels") or {}
+                    if labels.get("agentrt.role") == "egress":
+                        self.proxy_log = container.logs().decode(errors="replace")
+                        networks = attrs["NetworkSettings"]["Networks"]
+                        if self.net in networks:
+                            self.proxy_ip = networks[self.net]["IPAddress"]
+            except Exception:  # noqa: BLE001 - a container went away between calls
+                pass
+            self.stop.wait(0.3)
+
+    def __enter__(self) -> Watcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def task_file(path: Path, agent: str, case: dict[str, Any], server: dict[str, Any]) -> Path:
+    base_url = case["base_url"].format(server=server["name"])
+    env = "".join(f'{k} = "{v}", ' for k, v in case.get("env", {}).items()).rstrip(", ")
+    path.write_text(f"""
+[run]
+merge = "none"
+conflict_radar_seconds = 0
+network = "allowlist"
+egress_allow = ["{server['name']}:{PORT}"]
+egress_networks = ["{server['net']}"]
+
+[run.resource_limits]
+memory_mb = 1536
+cpu_percent = 200
+time_seconds = 150
+disk_mb = 256
+pids = 512
+
+[[tasks]]
+id = "{agent}"
+agent = "{agent}"
+prompt = "Create the file {case['file']} saying hello."
+secrets = ["{case['secret']}"]
+model = "{case['model']}"
+base_url = "{base_url}"
+env = {{ {env} }}
+""", encoding="utf-8")
+    return path
+
+
+def files_holding(root: Path, needle: bytes) -> list[str]:
+    """Every file under ``root`` whose bytes contain ``needle``."""
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+@pytest.mark.parametrize("agent", list(CASES))
+def test_a_real_agent_cli_edits_through_the_egress_proxy(
+        agent: str, docker_client: Any, repo: Path, tmp_path: Path,
+        model_server: dict[str, Any], api_key: str) -> None:
+    case = CASES[agent]
+    preset_image(docker_client, agent)
+    server = model_server["container"]
+    seen_before = len(server_requests(server, 0))
+    tasks = task_file(tmp_path / "tasks.toml", agent, case, model_server)
+    env = {case["secret"]: api_key}
+    command = [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo),
+               "--json"]
+    started = time.monotonic()
+    with Watcher(docker_client, repo.resolve(), model_server["net"]) as watcher:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=400,
+                              env={**os.environ, **env})
+    took = time.monotonic() - started
+    state = repo / ".git" / "agentrt"
+    logs = "\n".join(p.read_text(errors="replace") for p in state.rglob("*.log"))
+    requests = server_requests(server, seen_before)
+    context = (f"exit {done.returncode}\nstderr: {done.stderr[-3000:]}\nlog: {logs[-4000:]}\n"
+               f"requests: {requests}\nproxy: {watcher.proxy_log[-2000:]}")
+    assert done.returncode == 0, context
+    report = json.loads(done.stdout)
+    (session,) = report["sessions"]
+    assert session["status"] == "succeeded", context
+
+    # The CLI reached the model, with the key, and only through the proxy.
+    api_calls = [r for r in requests if r["path"].startswith(case["path"])]
+    assert api_calls, context
+    assert all(r["auth"] == "ok" for r in requests), context
+    assert watcher.proxy_ip and {r["client"] for r in requests} == {watcher.proxy_ip}, context
+    assert f'Established connection to host "{model_server["name"]}"' in watcher.proxy_log
+
+    # Its edit is on its branch.
+    assert git(repo, "show", f"{session['branch']}:{case['file']}") == case["text"]
+
+    # Its version (the recipe's pin, through the image label) and its usage are reported.
+    assert session["cli_version"] == pinned_version(agent, case["version_arg"])
+    usage = session["usage"]
+    assert usage is not None, context
+    # claude-code and codex report the server's own figures (1200 in, 34 out per answer);
+    # aider counts the streamed tokens itself with litellm's tokenizer.
+    least = (1200, 34) if case["server_usage"] else (1, 1)
+    assert usage["input_tokens"] >= least[0] and usage["output_tokens"] >= least[1], usage
+    if case["cost"]:
+        assert usage["cost_usd"] is not None and usage["cost_usd"] > 0, usage
+
+    # The key is in no log, report, state file, container configuration or proxy/server log.
+    needle = api_key.encode()
+    assert needle not in done.stdout.encode() and needle not in done.stderr.encode()
+    assert files_holding(state, needle) == []
+    assert watcher.inspected, "no container of the run was seen"
+    assert all(api_key not in text for text in watcher.inspected.values())
+    assert api_key not in watcher.proxy_log
+    assert api_key not in server.logs().decode(errors="replace")
+    assert api_key not in json.dumps(docker_client.api.inspect_container(server.id))
+    print(f"{agent}: {took:.1f}s, usage {usage}", file=sys.stderr)
+
+    if agent == "claude-code":
+        # Replay from the manifest (image digest, base, task, egress policy): it names the
+        # recorded CLI version and the new session reports its own.
+        again = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "replay", session["id"], "--repo", str(repo)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        version = session["cli_version"]
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"agent CLI {version}" in again.stderr
+        assert version in again.stdout and "in, " in again.stdout, again.stdout
+        assert api_key not in again.stdout + again.stderr
+        assert files_holding(state, needle) == []
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_preset_image_has_its_version_label_and_a_home_of_its_own(
+        docker_client: Any, name: str) -> None:
+    """No root-owned file in the agent's home; the pinned version is the image's label."""
+    ref = preset_image(docker_client, name)
+    if ref:
+        out = docker_client.containers.run(
+            ref, ["sh", "-c", 'find "$HOME" ! -user agent; echo "home=$HOME"'],
+            remove=True).decode()
+        assert out.strip() == "home=/home/agent", (name, out)
+        labels = docker_client.images.get(ref).labels
+        assert labels["agentrt.cli.version"] == pinned_version(name, CASES[name]["version_arg"])
