@@ -102,6 +102,9 @@ class Manifest(BaseModel):
     runtime: str
     database_strategy: str
     env_keys: list[str] = Field(default_factory=list)
+    # The key (hash of the inputs) of the environment the image was built from, if any.
+    environment_key: str | None = None
+    services: list[dict[str, object]] = Field(default_factory=list)
 
 
 class SessionResult(BaseModel):
