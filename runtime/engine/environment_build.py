@@ -49,6 +49,8 @@ BUILD_CA = "agentrt-build-ca.crt"
 SETUP_PRELUDE = (f"if [ -s /tmp/{BUILD_CA} ]; then export PIP_CERT=/tmp/{BUILD_CA} "
                  f"NODE_EXTRA_CA_CERTS=/tmp/{BUILD_CA}; fi; ")
 TAIL_LINES = 15
+# The classic builder's own lines, left out of a failure's last lines.
+_BUILDER_NOISE = re.compile(r"^\s*(---> |Removing intermediate container )")
 
 # The agentrt layer: what every session needs, added where missing. Exit 97: cannot be added.
 LAYER_SCRIPT = r"""set -eu
@@ -279,7 +281,7 @@ def stream_build(client: docker.DockerClient, context: Path, dockerfile: str,
             for line in text.splitlines():
                 if line.startswith("Step "):
                     step, tail = line, []
-                elif line.strip():
+                elif line.strip() and not _BUILDER_NOISE.match(line):
                     tail = (tail + [line])[-TAIL_LINES:]
                 emit(line)
             aux = chunk.get("aux")
