@@ -262,3 +262,33 @@ def test_broken_dockerfile_exits_2_before_anything_starts(repo: Path) -> None:
     detail = proc.stderr.split("the build failed", 1)[1]
     assert "RUN echo about-to-fail" in detail and "\n    about-to-fail" in detail, detail
     assert git(repo, "branch", "--list", "agent/*").strip() == ""
+
+
+def test_environments_that_cannot_hold_a_session_are_refused(repo: Path,
+                                                             docker_client: Any) -> None:
+    """An image without /bin/sh, and one without git and without apt-get or apk."""
+    from runtime.errors import ConfigError
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    noshell = "agentrt-test/no-shell:latest"
+    docker_client.api.import_image_from_data(data.getvalue(), repository="agentrt-test/no-shell",
+                                             tag="latest")
+    commit(repo, {"bare/Dockerfile": f"# {secrets.token_hex(4)}\nFROM agentrt/base:latest\n"
+                                     "USER root\nRUN rm -f /usr/bin/git /usr/bin/apt-get\n"})
+    main = MainRepo(repo)
+    head = main.rev_parse("HEAD")
+    tasks = [sh("t", "true")]
+    try:
+        with pytest.raises(ConfigError, match="no /bin/sh"):
+            prepare_environments(docker_client, main, head,
+                                 RunConfig(environment=Environment(image=noshell)), tasks)
+        with pytest.raises(ConfigError, match="lacks git and has neither apt-get nor apk"):
+            prepare_environments(docker_client, main, head,
+                                 RunConfig(environment=Environment(dockerfile="bare/Dockerfile")),
+                                 tasks)
+    finally:
+        docker_client.images.remove(noshell, force=True)
