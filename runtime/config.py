@@ -385,6 +385,7 @@ class RunConfig(_Strict):
 
     _egress_allow = field_validator("egress_allow")(_check_egress_allow)
     _egress_networks = field_validator("egress_networks")(_check_egress_networks)
+    _services = field_validator("services")(check_services)
 
     @field_validator("target")
     @classmethod
@@ -532,7 +533,6 @@ def parse_task_file(raw: dict[str, Any], source: str = "tasks") -> TaskFile:
         raise ConfigError(_describe(dict(first), raw, source)) from None
     validate_tasks(parsed.tasks, source)
     check_egress(parsed.run, parsed.tasks, source)
-    check_services(parsed.run.services, source)
     return parsed
 
 

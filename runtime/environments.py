@@ -14,13 +14,10 @@ file. Building is :mod:`runtime.engine.environment_build`, services
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from runtime.errors import ConfigError
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A service's name is its host name on the session's network: one DNS label.
@@ -203,14 +200,13 @@ class Service(_Strict):
     _env = field_validator("env")(check_env_table)
 
 
-def check_services(services: Iterable[Service], source: str = "tasks") -> None:
-    """ConfigError for two services of one name, or too many."""
+def check_services(services: list[Service]) -> list[Service]:
+    """Refuse two services of one name, or too many (a validator of ``RunConfig.services``)."""
+    if len(services) > MAX_SERVICES:
+        raise ValueError(f"at most {MAX_SERVICES} services")
     seen: set[str] = set()
-    items = list(services)
-    if len(items) > MAX_SERVICES:
-        raise ConfigError(f"{source}: [run]: field services: at most {MAX_SERVICES} services")
-    for index, service in enumerate(items):
+    for service in services:
         if service.name in seen:
-            raise ConfigError(f"{source}: [run]: field services.{index}.name: duplicate "
-                              f"service name {service.name!r}")
+            raise ValueError(f"duplicate service name {service.name!r}")
         seen.add(service.name)
+    return services

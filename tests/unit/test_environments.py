@@ -70,7 +70,7 @@ def test_services_in_the_task_file() -> None:
          "memory_mb": 512, "cpu_percent": 100}]}})
     service = parsed.run.services[0]
     assert service.healthcheck is not None and service.healthcheck.retries == 10
-    with pytest.raises(ConfigError, match=r"field services.1.name: duplicate service name"):
+    with pytest.raises(ConfigError, match=r"\[run\]: field services: .*duplicate service name 'db'"):
         load({"run": {"services": [{"name": "db", "image": "a"}, {"name": "db", "image": "b"}]}})
     with pytest.raises(ConfigError, match=r"field services.0.name: .*not a service name"):
         load({"run": {"services": [{"name": "Bad_Name", "image": "a"}]}})
