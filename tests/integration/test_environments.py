@@ -221,6 +221,20 @@ def test_services_reachable_by_name_only_from_their_session(repo: Path,
         all=True, filters={"label": ["agentrt.role=service", f"agentrt.repo={repo}"]})
 
 
+def test_services_beside_an_allowlist_session(repo: Path) -> None:
+    """network = "allowlist": the session keeps its egress network and reaches its service."""
+    web = Service(name="web", image="agentrt/base:latest",
+                  command=["python3", "-m", "http.server", "8080", "--directory", "/tmp"],
+                  memory_mb=64)
+    task = sh("allow", f'sleep 1; python3 -c "{PROBE}" web > reach.txt 2>&1; '
+                       'echo "$HTTPS_PROXY" >> reach.txt',
+              network="allowlist", egress_allow=["example.com"])
+    result = run(repo, [task], services=[web]).sessions[0]
+    assert result.status is SessionStatus.SUCCEEDED, result
+    reach = show(repo, result.branch, "reach.txt").split()
+    assert reach[0] == "reached" and "agentrt-egress" in reach[1], reach
+
+
 def _session_containers(client: Any, repo: Path) -> list[Any]:
     return [c for c in client.containers.list(filters={"label": f"agentrt.repo={repo}"})
             if "agentrt.session" in c.labels and "agentrt.harvest" not in c.labels]
