@@ -88,11 +88,12 @@ def prepare_environments(client: docker.DockerClient, repo: MainRepo, base_commi
     return out
 
 
-def _image_id(client: docker.DockerClient, ref: str, what: str) -> str:
+def _image_id(client: docker.DockerClient, ref: str, what: str, hint: str = "") -> str:
     image = get_image(client, ref)
     if image is None:
-        raise ConfigError(f"{what}: image {ref!r} not found locally (agentrt does not pull: "
-                          "`docker pull`/`docker load` it, or build it)")
+        raise ConfigError(f"{what}: image {ref!r} not found locally ("
+                          + (hint or "agentrt does not pull: `docker pull`/`docker load` it, "
+                             "or build it") + ")")
     return str(image.id)
 
 
@@ -114,7 +115,8 @@ def ensure_environment(client: docker.DockerClient, repo: MainRepo, commit: str,
     cli_id = None
     if agent is not None:
         cli_ref = env.agent_image or PRESETS[agent].image
-        cli_id = _image_id(client, cli_ref, f"{where}: the {agent} CLI (agent_image)")
+        cli_id = _image_id(client, cli_ref, f"{where}: the {agent} CLI (agent_image)",
+                           "" if env.agent_image else f"run `agentrt images build {agent}`")
         parts["cli"] = cli_id
     if image:
         parts["base"] = _image_id(client, image, f"{where}: image")
