@@ -320,6 +320,9 @@ class RunConfig(_Strict):
         description="PostgreSQL admin URL for the shared strategy; default: agentrt starts one.",
     )
     runtime: ContainerRuntime = Field("runc", description="runc | runsc (gVisor).")
+    engine: Literal["docker", "swarm"] = Field(
+        "docker", description="docker: the engine DOCKER_HOST (or the context) names, local or "
+        "remote; swarm: sessions as services of the Swarm that engine manages.")
     conflict_radar_seconds: RadarSeconds = Field(
         5, description="How often live sessions are compared for overlapping changes; 0: off."
     )

@@ -129,6 +129,7 @@ class SessionResult(BaseModel):
     cpu_seconds: float = 0.0
     disk_used_bytes: int = 0
     disk_limit_mode: Literal["loop", "soft", "none"] = "none"
+    node: str | None = None  # the Swarm node's host name (engine = "swarm")
     merge: MergeInfo = Field(default_factory=MergeInfo)
     work: WorkState = WorkState.NONE
     warnings: list[str] = Field(default_factory=list)

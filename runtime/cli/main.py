@@ -68,9 +68,12 @@ def main(debug: bool) -> None:
 @click.option("--max-concurrent", type=click.IntRange(min=1, max=MAX_CONCURRENT_AGENTS),
               help="Override max_concurrent_agents.")
 @click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
+@click.option("--engine", type=click.Choice(["docker", "swarm"]),
+              help="Override [run] engine: swarm runs sessions as services of the Swarm the "
+              "engine (DOCKER_HOST) manages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
 def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
-        as_json: bool) -> None:
+        engine: str | None, as_json: bool) -> None:
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
     from runtime.cli.live_view import ProgressView
     from runtime.cli.session_output import last_output_line
@@ -83,6 +86,8 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
         updates["max_concurrent_agents"] = max_concurrent
     if merge_strategy:
         updates["merge"] = merge_strategy
+    if engine:
+        updates["engine"] = engine
     config = parsed.run.model_copy(update=updates)
     main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))

@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import docker.errors
@@ -169,6 +169,32 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
     if plan.runtime != "runc":
         spec["runtime"] = plan.runtime
     return spec
+
+
+class AgentRunner(Protocol):
+    """What a session needs of its agent's container (or, on Swarm, its one-shot service)."""
+
+    @property
+    def id(self) -> str:
+        """The engine's name for it."""
+
+    def start(self) -> None:
+        """Start the agent."""
+
+    def inspect(self) -> dict[str, Any] | None:
+        """The engine's record (``State``), or None when it is gone."""
+
+    def stop(self, grace_seconds: int) -> None:
+        """SIGTERM, then SIGKILL after the grace."""
+
+    def kill(self) -> None:
+        """SIGKILL now; quiet if already gone."""
+
+    def remove(self) -> None:
+        """Remove it; quiet if already gone."""
+
+    def tail(self, lines: int) -> str:
+        """The last lines of its output."""
 
 
 class OutputStream:

@@ -288,19 +288,27 @@ def _wait_for_container(client: docker.DockerClient, service: Any, timeout: floa
     raise EngineError(f"the exchange did not start within {timeout:.0f} s (its task is {state})")
 
 
-def _remove(service: Any, network: Any) -> None:
+def _remove(service: Any, network: Any, wait_s: float = 60.0) -> None:
+    """Remove the service, then the network once its tasks have left it; EngineError if
+    something is still there after ``wait_s`` seconds."""
     for thing in (service, network):
         if thing is None:
             continue
-        # A network is removable once the service's tasks have left it: a few tries.
-        for _ in range(40):
+        deadline = time.monotonic() + wait_s
+        while True:
             try:
                 thing.remove()
+                if thing is network:  # the manager removes it a few seconds later
+                    thing.reload()
+                    raise docker.errors.APIError("still there")
                 break
             except docker.errors.NotFound:
                 break
-            except (docker.errors.APIError, requests.exceptions.RequestException):
-                time.sleep(0.25)
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                if time.monotonic() > deadline:
+                    raise EngineError(f"cannot remove {getattr(thing, 'name', thing)}: "
+                                      f"{exc}") from exc
+                time.sleep(0.5)
 
 
 def remove_exchanges(client: docker.DockerClient, run_id: str | None = None) -> list[str]:

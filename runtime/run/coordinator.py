@@ -10,6 +10,7 @@ Per-task failures never stop the run; :meth:`cancel` stops everything and keeps 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -17,12 +18,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import docker
 
 from runtime import paths
 from runtime.config import AgentPreset, RunConfig, Task, validate_tasks
+from runtime.engine.container import AgentContainer
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.errors import AgentRuntimeError, ConfigError
@@ -53,6 +55,9 @@ from runtime.run.supervisor import Supervisor
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
 from runtime.state.store import Store
+
+if TYPE_CHECKING:
+    from runtime.run.swarm_session import SwarmRun
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,7 @@ class AgentCoordinator:
         self._checked: tuple[list[str], str] | None = None
         self.store: Store | None = None
         self.egress: RunEgress | None = None
+        self._swarm: SwarmRun | None = None
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
         self.build_log: Callable[[str], None] | None = None
         self._env_images: dict[str, EnvImage] = {}
@@ -163,9 +169,18 @@ class AgentCoordinator:
                 check_database_url(self.client, self.config.database_url)
             except DatabaseError as exc:
                 raise ConfigError(f"[run] field database_url: cannot use it: {exc}") from None
-        from runtime.run.admission import check_admission
+        if self.config.engine == "swarm":
+            from runtime.run.swarm_session import SwarmRun
 
-        check_admission(self.client, self.config, tasks, self.repo.state_dir)
+            if self.config.services or any(self.config.environment_for(t) for t in tasks):
+                raise ConfigError("[run] field engine: environments and services are not "
+                                  "supported with engine = \"swarm\" yet (their images are "
+                                  "built on this engine only); use engine = \"docker\"")
+            SwarmRun.preflight(self.client, tasks, self.config)
+        else:
+            from runtime.run.admission import check_admission
+
+            check_admission(self.client, self.config, tasks, self.repo.state_dir)
         # Last: builds can take minutes, and every cheaper refusal comes first.
         self._env_images = prepare_environments(self.client, self.repo, base_commit,
                                                 self.config, tasks, self.build_log)
@@ -221,6 +236,10 @@ class AgentCoordinator:
                 LABEL_REPO: str(self.repo.root), LABEL_OWNER_PID: str(os.getpid()),
                 LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
         try:
+            if self.config.engine == "swarm":
+                from runtime.run.swarm_session import SwarmRun
+
+                self._swarm = SwarmRun(self.client, self.run_id)
             with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
                 self.supervisor = supervisor
                 while not scheduler.done:
@@ -248,6 +267,12 @@ class AgentCoordinator:
         finally:
             self.supervisor = None
             remove_run_stores(self.repo, self.run_id)
+            if self._swarm is not None:
+                try:
+                    self._swarm.close()
+                except AgentRuntimeError as exc:
+                    report.warnings.append(f"exchange: not removed ({exc}); `agentrt gc` "
+                                           "removes it")
             if self.egress is not None:
                 try:
                     self.egress.close()
@@ -329,12 +354,22 @@ class AgentCoordinator:
         start = prepare_base(self.repo, base_commit, [
             (results[d].branch, results[d].head_commit or "") for d in task.deps
         ])
-        session = IsolatedAgentSession(
-            task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
-            client=self.client, supervisor=self.supervisor, store=self.store,
-            stop_grace_seconds=self.stop_grace_seconds, egress=self.egress,
-            environment=self._env_images.get(task.id),
-        )
+        common: dict[str, Any] = dict(
+            repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
+            supervisor=self.supervisor, store=self.store,
+            stop_grace_seconds=self.stop_grace_seconds,
+            environment=self._env_images.get(task.id))
+        release: Callable[[], None] = lambda: None  # noqa: E731 - nothing held on one engine
+        session: IsolatedAgentSession
+        if self._swarm is not None:
+            placed = self._swarm.session(task, self.config, self._cancelled, **common)
+            if placed is None:
+                return self._placeholder(task, SessionStatus.CANCELLED,
+                                         "run cancelled before it started")
+            session, need = placed
+            release = functools.partial(self._swarm.release, placed[0], need)
+        else:
+            session = IsolatedAgentSession(task, self.config, egress=self.egress, **common)
         with self._lock:
             self._live[task.id] = session
         try:
@@ -345,6 +380,7 @@ class AgentCoordinator:
                 self._notify("running", session.result)
                 session.run()
         finally:
+            release()
             with self._lock:
                 self._live.pop(task.id, None)
         self._notify("finished", session.result)
@@ -386,7 +422,9 @@ class AgentCoordinator:
         return [
             LiveTree(s.session_id, s.task.id, s.container, f"{uid}:{gid}", s.base_commit)
             for s in self.live_sessions()
-            if s.container is not None and s.result.status is SessionStatus.RUNNING
+            # The radar reads a live tree by `docker exec`: a container on this engine only.
+            if isinstance(s.container, AgentContainer)
+            and s.result.status is SessionStatus.RUNNING
         ]
 
     def live_stats(self) -> dict[str, LiveStat]:

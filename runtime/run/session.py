@@ -35,6 +35,7 @@ from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabas
 from runtime.engine.container import (
     DB_MOUNT,
     AgentContainer,
+    AgentRunner,
     ContainerPlan,
     OutputStream,
     ended_at_deadline,
@@ -187,7 +188,7 @@ class IsolatedAgentSession:
         # share agentrt's disk (a VM, a remote host, dind; every file operation by the API).
         self.tree: SessionTree | None = None
         self.database: SessionDatabase | None = None
-        self.container: AgentContainer | None = None
+        self.container: AgentRunner | None = None
         self.watch: Watch | None = None
         self._marker: SessionMarker | None = None
         self._checked_out = False
@@ -325,7 +326,7 @@ class IsolatedAgentSession:
                         LABEL_REPO: str(self.repo.root)},
             )
             self._plan = plan
-            self.container = AgentContainer.create(self.client, plan)
+            self.container = self._create_container(plan)
             if services is not None and network != services.network:
                 services.connect(self.container.id)
             tree.deliver_secrets(self.client, self.container.id)
@@ -412,6 +413,10 @@ class IsolatedAgentSession:
         return HostTree.create(self.session_dir, self.limits.disk_mb, uid, gid, store,
                                self.disk_mode)
 
+    def _create_container(self, plan: ContainerPlan) -> AgentRunner:
+        """Create (not start) the agent's container for ``plan``."""
+        return AgentContainer.create(self.client, plan)
+
     def _delete_unused_branch(self) -> None:
         # A session that never started leaves no half-made branch behind.
         with contextlib.suppress(AgentRuntimeError):
@@ -466,6 +471,8 @@ class IsolatedAgentSession:
             self.result.status = SessionStatus.CANCELLED
             self._finish()
             return self.result
+        if not isinstance(self.container, AgentContainer):
+            raise SessionError(f"session {self.session_id}: not a container of this engine")
         supervisor = self._supervisor
         if supervisor is None:
             supervisor = self._supervisor = Supervisor(self.client, self.run_id).__enter__()
@@ -519,7 +526,7 @@ class IsolatedAgentSession:
         plan = dataclasses.replace(self._plan, command=argv)
         _engine_retry(self.container.remove)
         self.container = None
-        self.container = AgentContainer.create(self.client, plan)
+        self.container = self._create_container(plan)
         self._plan = plan
         self._record(container_id=self.container.id,
                      manifest_json=self.manifest().model_dump_json())
@@ -621,19 +628,21 @@ class IsolatedAgentSession:
         """Where the agent's output is kept after its container is gone."""
         return paths.log_path(self.repo.state_dir, self.session_id)
 
-    def _start_log_keeper(self) -> None:
-        """Attach to the container (before it starts) and write its output to the saved log.
-
-        Redacted here, with this process's secrets; the first and last megabytes kept.
-        """
-        if self.container is None:
-            return
+    def _open_log_keeper(self) -> LogKeeper | None:
+        """The saved log: redacted with this process's secrets; first and last megabytes."""
         try:
-            keeper = LogKeeper(self.log_path, self._secret_values())
+            self._log_keeper = LogKeeper(self.log_path, self._secret_values())
         except OSError as exc:
             self.result.warnings.append(f"the output could not be saved: {exc}")
+        return self._log_keeper
+
+    def _start_log_keeper(self) -> None:
+        """Attach to the container (before it starts) and write its output to the saved log."""
+        if not isinstance(self.container, AgentContainer):
             return
-        self._log_keeper = keeper
+        keeper = self._open_log_keeper()
+        if keeper is None:
+            return
         try:
             stream = self._log_stream = self.container.attach_output()
         except AgentRuntimeError as exc:

@@ -114,6 +114,8 @@ class SessionMarker:
     checked_out: bool = False
     work_kept: bool = False
     engine_volume: str = ""  # the named volume on an engine that does not share our disk
+    node_id: str = ""  # engine = "swarm": the node holding the volume
+    volume_root: str = ""  # engine = "swarm": the volume's mount point on that node
 
     def write(self, session_dir: Path) -> None:
         """Store the marker in ``session_dir``."""
@@ -217,6 +219,10 @@ def collect_garbage(
         _collect_database_servers(client, store, report)
         _collect_egress_proxies(client, store, report)
         _collect_services(client, store, report)
+        if client is not None:
+            from runtime.state.swarm_recovery import collect_swarm_leftovers
+
+            collect_swarm_leftovers(client, repo, store, report)
     finally:
         if store is not None:
             store.close()
@@ -375,7 +381,15 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             marker.write(session_dir)
         return
     if session_dir is not None:
-        if marker is not None and marker.engine_volume:
+        if marker is not None and marker.node_id:
+            if client is None:
+                report.errors.append(f"{session_id}: no engine to remove its volume with")
+                return
+            from runtime.state.swarm_recovery import remove_node_tree
+
+            remove_node_tree(client, marker, session_id)
+            shutil.rmtree(session_dir, ignore_errors=True)
+        elif marker is not None and marker.engine_volume:
             if client is None:
                 report.errors.append(f"{session_id}: no engine to remove its volume with")
                 return
@@ -429,7 +443,11 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
             secrets = list(json.loads(row.manifest_json or "{}").get("task", {}).get("secrets", []))
     try:
         tree: SessionTree
-        if marker.engine_volume:
+        if marker.node_id:
+            from runtime.state.swarm_recovery import node_tree
+
+            tree = node_tree(client, marker, session_id)
+        elif marker.engine_volume:
             remote = _engine_volume(client, session_id)
             tree = EngineTree(client, remote.volume, marker.uid, marker.gid)
         else:
@@ -443,7 +461,9 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
                        gid=marker.gid, memory_mb=config.resource_limits.memory_mb,
                        runtime=config.runtime, labels={LABEL_REPO: str(repo.root)})
     return bring_work_home(client, repo, plan, branch=branch,
-                           policy=import_policy(config, secrets))
+                           policy=import_policy(config, secrets),
+                           harvester=lambda plan, dest, limit: tree.harvest(client, plan, dest,
+                                                                            limit))
 
 
 def reconcile_on_start(repo: MainRepo, client: docker.DockerClient | None) -> GcReport:

@@ -1,0 +1,310 @@
+"""A session on Docker Swarm: the same session, its parts on a node agentrt chose.
+
+:class:`SwarmSession` is an :class:`~runtime.run.session.IsolatedAgentSession` whose tree is a
+:class:`~runtime.git.session_tree.NodeTree` (a loop volume made on the node, the base fetched
+from the run's exchange, the work harvested there and pushed back through it) and whose agent
+is a :class:`~runtime.engine.swarm_agent.SwarmAgent` (a one-shot service pinned to the node).
+Everything else (branch, marker, manifest, classification, bundle checks, clean-up) is the
+session's own. The manager's API reaches no container on a worker, so :meth:`SwarmSession.run`
+watches the service's task instead of Docker events, and reads how the agent ended from the
+entry point's report (:func:`~runtime.engine.swarm_agent.parse_end_stats`).
+
+:class:`SwarmPlacement` picks each session's node from the nodes' capacity and what the run's
+own sessions reserve (:func:`runtime.engine.swarm.place`), waiting for room when every node is
+full; a task that fits no node at all was refused in preflight (:func:`check_fits`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from runtime.config import Task
+from runtime.engine.container import ContainerPlan
+from runtime.engine.labels import LABEL_REPO, LABEL_RUN
+from runtime.engine.swarm import Need, Reserved, SwarmNode, place
+from runtime.engine.swarm_agent import EndStats, SwarmAgent, TaskView, parse_end_stats
+from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
+from runtime.git.exchange import Exchange
+from runtime.git.session_tree import NodeTree, SessionTree
+from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
+from runtime.run.classify import EndFacts, classify
+from runtime.run.session import DISK_FULL_MARGIN, IsolatedAgentSession, crash_point
+
+POLL_S = 0.5
+NODE_CHECK_S = 2.0
+
+
+def need_of(task_id: str, memory_mb: int, cpu_percent: int) -> Need:
+    """What a session reserves on its node."""
+    return Need.of_limits(task_id, memory_mb, cpu_percent)
+
+
+class SwarmPlacement:
+    """The node of each session of a run: capacity minus the run's own reservations."""
+
+    def __init__(self, nodes: Sequence[SwarmNode]) -> None:
+        self.nodes = list(nodes)
+        self._reserved: dict[str, Reserved] = {}
+        self._room = threading.Condition()
+
+    def acquire(self, need: Need, cancelled: threading.Event) -> SwarmNode | None:
+        """The node for ``need``, reserved; waits while every node is full (None: cancelled)."""
+        with self._room:
+            while not cancelled.is_set():
+                node = place(need, self.nodes, self._reserved)
+                if node is not None:
+                    self._reserved[node.id] = self._reserved.get(node.id, Reserved()) + \
+                        Reserved(need.memory_bytes, need.nano_cpus)
+                    return node
+                self._room.wait(timeout=1.0)
+        return None
+
+    def release(self, node: SwarmNode, need: Need) -> None:
+        """Give ``need``'s reservation on ``node`` back."""
+        with self._room:
+            held = self._reserved.get(node.id, Reserved())
+            self._reserved[node.id] = Reserved(held.memory_bytes - need.memory_bytes,
+                                               held.nano_cpus - need.nano_cpus)
+            self._room.notify_all()
+
+
+def check_swarm_tasks(tasks: Sequence[Task], database_strategy: str, runtime: str,
+                      networks: dict[str, str]) -> None:
+    """Pure: refuse (ConfigError, exit 2) what sessions on Swarm cannot do yet."""
+    if database_strategy == "shared":
+        raise ConfigError("[run] field database_strategy: 'shared' is not supported with "
+                          "engine = \"swarm\" yet")
+    if runtime != "runc":
+        raise ConfigError(f"[run] field runtime: {runtime!r}: a Swarm service runs under its "
+                          "node's default runtime (Docker API 1.41 cannot choose another)")
+    for task in tasks:
+        if task.secrets:
+            raise ConfigError(f"task {task.id!r}: field secrets: sessions on Docker Swarm "
+                              "cannot receive secrets yet")
+        if networks.get(task.id, "none") != "none":
+            raise ConfigError(f"task {task.id!r}: field network: sessions on Docker Swarm have "
+                              "no network (\"none\" only)")
+
+
+class SwarmSession(IsolatedAgentSession):
+    """One agent session as a service on a Swarm node."""
+
+    def __init__(self, task: Task, config: Any, *, node: SwarmNode, exchange: Exchange,
+                 api_version: str, **kwargs: Any) -> None:
+        super().__init__(task, config, **kwargs)
+        self.node = node
+        self.exchange = exchange
+        self.api_version = api_version
+        self.result.node = node.hostname
+        self._node_lost = False
+
+    # -- where the parts are ------------------------------------------------------------------
+
+    def _volumes_on_engine(self) -> bool:
+        return True
+
+    def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
+        tree = NodeTree.create(self.client, self.exchange, self.node.id, self.session_id,
+                               self.limits.disk_mb, uid, gid,
+                               labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
+        if self._marker is not None:  # what gc needs to find the volume on its node
+            self._marker.engine_volume = tree.volume.name
+            self._marker.node_id = self.node.id
+            self._marker.volume_root = tree.volume.root
+            self._marker.write(self.session_dir)
+        return tree
+
+    def _create_container(self, plan: ContainerPlan) -> SwarmAgent:
+        return SwarmAgent(self.client, plan, self.node.id, self.api_version)
+
+    def _start_log_keeper(self) -> None:
+        # A service's output is read back when its task ends (see run).
+        self._open_log_keeper()
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self, command: Sequence[str] | None = None) -> SessionResult:
+        """Create the service, watch its task to the end, classify, bring the work home."""
+        agent = self.container
+        if not isinstance(agent, SwarmAgent) or self.tree is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        if command is not None or self._needs_command:
+            raise ConfigError(f"session {self.session_id}: on Swarm the command comes from "
+                              "the task")
+        if self._cancel.is_set():
+            self.result.status = SessionStatus.CANCELLED
+            self._finish()
+            return self.result
+        deadline = time.time() + self.limits.time_seconds
+        self.result.started_at = utcnow()
+        self.result.status = SessionStatus.RUNNING
+        self._record(deadline=deadline)
+        self._start_log_keeper()
+        self._started = True
+        try:
+            agent.start()
+        except AgentRuntimeError as exc:
+            self.result.status = SessionStatus.CRASHED
+            self.result.reason = str(exc)
+            self._finish()
+            return self.result
+        self._event("started", f"service {agent.id} on node {self.node.hostname}")
+        crash_point("started")
+        view, stopped_for = self._watch_task(agent, deadline)
+        output = agent.logs()
+        if self._log_keeper is not None and output:
+            self._log_keeper.write(output)
+        self._classify_end(view, stopped_for, parse_end_stats(output.decode(errors="replace")))
+        self._finish()
+        return self.result
+
+    def _watch_task(self, agent: SwarmAgent, deadline: float) -> tuple[TaskView | None, str]:
+        """Poll the task until it ends; stop it at the deadline or on cancel; notice a lost
+        node. Returns the last view and why agentrt stopped it ("", "timeout", "cancel")."""
+        stopped_for = ""
+        stop_sent = False
+        next_node_check = 0.0
+        backstop = deadline + self.stop_grace_seconds + 120
+        view: TaskView | None = None
+        while True:
+            with contextlib.suppress(EngineError):
+                view = agent.task() or view
+            if view is not None and view.ended:
+                return view, stopped_for
+            now = time.time()
+            if not stopped_for and (self._cancel.is_set() or self._stop_requested()):
+                stopped_for = "cancel"
+            elif not stopped_for and now >= deadline:
+                stopped_for = "timeout"
+            if stopped_for and not stop_sent:
+                stop_sent = True
+                with contextlib.suppress(EngineError):
+                    agent.stop(self.stop_grace_seconds)
+            if now >= next_node_check:
+                next_node_check = now + NODE_CHECK_S
+                if self._node_down():
+                    self._node_lost = True
+                    return view, stopped_for
+            if now > backstop:
+                agent.kill()
+                return view, stopped_for or "timeout"
+            time.sleep(POLL_S)
+
+    def _node_down(self) -> bool:
+        try:
+            attrs = self.client.nodes.get(self.node.id).attrs
+        except Exception:  # noqa: BLE001 - the manager did not answer: ask again later
+            return False
+        return str((attrs.get("Status") or {}).get("State", "")) != "ready"
+
+    def _classify_end(self, view: TaskView | None, stopped_for: str,
+                      stats: EndStats | None) -> None:
+        self.result.finished_at = utcnow()
+        if self._node_lost:
+            self.result.status = SessionStatus.CRASHED
+            self.result.reason = f"node lost: {self.node.hostname} went down during the session"
+            return
+        code = view.exit_code if view is not None else None
+        if code is None and stats is not None:
+            code = stats.exit_code
+        self.result.exit_code = code
+        tree = self.tree
+        if isinstance(tree, NodeTree) and stats is not None:
+            tree.record_usage(stats.used_bytes, stats.free_bytes)
+        oom = bool(stats and stats.oom_kills)
+        low_disk = bool(stats and stats.free_bytes is not None and code not in (0, None)
+                        and stats.free_bytes < DISK_FULL_MARGIN)
+        engine_error = None
+        if view is not None and view.state in ("rejected", "orphaned", "remove") and \
+                not stopped_for:
+            engine_error = f"the service's task ended {view.state}: {view.detail}"
+        facts = EndFacts(cancelled=stopped_for == "cancel", timed_out=stopped_for == "timeout",
+                         oom=oom, exit_code=code, volume_full=low_disk,
+                         vanished=view is None, engine_error=engine_error)
+        self.result.status, self.result.reason = classify(facts, self.limits)
+        if stats is not None:
+            if stats.peak_memory_bytes is not None:
+                self.result.peak_memory_bytes = stats.peak_memory_bytes
+            if oom:
+                self.result.peak_memory_bytes = max(self.result.peak_memory_bytes,
+                                                    self.limits.memory_mb * 1024 * 1024)
+            if stats.cpu_seconds is not None:
+                self.result.cpu_seconds = round(stats.cpu_seconds, 3)
+            if stats.used_bytes is not None:
+                self.result.disk_used_bytes = stats.used_bytes
+
+    def _bring_home(self) -> None:
+        if self._node_lost and not self._harvested:
+            # Its volume is on a node that is gone: nothing can be read until it is back.
+            self._harvested = True
+            self.result.work = WorkState.KEPT
+            self.result.head_commit = self.repo.branch_head(self.branch)
+            self.result.warnings.append(
+                f"node {self.node.hostname} was lost: the session's volume stays there; "
+                "`agentrt gc` on the manager retries once the node is back")
+            return
+        super()._bring_home()
+
+
+class SwarmRun:
+    """A run's Swarm side: the manager's API version, the placement and the exchange."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        from runtime.engine.swarm import list_nodes, swarm_status
+        from runtime.engine.swarm_service import require_api
+
+        self.client = client
+        self.api_version = str(client.api.api_version)
+        require_api(self.api_version)
+        status = swarm_status(client)
+        self.placement = SwarmPlacement(list_nodes(client))
+        self.exchange = Exchange.start(client, run_id, status.node_id)
+
+    @staticmethod
+    def preflight(client: Any, tasks: Sequence[Task], config: Any) -> None:
+        """Refuse, before anything starts, what cannot run on this Swarm (ConfigError)."""
+        from runtime.engine.swarm import check_fits, list_nodes, swarm_status
+        from runtime.engine.swarm_service import require_api
+
+        check_swarm_tasks(tasks, config.database_strategy, config.runtime,
+                          {t.id: config.network_for(t) for t in tasks})
+        try:
+            require_api(str(client.api.api_version))
+            swarm_status(client)
+            nodes = list_nodes(client)
+        except EngineError as exc:
+            raise ConfigError(f"[run] field engine: swarm: {exc}") from None
+        needs = []
+        for task in tasks:
+            limits = config.limits_for(task)
+            needs.append(need_of(task.id, limits.memory_mb, limits.cpu_percent))
+        check_fits(needs, nodes)
+
+    def session(self, task: Task, config: Any, cancelled: threading.Event,
+                **kwargs: Any) -> tuple[SwarmSession, Need] | None:
+        """A session of ``task`` on the node placement picks (None: cancelled while waiting);
+        give the Need back with :meth:`release` when the session is over."""
+        limits = config.limits_for(task)
+        need = need_of(task.id, limits.memory_mb, limits.cpu_percent)
+        node = self.placement.acquire(need, cancelled)
+        if node is None:
+            return None
+        try:
+            session = SwarmSession(task, config, node=node, exchange=self.exchange,
+                                   api_version=self.api_version, **kwargs)
+        except BaseException:
+            self.placement.release(node, need)
+            raise
+        return session, need
+
+    def release(self, session: SwarmSession, need: Need) -> None:
+        """The session is over: its node has room again."""
+        self.placement.release(session.node, need)
+
+    def close(self) -> None:
+        """Remove the exchange."""
+        self.exchange.stop()

@@ -1,0 +1,120 @@
+"""`agentrt run --engine swarm` on a real three-node Swarm (see swarm.py): the same task file,
+the same report shape, branches and exit codes as on one engine; sessions spread over nodes,
+their limits enforced on workers, their work home through the run's exchange."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.integration.swarm import SwarmCluster
+
+pytestmark = pytest.mark.docker
+
+TASKS = """
+[run]
+merge = "auto"
+max_concurrent_agents = 6
+[run.resource_limits]
+memory_mb = 96
+disk_mb = 40
+time_seconds = 120
+pids = 64
+[[tasks]]
+id = "writer"
+command = ["sh", "-c", "echo c > committed.txt && git add . && git commit -qm 'agent commit' && echo u > uncommitted.txt"]
+[[tasks]]
+id = "filler"
+command = ["sh", "-c", "dd if=/dev/zero of=big bs=1M count=100"]
+[[tasks]]
+id = "bomb"
+command = ["sh", "-c", "for i in $(seq 1 200); do sleep 5 & done 2> fork-errors.txt; wait"]
+[[tasks]]
+id = "hog"
+command = ["python3", "-c", "b = []\\nwhile True: b.append(bytearray(16 * 1024 * 1024))"]
+[[tasks]]
+id = "sleeper-1"
+command = ["sh", "-c", "sleep 2; hostname > s1.txt"]
+[[tasks]]
+id = "sleeper-2"
+command = ["sh", "-c", "sleep 2; hostname > s2.txt"]
+"""
+
+
+def agentrt(cluster: SwarmCluster, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DOCKER_HOST": cluster.manager.url}
+    env.pop("AGENTRT_ENGINE_DISK", None)
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_a_task_file_runs_across_the_swarm(swarm_cluster: SwarmCluster, repo: Path,
+                                          tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(TASKS)
+    proc = agentrt(swarm_cluster, "run", str(tasks), "--repo", str(repo), "--engine", "swarm",
+                   "--json")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    by_task = {s["task_id"]: s for s in report["sessions"]}
+    assert by_task["writer"]["status"] == "succeeded", by_task["writer"]
+    files = git(repo, "ls-tree", "-r", "--name-only", "main").split()
+    assert {"committed.txt", "uncommitted.txt", "s1.txt", "s2.txt"} <= set(files)
+    assert by_task["filler"]["status"] == "disk_full", by_task["filler"]
+    assert by_task["hog"]["status"] == "oom_killed", by_task["hog"]
+    assert "fork" in git(repo, "show", f"{by_task['bomb']['branch']}:fork-errors.txt")
+    nodes = {s["node"] for s in by_task.values()}
+    assert len(nodes) >= 2, nodes
+    assert not report["warnings"], report["warnings"]
+    assert _leftovers(swarm_cluster) == []
+
+
+def _leftovers(cluster: SwarmCluster) -> list[str]:
+    """What of agentrt is left on any node: services, mounts, volumes, networks."""
+    found = [f"service {s.name}" for s in cluster.manager.client.services.list()]
+    found += [f"network {n.name}" for n in cluster.manager.client.networks.list()
+              if n.name.startswith("agentrt")]
+    for node in cluster.nodes:
+        found += [f"{node.hostname} volume {v.name}" for v in node.client.volumes.list(
+            filters={"label": "agentrt.role=volume"})]
+        if "agentrt/sessions" in node.exec("cat /proc/mounts"):
+            found.append(f"{node.hostname} mount")
+    return found
+
+
+def test_a_task_that_fits_no_node_is_refused_before_anything_starts(
+        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[[tasks]]\nid = "giant"\ncommand = ["true"]\n'
+                     '[tasks.resource_limits]\nmemory_mb = 100000\n')
+    before = git(repo, "for-each-ref")
+    proc = agentrt(swarm_cluster, "run", str(tasks), "--repo", str(repo), "--engine", "swarm")
+    assert proc.returncode == 2, proc.stderr
+    assert "giant" in proc.stderr and "biggest is node" in proc.stderr, proc.stderr
+    assert git(repo, "for-each-ref") == before  # no branch
+    assert _leftovers(swarm_cluster) == []
+
+
+def test_gc_brings_home_a_killed_runs_work_and_leaves_nothing_on_any_node(
+        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[run.resource_limits]\ndisk_mb = 40\n[[tasks]]\nid = "orphan"\n'
+                     'command = ["sh", "-c", "echo c > c.txt && git add . && git commit -qm c '
+                     '&& echo u > u.txt && sleep 3"]\n')
+    env = {**os.environ, "DOCKER_HOST": swarm_cluster.manager.url, "AGENTRT_CRASH_AT": "started"}
+    run = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                          str(repo), "--engine", "swarm"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert _leftovers(swarm_cluster), "the killed run left nothing: the test proves nothing"
+    gc = agentrt(swarm_cluster, "gc", "--repo", str(repo), "--json")
+    assert gc.returncode == 0, gc.stderr[-2000:]
+    (branch,) = json.loads(gc.stdout)["saved_branches"]
+    assert {"c.txt", "u.txt"} <= set(git(repo, "ls-tree", "-r", "--name-only", branch).split())
+    assert _leftovers(swarm_cluster) == []
