@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from runtime.egress_rules import parse_target
+from runtime.environments import Environment, Service, check_services
 from runtime.errors import ConfigError
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
@@ -232,6 +233,8 @@ class Task(_Strict):
     resource_limits: LimitOverrides = Field(
         default_factory=LimitOverrides, description="Overrides of the run's default limits."
     )
+    environment: Environment | None = Field(
+        None, description="This task's own environment (replacing [run] environment).")
 
     @field_validator("id")
     @classmethod
@@ -345,6 +348,11 @@ class RunConfig(_Strict):
     execution_mode: ExecutionMode = Field(
         "process", description="process (the only mode): each agent is its own process tree "
         "in its own container.")
+    environment: Environment | None = Field(
+        None, description="The project's toolchain every task runs in (docs/environments.md).")
+    services: list[Service] = Field(
+        default_factory=list, description="Containers started for each session on its own "
+        "internal network, reached by name.")
 
     @model_validator(mode="before")
     @classmethod
@@ -380,6 +388,7 @@ class RunConfig(_Strict):
 
     _egress_allow = field_validator("egress_allow")(_check_egress_allow)
     _egress_networks = field_validator("egress_networks")(_check_egress_networks)
+    _services = field_validator("services")(check_services)
 
     @field_validator("target")
     @classmethod
@@ -400,6 +409,12 @@ class RunConfig(_Strict):
     def network_for(self, task: Task) -> NetworkMode:
         """The network mode of ``task``."""
         return task.network or self.network
+
+    def environment_for(self, task: Task) -> Environment | None:
+        """``task``'s environment: its own, else the run's (None when it names an image)."""
+        if task.environment is not None:
+            return task.environment
+        return None if task.image else self.environment
 
     def egress_for(self, task: Task) -> tuple[list[str], list[str]]:
         """``task``'s egress_allow and egress_networks (its own, else the run's)."""
@@ -469,6 +484,10 @@ def validate_tasks(tasks: list[Task], source: str = "tasks") -> None:
             raise ConfigError(f"{source}: task {task.id!r}: field id: duplicate task id")
         seen.add(task.id)
     for task in tasks:
+        if task.image is not None and task.environment is not None:
+            raise ConfigError(
+                f"{source}: task {task.id!r}: field environment: give image or environment, "
+                "not both (an environment builds the task's image)")
         if task.command is None and task.agent is None:
             raise ConfigError(
                 f"{source}: task {task.id!r}: field command: give a command (argv list) "

@@ -124,6 +124,9 @@ class Manifest(BaseModel):
     egress_allow: list[str] = Field(default_factory=list)
     egress_networks: list[str] = Field(default_factory=list)
     """With ``network = "allowlist"``: the policy the session ran under (the run's or its own)."""
+    # The key (hash of the inputs) of the environment the image was built from, if any.
+    environment_key: str | None = None
+    services: list[dict[str, object]] = Field(default_factory=list)
 
 
 class SessionResult(BaseModel):

@@ -92,6 +92,9 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
+    # Environment builds (in preflight, before the live view) show their steps.
+    coordinator.build_log = lambda line: err.print(terminal_safe(line), highlight=False,
+                                                   markup=False, soft_wrap=True)
     view.live_stats = coordinator.live_stats
     view.run_id = coordinator.run_id
     view.limits = {t.id: config.limits_for(t) for t in parsed.tasks}
@@ -182,10 +185,21 @@ def images() -> None:
 @images.command("build")
 @click.argument("name", required=False, default="base")
 @click.option("--force", is_flag=True, help="Rebuild even if the recipe did not change.")
-def images_build(name: str, force: bool) -> None:
-    """Build image NAME (default: base), only if its recipe changed."""
+@click.option("--file", "task_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Build the environments of this task file's tasks instead "
+                   "(docs/environments.md), at its base commit of --repo.")
+@repo_option
+def images_build(name: str, force: bool, task_file: Path | None, repo: str) -> None:
+    """Build image NAME (default: base), only if its recipe changed; or, with --file, the
+    environments of a task file (each only if its inputs changed)."""
     from runtime.engine.discovery import get_client
     from runtime.engine.image_build import build_image
+
+    if task_file is not None:
+        from runtime.cli.env_images import build_task_file_environments
+
+        build_task_file_environments(task_file, repo)
+        return
 
     built = build_image(get_client(), name, force=force,
                         log=lambda line: err.print(terminal_safe(line), highlight=False,
@@ -198,17 +212,21 @@ def images_build(name: str, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def images_ls(as_json: bool) -> None:
     """List agentrt images with their digests."""
+    from runtime.cli.env_images import print_env_images
     from runtime.engine.discovery import get_client
     from runtime.engine.images import list_images
 
     found = list_images(get_client())
     if as_json:
-        click.echo(json.dumps([asdict(i) for i in found], indent=2))
+        rows: list[dict[str, Any]] = [asdict(i) for i in found]
+        rows += [{**env, "name": "env"} for env in print_env_images(as_json=True)]
+        click.echo(json.dumps(rows, indent=2))
         return
     for image in found:
         state = "current" if image.current else "stale"
         click.echo(f"{image.ref or '(untagged)'}\t{image.digest}\t{image.recipe_hash[:12]}\t"
                    f"{state}")
+    print_env_images(as_json=False)
 
 
 @images.command("export")
@@ -259,9 +277,11 @@ def _register_commands() -> None:
     from runtime.cli import inspect as cli_inspect
     from runtime.cli import manage as cli_manage
     from runtime.cli import revert as cli_revert
+    from runtime.cli.env_images import images_prune
 
     for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS):
         main.add_command(command)
+    images.add_command(images_prune)
 
 
 _register_commands()

@@ -109,7 +109,7 @@ def list_images(client: docker.DockerClient) -> list[ImageInfo]:
         name = str(labels.get(LABEL_IMAGE, ""))
         recipe = str(labels.get(LABEL_RECIPE, ""))
         own = own_tags(name, image.tags)
-        if image.tags and not own:
+        if name == "env" or (image.tags and not own):  # environments: list_env_images
             continue
         current = bool(own) and recipe == _current_recipe(name)
         repo_digests = image.attrs.get("RepoDigests") or []

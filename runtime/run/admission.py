@@ -35,7 +35,9 @@ def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes:
         return None
     slots = min(config.max_concurrent_agents, len(tasks))
     limits = [config.limits_for(t) for t in tasks]
-    biggest_mem = sorted((lim.memory_mb for lim in limits), reverse=True)[:slots]
+    # Each session's services run beside it: their memory counts with the session's.
+    services_mb = sum(s.memory_mb for s in config.services)
+    biggest_mem = sorted((lim.memory_mb + services_mb for lim in limits), reverse=True)[:slots]
     usable = max(0, memory_bytes - HEADROOM_BYTES)
     need = sum(biggest_mem) * 1024 * 1024
     if need > usable:

@@ -40,6 +40,7 @@ from runtime.git.workspace import (
 from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, utcnow
 from runtime.presets import resolve_image
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
+from runtime.run.environments import EnvImage, prepare_environments
 from runtime.run.network_preflight import uses_allowlist
 from runtime.run.radar import ConflictRadar, LiveTree, Overlap
 from runtime.run.scheduler import DagScheduler, TaskState
@@ -110,6 +111,9 @@ class AgentCoordinator:
         self.store: Store | None = None
         self.egress: RunEgress | None = None
         self._swarm: SwarmRun | None = None
+        # Environments (docs/environments.md): built in preflight; build_log shows the steps.
+        self.build_log: Callable[[str], None] | None = None
+        self._env_images: dict[str, EnvImage] = {}
 
     @property
     def client(self) -> docker.DockerClient:
@@ -136,7 +140,9 @@ class AgentCoordinator:
         for task in tasks:
             secret_env(task)
         check_network_settings(self.client, self.config, tasks)
-        for image in sorted({resolve_image(t, self.config.image) for t in tasks}):
+        for image in sorted({resolve_image(t, self.config.image) for t in tasks
+                             if self.config.environment_for(t) is None}
+                            | {s.image for s in self.config.services}):
             require_image(self.client, image)
         if self.config.runtime == "runsc":
             from runtime.engine.discovery import registered_runtimes, runtime_args
@@ -166,11 +172,18 @@ class AgentCoordinator:
         if self.config.engine == "swarm":
             from runtime.run.swarm_session import SwarmRun
 
+            if self.config.services or any(self.config.environment_for(t) for t in tasks):
+                raise ConfigError("[run] field engine: environments and services are not "
+                                  "supported with engine = \"swarm\" yet (their images are "
+                                  "built on this engine only); use engine = \"docker\"")
             SwarmRun.preflight(self.client, tasks, self.config)
         else:
             from runtime.run.admission import check_admission
 
             check_admission(self.client, self.config, tasks, self.repo.state_dir)
+        # Last: builds can take minutes, and every cheaper refusal comes first.
+        self._env_images = prepare_environments(self.client, self.repo, base_commit,
+                                                self.config, tasks, self.build_log)
         self._checked = ([t.id for t in tasks], base_commit)
         return base_commit
 
@@ -344,7 +357,8 @@ class AgentCoordinator:
         common: dict[str, Any] = dict(
             repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
             supervisor=self.supervisor, store=self.store,
-            stop_grace_seconds=self.stop_grace_seconds)
+            stop_grace_seconds=self.stop_grace_seconds,
+            environment=self._env_images.get(task.id))
         release: Callable[[], None] = lambda: None  # noqa: E731 - nothing held on one engine
         session: IsolatedAgentSession
         if self._swarm is not None:

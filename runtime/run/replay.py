@@ -24,10 +24,12 @@ def replay_config(row: SessionRow) -> tuple[RunConfig, Task]:
         runtime=manifest.runtime,
         database_strategy=manifest.database_strategy,
         resource_limits=manifest.limits,
+        services=manifest.services,
     )
     # The digest pins the image; the task's own image name must not override it, and its
     # dependencies are already merged into the recorded base commit.
-    return config, task.model_copy(update={"image": image, "deps": []})
+    # The recorded image is the built environment itself: it is not built again.
+    return config, task.model_copy(update={"image": image, "deps": [], "environment": None})
 
 
 def replay_session(repo: MainRepo, row: SessionRow) -> RunReport:

@@ -62,6 +62,8 @@ from runtime.state.recovery import SessionMarker, engine_times, import_policy
 
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
+    from runtime.engine.services import SessionServices
+    from runtime.run.environments import EnvImage
     from runtime.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ class IsolatedAgentSession:
         disk_mode: DiskLimitMode | None = None,
         stop_grace_seconds: int = 10,
         egress: RunEgress | None = None,
+        environment: EnvImage | None = None,
     ) -> None:
         # The design's form: IsolatedAgentSession("fix-parser", Path("~/src/app"), limits=...)
         # or base_workspace=...; the typed form: IsolatedAgentSession(task, config, repo=...).
@@ -163,7 +166,11 @@ class IsolatedAgentSession:
         self.run_id = run_id or new_run_id()
         self._plan: ContainerPlan | None = None
         self.limits: ResourceLimits = self.config.limits_for(task)
-        self.image = resolve_image(task, self.config.image)
+        # An environment (docs/environments.md) gives the image; the coordinator builds it in
+        # preflight, a session on its own builds it in prepare().
+        self.environment = environment
+        self.image = environment.ref if environment else resolve_image(task, self.config.image)
+        self.services: SessionServices | None = None
         self.network = self.config.network_for(task)
         self.base_commit = base_commit or self.repo.rev_parse(self.config.base)
         self.session_id, self.branch = new_session_id(task.id)
@@ -260,6 +267,7 @@ class IsolatedAgentSession:
 
         uid, gid = agent_ids()
         try:
+            self._build_environment()
             self.result.image_digest = image_digest(self.client, self.image)
             self.result.cli_version = cli_version(self.client, self.image)
             manifest = self.manifest()
@@ -305,6 +313,9 @@ class IsolatedAgentSession:
             network = getattr(self.database, "network", None) or self.network
             if self.network == "allowlist":
                 network = self._join_egress(env, getattr(self.database, "network", None))
+            services = self._start_services()
+            if services is not None and network == "none":
+                network = services.network  # the session's only network: its services'
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
@@ -318,6 +329,8 @@ class IsolatedAgentSession:
             )
             self._plan = plan
             self.container = self._create_container(plan)
+            if services is not None and network != services.network:
+                services.connect(self.container.id)
             tree.deliver_secrets(self.client, self.container.id)
             crash_point("container")
             self._record(container_id=self.container.id, mount_path=tree.location)
@@ -340,6 +353,35 @@ class IsolatedAgentSession:
                                                    join=own_network)
         env.update(proxy)
         return network
+
+    def _build_environment(self) -> None:
+        """A session run without the coordinator builds its own environment here."""
+        if self.environment is not None or self.config.environment_for(self.task) is None:
+            return
+        from runtime.run.environments import prepare_environments
+
+        built = prepare_environments(self.client, self.repo, self.base_commit, self.config,
+                                     [self.task])
+        self.environment = built[self.task.id]
+        self.image = self.result.image = self.environment.ref
+
+    def _start_services(self) -> SessionServices | None:
+        """Start ``[[run.services]]`` on the session's own internal network (healthy first)."""
+        if not self.config.services:
+            return None
+        from runtime.engine.services import start_services
+
+        self.services = start_services(
+            self.client, self.config.services, self.session_id,
+            {LABEL_RUN: self.run_id, LABEL_REPO: str(self.repo.root),
+             LABEL_OWNER_PID: str(os.getpid()),
+             LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
+        return self.services
+
+    def _stop_services(self) -> None:
+        if self.services is not None:
+            self.services.remove()
+            self.services = None
 
     def _leave_egress(self) -> None:
         if self._egress is not None:
@@ -395,6 +437,8 @@ class IsolatedAgentSession:
             database_strategy=self.config.database_strategy,
             env_keys=sorted([*self.task.env, *self.task.secrets]),
             cli_version=self.result.cli_version, egress_allow=allow, egress_networks=networks,
+            environment_key=self.environment.key if self.environment else None,
+            services=[s.model_dump(mode="json") for s in self.config.services],
         )
 
     def _make_database(self, uid: int, gid: int) -> SessionDatabase:
@@ -723,7 +767,8 @@ class IsolatedAgentSession:
         errors: list[str] = []
         # Nothing is deleted until it is safely home: a failed harvest keeps the volume.
         keep_volume = snapshot_work and self.result.work is WorkState.KEPT
-        steps = [self._remove_container, self._drop_database, self._leave_egress]
+        steps = [self._remove_container, self._stop_services, self._drop_database,
+                 self._leave_egress]
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:

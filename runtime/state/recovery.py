@@ -218,6 +218,7 @@ def collect_garbage(
         _remove_dead_run_stores(repo, store)
         _collect_database_servers(client, store, report)
         _collect_egress_proxies(client, store, report)
+        _collect_services(client, store, report)
         if client is not None:
             from runtime.state.swarm_recovery import collect_swarm_leftovers
 
@@ -286,6 +287,26 @@ def _collect_egress_proxies(client: docker.DockerClient | None, store: Store | N
             if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
                 continue
             report.removed_containers.extend(remove_run_egress(client, run_id))
+
+
+def _collect_services(client: docker.DockerClient | None, store: Store | None,
+                      report: GcReport) -> None:
+    """Remove the per-session services (and their networks) of runs that are over."""
+    if client is None or store is None:
+        return
+    from runtime.engine.services import ROLE_SERVICE, remove_services
+
+    with contextlib.suppress(docker.errors.DockerException, AgentRuntimeError):
+        found = client.containers.list(all=True,
+                                       filters={"label": f"{LABEL_ROLE}={ROLE_SERVICE}"})
+        for run_id in sorted({str(c.labels.get(LABEL_RUN, "")) for c in found}):
+            try:
+                run = store.find_run(run_id)
+            except NotFoundError:
+                continue  # another repository's run: not ours to judge
+            if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
+                continue
+            report.removed_containers.extend(remove_services(client, run_id=run_id))
 
 
 def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id: str,

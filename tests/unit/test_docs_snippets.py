@@ -31,6 +31,7 @@ def test_the_docs_mark_their_task_files_and_runnable_commands() -> None:
     assert ("docs/task-file.md", "toml") in marked
     assert ("docs/task-file.md", "sh") in marked
     assert ("docs/merging.md", "toml") in marked
+    assert ("docs/environments.md", "toml") in marked
 
 
 def test_every_complete_task_file_in_the_docs_is_marked() -> None:
