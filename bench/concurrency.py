@@ -10,14 +10,22 @@ Two workloads, the same command in both systems, every agent at ``cpu_percent=50
 agentrt's time covers the whole ``run_agents`` call: preflight, a branch, volume and checkout
 of the benchmark repository per session, the containers, snapshots and clean-up. The raw time
 covers ``docker run --rm`` of the same commands with the same limits (no checkout at all).
-Run: ``.venv/bin/python bench/concurrency.py [--runs N]``.
+Run: ``.venv/bin/python bench/concurrency.py [--runs N] [--engine swarm]``.
+
+``--engine swarm`` instead starts a three-node Swarm of Docker-in-Docker engines (the test
+suite's, ``tests/integration/swarm.py``) and runs :data:`SWARM_AGENTS` sleep agents there and on
+the local engine, alternating, in the same run; the per-session overhead of Swarm (node
+volume by a helper service, base in and work out through the run's exchange, the service
+itself) is the 1-agent difference.
 """
 
 from __future__ import annotations
 
 import math
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import _common as c
 import _repo
@@ -26,6 +34,7 @@ from runtime import AgentCoordinator, ResourceLimits, RunConfig, Task
 from runtime.engine.discovery import engine_resources, get_client
 
 AGENTS = (1, 3, 5)
+SWARM_AGENTS = (1, 6)
 QUOTA = 50
 SLEEPY = """
 import time
@@ -38,10 +47,12 @@ for _ in range(10):
 BUSY = "x = 0\nfor i in range({iterations}):\n    x += i\n"
 
 
-def agentrt_wall(repo: Path, config: RunConfig, command: list[str], n: int) -> float:
+def agentrt_wall(repo: Path, config: RunConfig, command: list[str], n: int,
+                 client: Any = None) -> float:
     """Wall time of one ``run_agents`` call with ``n`` identical agents."""
     tasks = [Task(id=f"a{i}", command=command) for i in range(n)]
-    coordinator = AgentCoordinator(n, config=config, repo=repo, stop_grace_seconds=1)
+    coordinator = AgentCoordinator(n, config=config, repo=repo, stop_grace_seconds=1,
+                                   client=client)
     with c.stopwatch() as t:
         report = coordinator.run_agents(tasks)
     bad = [f"{s.task_id}: {s.status.value} {s.reason}" for s in report.sessions
@@ -74,10 +85,15 @@ def main() -> None:
                    help="loop iterations of the cpu workload (default 35M)")
     p.add_argument("--files", type=int, default=2000, help="files in the benchmark repository")
     p.add_argument("--megabytes", type=int, default=25, help="size of the benchmark repository")
+    p.add_argument("--engine", choices=["local", "swarm"], default="local",
+                   help="swarm: sleep agents on a 3-node dind Swarm vs the local engine")
     args = p.parse_args()
     cores = engine_resources(get_client())[0]
     limits = ResourceLimits(memory_mb=512, cpu_percent=QUOTA, pids=256, disk_mb=512)
     config = RunConfig(resource_limits=limits, merge="none")
+    if args.engine == "swarm":
+        swarm_main(args, config)
+        return
     workloads = {
         "sleep": ["python3", "-c", SLEEPY],
         "cpu": ["python3", "-c", BUSY.format(iterations=args.iterations)],
@@ -113,6 +129,44 @@ def main() -> None:
             for system in ("agentrt", "raw"):
                 value = c.median(walls[(name, system, n)]) / c.median(walls[(name, system, 1)])
                 print(c.goal(f"{name} {system} {n} agents ≤ 1.1 × {bound}", value / bound, 1.1))
+
+
+def swarm_main(args: Any, config: RunConfig) -> None:
+    """Sleep agents on a three-node Swarm against the local engine, alternating, one run."""
+    import docker
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.integration.swarm import start_swarm, stop_swarm
+
+    limits = config.resource_limits.model_copy(update={"disk_mb": 64})
+    local_config = config.model_copy(update={"resource_limits": limits})
+    swarm_config = local_config.model_copy(update={"engine": "swarm"})
+    command = ["python3", "-c", SLEEPY]
+    c.header(f"swarm: {SWARM_AGENTS} sleep agents on a 3-node dind Swarm vs the local engine",
+             args.runs)
+    cluster = start_swarm(docker.from_env())
+    manager = cluster.manager.client
+    walls: dict[tuple[str, int], list[float]] = {}
+    try:
+        with c.scratch("concurrency-swarm") as root:
+            repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
+            agentrt_wall(repo, swarm_config, ["true"], 1, manager)  # warm-up
+            agentrt_wall(repo, local_config, ["true"], 1)
+            for run in range(args.runs):
+                for n in SWARM_AGENTS:
+                    order = ("local", "swarm") if (run + n) % 2 == 0 else ("swarm", "local")
+                    for system in order:
+                        wall = (agentrt_wall(repo, swarm_config, command, n, manager)
+                                if system == "swarm" else
+                                agentrt_wall(repo, local_config, command, n))
+                        walls.setdefault((system, n), []).append(wall)
+    finally:
+        stop_swarm(cluster)
+    rows = [[n, c.fmt(walls[("local", n)]), c.fmt(walls[("swarm", n)]),
+             c.ratio(walls[("swarm", n)], walls[("local", n)])] for n in SWARM_AGENTS]
+    print(c.table(["agents", "local engine", "3-node Swarm", "swarm / local"], rows))
+    overhead = c.median(walls[("swarm", 1)]) - c.median(walls[("local", 1)])
+    print(f"Swarm's overhead per session (1 agent, swarm - local): {overhead:.2f} s")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +178,13 @@ class SwarmAgent:
         with engine_errors("remove the session's service"), \
                 contextlib.suppress(docker.errors.NotFound):
             self._service.remove()
+
+    def follow_logs(self) -> Iterator[bytes]:
+        """The service's output as it arrives (the stream outlives the task: stop reading)."""
+        if self._service is None:
+            return iter(())
+        return (bytes(chunk) for chunk in self._service.logs(stdout=True, stderr=True,
+                                                             follow=True))
 
     def logs(self, tail: int | str = "all") -> bytes:
         """The service's combined output so far (empty if unreadable)."""

@@ -17,6 +17,7 @@ full; a task that fits no node at all was refused in preflight (:func:`check_fit
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ from runtime.run.session import DISK_FULL_MARGIN, IsolatedAgentSession, crash_po
 
 POLL_S = 0.5
 NODE_CHECK_S = 2.0
+# How long the end of a session waits for the followed output to catch up.
+FOLLOW_DRAIN_S = 3.0
 
 
 def need_of(task_id: str, memory_mb: int, cpu_percent: int) -> Need:
@@ -102,6 +105,10 @@ class SwarmSession(IsolatedAgentSession):
         self.api_version = api_version
         self.result.node = node.hostname
         self._node_lost = False
+        self._follow_lock = threading.Lock()
+        self._follow_stop = threading.Event()
+        self._followed = hashlib.sha256()
+        self._followed_bytes = 0
 
     # -- where the parts are ------------------------------------------------------------------
 
@@ -123,8 +130,49 @@ class SwarmSession(IsolatedAgentSession):
         return SwarmAgent(self.client, plan, self.node.id, self.api_version)
 
     def _start_log_keeper(self) -> None:
-        # A service's output is read back when its task ends (see run).
+        # The service's output is followed once it exists (_follow_output) and completed from
+        # the service's whole log when its task ends (_complete_output).
         self._open_log_keeper()
+
+    def _follow_output(self, agent: SwarmAgent) -> None:
+        """Write the service's output to the saved log as it arrives (`agentrt logs -f`)."""
+        keeper = self._log_keeper
+        if keeper is None:
+            return
+
+        def pump() -> None:
+            with contextlib.suppress(Exception):
+                for chunk in agent.follow_logs():
+                    with self._follow_lock:
+                        if self._follow_stop.is_set():
+                            return
+                        keeper.write(chunk)
+                        self._followed.update(chunk)
+                        self._followed_bytes += len(chunk)
+
+        threading.Thread(target=pump, name=f"agentrt-log-{self.session_id}",
+                         daemon=True).start()
+
+    def _complete_output(self, output: bytes) -> None:
+        """Stop following; append what the follower had not written yet (its writing is a
+        prefix of the service's whole log, checked by hash), or say it could not be."""
+        deadline = time.monotonic() + FOLLOW_DRAIN_S
+        seen = -1
+        while time.monotonic() < deadline and seen != self._followed_bytes < len(output):
+            seen = self._followed_bytes
+            time.sleep(0.3)
+        with self._follow_lock:
+            self._follow_stop.set()
+            done = self._followed_bytes
+            prefix = hashlib.sha256(output[:done]).hexdigest() == self._followed.hexdigest()
+        keeper = self._log_keeper
+        if keeper is None:
+            return
+        if prefix:
+            keeper.write(output[done:])
+        else:
+            keeper.note("the output as followed and the service's log differ; the saved log "
+                        "holds what was followed")
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -154,11 +202,11 @@ class SwarmSession(IsolatedAgentSession):
             self._finish()
             return self.result
         self._event("started", f"service {agent.id} on node {self.node.hostname}")
+        self._follow_output(agent)
         crash_point("started")
         view, stopped_for = self._watch_task(agent, deadline)
         output = agent.logs()
-        if self._log_keeper is not None and output:
-            self._log_keeper.write(output)
+        self._complete_output(output)
         self._classify_end(view, stopped_for, parse_end_stats(output.decode(errors="replace")))
         self._finish()
         return self.result

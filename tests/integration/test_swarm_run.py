@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ id = "hog"
 command = ["python3", "-c", "b = []\\nwhile True: b.append(bytearray(16 * 1024 * 1024))"]
 [[tasks]]
 id = "sleeper-1"
-command = ["sh", "-c", "sleep 2; hostname > s1.txt"]
+command = ["sh", "-c", "echo first-line; sleep 2; hostname > s1.txt; echo last-line"]
 [[tasks]]
 id = "sleeper-2"
 command = ["sh", "-c", "sleep 2; hostname > s2.txt"]
@@ -74,6 +75,36 @@ def test_a_task_file_runs_across_the_swarm(swarm_cluster: SwarmCluster, repo: Pa
     nodes = {s["node"] for s in by_task.values()}
     assert len(nodes) >= 2, nodes
     assert not report["warnings"], report["warnings"]
+    assert _leftovers(swarm_cluster) == []
+    # The agent's output, saved as it arrived and completed at the end: once, in order.
+    logs = agentrt(swarm_cluster, "logs", by_task["sleeper-1"]["id"], "--repo", str(repo))
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.count("first-line") == 1 and logs.stdout.count("last-line") == 1, logs
+    assert logs.stdout.index("first-line") < logs.stdout.index("last-line")
+
+
+def test_ctrl_c_stops_every_service_of_the_run(swarm_cluster: SwarmCluster, repo: Path,
+                                               tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[[tasks]]\nid = "long-a"\ncommand = ["sh", "-c", "echo a > a.txt; '
+                     'sleep 300"]\n[[tasks]]\nid = "long-b"\ncommand = ["sleep", "300"]\n')
+    env = {**os.environ, "DOCKER_HOST": swarm_cluster.manager.url}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                             str(repo), "--engine", "swarm", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    manager = swarm_cluster.manager.client
+    deadline = time.monotonic() + 120
+    while sum(t["Status"]["State"] == "running"
+              for s in manager.services.list(filters={"label": "agentrt.time_seconds"})
+              for t in s.tasks()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "sessions never ran"
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    sessions = {s["task_id"]: s for s in json.loads(out)["sessions"]}
+    assert {s["status"] for s in sessions.values()} == {"cancelled"}, sessions
+    assert "a.txt" in git(repo, "ls-tree", "--name-only", sessions["long-a"]["branch"])
     assert _leftovers(swarm_cluster) == []
 
 
