@@ -213,12 +213,14 @@ def test_push_nodes_loads_the_exact_image_where_it_is_missing(
 
     env = {"DOCKER_HOST": swarm_cluster.manager.url, "DOCKER_CONTEXT": "",
            "AGENTRT_SWARM_NODES": " ".join(urls)}
+    from runtime.engine.discovery import reset_client
+
+    # In-process, the CLI uses the process's shared client: connect it to the manager for
+    # this call (an earlier test may have made it for the local engine), then forget it.
+    reset_client()
     try:
         result = CliRunner().invoke(main, ["images", "push-nodes", ref, "--json"], env=env)
     finally:
-        # In-process, the CLI's shared client now speaks to the manager: forget it.
-        from runtime.engine.discovery import reset_client
-
         reset_client()
     assert result.exit_code == 0, result.output
     assert [r["matches"] for r in json.loads(result.stdout)] == [True, True]
