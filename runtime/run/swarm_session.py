@@ -221,7 +221,11 @@ class SwarmSession(IsolatedAgentSession):
         view: TaskView | None = None
         while True:
             with contextlib.suppress(EngineError):
-                view = agent.task() or view
+                current = agent.task()
+                if current is None and stop_sent:
+                    # Scaled to zero, the manager removes the stopped task's record.
+                    return view, stopped_for
+                view = current or view
             if view is not None and view.ended:
                 return view, stopped_for
             now = time.time()

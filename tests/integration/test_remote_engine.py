@@ -60,8 +60,8 @@ command = ["sh", "-c", "printf %s \\"$AGENTRT_TEST_SECRET\\" | sha256sum | cut -
 EXPECTED = {
     "writer": ("succeeded", "home", "loop"),
     "filler": ("disk_full", "home", "loop"),
-    "bomb": ("succeeded", "home", "loop"),
-    "planter": ("succeeded", "home", "loop"),
+    "bomb": ("failed", "home", "loop"),  # its shell's last fork failed
+    "planter": ("failed", "home", "loop"),  # its last step (a link over .git/objects) failed
     "hog": ("oom_killed", "home", "loop"),
     "keyed": ("succeeded", "home", "loop"),
 }

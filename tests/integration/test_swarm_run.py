@@ -86,7 +86,7 @@ def test_a_task_file_runs_across_the_swarm(swarm_cluster: SwarmCluster, repo: Pa
 def test_ctrl_c_stops_every_service_of_the_run(swarm_cluster: SwarmCluster, repo: Path,
                                                tmp_path: Path) -> None:
     tasks = tmp_path / "tasks.toml"
-    tasks.write_text('[[tasks]]\nid = "long-a"\ncommand = ["sh", "-c", "echo a > a.txt; '
+    tasks.write_text('[run.resource_limits]\ndisk_mb = 32\n[[tasks]]\nid = "long-a"\ncommand = ["sh", "-c", "echo a > a.txt; '
                      'sleep 300"]\n[[tasks]]\nid = "long-b"\ncommand = ["sleep", "300"]\n')
     env = {**os.environ, "DOCKER_HOST": swarm_cluster.manager.url}
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
@@ -97,7 +97,8 @@ def test_ctrl_c_stops_every_service_of_the_run(swarm_cluster: SwarmCluster, repo
     while sum(t["Status"]["State"] == "running"
               for s in manager.services.list(filters={"label": "agentrt.time_seconds"})
               for t in s.tasks()) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, "sessions never ran"
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            f"sessions never ran: {proc.communicate()[1][-2000:] if proc.poll() else ''}"
         time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
