@@ -8,6 +8,7 @@ ever made on this process's own disk beyond agentrt's state directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -138,8 +139,10 @@ def _watch_host_while(proc: subprocess.Popen[str], repo: Path, state: Path,
     while proc.poll() is None:
         if Path("/proc/mounts").read_text().count(str(repo)) != mounts_before:
             seen.append("a mount under the repository")
-        seen.extend(str(p) for p in state.glob("sessions/*/volume*"))
-        seen.extend(str(p) for p in state.glob("**/workspace"))
+        for pattern in ("sessions/*/volume*", "**/workspace"):
+            # Directories come and go while the run works: a walk may lose its way.
+            with contextlib.suppress(FileNotFoundError):
+                seen.extend(str(p) for p in state.glob(pattern))
         time.sleep(0.05)
     return sorted(set(seen))
 
