@@ -41,16 +41,12 @@ from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, ut
 from runtime.presets import resolve_image
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.environments import EnvImage, prepare_environments
+from runtime.run.identity import agent_ids, new_run_id, secret_env
 from runtime.run.network_preflight import uses_allowlist
 from runtime.run.radar import ConflictRadar, LiveTree, Overlap
 from runtime.run.scheduler import DagScheduler, TaskState
-from runtime.run.session import (
-    STOP_REQUESTED,
-    IsolatedAgentSession,
-    agent_ids,
-    new_run_id,
-    secret_env,
-)
+from runtime.run.session import IsolatedAgentSession
+from runtime.run.session_end import STOP_REQUESTED
 from runtime.run.supervisor import Supervisor
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
