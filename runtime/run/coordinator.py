@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import docker
 
 from runtime import paths
-from runtime.config import AgentPreset, RunConfig, Task, validate_tasks
+from runtime.config import RunConfig, Task, validate_tasks
 from runtime.engine.container import AgentContainer
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
@@ -51,6 +51,7 @@ from runtime.run.supervisor import Supervisor
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
 from runtime.state.store import Store
+from runtime.task import AgentPreset
 
 if TYPE_CHECKING:
     from runtime.run.swarm_session import SwarmRun
