@@ -36,7 +36,7 @@ import docker.errors
 
 from runtime.config import RunConfig, secret_values
 from runtime.engine.container import ended_at_deadline
-from runtime.engine.engine_volumes import RemoteVolume, list_engine_volumes
+from runtime.engine.engine_volumes import list_engine_volumes
 from runtime.engine.labels import (
     LABEL_HARVEST,
     LABEL_OWNER_PID,
@@ -47,6 +47,7 @@ from runtime.engine.labels import (
     LABEL_SESSION,
     LABEL_TIME_SECONDS,
 )
+from runtime.engine.remote_volume import RemoteVolume
 from runtime.engine.volumes import open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.bundle import ImportPolicy
