@@ -48,7 +48,7 @@ from runtime.run.session_resources import SessionResources
 from runtime.run.supervisor import Supervisor, Watch
 from runtime.state.liveness import process_start_time
 from runtime.state.log_keeper import LogKeeper
-from runtime.state.recovery import SessionMarker
+from runtime.state.session_facts import SessionMarker
 
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress

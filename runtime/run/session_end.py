@@ -31,7 +31,7 @@ from runtime.run.resilience import crash_point, engine_retry
 from runtime.run.supervisor import Watch
 from runtime.run.usage import usage_from_log
 from runtime.state.liveness import process_start_time
-from runtime.state.recovery import engine_times, import_policy
+from runtime.state.session_facts import engine_times, import_policy
 
 if TYPE_CHECKING:
     import threading

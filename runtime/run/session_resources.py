@@ -30,7 +30,7 @@ from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.models import Manifest, SessionResult
 from runtime.run.resilience import engine_retry
 from runtime.state.liveness import process_start_time
-from runtime.state.recovery import SessionMarker
+from runtime.state.session_facts import SessionMarker
 
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
