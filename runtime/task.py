@@ -17,6 +17,7 @@ TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 _TASK_ID_RE = re.compile(TASK_ID_PATTERN)
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DOCKER_NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
 NetworkMode = Literal["none", "bridge", "allowlist"]
 AgentPreset = Literal["shell", "claude-code", "codex", "aider"]
 
@@ -27,7 +28,6 @@ def no_nul(value: str, what: str) -> str:
     if "\0" in value:
         raise ValueError(f"{what} must not contain NUL bytes")
     return value
-
 
 
 def check_egress_allow(value: list[str] | None) -> list[str] | None:
@@ -43,7 +43,6 @@ def check_egress_networks(value: list[str] | None) -> list[str] | None:
         if not _DOCKER_NETWORK_RE.match(name):
             raise ValueError(f"{name!r} is not a Docker network name")
     return value
-
 
 
 class Task(StrictModel):

@@ -10,8 +10,11 @@ container, waits for it through the supervisor, classifies how it ended and brin
 home onto the session's branch; ``__exit__`` always snapshots what is left and releases every
 resource (container, database, volume, loop device) unless ``cleanup_on_complete`` is false.
 The branch always stays.
-"""
 
+Its parts are made and released by :class:`~runtime.run.session_resources.SessionResources`, its
+end is classified and finished by :class:`~runtime.run.session_end.SessionEnd`, and its output
+is saved by :class:`~runtime.run.session_logs.SessionLogs`: mixins of this one class.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from runtime.state.store import Store
 
 log = logging.getLogger(__name__)
+
 
 class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
     """One agent session; a context manager that always gives its resources back."""

@@ -112,7 +112,6 @@ class SessionResources:
         """Bytes used on the session's volume."""
         return self.tree.used_bytes() if self.tree else 0
 
-
     def _join_egress(self, env: dict[str, str], own_network: str | None) -> str:
         """Put the session behind its run's egress proxy; add the proxy variables to ``env``
         and return the network its container joins (runtime/engine/egress.py)."""

@@ -74,6 +74,7 @@ def recorded_alive(pid: Any, start: Any) -> bool:
     except (TypeError, ValueError):
         return False
 
+
 def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
