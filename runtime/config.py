@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from runtime.environments import Environment, Service, check_services
 from runtime.errors import ConfigError
 from runtime.limits import ConcurrentAgents, DiskMb, RadarSeconds, StrictModel
+from runtime.limits import LimitOverrides as LimitOverrides
 from runtime.limits import ResourceLimits as ResourceLimits
 from runtime.task import NetworkMode, check_egress_allow, check_egress_networks, no_nul
 from runtime.task import Task as Task
