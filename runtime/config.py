@@ -1,4 +1,7 @@
-"""What users write: the task file's models (``RunConfig``, ``Task``, ``ResourceLimits``).
+"""What users write: the task file's models (``TaskFile``, ``RunConfig``) and its loading.
+
+``Task`` (:mod:`runtime.task`) and ``ResourceLimits`` (:mod:`runtime.limits`) are importable
+from here too.
 
 Every model forbids unknown keys. :func:`load_task_file` turns any problem into one
 :class:`~runtime.errors.ConfigError` whose message names the file, the task and the field.
@@ -6,68 +9,27 @@ Every model forbids unknown keys. :func:`load_task_file` turns any problem into 
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from runtime.egress_rules import parse_target
 from runtime.environments import Environment, Service, check_services
 from runtime.errors import ConfigError
-
-TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
-_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DOCKER_NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+from runtime.limits import ConcurrentAgents, DiskMb, RadarSeconds, StrictModel
+from runtime.limits import LimitOverrides as LimitOverrides
+from runtime.limits import ResourceLimits as ResourceLimits
+from runtime.task import NetworkMode, check_egress_allow, check_egress_networks, no_nul
+from runtime.task import Task as Task
 
 MergeStrategy = Literal["review", "auto", "none"]
-NetworkMode = Literal["none", "bridge", "allowlist"]
 DatabaseStrategy = Literal["per_agent", "shared"]
 ContainerRuntime = Literal["runc", "runsc"]
-AgentPreset = Literal["shell", "claude-code", "codex", "aider"]
 IsolationStrategy = Literal["git_worktree", "directory"]
 ExecutionMode = Literal["process", "thread"]
-
-# Upper bounds of every number a user writes (docs/operations.md, "Limits and their bounds").
-# Beyond them a value is a typo, and the engine or the kernel would fail it only once the
-# session starts (a pids limit past int64 is a Docker 500). Numbers are strict: "512", 512.0
-# and true are refused rather than coerced.
-MAX_MEMORY_MB = 1024 * 1024  # 1 TiB
-MAX_CPU_PERCENT = 100 * 1024  # 1024 cores
-MAX_TIME_SECONDS = 7 * 24 * 3600  # one week
-MAX_DISK_MB = 16 * 1024 * 1024  # 16 TiB
-MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT
-MAX_CONCURRENT_AGENTS = 1024
-MAX_RADAR_SECONDS = 3600
-
-MemoryMb = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMORY_MB)]
-CpuPercent = Annotated[int, Field(strict=True, gt=0, le=MAX_CPU_PERCENT)]
-TimeSeconds = Annotated[int, Field(strict=True, gt=0, le=MAX_TIME_SECONDS)]
-DiskMb = Annotated[int, Field(strict=True, gt=0, le=MAX_DISK_MB)]
-Pids = Annotated[int, Field(strict=True, gt=0, le=MAX_PIDS)]
-ConcurrentAgents = Annotated[int, Field(strict=True, gt=0, le=MAX_CONCURRENT_AGENTS)]
-RadarSeconds = Annotated[int, Field(strict=True, ge=0, le=MAX_RADAR_SECONDS)]
-
-
-def _no_nul(value: str, what: str) -> str:
-    # A NUL cannot cross exec(2) or the engine's API: refuse it here, before anything starts.
-    if "\0" in value:
-        raise ValueError(f"{what} must not contain NUL bytes")
-    return value
-
 
 
 _REF_FORBIDDEN = frozenset(" ~^:?*[\\")
@@ -95,208 +57,8 @@ def branch_name_problem(name: str) -> str | None:
             return "a component starts with '.' or ends with '.lock'"
     return None
 
-def _check_egress_allow(value: list[str] | None) -> list[str] | None:
-    for entry in value or []:
-        parse_target(entry)  # its ValueError names the entry and what is wrong
-    return value
 
-
-def _check_egress_networks(value: list[str] | None) -> list[str] | None:
-    for name in value or []:
-        if not _DOCKER_NETWORK_RE.match(name):
-            raise ValueError(f"{name!r} is not a Docker network name")
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# The original design's names for the limits (``max_memory="2GB"``...), accepted as aliases.
-DESIGN_LIMIT_NAMES = {
-    "memory_mb": "max_memory",
-    "cpu_percent": "max_cpu_percent",
-    "time_seconds": "max_execution_time",
-    "disk_mb": "max_disk_usage",
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
-_SIZE_UNIT_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
-_TIME_RE = re.compile(r"^\s*(\d+)\s*([smh]?)\s*$", re.I)
-_TIME_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600}
-
-
-def _alias(name: str) -> AliasChoices:
-    return AliasChoices(name, DESIGN_LIMIT_NAMES[name])
-
-
-def size_to_mb(value: str, key: str) -> int:
-    """``"2GB"``, ``"512m"``, ``"1.5GiB"`` → MiB (binary units, as Docker's ``--memory 2g``;
-    a bare number is MiB); rounded up to a whole MiB."""
-    match = _SIZE_RE.match(value)
-    if match is None:
-        raise ValueError(f"{key}: {value!r} is not a size: write MB as a number, or a string "
-                         "such as \"512MB\" or \"2GB\"")
-    return math.ceil(float(match[1]) * _SIZE_UNIT_MB[match[2].lower()])
-
-
-def duration_to_seconds(value: str, key: str) -> int:
-    """``"90"``, ``"90s"``, ``"30m"``, ``"2h"`` → seconds."""
-    match = _TIME_RE.match(value)
-    if match is None:
-        raise ValueError(f"{key}: {value!r} is not a duration: write seconds as a number, or a "
-                         "string such as \"90s\", \"30m\" or \"2h\"")
-    return int(match[1]) * _TIME_UNIT_S[match[2].lower()]
-
-
-def _design_limits(data: Any) -> Any:
-    """Turn the design's string values (``max_memory="2GB"``) into the integers the strict
-    fields take; refuse a limit given under both of its names."""
-    if not isinstance(data, dict):
-        return data
-    data = dict(data)
-    for name, alias in DESIGN_LIMIT_NAMES.items():
-        if name in data and alias in data:
-            raise ValueError(f"{name} and {alias} are the same limit: give one of them")
-        value = data.get(alias)
-        if isinstance(value, str) and alias in ("max_memory", "max_disk_usage"):
-            data[alias] = size_to_mb(value, alias)
-        elif isinstance(value, str) and alias == "max_execution_time":
-            data[alias] = duration_to_seconds(value, alias)
-    return data
-
-
-class ResourceLimits(_Strict):
-    """Per-session quotas; every value must be a positive integer within its bound.
-
-    The original design's names are accepted as aliases: ``max_memory`` (MiB, or a string such
-    as ``"2GB"``), ``max_cpu_percent``, ``max_execution_time`` (seconds, or ``"30m"``) and
-    ``max_disk_usage`` (MiB, or ``"10GB"``). Fields keep agentrt's names.
-    """
-
-    memory_mb: MemoryMb = Field(1024, validation_alias=_alias("memory_mb"),
-                                description="Memory limit in MiB; swap is not allowed.")
-    cpu_percent: CpuPercent = Field(50, validation_alias=_alias("cpu_percent"),
-                                    description="Percent of one core: 200 means two cores.")
-    time_seconds: TimeSeconds = Field(3600, validation_alias=_alias("time_seconds"),
-                                      description="Wall-time limit, from container start.")
-    disk_mb: DiskMb = Field(5120, validation_alias=_alias("disk_mb"),
-                            description="Size of the volume holding the worktree, MiB.")
-    pids: Pids = Field(512, description="Maximum number of processes and threads.")
-
-    _design_names = model_validator(mode="before")(_design_limits)
-
-
-class LimitOverrides(_Strict):
-    """A task's partial override of the run's default :class:`ResourceLimits` (the design's
-    names are accepted here too)."""
-
-    memory_mb: MemoryMb | None = Field(None, validation_alias=_alias("memory_mb"),
-                                       description="Memory limit in MiB.")
-    cpu_percent: CpuPercent | None = Field(None, validation_alias=_alias("cpu_percent"),
-                                           description="Percent of one core.")
-    time_seconds: TimeSeconds | None = Field(None, validation_alias=_alias("time_seconds"),
-                                             description="Wall-time limit in seconds.")
-    disk_mb: DiskMb | None = Field(None, validation_alias=_alias("disk_mb"),
-                                   description="Volume size in MiB.")
-    pids: Pids | None = Field(None, description="Maximum number of processes.")
-
-    _design_names = model_validator(mode="before")(_design_limits)
-
-    def apply_to(self, limits: ResourceLimits) -> ResourceLimits:
-        """Return ``limits`` with every value set here replacing the default."""
-        return limits.model_copy(update=self.model_dump(exclude_none=True))
-
-
-class Task(_Strict):
-    """One unit of agent work: a prompt and the command (or preset) that acts on it."""
-
-    id: str = Field(description="Unique id, [a-z0-9][a-z0-9-]{0,39}; names the branch.")
-    prompt: str = Field("", description="What the agent should do; passed as AGENT_TASK.")
-    command: list[str] | None = Field(None, description="argv run in /workspace.")
-    agent: AgentPreset | None = Field(None, description="A preset that supplies image and command.")
-    deps: list[str] = Field(default_factory=list, description="Task ids that must succeed first.")
-    image: str | None = Field(None, description="Image override for this task.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
-    secrets: list[str] = Field(
-        default_factory=list, description="Host environment variables passed by name only."
-    )
-    network: NetworkMode | None = Field(None, description="Network override for this task.")
-    egress_allow: list[str] | None = Field(
-        None, description="Hosts (host or host:port) this task may reach with network = "
-        "\"allowlist\"; default: [run] egress_allow.")
-    egress_networks: list[str] | None = Field(
-        None, description="Existing Docker networks the egress proxy joins for this task; "
-        "default: [run] egress_networks.")
-    base_url: str | None = Field(
-        None, description="The model API's base URL, passed to the agent preset's CLI.")
-    model: str | None = Field(None, description="The model, passed to the agent preset's CLI.")
-    resource_limits: LimitOverrides = Field(
-        default_factory=LimitOverrides, description="Overrides of the run's default limits."
-    )
-    environment: Environment | None = Field(
-        None, description="This task's own environment (replacing [run] environment).")
-
-    @field_validator("id")
-    @classmethod
-    def _check_id(cls, value: str) -> str:
-        if not _TASK_ID_RE.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid task id: use 1-40 characters of a-z, 0-9 and '-', "
-                "starting with a letter or digit"
-            )
-        return value
-
-    @field_validator("prompt", "image")
-    @classmethod
-    def _check_text(cls, value: str | None) -> str | None:
-        return value if value is None else _no_nul(value, "the value")
-
-    _egress_allow = field_validator("egress_allow")(_check_egress_allow)
-    _egress_networks = field_validator("egress_networks")(_check_egress_networks)
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", value):
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or value.startswith("-")
-                                  or any(ord(c) < 32 for c in value)):
-            raise ValueError(f"{value!r} is not a model name")
-        return value
-
-    @field_validator("command")
-    @classmethod
-    def _check_command(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and (not value or any("\0" in part for part in value)):
-            raise ValueError("command must be a non-empty list of strings without NUL bytes")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not _ENV_NAME_RE.match(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-            if key.startswith("AGENT_"):
-                raise ValueError(f"{key!r}: names starting with AGENT_ are set by agentrt")
-            _no_nul(value[key], f"the value of {key!r}")
-        return value
-
-    @field_validator("secrets")
-    @classmethod
-    def _check_secrets(cls, value: list[str]) -> list[str]:
-        for key in value:
-            if not _ENV_NAME_RE.match(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-        return value
-
-
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """Settings of a whole run: the ``[run]`` table of the task file."""
 
     max_concurrent_agents: ConcurrentAgents = Field(
@@ -384,10 +146,10 @@ class RunConfig(_Strict):
     @field_validator("base", "image", "database_url")
     @classmethod
     def _check_text(cls, value: str | None) -> str | None:
-        return value if value is None else _no_nul(value, "the value")
+        return value if value is None else no_nul(value, "the value")
 
-    _egress_allow = field_validator("egress_allow")(_check_egress_allow)
-    _egress_networks = field_validator("egress_networks")(_check_egress_networks)
+    _egress_allow = field_validator("egress_allow")(check_egress_allow)
+    _egress_networks = field_validator("egress_networks")(check_egress_networks)
     _services = field_validator("services")(check_services)
 
     @field_validator("target")
@@ -446,7 +208,7 @@ def check_egress(config: RunConfig, tasks: Iterable[Task], source: str = "tasks"
                 "[\"api.anthropic.com\", \"models.internal:8080\"]")
 
 
-class TaskFile(_Strict):
+class TaskFile(StrictModel):
     """A whole task file: the ``[run]`` table and the ``[[tasks]]`` list."""
 
     run: RunConfig = Field(default_factory=RunConfig, description="Run-wide settings.")

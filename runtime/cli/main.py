@@ -19,8 +19,9 @@ import click
 from rich.console import Console
 
 from runtime.cli.lookup import open_store, repo_option
-from runtime.config import MAX_CONCURRENT_AGENTS, load_task_file
+from runtime.config import load_task_file
 from runtime.errors import AgentRuntimeError
+from runtime.limits import MAX_CONCURRENT_AGENTS
 from runtime.models import SessionStatus
 from runtime.text import markup_safe, terminal_safe
 

@@ -128,7 +128,7 @@ def _live_diff(container_id: str, base: str, stat: bool) -> bytes | None:
     from runtime.engine.discovery import get_client
     from runtime.errors import AgentRuntimeError
     from runtime.git.live_tree import live_diff
-    from runtime.run.session import agent_ids
+    from runtime.run.identity import agent_ids
 
     try:
         client = get_client()

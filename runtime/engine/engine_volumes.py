@@ -53,6 +53,9 @@ path): ``gc`` finds every engine volume by label (:func:`list_engine_volumes`) a
 
 Nothing of this touches the filesystem of the process running agentrt, except for reading a
 git bundle that :func:`checkout_in_engine` ships with ``put_archive``.
+
+The helper containers and their scripts are in :mod:`runtime.engine.volume_helpers`; a session
+uses its volume through :class:`runtime.engine.remote_volume.RemoteVolume`.
 """
 
 from __future__ import annotations
@@ -63,140 +66,48 @@ import os
 import re
 import secrets
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.types import Mount
 
 from runtime.engine.discovery import engine_errors, engine_info
 from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
+from runtime.engine.volume_helpers import (
+    CREATE_SCRIPT,
+    HELPER_IMAGE,
+    HELPER_MEMORY,
+    JOURNAL_MIN_MB,
+    PROBE_SCRIPT,
+    REMOVE_SCRIPT,
+    ROLE_HELPER,
+    SOFT_CREATE_SCRIPT,
+    USAGE_SCRIPT,
+    loop_helper_spec,
+    run_helper,
+)
 from runtime.engine.volumes import DiskLimitMode
 from runtime.errors import EngineError, VolumeError
 
 log = logging.getLogger(__name__)
 
-HELPER_IMAGE = "agentrt/base:latest"
 #: Environment variable naming the state directory on the engine's host (an absolute path
 #: there); default ``<DockerRootDir>/agentrt``. It must lie on a shared mount of that host.
 STATE_DIR_ENV = "AGENTRT_ENGINE_STATE_DIR"
 #: Environment variable forcing a mode (``loop`` or ``soft``) instead of probing the engine.
 MODE_ENV = "AGENTRT_ENGINE_VOLUMES"
 ROLE_VOLUME = "volume"
-ROLE_HELPER = "volume-helper"
 LABEL_MODE = "agentrt.volume.mode"
 LABEL_LIMIT = "agentrt.volume.limit-bytes"
 LABEL_ROOT = "agentrt.volume.root"
 LABEL_UID = "agentrt.volume.uid"
 VOLUME_PREFIX = "agentrt-vol-"
-#: What the loop helper needs, and no more (see the module docstring).
-LOOP_CAPS = ("SYS_ADMIN", "MKNOD", "CHOWN")
-LOOP_DEVICES = ("/dev/loop-control:/dev/loop-control:rwm",)
-LOOP_CGROUP_RULES = ("b 7:* rwm",)
-HELPER_MEMORY = 256 * 1024 * 1024
-HELPER_TIMEOUT_S = 120
-CHECKOUT_TIMEOUT_S = 600
 WORKSPACE_TARGET = "/workspace"
 DB_TARGET = "/agentrt/db"
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_JOURNAL_MIN_MB = 32
-
-# POSIX sh, in the loop helper, /state = the engine's state dir (rshared).
-# Make the nodes of the loop devices the kernel will hand out next (a container's /dev has
-# none): the first free one and a margin for helpers racing on the same engine.
-_LOOP_NODES = r"""
-loop_nodes() {
-  free=$(losetup -f) || { echo "agentrt: no free loop device" >&2; return 1; }
-  last=$(( ${free#/dev/loop} + 16 )); i=0
-  while [ "$i" -le "$last" ]; do
-    [ -e "/dev/loop$i" ] || mknod -m 0660 "/dev/loop$i" b 7 "$i"
-    i=$((i + 1))
-  done
-}
-"""
-
-# Arguments: session id, size in MiB, uid, gid, ext4 label, journal (yes/no).
-CREATE_SCRIPT = _LOOP_NODES + r"""
-set -eu
-sid=$1; mb=$2; uid=$3; gid=$4; label=$5; journal=$6
-d=/state/sessions/$sid
-mkdir -p -m 0711 /state /state/sessions
-mkdir -m 0711 "$d"          # fails if it exists: a session's volume is never reused
-undo() {
-  if mountpoint -q "$d/volume"; then umount "$d/volume" || umount -l "$d/volume"; fi
-  mountpoint -q "$d/volume" || rm -rf "$d"
-}
-trap 'rc=$?; [ "$rc" -eq 0 ] || undo; exit "$rc"' EXIT
-mkdir -m 0755 "$d/volume"
-# fallocate, not a sparse file: the engine host's space is taken up front. nodiscard keeps
-# mke2fs from punching the reservation back out; the second fallocate refills what a file
-# system without in-place zeroing (tmpfs) punched anyway.
-fallocate -l "${mb}M" "$d/volume.img"
-if [ "$journal" = yes ]; then j="-J size=4"; else j="-O ^has_journal"; fi
-# shellcheck disable=SC2086
-mkfs.ext4 -q -F -m 0 $j -L "$label" \
-  -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 "$d/volume.img"
-fallocate -l "${mb}M" "$d/volume.img"
-loop_nodes
-mount -o loop,nodev,nosuid,noatime,noinit_itable "$d/volume.img" "$d/volume"
-rmdir "$d/volume/lost+found" 2>/dev/null || :
-mkdir -m 0755 "$d/volume/workspace" "$d/volume/db"
-mkdir -m 0700 "$d/volume/secrets"
-chown "$uid:$gid" "$d/volume" "$d/volume/workspace" "$d/volume/db" "$d/volume/secrets"
-echo "agentrt-volume: created $(losetup -j "$d/volume.img" | cut -d: -f1)"
-"""
-
-# Arguments: session id. Idempotent.
-REMOVE_SCRIPT = _LOOP_NODES + r"""
-set -eu
-sid=$1; d=/state/sessions/$sid
-[ -e "$d" ] || { echo "agentrt-volume: absent"; exit 0; }
-if mountpoint -q "$d/volume"; then umount "$d/volume" 2>/dev/null || umount -l "$d/volume"; fi
-if [ -e "$d/volume.img" ]; then
-  for dev in $(losetup -n -O NAME -j "$d/volume.img"); do
-    [ -e "$dev" ] || loop_nodes
-    losetup -d "$dev" || :
-  done
-fi
-if mountpoint -q "$d/volume"; then echo "agentrt: $d/volume is still mounted" >&2; exit 1; fi
-rm -rf "$d"
-echo "agentrt-volume: removed"
-"""
-
-# The probe: the same steps on a 4 MiB image, then undone. Argument: a random name.
-PROBE_SCRIPT = _LOOP_NODES + r"""
-set -eu
-p=/state/probe-$1
-undo() { mountpoint -q "$p" && umount "$p"; rm -rf "$p" "$p.img"; }
-trap 'undo 2>/dev/null || :' EXIT
-mkdir -p -m 0711 /state; mkdir "$p"
-fallocate -l 4M "$p.img"
-mkfs.ext4 -q -F -O ^has_journal -E nodiscard "$p.img"
-loop_nodes
-mount -o loop,nodev,nosuid,noatime "$p.img" "$p"
-touch "$p/ok"
-echo "agentrt-volume: loop ok"
-"""
-
-# Soft mode; /vol is the named volume. Arguments: uid, gid.
-SOFT_CREATE_SCRIPT = r"""
-set -eu
-mkdir -p -m 0755 /vol/workspace /vol/db
-mkdir -p -m 0700 /vol/secrets
-chmod 0755 /vol
-chown "$1:$2" /vol /vol/workspace /vol/db /vol/secrets
-"""
-
-# As the agent's uid, /workspace = the volume's workspace. Arguments: branch, commit.
-USAGE_SCRIPT = r"""
-set -eu
-df -Pk /vol | awk 'NR == 2 { print "df", $3, $4 }'
-du -sxk /vol | awk '{ print "du", $1 }'
-"""
 
 
 @dataclass(frozen=True)
@@ -304,72 +215,6 @@ def engine_state_dir(client: docker.DockerClient) -> str:
     return f"{root.rstrip('/')}/agentrt"
 
 
-def _security_opts(client: docker.DockerClient) -> list[str]:
-    opts = ["no-new-privileges:true"]
-    enforced = " ".join(str(o) for o in engine_info(client).get("SecurityOptions") or [])
-    # docker-default (AppArmor) says `deny mount`; container_t (SELinux) cannot mount either.
-    if "name=apparmor" in enforced:
-        opts.append("apparmor=unconfined")
-    if "name=selinux" in enforced:
-        opts.append("label=disable")
-    return opts
-
-
-def _loop_helper_spec(client: docker.DockerClient, state: str, script: str,
-                      args: Sequence[str], session_id: str) -> dict[str, Any]:
-    """``containers.create`` arguments of a loop helper: root with LOOP_CAPS, loop devices,
-    the state directory bound ``rshared`` at /state, no network."""
-    return {
-        "image": HELPER_IMAGE,
-        "command": ["sh", "-c", script, "agentrt-volume", *args],
-        "user": "0:0",
-        "working_dir": "/",
-        "cap_drop": ["ALL"],
-        "cap_add": list(LOOP_CAPS),
-        "security_opt": _security_opts(client),
-        "devices": list(LOOP_DEVICES),
-        "device_cgroup_rules": list(LOOP_CGROUP_RULES),
-        # Binds (not Mounts) so the engine creates the state directory on first use.
-        "volumes": {state: {"bind": "/state", "mode": "rw,rshared"}},
-        "network_mode": "none",
-        "mem_limit": HELPER_MEMORY,
-        "memswap_limit": HELPER_MEMORY,
-        "pids_limit": 64,
-        "labels": {LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER},
-        "detach": True,
-    }
-
-
-def run_helper(client: docker.DockerClient, spec: dict[str, Any], what: str,
-                timeout: float = HELPER_TIMEOUT_S,
-                put: tuple[str, Iterator[bytes]] | None = None) -> str:
-    """Create, (fill,) start and wait for a helper; its output. VolumeError if it fails."""
-    container = None
-    try:
-        with engine_errors(what):
-            container = client.containers.create(**spec)
-            if put is not None and not client.api.put_archive(container.id, put[0], put[1]):
-                raise VolumeError(f"{what}: the engine refused the archive")
-            container.start()
-            try:
-                status = container.wait(timeout=timeout)
-            except requests.exceptions.RequestException as exc:
-                container.kill()
-                raise VolumeError(f"{what}: did not finish within {timeout:.0f} s") from exc
-            output = str(container.logs(stdout=True, stderr=True).decode(errors="replace"))
-        code = int(status.get("StatusCode", -1))
-        if code != 0:
-            raise VolumeError(f"{what} failed (exit {code}): {output.strip()[-800:]}")
-        return output
-    except EngineError as exc:
-        raise VolumeError(f"{what}: {exc}") from exc
-    finally:
-        if container is not None:
-            with contextlib.suppress(docker.errors.DockerException,
-                                     requests.exceptions.RequestException):
-                container.remove(force=True, v=True)
-
-
 _modes: dict[tuple[str, str, str], DiskLimitMode] = {}
 _modes_lock = threading.Lock()
 
@@ -396,7 +241,7 @@ def engine_volume_mode(client: docker.DockerClient, refresh: bool = False) -> Di
         mode: DiskLimitMode = "soft"
     else:
         try:
-            spec = _loop_helper_spec(client, state, PROBE_SCRIPT, [secrets.token_hex(6)],
+            spec = loop_helper_spec(client, state, PROBE_SCRIPT, [secrets.token_hex(6)],
                                      "probe")
             run_helper(client, spec, "probe loop volumes on the engine", timeout=60)
             mode = "loop"
@@ -431,9 +276,9 @@ def create_engine_volume(client: docker.DockerClient, session_id: str, disk_mb: 
         _create_named_volume(client, volume, {"type": "none", "o": "bind",
                                               "device": volume.root}, extra)
         try:
-            journal = "yes" if disk_mb >= _JOURNAL_MIN_MB else "no"
+            journal = "yes" if disk_mb >= JOURNAL_MIN_MB else "no"
             label = ("agentrt-" + session_id[-8:])[:16]
-            spec = _loop_helper_spec(client, state, CREATE_SCRIPT,
+            spec = loop_helper_spec(client, state, CREATE_SCRIPT,
                                      [session_id, str(disk_mb), str(uid), str(gid), label,
                                       journal], session_id)
             run_helper(client, spec, f"create the engine volume of {session_id}")
@@ -498,7 +343,7 @@ def remove_engine_volume(client: docker.DockerClient, volume: EngineVolume) -> N
         expected = f"{state}/sessions/{volume.session_id}/volume"
         if not state.startswith("/") or volume.root != expected:
             raise VolumeError(f"engine volume {volume.name} has an unexpected root {volume.root}")
-        spec = _loop_helper_spec(client, state, REMOVE_SCRIPT, [volume.session_id],
+        spec = loop_helper_spec(client, state, REMOVE_SCRIPT, [volume.session_id],
                                  volume.session_id)
         run_helper(client, spec, f"remove the engine volume of {volume.session_id}")
     try:
@@ -543,47 +388,3 @@ def engine_volume_usage(client: docker.DockerClient, volume: EngineVolume) -> tu
         return fields["df"][0], fields["df"][1]
     used = fields.get("du", [0])[0]
     return used, max(0, volume.limit_bytes - used)
-
-
-USAGE_FRESH_S = 2.0
-
-
-class RemoteVolume:
-    """An engine-side volume with the host volume's interface (what a session uses)."""
-
-    def __init__(self, client: docker.DockerClient, volume: EngineVolume) -> None:
-        self.client = client
-        self.volume = volume
-        self.mode: DiskLimitMode = volume.mode
-        self.limit_bytes = volume.limit_bytes
-        self._read: tuple[float, tuple[int, int]] | None = None
-
-    @property
-    def root(self) -> str:
-        """Where the volume is on the engine's host (for the record)."""
-        return self.volume.root
-
-    def mounts(self, db: bool = True, read_only: bool = False) -> list[Mount]:
-        """Binds of the workspace (and the database directory), resolved on the engine."""
-        return self.volume.mounts(db_target=DB_TARGET if db else None, read_only=read_only)
-
-    def used_bytes(self) -> int:
-        """Bytes in use, read by a helper on the engine."""
-        return self._usage()[0]
-
-    def free_bytes(self) -> int:
-        """Bytes still free, read by a helper on the engine."""
-        return self._usage()[1]
-
-    def _usage(self) -> tuple[int, int]:
-        # Each reading is a helper container: one reading answers both questions of a moment
-        # (classifying an exit asks for free space, then usage).
-        now = time.monotonic()
-        if self._read is None or now - self._read[0] > USAGE_FRESH_S:
-            self._read = (now, engine_volume_usage(self.client, self.volume))
-        return self._read[1]
-
-    def remove(self) -> None:
-        """Unmount and delete it on the engine's host; idempotent."""
-        remove_engine_volume(self.client, self.volume)
-

@@ -15,7 +15,7 @@ Why a few lines of stdlib Python (:data:`NODE_SCRIPT`) in ``agentrt/base`` speak
 API over the socket, rather than the docker CLI or the SDK: ``agentrt/base`` is the one image
 every node must have anyway, and it has ``python3`` but neither the CLI nor the SDK;
 ``agentrt/dind`` has the CLI but is a test image. The container's create body is computed here,
-by the SDK's own conversion of the very keyword arguments :func:`engine_volumes._loop_helper_spec`
+by the SDK's own conversion of the very keyword arguments :func:`volume_helpers.loop_helper_spec`
 gives ``containers.create``, so both paths make the same container. What only the node knows is
 filled in there: its state directory (``AGENTRT_ENGINE_STATE_DIR`` if set here, else the node's
 ``<DockerRootDir>/agentrt``) and the AppArmor/SELinux exception its engine needs. The helper
@@ -40,19 +40,21 @@ import docker
 from docker.types import Mount
 
 from runtime.engine.engine_volumes import (
-    _JOURNAL_MIN_MB,
-    CREATE_SCRIPT,
-    HELPER_IMAGE,
-    REMOVE_SCRIPT,
-    ROLE_HELPER,
     STATE_DIR_ENV,
     EngineVolume,
     _check_session_id,
-    _loop_helper_spec,
     volume_name,
 )
 from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
 from runtime.engine.swarm_service import helper_service_spec, run_one_shot
+from runtime.engine.volume_helpers import (
+    CREATE_SCRIPT,
+    HELPER_IMAGE,
+    JOURNAL_MIN_MB,
+    REMOVE_SCRIPT,
+    ROLE_HELPER,
+    loop_helper_spec,
+)
 from runtime.errors import EngineError, VolumeError
 
 NODE_SOCKET = "/var/run/docker.sock"
@@ -163,7 +165,7 @@ def container_body(spec: Mapping[str, Any], api_version: str) -> dict[str, Any]:
 def _node_job(client: docker.DockerClient, state: str, script: str, args: list[str],
               session_id: str, volume: Mapping[str, Any] | None,
               remove_volume: str | None) -> str:
-    spec = _loop_helper_spec(client, STATE_PLACEHOLDER, script, args, session_id)
+    spec = loop_helper_spec(client, STATE_PLACEHOLDER, script, args, session_id)
     # The node adds its own AppArmor/SELinux exception (lift_lsm); the manager's says nothing
     # about the node's.
     spec["security_opt"] = ["no-new-privileges:true"]
@@ -217,7 +219,7 @@ def create_node_volume(client: docker.DockerClient, node_id: str, session_id: st
     named = {"Name": name, "Driver": "local",
              "DriverOpts": {"type": "none", "o": "bind", "device": root},
              "Labels": {**dict(labels or {}), **record.labels()}}
-    journal = "yes" if disk_mb >= _JOURNAL_MIN_MB else "no"
+    journal = "yes" if disk_mb >= JOURNAL_MIN_MB else "no"
     label = ("agentrt-" + session_id[-8:])[:16]
     job = _node_job(client, state, CREATE_SCRIPT,
                     [session_id, str(disk_mb), str(uid), str(gid), label, journal],

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import docker
 
-from runtime.engine.engine_volumes import (
+from runtime.engine.engine_volumes import EngineVolume
+from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
+from runtime.engine.volume_helpers import (
     CHECKOUT_TIMEOUT_S,
     HELPER_IMAGE,
     ROLE_HELPER,
-    EngineVolume,
     run_helper,
 )
-from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
 from runtime.errors import GitError, VolumeError, WorkspaceError
 from runtime.git.safe_git import run_git
 

@@ -37,9 +37,9 @@ import docker.errors
 import requests.exceptions
 
 from runtime.engine.discovery import engine_errors
-from runtime.engine.engine_volumes import HELPER_IMAGE, ROLE_HELPER
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.swarm_service import helper_service_spec, run_one_shot
+from runtime.engine.volume_helpers import HELPER_IMAGE, ROLE_HELPER
 from runtime.errors import EngineError, HarvestError, WorkspaceError
 from runtime.git.engine_checkout import CHECKOUT_SCRIPT, create_base_bundle, tar_one_file
 from runtime.git.harvest import (

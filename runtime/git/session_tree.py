@@ -33,7 +33,8 @@ from docker.types import Mount
 
 from runtime.engine.container import DB_MOUNT, SECRETS_FILE, SECRETS_MOUNT, WORKSPACE
 from runtime.engine.discovery import engine_errors
-from runtime.engine.engine_volumes import EngineVolume, RemoteVolume, create_engine_volume
+from runtime.engine.engine_volumes import EngineVolume, create_engine_volume
+from runtime.engine.remote_volume import RemoteVolume
 from runtime.engine.swarm_volumes import create_node_volume, remove_node_volume
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume
 from runtime.errors import ConfigError, EngineError, VolumeError

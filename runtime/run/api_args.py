@@ -16,9 +16,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from runtime.config import AgentPreset, ResourceLimits, RunConfig, Task
+from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.errors import ConfigError
 from runtime.git.safe_git import MainRepo
+from runtime.task import AgentPreset
 
 M = TypeVar("M", bound=BaseModel)
 

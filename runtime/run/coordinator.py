@@ -17,13 +17,13 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
 import docker
 
 from runtime import paths
-from runtime.config import AgentPreset, RunConfig, Task, validate_tasks
+from runtime.config import RunConfig, Task
 from runtime.engine.container import AgentContainer
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
@@ -35,26 +35,22 @@ from runtime.git.workspace import (
     DependencyConflictError,
     new_session_id,
     prepare_base,
-    resolve_base,
 )
 from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, utcnow
-from runtime.presets import resolve_image
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
-from runtime.run.environments import EnvImage, prepare_environments
+from runtime.run.environments import EnvImage
+from runtime.run.identity import agent_ids, new_run_id
 from runtime.run.network_preflight import uses_allowlist
-from runtime.run.radar import ConflictRadar, LiveTree, Overlap
+from runtime.run.preflight import check_run
+from runtime.run.radar import LiveTree, Overlap, radar_running
 from runtime.run.scheduler import DagScheduler, TaskState
-from runtime.run.session import (
-    STOP_REQUESTED,
-    IsolatedAgentSession,
-    agent_ids,
-    new_run_id,
-    secret_env,
-)
+from runtime.run.session import IsolatedAgentSession
+from runtime.run.session_end import STOP_REQUESTED
 from runtime.run.supervisor import Supervisor
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
 from runtime.state.store import Store
+from runtime.task import AgentPreset
 
 if TYPE_CHECKING:
     from runtime.run.swarm_session import SwarmRun
@@ -132,58 +128,8 @@ class AgentCoordinator:
         Raises ConfigError. :meth:`run_agents` calls it unless it already passed for the same
         tasks (the CLI calls it first, to report bad input before the live view starts).
         """
-        from runtime.engine.images import require_image
-        from runtime.run.network_preflight import check_network_settings
-
-        validate_tasks(list(tasks))
-        base_commit = resolve_base(self.repo, self.config.base)
-        for task in tasks:
-            secret_env(task)
-        check_network_settings(self.client, self.config, tasks)
-        for image in sorted({resolve_image(t, self.config.image) for t in tasks
-                             if self.config.environment_for(t) is None}
-                            | {s.image for s in self.config.services}):
-            require_image(self.client, image)
-        if self.config.runtime == "runsc":
-            from runtime.engine.discovery import registered_runtimes, runtime_args
-
-            runtimes = registered_runtimes(self.client)
-            if "runsc" not in runtimes:
-                raise ConfigError("[run] field runtime: runsc (gVisor) is not registered with "
-                                  "the Docker engine; see `agentrt doctor`")
-            needs_network = self.config.database_strategy == "shared" or any(
-                self.config.network_for(t) in ("bridge", "allowlist") for t in tasks)
-            if needs_network and "--network=none" in runtime_args(self.client, "runsc"):
-                raise ConfigError(
-                    "[run] field runtime: runsc is registered with --network=none on this engine, "
-                    "so network = \"bridge\" or \"allowlist\" and database_strategy = "
-                    "\"shared\" cannot work; "
-                    "use runc for this run or register runsc with networking")
-        if self.config.database_strategy == "shared" and self.config.database_url:
-            from runtime.databases.postgres import IMAGE as POSTGRES_IMAGE
-            from runtime.databases.postgres import check_database_url
-            from runtime.errors import DatabaseError
-
-            require_image(self.client, POSTGRES_IMAGE)
-            try:
-                check_database_url(self.client, self.config.database_url)
-            except DatabaseError as exc:
-                raise ConfigError(f"[run] field database_url: cannot use it: {exc}") from None
-        if self.config.engine == "swarm":
-            from runtime.run.swarm_session import SwarmRun
-
-            if self.config.services or any(self.config.environment_for(t) for t in tasks):
-                raise ConfigError("[run] field engine: environments and services are not "
-                                  "supported with engine = \"swarm\" yet (their images are "
-                                  "built on this engine only); use engine = \"docker\"")
-            SwarmRun.preflight(self.client, tasks, self.config)
-        else:
-            from runtime.run.admission import check_admission
-
-            check_admission(self.client, self.config, tasks, self.repo.state_dir)
-        # Last: builds can take minutes, and every cheaper refusal comes first.
-        self._env_images = prepare_environments(self.client, self.repo, base_commit,
-                                                self.config, tasks, self.build_log)
+        base_commit, self._env_images = check_run(lambda: self.client, self.repo, self.config,
+                                                  tasks, self.build_log)
         self._checked = ([t.id for t in tasks], base_commit)
         return base_commit
 
@@ -394,12 +340,7 @@ class AgentCoordinator:
             except Exception as exc:  # noqa: BLE001 - a view's bug never changes the run
                 log.warning("progress listener failed: %s", exc)
 
-    @contextlib.contextmanager
-    def _radar(self, report: RunReport) -> Iterator[None]:
-        if self.config.conflict_radar_seconds == 0:
-            yield
-            return
-
+    def _radar(self, report: RunReport) -> contextlib.AbstractContextManager[None]:
         def on_overlap(overlap: Overlap) -> None:
             message = overlap.message()
             report.warnings.append(message)
@@ -410,12 +351,8 @@ class AgentCoordinator:
                     live[task_id].result.warnings.append(message)
                     self._notify("radar", live[task_id].result)
 
-        radar = ConflictRadar(self.repo, self._live_trees, on_overlap,
-                              float(self.config.conflict_radar_seconds)).start()
-        try:
-            yield
-        finally:
-            radar.stop()
+        return radar_running(self.repo, self.config.conflict_radar_seconds, self._live_trees,
+                             on_overlap)
 
     def _live_trees(self) -> list[LiveTree]:
         uid, gid = agent_ids()

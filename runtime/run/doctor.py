@@ -340,7 +340,7 @@ def _volume_place_check(client: docker.DockerClient, state_dir: Path | None) -> 
 
 def kept_volumes(state_dir: Path) -> list[tuple[str, int]]:
     """Sessions whose work waits on a kept volume (a failed harvest), with the bytes held."""
-    from runtime.state.recovery import SessionMarker
+    from runtime.state.session_facts import SessionMarker
     from runtime.state.traces import session_dirs
 
     kept = []

@@ -9,10 +9,11 @@ conflict at merge time. The paths are the agents' text: views sanitise them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from runtime.engine.container import AgentContainer
@@ -105,3 +106,18 @@ class ConflictRadar:
                 self.scan()
             except Exception as exc:  # noqa: BLE001 - the radar is advisory: never disturb the run
                 log.warning("conflict radar: %s", exc)
+
+
+@contextlib.contextmanager
+def radar_running(repo: MainRepo, seconds: int, live_trees: Callable[[], list[LiveTree]],
+                  on_overlap: Callable[[Overlap], None]) -> Iterator[None]:
+    """A :class:`ConflictRadar` comparing ``live_trees`` every ``seconds`` while inside the
+    block (none when ``seconds`` is 0)."""
+    if seconds == 0:
+        yield
+        return
+    radar = ConflictRadar(repo, live_trees, on_overlap, float(seconds)).start()
+    try:
+        yield
+    finally:
+        radar.stop()

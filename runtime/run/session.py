@@ -10,6 +10,10 @@ container, waits for it through the supervisor, classifies how it ended and brin
 home onto the session's branch; ``__exit__`` always snapshots what is left and releases every
 resource (container, database, volume, loop device) unless ``cleanup_on_complete`` is false.
 The branch always stays.
+
+Its parts are made and released by :class:`~runtime.run.session_resources.SessionResources`, its
+end is classified and finished by :class:`~runtime.run.session_end.SessionEnd`, and its output
+is saved by :class:`~runtime.run.session_logs.SessionLogs`: mixins of this one class.
 """
 
 from __future__ import annotations
@@ -18,47 +22,36 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
-import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import docker
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from runtime import paths
-from runtime.config import ResourceLimits, RunConfig, Task, secret_values
-from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
-from runtime.engine.container import (
-    DB_MOUNT,
-    AgentContainer,
-    AgentRunner,
-    ContainerPlan,
-    OutputStream,
-    ended_at_deadline,
-)
-from runtime.engine.disk_sharing import engine_shares_disk, volume_on_engine
-from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
-from runtime.engine.volumes import DiskLimitMode, Volume, default_mode, volumes_root
+from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.databases.sqlite import SessionDatabase
+from runtime.engine.container import AgentContainer, AgentRunner, ContainerPlan, OutputStream
+from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
+from runtime.engine.volumes import DiskLimitMode, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.directory_mode import open_repo
-from runtime.git.harvest import HarvestPlan, bring_work_home
-from runtime.git.object_store import ensure_store, remove_run_stores
+from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import EngineTree, HostTree, SessionTree
+from runtime.git.session_tree import SessionTree
 from runtime.git.workspace import create_branch, new_session_id
-from runtime.models import LiveStat, Manifest, SessionResult, SessionStatus, WorkState, utcnow
+from runtime.models import LiveStat, SessionResult, SessionStatus, WorkState, utcnow
 from runtime.presets import resolve_command, resolve_env, resolve_image, resolve_secrets
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
-from runtime.run.classify import EndFacts, classify
+from runtime.run.identity import HIDDEN_DATABASE_ENV, agent_ids, new_run_id, secret_env
+from runtime.run.resilience import crash_point, engine_retry
+from runtime.run.session_end import SessionEnd
+from runtime.run.session_logs import SessionLogs
+from runtime.run.session_resources import SessionResources
 from runtime.run.supervisor import Supervisor, Watch
-from runtime.run.usage import usage_from_log
 from runtime.state.liveness import process_start_time
 from runtime.state.log_keeper import LogKeeper
-from runtime.state.recovery import SessionMarker, engine_times, import_policy
+from runtime.state.session_facts import SessionMarker
 
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
@@ -68,62 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
-AGENT_UID = 1000
-STOP_REQUESTED = "stop_requested"
-DISK_FULL_MARGIN = 1024 * 1024
-
-
-ENGINE_WAIT_SECONDS = 60
-# How long the end of a session waits for its output to be read to the end.
-LOG_DRAIN_SECONDS = 120
-
-
-CRASH_POINT_ENV = "AGENTRT_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """Die here (SIGKILL, like a power cut) when ``AGENTRT_CRASH_AT`` names this step.
-
-    Only the crash-recovery tests set it; every step of a session's set-up and end has one.
-    """
-    if os.environ.get(CRASH_POINT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _engine_retry(action: Callable[[], T]) -> T:
-    """Run ``action``, retrying while the engine is unreachable (a dockerd restart)."""
-    retrying = Retrying(retry=retry_if_exception_type(EngineError), reraise=True,
-                        stop=stop_after_delay(ENGINE_WAIT_SECONDS), wait=wait_fixed(1))
-    return retrying(action)
-
-
-def secret_env(task: Task) -> dict[str, str]:
-    """The values of ``task``'s secrets from agentrt's environment; ConfigError if one is unset."""
-    missing = [name for name in task.secrets if name not in os.environ]
-    if missing:
-        raise ConfigError(f"task {task.id!r}: field secrets: {missing[0]} is not set in the "
-                          "environment; export it or remove it from the task")
-    return {name: os.environ[name] for name in task.secrets}
-
-
-# Environment entries that are credentials even though the task did not name them.
-HIDDEN_DATABASE_ENV = ("AGENT_DATABASE_URL",)
-
-
-def agent_ids() -> tuple[int, int]:
-    """The uid:gid agents run as: the host user's own (so files stay usable), or 1000 for root."""
-    uid = os.getuid()
-    return (uid, os.getgid()) if uid != 0 else (AGENT_UID, AGENT_UID)
-
-
-def new_run_id() -> str:
-    """A fresh run id, sortable by time."""
-    return time.strftime("r%Y%m%d-%H%M%S-") + os.urandom(2).hex()
-
-
-class IsolatedAgentSession:
+class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
     """One agent session; a context manager that always gives its resources back."""
 
     def __init__(
@@ -222,31 +161,6 @@ class IsolatedAgentSession:
             self._client = get_client()
         return self._client
 
-    @property
-    def volume(self) -> Volume | None:
-        """The session's volume on this host (None until prepared, or when it lives on the
-        engine's host)."""
-        return self.tree.volume if isinstance(self.tree, HostTree) else None
-
-    @property
-    def workspace(self) -> Path:
-        """The session's working tree on the host (mounted at /workspace in its container)."""
-        if self.tree is None:
-            raise SessionError("session not prepared: use it as a context manager")
-        if self.volume is None:
-            raise SessionError(f"session {self.session_id}: the working tree is on the "
-                               "engine's host, not this one")
-        return self.volume.workspace
-
-    @property
-    def db_path(self) -> Path | None:
-        """The session's SQLite file on the host (``AGENT_DB`` inside), or None with the
-        shared (PostgreSQL) strategy, whose database is named by ``AGENT_DATABASE_URL``, or
-        when the volume is on the engine's host."""
-        if self.tree is None:
-            raise SessionError("session not prepared: use it as a context manager")
-        return self.database.host_path if isinstance(self.database, SqliteDatabase) else None
-
     def _record(self, **resources: Any) -> None:
         if self.store is not None:
             try:
@@ -339,121 +253,6 @@ class IsolatedAgentSession:
             self._delete_unused_branch()
             raise
 
-    def _join_egress(self, env: dict[str, str], own_network: str | None) -> str:
-        """Put the session behind its run's egress proxy; add the proxy variables to ``env``
-        and return the network its container joins (runtime/engine/egress.py)."""
-        from runtime.engine.egress import RunEgress
-
-        if self._egress is None:
-            self._egress = RunEgress(self.client, self.run_id,
-                                     labels={LABEL_REPO: str(self.repo.root)})
-            self._own_egress = True
-        allow, networks = self.config.egress_for(self.task)
-        network, proxy = self._egress.open_session(self.session_id, allow, networks,
-                                                   join=own_network)
-        env.update(proxy)
-        return network
-
-    def _build_environment(self) -> None:
-        """A session run without the coordinator builds its own environment here."""
-        if self.environment is not None or self.config.environment_for(self.task) is None:
-            return
-        from runtime.run.environments import prepare_environments
-
-        built = prepare_environments(self.client, self.repo, self.base_commit, self.config,
-                                     [self.task])
-        self.environment = built[self.task.id]
-        self.image = self.result.image = self.environment.ref
-
-    def _start_services(self) -> SessionServices | None:
-        """Start ``[[run.services]]`` on the session's own internal network (healthy first)."""
-        if not self.config.services:
-            return None
-        from runtime.engine.services import start_services
-
-        self.services = start_services(
-            self.client, self.config.services, self.session_id,
-            {LABEL_RUN: self.run_id, LABEL_REPO: str(self.repo.root),
-             LABEL_OWNER_PID: str(os.getpid()),
-             LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
-        return self.services
-
-    def _stop_services(self) -> None:
-        if self.services is not None:
-            self.services.remove()
-            self.services = None
-
-    def _leave_egress(self) -> None:
-        if self._egress is not None:
-            self._egress.close_session(self.session_id)
-            if self._own_egress:
-                self._egress.close()
-
-    def _volumes_on_engine(self) -> bool:
-        """Whether this session's volume is made on the engine's host: always when the engine
-        does not share this disk; also when this host can only give a soft limit (not root,
-        macOS) but the engine can give a hard one (Colima's VM)."""
-        from runtime.engine.engine_volumes import engine_volume_mode
-
-        return volume_on_engine(
-            engine_shares_disk(self.client, self.repo.state_dir / "probe"),
-            self.disk_mode or default_mode(), lambda: engine_volume_mode(self.client),
-            # An explicit disk_mode pins the volume to this host (tests, and users who ask).
-            engine_side_allowed=self.disk_mode is None)
-
-    def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
-        """The volume, on the engine's host or on this one (with the run's object store)."""
-        if on_engine:
-            tree: SessionTree = EngineTree.create(
-                self.client, self.session_id, self.limits.disk_mb, uid, gid,
-                labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
-            if self._marker is not None:
-                self._marker.engine_volume = tree.volume.name  # type: ignore[attr-defined]
-                self._marker.write(self.session_dir)
-            return tree
-        store = ensure_store(self.repo, self.run_id, self.base_commit)
-        return HostTree.create(self.session_dir, self.limits.disk_mb, uid, gid, store,
-                               self.disk_mode)
-
-    def _create_container(self, plan: ContainerPlan) -> AgentRunner:
-        """Create (not start) the agent's container for ``plan``."""
-        return AgentContainer.create(self.client, plan)
-
-    def _delete_unused_branch(self) -> None:
-        # A session that never started leaves no half-made branch behind.
-        with contextlib.suppress(AgentRuntimeError):
-            if self.repo.branch_head(self.branch) == self.base_commit:
-                self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)
-
-    def manifest(self) -> Manifest:
-        """What a replay needs: image digest, base commit, task, limits, egress policy and CLI
-        version (never secret values)."""
-        allow, networks = (self.config.egress_for(self.task) if self.network == "allowlist"
-                           else ([], []))
-        return Manifest(
-            image=self.image, image_digest=self.result.image_digest,
-            base_commit=self.base_commit, task=self.task.model_dump(mode="json"),
-            limits=self.limits, network=self.network, runtime=self.config.runtime,
-            database_strategy=self.config.database_strategy,
-            env_keys=sorted([*self.task.env, *self.task.secrets]),
-            cli_version=self.result.cli_version, egress_allow=allow, egress_networks=networks,
-            environment_key=self.environment.key if self.environment else None,
-            services=[s.model_dump(mode="json") for s in self.config.services],
-        )
-
-    def _make_database(self, uid: int, gid: int) -> SessionDatabase:
-        if self.config.database_strategy == "shared":
-            from runtime.databases.postgres import create_shared_database
-
-            return create_shared_database(self.config, self.session_id, self.run_id,
-                                          client=self.client)
-        db_dir = self.tree.host_db_dir if self.tree is not None else None
-        if db_dir is None:
-            # On the engine's side: SQLite creates the file on the agent's first use.
-            return SqliteDatabase(Path(DB_MOUNT) / SQLITE_NAME,
-                                  {"AGENT_DB": f"{DB_MOUNT}/{SQLITE_NAME}"})
-        return create_sqlite(db_dir, uid, gid)
-
     def cancel(self) -> None:
         """Stop the container (SIGTERM, grace, SIGKILL); the session ends as ``cancelled``."""
         self._cancel.set()
@@ -530,206 +329,18 @@ class IsolatedAgentSession:
         self.task = self.task.model_copy(update={"command": argv})
         self._needs_command = False
         plan = dataclasses.replace(self._plan, command=argv)
-        _engine_retry(self.container.remove)
+        engine_retry(self.container.remove)
         self.container = None
         self.container = self._create_container(plan)
         self._plan = plan
         self._record(container_id=self.container.id,
                      manifest_json=self.manifest().model_dump_json())
 
-    def _stop_requested(self) -> bool:
-        """True if `agentrt stop` asked for this session from another process."""
-        if self.store is None:
-            return False
-        try:
-            return any(e.kind == STOP_REQUESTED for e in self.store.events(
-                session_id=self.session_id))
-        except AgentRuntimeError:
-            return False
-
     def _on_sample(self, watch: Watch, tick: int) -> None:
         # Every other sample (about once a second) is plenty for the report's curves.
         if self.store is not None and tick % 2 == 0:
             self.store.add_sample(self.session_id, watch.memory_bytes, watch.cpu_seconds,
                                   watch.disk_used_bytes)
-
-    def _inspect_when_reachable(self) -> dict[str, Any] | None:
-        """The container's state (None: gone), waiting a while for a restarting engine."""
-        return _engine_retry(self.container.inspect) if self.container else None
-
-    def _classify(self, watch: Watch) -> None:
-        try:
-            state = self._inspect_when_reachable() or {}
-        except EngineError:
-            # The engine went away while (or right after) the container ended.
-            watch.record(engine_interrupted=True)
-            state = {}
-        st = state.get("State", {})
-        code = watch.exit_code if watch.exit_code is not None else st.get("ExitCode")
-        self.result.exit_code = int(code) if code is not None else None
-        oom = watch.oom_seen or bool(st.get("OOMKilled"))
-        volume = self.tree
-        low_disk = volume is not None and volume.mode == "loop" and \
-            self.result.exit_code not in (0, None) and volume.free_bytes() < DISK_FULL_MARGIN
-        started, finished = engine_times(st)
-        # The container's own deadline (its entry point's timeout) ended it: agentrt was
-        # paused or late, the engine's record still says so.
-        own_deadline = not watch.timed_out and ended_at_deadline(
-            self.result.exit_code, started, finished, self.limits.time_seconds)
-        facts = EndFacts(
-            cancelled=watch.cancelled or self._cancel.is_set() or self._stop_requested(),
-            timed_out=watch.timed_out or own_deadline, disk_exceeded=watch.disk_exceeded,
-            engine_lost=watch.engine_interrupted, vanished=watch.vanished or not state,
-            oom=oom, exit_code=self.result.exit_code, volume_full=low_disk,
-            external_kill=watch.external_kill, stopping=watch.stopping,
-            engine_error=str(st["Error"]) if st.get("Error") else None)
-        status, reason = classify(facts, self.limits)
-        self.result.status = status
-        self.result.reason = reason
-        if status is SessionStatus.TIMED_OUT and own_deadline:
-            self.result.warnings.append(
-                "stopped by the container's own deadline (agentrt did not stop it in time)")
-        if started is not None and finished is not None:
-            # The engine's own clock: a paused supervisor does not stretch a session.
-            self.result.started_at, self.result.finished_at = started, finished
-        self.result.peak_memory_bytes = watch.peak_memory_bytes
-        if oom:
-            # The kernel OOM-kills only once the cgroup's usage reached its limit, however
-            # fast the climb was for the samples: the peak is at least the limit.
-            self.result.peak_memory_bytes = max(watch.peak_memory_bytes,
-                                                self.limits.memory_mb * 1024 * 1024)
-        if status is SessionStatus.SUCCEEDED and (low_disk or watch.disk_filled):
-            self.result.warnings.append(
-                f"the volume filled up to disk_mb={self.limits.disk_mb} during the session "
-                "(writes failed with ENOSPC), although the agent exited 0")
-        self.result.cpu_seconds = round(watch.cpu_seconds, 3)
-        with contextlib.suppress(OSError):
-            self.result.disk_used_bytes = (
-                volume.used_bytes() if volume else watch.disk_used_bytes
-            )
-        self.result.warnings.extend(watch.errors)
-
-    def _discard_secrets(self) -> None:
-        # The entry point deletes the file as soon as it has read it; this covers a container
-        # that never got that far.
-        if self.tree is not None:
-            self.tree.discard_secrets()
-
-    def _finish(self) -> None:
-        self._discard_secrets()
-        if self.result.finished_at is None:
-            self.result.finished_at = utcnow()
-        if self.result.started_at:
-            self.result.duration_s = round(
-                (self.result.finished_at - self.result.started_at).total_seconds(), 3)
-        self._save_logs()
-        if self.task.command is None:  # a preset's CLI: what it reported it used
-            self.result.usage = usage_from_log(self.task.agent, self.log_path)
-        crash_point("harvest")
-        self._bring_home()
-        crash_point("home")
-        self._record()
-        self._event("finished", f"{self.result.status.value}: {self.result.reason or ''}")
-
-    @property
-    def log_path(self) -> Path:
-        """Where the agent's output is kept after its container is gone."""
-        return paths.log_path(self.repo.state_dir, self.session_id)
-
-    def _open_log_keeper(self) -> LogKeeper | None:
-        """The saved log: redacted with this process's secrets; first and last megabytes."""
-        try:
-            self._log_keeper = LogKeeper(self.log_path, self._secret_values())
-        except OSError as exc:
-            self.result.warnings.append(f"the output could not be saved: {exc}")
-        return self._log_keeper
-
-    def _start_log_keeper(self) -> None:
-        """Attach to the container (before it starts) and write its output to the saved log."""
-        if not isinstance(self.container, AgentContainer):
-            return
-        keeper = self._open_log_keeper()
-        if keeper is None:
-            return
-        try:
-            stream = self._log_stream = self.container.attach_output()
-        except AgentRuntimeError as exc:
-            keeper.note(f"could not attach to the output: {exc}")
-            return
-
-        def pump() -> None:
-            try:
-                for chunk in stream:
-                    keeper.write(chunk)
-            except Exception as exc:  # noqa: BLE001 - the engine went away: say so in the log
-                keeper.note(f"the output stream broke: {exc}")
-            finally:
-                stream.close()
-
-        self._log_thread = threading.Thread(target=pump, name=f"agentrt-log-{self.session_id}",
-                                            daemon=True)
-        self._log_thread.start()
-
-    def _save_logs(self) -> None:
-        """Finish the saved log (the stream ends with the container), or save it in one go."""
-        if self._log_thread is not None:
-            self._log_thread.join(timeout=LOG_DRAIN_SECONDS)
-            if self._log_thread.is_alive() and self._log_keeper is not None:
-                self._log_keeper.note("the rest of the output was not read in time")
-        keeper = self._log_keeper
-        if keeper is not None:
-            keeper.close()
-            if keeper.error:
-                self.result.warnings.append(f"the output was not saved in full: {keeper.error}")
-
-    def _secret_values(self) -> list[str]:
-        return list(secret_values(self.task.secrets).values())
-
-    def _bring_home(self) -> None:
-        """Harvest the stopped session's tree in a container; import the verified bundle."""
-        if self._harvested or self.tree is None or not self._checked_out:
-            return
-        self._harvested = True
-        if not self._started:
-            # The agent never ran: its tree is the checkout agentrt made.
-            self.result.work = WorkState.HOME
-            self.result.head_commit = self.repo.branch_head(self.branch)
-            return
-        uid, gid = agent_ids()
-        plan = HarvestPlan(
-            session_id=self.session_id, base_commit=self.base_commit,
-            mounts=tuple(self.tree.harvest_mounts()), store=self.tree.store, uid=uid, gid=gid,
-            memory_mb=self.limits.memory_mb, runtime=self.config.runtime,
-            labels={LABEL_OWNER_PID: str(os.getpid()),
-                    LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
-                    LABEL_REPO: str(self.repo.root)})
-        tree = self.tree
-        outcome = bring_work_home(
-            self.client, self.repo, plan, branch=self.branch,
-            policy=import_policy(self.config, self.task.secrets),
-            harvester=lambda plan, dest, limit: tree.harvest(self.client, plan, dest, limit))
-        self.result.work = outcome.state
-        self.result.head_commit = outcome.head
-        self.result.warnings.extend(outcome.warnings)
-        if outcome.state is not WorkState.HOME:
-            log.error("session %s: %s", self.session_id, "; ".join(outcome.warnings))
-
-    def logs(self) -> bytes:
-        """The saved output so far (secret values redacted; a flood's middle dropped)."""
-        try:
-            return self.log_path.read_bytes()
-        except OSError:
-            return b""
-
-    def last_line(self, width: int = 60) -> str:
-        """The agent's latest output line: secrets redacted, control characters dropped."""
-        keeper = self._log_keeper
-        if keeper is None:
-            return ""
-        data = keeper.recent(1024)
-        lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
-        text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
-        return text if len(text) <= width else text[: width - 1] + "…"
 
     def stats(self, last_line: str = "") -> LiveStat | None:
         """What this session uses now against its limits, while it runs (else None)."""
@@ -739,10 +350,6 @@ class IsolatedAgentSession:
         return LiveStat(memory_bytes=watch.memory_bytes, cpu_seconds=watch.cpu_seconds,
                         disk_bytes=watch.disk_used_bytes, limits=self.limits,
                         last_line=last_line)
-
-    def disk_used(self) -> int:
-        """Bytes used on the session's volume."""
-        return self.tree.used_bytes() if self.tree else 0
 
     def close(self, snapshot_work: bool = True) -> None:
         """Stop the container, save the work, release resources; safe to call twice."""
@@ -780,27 +387,3 @@ class IsolatedAgentSession:
         if self._own_run and not keep_volume:
             remove_run_stores(self.repo, self.run_id)
         self._record()
-
-    def _keep_volume(self) -> None:
-        if self._marker is not None:
-            self._marker.work_kept = True
-            self._marker.write(self.session_dir)
-
-    def _remove_container(self) -> None:
-        if self.container is not None:
-            _engine_retry(self.container.remove)
-
-    def _drop_database(self) -> None:
-        if self.database is not None:
-            self.database.drop()
-
-    def _remove_volume(self) -> None:
-        if self.tree is not None:
-            self.tree.remove()
-            shutil.rmtree(self.session_dir, ignore_errors=True)
-        elif self.session_dir.exists():
-            from runtime.engine.volumes import open_volume
-
-            open_volume(self.session_dir).remove()
-
-

@@ -16,7 +16,7 @@ from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import find_container
 from runtime.errors import NotFoundError
 from runtime.git.safe_git import MainRepo
-from runtime.run.session import STOP_REQUESTED
+from runtime.run.session_end import STOP_REQUESTED
 from runtime.state.liveness import owner_alive
 from runtime.state.store import SessionRow, Store
 

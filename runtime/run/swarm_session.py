@@ -34,7 +34,9 @@ from runtime.git.exchange import Exchange
 from runtime.git.session_tree import NodeTree, SessionTree
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
 from runtime.run.classify import EndFacts, classify
-from runtime.run.session import DISK_FULL_MARGIN, IsolatedAgentSession, crash_point
+from runtime.run.resilience import crash_point
+from runtime.run.session import IsolatedAgentSession
+from runtime.run.session_end import DISK_FULL_MARGIN
 
 POLL_S = 0.5
 NODE_CHECK_S = 2.0

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from functools import cache
+from typing import Any
 
 #: Start times are compared with this slack in seconds. Linux gives clock ticks against a boot
 #: time rounded to the second, and macOS ``ps`` prints whole seconds, so exact equality would
@@ -62,6 +63,16 @@ def owner_alive(pid: int | None, start_time: float | None) -> bool:
     if actual is None:
         return True
     return abs(actual - start_time) <= START_TIME_TOLERANCE
+
+
+def recorded_alive(pid: Any, start: Any) -> bool:
+    """:func:`owner_alive` of an owner as a label or a record gives it (strings, None or
+    ""); a value that is no number counts as dead."""
+    try:
+        return owner_alive(int(pid) if pid not in (None, "") else None,
+                           float(start) if start not in (None, "") else None)
+    except (TypeError, ValueError):
+        return False
 
 
 def _pid_exists(pid: int) -> bool:

@@ -21,35 +21,30 @@ It never deletes a branch and never touches a session whose owner is alive.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
-from runtime.config import RunConfig, secret_values
+from runtime.config import RunConfig
 from runtime.engine.container import ended_at_deadline
-from runtime.engine.engine_volumes import RemoteVolume, list_engine_volumes
+from runtime.engine.engine_volumes import list_engine_volumes
 from runtime.engine.labels import (
     LABEL_HARVEST,
     LABEL_OWNER_PID,
     LABEL_OWNER_START,
     LABEL_REPO,
-    LABEL_ROLE,
-    LABEL_RUN,
     LABEL_SESSION,
     LABEL_TIME_SECONDS,
 )
+from runtime.engine.remote_volume import RemoteVolume
 from runtime.engine.volumes import open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
-from runtime.git.bundle import ImportPolicy
 from runtime.git.harvest import (
     HarvestPlan,
     WorkOutcome,
@@ -60,73 +55,18 @@ from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.models import SessionStatus, WorkState, utcnow
 from runtime.paths import runs_dir
-from runtime.state.liveness import owner_alive
+from runtime.state.liveness import recorded_alive
 from runtime.state.repair import open_store_for_gc
+from runtime.state.run_leftovers import (
+    collect_database_servers,
+    collect_egress_proxies,
+    collect_services,
+)
+from runtime.state.session_facts import SessionMarker, engine_times, import_policy
 from runtime.state.store import Store
 from runtime.state.traces import session_dirs
 
 log = logging.getLogger(__name__)
-
-SESSION_FILE = "session.json"
-
-
-def engine_times(state: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
-    """A container's start and finish times from its engine ``State`` (None when unset)."""
-    return _engine_time(state.get("StartedAt")), _engine_time(state.get("FinishedAt"))
-
-
-def _engine_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value or value.startswith("0001-"):
-        return None
-    text = value.replace("Z", "+00:00")
-    whole, _, rest = text.partition(".")
-    if rest:
-        digits = "".join(itertools.takewhile(str.isdigit, rest))
-        text = f"{whole}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def import_policy(config: RunConfig, secret_names: list[str]) -> ImportPolicy:
-    """The bundle import policy of a run, with the values of the task's secrets."""
-    return ImportPolicy(
-        max_import_bytes=config.max_import_mb * 1024 * 1024,
-        max_file_bytes=config.max_file_mb * 1024 * 1024,
-        secrets=secret_values(secret_names),
-    )
-
-
-@dataclass
-class SessionMarker:
-    """What the session directory says about its session (written before the agent starts)."""
-
-    session_id: str
-    run_id: str
-    branch: str
-    owner_pid: int | None
-    owner_start_time: float | None
-    keep: bool = False
-    base_commit: str = ""
-    uid: int = 1000
-    gid: int = 1000
-    checked_out: bool = False
-    work_kept: bool = False
-    engine_volume: str = ""  # the named volume on an engine that does not share our disk
-    node_id: str = ""  # engine = "swarm": the node holding the volume
-    volume_root: str = ""  # engine = "swarm": the volume's mount point on that node
-
-    def write(self, session_dir: Path) -> None:
-        """Store the marker in ``session_dir``."""
-        (session_dir / SESSION_FILE).write_text(json.dumps(self.__dict__))
-
-    @classmethod
-    def read(cls, session_dir: Path) -> SessionMarker | None:
-        """The marker of ``session_dir``, or None if missing or unreadable."""
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            return cls(**json.loads((session_dir / SESSION_FILE).read_text()))
-        return None
 
 
 @dataclass
@@ -142,14 +82,6 @@ class GcReport:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
         return dict(self.__dict__)
-
-
-def _alive(pid: Any, start: Any) -> bool:
-    try:
-        return owner_alive(int(pid) if pid not in (None, "") else None,
-                           float(start) if start not in (None, "") else None)
-    except (TypeError, ValueError):
-        return False
 
 
 def _containers(client: docker.DockerClient | None, repo: MainRepo) -> dict[str, Any]:
@@ -170,7 +102,7 @@ def _remove_stale_harvests(client: docker.DockerClient | None, repo: MainRepo,
         for container in client.containers.list(
                 all=True, filters={"label": [LABEL_HARVEST, f"{LABEL_REPO}={repo.root}"]}):
             labels = container.labels
-            if _alive(labels.get(LABEL_OWNER_PID), labels.get(LABEL_OWNER_START)):
+            if recorded_alive(labels.get(LABEL_OWNER_PID), labels.get(LABEL_OWNER_START)):
                 continue
             container.remove(force=True, v=True)
             report.removed_containers.append(str(container.name))
@@ -186,7 +118,7 @@ def _remove_dead_run_stores(repo: MainRepo, store: Store | None) -> None:
             run = store.find_run(run_dir.name)
         except NotFoundError:
             continue
-        if run.finished_at is not None or not _alive(run.owner_pid, run.owner_start_time):
+        if run.finished_at is not None or not recorded_alive(run.owner_pid, run.owner_start_time):
             remove_run_stores(repo, run.id)
 
 
@@ -216,9 +148,9 @@ def collect_garbage(
         _remove_stale_harvests(client, repo, report)
         _finish_dead_runs(store)
         _remove_dead_run_stores(repo, store)
-        _collect_database_servers(client, store, report)
-        _collect_egress_proxies(client, store, report)
-        _collect_services(client, store, report)
+        collect_database_servers(client, store, report)
+        collect_egress_proxies(client, store, report)
+        collect_services(client, store, report)
         if client is not None:
             from runtime.state.swarm_recovery import collect_swarm_leftovers
 
@@ -234,7 +166,7 @@ def _finish_dead_runs(store: Store | None) -> None:
     if store is None:
         return
     for run in store.list_runs():
-        if run.finished_at is None and not _alive(run.owner_pid, run.owner_start_time):
+        if run.finished_at is None and not recorded_alive(run.owner_pid, run.owner_start_time):
             for row in store.list_sessions(run.id, include_finished=False):
                 # Its owner died before it had a volume or a container: nothing to save.
                 result = row.result
@@ -245,68 +177,6 @@ def _finish_dead_runs(store: Store | None) -> None:
                 store.upsert_session(result, run.id)
             store.finish_run(run.id, "crashed",
                              warnings=["the agentrt process died; sessions reconciled by gc"])
-
-
-def _collect_database_servers(client: docker.DockerClient | None, store: Store | None,
-                              report: GcReport) -> None:
-    """Remove shared PostgreSQL servers whose run is over (finished or owner dead)."""
-    if client is None or store is None:
-        return
-    from runtime.databases.postgres import stop_shared_server
-
-    with contextlib.suppress(docker.errors.DockerException):
-        servers = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}=database"})
-        for server in servers:
-            run_id = server.labels.get(LABEL_RUN, "")
-            try:
-                run = store.find_run(run_id)
-            except NotFoundError:
-                continue  # another repository's run: not ours to judge
-            if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
-                continue
-            stop_shared_server(run_id, client)
-            report.removed_containers.append(server.name)
-
-
-def _collect_egress_proxies(client: docker.DockerClient | None, store: Store | None,
-                            report: GcReport) -> None:
-    """Remove the egress proxies and networks of runs that are over (finished or owner dead)."""
-    if client is None or store is None:
-        return
-    from runtime.engine.egress import ROLE_EGRESS, remove_run_egress
-
-    with contextlib.suppress(docker.errors.DockerException, AgentRuntimeError):
-        found = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}={ROLE_EGRESS}"})
-        found += client.networks.list(filters={"label": f"{LABEL_ROLE}={ROLE_EGRESS}"})
-        for run_id in sorted({str((item.attrs.get("Labels") or item.attrs.get("Config", {})
-                                   .get("Labels") or {}).get(LABEL_RUN, "")) for item in found}):
-            try:
-                run = store.find_run(run_id)
-            except NotFoundError:
-                continue  # another repository's run: not ours to judge
-            if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
-                continue
-            report.removed_containers.extend(remove_run_egress(client, run_id))
-
-
-def _collect_services(client: docker.DockerClient | None, store: Store | None,
-                      report: GcReport) -> None:
-    """Remove the per-session services (and their networks) of runs that are over."""
-    if client is None or store is None:
-        return
-    from runtime.engine.services import ROLE_SERVICE, remove_services
-
-    with contextlib.suppress(docker.errors.DockerException, AgentRuntimeError):
-        found = client.containers.list(all=True,
-                                       filters={"label": f"{LABEL_ROLE}={ROLE_SERVICE}"})
-        for run_id in sorted({str(c.labels.get(LABEL_RUN, "")) for c in found}):
-            try:
-                run = store.find_run(run_id)
-            except NotFoundError:
-                continue  # another repository's run: not ours to judge
-            if run.finished_at is None and _alive(run.owner_pid, run.owner_start_time):
-                continue
-            report.removed_containers.extend(remove_services(client, run_id=run_id))
 
 
 def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
@@ -322,7 +192,7 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             row = store.get_session(session_id)
     finished = row is not None and row.result.status.is_final
     kept_for_retry = marker is not None and marker.work_kept
-    if _alive(pid, start) and not kept_for_retry and \
+    if recorded_alive(pid, start) and not kept_for_retry and \
             not (finished and include_finished and marker and marker.keep):
         report.skipped_live.append(session_id)
         return

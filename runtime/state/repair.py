@@ -178,7 +178,7 @@ def _readable(conn: sqlite3.Connection, table: str,
 
 def _refuse_if_alive(repo: MainRepo, runs: list[RunRow]) -> None:
     from runtime.state.liveness import owner_alive
-    from runtime.state.recovery import SessionMarker
+    from runtime.state.session_facts import SessionMarker
 
     for session_id, path in session_dirs(repo.state_dir).items():
         marker = SessionMarker.read(path)

@@ -101,7 +101,7 @@ class FoundSession:
 
 def find_sessions(repo: MainRepo) -> list[FoundSession]:
     """Sessions known from branches, session markers and saved logs (merged by session id)."""
-    from runtime.state.recovery import SessionMarker
+    from runtime.state.session_facts import SessionMarker
 
     found: dict[str, FoundSession] = {}
 

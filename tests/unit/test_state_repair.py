@@ -19,9 +19,9 @@ from runtime.git.safe_git import MainRepo
 from runtime.models import SessionResult, SessionStatus
 from runtime.state.liveness import process_start_time
 from runtime.state.rebuild import REBUILT_REASON, REBUILT_RUN_STATUS, plan_rebuild
-from runtime.state.recovery import SessionMarker
 from runtime.state.repair import open_store_for_gc, repair_state
 from runtime.state.schema import RunRow
+from runtime.state.session_facts import SessionMarker
 from runtime.state.store import SCHEMA_VERSION, Store
 from runtime.state.traces import FoundSession, agentrt_traces
 from tests.conftest import git, make_repo

@@ -8,22 +8,22 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from runtime import config
+from runtime import limits
 from runtime.cli.main import main
 from runtime.config import parse_task_file
 from runtime.errors import ConfigError
 
 TASK = {"id": "a", "command": ["true"]}
 LIMITS = {
-    "memory_mb": config.MAX_MEMORY_MB,
-    "cpu_percent": config.MAX_CPU_PERCENT,
-    "time_seconds": config.MAX_TIME_SECONDS,
-    "disk_mb": config.MAX_DISK_MB,
-    "pids": config.MAX_PIDS,
+    "memory_mb": limits.MAX_MEMORY_MB,
+    "cpu_percent": limits.MAX_CPU_PERCENT,
+    "time_seconds": limits.MAX_TIME_SECONDS,
+    "disk_mb": limits.MAX_DISK_MB,
+    "pids": limits.MAX_PIDS,
 }
 RUN_NUMBERS = {
-    "max_concurrent_agents": (1, config.MAX_CONCURRENT_AGENTS),
-    "conflict_radar_seconds": (0, config.MAX_RADAR_SECONDS),
+    "max_concurrent_agents": (1, limits.MAX_CONCURRENT_AGENTS),
+    "conflict_radar_seconds": (0, limits.MAX_RADAR_SECONDS),
 }
 
 
@@ -98,7 +98,7 @@ def test_max_concurrent_flag_is_bounded_too(tmp_path: Path, repo: Path) -> None:
     task_file = tmp_path / "tasks.toml"
     task_file.write_text('[[tasks]]\nid = "a"\ncommand = ["true"]\n')
     result = CliRunner().invoke(main, ["run", str(task_file), "--repo", str(repo),
-                                       "--max-concurrent", str(config.MAX_CONCURRENT_AGENTS + 1)])
+                                       "--max-concurrent", str(limits.MAX_CONCURRENT_AGENTS + 1)])
     assert result.exit_code == 2
     assert "--max-concurrent" in result.output
     assert not (repo / ".git" / "agentrt").exists()

@@ -1,0 +1,79 @@
+"""A run's preflight: everything that can be checked before anything is created (tasks and
+their dependencies, the base commit, secrets, network settings, images, the container runtime,
+the shared database, Swarm or admission against the engine's capacity), and last the build of
+the tasks' environments. Raises ConfigError naming what is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import docker
+
+from runtime.config import RunConfig, Task, validate_tasks
+from runtime.errors import ConfigError
+from runtime.git.safe_git import MainRepo
+from runtime.git.workspace import resolve_base
+from runtime.presets import resolve_image
+from runtime.run.environments import EnvImage, prepare_environments
+from runtime.run.identity import secret_env
+
+
+def check_run(get_client: Callable[[], docker.DockerClient], repo: MainRepo, config: RunConfig,
+              tasks: Sequence[Task], build_log: Callable[[str], None] | None = None,
+              ) -> tuple[str, dict[str, EnvImage]]:
+    """Check ``tasks`` of a run with ``config`` in ``repo``; return the base commit and the
+    built environments by task id. The engine is asked (``get_client``) only once the checks
+    that need none have passed."""
+    from runtime.engine.images import require_image
+    from runtime.run.network_preflight import check_network_settings
+
+    validate_tasks(list(tasks))
+    base_commit = resolve_base(repo, config.base)
+    for task in tasks:
+        secret_env(task)
+    client = get_client()
+    check_network_settings(client, config, tasks)
+    for image in sorted({resolve_image(t, config.image) for t in tasks
+                         if config.environment_for(t) is None}
+                        | {s.image for s in config.services}):
+        require_image(client, image)
+    if config.runtime == "runsc":
+        from runtime.engine.discovery import registered_runtimes, runtime_args
+
+        runtimes = registered_runtimes(client)
+        if "runsc" not in runtimes:
+            raise ConfigError("[run] field runtime: runsc (gVisor) is not registered with "
+                              "the Docker engine; see `agentrt doctor`")
+        needs_network = config.database_strategy == "shared" or any(
+            config.network_for(t) in ("bridge", "allowlist") for t in tasks)
+        if needs_network and "--network=none" in runtime_args(client, "runsc"):
+            raise ConfigError(
+                "[run] field runtime: runsc is registered with --network=none on this engine, "
+                "so network = \"bridge\" or \"allowlist\" and database_strategy = "
+                "\"shared\" cannot work; "
+                "use runc for this run or register runsc with networking")
+    if config.database_strategy == "shared" and config.database_url:
+        from runtime.databases.postgres import IMAGE as POSTGRES_IMAGE
+        from runtime.databases.postgres import check_database_url
+        from runtime.errors import DatabaseError
+
+        require_image(client, POSTGRES_IMAGE)
+        try:
+            check_database_url(client, config.database_url)
+        except DatabaseError as exc:
+            raise ConfigError(f"[run] field database_url: cannot use it: {exc}") from None
+    if config.engine == "swarm":
+        from runtime.run.swarm_session import SwarmRun
+
+        if config.services or any(config.environment_for(t) for t in tasks):
+            raise ConfigError("[run] field engine: environments and services are not "
+                              "supported with engine = \"swarm\" yet (their images are "
+                              "built on this engine only); use engine = \"docker\"")
+        SwarmRun.preflight(client, tasks, config)
+    else:
+        from runtime.run.admission import check_admission
+
+        check_admission(client, config, tasks, repo.state_dir)
+    # Last: builds can take minutes, and every cheaper refusal comes first.
+    env_images = prepare_environments(client, repo, base_commit, config, tasks, build_log)
+    return base_commit, env_images

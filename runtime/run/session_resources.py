@@ -1,0 +1,236 @@
+"""Making and releasing a session's parts: its environment image, egress proxy, services,
+volume and working tree (here or on the engine's host), container, database and, when it never
+started, its branch.
+
+:class:`SessionResources` is a mixin of :class:`~runtime.run.session.IsolatedAgentSession`; the
+Swarm session overrides :meth:`~SessionResources._volumes_on_engine`,
+:meth:`~SessionResources._make_tree` and :meth:`~SessionResources._create_container`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import docker
+
+from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
+from runtime.engine.container import DB_MOUNT, AgentContainer, AgentRunner, ContainerPlan
+from runtime.engine.disk_sharing import engine_shares_disk, volume_on_engine
+from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
+from runtime.engine.volumes import DiskLimitMode, Volume, default_mode
+from runtime.errors import AgentRuntimeError, SessionError
+from runtime.git.object_store import ensure_store
+from runtime.git.safe_git import MainRepo
+from runtime.git.session_tree import EngineTree, HostTree, SessionTree
+from runtime.models import Manifest, SessionResult
+from runtime.run.resilience import engine_retry
+from runtime.state.liveness import process_start_time
+from runtime.state.session_facts import SessionMarker
+
+if TYPE_CHECKING:
+    from runtime.engine.egress import RunEgress
+    from runtime.engine.services import SessionServices
+    from runtime.run.environments import EnvImage
+
+
+class SessionResources:
+    """A session's parts: made in ``prepare``, released in ``close``."""
+
+    if TYPE_CHECKING:
+        task: Task
+        config: RunConfig
+        repo: MainRepo
+        run_id: str
+        session_id: str
+        branch: str
+        base_commit: str
+        session_dir: Path
+        limits: ResourceLimits
+        result: SessionResult
+        image: str
+        environment: EnvImage | None
+        services: SessionServices | None
+        disk_mode: DiskLimitMode | None
+        tree: SessionTree | None
+        database: SessionDatabase | None
+        container: AgentRunner | None
+        _egress: RunEgress | None
+        _own_egress: bool
+        network: str
+        _marker: SessionMarker | None
+
+        @property
+        def client(self) -> docker.DockerClient: ...
+
+    @property
+    def volume(self) -> Volume | None:
+        """The session's volume on this host (None until prepared, or when it lives on the
+        engine's host)."""
+        return self.tree.volume if isinstance(self.tree, HostTree) else None
+
+    @property
+    def workspace(self) -> Path:
+        """The session's working tree on the host (mounted at /workspace in its container)."""
+        if self.tree is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        if self.volume is None:
+            raise SessionError(f"session {self.session_id}: the working tree is on the "
+                               "engine's host, not this one")
+        return self.volume.workspace
+
+    @property
+    def db_path(self) -> Path | None:
+        """The session's SQLite file on the host (``AGENT_DB`` inside), or None with the
+        shared (PostgreSQL) strategy, whose database is named by ``AGENT_DATABASE_URL``, or
+        when the volume is on the engine's host."""
+        if self.tree is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        return self.database.host_path if isinstance(self.database, SqliteDatabase) else None
+
+    def manifest(self) -> Manifest:
+        """What a replay needs: image digest, base commit, task, limits, egress policy and CLI
+        version (never secret values)."""
+        allow, networks = (self.config.egress_for(self.task) if self.network == "allowlist"
+                           else ([], []))
+        return Manifest(
+            image=self.image, image_digest=self.result.image_digest,
+            base_commit=self.base_commit, task=self.task.model_dump(mode="json"),
+            limits=self.limits, network=self.network, runtime=self.config.runtime,
+            database_strategy=self.config.database_strategy,
+            env_keys=sorted([*self.task.env, *self.task.secrets]),
+            cli_version=self.result.cli_version, egress_allow=allow, egress_networks=networks,
+            environment_key=self.environment.key if self.environment else None,
+            services=[s.model_dump(mode="json") for s in self.config.services],
+        )
+
+    def disk_used(self) -> int:
+        """Bytes used on the session's volume."""
+        return self.tree.used_bytes() if self.tree else 0
+
+    def _join_egress(self, env: dict[str, str], own_network: str | None) -> str:
+        """Put the session behind its run's egress proxy; add the proxy variables to ``env``
+        and return the network its container joins (runtime/engine/egress.py)."""
+        from runtime.engine.egress import RunEgress
+
+        if self._egress is None:
+            self._egress = RunEgress(self.client, self.run_id,
+                                     labels={LABEL_REPO: str(self.repo.root)})
+            self._own_egress = True
+        allow, networks = self.config.egress_for(self.task)
+        network, proxy = self._egress.open_session(self.session_id, allow, networks,
+                                                   join=own_network)
+        env.update(proxy)
+        return network
+
+    def _build_environment(self) -> None:
+        """A session run without the coordinator builds its own environment here."""
+        if self.environment is not None or self.config.environment_for(self.task) is None:
+            return
+        from runtime.run.environments import prepare_environments
+
+        built = prepare_environments(self.client, self.repo, self.base_commit, self.config,
+                                     [self.task])
+        self.environment = built[self.task.id]
+        self.image = self.result.image = self.environment.ref
+
+    def _start_services(self) -> SessionServices | None:
+        """Start ``[[run.services]]`` on the session's own internal network (healthy first)."""
+        if not self.config.services:
+            return None
+        from runtime.engine.services import start_services
+
+        self.services = start_services(
+            self.client, self.config.services, self.session_id,
+            {LABEL_RUN: self.run_id, LABEL_REPO: str(self.repo.root),
+             LABEL_OWNER_PID: str(os.getpid()),
+             LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
+        return self.services
+
+    def _stop_services(self) -> None:
+        if self.services is not None:
+            self.services.remove()
+            self.services = None
+
+    def _leave_egress(self) -> None:
+        if self._egress is not None:
+            self._egress.close_session(self.session_id)
+            if self._own_egress:
+                self._egress.close()
+
+    def _volumes_on_engine(self) -> bool:
+        """Whether this session's volume is made on the engine's host: always when the engine
+        does not share this disk; also when this host can only give a soft limit (not root,
+        macOS) but the engine can give a hard one (Colima's VM)."""
+        from runtime.engine.engine_volumes import engine_volume_mode
+
+        return volume_on_engine(
+            engine_shares_disk(self.client, self.repo.state_dir / "probe"),
+            self.disk_mode or default_mode(), lambda: engine_volume_mode(self.client),
+            # An explicit disk_mode pins the volume to this host (tests, and users who ask).
+            engine_side_allowed=self.disk_mode is None)
+
+    def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
+        """The volume, on the engine's host or on this one (with the run's object store)."""
+        if on_engine:
+            tree: SessionTree = EngineTree.create(
+                self.client, self.session_id, self.limits.disk_mb, uid, gid,
+                labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
+            if self._marker is not None:
+                self._marker.engine_volume = tree.volume.name  # type: ignore[attr-defined]
+                self._marker.write(self.session_dir)
+            return tree
+        store = ensure_store(self.repo, self.run_id, self.base_commit)
+        return HostTree.create(self.session_dir, self.limits.disk_mb, uid, gid, store,
+                               self.disk_mode)
+
+    def _create_container(self, plan: ContainerPlan) -> AgentRunner:
+        """Create (not start) the agent's container for ``plan``."""
+        return AgentContainer.create(self.client, plan)
+
+    def _delete_unused_branch(self) -> None:
+        # A session that never started leaves no half-made branch behind.
+        with contextlib.suppress(AgentRuntimeError):
+            if self.repo.branch_head(self.branch) == self.base_commit:
+                self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)
+
+    def _make_database(self, uid: int, gid: int) -> SessionDatabase:
+        if self.config.database_strategy == "shared":
+            from runtime.databases.postgres import create_shared_database
+
+            return create_shared_database(self.config, self.session_id, self.run_id,
+                                          client=self.client)
+        db_dir = self.tree.host_db_dir if self.tree is not None else None
+        if db_dir is None:
+            # On the engine's side: SQLite creates the file on the agent's first use.
+            return SqliteDatabase(Path(DB_MOUNT) / SQLITE_NAME,
+                                  {"AGENT_DB": f"{DB_MOUNT}/{SQLITE_NAME}"})
+        return create_sqlite(db_dir, uid, gid)
+
+    def _keep_volume(self) -> None:
+        if self._marker is not None:
+            self._marker.work_kept = True
+            self._marker.write(self.session_dir)
+
+    def _remove_container(self) -> None:
+        if self.container is not None:
+            engine_retry(self.container.remove)
+
+    def _drop_database(self) -> None:
+        if self.database is not None:
+            self.database.drop()
+
+    def _remove_volume(self) -> None:
+        if self.tree is not None:
+            self.tree.remove()
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+        elif self.session_dir.exists():
+            from runtime.engine.volumes import open_volume
+
+            open_volume(self.session_dir).remove()
+
+
