@@ -33,6 +33,7 @@ import _repo
 
 import runtime.engine.volumes as volumes_mod
 import runtime.git.harvest as harvest_mod
+import runtime.git.session_tree as tree_mod
 import runtime.git.workspace as workspace_mod
 import runtime.run.session as session_mod
 import runtime.run.session_end as session_end_mod
@@ -47,15 +48,15 @@ CHECKOUT = "checkout (git init + reset --hard + chown)"
 PHASES: list[tuple[Any, str, str]] = [
     (session_mod, "create_branch", "create branch"),
     (resources_mod, "ensure_store", "run object store (first session of a run only)"),
-    (session_mod, "create_volume", "volume: fallocate+mkfs+mount"),
-    (session_mod, "create_workspace", CHECKOUT),
+    (tree_mod, "create_volume", "volume: fallocate+mkfs+mount"),
+    (tree_mod, "create_workspace", CHECKOUT),
     (workspace_mod, "_chown_tree", "  of which chown of the tree"),
     (resources_mod, "create_sqlite", "private SQLite file"),
     (AgentContainer, "create", "container create"),
     (AgentContainer, "start", "container start"),
     (Supervisor, "start", "supervisor start (events stream)"),
     (session_end_mod, "bring_work_home", "bring work home (all of the below)"),
-    (harvest_mod, "run_harvest", "  harvest: container + bundle build + get_archive"),
+    (tree_mod, "run_harvest", "  harvest: container + bundle build + get_archive"),
     (harvest_mod, "fetch_file", "    of which get_archive of the bundle"),
     (harvest_mod, "import_bundle", "  verify + index-pack --strict + adopt"),
     (AgentContainer, "remove", "container remove"),
