@@ -92,14 +92,7 @@ def test_ctrl_c_stops_every_service_of_the_run(swarm_cluster: SwarmCluster, repo
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
                              str(repo), "--engine", "swarm", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    manager = swarm_cluster.manager.client
-    deadline = time.monotonic() + 120
-    while sum(t["Status"]["State"] == "running"
-              for s in manager.services.list(filters={"label": "agentrt.time_seconds"})
-              for t in s.tasks()) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, \
-            f"sessions never ran: {proc.communicate()[1][-2000:] if proc.poll() else ''}"
-        time.sleep(0.3)
+    _wait_running(proc, swarm_cluster, count=2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -107,6 +100,25 @@ def test_ctrl_c_stops_every_service_of_the_run(swarm_cluster: SwarmCluster, repo
     assert {s["status"] for s in sessions.values()} == {"cancelled"}, sessions
     assert "a.txt" in git(repo, "ls-tree", "--name-only", sessions["long-a"]["branch"])
     assert _leftovers(swarm_cluster) == []
+
+
+def _wait_running(proc: subprocess.Popen[str], cluster: SwarmCluster, count: int,
+                  node_id: str | None = None, timeout: float = 180) -> None:
+    """Wait until ``count`` sessions' own services (helpers carry no deadline label) run (on
+    ``node_id`` if given); on failure the run is killed so it leaves nothing running."""
+    manager = cluster.manager.client
+    deadline = time.monotonic() + timeout
+    while True:
+        running = sum(t["Status"]["State"] == "running" and node_id in (None, t.get("NodeID"))
+                      for s in manager.services.list(filters={"label": "agentrt.time_seconds"})
+                      for t in s.tasks())
+        if running >= count:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"{running} of {count} sessions ran: {err[-2000:]}")
+        time.sleep(0.3)
 
 
 def _leftovers(cluster: SwarmCluster) -> list[str]:
@@ -183,14 +195,7 @@ def test_a_node_lost_mid_run_crashes_its_session_and_the_run_goes_on(
                              str(repo), "--engine", "swarm", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     victim = swarm_cluster.node("node2")
-    manager = swarm_cluster.manager.client
-    deadline = time.monotonic() + 120
-    while not any(t.get("NodeID") == victim.node_id and t["Status"]["State"] == "running"
-                  # a session's own service (helpers carry no deadline label)
-                  for s in manager.services.list(filters={"label": "agentrt.time_seconds"})
-                  for t in s.tasks()):
-        assert proc.poll() is None and time.monotonic() < deadline, "no session ran on node2"
-        time.sleep(0.3)
+    _wait_running(proc, swarm_cluster, count=1, node_id=victim.node_id)
     victim.engine.container.stop(timeout=2)
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 1, err[-3000:]
