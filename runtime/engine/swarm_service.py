@@ -152,11 +152,27 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
         "workdir": WORKSPACE,
         "user": f"{plan.uid}:{plan.gid}",
         "env": {"HOME": "/tmp", "TMPDIR": "/tmp", **plan.env},
-        "labels": dict(labels),
-        "container_labels": dict(labels),
+        **one_shot_on(node_id, labels, resources),
         "mounts": [*plan.mounts,
                    Mount("/tmp", None, type="tmpfs", tmpfs_size=tmpfs_mb(limits) * 1024 * 1024,
                          tmpfs_mode=0o1777)],
+        "tty": False,
+        "open_stdin": False,
+        "stop_signal": "SIGTERM",
+        "stop_grace_period": max(1, plan.grace_seconds) * 1_000_000_000,
+        "log_driver": "json-file",
+        "log_driver_options": {"max-size": LOG_MAX_SIZE, "max-file": "2"},
+    }
+
+
+def one_shot_on(node_id: str, labels: Mapping[str, str],
+                resources: Resources) -> dict[str, Any]:
+    """Pure: what every service agentrt makes shares: one replica, never restarted, pinned to
+    ``node_id``, labelled (service and container), every capability dropped, init, read-only
+    root, ``resources``."""
+    return {
+        "labels": dict(labels),
+        "container_labels": dict(labels),
         "mode": ServiceMode("replicated", replicas=1),
         "restart_policy": RestartPolicy(condition="none"),
         "resources": resources,
@@ -164,12 +180,6 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
         "cap_drop": ["ALL"],
         "init": True,
         "read_only": True,
-        "tty": False,
-        "open_stdin": False,
-        "stop_signal": "SIGTERM",
-        "stop_grace_period": max(1, plan.grace_seconds) * 1_000_000_000,
-        "log_driver": "json-file",
-        "log_driver_options": {"max-size": LOG_MAX_SIZE, "max-file": "2"},
     }
 
 
@@ -189,16 +199,8 @@ def helper_service_spec(*, image: str, command: Sequence[str], node_id: str,
         "name": service_name(name_prefix, session_id),
         "user": user,
         "workdir": "/",
-        "labels": dict(labels),
-        "container_labels": dict(labels),
+        **one_shot_on(node_id, labels, resources),
         "mounts": list(mounts),
-        "mode": ServiceMode("replicated", replicas=1),
-        "restart_policy": RestartPolicy(condition="none"),
-        "resources": resources,
-        "constraints": [f"node.id=={node_id}"],
-        "cap_drop": ["ALL"],
-        "init": True,
-        "read_only": True,
     }
 
 

@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from runtime.state.recovery import GcReport
 
 
+def run_is_over(store: Store, run_id: str) -> bool:
+    """Whether ``run_id`` is a run of this repository's state that finished or whose owner
+    died; False for a live run and for another repository's run (not ours to judge)."""
+    try:
+        run = store.find_run(run_id)
+    except NotFoundError:
+        return False
+    return run.finished_at is not None or not recorded_alive(run.owner_pid,
+                                                             run.owner_start_time)
+
+
 def collect_database_servers(client: docker.DockerClient | None, store: Store | None,
                               report: GcReport) -> None:
     """Remove shared PostgreSQL servers whose run is over (finished or owner dead)."""
@@ -31,11 +42,7 @@ def collect_database_servers(client: docker.DockerClient | None, store: Store | 
         servers = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}=database"})
         for server in servers:
             run_id = server.labels.get(LABEL_RUN, "")
-            try:
-                run = store.find_run(run_id)
-            except NotFoundError:
-                continue  # another repository's run: not ours to judge
-            if run.finished_at is None and recorded_alive(run.owner_pid, run.owner_start_time):
+            if not run_is_over(store, run_id):
                 continue
             stop_shared_server(run_id, client)
             report.removed_containers.append(server.name)
@@ -53,11 +60,7 @@ def collect_egress_proxies(client: docker.DockerClient | None, store: Store | No
         found += client.networks.list(filters={"label": f"{LABEL_ROLE}={ROLE_EGRESS}"})
         for run_id in sorted({str((item.attrs.get("Labels") or item.attrs.get("Config", {})
                                    .get("Labels") or {}).get(LABEL_RUN, "")) for item in found}):
-            try:
-                run = store.find_run(run_id)
-            except NotFoundError:
-                continue  # another repository's run: not ours to judge
-            if run.finished_at is None and recorded_alive(run.owner_pid, run.owner_start_time):
+            if not run_is_over(store, run_id):
                 continue
             report.removed_containers.extend(remove_run_egress(client, run_id))
 
@@ -73,10 +76,6 @@ def collect_services(client: docker.DockerClient | None, store: Store | None,
         found = client.containers.list(all=True,
                                        filters={"label": f"{LABEL_ROLE}={ROLE_SERVICE}"})
         for run_id in sorted({str(c.labels.get(LABEL_RUN, "")) for c in found}):
-            try:
-                run = store.find_run(run_id)
-            except NotFoundError:
-                continue  # another repository's run: not ours to judge
-            if run.finished_at is None and recorded_alive(run.owner_pid, run.owner_start_time):
+            if not run_is_over(store, run_id):
                 continue
             report.removed_containers.extend(remove_services(client, run_id=run_id))

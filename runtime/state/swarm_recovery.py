@@ -33,6 +33,7 @@ from runtime.git.exchange import ROLE_EXCHANGE, Exchange, remove_exchanges
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import NodeTree
 from runtime.state.liveness import owner_alive
+from runtime.state.run_leftovers import run_is_over
 
 _lock = threading.Lock()
 _exchanges: dict[int, Exchange] = {}
@@ -89,13 +90,7 @@ def _over(labels: dict[str, str], store: Any) -> bool:
     if pid:
         with contextlib.suppress(ValueError):
             return not owner_alive(int(pid), float(start) if start else None)
-    if store is None:
-        return False
-    try:
-        run = store.find_run(labels.get(LABEL_RUN, ""))
-    except NotFoundError:
-        return False
-    return run.finished_at is not None or not owner_alive(run.owner_pid, run.owner_start_time)
+    return store is not None and run_is_over(store, labels.get(LABEL_RUN, ""))
 
 
 def collect_swarm_leftovers(client: docker.DockerClient, repo: MainRepo, store: Any,
