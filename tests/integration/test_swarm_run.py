@@ -74,6 +74,8 @@ def test_a_task_file_runs_across_the_swarm(swarm_cluster: SwarmCluster, repo: Pa
     assert "fork" in git(repo, "show", f"{by_task['bomb']['branch']}:fork-errors.txt")
     nodes = {s["node"] for s in by_task.values()}
     assert len(nodes) >= 2, nodes
+    # Placement puts at most two of the six on each node: limits held on workers too.
+    assert {by_task[t]["node"] for t in ("hog", "filler", "bomb")} - {"node0"}, by_task
     assert not report["warnings"], report["warnings"]
     assert _leftovers(swarm_cluster) == []
     # The agent's output, saved as it arrived and completed at the end: once, in order.
