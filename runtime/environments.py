@@ -47,6 +47,13 @@ def repo_path_problem(value: str) -> str | None:
     return None
 
 
+def check_command(value: list[str] | None) -> list[str] | None:
+    """An argv (or None): non-empty, no NUL byte (it cannot cross exec(2))."""
+    if value is not None and (not value or any("\0" in part for part in value)):
+        raise ValueError("command must be a non-empty list of strings without NUL bytes")
+    return value
+
+
 def check_env_table(value: dict[str, str]) -> dict[str, str]:
     """Environment variable names and values an image's ``ENV`` can hold."""
     for key, item in value.items():
@@ -190,12 +197,7 @@ class Service(_Strict):
             raise ValueError(f"{value!r} is not an image reference")
         return value
 
-    @field_validator("command")
-    @classmethod
-    def _check_command(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and (not value or any("\0" in part for part in value)):
-            raise ValueError("command must be a non-empty list of strings without NUL bytes")
-        return value
+    _command = field_validator("command")(check_command)
 
     _env = field_validator("env")(check_env_table)
 

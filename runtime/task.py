@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from runtime.egress_rules import parse_target
-from runtime.environments import Environment
+from runtime.environments import Environment, check_command
 from runtime.limits import LimitOverrides, StrictModel
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
@@ -107,12 +107,7 @@ class Task(StrictModel):
             raise ValueError(f"{value!r} is not a model name")
         return value
 
-    @field_validator("command")
-    @classmethod
-    def _check_command(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and (not value or any("\0" in part for part in value)):
-            raise ValueError("command must be a non-empty list of strings without NUL bytes")
-        return value
+    _command = field_validator("command")(check_command)
 
     @field_validator("env")
     @classmethod

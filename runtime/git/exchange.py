@@ -251,21 +251,18 @@ class Exchange:
         return spec
 
     def stop(self) -> None:
-        """Remove the exchange's service and network; idempotent."""
-        _remove(self.client.services.get(self.service_id) if self._exists() else None,
-                self.client.networks.get(self.network_id) if self._net_exists() else None)
+        """Remove the exchange's service and network; idempotent (EngineError if it cannot)."""
+        with engine_errors("remove the exchange"):
+            _remove(_get_or_none(self.client.services, self.service_id),
+                    _get_or_none(self.client.networks, self.network_id))
 
-    def _exists(self) -> bool:
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            self.client.services.get(self.service_id)
-            return True
-        return False
 
-    def _net_exists(self) -> bool:
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            self.client.networks.get(self.network_id)
-            return True
-        return False
+def _get_or_none(collection: Any, object_id: str) -> Any:
+    """``collection.get(object_id)``, or None when it is gone."""
+    try:
+        return collection.get(object_id)
+    except docker.errors.NotFound:
+        return None
 
 
 def _wait_for_container(client: docker.DockerClient, service: Any, timeout: float) -> str:

@@ -213,17 +213,13 @@ class AgentCoordinator:
         finally:
             self.supervisor = None
             remove_run_stores(self.repo, self.run_id)
-            if self._swarm is not None:
+            for what, part in (("exchange", self._swarm), ("egress proxy", self.egress)):
+                if part is None:
+                    continue
                 try:
-                    self._swarm.close()
+                    part.close()
                 except AgentRuntimeError as exc:
-                    report.warnings.append(f"exchange: not removed ({exc}); `agentrt gc` "
-                                           "removes it")
-            if self.egress is not None:
-                try:
-                    self.egress.close()
-                except AgentRuntimeError as exc:
-                    report.warnings.append(f"egress proxy: not removed ({exc}); `agentrt gc` "
+                    report.warnings.append(f"{what}: not removed ({exc}); `agentrt gc` "
                                            "removes it")
             if self.config.database_strategy == "shared":
                 from runtime.databases.postgres import stop_shared_server

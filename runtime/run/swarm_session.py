@@ -231,7 +231,10 @@ class SwarmSession(IsolatedAgentSession):
             if view is not None and view.ended:
                 return view, stopped_for
             now = time.time()
-            if not stopped_for and (self._cancel.is_set() or self._stop_requested()):
+            # `agentrt stop` from another process is read from the state DB with the node
+            # check (every 2 s), not on every poll.
+            asked = self._cancel.is_set() or (now >= next_node_check and self._stop_requested())
+            if not stopped_for and asked:
                 stopped_for = "cancel"
             elif not stopped_for and now >= deadline:
                 stopped_for = "timeout"

@@ -32,7 +32,7 @@ from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.exchange import ROLE_EXCHANGE, Exchange, remove_exchanges
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import NodeTree
-from runtime.state.liveness import owner_alive
+from runtime.state.liveness import recorded_alive
 from runtime.state.run_leftovers import run_is_over
 
 _lock = threading.Lock()
@@ -86,10 +86,8 @@ def remove_node_tree(client: docker.DockerClient, marker: Any, session_id: str) 
 
 def _over(labels: dict[str, str], store: Any) -> bool:
     """Whether the run (by its owner's liveness, or the state DB's record) is over."""
-    pid, start = labels.get(LABEL_OWNER_PID), labels.get(LABEL_OWNER_START)
-    if pid:
-        with contextlib.suppress(ValueError):
-            return not owner_alive(int(pid), float(start) if start else None)
+    if labels.get(LABEL_OWNER_PID):
+        return not recorded_alive(labels[LABEL_OWNER_PID], labels.get(LABEL_OWNER_START))
     return store is not None and run_is_over(store, labels.get(LABEL_RUN, ""))
 
 
