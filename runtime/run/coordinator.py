@@ -166,6 +166,7 @@ class AgentCoordinator:
         results: dict[str, SessionResult] = {}
         scheduler = DagScheduler({t.id: t.deps for t in tasks}, self.config.max_concurrent_agents)
         done: queue.Queue[tuple[str, SessionResult]] = queue.Queue()
+        threads: list[threading.Thread] = []
         self.store = Store(paths.state_db(self.repo.state_dir))
         self.store.create_run(
             self.run_id, str(self.repo.root), base_commit, target, self.config.merge,
@@ -195,11 +196,13 @@ class AgentCoordinator:
                                                                  SessionStatus.CANCELLED,
                                                                  "run cancelled before it started")
                     for task_id in scheduler.next_ready():
-                        threading.Thread(
+                        thread = threading.Thread(
                             target=self._run_task,
                             args=(by_id[task_id], base_commit, results, done),
                             name=f"agentrt-task-{task_id}", daemon=True,
-                        ).start()
+                        )
+                        thread.start()
+                        threads.append(thread)
                     if scheduler.running == 0:
                         continue
                     task_id, result = done.get()
@@ -211,6 +214,10 @@ class AgentCoordinator:
                         results[skipped] = self._placeholder(
                             by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
         finally:
+            # A task's slot is free once its result is final; its thread then releases the
+            # session's container and volume. The run ends when every release has.
+            for thread in threads:
+                thread.join()
             self.supervisor = None
             remove_run_stores(self.repo, self.run_id)
             for what, part in (("exchange", self._swarm), ("egress proxy", self.egress)):
@@ -276,11 +283,19 @@ class AgentCoordinator:
 
     def _run_task(self, task: Task, base_commit: str, results: dict[str, SessionResult],
                   done: queue.Queue[tuple[str, SessionResult]]) -> None:
-        """Thread body: run one task; the scheduler always hears how it ended."""
+        """Thread body: run one task; the scheduler hears how it ended exactly once: as soon
+        as its result is final (before its resources are released), or when it fails."""
         result = SessionResult(id=task.id, task_id=task.id, branch="",
                                status=SessionStatus.CRASHED, reason="internal error")
+        told = threading.Event()
+
+        def tell(final: SessionResult) -> None:
+            if not told.is_set():
+                told.set()
+                done.put((task.id, final))
+
         try:
-            result = self._run_session(task, base_commit, results)
+            result = self._run_session(task, base_commit, results, tell)
         except DependencyConflictError as exc:
             result = self._placeholder(task, SessionStatus.SKIPPED, str(exc))
         except AgentRuntimeError as exc:
@@ -289,10 +304,10 @@ class AgentCoordinator:
             log.exception("task %s crashed", task.id)
             result.reason = f"internal error: {exc}"
         finally:
-            done.put((task.id, result))
+            tell(result)
 
-    def _run_session(self, task: Task, base_commit: str,
-                     results: dict[str, SessionResult]) -> SessionResult:
+    def _run_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
+                     tell: Callable[[SessionResult], None]) -> SessionResult:
         start = prepare_base(self.repo, base_commit, [
             (results[d].branch, results[d].head_commit or "") for d in task.deps
         ])
@@ -314,6 +329,7 @@ class AgentCoordinator:
             session = IsolatedAgentSession(task, self.config, egress=self.egress, **common)
         with self._lock:
             self._live[task.id] = session
+        notified = False
         try:
             self._notify("starting", session.result)
             with session:
@@ -321,11 +337,17 @@ class AgentCoordinator:
                     session.cancel()
                 self._notify("running", session.result)
                 session.run()
+                notified = session.result.status.is_final
+                if notified:
+                    # Work home, result final: the slot is free while the session releases.
+                    self._notify("finished", session.result)
+                    tell(session.result)
         finally:
             release()
             with self._lock:
                 self._live.pop(task.id, None)
-        self._notify("finished", session.result)
+        if not notified:
+            self._notify("finished", session.result)
         return session.result
 
     def _notify(self, event: str, result: SessionResult) -> None:

@@ -212,6 +212,8 @@ class SessionResources:
         return create_sqlite(db_dir, uid, gid)
 
     def _keep_volume(self) -> None:
+        if isinstance(self.tree, HostTree):
+            self.tree.volume.sync()
         if self._marker is not None:
             self._marker.work_kept = True
             self._marker.write(self.session_dir)
