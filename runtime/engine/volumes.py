@@ -47,10 +47,12 @@ _JOURNAL_MIN_MB = 32
 #: volume is scratch space deleted once its work is home, so its writes need not reach the
 #: disk at all (a kept volume is synced explicitly, :func:`sync_volume`). ``noinit_itable``:
 #: see :func:`_make_loop_fs`.
-LOOP_MOUNT_OPTIONS = "loop,nodev,nosuid,noatime,noinit_itable,nobarrier"
+FS_MOUNT_OPTIONS = "nodev,nosuid,noatime,noinit_itable,nobarrier"
+LOOP_MOUNT_OPTIONS = "loop," + FS_MOUNT_OPTIONS
 
 
-def _run(cmd: list[str], what: str) -> str:
+def run_tool(cmd: list[str], what: str) -> str:
+    """Run a host tool (mount, losetup, mkfs...); its stdout, or VolumeError saying ``what``."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -204,15 +206,15 @@ class Volume:
         """Write the volume's data to the host's disk (a kept volume outlives the session:
         it is mounted without barriers, :data:`LOOP_MOUNT_OPTIONS`)."""
         if self.mode == "loop" and mounted_at(self.root):
-            _run(["sync", "-f", str(self.root)], f"sync {self.root}")
+            run_tool(["sync", "-f", str(self.root)], f"sync {self.root}")
 
     def remove(self) -> None:
         """Unmount (which detaches the loop device) and delete everything; idempotent."""
         if mounted_at(self.root):
             with contextlib.suppress(VolumeError):
-                _run(["umount", str(self.root)], f"unmount {self.root}")
+                run_tool(["umount", str(self.root)], f"unmount {self.root}")
             if mounted_at(self.root):
-                _run(["umount", "-l", str(self.root)], f"lazy unmount {self.root}")
+                run_tool(["umount", "-l", str(self.root)], f"lazy unmount {self.root}")
         _detach_loops(self.image)
         if self.session_dir.exists():
             shutil.rmtree(self.session_dir, ignore_errors=True)
@@ -236,11 +238,11 @@ def _detach_loops(image: Path) -> None:
     if not image.exists() or shutil.which("losetup") is None:
         return
     with contextlib.suppress(VolumeError):
-        out = _run(["losetup", "-j", str(image)], "losetup -j")
+        out = run_tool(["losetup", "-j", str(image)], "losetup -j")
         for line in out.splitlines():
             device = line.split(":", 1)[0]
             with contextlib.suppress(VolumeError):
-                _run(["losetup", "-d", device], f"detach {device}")
+                run_tool(["losetup", "-d", device], f"detach {device}")
 
 
 def create_volume(
@@ -270,30 +272,38 @@ def create_volume(
 def _make_loop_fs(volume: Volume, disk_mb: int, uid: int, gid: int) -> None:
     # fallocate (not a sparse file) so the host's free space is reserved up front: a full
     # host disk cannot surprise an agent mid-run, and the agent cannot fill the host.
-    # ``nodiscard`` matters: by default mke2fs discards the whole device, which on an image
-    # file punches holes into it and hands the reservation straight back to the host.
-    _run(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
+    run_tool(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
+    format_image(volume.image, disk_mb, uid, gid, "agentrt-" + volume.session_dir.name[-8:])
+    # Where the host filesystem cannot zero a range in place (tmpfs, for one), mke2fs zeroes
+    # by punching holes even with nodiscard; allocating again fills them (data untouched).
+    run_tool(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
+    mount_image(volume.image, volume.root)
+
+
+def format_image(image: Path, disk_mb: int, uid: int, gid: int, label: str) -> None:
+    """``mkfs.ext4`` on ``image``, its root owned by ``uid:gid``.
+
+    ``nodiscard`` matters: by default mke2fs discards the whole device, which on an image
+    file punches holes into it and hands a reservation straight back to the host."""
     journal = ["-J", "size=4"] if disk_mb >= _JOURNAL_MIN_MB else ["-O", "^has_journal"]
-    label = "agentrt-" + volume.session_dir.name[-8:]
-    _run(
+    run_tool(
         [
             "mkfs.ext4", "-q", "-F", "-m", "0", *journal, "-L", label[:16],
             "-E", f"nodiscard,lazy_itable_init=1,lazy_journal_init=1,root_owner={uid}:{gid}",
-            str(volume.image),
+            str(image),
         ],
         "format volume image",
     )
-    # Where the host filesystem cannot zero a range in place (tmpfs, for one), mke2fs zeroes
-    # by punching holes even with nodiscard; allocating again fills them (data untouched).
-    _run(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
-    _run(
-        # noinit_itable: the kernel would otherwise zero the inode tables through the loop
-        # device a few seconds later and punch holes in the reserved image.
-        ["mount", "-o", LOOP_MOUNT_OPTIONS, str(volume.image), str(volume.root)],
-        "mount volume image",
-    )
+
+
+def mount_image(image: Path | str, root: Path) -> None:
+    """Mount an ext4 image file (or a loop device) at ``root``."""
+    # noinit_itable: the kernel would otherwise zero the inode tables through the loop
+    # device a few seconds later and punch holes in the reserved image.
+    options = LOOP_MOUNT_OPTIONS if Path(image).is_file() else FS_MOUNT_OPTIONS
+    run_tool(["mount", "-o", options, str(image), str(root)], "mount volume image")
     with contextlib.suppress(OSError):
-        (volume.root / "lost+found").rmdir()
+        (root / "lost+found").rmdir()
 
 
 def open_volume(session_dir: Path, limit_bytes: int = 0) -> Volume:
@@ -302,8 +312,5 @@ def open_volume(session_dir: Path, limit_bytes: int = 0) -> Volume:
     volume = Volume(session_dir, "loop" if image.exists() else "soft", limit_bytes)
     if volume.mode == "loop" and not mounted_at(volume.root) and loop_supported():
         volume.root.mkdir(exist_ok=True)
-        _run(
-            ["mount", "-o", LOOP_MOUNT_OPTIONS, str(image), str(volume.root)],
-            "remount volume image",
-        )
+        mount_image(image, volume.root)
     return volume

@@ -76,7 +76,10 @@ def ensure_store(repo: MainRepo, run_id: str, commit: str) -> Path:
 
 
 def remove_run_stores(repo: MainRepo, run_id: str) -> None:
-    """Delete every object store of ``run_id`` (at the end of the run, or by gc)."""
+    """Delete every object store and seed of ``run_id`` (at the end of the run, or by gc)."""
+    from runtime.git.seed_image import remove_seeds
+
+    remove_seeds(repo, run_id)
     shutil.rmtree(paths.runs_dir(repo.state_dir) / run_id / "objects", ignore_errors=True)
     with contextlib.suppress(OSError):
         (paths.runs_dir(repo.state_dir) / run_id).rmdir()

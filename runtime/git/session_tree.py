@@ -35,6 +35,7 @@ from runtime.engine.container import DB_MOUNT, SECRETS_FILE, SECRETS_MOUNT, WORK
 from runtime.engine.discovery import engine_errors
 from runtime.engine.engine_volumes import EngineVolume, create_engine_volume
 from runtime.engine.remote_volume import RemoteVolume
+from runtime.engine.seeded_volumes import create_volume_from_seed
 from runtime.engine.swarm_volumes import create_node_volume, remove_node_volume
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume
 from runtime.errors import ConfigError, EngineError, VolumeError
@@ -42,7 +43,7 @@ from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
 from runtime.git.exchange import Exchange
 from runtime.git.harvest import Harvest, HarvestPlan, run_harvest
 from runtime.git.safe_git import MainRepo
-from runtime.git.workspace import create_workspace
+from runtime.git.workspace import adopt_seed_checkout, create_workspace
 
 
 def secrets_text(values: Mapping[str, str]) -> bytes:
@@ -126,17 +127,23 @@ class HostTree(SessionTree):
 
     on_engine = False
 
-    def __init__(self, volume: Volume, uid: int, gid: int, store: Path | None) -> None:
+    def __init__(self, volume: Volume, uid: int, gid: int, store: Path | None,
+                 seeded: bool = False) -> None:
         self.volume = volume
         self.mode = volume.mode
         self.limit_bytes = volume.limit_bytes
         self.store = store
+        self.seeded = seeded
         self._uid, self._gid = uid, gid
 
     @classmethod
     def create(cls, session_dir: Path, disk_mb: int, uid: int, gid: int, store: Path,
-               mode: DiskLimitMode | None = None) -> HostTree:
-        """Make the volume in ``session_dir`` (see :func:`runtime.engine.volumes.create_volume`)."""
+               mode: DiskLimitMode | None = None, seed: Path | None = None) -> HostTree:
+        """Make the volume in ``session_dir`` (see :func:`runtime.engine.volumes.create_volume`);
+        with a ``seed`` (a loop volume only), as a copy of the run's seed checkout."""
+        if seed is not None:
+            volume = create_volume_from_seed(session_dir, disk_mb, uid, gid, seed)
+            return cls(volume, uid, gid, store, seeded=True)
         return cls(create_volume(session_dir, disk_mb, uid, gid, mode), uid, gid, store)
 
     @property
@@ -152,6 +159,9 @@ class HostTree(SessionTree):
         return self.volume.session_dir / "secrets"
 
     def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
+        if self.seeded:  # the seed's checkout is already there: only its branch is new
+            adopt_seed_checkout(self.volume.workspace, branch, commit, self._uid, self._gid)
+            return
         create_workspace(repo, self.volume.workspace, branch, commit, self._uid, self._gid,
                          objects=self.store)
 

@@ -23,6 +23,9 @@ from runtime.git.conflicts import driver_overrides
 from runtime.git.safe_git import MainRepo, check_branch_name, run_git
 
 BRANCH_PREFIX = "agent"
+#: The branch a run's seed checkout is made on (runtime.git.seed_image); each copy is moved
+#: onto its session's branch by :func:`adopt_seed_checkout`.
+SEED_BRANCH = "agentrt-seed"
 
 
 class DependencyConflictError(WorkspaceError):
@@ -117,6 +120,28 @@ def create_workspace(
         _chown_tree(workspace, uid, gid)
     except (GitError, OSError) as exc:
         raise WorkspaceError(f"cannot create the working tree in {workspace}: {exc}") from exc
+
+
+def adopt_seed_checkout(workspace: Path, branch: str, commit: str, uid: int, gid: int) -> None:
+    """Put a copy of the run's seed checkout (on :data:`SEED_BRANCH` at ``commit``) on
+    ``branch``: two loose-ref files written before the agent ever sees the tree."""
+    heads = workspace / ".git" / "refs" / "heads"
+    seed_ref = heads / SEED_BRANCH
+    try:
+        if seed_ref.read_text().strip() != commit:
+            raise WorkspaceError(f"the seed in {workspace} is not at {commit[:10]}")
+        ref = heads / branch
+        made = [d for d in reversed(ref.parents) if d.is_relative_to(heads) and not d.exists()]
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit + "\n")
+        (workspace / ".git" / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+        seed_ref.unlink()
+        if os.geteuid() == 0:
+            for path in (*made, ref):
+                os.lchown(path, uid, gid)
+    except OSError as exc:
+        raise WorkspaceError(f"cannot put the working tree in {workspace} on {branch}: "
+                             f"{exc}") from exc
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

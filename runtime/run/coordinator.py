@@ -107,6 +107,7 @@ class AgentCoordinator:
         self.store: Store | None = None
         self.egress: RunEgress | None = None
         self._swarm: SwarmRun | None = None
+        self._seeded = False
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
         self.build_log: Callable[[str], None] | None = None
         self._env_images: dict[str, EnvImage] = {}
@@ -163,6 +164,8 @@ class AgentCoordinator:
         report = RunReport(run_id=self.run_id, repo=str(self.repo.root), base_commit=base_commit,
                            target=target, merge=self.config.merge, started_at=utcnow())
         by_id = {t.id: t for t in tasks}
+        # Several sessions share one checkout of their base: the run's seed image.
+        self._seeded = len(tasks) > 1
         results: dict[str, SessionResult] = {}
         scheduler = DagScheduler({t.id: t.deps for t in tasks}, self.config.max_concurrent_agents)
         done: queue.Queue[tuple[str, SessionResult]] = queue.Queue()
@@ -326,7 +329,8 @@ class AgentCoordinator:
             session, need = placed
             release = functools.partial(self._swarm.release, placed[0], need)
         else:
-            session = IsolatedAgentSession(task, self.config, egress=self.egress, **common)
+            session = IsolatedAgentSession(task, self.config, egress=self.egress,
+                                           seeded=self._seeded, **common)
         with self._lock:
             self._live[task.id] = session
         notified = False

@@ -82,6 +82,7 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         stop_grace_seconds: int = 10,
         egress: RunEgress | None = None,
         environment: EnvImage | None = None,
+        seeded: bool = False,
     ) -> None:
         # The design's form: IsolatedAgentSession("fix-parser", Path("~/src/app"), limits=...)
         # or base_workspace=...; the typed form: IsolatedAgentSession(task, config, repo=...).
@@ -117,6 +118,9 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                             / "sessions" / self.session_id)
         self.stop_grace_seconds = stop_grace_seconds
         self.disk_mode = disk_mode
+        # Start from the run's seed checkout (the coordinator's choice for runs of several
+        # sessions; runtime/git/seed_image.py).
+        self.seeded = seeded
         self.store = store
         self._client = client
         self._own_supervisor = supervisor is None

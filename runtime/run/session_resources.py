@@ -10,6 +10,7 @@ Swarm session overrides :meth:`~SessionResources._volumes_on_engine`,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from runtime.engine.services import SessionServices
     from runtime.run.environments import EnvImage
 
+log = logging.getLogger(__name__)
 
 class SessionResources:
     """A session's parts: made in ``prepare``, released in ``close``."""
@@ -63,6 +65,7 @@ class SessionResources:
         _own_egress: bool
         network: str
         _marker: SessionMarker | None
+        seeded: bool
 
         @property
         def client(self) -> docker.DockerClient: ...
@@ -186,7 +189,23 @@ class SessionResources:
             return tree
         store = ensure_store(self.repo, self.run_id, self.base_commit)
         return HostTree.create(self.session_dir, self.limits.disk_mb, uid, gid, store,
-                               self.disk_mode)
+                               self.disk_mode, seed=self._seed(store, uid, gid))
+
+    def _seed(self, store: Path, uid: int, gid: int) -> Path | None:
+        """The run's seed checkout for this session's volume (runtime/git/seed_image.py), when
+        the coordinator asked for seeds and the volume is a loop volume; None otherwise, or
+        when the seed cannot be built (the session then checks out on its own)."""
+        if not self.seeded or (self.disk_mode or default_mode()) != "loop":
+            return None
+        from runtime.git.seed_image import ensure_seed
+
+        try:
+            return ensure_seed(self.repo, self.run_id, self.base_commit, self.limits.disk_mb,
+                               uid, gid, store)
+        except AgentRuntimeError as exc:
+            log.warning("session %s: no seed checkout (%s); checking out directly",
+                        self.session_id, exc)
+            return None
 
     def _create_container(self, plan: ContainerPlan) -> AgentRunner:
         """Create (not start) the agent's container for ``plan``."""
