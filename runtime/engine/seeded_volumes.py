@@ -25,7 +25,7 @@ from runtime.engine.volumes import Volume, format_image, mount_image, run_tool
 from runtime.errors import VolumeError
 
 #: The copy's unit: a page-aligned buffer (O_DIRECT needs aligned memory and lengths).
-CHUNK = 1024 * 1024
+CHUNK = 4 * 1024 * 1024
 _SECTOR = 512
 
 

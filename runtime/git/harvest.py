@@ -204,9 +204,14 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
     container = None
     try:
         with engine_errors("start the harvest container"):
-            with contextlib.suppress(docker.errors.NotFound):
-                client.api.remove_container(f"agentrt-harvest-{plan.session_id}", force=True)
-            container = client.containers.create(**harvest_spec(plan))
+            spec = harvest_spec(plan)
+            try:
+                container = client.containers.create(**spec)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: one left by an interrupted harvest
+                    raise
+                client.api.remove_container(spec["name"], force=True)
+                container = client.containers.create(**spec)
             container.start()
         with engine_errors("wait for the harvest container"):
             try:

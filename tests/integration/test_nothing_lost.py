@@ -182,3 +182,20 @@ def test_durations_come_from_the_engine_even_when_agentrt_was_paused(
     (session,) = json.loads(out)["sessions"]
     assert session["duration_s"] < 6, session
     assert session["duration_s"] >= 2
+
+
+def test_a_harvest_container_left_by_an_interrupted_harvest_does_not_block_the_next(
+        repo: Path, docker_client: object) -> None:
+    from runtime import IsolatedAgentSession, RunConfig, Task
+
+    task = Task(id="leftover", command=["sh", "-c", "echo work > done.txt"])
+    with IsolatedAgentSession(task, RunConfig(merge="none"), repo=repo) as session:
+        # What a harvest killed mid-way leaves: a container holding the session's name.
+        stale = docker_client.containers.create(  # type: ignore[attr-defined]
+            "agentrt/base:latest", ["true"], name=f"agentrt-harvest-{session.session_id}",
+            labels={"agentrt.repo": str(repo.resolve())})
+        result = session.run()
+    assert result.work.value == "home", result.warnings
+    assert git(repo, "show", f"{session.branch}:done.txt") == "work\n"
+    with pytest.raises(Exception, match="No such container|404"):
+        stale.reload()
