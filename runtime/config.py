@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from runtime.environments import Environment, Service, check_services
 from runtime.errors import ConfigError
-from runtime.limits import ConcurrentAgents, DiskMb, RadarSeconds, StrictModel
+from runtime.limits import ConcurrentAgents, DiskMb, RadarSeconds, StrictModel, WarmPool
 from runtime.limits import LimitOverrides as LimitOverrides
 from runtime.limits import ResourceLimits as ResourceLimits
 from runtime.task import NetworkMode, check_egress_allow, check_egress_networks, no_nul
@@ -64,6 +64,9 @@ class RunConfig(StrictModel):
     max_concurrent_agents: ConcurrentAgents = Field(
         5, description="Containers running at once, at most."
     )
+    warm_pool: WarmPool = Field(
+        2, description="Sessions prepared ahead (volume, checkout, container created but not "
+        "started) for tasks waiting for a slot; 0: off.")
     base: str = Field("HEAD", description="Commit-ish every session starts from.")
     target: str | None = Field(None, description="Branch merges go into; default: checked out.")
     merge: MergeStrategy = Field("review", description="review | auto | none.")

@@ -21,6 +21,7 @@ MAX_DISK_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT
 MAX_CONCURRENT_AGENTS = 1024
 MAX_RADAR_SECONDS = 3600
+MAX_WARM_POOL = 64
 
 MemoryMb = Annotated[int, Field(strict=True, gt=0, le=MAX_MEMORY_MB)]
 CpuPercent = Annotated[int, Field(strict=True, gt=0, le=MAX_CPU_PERCENT)]
@@ -29,6 +30,7 @@ DiskMb = Annotated[int, Field(strict=True, gt=0, le=MAX_DISK_MB)]
 Pids = Annotated[int, Field(strict=True, gt=0, le=MAX_PIDS)]
 ConcurrentAgents = Annotated[int, Field(strict=True, gt=0, le=MAX_CONCURRENT_AGENTS)]
 RadarSeconds = Annotated[int, Field(strict=True, ge=0, le=MAX_RADAR_SECONDS)]
+WarmPool = Annotated[int, Field(strict=True, ge=0, le=MAX_WARM_POOL)]
 
 
 class StrictModel(BaseModel):

@@ -29,7 +29,7 @@ def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes:
 
     Volumes are fully allocated up front (loop mode), so the filesystem holding them
     (``volumes_dir``, named in the message) must have ``free_disk_bytes`` for the largest
-    ``max_concurrent_agents`` volumes at once.
+    ``max_concurrent_agents`` volumes at once, plus the ``warm_pool`` prepared ahead.
     """
     if not tasks:
         return None
@@ -49,13 +49,16 @@ def plan_fits(config: RunConfig, tasks: Sequence[Task], cpus: int, memory_bytes:
             f"at most {fit} agents of {per} MB fit. Lower max_concurrent_agents or memory_mb, "
             f"or on macOS run `agentrt colima up --agents {slots}`"
         )
-    biggest_disk = sorted((lim.disk_mb for lim in limits), reverse=True)[:slots]
+    # Sessions prepared ahead (the warm pool) hold their volumes too.
+    volumes = min(slots + config.warm_pool, len(tasks))
+    biggest_disk = sorted((lim.disk_mb for lim in limits), reverse=True)[:volumes]
     if free_disk_bytes is not None and sum(biggest_disk) * 1024 * 1024 > free_disk_bytes:
         return (
-            f"disk_mb: {slots} volumes of up to {max(biggest_disk)} MB need "
+            f"disk_mb: {volumes} volumes of up to {max(biggest_disk)} MB need "
             f"{sum(biggest_disk)} MB but only {free_disk_bytes >> 20} MB are free in "
             f"{volumes_dir or 'the volumes directory'}; lower disk_mb or max_concurrent_agents, "
-            f"free space, or put volumes elsewhere ({VOLUMES_DIR_ENV} or [run] volumes_dir)"
+            f"free space, lower warm_pool, or put volumes elsewhere ({VOLUMES_DIR_ENV} or [run] "
+            "volumes_dir)"
         )
     widest = max(lim.cpu_percent for lim in limits)
     if widest > cpus * 100:

@@ -1,8 +1,10 @@
 """AgentCoordinator: many tasks, at most ``max_concurrent`` containers, dependencies, cancel.
 
 Each task runs in its own thread inside an :class:`IsolatedAgentSession`; a slot is held from
-the session's creation to its clean-up, so the number of live containers never exceeds the
-limit. Free slots are filled as soon as a session ends. A task with ``deps`` starts from the
+the session's start until its result is final (work home), so the number of running
+containers never exceeds the limit; the thread then releases the session's resources while the
+slot is filled again. Tasks waiting for a slot are prepared ahead by the warm pool
+(:mod:`runtime.run.warm_pool`). A task with ``deps`` starts from the
 base with its dependencies' branches merged in (a conflict there skips it with the reason).
 Per-task failures never stop the run; :meth:`cancel` stops everything and keeps the work.
 """
@@ -47,6 +49,7 @@ from runtime.run.scheduler import DagScheduler, TaskState
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import STOP_REQUESTED
 from runtime.run.supervisor import Supervisor
+from runtime.run.warm_pool import WarmPool
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
 from runtime.state.store import Store
@@ -108,6 +111,7 @@ class AgentCoordinator:
         self.egress: RunEgress | None = None
         self._swarm: SwarmRun | None = None
         self._seeded = False
+        self._pool: WarmPool | None = None
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
         self.build_log: Callable[[str], None] | None = None
         self._env_images: dict[str, EnvImage] = {}
@@ -190,6 +194,7 @@ class AgentCoordinator:
                 from runtime.run.swarm_session import SwarmRun
 
                 self._swarm = SwarmRun(self.client, self.run_id)
+            self._pool = self._warm_pool(tasks, base_commit, results)
             with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
                 self.supervisor = supervisor
                 while not scheduler.done:
@@ -206,6 +211,8 @@ class AgentCoordinator:
                         )
                         thread.start()
                         threads.append(thread)
+                    if self._pool is not None:
+                        self._pool.fill(scheduler.upcoming(self._pool.size))
                     if scheduler.running == 0:
                         continue
                     task_id, result = done.get()
@@ -221,6 +228,8 @@ class AgentCoordinator:
             # session's container and volume. The run ends when every release has.
             for thread in threads:
                 thread.join()
+            if self._pool is not None:
+                self._pool.drain()
             self.supervisor = None
             remove_run_stores(self.repo, self.run_id)
             for what, part in (("exchange", self._swarm), ("egress proxy", self.egress)):
@@ -311,26 +320,22 @@ class AgentCoordinator:
 
     def _run_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
                      tell: Callable[[SessionResult], None]) -> SessionResult:
-        start = prepare_base(self.repo, base_commit, [
-            (results[d].branch, results[d].head_commit or "") for d in task.deps
-        ])
-        common: dict[str, Any] = dict(
-            repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
-            supervisor=self.supervisor, store=self.store,
-            stop_grace_seconds=self.stop_grace_seconds,
-            environment=self._env_images.get(task.id))
         release: Callable[[], None] = lambda: None  # noqa: E731 - nothing held on one engine
-        session: IsolatedAgentSession
+        session: IsolatedAgentSession | None
         if self._swarm is not None:
-            placed = self._swarm.session(task, self.config, self._cancelled, **common)
+            placed = self._swarm.session(task, self.config, self._cancelled,
+                                         **self._session_args(task, base_commit, results))
             if placed is None:
                 return self._placeholder(task, SessionStatus.CANCELLED,
                                          "run cancelled before it started")
             session, need = placed
             release = functools.partial(self._swarm.release, placed[0], need)
         else:
-            session = IsolatedAgentSession(task, self.config, egress=self.egress,
-                                           seeded=self._seeded, **common)
+            session = self._pool.take(task.id) if self._pool is not None else None
+            if session is not None and self.store is not None:
+                session.attach_store(self.store)  # prepared ahead: only its start is left
+            if session is None:
+                session = self._new_session(task, base_commit, results, self.store)
         with self._lock:
             self._live[task.id] = session
         notified = False
@@ -353,6 +358,43 @@ class AgentCoordinator:
         if not notified:
             self._notify("finished", session.result)
         return session.result
+
+    def _session_args(self, task: Task, base_commit: str,
+                      results: dict[str, SessionResult]) -> dict[str, Any]:
+        """What every session of this run is made with (its start: the base with its
+        dependencies' branches merged in)."""
+        start = prepare_base(self.repo, base_commit, [
+            (results[d].branch, results[d].head_commit or "") for d in task.deps
+        ])
+        return dict(repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
+                    supervisor=self.supervisor, store=self.store,
+                    stop_grace_seconds=self.stop_grace_seconds,
+                    environment=self._env_images.get(task.id))
+
+    def _new_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
+                     store: Store | None) -> IsolatedAgentSession:
+        """A session of this engine for ``task`` (recorded in ``store`` when it prepares)."""
+        args = {**self._session_args(task, base_commit, results), "store": store}
+        return IsolatedAgentSession(task, self.config, egress=self.egress, seeded=self._seeded,
+                                    **args)
+
+    def _warm_pool(self, tasks: Sequence[Task], base_commit: str,
+                   results: dict[str, SessionResult]) -> WarmPool | None:
+        """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), when the run
+        has more tasks than slots; not on Swarm, nor with per-session services (they would
+        run while the task waits)."""
+        size = min(self.config.warm_pool, len(tasks) - self.config.max_concurrent_agents)
+        if size <= 0 or self._swarm is not None or self.config.services:
+            return None
+        by_id = {t.id: t for t in tasks}
+
+        def make(task_id: str) -> IsolatedAgentSession | None:
+            try:
+                return self._new_session(by_id[task_id], base_commit, results, store=None)
+            except AgentRuntimeError:  # e.g. its dependencies conflict: found when it starts
+                return None
+
+        return WarmPool(size, make)
 
     def _notify(self, event: str, result: SessionResult) -> None:
         # The listener is a view: its failures must not change the run.

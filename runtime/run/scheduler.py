@@ -63,6 +63,13 @@ class DagScheduler:
                 free -= 1
         return started
 
+    def upcoming(self, limit: int) -> list[str]:
+        """Up to ``limit`` waiting tasks whose dependencies all succeeded: the ones
+        :meth:`next_ready` gives next, in file order (not marked; for preparing ahead)."""
+        ready = [task for task in self.order if self.state[task] is TaskState.WAITING
+                 and all(self.state[d] is TaskState.SUCCEEDED for d in self.deps[task])]
+        return ready[:max(0, limit)]
+
     def finish(self, task: str, outcome: TaskState) -> list[str]:
         """Record how a running task ended; return the tasks skipped because of it."""
         if self.state[task] is not TaskState.RUNNING:

@@ -150,7 +150,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
     # -- context manager --------------------------------------------------------------------
 
     def __enter__(self) -> IsolatedAgentSession:
-        self.prepare()
+        if self.container is None:  # not prepared ahead (runtime/run/warm_pool.py)
+            self.prepare()
         return self
 
     def __exit__(self, *exc: object) -> None:

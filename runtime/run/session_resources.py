@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import docker
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
     from runtime.engine.services import SessionServices
     from runtime.run.environments import EnvImage
+    from runtime.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,12 @@ class SessionResources:
         _marker: SessionMarker | None
         seeded: bool
 
+        store: Store | None
+
         @property
         def client(self) -> docker.DockerClient: ...
+        def _record(self, **resources: Any) -> None: ...
+        def close(self, snapshot_work: bool = True) -> None: ...
 
     @property
     def volume(self) -> Volume | None:
@@ -229,6 +234,22 @@ class SessionResources:
             return SqliteDatabase(Path(DB_MOUNT) / SQLITE_NAME,
                                   {"AGENT_DB": f"{DB_MOUNT}/{SQLITE_NAME}"})
         return create_sqlite(db_dir, uid, gid)
+
+    def attach_store(self, store: Store) -> None:
+        """Record a session prepared ahead without a store (runtime/run/warm_pool.py) in
+        ``store``, as ``prepare`` would have, now that it is about to run."""
+        self.store = store
+        pid = os.getpid()
+        self._record(
+            manifest_json=self.manifest().model_dump_json(), volume_path=str(self.session_dir),
+            owner_pid=pid, owner_start_time=process_start_time(pid),
+            **({"container_id": self.container.id} if self.container else {}),
+            **({"mount_path": self.tree.location} if self.tree else {}))
+
+    def discard(self) -> None:
+        """Release a prepared session that will never run, and its untouched branch."""
+        self.close(snapshot_work=False)
+        self._delete_unused_branch()
 
     def _keep_volume(self) -> None:
         if isinstance(self.tree, HostTree):

@@ -153,3 +153,67 @@ def test_conflict_radar_warns_while_two_live_agents_touch_the_same_file(repo: Pa
 
     with Store(MainRepo(repo).state_dir / "state.db") as store:
         assert expected in store.run_report(report.run_id).warnings
+
+
+def session_events(docker_client: Any, repo: Path) -> tuple[Any, list[dict[str, Any]],
+                                                             threading.Thread]:
+    """Follow the engine's events of this repository's agent containers (not harvests)."""
+    stream = docker_client.events(
+        decode=True, filters={"type": "container", "label": f"agentrt.repo={repo.resolve()}"})
+    seen: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: seen.extend(
+        e for e in stream if "agentrt.session" in e.get("Actor", {}).get("Attributes", {})),
+        daemon=True)
+    reader.start()
+    return stream, seen, reader
+
+
+def test_tasks_waiting_for_a_slot_are_prepared_ahead_and_never_start_early(
+    repo: Path, docker_client: object
+) -> None:
+    stream, seen, reader = session_events(docker_client, repo)
+    tasks = [sh(f"w{i}", f"sleep 1; echo {i} > w{i}.txt") for i in range(4)]
+    report = run_tasks(repo, tasks, max_concurrent_agents=1, warm_pool=2)
+    time.sleep(1)
+    stream.close()
+    reader.join(timeout=10)
+    results = by_task(report)
+    assert all(r.status is SessionStatus.SUCCEEDED for r in results.values()), results
+    for i in range(4):
+        assert git(repo, "show", f"{results[f'w{i}'].branch}:w{i}.txt").strip() == str(i)
+    at: dict[tuple[str, str], int] = {}
+    for event in seen:
+        task = event["Actor"]["Attributes"]["agentrt.session"].rsplit("-", 1)[0]
+        at.setdefault((task, event["Action"]), event["timeNano"])
+    for before, after in (("w0", "w1"), ("w1", "w2"), ("w2", "w3")):
+        # Created (volume, checkout, container) while the task before it still ran...
+        assert at[(after, "create")] < at[(before, "die")], (before, after)
+        # ...but started only once that one's container had ended.
+        assert at[(after, "start")] > at[(before, "die")], (before, after)
+    from runtime.state.store import Store
+
+    store = Store(repo / ".git" / "agentrt" / "state.db")
+    recorded = store.list_sessions(run_id=report.run_id)
+    assert sorted(s.task_id for s in recorded) == ["w0", "w1", "w2", "w3"]
+    assert all(s.manifest_json and s.container_id for s in recorded)
+
+
+def test_a_cancelled_run_releases_the_sessions_it_prepared_ahead(repo: Path) -> None:
+    config = RunConfig(max_concurrent_agents=1, warm_pool=2, merge="none",
+                       resource_limits=ResourceLimits(memory_mb=128, disk_mb=32))
+    coordinator = AgentCoordinator(config=config, repo=repo, stop_grace_seconds=1)
+    tasks = [sh(f"c{i}", "sleep 30") for i in range(4)]
+
+    def cancel_once_running(event: str, result: Any) -> None:
+        if event == "running":
+            threading.Timer(2.0, coordinator.cancel).start()
+
+    coordinator.listener = cancel_once_running
+    report = coordinator.run_agents(tasks)
+    results = by_task(report)
+    assert results["c0"].status is SessionStatus.CANCELLED
+    assert all(results[f"c{i}"].status is SessionStatus.CANCELLED for i in (1, 2, 3))
+    # Only the session that ran keeps a branch; the ones prepared ahead left none.
+    branches = git(repo, "branch", "--list", "agent/*", "--format=%(refname:short)").split()
+    assert [b.split("/")[1] for b in branches] == ["c0"]
+    assert not list((repo / ".git" / "agentrt" / "sessions").iterdir())

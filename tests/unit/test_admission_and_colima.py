@@ -65,3 +65,19 @@ def test_colima_profile_fits_agents_plus_headroom() -> None:
     assert size.disk_gib == 25 + 20
     argv = size.start_command(platform="darwin")
     assert argv[:3] == ["colima", "start", "agentrt"] and "virtiofs" in argv
+
+
+def test_sessions_prepared_ahead_count_their_volumes_on_the_disk() -> None:
+    # 2 slots + a warm pool of 2: four volumes at once, when there are tasks to fill them.
+    config = RunConfig(max_concurrent_agents=2, warm_pool=2,
+                       resource_limits=ResourceLimits(memory_mb=64, disk_mb=1024))
+    message = plan_fits(config, tasks(6), cpus=2, memory_bytes=8 * GIB,
+                        free_disk_bytes=3 * GIB)
+    assert message is not None and "4 volumes of up to 1024 MB need 4096 MB" in message
+    assert "lower warm_pool" in message
+    no_pool = config.model_copy(update={"warm_pool": 0})
+    assert plan_fits(no_pool, tasks(6), cpus=2, memory_bytes=8 * GIB,
+                     free_disk_bytes=3 * GIB) is None
+    # No more volumes than tasks.
+    assert plan_fits(config, tasks(2), cpus=2, memory_bytes=8 * GIB,
+                     free_disk_bytes=3 * GIB) is None

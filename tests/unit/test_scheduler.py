@@ -88,3 +88,35 @@ def test_finishing_a_task_that_is_not_running_is_an_error() -> None:
     scheduler = DagScheduler({"a": []}, 1)
     with pytest.raises(ValueError):
         scheduler.finish("a", TaskState.SUCCEEDED)
+
+
+def test_upcoming_names_what_starts_next_without_starting_it() -> None:
+    scheduler = DagScheduler({"a": [], "b": [], "c": ["a"], "d": [], "e": []}, 1)
+    assert scheduler.next_ready() == ["a"]
+    # c waits for a; b, d, e could start: the first two in file order, none marked running.
+    assert scheduler.upcoming(2) == ["b", "d"]
+    assert scheduler.upcoming(0) == []
+    assert scheduler.running == 1
+    scheduler.finish("a", TaskState.SUCCEEDED)
+    assert scheduler.upcoming(5) == ["b", "c", "d", "e"]
+    assert scheduler.next_ready() == ["b"]
+    assert scheduler.upcoming(5) == ["c", "d", "e"]
+
+
+@given(deps=dags(), limit=st.integers(min_value=1, max_value=5), ahead=st.integers(0, 5),
+       seed=st.integers(0, 10**6))
+@settings(max_examples=200, deadline=None)
+def test_upcoming_is_always_the_head_of_what_next_ready_would_start(
+        deps: dict[str, list[str]], limit: int, ahead: int, seed: int) -> None:
+    rng = random.Random(seed)
+    scheduler = DagScheduler(deps, limit)
+    while not scheduler.done:
+        peek = scheduler.upcoming(ahead)
+        started = scheduler.next_ready()
+        # Whatever was peeked and got a slot started in the same order, first.
+        assert started[:len(peek)] == peek[:len(started)]
+        running = [t for t, s in scheduler.state.items() if s is TaskState.RUNNING]
+        if not running:
+            break
+        task = rng.choice(running)
+        scheduler.finish(task, rng.choice([TaskState.SUCCEEDED, TaskState.FAILED]))
