@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import shutil
@@ -36,6 +37,13 @@ LABEL_BENCH = "agentrt.bench"
 def median(xs: Sequence[float]) -> float:
     """The median of ``xs``."""
     return statistics.median(xs)
+
+
+def percentile(xs: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile of ``xs`` (nearest rank: a value that was measured)."""
+    ordered = sorted(xs)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
 
 
 def fmt(xs: Sequence[float], unit: str = "s", digits: int = 2) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 import _common as c
 import _repo
+import docker
 
 import runtime.engine.volumes as volumes_mod
 import runtime.git.harvest as harvest_mod
@@ -40,6 +41,7 @@ import runtime.run.session_end as session_end_mod
 import runtime.run.session_resources as resources_mod
 from runtime import IsolatedAgentSession, ResourceLimits, RunConfig, Task
 from runtime.engine.container import AgentContainer
+from runtime.git.safe_git import MainRepo
 from runtime.run.supervisor import Supervisor
 
 STAMP = ["sh", "-c", "date +%s.%N > /workspace/t0"]
@@ -101,6 +103,7 @@ def agentrt_once(repo: Path, config: RunConfig, n: int,
         with IsolatedAgentSession(Task(id=f"life{n}", command=STAMP), config, repo=repo,
                                   client=client) as s:
             result = s.run()
+            final = time.time()
         end = time.time()
         cpu = host_cpu() - cpu
     if result.status.value != "succeeded":
@@ -108,7 +111,42 @@ def agentrt_once(repo: Path, config: RunConfig, n: int,
     t0 = float(_repo.git("show", f"{s.branch}:t0", cwd=repo))
     _repo.git("branch", "-q", "-D", s.branch, cwd=repo)
     # An engine that does not share this disk checks out inside the engine (not this phase).
-    return times(start, t0, end, phases.get(CHECKOUT, 0.0), cpu), phases
+    return times(start, t0, final, end, phases.get(CHECKOUT, 0.0), cpu), phases
+
+
+def warm_ready_once(repo: Path, config: RunConfig, n: int, supervisor: Supervisor,
+                    run_id: str) -> float:
+    """Ready of a session prepared ahead (what the coordinator's warm pool does while slots
+    are busy): from ``run()`` to the agent's first instruction. Checkout excluded."""
+    session = IsolatedAgentSession(Task(id=f"warm{n}", command=STAMP), config, repo=repo,
+                                   run_id=run_id, supervisor=supervisor)
+    try:
+        session.prepare()
+        session.stand_by()
+        start = time.time()
+        result = session.run()
+    finally:
+        session.close()
+    if result.status.value != "succeeded":
+        raise RuntimeError(f"session {session.session_id} {result.status.value}")
+    t0 = float(_repo.git("show", f"{session.branch}:t0", cwd=repo))
+    _repo.git("branch", "-q", "-D", session.branch, cwd=repo)
+    return t0 - start
+
+
+def warm_ready(repo: Path, config: RunConfig, runs: int) -> list[float]:
+    """``runs`` warm readies, with one supervisor running throughout (as in a run)."""
+    from runtime.git.object_store import remove_run_stores
+    from runtime.run.identity import new_run_id
+
+    run_id = new_run_id()
+    client = docker.from_env()
+    try:
+        with Supervisor(client, run_id) as supervisor:
+            return [warm_ready_once(repo, config, n, supervisor, run_id)
+                    for n in range(runs + 1)][1:]  # the first one warms up
+    finally:
+        remove_run_stores(MainRepo(repo), run_id)
 
 
 def host_cpu() -> float:
@@ -118,9 +156,12 @@ def host_cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def times(start: float, t0: float, end: float, checkout: float, cpu: float) -> Times:
-    """The reported metrics from the instants of one lifecycle."""
+def times(start: float, t0: float, final: float, end: float, checkout: float,
+          cpu: float) -> Times:
+    """The reported metrics from the instants of one lifecycle (``final``: the work is
+    available, agentrt's result final or raw's container gone; ``end``: all released)."""
     return {"lifecycle": end - start, "ready": t0 - start, "teardown": end - t0,
+            "until the work is available": final - start,
             "checkout": checkout, "ready − checkout": t0 - start - checkout,
             "host CPU (self + children)": cpu}
 
@@ -136,11 +177,12 @@ def raw_once(repo: Path, trees: Path, limits: ResourceLimits, label: str, n: int
     subprocess.run(["docker", "run", "--rm", *c.raw_docker_flags(limits, label),
                     "-v", f"{tree}:/workspace", "-w", "/workspace", c.IMAGE, *STAMP],
                    check=True, capture_output=True)
+    final = time.time()
     t0 = float((tree / "t0").read_text())
     _repo.git("worktree", "remove", "--force", str(tree), cwd=repo)
     _repo.git("branch", "-q", "-D", branch, cwd=repo)
     end = time.time()
-    return times(start, t0, end, checkout, host_cpu() - cpu)
+    return times(start, t0, final, end, checkout, host_cpu() - cpu)
 
 
 def filesystem(path: Path) -> str:
@@ -163,6 +205,8 @@ def main() -> None:
     p.add_argument("--megabytes", type=int, default=25)
     p.add_argument("--raw-dir", type=Path,
                    help="where raw worktrees go (default: next to the repository, same disk)")
+    p.add_argument("--warm-runs", type=int, default=10,
+                   help="sessions prepared ahead, for ready with the warm pool (p50/p95)")
     p.add_argument("--engine", choices=["local", "dind"], default="local",
                    help="dind: also measure agentrt on an engine that does not share this disk")
     args = p.parse_args()
@@ -191,6 +235,7 @@ def main() -> None:
                     collect(phases, spent)
                 else:
                     collect(r, raw_once(repo, trees, limits, root.name, n))
+        warm = warm_ready(repo, config, args.warm_runs) if args.warm_runs else []
     if args.engine == "dind":
         remote_lifecycle(args, config, repo_args=(args.files, args.megabytes), local=a)
     rows = [[k, c.fmt(a[k]), c.fmt(r[k]), c.ratio(a[k], r[k])] for k in a]
@@ -203,6 +248,13 @@ def main() -> None:
     print(c.goal("lifecycle ≤ 1.0× raw", c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.0))
     print(c.goal(f"ready p50 ≤ 400 ms + agentrt's checkout ({checkout * 1000:.0f} ms)",
                  c.median(a["ready"]) * 1000, 400 + checkout * 1000, "ms"))
+    if warm:
+        p50, p95 = c.percentile(warm, 50) * 1000, c.percentile(warm, 95) * 1000
+        print(f"\nready with the warm pool (prepared ahead; run() to the first instruction), "
+              f"{len(warm)} sessions: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+              f"min {min(warm) * 1000:.0f} ms")
+        print(c.goal("ready p50 ≤ 150 ms with the warm pool", p50, 150, "ms"))
+        print(c.goal("ready p95 ≤ 150 ms with the warm pool", p95, 150, "ms"))
 
 
 def remote_lifecycle(args: Any, config: RunConfig, repo_args: tuple[int, int],

@@ -298,12 +298,13 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         ))
         self.result.started_at = utcnow()
         self.result.status = SessionStatus.RUNNING
-        self._record(deadline=deadline)
-        self._event("started", f"container {self.container.id[:12]} started")
-        self._start_log_keeper()
+        self._start_log_keeper()  # already attached when prepared ahead
         try:
             self._started = True
             self.container.start()
+            # Recorded once it runs: nothing stands between a free slot and the agent.
+            self._record(deadline=deadline)
+            self._event("started", f"container {self.container.id[:12]} started")
         except AgentRuntimeError as exc:
             if self._log_stream is not None:
                 self._log_stream.close()

@@ -50,9 +50,15 @@ class SessionLogs:
             self.result.warnings.append(f"the output could not be saved: {exc}")
         return self._log_keeper
 
+    def stand_by(self) -> None:
+        """Attach to the created container's output now (a session prepared ahead), so that
+        starting it is all that is left."""
+        self._start_log_keeper()
+
     def _start_log_keeper(self) -> None:
-        """Attach to the container (before it starts) and write its output to the saved log."""
-        if not isinstance(self.container, AgentContainer):
+        """Attach to the container (before it starts) and write its output to the saved log;
+        once."""
+        if not isinstance(self.container, AgentContainer) or self._log_keeper is not None:
             return
         keeper = self._open_log_keeper()
         if keeper is None:

@@ -73,6 +73,7 @@ class WarmPool:
     def _prepare(self, warming: _Warming) -> None:
         try:
             warming.session.prepare()
+            warming.session.stand_by()
             warming.ok = True
         except AgentRuntimeError as exc:
             log.info("warm pool: %s not prepared ahead: %s", warming.session.task.id, exc)
