@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import docker
 import docker.errors
-from docker.models.containers import Container
+from docker.models.containers import Container, ContainerCollection
 from docker.types import LogConfig, Mount
 
 from runtime.config import ResourceLimits
@@ -220,6 +220,20 @@ class OutputStream:
             self._sock.close()
 
 
+class _CreateOnly(ContainerCollection):  # type: ignore[misc]
+    """``containers.create`` without reading the new container back: the SDK inspects it
+    after creating it, one engine round trip per container that agentrt does not need."""
+
+    def get(self, container_id: str) -> Container:
+        return self.prepare_model({"Id": container_id})
+
+
+def create_container(client: docker.DockerClient, spec: Mapping[str, Any]) -> Container:
+    """Create (not start) a container from ``client.containers.create`` keyword arguments;
+    the returned model knows only its id."""
+    return _CreateOnly(client=client).create(**spec)
+
+
 class AgentContainer:
     """One session's container on the engine; Docker and transport errors become EngineError."""
 
@@ -237,7 +251,7 @@ class AgentContainer:
         """Create (not start) the container for ``plan``."""
         try:
             with engine_errors(f"create the container of {plan.session_id}"):
-                return cls(client, client.containers.create(**container_spec(plan)))
+                return cls(client, create_container(client, container_spec(plan)))
         except EngineError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound):
                 raise SessionError(

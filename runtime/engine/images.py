@@ -61,19 +61,28 @@ def get_image(client: docker.DockerClient, ref: str) -> Any | None:
 
 def image_digest(client: docker.DockerClient, ref: str) -> str:
     """The image's first repo digest if it has one, else its id (``sha256:...``)."""
-    image = get_image(client, ref)
-    if image is None:
-        raise _not_found(ref)
-    repo_digests = image.attrs.get("RepoDigests") or []
-    return str(repo_digests[0]) if repo_digests else str(image.id)
+    return image_facts(client, ref)[0]
 
 
 def cli_version(client: docker.DockerClient, ref: str) -> str | None:
     """The agent CLI version the image's recipe pinned (its ``agentrt.cli.version`` label), or
     None: no such label, or one that is not a short printable version string."""
     image = get_image(client, ref)
-    value = str(((image.labels if image is not None else None) or {}).get(LABEL_CLI_VERSION, ""))
-    value = value.strip()
+    return _cli_version(image.labels if image is not None else None)
+
+
+def image_facts(client: docker.DockerClient, ref: str) -> tuple[str, str | None]:
+    """:func:`image_digest` and :func:`cli_version` of ``ref`` from one look at the image."""
+    image = get_image(client, ref)
+    if image is None:
+        raise _not_found(ref)
+    repo_digests = image.attrs.get("RepoDigests") or []
+    digest = str(repo_digests[0]) if repo_digests else str(image.id)
+    return digest, _cli_version(image.labels)
+
+
+def _cli_version(labels: dict[str, str] | None) -> str | None:
+    value = str((labels or {}).get(LABEL_CLI_VERSION, "")).strip()
     if not value or len(value) > MAX_VERSION_LEN or not value.isprintable():
         return None
     return value

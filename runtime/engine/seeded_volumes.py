@@ -101,7 +101,11 @@ def create_volume_from_seed(session_dir: Path, disk_mb: int, uid: int, gid: int,
             raise VolumeError(f"seed {seed} is not {disk_mb} MiB")
         session_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         volume.root.mkdir(mode=0o755)
-        run_tool(["fallocate", "-l", f"{disk_mb}M", str(volume.image)], "allocate volume image")
+        fd = os.open(volume.image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)  # the host's space, reserved up front
+        finally:
+            os.close(fd)
         device = run_tool(["losetup", "-f", "--show", str(volume.image)],
                       "attach volume image").strip()
         try:

@@ -239,12 +239,21 @@ def tree_size(root: Path) -> int:
 def _detach_loops(image: Path) -> None:
     if not image.exists() or shutil.which("losetup") is None:
         return
-    with contextlib.suppress(VolumeError):
-        out = run_tool(["losetup", "-j", str(image)], "losetup -j")
-        for line in out.splitlines():
-            device = line.split(":", 1)[0]
-            with contextlib.suppress(VolumeError):
-                run_tool(["losetup", "-d", device], f"detach {device}")
+    for device in loops_of(image):
+        with contextlib.suppress(VolumeError):
+            run_tool(["losetup", "-d", device], f"detach {device}")
+
+
+def loops_of(image: Path) -> list[str]:
+    """The loop devices backed by ``image`` (``losetup -j``, read from sysfs: no process)."""
+    wanted = os.path.realpath(image)
+    devices = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            name = backing.read_text().strip().removesuffix(" (deleted)")
+            if name == wanted:
+                devices.append(f"/dev/{backing.parent.parent.name}")
+    return devices
 
 
 def create_volume(

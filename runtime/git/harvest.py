@@ -39,7 +39,7 @@ import requests
 from docker.types import Mount
 
 from runtime import paths
-from runtime.engine.container import HARDENING
+from runtime.engine.container import HARDENING, create_container
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_HARVEST
 from runtime.errors import BundleRefusedError, EngineError, GitError, HarvestError
@@ -206,12 +206,12 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
         with engine_errors("start the harvest container"):
             spec = harvest_spec(plan)
             try:
-                container = client.containers.create(**spec)
+                container = create_container(client, spec)
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: one left by an interrupted harvest
                     raise
                 client.api.remove_container(spec["name"], force=True)
-                container = client.containers.create(**spec)
+                container = create_container(client, spec)
             container.start()
         with engine_errors("wait for the harvest container"):
             try:

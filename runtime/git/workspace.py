@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import secrets
 from collections.abc import Iterator
@@ -34,8 +35,15 @@ class DependencyConflictError(WorkspaceError):
 
 def new_session_id(task_id: str) -> tuple[str, str]:
     """A fresh ``(session id, branch)`` pair for ``task_id``."""
+    _check_task_branches(task_id)
     suffix = secrets.token_hex(3)
-    return f"{task_id}-{suffix}", check_branch_name(f"{BRANCH_PREFIX}/{task_id}/{suffix}")
+    return f"{task_id}-{suffix}", f"{BRANCH_PREFIX}/{task_id}/{suffix}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_task_branches(task_id: str) -> None:
+    # Once per task id: six hex digits after a valid "agent/<task>/" cannot make it invalid.
+    check_branch_name(f"{BRANCH_PREFIX}/{task_id}/000000")
 
 
 @contextlib.contextmanager

@@ -182,13 +182,13 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
 
     def prepare(self) -> None:
         """Create branch, volume, working tree, database and container; undo on failure."""
-        from runtime.engine.images import cli_version, image_digest
+        from runtime.engine.images import image_facts
 
         uid, gid = agent_ids()
         try:
             self._build_environment()
-            self.result.image_digest = image_digest(self.client, self.image)
-            self.result.cli_version = cli_version(self.client, self.image)
+            self.result.image_digest, self.result.cli_version = image_facts(self.client,
+                                                                            self.image)
             manifest = self.manifest()
             owner_start = process_start_time(os.getpid())
             self._record(
@@ -360,7 +360,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
     def close(self, snapshot_work: bool = True) -> None:
         """Stop the container, save the work, release resources; safe to call twice."""
         self._discard_secrets()
-        if self.container is not None:
+        ended = self.watch is not None and self.watch.exited.is_set()
+        if self.container is not None and not ended:
             with contextlib.suppress(EngineError):
                 info = self._inspect_when_reachable() or {}
                 if info.get("State", {}).get("Running"):

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import docker
 import docker.errors
@@ -154,10 +155,17 @@ class Supervisor:
         return watch
 
     def started(self, watch: Watch) -> None:
-        """Call right after the container started: find its cgroup, catch an early exit."""
-        self._guard(watch, "locate cgroup", lambda: self._locate_cgroup(watch))
+        """Call right after the container started: find its cgroup, catch an early exit
+        (one look at the container serves both)."""
+        def locate() -> None:
+            state = watch.container.inspect()
+            pid = int(((state or {}).get("State") or {}).get("Pid") or 0)
+            watch.cgroup = ContainerCgroup.for_pid(pid, watch.container.id)
+            self._apply_state(watch, state)
+
+        if not self._guard(watch, "locate cgroup", locate):
+            self.reconcile(watch)
         self._guard(watch, "sample", lambda: self._sample(watch))
-        self.reconcile(watch)
 
     def unwatch(self, watch: Watch) -> None:
         """Forget a container (after it exited)."""
@@ -254,20 +262,22 @@ class Supervisor:
 
     def reconcile(self, watch: Watch) -> None:
         """Ask the engine how ``watch``'s container is, in case an event was missed."""
-        def check() -> None:
-            state = watch.container.inspect()
-            if state is None:
-                watch.record(vanished=not watch.exited.is_set())
-                watch.exited.set()
-                return
-            st = state.get("State", {})
-            if st.get("OOMKilled"):
-                watch.record(oom_seen=True)
-            if st.get("Status") in ("exited", "dead"):
-                watch.record(exit_code=int(st.get("ExitCode", -1)))
-                watch.exited.set()
+        self._guard(watch, "reconcile",
+                    lambda: self._apply_state(watch, watch.container.inspect()))
 
-        self._guard(watch, "reconcile", check)
+    @staticmethod
+    def _apply_state(watch: Watch, state: dict[str, Any] | None) -> None:
+        """What the engine's record of the container says: gone, OOM-killed, exited."""
+        if state is None:
+            watch.record(vanished=not watch.exited.is_set())
+            watch.exited.set()
+            return
+        st = state.get("State", {})
+        if st.get("OOMKilled"):
+            watch.record(oom_seen=True)
+        if st.get("Status") in ("exited", "dead"):
+            watch.record(exit_code=int(st.get("ExitCode", -1)))
+            watch.exited.set()
 
     def _deadline_loop(self) -> None:
         while not self._closing.is_set():
@@ -293,11 +303,6 @@ class Supervisor:
     def _snapshot(self) -> list[Watch]:
         with self._lock:
             return list(self._watches.values())
-
-    def _locate_cgroup(self, watch: Watch) -> None:
-        state = watch.container.inspect() or {}
-        pid = int(state.get("State", {}).get("Pid") or 0)
-        watch.cgroup = ContainerCgroup.for_pid(pid, watch.container.id)
 
     def _sample(self, watch: Watch) -> None:
         self._sample_cgroup(watch)

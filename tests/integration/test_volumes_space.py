@@ -97,3 +97,23 @@ def test_admission_counts_the_free_space_where_volumes_live(
                 check_admission(docker_client, config, tasks, state_dir)  # type: ignore[arg-type]
         assert str(small_fs) in str(refused.value)
         assert "need 100 MB" in str(refused.value)
+
+
+@needs_loop
+def test_the_loop_devices_of_an_image_are_found_without_losetup(tmp_path: Path) -> None:
+    from runtime.engine.volumes import loops_of
+
+    image = tmp_path / "img"
+    subprocess.run(["fallocate", "-l", "8M", str(image)], check=True)
+    assert loops_of(image) == []
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    try:
+        assert loops_of(image) == [device]
+        # The same answer as losetup's own.
+        listed = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True,
+                                check=True).stdout
+        assert [line.split(":", 1)[0] for line in listed.splitlines()] == [device]
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+    assert loops_of(image) == []
