@@ -9,9 +9,9 @@ the run's object store) and ``db`` directories, owned by the agent's uid. Each s
 is then a copy of the seed's data blocks (:mod:`runtime.engine.seeded_volumes`) moved onto its
 own branch (:func:`runtime.git.workspace.adopt_seed_checkout`).
 
-The seed's index is *settled*: written after the clock has passed the checkout's second, so git
-trusts its stat data (an index written in the same second as the files marks them "racily
-clean" and every later ``git status`` or harvest re-reads them all). The copy keeps inode
+The seed's index is *settled*: its files dated back and the index refreshed, so git trusts its
+stat data (an index written in the same second as the files marks them "racily clean" and
+every later ``git status`` or harvest re-reads them all). The copy keeps inode
 numbers and times, so the agent's first ``git status`` and the harvest's snapshot only stat.
 
 Only agentrt writes a seed, and before any agent exists; it is removed with the run's object
@@ -78,17 +78,19 @@ def ensure_seed(repo: MainRepo, run_id: str, commit: str, disk_mb: int, uid: int
 
 
 def settle_index(workspace: Path, uid: int, gid: int) -> None:
-    """Rewrite the index once the clock has left the second its files were written in, so
-    that no entry is "racily clean" (git compares whole seconds here)."""
-    index = workspace / ".git" / "index"
-    wait = int(index.stat().st_mtime) + 1 - time.time()
-    if wait > 0:
-        time.sleep(wait + 0.01)
-    # status refreshes the index and rewrites it when its timestamps were racy.
-    run_git(["status", "--porcelain", "--untracked-files=no"], git_dir=workspace / ".git",
+    """Make every index entry trusted by its stat data: git distrusts ("racily clean") an
+    entry whose file is not older than the index, to the second here. Instead of waiting for
+    the clock to leave the checkout's second, the files are dated two seconds back and the
+    index refreshed (git re-reads them once, now, rather than in every session)."""
+    past = time.time() - 2
+    for root, dirs, files in os.walk(workspace):
+        dirs[:] = [d for d in dirs if not (root == str(workspace) and d == ".git")]
+        for name in files:
+            os.utime(os.path.join(root, name), (past, past), follow_symlinks=False)
+    run_git(["update-index", "-q", "--refresh"], git_dir=workspace / ".git",
             work_tree=workspace)
     if os.geteuid() == 0:
-        os.lchown(index, uid, gid)
+        os.lchown(workspace / ".git" / "index", uid, gid)
 
 
 def remove_seeds(repo: MainRepo, run_id: str) -> None:
