@@ -192,6 +192,18 @@ def filesystem(path: Path) -> str:
     return out[-1] if out else "?"
 
 
+def repo_and_trees(root: Path, args: Any, stack: contextlib.ExitStack) -> tuple[Path, Path]:
+    """The benchmark repository's clone under ``root``, and where raw worktrees go (next to
+    it, or in a temporary directory under ``--raw-dir``); says both."""
+    repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
+    trees = root
+    if args.raw_dir:
+        trees = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.raw_dir)))
+    print(f"raw worktrees in {trees} ({filesystem(trees)}); agentrt volumes: loop ext4 "
+          f"images in {repo}/.git/agentrt ({filesystem(repo)})")
+    return repo, trees
+
+
 def collect(into: dict[str, list[float]], sample: dict[str, float]) -> None:
     """Append each value of ``sample`` to its list in ``into``."""
     for key, value in sample.items():
@@ -218,12 +230,7 @@ def main() -> None:
     r: dict[str, list[float]] = {}
     phases: dict[str, list[float]] = {}
     with c.scratch("lifecycle") as root, contextlib.ExitStack() as stack:
-        repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
-        trees = root
-        if args.raw_dir:
-            trees = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.raw_dir)))
-        print(f"raw worktrees in {trees} ({filesystem(trees)}); agentrt volumes: loop ext4 "
-              f"images in {repo}/.git/agentrt ({filesystem(repo)})")
+        repo, trees = repo_and_trees(root, args, stack)
         agentrt_once(repo, config, 0)  # warm-up: page cache, image layers, imports
         raw_once(repo, trees, limits, root.name, 0)
         for n in range(1, args.runs + 1):

@@ -37,7 +37,6 @@ import itertools
 import math
 import resource
 import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import _common as c
 import _repo
-from lifecycle import filesystem, host_cpu
+from lifecycle import host_cpu, repo_and_trees
 
 from runtime import AgentCoordinator, ResourceLimits, RunConfig, Task
 
@@ -268,12 +267,7 @@ def main() -> None:
     c.header(f"throughput: one-second tasks, (N, C) in {pairs}, repository of {args.files} "
              f"files, {args.megabytes} MB", args.runs)
     with c.scratch("throughput") as root, contextlib.ExitStack() as stack:
-        repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
-        trees = root
-        if args.raw_dir:
-            trees = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.raw_dir)))
-        print(f"raw worktrees in {trees} ({filesystem(trees)}); agentrt volumes: loop ext4 "
-              f"images in {repo}/.git/agentrt ({filesystem(repo)})")
+        repo, trees = repo_and_trees(root, args, stack)
         raw = RawBatch(repo, trees, limits, root.name)
         agentrt_batch(repo, config, SETUP, 1, 1)  # warm-up: page cache, image layers, imports
         raw.run(SETUP, 1, 1)

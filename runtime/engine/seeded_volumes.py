@@ -15,13 +15,18 @@ barriers and deleted once its work is home).
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime.engine.volumes import Volume, format_image, mount_image, run_tool
+from runtime.engine.volumes import (
+    Volume,
+    format_image,
+    mount_image,
+    removed_on_failure,
+    run_tool,
+)
 from runtime.errors import VolumeError
 
 #: The copy's unit: a page-aligned buffer (O_DIRECT needs aligned memory and lengths).
@@ -96,7 +101,7 @@ def create_volume_from_seed(session_dir: Path, disk_mb: int, uid: int, gid: int,
     ``seed``; mounted like any loop volume. Undo on failure."""
     size = disk_mb * 1024 * 1024
     volume = Volume(session_dir, "loop", size)
-    try:
+    with removed_on_failure(volume):
         if seed.stat().st_size != size:
             raise VolumeError(f"seed {seed} is not {disk_mb} MiB")
         session_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -115,10 +120,4 @@ def create_volume_from_seed(session_dir: Path, disk_mb: int, uid: int, gid: int,
             # Detaching a mounted device only marks it to go with its last unmount (as
             # `mount -o loop` does), so Volume.remove needs nothing new.
             run_tool(["losetup", "-d", device], f"detach {device}")
-    except (OSError, VolumeError) as exc:
-        with contextlib.suppress(OSError, VolumeError):
-            volume.remove()
-        if isinstance(exc, VolumeError):
-            raise
-        raise VolumeError(f"cannot create volume in {session_dir}: {exc}") from exc
     return volume

@@ -26,6 +26,7 @@ import re
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -262,7 +263,7 @@ def create_volume(
     """Create and mount a volume of ``disk_mb`` MiB owned by ``uid:gid``; undo on failure."""
     chosen = mode or default_mode()
     volume = Volume(session_dir, chosen, disk_mb * 1024 * 1024)
-    try:
+    with removed_on_failure(volume):
         session_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         volume.root.mkdir(mode=0o755)
         if chosen == "loop":
@@ -271,13 +272,20 @@ def create_volume(
             sub.mkdir(mode=0o755)
             os.chown(sub, uid, gid)
         os.chown(volume.root, uid, gid)
+    return volume
+
+
+@contextlib.contextmanager
+def removed_on_failure(volume: Volume) -> Iterator[Volume]:
+    """Undo a volume being made if the block fails (an OSError becomes a VolumeError)."""
+    try:
+        yield volume
     except (OSError, VolumeError) as exc:
         with contextlib.suppress(OSError, VolumeError):
             volume.remove()
         if isinstance(exc, VolumeError):
             raise
-        raise VolumeError(f"cannot create volume in {session_dir}: {exc}") from exc
-    return volume
+        raise VolumeError(f"cannot create volume in {volume.session_dir}: {exc}") from exc
 
 
 def _make_loop_fs(volume: Volume, disk_mb: int, uid: int, gid: int) -> None:

@@ -75,13 +75,7 @@ def test_twenty_tasks_never_more_than_five_running_measured_from_engine_events(
 ) -> None:
     # Followed live: the engine keeps only its last 256 events for a later `since` query, and
     # 20 sessions with their harvest containers make more than that.
-    stream = docker_client.events(  # type: ignore[attr-defined]
-        decode=True, filters={"type": "container", "label": f"agentrt.repo={repo.resolve()}"})
-    seen: list[dict[str, Any]] = []
-    reader = threading.Thread(target=lambda: seen.extend(
-        e for e in stream if "agentrt.session" in e.get("Actor", {}).get("Attributes", {})),
-        daemon=True)
-    reader.start()
+    stream, seen, reader = session_events(docker_client, repo)
     tasks = [sh(f"t{i:02d}", "sleep 1") for i in range(20)]
     report = run_tasks(repo, tasks, max_concurrent_agents=5,
                        resource_limits=ResourceLimits(memory_mb=64, disk_mb=16, pids=32,
