@@ -35,6 +35,7 @@ import docker
 import runtime.engine.volumes as volumes_mod
 import runtime.git.harvest as harvest_mod
 import runtime.git.session_tree as tree_mod
+import runtime.git.work_home as work_home_mod
 import runtime.git.workspace as workspace_mod
 import runtime.run.session as session_mod
 import runtime.run.session_end as session_end_mod
@@ -60,7 +61,7 @@ PHASES: list[tuple[Any, str, str]] = [
     (session_end_mod, "bring_work_home", "bring work home (all of the below)"),
     (tree_mod, "run_harvest", "  harvest: container + bundle build + get_archive"),
     (harvest_mod, "fetch_file", "    of which get_archive of the bundle"),
-    (harvest_mod, "import_bundle", "  verify + index-pack --strict + adopt"),
+    (work_home_mod, "import_bundle", "  verify + index-pack --strict + adopt"),
     (AgentContainer, "remove", "container remove"),
     (volumes_mod.Volume, "remove", "volume: umount + rm"),
 ]

@@ -26,9 +26,10 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,19 +39,16 @@ import docker.errors
 import requests
 from docker.types import Mount
 
-from runtime import paths
 from runtime.engine.container import HARDENING, create_container
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_HARVEST
-from runtime.errors import BundleRefusedError, EngineError, GitError, HarvestError
-from runtime.git.bundle import ImportPolicy, SecretInBundleError, import_bundle
-from runtime.git.safe_git import MainRepo
-from runtime.models import WorkState
+from runtime.errors import EngineError, HarvestError
 
 log = logging.getLogger(__name__)
 
 HARVEST_IMAGE = "agentrt/base:latest"
 OUT_DIR = "/var/tmp/agentrt-harvest"
+BUNDLES_MOUNT = "/agentrt-bundles"
 BUNDLES = ("work.bundle", "files.bundle")
 EXIT_UNCHANGED = 3
 HEAD_UNREADABLE = "agentrt-harvest: agent-head-unreadable"
@@ -58,10 +56,10 @@ ADD_ERRORS = "agentrt-harvest: some files could not be read"
 HARVEST_MIN_MEMORY_MB = 256
 HARVEST_TIMEOUT_SECONDS = 600
 
-# POSIX sh. Arguments: base commit, object store path, session id.
+# POSIX sh. Arguments: base commit, object store path, session id, where the bundles go.
 SCRIPT = r"""
 set -eu
-base=$1; store=$2; sid=$3
+base=$1; store=$2; sid=$3; bundles=$4
 out=/var/tmp/agentrt-harvest; h=$out/h.git
 mkdir -p "$out"
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/var/tmp GIT_TERMINAL_PROMPT=0
@@ -117,13 +115,13 @@ if [ "$snap" = "$base" ]; then
   exit 3
 fi
 g --git-dir="$h" update-ref refs/heads/work "$snap"
-g --git-dir="$h" bundle create -q "$out/work.bundle" refs/heads/work --not "$base"
+g --git-dir="$h" bundle create -q "$bundles/work.bundle" refs/heads/work --not "$base"
 base_tree=$(g --git-dir="$h" rev-parse "$base^{tree}")
 if [ -n "$head" ] && [ "$head" != "$base" ] && [ "$tree" != "$base_tree" ]; then
   files=$(g --git-dir="$h" commit-tree "$tree" -p "$base" \
           -m "agentrt: snapshot of the files of session $sid (its own commits were refused)")
   g --git-dir="$h" update-ref refs/heads/files "$files"
-  g --git-dir="$h" bundle create -q "$out/files.bundle" refs/heads/files --not "$base"
+  g --git-dir="$h" bundle create -q "$bundles/files.bundle" refs/heads/files --not "$base"
 fi
 echo "agentrt-harvest: done"
 """
@@ -144,6 +142,9 @@ class HarvestPlan:
     runtime: str = "runc"
     image: str = HARVEST_IMAGE
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: A directory of this host the bundles are written into (bound in), or None: they are
+    #: copied out of the stopped container through the API (an engine on another host).
+    bundles_dir: Path | None = None
 
 
 @dataclass
@@ -171,12 +172,16 @@ def harvest_spec(plan: HarvestPlan) -> dict[str, Any]:
     mounts = list(plan.mounts)
     if any(not m["ReadOnly"] for m in mounts):
         raise HarvestError("a harvest mounts the session's tree read-only")
+    bundles = OUT_DIR
+    if plan.bundles_dir is not None:
+        # agentrt's own empty directory, for the script's bundles only (never the agent's).
+        bundles = BUNDLES_MOUNT
+        mounts.append(Mount(BUNDLES_MOUNT, str(plan.bundles_dir), type="bind", read_only=False))
     spec: dict[str, Any] = {
         **HARDENING,
         "image": plan.image,
         "command": ["sh", "-c", SCRIPT, "agentrt-harvest", plan.base_commit,
-                    str(plan.store or ""),
-                    plan.session_id],
+                    str(plan.store or ""), plan.session_id, bundles],
         "name": f"agentrt-harvest-{plan.session_id}",
         "user": f"{plan.uid}:{plan.gid}",
         "working_dir": "/",
@@ -202,6 +207,8 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
     Raises :class:`HarvestError` when it cannot finish (the caller keeps the volume).
     """
     container = None
+    if plan.bundles_dir is not None:
+        _bundles_dir(plan.bundles_dir, plan.uid, plan.gid)
     try:
         with engine_errors("start the harvest container"):
             spec = harvest_spec(plan)
@@ -227,7 +234,11 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
         if code == 0:
             dest.mkdir(parents=True, exist_ok=True)
             for name in BUNDLES:
-                path = fetch_file(client, container.id, f"{OUT_DIR}/{name}", dest, max_bytes)
+                if plan.bundles_dir is not None:
+                    path = take_file(plan.bundles_dir / name, max_bytes)
+                else:
+                    path = fetch_file(client, container.id, f"{OUT_DIR}/{name}", dest,
+                                      max_bytes)
                 if path is not None:
                     bundles[name] = path
             if "work.bundle" not in bundles:
@@ -242,6 +253,38 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
             with contextlib.suppress(docker.errors.DockerException, EngineError,
                                      requests.exceptions.RequestException):
                 container.remove(force=True, v=True)
+
+
+def _bundles_dir(path: Path, uid: int, gid: int) -> None:
+    """agentrt's directory for the bundles, writable by the harvest's uid only, without the
+    bundles of an earlier attempt."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
+    for name in BUNDLES:
+        (path / name).unlink(missing_ok=True)
+
+
+def take_file(path: Path, max_bytes: int) -> Path | None:
+    """A bundle the harvest wrote into its bound directory: a regular file of at most
+    ``max_bytes`` with one link, never followed if it is a link; None if it is not there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HarvestError(f"{path.name} is not a plain file the harvest wrote: {exc}") from exc
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise HarvestError(f"{path.name} is not a plain file the harvest wrote: refused")
+    if st.st_size > max_bytes:
+        raise HarvestError(f"{path.name} is {st.st_size // (1024 * 1024)} MiB, over the import "
+                           f"limit of {max_bytes // (1024 * 1024)} MiB")
+    return path
 
 
 def fetch_file(client: docker.DockerClient, container_id: str, path: str, dest: Path,
@@ -305,100 +348,3 @@ def _extract_one(raw: Any, name: str, dest: Path, max_bytes: int) -> Path:
         if members == 0:
             raise HarvestError(f"the archive of {name} is empty")
         return target
-
-
-@dataclass
-class WorkOutcome:
-    """How a session's work came home: its state, the branch head, and what to tell the user."""
-
-    state: WorkState
-    head: str | None
-    warnings: list[str] = field(default_factory=list)
-
-
-Harvester = Callable[[HarvestPlan, Path, int], Harvest]
-
-
-def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPlan, *,
-                    branch: str, policy: ImportPolicy,
-                    harvester: Harvester | None = None) -> WorkOutcome:
-    """Harvest ``plan``'s working tree and move ``branch`` onto what the agent left.
-
-    Never raises for the agent's doing: a refused bundle is kept as ``rejected-*.bundle`` under
-    ``<state>/harvest/<session>/`` and reported; a harvest that cannot finish (engine gone, disk
-    full) reports ``kept`` so the caller keeps the volume for a later retry. ``harvester``
-    runs the harvest where the tree is (default: :func:`run_harvest` on ``client``'s engine).
-    """
-    dest = paths.harvest_dir(repo.state_dir, plan.session_id)
-    current = repo.branch_head(branch)
-    if current is None:
-        return WorkOutcome(WorkState.KEPT, None, [f"session branch {branch} is missing; the "
-                                                  "volume is kept"])
-    try:
-        if harvester is None:
-            harvest = run_harvest(client, plan, dest, policy.max_import_bytes)
-        else:
-            harvest = harvester(plan, dest, policy.max_import_bytes)
-    except HarvestError as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        return WorkOutcome(WorkState.KEPT, current, [
-            f"work not brought home yet: {exc}; the volume is kept: run `agentrt recover "
-            f"{plan.session_id}` (or `agentrt gc`) to retry"])
-    warnings: list[str] = []
-    if harvest.unreadable_files:
-        warnings.append("some files could not be read by the harvest and were left out")
-    if harvest.head_unreadable:
-        warnings.append("the agent's own commits could not be imported (its .git was replaced, "
-                        "removed or unreadable); its files were saved as a snapshot instead")
-    if harvest.unchanged:
-        shutil.rmtree(dest, ignore_errors=True)
-        return WorkOutcome(WorkState.HOME, current, warnings)
-    state = WorkState.HOME
-    try:
-        try:
-            head = import_bundle(repo, harvest.bundles["work.bundle"], branch=branch,
-                                 base_commit=plan.base_commit, policy=policy)
-        except BundleRefusedError as exc:
-            _keep_rejected(harvest.bundles["work.bundle"], exc)
-            files = harvest.bundles.get("files.bundle")
-            if files is None:
-                warnings.append(f"work refused: {exc}; the branch stays at {current[:10]}; the "
-                                f"bundle is kept in {dest}")
-                return WorkOutcome(WorkState.REFUSED, current, warnings)
-            try:
-                head = import_bundle(repo, files, branch=branch, base_commit=plan.base_commit,
-                                     policy=policy)
-            except BundleRefusedError as files_exc:
-                _keep_rejected(files, files_exc)
-                warnings.append(f"work refused: {files_exc}; the branch stays at {current[:10]};"
-                                f" the bundles are kept in {dest}")
-                return WorkOutcome(WorkState.REFUSED, current, warnings)
-            warnings.append(f"the agent's own commits were refused: {exc}; its files came home "
-                            f"as one commit on the base; the refused bundle is kept in {dest}")
-            state = WorkState.FILES_ONLY
-        from runtime.git.workspace import repo_lock
-
-        with repo_lock(repo):
-            repo.update_ref(f"refs/heads/{branch}", head, current,
-                            f"agentrt: work of session {plan.session_id}")
-    except (GitError, OSError) as exc:
-        # The bundle stays too, next to the kept volume, until a retry brings the work home.
-        return WorkOutcome(WorkState.KEPT, current, [
-            *warnings, f"work not brought home yet: {exc}; the volume is kept: run `agentrt "
-            f"recover {plan.session_id}` (or `agentrt gc`) to retry"])
-    if state is WorkState.HOME:
-        shutil.rmtree(dest, ignore_errors=True)
-    else:
-        for name, path in harvest.bundles.items():
-            if name != "work.bundle" and path.exists():
-                path.unlink()
-    return WorkOutcome(state, head, warnings)
-
-
-def _keep_rejected(bundle: Path, reason: BundleRefusedError) -> None:
-    """Keep a refused bundle for inspection, unless it holds a secret (then it goes)."""
-    with contextlib.suppress(OSError):
-        if isinstance(reason, SecretInBundleError):
-            bundle.unlink()
-        else:
-            bundle.rename(bundle.with_name(f"rejected-{bundle.name}"))

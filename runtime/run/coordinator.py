@@ -375,8 +375,10 @@ class AgentCoordinator:
                      store: Store | None) -> IsolatedAgentSession:
         """A session of this engine for ``task`` (recorded in ``store`` when it prepares)."""
         args = {**self._session_args(task, base_commit, results), "store": store}
-        return IsolatedAgentSession(task, self.config, egress=self.egress, seeded=self._seeded,
-                                    **args)
+        # The seed holds the run's base: a task starting from its dependencies' work (a base
+        # of its own) checks out directly.
+        seeded = self._seeded and args["base_commit"] == base_commit
+        return IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded, **args)
 
     def _warm_pool(self, tasks: Sequence[Task], base_commit: str,
                    results: dict[str, SessionResult]) -> WarmPool | None:

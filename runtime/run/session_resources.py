@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class SessionResources:
     """A session's parts: made in ``prepare``, released in ``close``."""
 
@@ -67,7 +68,6 @@ class SessionResources:
         network: str
         _marker: SessionMarker | None
         seeded: bool
-
         store: Store | None
 
         @property

@@ -45,14 +45,11 @@ from runtime.engine.labels import (
 from runtime.engine.remote_volume import RemoteVolume
 from runtime.engine.volumes import open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
-from runtime.git.harvest import (
-    HarvestPlan,
-    WorkOutcome,
-    bring_work_home,
-)
+from runtime.git.harvest import HarvestPlan
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
+from runtime.git.work_home import WorkOutcome, bring_work_home
 from runtime.models import SessionStatus, WorkState, utcnow
 from runtime.paths import runs_dir
 from runtime.state.liveness import recorded_alive

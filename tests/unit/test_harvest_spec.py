@@ -10,7 +10,7 @@ from docker.types import Mount
 from runtime.engine.volumes import Volume
 from runtime.errors import BundleRefusedError, HarvestError
 from runtime.git.bundle import read_header
-from runtime.git.harvest import HarvestPlan, harvest_spec
+from runtime.git.harvest import BUNDLES_MOUNT, OUT_DIR, HarvestPlan, harvest_spec, take_file
 from runtime.git.session_tree import HostTree
 
 
@@ -41,6 +41,41 @@ def test_an_engine_side_volume_replaces_the_workspace_bind_and_there_is_no_store
     spec = harvest_spec(plan(store=None, mounts=(remote,)))
     assert spec["mounts"] == [remote]
     assert spec["command"][5] == ""  # no store for the script's alternates
+
+
+def test_bundles_go_to_agentrts_own_directory_when_it_is_on_this_host() -> None:
+    through_api = harvest_spec(plan())
+    assert through_api["command"][-1] == OUT_DIR  # copied out of the container by the API
+    bound = harvest_spec(plan(bundles_dir=Path("/state/harvest/s-1")))
+    assert bound["command"][-1] == BUNDLES_MOUNT
+    targets = {m["Target"]: m for m in bound["mounts"]}
+    assert targets[BUNDLES_MOUNT]["Source"] == "/state/harvest/s-1"
+    assert not targets[BUNDLES_MOUNT]["ReadOnly"]
+    # Everything of the session's tree stays read-only.
+    assert all(m["ReadOnly"] for t, m in targets.items() if t != BUNDLES_MOUNT)
+
+
+def test_a_bound_bundle_is_taken_only_as_a_plain_file_within_the_limit(
+        tmp_path: Path) -> None:
+    good = tmp_path / "work.bundle"
+    good.write_bytes(b"x" * 100)
+    assert take_file(good, max_bytes=100) == good
+    assert take_file(tmp_path / "files.bundle", max_bytes=100) is None  # not written
+    with pytest.raises(HarvestError, match="over the import limit"):
+        take_file(good, max_bytes=99)
+    elsewhere = tmp_path / "host-secret"
+    elsewhere.write_text("secret")
+    link = tmp_path / "link.bundle"
+    link.symlink_to(elsewhere)
+    with pytest.raises(HarvestError, match="not a plain file"):
+        take_file(link, max_bytes=100)
+    hard = tmp_path / "hard.bundle"
+    hard.hardlink_to(elsewhere)
+    with pytest.raises(HarvestError, match="not a plain file"):
+        take_file(hard, max_bytes=100)
+    (tmp_path / "dir.bundle").mkdir()
+    with pytest.raises(HarvestError, match="not a plain file"):
+        take_file(tmp_path / "dir.bundle", max_bytes=100)
 
 
 def test_a_writable_mount_is_refused() -> None:
