@@ -56,11 +56,12 @@ ADD_ERRORS = "agentrt-harvest: some files could not be read"
 HARVEST_MIN_MEMORY_MB = 256
 HARVEST_TIMEOUT_SECONDS = 600
 
-# POSIX sh. Arguments: base commit, object store path, session id, where the bundles go.
+# POSIX sh. Arguments: base commit, object store path, session id. The bundles go to
+# $HARVEST_BUNDLES when agentrt binds a directory of its own there (else into the container).
 SCRIPT = r"""
 set -eu
-base=$1; store=$2; sid=$3; bundles=$4
-out=/var/tmp/agentrt-harvest; h=$out/h.git
+base=$1; store=$2; sid=$3
+out=/var/tmp/agentrt-harvest; h=$out/h.git; bundles=${HARVEST_BUNDLES:-$out}
 mkdir -p "$out"
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/var/tmp GIT_TERMINAL_PROMPT=0
 export LC_ALL=C GIT_AUTHOR_NAME=agentrt GIT_AUTHOR_EMAIL=agentrt@localhost
@@ -181,11 +182,11 @@ def harvest_spec(plan: HarvestPlan) -> dict[str, Any]:
         **HARDENING,
         "image": plan.image,
         "command": ["sh", "-c", SCRIPT, "agentrt-harvest", plan.base_commit,
-                    str(plan.store or ""), plan.session_id, bundles],
+                    str(plan.store or ""), plan.session_id],
         "name": f"agentrt-harvest-{plan.session_id}",
         "user": f"{plan.uid}:{plan.gid}",
         "working_dir": "/",
-        "environment": {"HOME": "/var/tmp"},
+        "environment": {"HOME": "/var/tmp", "HARVEST_BUNDLES": bundles},
         "labels": {**plan.labels, LABEL_HARVEST: plan.session_id},
         "mounts": mounts,
         "mem_limit": memory,

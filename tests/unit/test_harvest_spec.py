@@ -45,9 +45,12 @@ def test_an_engine_side_volume_replaces_the_workspace_bind_and_there_is_no_store
 
 def test_bundles_go_to_agentrts_own_directory_when_it_is_on_this_host() -> None:
     through_api = harvest_spec(plan())
-    assert through_api["command"][-1] == OUT_DIR  # copied out of the container by the API
+    # Copied out of the container by the API.
+    assert through_api["environment"]["HARVEST_BUNDLES"] == OUT_DIR
     bound = harvest_spec(plan(bundles_dir=Path("/state/harvest/s-1")))
-    assert bound["command"][-1] == BUNDLES_MOUNT
+    assert bound["environment"]["HARVEST_BUNDLES"] == BUNDLES_MOUNT
+    # The script's arguments are the same either way (the Swarm exchange appends its own).
+    assert bound["command"] == through_api["command"] and len(bound["command"]) == 7
     targets = {m["Target"]: m for m in bound["mounts"]}
     assert targets[BUNDLES_MOUNT]["Source"] == "/state/harvest/s-1"
     assert not targets[BUNDLES_MOUNT]["ReadOnly"]
