@@ -55,6 +55,12 @@ def agentrt_wall(repo: Path, config: RunConfig, command: list[str], n: int,
                                    client=client)
     with c.stopwatch() as t:
         report = coordinator.run_agents(tasks)
+    if config.engine == "swarm":
+        # The run's exchange is removed in the background (the process would not exit
+        # before it is gone): wait here, untimed, so it does not slow the next run down.
+        from runtime.run.swarm_session import wait_for_exchanges
+
+        wait_for_exchanges(120)
     bad = [f"{s.task_id}: {s.status.value} {s.reason}" for s in report.sessions
            if s.status.value != "succeeded"]
     if bad:

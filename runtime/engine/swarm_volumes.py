@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -65,10 +66,17 @@ _STATE_LINE = "agentrt-node: state="
 # Runs in agentrt/base on the node, root, the node engine's socket at NODE_SOCKET. argv[1]: the
 # job (JSON): api, state ("" = the node's default), lift_lsm, container (a create body with
 # @STATE@), volume (a named volume to make first, or null), remove_volume (a name to remove
-# after success, or null), timeout. Prints the state line, then the helper's output; exits
-# with the helper's exit code, or 70 if the job itself failed.
+# after success, or null), timeout, and optionally then: further steps once the container
+# succeeded, each {"gate": {"url", "go", "stop", "timeout", "on_timeout"} or null,
+# "container": a body (@STATE@, and @SELF@ for this task's own container, whose network it
+# may share) or null, "remove_volume": a name or null, "ok": exit codes that go on}, and undo:
+# a body run (and the named volume removed) when a step after the first fails. A gate waits
+# until the exchange at url has the ref go (then the step runs) or stop (then the job ends
+# here, successfully); at its timeout it fails, or ends the job if on_timeout is "stop".
+# Prints the state line, each step's output and an "agentrt-node: step N exit=C" line; exits
+# with the first failing step's code, 0 when all went on, or 70 if the job itself failed.
 NODE_SCRIPT = r'''
-import http.client, json, socket, sys
+import http.client, json, os, socket, subprocess, sys, time
 job = json.loads(sys.argv[1])
 V = "/v" + job["api"]
 
@@ -98,8 +106,11 @@ def demux(raw):
         i += 8 + size
     return b"".join(out)
 
-def filled(doc, state):
-    return json.loads(json.dumps(doc).replace("@STATE@", state))
+def filled(doc, fill):
+    text = json.dumps(doc)
+    for key, value in fill.items():
+        text = text.replace(key, value)
+    return json.loads(text)
 
 def run(body):
     cid = json.loads(call("POST", "/containers/create", body)[1])["Id"]
@@ -113,6 +124,22 @@ def run(body):
     finally:
         call("DELETE", "/containers/%s?force=1&v=1" % cid, ok=(204, 404))
 
+def gate(g):
+    env = dict(os.environ, HOME="/tmp", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null",
+               GIT_TERMINAL_PROMPT="0")
+    end = time.monotonic() + g["timeout"]
+    while time.monotonic() < end:
+        refs = [g["go"]] + ([g["stop"]] if g.get("stop") else [])
+        got = subprocess.run(["git", "ls-remote", g["url"]] + refs, env=env, cwd="/tmp",
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+        names = [line.split()[-1] for line in got.stdout.decode().splitlines() if line.strip()]
+        if g["go"] in names:
+            return "go"
+        if g.get("stop") in names:
+            return "stop"
+        time.sleep(0.1)
+    return "stop" if g.get("on_timeout") == "stop" else "timeout"
+
 def main():
     info = json.loads(call("GET", "/info")[1])
     root = str(info.get("DockerRootDir") or "/var/lib/docker").rstrip("/")
@@ -120,27 +147,59 @@ def main():
     if not state.startswith("/") or "/.." in state or any(c in state for c in "\"\\:,"):
         raise RuntimeError("unusable state directory %r" % state)
     print("agentrt-node: state=" + state, flush=True)
-    body = filled(job["container"], state)
+    me = json.loads(call("GET", "/containers/%s/json" % socket.gethostname(),
+                         ok=(200, 404))[1] or b"{}").get("Id", "")
+    fill = {"@STATE@": state, "@SELF@": me}
     lsm = " ".join(str(o) for o in info.get("SecurityOptions") or [])
-    opts = body["HostConfig"].setdefault("SecurityOpt", [])
-    if job["lift_lsm"] and "name=apparmor" in lsm:
-        opts.append("apparmor=unconfined")
-    if job["lift_lsm"] and "name=selinux" in lsm:
-        opts.append("label=disable")
-    volume = filled(job["volume"], state) if job["volume"] else None
+    def loop_body(doc):
+        body = filled(doc, fill)
+        opts = body["HostConfig"].setdefault("SecurityOpt", [])
+        if job["lift_lsm"] and "name=apparmor" in lsm:
+            opts.append("apparmor=unconfined")
+        if job["lift_lsm"] and "name=selinux" in lsm:
+            opts.append("label=disable")
+        return body
+    steps = [{"gate": None, "container": job["container"], "loop": True,
+              "remove_volume": job["remove_volume"], "ok": [0]}] + job.get("then", [])
+    volume = filled(job["volume"], fill) if job["volume"] else None
     if volume:
         if call("GET", "/volumes/" + volume["Name"], ok=(200, 404))[0] == 200:
             raise RuntimeError("named volume %s already exists on this node" % volume["Name"])
         call("POST", "/volumes/create", volume)
-    code = 70
+    made, code = False, 70
     try:
-        code = run(body)
+        for i, step in enumerate(steps):
+            code = 70
+            if step["gate"]:
+                how = gate(step["gate"])
+                print("agentrt-node: gate %d %s" % (i, how), flush=True)
+                if how == "stop":
+                    code = 0
+                    return code
+                if how == "timeout":
+                    code = 75
+                    print("agentrt-node: step %d exit=%d" % (i, code), flush=True)
+                    return code
+            code = 0
+            if step["container"]:
+                body = filled(step["container"], fill) if not step.get("loop") \
+                    else loop_body(step["container"])
+                if not me and "@SELF@" in json.dumps(step["container"]):
+                    raise RuntimeError("this task's own container is not on this engine")
+                code = run(body)
+            print("agentrt-node: step %d exit=%d" % (i, code), flush=True)
+            if code not in step["ok"]:
+                return code
+            made = True
+            code = 0
+            if step["remove_volume"]:
+                call("DELETE", "/volumes/%s?force=1" % step["remove_volume"], ok=(204, 404))
+        return 0
     finally:
         if volume and code != 0:
+            if made and job.get("undo"):
+                run(loop_body(job["undo"]))
             call("DELETE", "/volumes/%s?force=1" % volume["Name"], ok=(204, 404))
-    if code == 0 and job["remove_volume"]:
-        call("DELETE", "/volumes/%s?force=1" % job["remove_volume"], ok=(204, 404))
-    return code
 
 try:
     sys.exit(main())
@@ -162,34 +221,75 @@ def container_body(spec: Mapping[str, Any], api_version: str) -> dict[str, Any]:
     return dict(ContainerConfig(api_version, **args))
 
 
+@dataclass(frozen=True)
+class NodeStep:
+    """A further step of a node job, after its loop helper succeeded (see NODE_SCRIPT): a
+    container (``containers.create`` arguments; ``@STATE@`` is the node's state directory,
+    ``@SELF@`` the node helper's own container, e.g. ``network_mode="container:@SELF@"``),
+    run once ``gate`` (if any) says go; exit codes in ``ok`` go on."""
+
+    spec: Mapping[str, Any] | None
+    gate: Mapping[str, Any] | None = None
+    ok: tuple[int, ...] = (0,)
+    remove_volume: str | None = None
+
+
+class NodeStepFailed(VolumeError):
+    """A step after the loop helper failed (its volume was undone on the node)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 def _node_job(client: docker.DockerClient, state: str, script: str, args: list[str],
               session_id: str, volume: Mapping[str, Any] | None,
-              remove_volume: str | None) -> str:
+              remove_volume: str | None, then: Sequence[NodeStep] = ()) -> str:
     spec = loop_helper_spec(client, STATE_PLACEHOLDER, script, args, session_id)
     # The node adds its own AppArmor/SELinux exception (lift_lsm); the manager's says nothing
     # about the node's.
     spec["security_opt"] = ["no-new-privileges:true"]
     api = str(client.api.api_version)
-    return json.dumps({"api": api, "state": state, "lift_lsm": True,
-                       "container": container_body(spec, api), "volume": volume,
-                       "remove_volume": remove_volume, "timeout": NODE_HELPER_TIMEOUT_S})
+    job: dict[str, Any] = {"api": api, "state": state, "lift_lsm": True,
+                           "container": container_body(spec, api), "volume": volume,
+                           "remove_volume": remove_volume, "timeout": NODE_HELPER_TIMEOUT_S}
+    if then:
+        job["then"] = [{"gate": dict(step.gate) if step.gate else None,
+                        "container": container_body(step.spec, api) if step.spec else None,
+                        "ok": list(step.ok), "remove_volume": step.remove_volume}
+                       for step in then]
+        if volume is not None:  # a later step failed: unmount and delete what the first made
+            undo = loop_helper_spec(client, STATE_PLACEHOLDER, REMOVE_SCRIPT, [session_id],
+                                    session_id)
+            undo["security_opt"] = ["no-new-privileges:true"]
+            job["undo"] = container_body(undo, api)
+    return json.dumps(job)
 
 
 def _run_on_node(client: docker.DockerClient, node_id: str, session_id: str, job: str,
-                 what: str) -> str:
-    """Run the node helper service; its output, or VolumeError."""
+                 what: str, networks: Sequence[str] = (),
+                 abort: Callable[[], str | None] | None = None) -> str:
+    """Run the node helper service (on ``networks``, for steps that share its network); its
+    output, or VolumeError (NodeStepFailed when a step after the first failed)."""
     spec = helper_service_spec(
         image=HELPER_IMAGE, command=["python3", "-c", NODE_SCRIPT, job], node_id=node_id,
         labels={LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER},
         mounts=[Mount(NODE_SOCKET, NODE_SOCKET, type="bind")],
         name_prefix="agentrt-volume", session_id=session_id)
+    if networks:
+        spec["networks"] = list(networks)
     try:
-        code, output = run_one_shot(client, spec, timeout=NODE_HELPER_TIMEOUT_S + 60)
+        code, output = run_one_shot(client, spec, timeout=NODE_HELPER_TIMEOUT_S + 60,
+                                    abort=abort)
     except EngineError as exc:
         raise VolumeError(f"{what} on node {node_id}: {exc}") from exc
     if code != 0:
-        raise VolumeError(f"{what} on node {node_id} failed (exit {code}): "
-                          f"{output.strip()[-800:]}")
+        message = f"{what} on node {node_id} failed (exit {code}): {output.strip()[-800:]}"
+        failed = [int(line.split()[2]) for line in output.splitlines()
+                  if line.startswith("agentrt-node: step ") and len(line.split()) > 3]
+        if failed and failed[-1] > 0:
+            raise NodeStepFailed(message, failed[-1])
+        raise VolumeError(message)
     return output
 
 
@@ -202,12 +302,19 @@ def _state_from(output: str, what: str) -> str:
 
 def create_node_volume(client: docker.DockerClient, node_id: str, session_id: str,
                        disk_mb: int, uid: int, gid: int,
-                       labels: Mapping[str, str] | None = None) -> EngineVolume:
+                       labels: Mapping[str, str] | None = None,
+                       then: Callable[[EngineVolume], Sequence[NodeStep]] | None = None,
+                       networks: Sequence[str] = (),
+                       abort: Callable[[], str | None] | None = None) -> EngineVolume:
     """Make session ``session_id``'s loop volume of ``disk_mb`` MiB on Swarm node ``node_id``
     (through the manager ``client``), owned by ``uid:gid``; undone on failure (VolumeError).
 
     ``labels`` go on the node's named volume only, as in
-    :func:`runtime.engine.engine_volumes.create_engine_volume`."""
+    :func:`runtime.engine.engine_volumes.create_engine_volume`. ``then`` gives further steps
+    on the volume (its root with ``@STATE@``), run by the same helper service (one scheduling
+    round trip, not two), which joins ``networks``; when one fails the volume is undone on the
+    node (NodeStepFailed). ``abort`` is asked while the helper runs: a message ends it
+    (VolumeError; the caller removes what may have been made)."""
     _check_session_id(session_id)
     if not 1 <= disk_mb <= 16 * 1024 * 1024:
         raise VolumeError(f"disk_mb={disk_mb} is out of range")
@@ -223,9 +330,9 @@ def create_node_volume(client: docker.DockerClient, node_id: str, session_id: st
     label = ("agentrt-" + session_id[-8:])[:16]
     job = _node_job(client, state, CREATE_SCRIPT,
                     [session_id, str(disk_mb), str(uid), str(gid), label, journal],
-                    session_id, named, None)
+                    session_id, named, None, then(record) if then else ())
     what = f"create the volume of {session_id}"
-    output = _run_on_node(client, node_id, session_id, job, what)
+    output = _run_on_node(client, node_id, session_id, job, what, networks, abort)
     node_state = _state_from(output, what)
     return EngineVolume(session_id, name, "loop", limit,
                         f"{node_state}/sessions/{session_id}/volume", uid)
@@ -244,6 +351,16 @@ def remove_node_volume(client: docker.DockerClient, node_id: str,
                     None, volume.name)
     _run_on_node(client, node_id, volume.session_id, job,
                  f"remove the volume of {volume.session_id}")
+
+
+def undo_node_volume(client: docker.DockerClient, node_id: str, session_id: str) -> None:
+    """Remove whatever :func:`create_node_volume` made of ``session_id``'s volume on node
+    ``node_id`` when it was ended from outside (its state directory as chosen there);
+    idempotent."""
+    _check_session_id(session_id)
+    job = _node_job(client, _chosen_state(), REMOVE_SCRIPT, [session_id], session_id, None,
+                    volume_name(session_id))
+    _run_on_node(client, node_id, session_id, job, f"undo the volume of {session_id}")
 
 
 def _chosen_state() -> str:

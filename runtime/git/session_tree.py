@@ -41,6 +41,7 @@ from runtime.errors import ConfigError, EngineError, VolumeError
 from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
 from runtime.git.exchange import Exchange
 from runtime.git.harvest import Harvest, HarvestPlan, run_harvest
+from runtime.git.node_jobs import create_checked_out
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import create_workspace
 
@@ -310,6 +311,7 @@ class NodeTree(SessionTree):
         self.limit_bytes = volume.limit_bytes
         self._uid, self._gid = uid, gid
         self._usage: tuple[int, int] = (0, volume.limit_bytes)
+        self._checked_out = ""
 
     @classmethod
     def create(cls, client: docker.DockerClient, exchange: Exchange, node_id: str,
@@ -320,11 +322,26 @@ class NodeTree(SessionTree):
         volume = create_node_volume(client, node_id, session_id, disk_mb, uid, gid, labels)
         return cls(client, volume, node_id, exchange, uid, gid)
 
+    @classmethod
+    def create_checked_out(cls, client: docker.DockerClient, exchange: Exchange, node_id: str,
+                           session_id: str, disk_mb: int, uid: int, gid: int,
+                           labels: Mapping[str, str], repo: MainRepo, branch: str,
+                           commit: str, scratch: Path) -> NodeTree:
+        """:meth:`create` and :meth:`checkout` by one helper service on the node (see
+        :func:`runtime.git.node_jobs.create_checked_out`)."""
+        volume = create_checked_out(client, exchange, node_id, session_id, disk_mb, uid, gid,
+                                    labels, repo, branch, commit, scratch)
+        tree = cls(client, volume, node_id, exchange, uid, gid)
+        tree._checked_out = commit
+        return tree
+
     @property
     def location(self) -> str:
         return f"node {self.node_id}: {self.volume.root}"
 
     def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
+        if self._checked_out == commit:  # done with the volume (create_checked_out)
+            return
         self.exchange.ship_base(repo, branch, commit, scratch)
         self.exchange.checkout_on_node(self.node_id, self.volume.mounts(db_target=None),
                                        self.volume.session_id, branch, commit,
