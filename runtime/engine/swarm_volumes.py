@@ -47,7 +47,8 @@ from runtime.engine.engine_volumes import (
     volume_name,
 )
 from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
-from runtime.engine.swarm_service import helper_service_spec, run_one_shot
+from runtime.engine.swarm_node_script import NODE_SCRIPT
+from runtime.engine.swarm_service import OneShot, helper_service_spec, run_one_shot
 from runtime.engine.volume_helpers import (
     CREATE_SCRIPT,
     HELPER_IMAGE,
@@ -62,152 +63,6 @@ NODE_SOCKET = "/var/run/docker.sock"
 STATE_PLACEHOLDER = "@STATE@"
 NODE_HELPER_TIMEOUT_S = 180
 _STATE_LINE = "agentrt-node: state="
-
-# Runs in agentrt/base on the node, root, the node engine's socket at NODE_SOCKET. argv[1]: the
-# job (JSON): api, state ("" = the node's default), lift_lsm, container (a create body with
-# @STATE@), volume (a named volume to make first, or null), remove_volume (a name to remove
-# after success, or null), timeout, and optionally then: further steps once the container
-# succeeded, each {"gate": {"url", "go", "stop", "timeout", "on_timeout"} or null,
-# "container": a body (@STATE@, and @SELF@ for this task's own container, whose network it
-# may share) or null, "remove_volume": a name or null, "ok": exit codes that go on}, and undo:
-# a body run (and the named volume removed) when a step after the first fails. A gate waits
-# until the exchange at url has the ref go (then the step runs) or stop (then the job ends
-# here, successfully); at its timeout it fails, or ends the job if on_timeout is "stop".
-# Prints the state line, each step's output and an "agentrt-node: step N exit=C" line; exits
-# with the first failing step's code, 0 when all went on, or 70 if the job itself failed.
-NODE_SCRIPT = r'''
-import http.client, json, os, socket, subprocess, sys, time
-job = json.loads(sys.argv[1])
-V = "/v" + job["api"]
-
-class Conn(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect("/var/run/docker.sock")
-
-def call(method, path, body=None, ok=(200, 201, 204), timeout=60):
-    conn = Conn("localhost", timeout=timeout)
-    data = None if body is None else json.dumps(body).encode()
-    conn.request(method, V + path, body=data, headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    raw = resp.read()
-    conn.close()
-    if resp.status not in ok:
-        text = raw.decode(errors="replace")[:500]
-        raise RuntimeError("%s %s: %s %s" % (method, path, resp.status, text))
-    return resp.status, raw
-
-def demux(raw):
-    out, i = [], 0
-    while i + 8 <= len(raw):
-        size = int.from_bytes(raw[i + 4:i + 8], "big")
-        out.append(raw[i + 8:i + 8 + size])
-        i += 8 + size
-    return b"".join(out)
-
-def filled(doc, fill):
-    text = json.dumps(doc)
-    for key, value in fill.items():
-        text = text.replace(key, value)
-    return json.loads(text)
-
-def run(body):
-    cid = json.loads(call("POST", "/containers/create", body)[1])["Id"]
-    try:
-        call("POST", "/containers/%s/start" % cid)
-        done = call("POST", "/containers/%s/wait" % cid, timeout=job["timeout"])[1]
-        logs = call("GET", "/containers/%s/logs?stdout=1&stderr=1" % cid)[1]
-        sys.stdout.write(demux(logs).decode(errors="replace"))
-        sys.stdout.flush()
-        return int(json.loads(done)["StatusCode"])
-    finally:
-        call("DELETE", "/containers/%s?force=1&v=1" % cid, ok=(204, 404))
-
-def gate(g):
-    env = dict(os.environ, HOME="/tmp", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null",
-               GIT_TERMINAL_PROMPT="0")
-    end = time.monotonic() + g["timeout"]
-    while time.monotonic() < end:
-        refs = [g["go"]] + ([g["stop"]] if g.get("stop") else [])
-        got = subprocess.run(["git", "ls-remote", g["url"]] + refs, env=env, cwd="/tmp",
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
-        names = [line.split()[-1] for line in got.stdout.decode().splitlines() if line.strip()]
-        if g["go"] in names:
-            return "go"
-        if g.get("stop") in names:
-            return "stop"
-        time.sleep(0.1)
-    return "stop" if g.get("on_timeout") == "stop" else "timeout"
-
-def main():
-    info = json.loads(call("GET", "/info")[1])
-    root = str(info.get("DockerRootDir") or "/var/lib/docker").rstrip("/")
-    state = job["state"] or root + "/agentrt"
-    if not state.startswith("/") or "/.." in state or any(c in state for c in "\"\\:,"):
-        raise RuntimeError("unusable state directory %r" % state)
-    print("agentrt-node: state=" + state, flush=True)
-    me = json.loads(call("GET", "/containers/%s/json" % socket.gethostname(),
-                         ok=(200, 404))[1] or b"{}").get("Id", "")
-    fill = {"@STATE@": state, "@SELF@": me}
-    lsm = " ".join(str(o) for o in info.get("SecurityOptions") or [])
-    def loop_body(doc):
-        body = filled(doc, fill)
-        opts = body["HostConfig"].setdefault("SecurityOpt", [])
-        if job["lift_lsm"] and "name=apparmor" in lsm:
-            opts.append("apparmor=unconfined")
-        if job["lift_lsm"] and "name=selinux" in lsm:
-            opts.append("label=disable")
-        return body
-    steps = [{"gate": None, "container": job["container"], "loop": True,
-              "remove_volume": job["remove_volume"], "ok": [0]}] + job.get("then", [])
-    volume = filled(job["volume"], fill) if job["volume"] else None
-    if volume:
-        if call("GET", "/volumes/" + volume["Name"], ok=(200, 404))[0] == 200:
-            raise RuntimeError("named volume %s already exists on this node" % volume["Name"])
-        call("POST", "/volumes/create", volume)
-    made, code = False, 70
-    try:
-        for i, step in enumerate(steps):
-            code = 70
-            if step["gate"]:
-                how = gate(step["gate"])
-                print("agentrt-node: gate %d %s" % (i, how), flush=True)
-                if how == "stop":
-                    code = 0
-                    return code
-                if how == "timeout":
-                    code = 75
-                    print("agentrt-node: step %d exit=%d" % (i, code), flush=True)
-                    return code
-            code = 0
-            if step["container"]:
-                body = filled(step["container"], fill) if not step.get("loop") \
-                    else loop_body(step["container"])
-                if not me and "@SELF@" in json.dumps(step["container"]):
-                    raise RuntimeError("this task's own container is not on this engine")
-                code = run(body)
-            print("agentrt-node: step %d exit=%d" % (i, code), flush=True)
-            if code not in step["ok"]:
-                return code
-            made = True
-            code = 0
-            if step["remove_volume"]:
-                call("DELETE", "/volumes/%s?force=1" % step["remove_volume"], ok=(204, 404))
-        return 0
-    finally:
-        if volume and code != 0:
-            if made and job.get("undo"):
-                run(loop_body(job["undo"]))
-            call("DELETE", "/volumes/%s?force=1" % volume["Name"], ok=(204, 404))
-
-try:
-    sys.exit(main())
-except Exception as exc:
-    print("agentrt-node: %s" % exc, file=sys.stderr, flush=True)
-    sys.exit(70)
-'''
-
 
 def container_body(spec: Mapping[str, Any], api_version: str) -> dict[str, Any]:
     """The Engine API body of ``POST /containers/create`` for ``containers.create(**spec)``:
@@ -232,6 +87,7 @@ class NodeStep:
     gate: Mapping[str, Any] | None = None
     ok: tuple[int, ...] = (0,)
     remove_volume: str | None = None
+    loop: bool = False
 
 
 class NodeStepFailed(VolumeError):
@@ -242,35 +98,37 @@ class NodeStepFailed(VolumeError):
         self.step = step
 
 
-def _node_job(client: docker.DockerClient, state: str, script: str, args: list[str],
-              session_id: str, volume: Mapping[str, Any] | None,
-              remove_volume: str | None, then: Sequence[NodeStep] = ()) -> str:
+def _loop_spec(client: docker.DockerClient, script: str, args: list[str],
+               session_id: str) -> dict[str, Any]:
     spec = loop_helper_spec(client, STATE_PLACEHOLDER, script, args, session_id)
     # The node adds its own AppArmor/SELinux exception (lift_lsm); the manager's says nothing
     # about the node's.
     spec["security_opt"] = ["no-new-privileges:true"]
+    return spec
+
+
+def _node_job(client: docker.DockerClient, state: str, script: str | None, args: list[str],
+              session_id: str, volume: Mapping[str, Any] | None,
+              remove_volume: str | None, then: Sequence[NodeStep] = (),
+              timeout: int = NODE_HELPER_TIMEOUT_S) -> str:
     api = str(client.api.api_version)
-    job: dict[str, Any] = {"api": api, "state": state, "lift_lsm": True,
-                           "container": container_body(spec, api), "volume": volume,
-                           "remove_volume": remove_volume, "timeout": NODE_HELPER_TIMEOUT_S}
+    first = container_body(_loop_spec(client, script, args, session_id), api) if script \
+        else None
+    job: dict[str, Any] = {"api": api, "state": state, "lift_lsm": True, "container": first,
+                           "volume": volume, "remove_volume": remove_volume, "timeout": timeout}
     if then:
         job["then"] = [{"gate": dict(step.gate) if step.gate else None,
                         "container": container_body(step.spec, api) if step.spec else None,
-                        "ok": list(step.ok), "remove_volume": step.remove_volume}
-                       for step in then]
+                        "ok": list(step.ok), "remove_volume": step.remove_volume,
+                        "loop": step.loop} for step in then]
         if volume is not None:  # a later step failed: unmount and delete what the first made
-            undo = loop_helper_spec(client, STATE_PLACEHOLDER, REMOVE_SCRIPT, [session_id],
-                                    session_id)
-            undo["security_opt"] = ["no-new-privileges:true"]
-            job["undo"] = container_body(undo, api)
+            job["undo"] = container_body(_loop_spec(client, REMOVE_SCRIPT, [session_id],
+                                                    session_id), api)
     return json.dumps(job)
 
 
-def _run_on_node(client: docker.DockerClient, node_id: str, session_id: str, job: str,
-                 what: str, networks: Sequence[str] = (),
-                 abort: Callable[[], str | None] | None = None) -> str:
-    """Run the node helper service (on ``networks``, for steps that share its network); its
-    output, or VolumeError (NodeStepFailed when a step after the first failed)."""
+def _node_spec(node_id: str, session_id: str, job: str,
+               networks: Sequence[str] = ()) -> dict[str, Any]:
     spec = helper_service_spec(
         image=HELPER_IMAGE, command=["python3", "-c", NODE_SCRIPT, job], node_id=node_id,
         labels={LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER},
@@ -278,6 +136,15 @@ def _run_on_node(client: docker.DockerClient, node_id: str, session_id: str, job
         name_prefix="agentrt-volume", session_id=session_id)
     if networks:
         spec["networks"] = list(networks)
+    return spec
+
+
+def _run_on_node(client: docker.DockerClient, node_id: str, session_id: str, job: str,
+                 what: str, networks: Sequence[str] = (),
+                 abort: Callable[[], str | None] | None = None) -> str:
+    """Run the node helper service (on ``networks``, for steps that share its network); its
+    output, or VolumeError (NodeStepFailed when a step after the first failed)."""
+    spec = _node_spec(node_id, session_id, job, networks)
     try:
         code, output = run_one_shot(client, spec, timeout=NODE_HELPER_TIMEOUT_S + 60,
                                     abort=abort)
@@ -338,15 +205,36 @@ def create_node_volume(client: docker.DockerClient, node_id: str, session_id: st
                         f"{node_state}/sessions/{session_id}/volume", uid)
 
 
-def remove_node_volume(client: docker.DockerClient, node_id: str,
-                       volume: EngineVolume) -> None:
-    """Unmount and delete ``volume`` on node ``node_id``, and its named volume there;
-    idempotent. Remove the services that bind it first."""
+def _state_of(volume: EngineVolume) -> str:
     _check_session_id(volume.session_id)
     state = volume.session_dir.rsplit("/sessions/", 1)[0] if volume.session_dir else ""
     if volume.mode != "loop" or not state.startswith("/") \
             or volume.root != f"{state}/sessions/{volume.session_id}/volume":
         raise VolumeError(f"node volume {volume.name} has an unexpected root {volume.root}")
+    return state
+
+
+def start_node_finish(client: docker.DockerClient, node_id: str, volume: EngineVolume,
+                      first: NodeStep, gate: Mapping[str, Any], networks: Sequence[str],
+                      timeout: int) -> OneShot:
+    """Start ONE helper service on node ``node_id`` that runs ``first`` (the harvest), then,
+    once ``gate`` says go, removes ``volume`` as :func:`remove_node_volume` does (a gate that
+    says stop, or times out, keeps it). Returns it running: wait for ``agentrt-node: step 0
+    exit=`` in its output, then for its end (:class:`OneShot`)."""
+    state = _state_of(volume)
+    remove = NodeStep(_loop_spec(client, REMOVE_SCRIPT, [volume.session_id],
+                                 volume.session_id), gate, loop=True,
+                      remove_volume=volume.name)
+    job = _node_job(client, state, None, [], volume.session_id, None, None, [first, remove],
+                    timeout)
+    return OneShot(client, _node_spec(node_id, volume.session_id, job, networks))
+
+
+def remove_node_volume(client: docker.DockerClient, node_id: str,
+                       volume: EngineVolume) -> None:
+    """Unmount and delete ``volume`` on node ``node_id``, and its named volume there;
+    idempotent. Remove the services that bind it first."""
+    state = _state_of(volume)
     job = _node_job(client, state, REMOVE_SCRIPT, [volume.session_id], volume.session_id,
                     None, volume.name)
     _run_on_node(client, node_id, volume.session_id, job,

@@ -39,7 +39,7 @@ import docker.errors
 
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
-from runtime.engine.swarm_service import helper_service_spec, run_one_shot
+from runtime.engine.swarm_service import helper_service_spec
 from runtime.engine.swarm_teardown import (
     get_or_none,
     remove_service_and_network,
@@ -47,13 +47,11 @@ from runtime.engine.swarm_teardown import (
 )
 from runtime.engine.volume_helpers import HELPER_IMAGE, ROLE_HELPER
 from runtime.errors import EngineError, HarvestError, WorkspaceError
-from runtime.git.engine_checkout import CHECKOUT_SCRIPT, create_base_bundle, tar_one_file
+from runtime.git.engine_checkout import create_base_bundle, tar_one_file
 from runtime.git.harvest import (
     ADD_ERRORS,
     EXIT_UNCHANGED,
-    HARVEST_MIN_MEMORY_MB,
     HEAD_UNREADABLE,
-    SCRIPT,
     Harvest,
     HarvestPlan,
     fetch_file,
@@ -88,17 +86,6 @@ git --git-dir=/srv/v.git update-ref refs/heads/verdict "$c"
 exec git daemon --reuseaddr --export-all --enable=receive-pack --informative-errors \
   --base-path=/srv --listen=0.0.0.0 --port=9418 /srv
 """
-
-# Appended to the harvest script (which exits 3 when nothing changed): push what it made.
-PUSH_SCRIPT = r"""
-x=$4
-g --git-dir="$h" push -q "$x" "refs/heads/work:refs/work/$sid/work"
-if g --git-dir="$h" rev-parse -q --verify refs/heads/files >/dev/null; then
-  g --git-dir="$h" push -q "$x" "refs/heads/files:refs/work/$sid/files"
-fi
-echo "agentrt-harvest: pushed"
-"""
-
 
 VERDICTS = "/srv/v.git"
 # In the exchange: $0 the repository, $1 the session; delete its refs and verdicts.
@@ -283,36 +270,6 @@ class Exchange:
             self._bases.add(commit)
             return ref
 
-    def checkout_on_node(self, node_id: str, mounts: list[Any], session_id: str,
-                         branch: str, commit: str, uid: int, gid: int) -> None:
-        """Check ``commit`` out on ``branch`` in the volume ``mounts`` give, on ``node_id``:
-        a helper task as the agent's uid fetches the base from the exchange."""
-        spec = self._helper(node_id, session_id, "agentrt-checkout", mounts, uid, gid,
-                            ["sh", "-c", CHECKOUT_SCRIPT, "agentrt-checkout", branch, commit,
-                             self.url, f"refs/base/{commit}"], 512)
-        try:
-            code, output = run_one_shot(self.client, spec, timeout=HELPER_TIMEOUT_S)
-        except EngineError as exc:
-            raise WorkspaceError(f"cannot check {branch} out on node {node_id}: {exc}") from exc
-        if code != 0:
-            raise WorkspaceError(f"the checkout of {branch} on node {node_id} failed (exit "
-                                 f"{code}): {output.strip()[-800:]}")
-
-    def harvest_on_node(self, node_id: str, plan: HarvestPlan, dest: Path,
-                        max_bytes: int) -> Harvest:
-        """The harvest of :mod:`runtime.git.harvest`, run on ``node_id``; its bundles made in
-        the exchange and copied out. HarvestError when it cannot finish."""
-        sid = plan.session_id
-        spec = self._helper(node_id, sid, "agentrt-harvest", list(plan.mounts), plan.uid,
-                            plan.gid, ["sh", "-c", SCRIPT + PUSH_SCRIPT, "agentrt-harvest",
-                                       plan.base_commit, "", sid, self.url],
-                            max(plan.memory_mb, HARVEST_MIN_MEMORY_MB))
-        try:
-            code, output = run_one_shot(self.client, spec, timeout=HELPER_TIMEOUT_S)
-        except EngineError as exc:
-            raise HarvestError(f"the harvest could not run on node {node_id}: {exc}") from exc
-        return self.collect_harvest(node_id, plan, code, output, dest, max_bytes)
-
     def collect_harvest(self, node_id: str, plan: HarvestPlan, code: int, output: str,
                         dest: Path, max_bytes: int) -> Harvest:
         """The harvest that ended with ``code`` and ``output`` on ``node_id``: its bundles made
@@ -364,7 +321,7 @@ class Exchange:
             self._exec(["sh", "-c", FORGET_SCRIPT, REPO, session_id],
                        "git update-ref in the exchange")
 
-    def _helper(self, node_id: str, session_id: str, prefix: str, mounts: list[Any],
+    def helper_spec(self, node_id: str, session_id: str, prefix: str, mounts: list[Any],
                 uid: int, gid: int, command: list[str], memory_mb: int) -> dict[str, Any]:
         spec = helper_service_spec(
             image=HELPER_IMAGE, command=command, node_id=node_id,

@@ -35,13 +35,13 @@ from runtime.engine.container import DB_MOUNT, SECRETS_FILE, SECRETS_MOUNT, WORK
 from runtime.engine.discovery import engine_errors
 from runtime.engine.engine_volumes import EngineVolume, create_engine_volume
 from runtime.engine.remote_volume import RemoteVolume
-from runtime.engine.swarm_volumes import create_node_volume, remove_node_volume
+from runtime.engine.swarm_volumes import remove_node_volume
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume
-from runtime.errors import ConfigError, EngineError, VolumeError
+from runtime.errors import ConfigError, EngineError, VolumeError, WorkspaceError
 from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
 from runtime.git.exchange import Exchange
 from runtime.git.harvest import Harvest, HarvestPlan, run_harvest
-from runtime.git.node_jobs import create_checked_out
+from runtime.git.node_jobs import NodeFinish, create_checked_out, harvest_on_node
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import create_workspace
 
@@ -312,15 +312,7 @@ class NodeTree(SessionTree):
         self._uid, self._gid = uid, gid
         self._usage: tuple[int, int] = (0, volume.limit_bytes)
         self._checked_out = ""
-
-    @classmethod
-    def create(cls, client: docker.DockerClient, exchange: Exchange, node_id: str,
-               session_id: str, disk_mb: int, uid: int, gid: int,
-               labels: Mapping[str, str]) -> NodeTree:
-        """Make the volume on ``node_id`` (see
-        :func:`runtime.engine.swarm_volumes.create_node_volume`)."""
-        volume = create_node_volume(client, node_id, session_id, disk_mb, uid, gid, labels)
-        return cls(client, volume, node_id, exchange, uid, gid)
+        self._finish: NodeFinish | None = None
 
     @classmethod
     def create_checked_out(cls, client: docker.DockerClient, exchange: Exchange, node_id: str,
@@ -340,12 +332,9 @@ class NodeTree(SessionTree):
         return f"node {self.node_id}: {self.volume.root}"
 
     def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
-        if self._checked_out == commit:  # done with the volume (create_checked_out)
-            return
-        self.exchange.ship_base(repo, branch, commit, scratch)
-        self.exchange.checkout_on_node(self.node_id, self.volume.mounts(db_target=None),
-                                       self.volume.session_id, branch, commit,
-                                       self._uid, self._gid)
+        if self._checked_out != commit:  # checked out when made (create_checked_out)
+            raise WorkspaceError(f"the volume on node {self.node_id} holds "
+                                 f"{self._checked_out or 'nothing'}, not {commit}")
 
     def agent_mounts(self) -> list[Mount]:
         return self.volume.mounts()
@@ -375,12 +364,25 @@ class NodeTree(SessionTree):
 
     def harvest(self, client: docker.DockerClient, plan: HarvestPlan, dest: Path,
                 max_bytes: int) -> Harvest:
-        """On the node, through the exchange."""
-        return self.exchange.harvest_on_node(self.node_id, plan, dest, max_bytes)
+        """On the node, through the exchange; a tree made by :meth:`create_checked_out` has
+        the helper that harvested hold the volume until :meth:`remove` or :meth:`keep`."""
+        if not self._checked_out:  # gc's tree of a dead run: the harvest alone
+            return harvest_on_node(self.exchange, self.node_id, plan, dest, max_bytes)
+        harvest, self._finish = NodeFinish.harvest(self.exchange, self.node_id, self.volume,
+                                                   plan, dest, max_bytes)
+        return harvest
+
+    def keep(self) -> None:
+        """The work is not home: a helper holding the volume lets it go, kept."""
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish.release(home=False)
 
     def remove(self) -> None:
-        try:
-            remove_node_volume(self.client, self.node_id, self.volume)
-        except EngineError as exc:
-            raise VolumeError(str(exc)) from exc
+        finish, self._finish = self._finish, None
+        if finish is None or not finish.release(home=True):
+            try:
+                remove_node_volume(self.client, self.node_id, self.volume)
+            except EngineError as exc:
+                raise VolumeError(str(exc)) from exc
         self.exchange.forget(self.volume.session_id)

@@ -275,6 +275,20 @@ class SwarmSession(IsolatedAgentSession):
             if stats.used_bytes is not None:
                 self.result.disk_used_bytes = stats.used_bytes
 
+    def _keep_volume(self) -> None:
+        # The work is not home: the node helper that harvested lets the volume go, kept.
+        if isinstance(self.tree, NodeTree):
+            self.tree.keep()
+        super()._keep_volume()
+
+    def close(self, snapshot_work: bool = True) -> None:
+        """As on one engine; then no node helper is left holding the volume (it is kept)."""
+        try:
+            super().close(snapshot_work)
+        finally:
+            if isinstance(self.tree, NodeTree):
+                self.tree.keep()
+
     def _bring_home(self) -> None:
         if self._node_lost and not self._harvested:
             # Its volume is on a node that is gone: nothing can be read until it is back.

@@ -34,8 +34,10 @@ from runtime.engine.swarm_volumes import (
     NodeStepFailed,
     create_node_volume,
     remove_node_volume,
+    start_node_finish,
 )
 from runtime.errors import EngineError
+from runtime.git.exchange import Exchange
 from tests.integration.swarm import SwarmCluster, SwarmNodeEngine
 
 pytestmark = pytest.mark.docker
@@ -293,3 +295,43 @@ def test_one_node_helper_makes_the_volume_then_runs_its_steps_or_undoes_it(
         network.remove()
     assert manager.services.list() == []
     print(f"node volume and a step in one service: {took:.1f} s")
+
+
+def test_a_node_helper_that_harvested_removes_the_volume_only_on_a_home_verdict(
+        swarm_cluster: SwarmCluster) -> None:
+    """The finishing helper runs its first step, then holds the volume until the exchange's
+    read-only verdicts say home (removed) or keep (kept); nothing a helper can push opens it."""
+    manager = swarm_cluster.manager.client
+    worker = swarm_cluster.node("node2")
+    exchange = Exchange.start(manager, "r-verdicts", swarm_cluster.manager.node_id)
+    volume = create_node_volume(manager, worker.node_id, "sw-finish", 16, 1000, 1000)
+    try:
+        for home, sid_tail in ((False, "keep"), (True, "home")):
+            forged = ("git init -q /tmp/f && cd /tmp/f && git -c user.name=a -c user.email=a@b "
+                      "commit -q --allow-empty -m x && git push -q "
+                      f"{exchange.verdicts_url} HEAD:refs/sw-finish/home 2>&1 || echo refused")
+            step = NodeStep({"image": BASE, "command": ["sh", "-c", forged],
+                             "user": "1000:1000", "environment": {"HOME": "/tmp"},
+                             "network_mode": "container:@SELF@", "detach": True})
+            gate = {"url": exchange.verdicts_url, "go": "refs/sw-finish/home",
+                    "stop": "refs/sw-finish/keep", "timeout": 60, "on_timeout": "stop"}
+            one_shot = start_node_finish(manager, worker.node_id, volume, step, gate,
+                                         [exchange.network_id], 60)
+            try:
+                code, output = one_shot.wait(60, until="agentrt-node: step 0 exit=")
+                assert code is None and "refused" in output, output  # it waits, unopened
+                assert f" {volume.root} ext4 " in worker.exec("cat /proc/mounts")
+                exchange.verdict("sw-finish", home)
+                code, output = one_shot.wait(60)
+            finally:
+                one_shot.remove()
+            assert code == 0, output
+            mounted = f" {volume.root} ext4 " in worker.exec("cat /proc/mounts")
+            assert mounted is not home, (sid_tail, output)
+            exchange.forget("sw-finish")
+        assert worker.client.volumes.list() == []
+    finally:
+        remove_node_volume(manager, worker.node_id, volume)
+        exchange.stop()
+        _wait_gone(worker)
+    assert manager.services.list() == []

@@ -35,6 +35,7 @@ from runtime.engine.swarm_service import (
 from runtime.engine.swarm_volumes import NODE_SCRIPT, NodeStep, _node_job, container_body
 from runtime.engine.volume_helpers import REMOVE_SCRIPT
 from runtime.errors import ConfigError, EngineError, SessionError
+from runtime.git.node_jobs import _harvest_code
 from runtime.run.doctor import swarm_check, swarm_images_check
 
 GIB = 2**30
@@ -336,3 +337,23 @@ def test_a_node_job_with_steps_carries_them_and_the_undo_of_its_volume() -> None
                                  {"Name": "agentrt-vol-s1"}, None))
     assert "then" not in plain and "undo" not in plain
     assert "def gate(" in NODE_SCRIPT and "@SELF@" in NODE_SCRIPT
+
+
+def test_the_harvest_code_is_read_from_the_node_helpers_output() -> None:
+    assert _harvest_code("agentrt-node: state=/s\nagentrt-harvest: pushed\n"
+                         "agentrt-node: step 0 exit=3\n") == 3
+    assert _harvest_code("agentrt-node: state=/s\n") is None
+    assert _harvest_code("agentrt-node: step 0 exit=x\n") is None
+
+
+def test_a_finishing_node_job_has_no_loop_helper_first_and_a_gated_removal() -> None:
+    harvest = NodeStep({"image": "agentrt/base:latest", "command": ["true"], "detach": True},
+                       ok=(0, 3))
+    removal = NodeStep({"image": "agentrt/base:latest", "command": ["true"], "detach": True},
+                       {"url": "git://x/v.git", "go": "refs/s/home", "stop": "refs/s/keep",
+                        "timeout": 5, "on_timeout": "stop"}, loop=True, remove_volume="v")
+    job = json.loads(_node_job(_FakeClient(), "/st", None, [], "s",  # type: ignore[arg-type]
+                               None, None, [harvest, removal]))
+    assert job["container"] is None and "undo" not in job
+    assert [s["loop"] for s in job["then"]] == [False, True]
+    assert job["then"][0]["ok"] == [0, 3] and job["then"][1]["gate"]["on_timeout"] == "stop"
