@@ -319,10 +319,11 @@ class SwarmRun:
     """A run's Swarm side: the manager's API version, the placement and the exchange.
 
     The exchange starts in the background (:meth:`Exchange.begin`) while the run and its first
-    sessions get ready; :meth:`close` removes it in the background too (the manager takes
-    seconds to really remove an overlay network), in a thread that is not a daemon, so the
-    process does not exit before the exchange and its network are gone; :meth:`wait_closed`
-    waits for that (``agentrt gc`` finds whatever is left by label).
+    sessions get ready; :meth:`close` removes it in the background too (its network goes only
+    once the task left it), in a thread that is not a daemon, so the process does not exit
+    before the exchange and its network are gone; :meth:`wait_closed` and
+    :func:`wait_for_exchanges` wait for that; a failure is logged, not in the run's report
+    (``agentrt gc`` finds whatever is left by label).
     """
 
     def __init__(self, client: Any, run_id: str) -> None:

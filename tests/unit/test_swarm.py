@@ -32,6 +32,7 @@ from runtime.engine.swarm_service import (
     session_service_spec,
     task_outcome,
 )
+from runtime.engine.swarm_teardown import end_container
 from runtime.engine.swarm_volumes import NODE_SCRIPT, NodeStep, _node_job, container_body
 from runtime.engine.volume_helpers import REMOVE_SCRIPT
 from runtime.errors import ConfigError, EngineError, SessionError
@@ -357,3 +358,25 @@ def test_a_finishing_node_job_has_no_loop_helper_first_and_a_gated_removal() -> 
     assert job["container"] is None and "undo" not in job
     assert [s["loop"] for s in job["then"]] == [False, True]
     assert job["then"][0]["ok"] == [0, 3] and job["then"][1]["gate"]["on_timeout"] == "stop"
+
+
+def test_ending_a_task_container_sends_sigterm_and_waits_until_it_exited() -> None:
+    calls: list[tuple[str, str]] = []
+
+    class Api:
+        running = 3
+
+        def kill(self, container_id: str, signal: str) -> None:
+            calls.append((container_id, signal))
+
+        def inspect_container(self, container_id: str) -> dict[str, Any]:
+            self.running -= 1
+            return {"State": {"Running": self.running > 0}}
+
+    class Client:
+        api = Api()
+
+    end_container(Client(), "c1")  # type: ignore[arg-type]
+    assert calls == [("c1", "SIGTERM")] and Client.api.running == 0
+    end_container(Client(), "")  # type: ignore[arg-type]
+    assert calls == [("c1", "SIGTERM")]
