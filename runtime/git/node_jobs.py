@@ -58,11 +58,14 @@ CHECKOUT_MEMORY = 512 * 1024 * 1024
 #: volume and ends (the host's import of a big bundle takes seconds, not minutes).
 VERDICT_TIMEOUT_S = 600
 HARVESTED = "agentrt-node: step 0 exit="
+HARVEST_SCRATCH = "/var/tmp/agentrt-harvest"
 REMOVED = "agentrt-node: step 1 exit=0"
 
 # Appended to the harvest script (which exits 3 when nothing changed): push what it made.
+# Arguments: the harvest script's four (the 4th, where it makes its bundles, is its own scratch
+# directory here), then the exchange's URL.
 PUSH_SCRIPT = r"""
-x=$4
+x=$5
 g --git-dir="$h" push -q "$x" "refs/heads/work:refs/work/$sid/work"
 if g --git-dir="$h" rev-parse -q --verify refs/heads/files >/dev/null; then
   g --git-dir="$h" push -q "$x" "refs/heads/files:refs/work/$sid/files"
@@ -136,7 +139,7 @@ def create_checked_out(client: docker.DockerClient, exchange: Exchange, node_id:
 def harvest_command(exchange: Exchange, plan: HarvestPlan) -> list[str]:
     """The harvest script, then the push of what it made to the exchange."""
     return ["sh", "-c", SCRIPT + PUSH_SCRIPT, "agentrt-harvest", plan.base_commit, "",
-            plan.session_id, exchange.url]
+            plan.session_id, HARVEST_SCRATCH, exchange.url]
 
 
 def harvest_on_node(exchange: Exchange, node_id: str, plan: HarvestPlan, dest: Path,

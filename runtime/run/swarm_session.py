@@ -1,7 +1,7 @@
 """A session on Docker Swarm: the same session, its parts on a node agentrt chose.
 
 :class:`SwarmSession` is an :class:`~runtime.run.session.IsolatedAgentSession` whose tree is a
-:class:`~runtime.git.session_tree.NodeTree` (a loop volume made on the node, the base fetched
+:class:`~runtime.git.node_tree.NodeTree` (a loop volume made on the node, the base fetched
 from the run's exchange, the work harvested there and pushed back through it) and whose agent
 is a :class:`~runtime.engine.swarm_agent.SwarmAgent` (a one-shot service pinned to the node).
 Everything else (branch, marker, manifest, classification, bundle checks, clean-up) is the
@@ -31,7 +31,8 @@ from runtime.engine.swarm_agent import EndStats, SwarmAgent, TaskView, parse_end
 from runtime.engine.swarm_service import node_status
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.exchange import Exchange
-from runtime.git.session_tree import NodeTree, SessionTree
+from runtime.git.node_tree import NodeTree
+from runtime.git.session_tree import SessionTree
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
 from runtime.run.classify import EndFacts, classify
 from runtime.run.resilience import crash_point
