@@ -15,6 +15,7 @@ services; :mod:`runtime.engine.swarm_volumes` makes session volumes on a node;
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -193,3 +194,37 @@ def check_fits(needs: Sequence[Need], nodes: Sequence[SwarmNode]) -> None:
                 f"task {need.name} needs {need.memory_bytes // 2**20} MiB and "
                 f"{need.nano_cpus / 1e9:g} CPUs, which fit on no Swarm node; the biggest is "
                 f"{_shown(biggest)}: lower the task's memory_mb or cpu_percent")
+
+
+def need_of(task_id: str, memory_mb: int, cpu_percent: int) -> Need:
+    """What a session reserves on its node."""
+    return Need.of_limits(task_id, memory_mb, cpu_percent)
+
+
+class SwarmPlacement:
+    """The node of each session of a run: capacity minus the run's own reservations."""
+
+    def __init__(self, nodes: Sequence[SwarmNode]) -> None:
+        self.nodes = list(nodes)
+        self._reserved: dict[str, Reserved] = {}
+        self._room = threading.Condition()
+
+    def acquire(self, need: Need, cancelled: threading.Event) -> SwarmNode | None:
+        """The node for ``need``, reserved; waits while every node is full (None: cancelled)."""
+        with self._room:
+            while not cancelled.is_set():
+                node = place(need, self.nodes, self._reserved)
+                if node is not None:
+                    self._reserved[node.id] = self._reserved.get(node.id, Reserved()) + \
+                        Reserved(need.memory_bytes, need.nano_cpus)
+                    return node
+                self._room.wait(timeout=1.0)
+        return None
+
+    def release(self, node: SwarmNode, need: Need) -> None:
+        """Give ``need``'s reservation on ``node`` back."""
+        with self._room:
+            held = self._reserved.get(node.id, Reserved())
+            self._reserved[node.id] = Reserved(held.memory_bytes - need.memory_bytes,
+                                               held.nano_cpus - need.nano_cpus)
+            self._room.notify_all()

@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import docker
@@ -81,7 +81,16 @@ NETWORK_GUARD = (
 )
 ONE_SHOT_TIMEOUT_S = 120
 NODE_CHECK_S = 2.0
+#: A one-shot's task is polled every FAST_POLL_S for its first FAST_FOR_S seconds (most helpers
+#: end within two), then every POLL_S: a fixed 250 ms poll cost about 125 ms per helper.
+FAST_POLL_S = 0.1
+FAST_FOR_S = 5.0
 POLL_S = 0.25
+
+
+def poll_delay(elapsed: float) -> float:
+    """Pure: how long to wait before the next poll of a task polled for ``elapsed`` seconds."""
+    return FAST_POLL_S if elapsed < FAST_FOR_S else POLL_S
 
 
 def parse_api_version(version: str) -> tuple[int, int]:
@@ -237,43 +246,83 @@ def node_status(client: docker.DockerClient, node_id: str) -> str:
         return ""
 
 
-def run_one_shot(client: docker.DockerClient, spec: Mapping[str, Any],
-                 timeout: float = ONE_SHOT_TIMEOUT_S) -> tuple[int, str]:
-    """Create the one-shot service ``spec``, wait for its task to end, read its output,
-    remove it: (exit code, stdout and stderr). EngineError if the task never ran (rejected,
-    e.g. a missing image), or did not end within ``timeout`` seconds (it is removed)."""
-    what = f"run the helper service {spec.get('name', '')}"
-    service = None
-    try:
+class OneShot:
+    """A one-shot helper service under way: created at once, waited for (to its end, or until
+    its output says something), removed."""
+
+    def __init__(self, client: docker.DockerClient, spec: Mapping[str, Any]) -> None:
+        self.client = client
+        self.what = f"run the helper service {spec.get('name', '')}"
+        self.node_id = pinned_node(spec)
+        with engine_errors(self.what):
+            self.service: Any = client.services.create(**dict(spec))
+
+    def output(self) -> str:
+        """What the task wrote so far (stdout and stderr)."""
+        with engine_errors(self.what):
+            logs = b"".join(self.service.logs(stdout=True, stderr=True, follow=False))
+        return logs.decode(errors="replace")
+
+    def wait(self, timeout: float = ONE_SHOT_TIMEOUT_S,
+             abort: Callable[[], str | None] | None = None,
+             until: str | None = None) -> tuple[int | None, str]:
+        """(exit code, output) once the task ended; (None, output so far) as soon as its
+        output holds ``until`` while it still runs. EngineError if the task never ran
+        (rejected, e.g. a missing image), did not end within ``timeout`` seconds, its node
+        was lost, or ``abort`` (asked at every poll) gave a reason to stop waiting."""
+        what = self.what
         with engine_errors(what):
-            service = client.services.create(**dict(spec))
-            deadline = time.monotonic() + timeout
+            began = time.monotonic()
+            deadline = began + timeout
             state, code, detail = "new", None, ""
-            node_id = pinned_node(spec)
-            next_node_check = time.monotonic() + NODE_CHECK_S
+            next_node_check = began + NODE_CHECK_S
             while True:
-                tasks = service.tasks()
+                tasks = self.service.tasks()
                 if tasks:
                     task = max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
                     state, code, detail = task_outcome(task)
                     if state in TERMINAL_STATES:
                         break
+                    if until is not None and state == "running":
+                        text = self.output()
+                        if until in text:
+                            return None, text
+                reason = abort() if abort is not None else None
+                if reason:
+                    raise EngineError(f"could not {what}: {reason}")
                 if time.monotonic() > deadline:
                     raise EngineError(f"could not {what}: its task is still {state} after "
                                       f"{timeout:.0f} s{': ' + detail if detail else ''}")
-                if node_id and time.monotonic() > next_node_check:
+                if self.node_id and time.monotonic() > next_node_check:
                     next_node_check = time.monotonic() + NODE_CHECK_S
-                    node_state = node_status(client, node_id)
+                    node_state = node_status(self.client, self.node_id)
                     if node_state not in ("ready", ""):
-                        raise EngineError(f"could not {what}: node {node_id} is {node_state} "
-                                          "(node lost)")
-                time.sleep(POLL_S)
+                        raise EngineError(f"could not {what}: node {self.node_id} is "
+                                          f"{node_state} (node lost)")
+                time.sleep(poll_delay(time.monotonic() - began))
             if code is None:
                 raise EngineError(f"could not {what}: its task ended {state}: {detail}")
-            logs = b"".join(service.logs(stdout=True, stderr=True, follow=False))
-            return code, logs.decode(errors="replace")
+        return code, self.output()
+
+    def remove(self) -> None:
+        """Remove the service (its task is killed if it still runs); quiet."""
+        with contextlib.suppress(docker.errors.DockerException,
+                                 requests.exceptions.RequestException):
+            self.service.remove()
+
+
+def run_one_shot(client: docker.DockerClient, spec: Mapping[str, Any],
+                 timeout: float = ONE_SHOT_TIMEOUT_S,
+                 abort: Callable[[], str | None] | None = None) -> tuple[int, str]:
+    """Create the one-shot service ``spec``, wait for its task to end, read its output,
+    remove it: (exit code, stdout and stderr). EngineError if the task never ran (rejected,
+    e.g. a missing image), did not end within ``timeout`` seconds, or ``abort`` (asked at
+    every poll) gave a reason to stop waiting; it is removed in every case."""
+    one_shot = OneShot(client, spec)
+    try:
+        code, output = one_shot.wait(timeout, abort)
     finally:
-        if service is not None:
-            with contextlib.suppress(docker.errors.DockerException,
-                                     requests.exceptions.RequestException):
-                service.remove()
+        one_shot.remove()
+    if code is None:  # not asked to stop early: cannot be
+        raise EngineError(f"could not {one_shot.what}: it did not end")
+    return code, output

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -46,7 +47,8 @@ from runtime.engine.engine_volumes import (
     volume_name,
 )
 from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
-from runtime.engine.swarm_service import helper_service_spec, run_one_shot
+from runtime.engine.swarm_node_script import NODE_SCRIPT
+from runtime.engine.swarm_service import OneShot, helper_service_spec, run_one_shot
 from runtime.engine.volume_helpers import (
     CREATE_SCRIPT,
     HELPER_IMAGE,
@@ -62,94 +64,6 @@ STATE_PLACEHOLDER = "@STATE@"
 NODE_HELPER_TIMEOUT_S = 180
 _STATE_LINE = "agentrt-node: state="
 
-# Runs in agentrt/base on the node, root, the node engine's socket at NODE_SOCKET. argv[1]: the
-# job (JSON): api, state ("" = the node's default), lift_lsm, container (a create body with
-# @STATE@), volume (a named volume to make first, or null), remove_volume (a name to remove
-# after success, or null), timeout. Prints the state line, then the helper's output; exits
-# with the helper's exit code, or 70 if the job itself failed.
-NODE_SCRIPT = r'''
-import http.client, json, socket, sys
-job = json.loads(sys.argv[1])
-V = "/v" + job["api"]
-
-class Conn(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect("/var/run/docker.sock")
-
-def call(method, path, body=None, ok=(200, 201, 204), timeout=60):
-    conn = Conn("localhost", timeout=timeout)
-    data = None if body is None else json.dumps(body).encode()
-    conn.request(method, V + path, body=data, headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    raw = resp.read()
-    conn.close()
-    if resp.status not in ok:
-        text = raw.decode(errors="replace")[:500]
-        raise RuntimeError("%s %s: %s %s" % (method, path, resp.status, text))
-    return resp.status, raw
-
-def demux(raw):
-    out, i = [], 0
-    while i + 8 <= len(raw):
-        size = int.from_bytes(raw[i + 4:i + 8], "big")
-        out.append(raw[i + 8:i + 8 + size])
-        i += 8 + size
-    return b"".join(out)
-
-def filled(doc, state):
-    return json.loads(json.dumps(doc).replace("@STATE@", state))
-
-def run(body):
-    cid = json.loads(call("POST", "/containers/create", body)[1])["Id"]
-    try:
-        call("POST", "/containers/%s/start" % cid)
-        done = call("POST", "/containers/%s/wait" % cid, timeout=job["timeout"])[1]
-        logs = call("GET", "/containers/%s/logs?stdout=1&stderr=1" % cid)[1]
-        sys.stdout.write(demux(logs).decode(errors="replace"))
-        sys.stdout.flush()
-        return int(json.loads(done)["StatusCode"])
-    finally:
-        call("DELETE", "/containers/%s?force=1&v=1" % cid, ok=(204, 404))
-
-def main():
-    info = json.loads(call("GET", "/info")[1])
-    root = str(info.get("DockerRootDir") or "/var/lib/docker").rstrip("/")
-    state = job["state"] or root + "/agentrt"
-    if not state.startswith("/") or "/.." in state or any(c in state for c in "\"\\:,"):
-        raise RuntimeError("unusable state directory %r" % state)
-    print("agentrt-node: state=" + state, flush=True)
-    body = filled(job["container"], state)
-    lsm = " ".join(str(o) for o in info.get("SecurityOptions") or [])
-    opts = body["HostConfig"].setdefault("SecurityOpt", [])
-    if job["lift_lsm"] and "name=apparmor" in lsm:
-        opts.append("apparmor=unconfined")
-    if job["lift_lsm"] and "name=selinux" in lsm:
-        opts.append("label=disable")
-    volume = filled(job["volume"], state) if job["volume"] else None
-    if volume:
-        if call("GET", "/volumes/" + volume["Name"], ok=(200, 404))[0] == 200:
-            raise RuntimeError("named volume %s already exists on this node" % volume["Name"])
-        call("POST", "/volumes/create", volume)
-    code = 70
-    try:
-        code = run(body)
-    finally:
-        if volume and code != 0:
-            call("DELETE", "/volumes/%s?force=1" % volume["Name"], ok=(204, 404))
-    if code == 0 and job["remove_volume"]:
-        call("DELETE", "/volumes/%s?force=1" % job["remove_volume"], ok=(204, 404))
-    return code
-
-try:
-    sys.exit(main())
-except Exception as exc:
-    print("agentrt-node: %s" % exc, file=sys.stderr, flush=True)
-    sys.exit(70)
-'''
-
-
 def container_body(spec: Mapping[str, Any], api_version: str) -> dict[str, Any]:
     """The Engine API body of ``POST /containers/create`` for ``containers.create(**spec)``:
     the SDK's own conversion (what ``client.containers.create`` sends)."""
@@ -162,34 +76,87 @@ def container_body(spec: Mapping[str, Any], api_version: str) -> dict[str, Any]:
     return dict(ContainerConfig(api_version, **args))
 
 
-def _node_job(client: docker.DockerClient, state: str, script: str, args: list[str],
-              session_id: str, volume: Mapping[str, Any] | None,
-              remove_volume: str | None) -> str:
+@dataclass(frozen=True)
+class NodeStep:
+    """A further step of a node job, after its loop helper succeeded (see NODE_SCRIPT): a
+    container (``containers.create`` arguments; ``@STATE@`` is the node's state directory,
+    ``@SELF@`` the node helper's own container, e.g. ``network_mode="container:@SELF@"``),
+    run once ``gate`` (if any) says go; exit codes in ``ok`` go on."""
+
+    spec: Mapping[str, Any] | None
+    gate: Mapping[str, Any] | None = None
+    ok: tuple[int, ...] = (0,)
+    remove_volume: str | None = None
+    loop: bool = False
+
+
+class NodeStepFailed(VolumeError):
+    """A step after the loop helper failed (its volume was undone on the node)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+def _loop_spec(client: docker.DockerClient, script: str, args: list[str],
+               session_id: str) -> dict[str, Any]:
     spec = loop_helper_spec(client, STATE_PLACEHOLDER, script, args, session_id)
     # The node adds its own AppArmor/SELinux exception (lift_lsm); the manager's says nothing
     # about the node's.
     spec["security_opt"] = ["no-new-privileges:true"]
+    return spec
+
+
+def _node_job(client: docker.DockerClient, state: str, script: str | None, args: list[str],
+              session_id: str, volume: Mapping[str, Any] | None,
+              remove_volume: str | None, then: Sequence[NodeStep] = (),
+              timeout: int = NODE_HELPER_TIMEOUT_S) -> str:
     api = str(client.api.api_version)
-    return json.dumps({"api": api, "state": state, "lift_lsm": True,
-                       "container": container_body(spec, api), "volume": volume,
-                       "remove_volume": remove_volume, "timeout": NODE_HELPER_TIMEOUT_S})
+    first = container_body(_loop_spec(client, script, args, session_id), api) if script \
+        else None
+    job: dict[str, Any] = {"api": api, "state": state, "lift_lsm": True, "container": first,
+                           "volume": volume, "remove_volume": remove_volume, "timeout": timeout}
+    if then:
+        job["then"] = [{"gate": dict(step.gate) if step.gate else None,
+                        "container": container_body(step.spec, api) if step.spec else None,
+                        "ok": list(step.ok), "remove_volume": step.remove_volume,
+                        "loop": step.loop} for step in then]
+        if volume is not None:  # a later step failed: unmount and delete what the first made
+            job["undo"] = container_body(_loop_spec(client, REMOVE_SCRIPT, [session_id],
+                                                    session_id), api)
+    return json.dumps(job)
 
 
-def _run_on_node(client: docker.DockerClient, node_id: str, session_id: str, job: str,
-                 what: str) -> str:
-    """Run the node helper service; its output, or VolumeError."""
+def _node_spec(node_id: str, session_id: str, job: str,
+               networks: Sequence[str] = ()) -> dict[str, Any]:
     spec = helper_service_spec(
         image=HELPER_IMAGE, command=["python3", "-c", NODE_SCRIPT, job], node_id=node_id,
         labels={LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER},
         mounts=[Mount(NODE_SOCKET, NODE_SOCKET, type="bind")],
         name_prefix="agentrt-volume", session_id=session_id)
+    if networks:
+        spec["networks"] = list(networks)
+    return spec
+
+
+def _run_on_node(client: docker.DockerClient, node_id: str, session_id: str, job: str,
+                 what: str, networks: Sequence[str] = (),
+                 abort: Callable[[], str | None] | None = None) -> str:
+    """Run the node helper service (on ``networks``, for steps that share its network); its
+    output, or VolumeError (NodeStepFailed when a step after the first failed)."""
+    spec = _node_spec(node_id, session_id, job, networks)
     try:
-        code, output = run_one_shot(client, spec, timeout=NODE_HELPER_TIMEOUT_S + 60)
+        code, output = run_one_shot(client, spec, timeout=NODE_HELPER_TIMEOUT_S + 60,
+                                    abort=abort)
     except EngineError as exc:
         raise VolumeError(f"{what} on node {node_id}: {exc}") from exc
     if code != 0:
-        raise VolumeError(f"{what} on node {node_id} failed (exit {code}): "
-                          f"{output.strip()[-800:]}")
+        message = f"{what} on node {node_id} failed (exit {code}): {output.strip()[-800:]}"
+        failed = [int(line.split()[2]) for line in output.splitlines()
+                  if line.startswith("agentrt-node: step ") and len(line.split()) > 3]
+        if failed and failed[-1] > 0:
+            raise NodeStepFailed(message, failed[-1])
+        raise VolumeError(message)
     return output
 
 
@@ -202,12 +169,19 @@ def _state_from(output: str, what: str) -> str:
 
 def create_node_volume(client: docker.DockerClient, node_id: str, session_id: str,
                        disk_mb: int, uid: int, gid: int,
-                       labels: Mapping[str, str] | None = None) -> EngineVolume:
+                       labels: Mapping[str, str] | None = None,
+                       then: Callable[[EngineVolume], Sequence[NodeStep]] | None = None,
+                       networks: Sequence[str] = (),
+                       abort: Callable[[], str | None] | None = None) -> EngineVolume:
     """Make session ``session_id``'s loop volume of ``disk_mb`` MiB on Swarm node ``node_id``
     (through the manager ``client``), owned by ``uid:gid``; undone on failure (VolumeError).
 
     ``labels`` go on the node's named volume only, as in
-    :func:`runtime.engine.engine_volumes.create_engine_volume`."""
+    :func:`runtime.engine.engine_volumes.create_engine_volume`. ``then`` gives further steps
+    on the volume (its root with ``@STATE@``), run by the same helper service (one scheduling
+    round trip, not two), which joins ``networks``; when one fails the volume is undone on the
+    node (NodeStepFailed). ``abort`` is asked while the helper runs: a message ends it
+    (VolumeError; the caller removes what may have been made)."""
     _check_session_id(session_id)
     if not 1 <= disk_mb <= 16 * 1024 * 1024:
         raise VolumeError(f"disk_mb={disk_mb} is out of range")
@@ -223,27 +197,58 @@ def create_node_volume(client: docker.DockerClient, node_id: str, session_id: st
     label = ("agentrt-" + session_id[-8:])[:16]
     job = _node_job(client, state, CREATE_SCRIPT,
                     [session_id, str(disk_mb), str(uid), str(gid), label, journal],
-                    session_id, named, None)
+                    session_id, named, None, then(record) if then else ())
     what = f"create the volume of {session_id}"
-    output = _run_on_node(client, node_id, session_id, job, what)
+    output = _run_on_node(client, node_id, session_id, job, what, networks, abort)
     node_state = _state_from(output, what)
     return EngineVolume(session_id, name, "loop", limit,
                         f"{node_state}/sessions/{session_id}/volume", uid)
+
+
+def _state_of(volume: EngineVolume) -> str:
+    _check_session_id(volume.session_id)
+    state = volume.session_dir.rsplit("/sessions/", 1)[0] if volume.session_dir else ""
+    if volume.mode != "loop" or not state.startswith("/") \
+            or volume.root != f"{state}/sessions/{volume.session_id}/volume":
+        raise VolumeError(f"node volume {volume.name} has an unexpected root {volume.root}")
+    return state
+
+
+def start_node_finish(client: docker.DockerClient, node_id: str, volume: EngineVolume,
+                      first: NodeStep, gate: Mapping[str, Any], networks: Sequence[str],
+                      timeout: int) -> OneShot:
+    """Start ONE helper service on node ``node_id`` that runs ``first`` (the harvest), then,
+    once ``gate`` says go, removes ``volume`` as :func:`remove_node_volume` does (a gate that
+    says stop, or times out, keeps it). Returns it running: wait for ``agentrt-node: step 0
+    exit=`` in its output, then for its end (:class:`OneShot`)."""
+    state = _state_of(volume)
+    remove = NodeStep(_loop_spec(client, REMOVE_SCRIPT, [volume.session_id],
+                                 volume.session_id), gate, loop=True,
+                      remove_volume=volume.name)
+    job = _node_job(client, state, None, [], volume.session_id, None, None, [first, remove],
+                    timeout)
+    return OneShot(client, _node_spec(node_id, volume.session_id, job, networks))
 
 
 def remove_node_volume(client: docker.DockerClient, node_id: str,
                        volume: EngineVolume) -> None:
     """Unmount and delete ``volume`` on node ``node_id``, and its named volume there;
     idempotent. Remove the services that bind it first."""
-    _check_session_id(volume.session_id)
-    state = volume.session_dir.rsplit("/sessions/", 1)[0] if volume.session_dir else ""
-    if volume.mode != "loop" or not state.startswith("/") \
-            or volume.root != f"{state}/sessions/{volume.session_id}/volume":
-        raise VolumeError(f"node volume {volume.name} has an unexpected root {volume.root}")
+    state = _state_of(volume)
     job = _node_job(client, state, REMOVE_SCRIPT, [volume.session_id], volume.session_id,
                     None, volume.name)
     _run_on_node(client, node_id, volume.session_id, job,
                  f"remove the volume of {volume.session_id}")
+
+
+def undo_node_volume(client: docker.DockerClient, node_id: str, session_id: str) -> None:
+    """Remove whatever :func:`create_node_volume` made of ``session_id``'s volume on node
+    ``node_id`` when it was ended from outside (its state directory as chosen there);
+    idempotent."""
+    _check_session_id(session_id)
+    job = _node_job(client, _chosen_state(), REMOVE_SCRIPT, [session_id], session_id, None,
+                    volume_name(session_id))
+    _run_on_node(client, node_id, session_id, job, f"undo the volume of {session_id}")
 
 
 def _chosen_state() -> str:

@@ -37,11 +37,9 @@ from runtime.engine.discovery import engine_errors
 from runtime.engine.engine_volumes import EngineVolume, create_engine_volume
 from runtime.engine.remote_volume import RemoteVolume
 from runtime.engine.seeded_volumes import create_volume_from_seed
-from runtime.engine.swarm_volumes import create_node_volume, remove_node_volume
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume
-from runtime.errors import ConfigError, EngineError, VolumeError
+from runtime.errors import EngineError, VolumeError
 from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
-from runtime.git.exchange import Exchange
 from runtime.git.harvest import Harvest, HarvestPlan, run_harvest
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import adopt_seed_checkout, create_workspace
@@ -307,81 +305,3 @@ class EngineTree(SessionTree):
             self.remote.remove()
         except EngineError as exc:
             raise VolumeError(str(exc)) from exc
-
-
-class NodeTree(SessionTree):
-    """The volume on a Swarm node; the base in and the work out through the run's exchange.
-
-    Usage is not read while the session runs (a reading is a helper task on the node): the
-    session's entry point reports it when the agent ends (:meth:`record_usage`).
-    """
-
-    on_engine = True
-
-    def __init__(self, client: docker.DockerClient, volume: EngineVolume, node_id: str,
-                 exchange: Exchange, uid: int, gid: int) -> None:
-        self.client = client
-        self.volume = volume
-        self.node_id = node_id
-        self.exchange = exchange
-        self.mode = volume.mode
-        self.limit_bytes = volume.limit_bytes
-        self._uid, self._gid = uid, gid
-        self._usage: tuple[int, int] = (0, volume.limit_bytes)
-
-    @classmethod
-    def create(cls, client: docker.DockerClient, exchange: Exchange, node_id: str,
-               session_id: str, disk_mb: int, uid: int, gid: int,
-               labels: Mapping[str, str]) -> NodeTree:
-        """Make the volume on ``node_id`` (see
-        :func:`runtime.engine.swarm_volumes.create_node_volume`)."""
-        volume = create_node_volume(client, node_id, session_id, disk_mb, uid, gid, labels)
-        return cls(client, volume, node_id, exchange, uid, gid)
-
-    @property
-    def location(self) -> str:
-        return f"node {self.node_id}: {self.volume.root}"
-
-    def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
-        self.exchange.ship_base(repo, branch, commit, scratch)
-        self.exchange.checkout_on_node(self.node_id, self.volume.mounts(db_target=None),
-                                       self.volume.session_id, branch, commit,
-                                       self._uid, self._gid)
-
-    def agent_mounts(self) -> list[Mount]:
-        return self.volume.mounts()
-
-    def harvest_mounts(self) -> list[Mount]:
-        return self.volume.mounts(db_target=None, read_only=True)
-
-    def secrets_mount(self, values: Mapping[str, str]) -> Mount:
-        raise ConfigError("field secrets: sessions on Docker Swarm cannot receive secrets yet")
-
-    def deliver_secrets(self, client: docker.DockerClient, container_id: str) -> None:
-        """Nothing to deliver (secrets are refused on Swarm)."""
-
-    def discard_secrets(self) -> None:
-        """Nothing to discard (secrets are refused on Swarm)."""
-
-    def record_usage(self, used: int | None, free: int | None) -> None:
-        """What the entry point measured on the volume when the agent ended."""
-        if used is not None and free is not None:
-            self._usage = (used, free)
-
-    def used_bytes(self) -> int:
-        return self._usage[0]
-
-    def free_bytes(self) -> int:
-        return self._usage[1]
-
-    def harvest(self, client: docker.DockerClient, plan: HarvestPlan, dest: Path,
-                max_bytes: int) -> Harvest:
-        """On the node, through the exchange."""
-        return self.exchange.harvest_on_node(self.node_id, plan, dest, max_bytes)
-
-    def remove(self) -> None:
-        try:
-            remove_node_volume(self.client, self.node_id, self.volume)
-        except EngineError as exc:
-            raise VolumeError(str(exc)) from exc
-        self.exchange.forget(self.volume.session_id)

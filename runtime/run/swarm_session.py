@@ -1,7 +1,7 @@
 """A session on Docker Swarm: the same session, its parts on a node agentrt chose.
 
 :class:`SwarmSession` is an :class:`~runtime.run.session.IsolatedAgentSession` whose tree is a
-:class:`~runtime.git.session_tree.NodeTree` (a loop volume made on the node, the base fetched
+:class:`~runtime.git.node_tree.NodeTree` (a loop volume made on the node, the base fetched
 from the run's exchange, the work harvested there and pushed back through it) and whose agent
 is a :class:`~runtime.engine.swarm_agent.SwarmAgent` (a one-shot service pinned to the node).
 Everything else (branch, marker, manifest, classification, bundle checks, clean-up) is the
@@ -26,12 +26,13 @@ from typing import Any
 from runtime.config import Task
 from runtime.engine.container import ContainerPlan
 from runtime.engine.labels import LABEL_REPO, LABEL_RUN
-from runtime.engine.swarm import Need, Reserved, SwarmNode, place
+from runtime.engine.swarm import Need, SwarmNode, SwarmPlacement, need_of
 from runtime.engine.swarm_agent import EndStats, SwarmAgent, TaskView, parse_end_stats
 from runtime.engine.swarm_service import node_status
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.exchange import Exchange
-from runtime.git.session_tree import NodeTree, SessionTree
+from runtime.git.node_tree import NodeTree
+from runtime.git.session_tree import SessionTree
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
 from runtime.run.classify import EndFacts, classify
 from runtime.run.resilience import crash_point
@@ -39,43 +40,12 @@ from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import DISK_FULL_MARGIN
 
 POLL_S = 0.5
+FAST_POLL_S = 0.1
+END_FAST_S = 5.0
+END_MARK = b"agentrt-stats rc="
 NODE_CHECK_S = 2.0
 # How long the end of a session waits for the followed output to catch up.
 FOLLOW_DRAIN_S = 3.0
-
-
-def need_of(task_id: str, memory_mb: int, cpu_percent: int) -> Need:
-    """What a session reserves on its node."""
-    return Need.of_limits(task_id, memory_mb, cpu_percent)
-
-
-class SwarmPlacement:
-    """The node of each session of a run: capacity minus the run's own reservations."""
-
-    def __init__(self, nodes: Sequence[SwarmNode]) -> None:
-        self.nodes = list(nodes)
-        self._reserved: dict[str, Reserved] = {}
-        self._room = threading.Condition()
-
-    def acquire(self, need: Need, cancelled: threading.Event) -> SwarmNode | None:
-        """The node for ``need``, reserved; waits while every node is full (None: cancelled)."""
-        with self._room:
-            while not cancelled.is_set():
-                node = place(need, self.nodes, self._reserved)
-                if node is not None:
-                    self._reserved[node.id] = self._reserved.get(node.id, Reserved()) + \
-                        Reserved(need.memory_bytes, need.nano_cpus)
-                    return node
-                self._room.wait(timeout=1.0)
-        return None
-
-    def release(self, node: SwarmNode, need: Need) -> None:
-        """Give ``need``'s reservation on ``node`` back."""
-        with self._room:
-            held = self._reserved.get(node.id, Reserved())
-            self._reserved[node.id] = Reserved(held.memory_bytes - need.memory_bytes,
-                                               held.nano_cpus - need.nano_cpus)
-            self._room.notify_all()
 
 
 def check_swarm_tasks(tasks: Sequence[Task], database_strategy: str, runtime: str,
@@ -111,6 +81,10 @@ class SwarmSession(IsolatedAgentSession):
         self._follow_stop = threading.Event()
         self._followed = hashlib.sha256()
         self._followed_bytes = 0
+        # Set when the entry point's report goes by in the followed output: the task is
+        # about to end, so _watch_task polls it quickly for a moment (an agent that prints
+        # the mark itself only makes its own session poll faster for END_FAST_S).
+        self._end_hint = threading.Event()
 
     # -- where the parts are ------------------------------------------------------------------
 
@@ -118,9 +92,11 @@ class SwarmSession(IsolatedAgentSession):
         return True
 
     def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
-        tree = NodeTree.create(self.client, self.exchange, self.node.id, self.session_id,
-                               self.limits.disk_mb, uid, gid,
-                               labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
+        # The volume and the checkout by one helper on the node (tree.checkout is then done).
+        tree = NodeTree.create_checked_out(
+            self.client, self.exchange, self.node.id, self.session_id, self.limits.disk_mb,
+            uid, gid, {LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id}, self.repo,
+            self.branch, self.base_commit, self.session_dir)
         if self._marker is not None:  # what gc needs to find the volume on its node
             self._marker.engine_volume = tree.volume.name
             self._marker.node_id = self.node.id
@@ -143,6 +119,7 @@ class SwarmSession(IsolatedAgentSession):
             return
 
         def pump() -> None:
+            tail = b""
             with contextlib.suppress(Exception):
                 for chunk in agent.follow_logs():
                     with self._follow_lock:
@@ -151,6 +128,9 @@ class SwarmSession(IsolatedAgentSession):
                         keeper.write(chunk)
                         self._followed.update(chunk)
                         self._followed_bytes += len(chunk)
+                    if END_MARK in tail + chunk:
+                        self._end_hint.set()
+                    tail = chunk[-len(END_MARK):]
 
         threading.Thread(target=pump, name=f"agentrt-log-{self.session_id}",
                          daemon=True).start()
@@ -221,6 +201,7 @@ class SwarmSession(IsolatedAgentSession):
         next_node_check = 0.0
         backstop = deadline + self.stop_grace_seconds + 120
         view: TaskView | None = None
+        fast_until = 0.0
         while True:
             with contextlib.suppress(EngineError):
                 current = agent.task()
@@ -250,7 +231,11 @@ class SwarmSession(IsolatedAgentSession):
             if now > backstop:
                 agent.kill()
                 return view, stopped_for or "timeout"
-            time.sleep(POLL_S)
+            if time.monotonic() < fast_until:
+                time.sleep(FAST_POLL_S)
+            elif self._end_hint.wait(POLL_S):
+                self._end_hint.clear()
+                fast_until = time.monotonic() + END_FAST_S
 
     def _node_down(self) -> bool:
         return node_status(self.client, self.node.id) not in ("ready", "")
@@ -291,6 +276,20 @@ class SwarmSession(IsolatedAgentSession):
             if stats.used_bytes is not None:
                 self.result.disk_used_bytes = stats.used_bytes
 
+    def _keep_volume(self) -> None:
+        # The work is not home: the node helper that harvested lets the volume go, kept.
+        if isinstance(self.tree, NodeTree):
+            self.tree.keep()
+        super()._keep_volume()
+
+    def close(self, snapshot_work: bool = True) -> None:
+        """As on one engine; then no node helper is left holding the volume (it is kept)."""
+        try:
+            super().close(snapshot_work)
+        finally:
+            if isinstance(self.tree, NodeTree):
+                self.tree.keep()
+
     def _bring_home(self) -> None:
         if self._node_lost and not self._harvested:
             # Its volume is on a node that is gone: nothing can be read until it is back.
@@ -304,8 +303,29 @@ class SwarmSession(IsolatedAgentSession):
         super()._bring_home()
 
 
+_closing: list[threading.Thread] = []
+
+
+def wait_for_exchanges(timeout: float | None = None) -> bool:
+    """Wait until the exchanges this process's runs are removing are gone (see
+    :meth:`SwarmRun.close`); whether they all were within ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for thread in list(_closing):
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    _closing[:] = [t for t in _closing if t.is_alive()]
+    return not _closing
+
+
 class SwarmRun:
-    """A run's Swarm side: the manager's API version, the placement and the exchange."""
+    """A run's Swarm side: the manager's API version, the placement and the exchange.
+
+    The exchange starts in the background (:meth:`Exchange.begin`) while the run and its first
+    sessions get ready; :meth:`close` removes it in the background too (its network goes only
+    once the task left it), in a thread that is not a daemon, so the process does not exit
+    before the exchange and its network are gone; :meth:`wait_closed` and
+    :func:`wait_for_exchanges` wait for that; a failure is logged, not in the run's report
+    (``agentrt gc`` finds whatever is left by label).
+    """
 
     def __init__(self, client: Any, run_id: str) -> None:
         from runtime.engine.swarm import list_nodes, swarm_status
@@ -316,7 +336,8 @@ class SwarmRun:
         require_api(self.api_version)
         status = swarm_status(client)
         self.placement = SwarmPlacement(list_nodes(client))
-        self.exchange = Exchange.start(client, run_id, status.node_id)
+        self.exchange = Exchange.begin(client, run_id, status.node_id)
+        self._closing: threading.Thread | None = None
 
     @staticmethod
     def preflight(client: Any, tasks: Sequence[Task], config: Any) -> None:
@@ -360,5 +381,14 @@ class SwarmRun:
         self.placement.release(session.node, need)
 
     def close(self) -> None:
-        """Remove the exchange."""
-        self.exchange.stop()
+        """Start removing the exchange (see the class docstring); returns at once."""
+        if self._closing is None:
+            self._closing = self.exchange.stop_in_background()
+            _closing.append(self._closing)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`close`'s removal ended; whether it did within ``timeout``."""
+        if self._closing is None:
+            return True
+        self._closing.join(timeout)
+        return not self._closing.is_alive()

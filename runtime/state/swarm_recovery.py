@@ -30,8 +30,8 @@ from runtime.engine.labels import (
 from runtime.engine.swarm_volumes import remove_node_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.exchange import ROLE_EXCHANGE, Exchange, remove_exchanges
+from runtime.git.node_tree import NodeTree
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import NodeTree
 from runtime.state.liveness import recorded_alive
 from runtime.state.run_leftovers import run_is_over
 

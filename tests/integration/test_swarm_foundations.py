@@ -9,6 +9,7 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -28,8 +29,15 @@ from runtime.engine.swarm_service import (
     session_service_spec,
     task_outcome,
 )
-from runtime.engine.swarm_volumes import create_node_volume, remove_node_volume
+from runtime.engine.swarm_volumes import (
+    NodeStep,
+    NodeStepFailed,
+    create_node_volume,
+    remove_node_volume,
+    start_node_finish,
+)
 from runtime.errors import EngineError
+from runtime.git.exchange import Exchange
 from tests.integration.swarm import SwarmCluster, SwarmNodeEngine
 
 pytestmark = pytest.mark.docker
@@ -240,3 +248,90 @@ def test_push_nodes_loads_the_exact_image_where_it_is_missing(
         assert f"{worker.url}: {image_id[:19]}" in checks["swarm images"].detail
     finally:
         worker.client.images.get(base_id).tag(BASE)
+
+
+def test_one_node_helper_makes_the_volume_then_runs_its_steps_or_undoes_it(
+        swarm_cluster: SwarmCluster) -> None:
+    """The volume and a further step (as the checkout is) in ONE helper service: the step's
+    container runs as the agent's uid on the node's engine, in the helper task's network,
+    after its gate opened; a step that fails leaves no volume behind."""
+    manager = swarm_cluster.manager.client
+    worker = swarm_cluster.node("node1")
+    network = manager.networks.create("agentrt-test-steps", driver="overlay", internal=True)
+    gated = {"url": "git://nowhere.invalid/x.git", "go": "refs/x", "stop": None, "timeout": 3,
+             "on_timeout": "fail"}
+
+    def step(script: str, gate: dict[str, Any] | None = None) -> Callable[[Any], list[NodeStep]]:
+        return lambda volume: [NodeStep({
+            "image": BASE, "command": ["sh", "-c", script], "user": "1000:1000",
+            "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
+            "network_mode": "container:@SELF@", "mounts": volume.mounts(db_target=None),
+            "detach": True}, gate)]
+
+    try:
+        started = time.monotonic()
+        volume = create_node_volume(
+            manager, worker.node_id, "sw-steps", 16, 1000, 1000, then=step(
+                "id -u > /workspace/who; ls /sys/class/net | tr '\\n' ' ' > /workspace/nets"),
+            networks=[network.id])
+        took = time.monotonic() - started
+        root = volume.root
+        assert worker.exec(f"cat {root}/workspace/who").strip() == "1000"
+        assert "eth0" in worker.exec(f"cat {root}/workspace/nets")  # the helper's network
+        assert manager.services.list() == []
+        remove_node_volume(manager, worker.node_id, volume)
+        for script, gate in (("exit 7", None), ("true", gated)):
+            with pytest.raises(NodeStepFailed) as failed:
+                create_node_volume(manager, worker.node_id, "sw-steps-bad", 16, 1000, 1000,
+                                   then=step(script, gate), networks=[network.id])
+            assert failed.value.step == 1
+            assert "agentrt/sessions" not in worker.exec("cat /proc/mounts")
+            assert worker.exec("ls -A /var/lib/docker/agentrt/sessions").strip() == ""
+            assert worker.client.volumes.list() == []
+    finally:
+        for service in manager.services.list():
+            service.remove()
+        _wait_gone(worker)
+        network.remove()
+    assert manager.services.list() == []
+    print(f"node volume and a step in one service: {took:.1f} s")
+
+
+def test_a_node_helper_that_harvested_removes_the_volume_only_on_a_home_verdict(
+        swarm_cluster: SwarmCluster) -> None:
+    """The finishing helper runs its first step, then holds the volume until the exchange's
+    read-only verdicts say home (removed) or keep (kept); nothing a helper can push opens it."""
+    manager = swarm_cluster.manager.client
+    worker = swarm_cluster.node("node2")
+    exchange = Exchange.start(manager, "r-verdicts", swarm_cluster.manager.node_id)
+    volume = create_node_volume(manager, worker.node_id, "sw-finish", 16, 1000, 1000)
+    try:
+        for home, sid_tail in ((False, "keep"), (True, "home")):
+            forged = ("git init -q /tmp/f && cd /tmp/f && git -c user.name=a -c user.email=a@b "
+                      "commit -q --allow-empty -m x && git push -q "
+                      f"{exchange.verdicts_url} HEAD:refs/sw-finish/home 2>&1 || echo refused")
+            step = NodeStep({"image": BASE, "command": ["sh", "-c", forged],
+                             "user": "1000:1000", "environment": {"HOME": "/tmp"},
+                             "network_mode": "container:@SELF@", "detach": True})
+            gate = {"url": exchange.verdicts_url, "go": "refs/sw-finish/home",
+                    "stop": "refs/sw-finish/keep", "timeout": 60, "on_timeout": "stop"}
+            one_shot = start_node_finish(manager, worker.node_id, volume, step, gate,
+                                         [exchange.network_id], 60)
+            try:
+                code, output = one_shot.wait(60, until="agentrt-node: step 0 exit=")
+                assert code is None and "refused" in output, output  # it waits, unopened
+                assert f" {volume.root} ext4 " in worker.exec("cat /proc/mounts")
+                exchange.verdict("sw-finish", home)
+                code, output = one_shot.wait(60)
+            finally:
+                one_shot.remove()
+            assert code == 0, output
+            mounted = f" {volume.root} ext4 " in worker.exec("cat /proc/mounts")
+            assert mounted is not home, (sid_tail, output)
+            exchange.forget("sw-finish")
+        assert worker.client.volumes.list() == []
+    finally:
+        remove_node_volume(manager, worker.node_id, volume)
+        exchange.stop()
+        _wait_gone(worker)
+    assert manager.services.list() == []

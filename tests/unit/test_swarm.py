@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -21,14 +22,21 @@ from runtime.engine.swarm import (
 )
 from runtime.engine.swarm_images import NodeImage, node_addresses
 from runtime.engine.swarm_service import (
+    FAST_FOR_S,
+    FAST_POLL_S,
     NETWORK_GUARD,
+    POLL_S,
     helper_service_spec,
+    poll_delay,
     require_api,
     session_service_spec,
     task_outcome,
 )
-from runtime.engine.swarm_volumes import container_body
+from runtime.engine.swarm_teardown import end_container
+from runtime.engine.swarm_volumes import NODE_SCRIPT, NodeStep, _node_job, container_body
+from runtime.engine.volume_helpers import REMOVE_SCRIPT
 from runtime.errors import ConfigError, EngineError, SessionError
+from runtime.git.node_jobs import _harvest_code
 from runtime.run.doctor import swarm_check, swarm_images_check
 
 GIB = 2**30
@@ -293,3 +301,82 @@ def test_doctor_swarm_images_check() -> None:
     assert bad.status == "fail"
     assert "tcp://a:1: sha256:bbb" in bad.detail and "tcp://b:1: missing" in bad.detail
     assert "tcp://c:1: could not reach" in bad.detail and "push-nodes" in bad.fix
+
+
+def test_one_shots_are_polled_fast_at_first_then_every_quarter_second() -> None:
+    assert poll_delay(0.0) == FAST_POLL_S < POLL_S
+    assert poll_delay(FAST_FOR_S - 0.01) == FAST_POLL_S
+    assert poll_delay(FAST_FOR_S + 0.01) == POLL_S == 0.25
+
+
+class _FakeApi:
+    api_version = "1.41"
+
+
+class _FakeClient:
+    api = _FakeApi()
+
+    def info(self) -> dict[str, Any]:
+        return {"SecurityOptions": ["name=apparmor"]}
+
+
+def test_a_node_job_with_steps_carries_them_and_the_undo_of_its_volume() -> None:
+    step = NodeStep({"image": "agentrt/base:latest", "command": ["true"], "user": "1000:1000",
+                     "network_mode": "container:@SELF@", "detach": True},
+                    {"url": "git://x/x.git", "go": "refs/base/c", "stop": None, "timeout": 5,
+                     "on_timeout": "fail"})
+    job = json.loads(_node_job(_FakeClient(), "", "echo create", ["s1"], "s1",  # type: ignore[arg-type]
+                               {"Name": "agentrt-vol-s1"}, None, [step]))
+    (then,) = job["then"]
+    assert then["gate"]["go"] == "refs/base/c" and then["ok"] == [0]
+    assert then["container"]["HostConfig"]["NetworkMode"] == "container:@SELF@"
+    assert then["container"]["User"] == "1000:1000"
+    assert job["undo"]["Cmd"][2] == REMOVE_SCRIPT
+    # The node lifts its own LSM confinement: the manager's is not in the bodies.
+    assert job["undo"]["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
+    plain = json.loads(_node_job(_FakeClient(), "", "echo create", ["s1"], "s1",  # type: ignore[arg-type]
+                                 {"Name": "agentrt-vol-s1"}, None))
+    assert "then" not in plain and "undo" not in plain
+    assert "def gate(" in NODE_SCRIPT and "@SELF@" in NODE_SCRIPT
+
+
+def test_the_harvest_code_is_read_from_the_node_helpers_output() -> None:
+    assert _harvest_code("agentrt-node: state=/s\nagentrt-harvest: pushed\n"
+                         "agentrt-node: step 0 exit=3\n") == 3
+    assert _harvest_code("agentrt-node: state=/s\n") is None
+    assert _harvest_code("agentrt-node: step 0 exit=x\n") is None
+
+
+def test_a_finishing_node_job_has_no_loop_helper_first_and_a_gated_removal() -> None:
+    harvest = NodeStep({"image": "agentrt/base:latest", "command": ["true"], "detach": True},
+                       ok=(0, 3))
+    removal = NodeStep({"image": "agentrt/base:latest", "command": ["true"], "detach": True},
+                       {"url": "git://x/v.git", "go": "refs/s/home", "stop": "refs/s/keep",
+                        "timeout": 5, "on_timeout": "stop"}, loop=True, remove_volume="v")
+    job = json.loads(_node_job(_FakeClient(), "/st", None, [], "s",  # type: ignore[arg-type]
+                               None, None, [harvest, removal]))
+    assert job["container"] is None and "undo" not in job
+    assert [s["loop"] for s in job["then"]] == [False, True]
+    assert job["then"][0]["ok"] == [0, 3] and job["then"][1]["gate"]["on_timeout"] == "stop"
+
+
+def test_ending_a_task_container_sends_sigterm_and_waits_until_it_exited() -> None:
+    calls: list[tuple[str, str]] = []
+
+    class Api:
+        running = 3
+
+        def kill(self, container_id: str, signal: str) -> None:
+            calls.append((container_id, signal))
+
+        def inspect_container(self, container_id: str) -> dict[str, Any]:
+            self.running -= 1
+            return {"State": {"Running": self.running > 0}}
+
+    class Client:
+        api = Api()
+
+    end_container(Client(), "c1")  # type: ignore[arg-type]
+    assert calls == [("c1", "SIGTERM")] and Client.api.running == 0
+    end_container(Client(), "")  # type: ignore[arg-type]
+    assert calls == [("c1", "SIGTERM")]
