@@ -1,11 +1,10 @@
 """AgentCoordinator: many tasks, at most ``max_concurrent`` containers, dependencies, cancel.
 
 Each task runs in its own thread inside an :class:`IsolatedAgentSession`; a slot is held from
-the session's start until its result is final (work home), so the number of running
-containers never exceeds the limit; the thread then releases the session's resources while the
-slot is filled again. Tasks waiting for a slot are prepared ahead by the warm pool
-(:mod:`runtime.run.warm_pool`). A task with ``deps`` starts from the
-base with its dependencies' branches merged in (a conflict there skips it with the reason).
+the session's start until its result is final (work home), so running containers never exceed
+the limit; the thread then releases the session's resources while the slot is filled again.
+Tasks waiting for a slot are prepared ahead (:mod:`runtime.run.warm_pool`). A task with ``deps``
+starts from the base with its dependencies' branches merged in (a conflict skips it).
 Per-task failures never stop the run; :meth:`cancel` stops everything and keeps the work.
 """
 
@@ -18,7 +17,6 @@ import os
 import queue
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -26,30 +24,25 @@ import docker
 
 from runtime import paths
 from runtime.config import RunConfig, Task
-from runtime.engine.container import AgentContainer
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
-from runtime.git.workspace import (
-    DependencyConflictError,
-    new_session_id,
-    prepare_base,
-)
-from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, utcnow
+from runtime.git.workspace import DependencyConflictError, new_session_id, prepare_base
+from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.environments import EnvImage
-from runtime.run.identity import agent_ids, new_run_id
+from runtime.run.identity import new_run_id
+from runtime.run.live_run import LiveRun
 from runtime.run.network_preflight import uses_allowlist
 from runtime.run.preflight import check_run
-from runtime.run.radar import LiveTree, Overlap, radar_running
 from runtime.run.scheduler import DagScheduler, TaskState
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import STOP_REQUESTED
 from runtime.run.supervisor import Supervisor
-from runtime.run.warm_pool import WarmPool
+from runtime.run.warm_pool import WarmPool, pool_size
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
 from runtime.state.store import Store
@@ -60,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LAST_LINE_EVERY = 2.0
-
 Listener = Callable[[str, SessionResult], None]
 
 _OUTCOME = {
@@ -71,7 +62,7 @@ _OUTCOME = {
 }
 
 
-class AgentCoordinator:
+class AgentCoordinator(LiveRun):
     """Runs tasks as isolated sessions with a concurrency limit and a dependency DAG."""
 
     def __init__(
@@ -382,11 +373,9 @@ class AgentCoordinator:
 
     def _warm_pool(self, tasks: Sequence[Task], base_commit: str,
                    results: dict[str, SessionResult]) -> WarmPool | None:
-        """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), when the run
-        has more tasks than slots; not on Swarm, nor with per-session services (they would
-        run while the task waits)."""
-        size = min(self.config.warm_pool, len(tasks) - self.config.max_concurrent_agents)
-        if size <= 0 or self._swarm is not None or self.config.services:
+        """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), if any."""
+        size = pool_size(self.config, len(tasks), on_swarm=self._swarm is not None)
+        if size == 0:
             return None
         by_id = {t.id: t for t in tasks}
 
@@ -397,58 +386,6 @@ class AgentCoordinator:
                 return None
 
         return WarmPool(size, make)
-
-    def _notify(self, event: str, result: SessionResult) -> None:
-        # The listener is a view: its failures must not change the run.
-        if self.listener is not None:
-            try:
-                self.listener(event, result)
-            except Exception as exc:  # noqa: BLE001 - a view's bug never changes the run
-                log.warning("progress listener failed: %s", exc)
-
-    def _radar(self, report: RunReport) -> contextlib.AbstractContextManager[None]:
-        def on_overlap(overlap: Overlap) -> None:
-            message = overlap.message()
-            report.warnings.append(message)
-            with self._lock:
-                live = {s.task.id: s for s in self._live.values()}
-            for task_id in (overlap.first, overlap.second):
-                if task_id in live:
-                    live[task_id].result.warnings.append(message)
-                    self._notify("radar", live[task_id].result)
-
-        return radar_running(self.repo, self.config.conflict_radar_seconds, self._live_trees,
-                             on_overlap)
-
-    def _live_trees(self) -> list[LiveTree]:
-        uid, gid = agent_ids()
-        return [
-            LiveTree(s.session_id, s.task.id, s.container, f"{uid}:{gid}", s.base_commit)
-            for s in self.live_sessions()
-            # The radar reads a live tree by `docker exec`: a container on this engine only.
-            if isinstance(s.container, AgentContainer)
-            and s.result.status is SessionStatus.RUNNING
-        ]
-
-    def live_stats(self) -> dict[str, LiveStat]:
-        """What each running session uses now, against its limits (for the live view)."""
-        stats = {}
-        now = time.monotonic()
-        for session in self.live_sessions():
-            cached = self._last_lines.get(session.session_id)
-            if cached is None or now - cached[0] > LAST_LINE_EVERY:
-                with contextlib.suppress(AgentRuntimeError):
-                    cached = (now, session.last_line())
-                    self._last_lines[session.session_id] = cached
-            stat = session.stats(last_line=cached[1] if cached else "")
-            if stat is not None:
-                stats[session.task.id] = stat
-        return stats
-
-    def live_sessions(self) -> list[IsolatedAgentSession]:
-        """The sessions running now."""
-        with self._lock:
-            return list(self._live.values())
 
     def _merge(self, report: RunReport, target: str) -> None:
         from runtime.run.merging import merge_agent_results, merge_order

@@ -26,12 +26,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from runtime.config import RunConfig
 from runtime.errors import AgentRuntimeError
 
 if TYPE_CHECKING:
     from runtime.run.session import IsolatedAgentSession
 
 log = logging.getLogger(__name__)
+
+
+def pool_size(config: RunConfig, tasks: int, *, on_swarm: bool) -> int:
+    """How many sessions to prepare ahead: ``warm_pool``, when the run has more tasks than
+    slots; none on Swarm (placement decides where a volume goes) nor with per-session
+    services (they would run while the task waits). Pure."""
+    if on_swarm or config.services:
+        return 0
+    return max(0, min(config.warm_pool, tasks - config.max_concurrent_agents))
 
 
 @dataclass
