@@ -30,7 +30,7 @@ from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
-from runtime.git.workspace import DependencyConflictError, new_session_id, prepare_base
+from runtime.git.workspace import DependencyConflictError, new_session_id
 from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.environments import EnvImage
@@ -38,11 +38,12 @@ from runtime.run.identity import new_run_id
 from runtime.run.live_run import LiveRun
 from runtime.run.network_preflight import uses_allowlist
 from runtime.run.preflight import check_run
+from runtime.run.run_sessions import RunSessions
 from runtime.run.scheduler import DagScheduler, TaskState
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import STOP_REQUESTED
 from runtime.run.supervisor import Supervisor
-from runtime.run.warm_pool import WarmPool, pool_size
+from runtime.run.warm_pool import WarmPool
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
 from runtime.state.store import Store
@@ -62,7 +63,7 @@ _OUTCOME = {
 }
 
 
-class AgentCoordinator(LiveRun):
+class AgentCoordinator(RunSessions, LiveRun):
     """Runs tasks as isolated sessions with a concurrency limit and a dependency DAG."""
 
     def __init__(
@@ -188,35 +189,17 @@ class AgentCoordinator(LiveRun):
             self._pool = self._warm_pool(tasks, base_commit, results)
             with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
                 self.supervisor = supervisor
-                while not scheduler.done:
-                    if self._cancelled.is_set():
-                        for task_id in scheduler.cancel_waiting():
-                            results[task_id] = self._placeholder(by_id[task_id],
-                                                                 SessionStatus.CANCELLED,
-                                                                 "run cancelled before it started")
-                    for task_id in scheduler.next_ready():
-                        thread = threading.Thread(
-                            target=self._run_task,
-                            args=(by_id[task_id], base_commit, results, done),
-                            name=f"agentrt-task-{task_id}", daemon=True,
-                        )
-                        thread.start()
-                        threads.append(thread)
-                    if self._pool is not None:
-                        self._pool.fill(scheduler.upcoming(self._pool.size))
-                    if scheduler.running == 0:
-                        continue
-                    task_id, result = done.get()
-                    if self._run_stop_requested():
-                        self.cancel()
-                    results[task_id] = result
-                    outcome = _OUTCOME.get(result.status, TaskState.FAILED)
-                    for skipped in scheduler.finish(task_id, outcome):
-                        results[skipped] = self._placeholder(
-                            by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
+                try:
+                    self._schedule(scheduler, by_id, base_commit, results, done, threads)
+                except BaseException:
+                    # Ctrl-C in the Python API: stop every session, and wait for them while
+                    # the supervisor still sees their containers end.
+                    self.cancel()
+                    for thread in threads:
+                        thread.join()
+                    raise
         finally:
-            # A task's slot is free once its result is final; its thread then releases the
-            # session's container and volume. The run ends when every release has.
+            # A slot is free at a final result; its thread then releases; the run waits for it.
             for thread in threads:
                 thread.join()
             if self._pool is not None:
@@ -249,6 +232,38 @@ class AgentCoordinator(LiveRun):
         report.finished_at = utcnow()
         self._save_report(report)
         return report
+
+    def _schedule(self, scheduler: DagScheduler, by_id: dict[str, Task], base_commit: str,
+                  results: dict[str, SessionResult],
+                  done: queue.Queue[tuple[str, SessionResult]],
+                  threads: list[threading.Thread]) -> None:
+        """Start tasks as slots free up (one thread each) until every task has an outcome."""
+        while not scheduler.done:
+            if self._cancelled.is_set():
+                for task_id in scheduler.cancel_waiting():
+                    results[task_id] = self._placeholder(by_id[task_id],
+                                                         SessionStatus.CANCELLED,
+                                                         "run cancelled before it started")
+            for task_id in scheduler.next_ready():
+                thread = threading.Thread(
+                    target=self._run_task,
+                    args=(by_id[task_id], base_commit, results, done),
+                    name=f"agentrt-task-{task_id}", daemon=True,
+                )
+                thread.start()
+                threads.append(thread)
+            if self._pool is not None:
+                self._pool.fill(scheduler.upcoming(self._pool.size))
+            if scheduler.running == 0:
+                continue
+            task_id, result = done.get()
+            if self._run_stop_requested():
+                self.cancel()
+            results[task_id] = result
+            outcome = _OUTCOME.get(result.status, TaskState.FAILED)
+            for skipped in scheduler.finish(task_id, outcome):
+                results[skipped] = self._placeholder(
+                    by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
 
     def _save_report(self, report: RunReport) -> None:
         """Store the final report; once sessions ran, a store failure is a warning, never an
@@ -312,7 +327,7 @@ class AgentCoordinator(LiveRun):
     def _run_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
                      tell: Callable[[SessionResult], None]) -> SessionResult:
         release: Callable[[], None] = lambda: None  # noqa: E731 - nothing held on one engine
-        session: IsolatedAgentSession | None
+        session: IsolatedAgentSession
         if self._swarm is not None:
             placed = self._swarm.session(task, self.config, self._cancelled,
                                          **self._session_args(task, base_commit, results))
@@ -322,11 +337,8 @@ class AgentCoordinator(LiveRun):
             session, need = placed
             release = functools.partial(self._swarm.release, placed[0], need)
         else:
-            session = self._pool.take(task.id) if self._pool is not None else None
-            if session is not None and self.store is not None:
-                session.attach_store(self.store)  # prepared ahead: only its start is left
-            if session is None:
-                session = self._new_session(task, base_commit, results, self.store)
+            session = self._ahead(task.id) or self._new_session(task, base_commit, results,
+                                                                self.store)
         with self._lock:
             self._live[task.id] = session
         notified = False
@@ -349,43 +361,6 @@ class AgentCoordinator(LiveRun):
         if not notified:
             self._notify("finished", session.result)
         return session.result
-
-    def _session_args(self, task: Task, base_commit: str,
-                      results: dict[str, SessionResult]) -> dict[str, Any]:
-        """What every session of this run is made with (its start: the base with its
-        dependencies' branches merged in)."""
-        start = prepare_base(self.repo, base_commit, [
-            (results[d].branch, results[d].head_commit or "") for d in task.deps
-        ])
-        return dict(repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
-                    supervisor=self.supervisor, store=self.store,
-                    stop_grace_seconds=self.stop_grace_seconds,
-                    environment=self._env_images.get(task.id))
-
-    def _new_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
-                     store: Store | None) -> IsolatedAgentSession:
-        """A session of this engine for ``task`` (recorded in ``store`` when it prepares)."""
-        args = {**self._session_args(task, base_commit, results), "store": store}
-        # The seed holds the run's base: a task starting from its dependencies' work (a base
-        # of its own) checks out directly.
-        seeded = self._seeded and args["base_commit"] == base_commit
-        return IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded, **args)
-
-    def _warm_pool(self, tasks: Sequence[Task], base_commit: str,
-                   results: dict[str, SessionResult]) -> WarmPool | None:
-        """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), if any."""
-        size = pool_size(self.config, len(tasks), on_swarm=self._swarm is not None)
-        if size == 0:
-            return None
-        by_id = {t.id: t for t in tasks}
-
-        def make(task_id: str) -> IsolatedAgentSession | None:
-            try:
-                return self._new_session(by_id[task_id], base_commit, results, store=None)
-            except AgentRuntimeError:  # e.g. its dependencies conflict: found when it starts
-                return None
-
-        return WarmPool(size, make)
 
     def _merge(self, report: RunReport, target: str) -> None:
         from runtime.run.merging import merge_agent_results, merge_order

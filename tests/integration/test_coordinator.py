@@ -211,3 +211,28 @@ def test_a_cancelled_run_releases_the_sessions_it_prepared_ahead(repo: Path) -> 
     branches = git(repo, "branch", "--list", "agent/*", "--format=%(refname:short)").split()
     assert [b.split("/")[1] for b in branches] == ["c0"]
     assert not list((repo / ".git" / "agentrt" / "sessions").iterdir())
+
+
+def test_ctrl_c_in_the_python_api_stops_the_sessions_instead_of_waiting_for_them(
+    repo: Path,
+) -> None:
+    import os
+    import signal
+
+    config = RunConfig(max_concurrent_agents=2, warm_pool=1, merge="none",
+                       resource_limits=ResourceLimits(memory_mb=128, disk_mb=32))
+    coordinator = AgentCoordinator(config=config, repo=repo, stop_grace_seconds=1)
+    armed = threading.Event()
+
+    def interrupt_once_running(event: str, result: Any) -> None:
+        if event == "running" and not armed.is_set():
+            armed.set()
+            threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    coordinator.listener = interrupt_once_running
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        coordinator.run_agents([sh(f"k{i}", "sleep 120") for i in range(3)])
+    # The sessions were stopped (1 s grace) and released, not waited for (120 s).
+    assert time.monotonic() - start < 60
+    assert not list((repo / ".git" / "agentrt" / "sessions").iterdir())
