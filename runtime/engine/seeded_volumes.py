@@ -23,6 +23,7 @@ from pathlib import Path
 from runtime.engine.volumes import (
     Volume,
     format_image,
+    make_volume_dirs,
     mount_image,
     removed_on_failure,
     run_tool,
@@ -43,10 +44,7 @@ def make_seed_fs(image: Path, root: Path, disk_mb: int, uid: int, gid: int) -> N
     format_image(image, disk_mb, uid, gid, "agentrt-seed")
     root.mkdir(mode=0o755, exist_ok=True)
     mount_image(image, root)
-    for sub in ("workspace", "db"):
-        (root / sub).mkdir(mode=0o755)
-        os.chown(root / sub, uid, gid)
-    os.chown(root, uid, gid)
+    make_volume_dirs(root, uid, gid)
 
 
 def data_extents(fd: int) -> Iterator[tuple[int, int]]:
@@ -64,12 +62,10 @@ def data_extents(fd: int) -> Iterator[tuple[int, int]]:
         offset = end
 
 
-def copy_data_blocks(seed: Path, device: str) -> int:
-    """Write every data range of ``seed`` at the same offset of ``device`` (O_DIRECT); return
-    the bytes copied."""
+def copy_data_blocks(seed: Path, device: str) -> None:
+    """Write every data range of ``seed`` at the same offset of ``device`` (O_DIRECT)."""
     buffer = mmap.mmap(-1, CHUNK)
     view = memoryview(buffer)
-    copied = 0
     source = os.open(seed, os.O_RDONLY)
     try:
         target = os.open(device, os.O_WRONLY | os.O_DIRECT)
@@ -85,14 +81,12 @@ def copy_data_blocks(seed: Path, device: str) -> int:
                         raise VolumeError(f"seed {seed}: short read at {offset}")
                     os.pwritev(target, [view[:length]], offset)
                     offset += length
-                    copied += length
         finally:
             os.close(target)
     finally:
         os.close(source)
         view.release()
         buffer.close()
-    return copied
 
 
 def create_volume_from_seed(session_dir: Path, disk_mb: int, uid: int, gid: int,
@@ -112,7 +106,7 @@ def create_volume_from_seed(session_dir: Path, disk_mb: int, uid: int, gid: int,
         finally:
             os.close(fd)
         device = run_tool(["losetup", "-f", "--show", str(volume.image)],
-                      "attach volume image").strip()
+                          "attach volume image").strip()
         try:
             copy_data_blocks(seed, device)
             mount_image(device, volume.root)

@@ -46,7 +46,7 @@ _JOURNAL_MIN_MB = 32
 #: How a loop volume is mounted. ``nobarrier``: the file system sends no cache flushes to the
 #: loop device, which would turn each into an fsync of the image file on the host's disk; a
 #: volume is scratch space deleted once its work is home, so its writes need not reach the
-#: disk at all (a kept volume is synced explicitly, :func:`sync_volume`). ``noinit_itable``:
+#: disk at all (a kept volume is synced explicitly, :meth:`Volume.sync`). ``noinit_itable``:
 #: see :func:`_make_loop_fs`.
 FS_MOUNT_OPTIONS = "nodev,nosuid,noatime,noinit_itable,nobarrier"
 LOOP_MOUNT_OPTIONS = "loop," + FS_MOUNT_OPTIONS
@@ -268,11 +268,16 @@ def create_volume(
         volume.root.mkdir(mode=0o755)
         if chosen == "loop":
             _make_loop_fs(volume, disk_mb, uid, gid)
-        for sub in (volume.workspace, volume.db_dir):
-            sub.mkdir(mode=0o755)
-            os.chown(sub, uid, gid)
-        os.chown(volume.root, uid, gid)
+        make_volume_dirs(volume.root, uid, gid)
     return volume
+
+
+def make_volume_dirs(root: Path, uid: int, gid: int) -> None:
+    """The volume's ``workspace`` and ``db`` directories in ``root``, all owned by the agent."""
+    for sub in ("workspace", "db"):
+        (root / sub).mkdir(mode=0o755)
+        os.chown(root / sub, uid, gid)
+    os.chown(root, uid, gid)
 
 
 @contextlib.contextmanager

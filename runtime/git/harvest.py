@@ -175,7 +175,7 @@ def harvest_spec(plan: HarvestPlan) -> dict[str, Any]:
         raise HarvestError("a harvest mounts the session's tree read-only")
     bundles = OUT_DIR
     if plan.bundles_dir is not None:
-        # agentrt's own empty directory, for the script's bundles only (never the agent's).
+        # agentrt's own directory, for the script's bundles only (the agent never had it).
         bundles = BUNDLES_MOUNT
         mounts.append(Mount(BUNDLES_MOUNT, str(plan.bundles_dir), type="bind", read_only=False))
     spec: dict[str, Any] = {
