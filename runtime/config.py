@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from runtime.environments import Environment, Service, check_services
+from runtime.environments import Environment, Service, check_command, check_services
 from runtime.errors import ConfigError
 from runtime.limits import ConcurrentAgents, DiskMb, RadarSeconds, StrictModel, WarmPool
 from runtime.limits import LimitOverrides as LimitOverrides
@@ -118,6 +118,13 @@ class RunConfig(StrictModel):
     services: list[Service] = Field(
         default_factory=list, description="Containers started for each session on its own "
         "internal network, reached by name.")
+    merge_gate: list[str] | None = Field(
+        None, description="A command (argv) run on each session's would-be merge result, in a "
+        "fresh session of the run's environment, before merge = \"auto\" lands it; the work "
+        "lands only if it exits 0 (docs/merging.md).")
+    merge_gate_limits: LimitOverrides = Field(
+        default_factory=LimitOverrides, description="The gate session's limits: overrides of "
+        "resource_limits.")
 
     @model_validator(mode="before")
     @classmethod
@@ -154,6 +161,7 @@ class RunConfig(StrictModel):
     _egress_allow = field_validator("egress_allow")(check_egress_allow)
     _egress_networks = field_validator("egress_networks")(check_egress_networks)
     _services = field_validator("services")(check_services)
+    _merge_gate = field_validator("merge_gate")(check_command)
 
     @field_validator("target")
     @classmethod
@@ -170,6 +178,11 @@ class RunConfig(StrictModel):
     def limits_for(self, task: Task) -> ResourceLimits:
         """The effective limits of ``task``: the run's defaults with the task's overrides."""
         return task.resource_limits.apply_to(self.resource_limits)
+
+    def gate_for(self, task: Task) -> list[str] | None:
+        """The merge gate of ``task``: its own (``[]``: none), else the run's."""
+        gate = task.merge_gate if task.merge_gate is not None else self.merge_gate
+        return gate or None
 
     def network_for(self, task: Task) -> NetworkMode:
         """The network mode of ``task``."""

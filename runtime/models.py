@@ -82,12 +82,36 @@ class Conflict(BaseModel):
     with_branch: str | None = None
 
 
+class GateResult(BaseModel):
+    """The merge gate's verdict on one session's would-be merge result (docs/merging.md).
+
+    ``verdict`` is ``passed`` (the command exited 0: the work may land), ``failed`` (it exited
+    non-zero, ran out of memory or time, or could not run: the target does not move) or
+    ``skipped`` (``agentrt merge --no-gate``: landed without the gate, on purpose).
+    """
+
+    command: list[str]
+    verdict: Literal["passed", "failed", "skipped"]
+    status: str | None = None
+    """How the gate's session ended (``succeeded``, ``failed``, ``oom_killed``, ``timed_out``...)."""
+    exit_code: int | None = None
+    reason: str | None = None
+    duration_s: float | None = None
+    tested_commit: str | None = None
+    """The would-be merge commit the gate ran on (the target with this session's work)."""
+    output_tail: str = ""
+    """The gate's last output lines (secrets redacted, control characters removed)."""
+
+
 class MergeInfo(BaseModel):
     """The merge result of one session's branch."""
 
-    status: Literal["merged", "clean", "conflicts", "not_attempted"] = "not_attempted"
+    status: Literal["merged", "clean", "conflicts", "gate_failed", "not_attempted"] = \
+        "not_attempted"
     conflicts: list[Conflict] = Field(default_factory=list)
     merge_commit: str | None = None
+    gate: GateResult | None = None
+    """The merge gate's verdict, when the run (or task) has a ``merge_gate``."""
 
 
 class Usage(BaseModel):
@@ -195,12 +219,13 @@ class RunReport(BaseModel):
             for s in self.sessions)
 
     def exit_code(self) -> int:
-        """0 all succeeded; 1 a session failed or its work did not come home; 3 merge
-        conflicts, or an automatic merge that did not happen (work kept on the branches);
-        130 interrupted."""
+        """0 all succeeded; 1 a session failed, its work did not come home or its merge gate
+        failed; 3 merge conflicts, or an automatic merge that did not happen (work kept on the
+        branches); 130 interrupted."""
         if self.interrupted:
             return 130
-        if any(s.status.is_failure or s.work.is_failure for s in self.sessions):
+        if any(s.status.is_failure or s.work.is_failure or s.merge.status == "gate_failed"
+               for s in self.sessions):
             return 1
         if any(s.merge.status == "conflicts" for s in self.sessions):
             return 3

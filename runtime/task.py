@@ -73,6 +73,9 @@ class Task(StrictModel):
     )
     environment: Environment | None = Field(
         None, description="This task's own environment (replacing [run] environment).")
+    merge_gate: list[str] | None = Field(
+        None, description="The check this task's work must pass before an automatic merge "
+        "lands it (replacing [run] merge_gate); [] = no gate for this task.")
 
     @field_validator("id")
     @classmethod
@@ -108,6 +111,11 @@ class Task(StrictModel):
         return value
 
     _command = field_validator("command")(check_command)
+
+    @field_validator("merge_gate")
+    @classmethod
+    def _check_gate(cls, value: list[str] | None) -> list[str] | None:
+        return value if not value else check_command(value)
 
     @field_validator("env")
     @classmethod

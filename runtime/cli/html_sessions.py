@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from runtime.cli.html_charts import resource_charts
 from runtime.cli.html_format import STATUS_COLOR, esc, format_seconds, merge_pill, status_pill
 from runtime.cli.report_work import SessionWork, TargetStory
-from runtime.models import Manifest, RunReport, SessionResult
+from runtime.models import GateResult, Manifest, RunReport, SessionResult
 from runtime.run.usage import format_usage
 
 if TYPE_CHECKING:
@@ -77,6 +77,20 @@ def _resolve_commands(page: ReportPage, s: SessionResult) -> str:
     return f'<h4 class="gap">To resolve</h4><pre class="resolve">{esc(chr(10).join(lines))}</pre>'
 
 
+def _gate_block(gate: GateResult) -> str:
+    """The merge gate's command, verdict, time and output tail."""
+    took = f" in {format_seconds(gate.duration_s)}" if gate.duration_s is not None else ""
+    how = f" ({gate.status}" + (f", exit {gate.exit_code}" if gate.exit_code is not None
+                                else "") + ")" if gate.status else ""
+    text = [f'<h4 class="gap">Merge gate</h4><p><code>{esc(shlex.join(gate.command))}</code>: '
+            f'<strong>{esc(gate.verdict)}</strong>{esc(how + took)}</p>']
+    if gate.reason:
+        text.append(f'<p class="muted">{esc(gate.reason)}</p>')
+    if gate.output_tail:
+        text.append(f'<pre class="output">{esc(gate.output_tail)}</pre>')
+    return "".join(text)
+
+
 def _merge_block(page: ReportPage, s: SessionResult) -> str:
     info = s.merge
     parts = [f'<h4>Merge</h4>'
@@ -97,6 +111,8 @@ def _merge_block(page: ReportPage, s: SessionResult) -> str:
                          f"{_partner(page, s, c.path, c.with_branch)}</li>")
         parts.append(f'<ul class="conflicts">{"".join(items)}</ul>')
         parts.append(_resolve_commands(page, s))
+    if info.gate is not None:
+        parts.append(_gate_block(info.gate))
     if s.warnings:
         parts.append('<h4 class="gap">Warnings</h4><ul class="warn">'
                      + "".join(f"<li>{esc(w)}</li>" for w in s.warnings) + "</ul>")

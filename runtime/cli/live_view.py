@@ -43,6 +43,7 @@ STATUS_STYLE = {
 
 #: The coordinator's listener event for a session being stopped (SIGTERM sent, grace running).
 STOPPING = "stopping"
+GATING = "gating"
 
 
 def _mb(value: int) -> str:
@@ -92,6 +93,7 @@ class ProgressView:
         self._seen: dict[str, LiveStat] = {}  # the last numbers of each session, kept once done
         self._final_lines: dict[str, str] = {}
         self._stopping: set[str] = set()
+        self._gating: set[str] = set()
         self._stop_requests = 0  # Ctrl-C / SIGTERM seen by the CLI
         # Re-entrant: the CLI's signal handler may run while the main thread is inside a call.
         self._lock = threading.RLock()
@@ -126,6 +128,8 @@ class ProgressView:
             self.rows[result.task_id] = result
             if event == STOPPING:
                 self._stopping.add(result.task_id)
+            if event == GATING:  # its merge gate runs (after the sessions, before it lands)
+                self._gating.add(result.task_id)
         if event == "radar":
             warning = result.warnings[-1]
             with self._lock:
@@ -218,10 +222,13 @@ class ProgressView:
                 self._seen[r.task_id] = stat
             seen = self._seen.get(r.task_id)
             stopping = r.task_id in self._stopping
+            gating = r.task_id in self._gating
             final_line = self._final_lines.get(r.task_id, "")
         state, style = r.status.value, STATUS_STYLE[r.status]
         if stopping and not r.status.is_final:
             state, style = STOPPING, "bold yellow"
+        if gating:
+            state, style = GATING, "bold cyan"
         lim = seen.limits if seen is not None else self.limits.get(r.task_id)
         time_cell = f"{elapsed:.0f}s" + (f"/{lim.time_seconds}s" if lim else "")
         cpu = ""
@@ -290,6 +297,9 @@ def summary_table(report: RunReport) -> Table:
         merge: str = s.merge.status
         if s.merge.conflicts:
             merge += ": " + ", ".join(sorted({c.path for c in s.merge.conflicts}))
+        gate = s.merge.gate
+        if gate is not None:
+            merge += f" (gate {gate.verdict}" + (f": {gate.reason}" if gate.reason else "") + ")"
         status = f"[{STATUS_STYLE[s.status]}]{s.status.value}[/]"
         if s.reason and s.status is not SessionStatus.SUCCEEDED:
             status += f"\n[dim]{markup_safe(s.reason)}[/]"

@@ -122,14 +122,19 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
 @click.option("--strategy", type=click.Choice(["auto", "review"]), default="review",
               show_default=True)
 @click.option("--target", help="Branch to merge into (default: the run's target).")
+@click.option("--no-gate", is_flag=True,
+              help="Land without running the run's merge_gate (recorded as skipped).")
 @click.option("--json", "as_json", is_flag=True)
-def merge(run_id: str, repo: str, strategy: str, target: str | None, as_json: bool) -> None:
-    """Merge (auto) or check (review) a finished run's branches into the target."""
+def merge(run_id: str, repo: str, strategy: str, target: str | None, no_gate: bool,
+          as_json: bool) -> None:
+    """Merge (auto) or check (review) a finished run's branches into the target; an automatic
+    merge runs the run's merge gate on each would-be merge result first."""
     from runtime.run.merging import merge_run
 
     main_repo = MainRepo(repo)
     with open_store(main_repo) as store:
-        report = merge_run(main_repo, store, run_id, strategy, target)  # type: ignore[arg-type]
+        report = merge_run(main_repo, store, run_id, strategy, target,  # type: ignore[arg-type]
+                           gate=not no_gate)
     print_report(report, as_json)
     sys.exit(report.exit_code())
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -44,7 +44,7 @@ from runtime.git.checkout_state import CheckoutState, checkout_state, merge_bloc
 from runtime.git.conflicts import MergeCheck, SafeGit, check_commits, check_merge, conflict_matrix
 from runtime.git.safe_git import MainRepo, check_branch_name
 from runtime.git.target_move import advance_target, finish_interrupted_checkout
-from runtime.models import Conflict, MergeInfo, SessionResult, SessionStatus
+from runtime.models import Conflict, GateResult, MergeInfo, SessionResult, SessionStatus
 
 __all__ = [
     "MergeCheck",
@@ -61,9 +61,15 @@ log = logging.getLogger(__name__)
 
 Strategy = Literal["review", "auto", "none"]
 
+#: The merge gate (:mod:`runtime.run.merge_gate`): called with a session and the would-be merge
+#: commit (the target with the session's work), under the merge lock and before the target
+#: moves; returns its verdict, or None when this session has no gate.
+Gate = Callable[[SessionResult, str], GateResult | None]
+
 
 def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainRepo,
-                   target: str | None = None, run_id: str = "") -> str | None:
+                   target: str | None = None, run_id: str = "",
+                   gate: Gate | None = None) -> str | None:
     """Fill ``merge`` of every succeeded session in ``results``; return the target (None for
     ``none`` or when nothing succeeded).
 
@@ -76,7 +82,9 @@ def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainR
       (``merged``); a branch the target already contains is ``merged`` with no new commit; a
       conflicting one is left on its branch as ``conflicts``. In directory mode the merged
       files are written into the folder, and a session whose files changed in the folder
-      meanwhile is ``conflicts``.
+      meanwhile is ``conflicts``. With a ``gate``, each clean merge commit is first handed to
+      it, on top of the merges before it (a merge queue); a failing verdict leaves the work on
+      its branch as ``gate_failed`` and the target where it was.
 
     Raises :class:`MergeError` if git fails, a branch or the target does not exist, or (auto)
     the target is checked out with uncommitted tracked changes or in a linked worktree; in
@@ -94,7 +102,7 @@ def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainR
     if strategy == "review":
         _review(repo, todo, target)
     else:
-        _auto(repo, todo, target, run_id)
+        _auto(repo, todo, target, run_id, gate)
     return target
 
 
@@ -192,7 +200,8 @@ def ready_to_move(git: SafeGit, repo: MainRepo, target: str) -> CheckoutState:
     return state
 
 
-def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: str) -> None:
+def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: str,
+          gate: Gate | None) -> None:
     git = SafeGit(repo)
     ref = f"refs/heads/{target}"
     with merge_lock(repo):
@@ -202,7 +211,8 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
             branch_head = git.commit(session.branch)
             if git.is_ancestor(branch_head, head):
                 # Already home (an earlier merge, or a fast-forward): keep what merged it.
-                session.merge = MergeInfo(status="merged", merge_commit=session.merge.merge_commit)
+                session.merge = MergeInfo(status="merged", merge_commit=session.merge.merge_commit,
+                                          gate=session.merge.gate)
                 continue
             result = check_commits(git, head, branch_head)
             if not result.clean or result.tree is None:
@@ -213,8 +223,12 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
             message += f"\n\nBranch: {session.branch}\n"
             commit = git.run("commit-tree", result.tree, "-p", head, "-p", branch_head,
                              input=message).stdout.strip()
+            verdict = gate(session, commit) if gate is not None else None
+            if verdict is not None and verdict.verdict == "failed":
+                session.merge = MergeInfo(status="gate_failed", gate=verdict)
+                continue
             clashes = advance_target(git, ref, head, commit, worktree)
             if clashes:
-                session.merge = MergeInfo(status="conflicts", conflicts=clashes)
+                session.merge = MergeInfo(status="conflicts", conflicts=clashes, gate=verdict)
                 continue
-            session.merge = MergeInfo(status="merged", merge_commit=commit)
+            session.merge = MergeInfo(status="merged", merge_commit=commit, gate=verdict)

@@ -222,7 +222,7 @@ class AgentCoordinator(RunSessions, LiveRun):
         report.interrupted = self._cancelled.is_set()
         if self.config.merge != "none" and not report.interrupted:
             if target:
-                self._merge(report, target)
+                self._merge(report, target, by_id)
             elif self.config.merge == "auto":
                 from runtime.git.merge import auto_merge_blocker
 
@@ -362,12 +362,18 @@ class AgentCoordinator(RunSessions, LiveRun):
             self._notify("finished", session.result)
         return session.result
 
-    def _merge(self, report: RunReport, target: str) -> None:
+    def _merge(self, report: RunReport, target: str, tasks: Mapping[str, Task]) -> None:
+        from runtime.run.merge_gate import MergeGate
         from runtime.run.merging import merge_agent_results, merge_order
 
+        gate = None
+        if self.config.merge == "auto" and any(self.config.gate_for(t) for t in tasks.values()):
+            gate = MergeGate(self.repo, self.config, tasks, client=self.client,
+                             stop_grace_seconds=self.stop_grace_seconds,
+                             on_gating=lambda result: self._notify("gating", result))
         try:
             merge_agent_results(merge_order(report.sessions), self.config.merge, repo=self.repo,
-                                target=target, run_id=self.run_id)
+                                target=target, run_id=self.run_id, gate=gate)
         except AgentRuntimeError as exc:
             report.warnings.append(f"merge: {exc}")
             if self.config.merge == "auto":

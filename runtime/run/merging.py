@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runtime.config import MergeStrategy
 from runtime.errors import AgentRuntimeError, ConfigError, NotFoundError
-from runtime.git.merge import Strategy, merge_branches, resolve_target
+from runtime.git.merge import Gate, Strategy, merge_branches, resolve_target
 from runtime.git.safe_git import MainRepo
 from runtime.models import RunReport, SessionResult, SessionStatus
 from runtime.state.store import Store
@@ -38,8 +38,11 @@ def merge_order(sessions: Sequence[SessionResult]) -> list[SessionResult]:
 
 
 def merge_run(repo: MainRepo, store: Store, run_id: str, strategy: MergeStrategy,
-              target: str | None = None) -> RunReport:
-    """Merge (``auto``) or check (``review``) a recorded run's branches; store the outcome."""
+              target: str | None = None, *, gate: bool = True) -> RunReport:
+    """Merge (``auto``) or check (``review``) a recorded run's branches; store the outcome.
+
+    An automatic merge honours the run's recorded ``merge_gate`` (and its tasks' own);
+    ``gate=False`` lands without running it and records each gate as ``skipped``."""
     run = store.latest_run() if run_id == "latest" else store.find_run(run_id)
     if run is None:
         raise NotFoundError("no runs recorded yet")
@@ -48,7 +51,9 @@ def merge_run(repo: MainRepo, store: Store, run_id: str, strategy: MergeStrategy
     if not into:
         raise ConfigError("no target branch: pass --target")
     merge_agent_results(merge_order(report.sessions), strategy, repo=repo, target=into,
-                        run_id=run.id)
+                        run_id=run.id,
+                        gate=recorded_gate(repo, store, run.id, skip=not gate)
+                        if strategy == "auto" else None)
     for session in report.sessions:
         if session.branch:
             store.upsert_session(session, run.id)
@@ -65,6 +70,7 @@ def merge_agent_results(
     *,
     target: str | None = None,
     run_id: str = "",
+    gate: Gate | None = None,
 ) -> list[SessionResult]:
     """Fill ``session.merge`` for every succeeded session; return their results.
 
@@ -85,6 +91,8 @@ def merge_agent_results(
       branch the target already contains is ``merged`` with no new commit; a conflicting one is
       left on its branch as ``conflicts``. In directory mode the merged files are written into
       the folder, and a session whose files changed in the folder meanwhile is ``conflicts``.
+      With a ``gate`` (:class:`~runtime.run.merge_gate.MergeGate`), each clean merge lands
+      only if the gate passes on it (else ``gate_failed``, the target unmoved).
 
     Sessions recorded in the repository's state database get their outcome recorded there (so
     ``agentrt report`` shows it), and their run the strategy and target.
@@ -112,7 +120,7 @@ def merge_agent_results(
     target = resolve_target(main, target)
     todo = [s for s in results if s.status == SessionStatus.SUCCEEDED]
     try:
-        merge_branches(results, strategy, main, target, run_id or inferred_run)
+        merge_branches(results, strategy, main, target, run_id or inferred_run, gate)
     finally:
         if todo:
             record_outcomes(main, todo, strategy, target)
@@ -120,6 +128,21 @@ def merge_agent_results(
 
 
 MergeInput = RunReport | Sequence[object]
+
+
+def recorded_gate(repo: MainRepo, store: Store, run_id: str, *,
+                  skip: bool = False) -> Gate | None:
+    """The merge gate of a recorded run (its config and its sessions' tasks), or None when
+    neither the run nor any task has one."""
+    from runtime.config import RunConfig, Task
+    from runtime.run.merge_gate import MergeGate
+
+    config = RunConfig.model_validate_json(store.find_run(run_id).config_json)
+    tasks = {row.task_id: Task.model_validate(row.manifest.task)
+             for row in store.list_sessions(run_id=run_id) if row.manifest is not None}
+    if not config.merge_gate and not any(t.merge_gate for t in tasks.values()):
+        return None
+    return MergeGate(repo, config, tasks, skip=skip)
 
 
 def _inputs(value: object) -> tuple[list[SessionResult], MainRepo | None, str]:
