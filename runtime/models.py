@@ -93,7 +93,7 @@ class GateResult(BaseModel):
     command: list[str]
     verdict: Literal["passed", "failed", "skipped"]
     status: str | None = None
-    """How the gate's session ended (``succeeded``, ``failed``, ``oom_killed``, ``timed_out``...)."""
+    """How the gate session ended: ``succeeded``, ``failed``, ``oom_killed``, ``timed_out``..."""
     exit_code: int | None = None
     reason: str | None = None
     duration_s: float | None = None

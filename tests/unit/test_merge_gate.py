@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.config import RunConfig
-from runtime.config import Task
+from runtime.config import RunConfig, Task
 from runtime.git.merge import merge_branches
 from runtime.git.safe_git import MainRepo
 from runtime.models import GateResult, SessionResult, SessionStatus
@@ -82,3 +81,31 @@ def test_merge_queue_gates_each_merge_on_top_of_the_ones_before_and_a_refusal_ke
     assert git(repo, "rev-parse", f"{seen[1]}^1").strip() == a.merge.merge_commit
     assert git(repo, "rev-parse", "main").strip() == a.merge.merge_commit
     assert git(repo, "rev-parse", "main^1").strip() == before
+
+
+
+def test_the_gate_verdict_is_shown_escaped_in_the_summary_table_and_the_html_report() -> None:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from runtime.cli.html_report import render_html
+    from runtime.cli.live_view import summary_table
+    from runtime.models import MergeInfo, RunReport
+
+    gate = GateResult(command=["pytest", "-q"], verdict="failed", status="failed", exit_code=1,
+                      reason="exit code 1", duration_s=2.5,
+                      output_tail="<script>x</script>\n1 failed, 3 passed\n")
+    result = SessionResult(id="t-abc123", task_id="t", branch="agent/t/abc123",
+                           status=SessionStatus.SUCCEEDED,
+                           merge=MergeInfo(status="gate_failed", gate=gate))
+    report = RunReport(run_id="r1", repo="/src/app", base_commit="c" * 40, target="main",
+                       merge="auto", started_at=datetime(2025, 1, 1, tzinfo=UTC),
+                       sessions=[result])
+    assert report.exit_code() == 1
+    console = Console(width=200, record=True)
+    console.print(summary_table(report))
+    assert "gate_failed (gate failed: exit code 1)" in console.export_text()
+    page = render_html(report, {}, {})
+    assert "Merge gate" in page and "pytest -q" in page and "1 failed, 3 passed" in page
+    assert "<script>x" not in page and "gate failed" in page
