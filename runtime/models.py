@@ -150,6 +150,8 @@ class Manifest(BaseModel):
     """With ``network = "allowlist"``: the policy the session ran under (the run's or its own)."""
     # The key (hash of the inputs) of the environment the image was built from, if any.
     environment_key: str | None = None
+    agentrt_version: str | None = None
+    """The agentrt that ran the session (None in manifests recorded before it was kept)."""
     services: list[dict[str, object]] = Field(default_factory=list)
 
 

@@ -192,6 +192,7 @@ def _manifest_block(s: SessionResult, manifest: Manifest | None) -> str:
                          f"database {manifest.database_strategy}")),
         ("env keys", esc(", ".join(manifest.env_keys) or "none")),
         *([("agent CLI", esc(manifest.cli_version))] if manifest.cli_version else []),
+        *([("agentrt", esc(manifest.agentrt_version))] if manifest.agentrt_version else []),
         *([("usage", esc(format_usage(s.usage)))] if s.usage else []),
         ("command", f"<pre>{esc(command)}</pre>"),
     ]

@@ -19,9 +19,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def repo_option(func: F) -> F:
-    """The ``--repo PATH`` option every verb takes."""
-    return click.option("--repo", default=".", show_default=True,
-                        help="The git repository.")(func)
+    """The ``--repo PATH`` option every verb takes (default ``$AGENTRT_REPO``, else ``.``)."""
+    return click.option("--repo", default=".", show_default=True, envvar="AGENTRT_REPO",
+                        show_envvar=True, help="The git repository.")(func)
 
 def open_store(repo: MainRepo) -> Store:
     """The repository's state database; NotFoundError if agentrt never ran here."""

@@ -19,6 +19,7 @@ import click
 from rich.console import Console
 
 from runtime.cli.lookup import open_store, repo_option
+from runtime.cli.one_off import one_off_options, one_off_task_file
 from runtime.config import load_task_file
 from runtime.errors import AgentRuntimeError
 from runtime.limits import MAX_CONCURRENT_AGENTS
@@ -56,6 +57,7 @@ class AgentrtGroup(click.Group):
 
 
 @click.group(cls=AgentrtGroup)
+@click.version_option(package_name="agentrt", prog_name="agentrt")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(debug: bool) -> None:
     """Run several coding agents at once on one git repository, each isolated."""
@@ -64,7 +66,7 @@ def main(debug: bool) -> None:
 
 
 @main.command()
-@click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @repo_option
 @click.option("--max-concurrent", type=click.IntRange(min=1, max=MAX_CONCURRENT_AGENTS),
               help="Override max_concurrent_agents.")
@@ -73,15 +75,24 @@ def main(debug: bool) -> None:
               help="Override [run] engine: swarm runs sessions as services of the Swarm the "
               "engine (DOCKER_HOST) manages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
-def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
-        engine: str | None, as_json: bool) -> None:
-    """Run the tasks of TASK_FILE; live progress on stderr; final report."""
+@one_off_options
+def run(task_file: Path | None, repo: str, max_concurrent: int | None,
+        merge_strategy: str | None, engine: str | None, as_json: bool, prompt: str | None,
+        **one_off: Any) -> None:
+    """Run the tasks of TASK_FILE, or one task given by -p PROMPT [--agent PRESET]; live
+    progress on stderr; final report."""
     from runtime.cli.live_view import ProgressView
     from runtime.cli.session_output import last_output_line
     from runtime.git.directory_mode import open_repo
     from runtime.run.coordinator import AgentCoordinator
 
-    parsed = load_task_file(task_file)
+    given = [k for k, v in one_off.items() if v not in (None, ())]
+    if task_file is not None and (prompt is not None or given):
+        fail("give a TASK_FILE or -p PROMPT with its flags, not both")
+    if task_file is None and prompt is None:
+        fail("give a TASK_FILE, or -p PROMPT [--agent PRESET] for one task without a file")
+    parsed = load_task_file(task_file) if task_file is not None else \
+        one_off_task_file(prompt or "", **one_off)
     updates: dict[str, Any] = {}
     if max_concurrent:
         updates["max_concurrent_agents"] = max_concurrent
@@ -278,9 +289,11 @@ def _register_commands() -> None:
     from runtime.cli import inspect as cli_inspect
     from runtime.cli import manage as cli_manage
     from runtime.cli import revert as cli_revert
+    from runtime.cli import session_verbs as cli_session
     from runtime.cli.env_images import images_prune
 
-    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS):
+    for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS,
+                    *cli_session.COMMANDS):
         main.add_command(command)
     images.add_command(images_prune)
 

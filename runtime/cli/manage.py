@@ -117,7 +117,7 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@click.argument("names", nargs=-1, required=True, metavar="RUN|SESSION...")
 @repo_option
 @click.option("--strategy", type=click.Choice(["auto", "review"]), default="review",
               show_default=True)
@@ -125,16 +125,34 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
 @click.option("--no-gate", is_flag=True,
               help="Land without running the run's merge_gate (recorded as skipped).")
 @click.option("--json", "as_json", is_flag=True)
-def merge(run_id: str, repo: str, strategy: str, target: str | None, no_gate: bool,
+def merge(names: tuple[str, ...], repo: str, strategy: str, target: str | None, no_gate: bool,
           as_json: bool) -> None:
-    """Merge (auto) or check (review) a finished run's branches into the target; an automatic
-    merge runs the run's merge gate on each would-be merge result first."""
-    from runtime.run.merging import merge_run
+    """Merge (auto) or check (review) a finished run's branches, or only the named sessions,
+    into the target; an automatic merge runs the run's merge gate on each would-be merge
+    result first."""
+    from runtime.cli.lookup import resolve_run, resolve_session
+    from runtime.run.merging import merge_run, merge_sessions
 
     main_repo = MainRepo(repo)
     with open_store(main_repo) as store:
-        report = merge_run(main_repo, store, run_id, strategy, target,  # type: ignore[arg-type]
-                           gate=not no_gate)
+        if len(names) == 1:
+            try:
+                run = resolve_run(store, names[0])
+            except NotFoundError:
+                run = None
+            if run is not None:
+                report = merge_run(main_repo, store, run.id, strategy,  # type: ignore[arg-type]
+                                   target, gate=not no_gate)
+                print_report(report, as_json)
+                sys.exit(report.exit_code())
+        ids: list[str] = []
+        for name in names:
+            try:
+                ids += [r.id for r in store.list_sessions(run_id=resolve_run(store, name).id)]
+            except NotFoundError:
+                ids.append(resolve_session(store, name).id)
+        report = merge_sessions(main_repo, store, ids, strategy,  # type: ignore[arg-type]
+                                target, gate=not no_gate)
     print_report(report, as_json)
     sys.exit(report.exit_code())
 

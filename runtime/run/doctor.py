@@ -27,6 +27,7 @@ from runtime.engine.swarm import SwarmNode
 from runtime.engine.swarm_images import NODES_ENV, NodeImage
 from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import git_version
+from runtime.version import agentrt_version
 
 Status = Literal["ok", "warn", "fail"]
 Version = tuple[int, int, int]
@@ -36,7 +37,8 @@ GIT_CVE_2025_48384_FIXED: Version = (2, 50, 1)
 # runc releases with the fixes for CVE-2025-31133 / -52565 / -52881, per maintained line.
 RUNC_FIXED: tuple[Version, ...] = ((1, 2, 8), (1, 3, 3), (1, 4, 0))
 BASE_IMAGE = "agentrt/base:latest"
-CHECK_ORDER = ("engine", "git", "runc", "cgroups", "disk limits", "gVisor", "images", "colima")
+CHECK_ORDER = ("agentrt", "engine", "git", "runc", "cgroups", "disk limits", "gVisor", "images",
+               "colima")
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ def run_checks(client_factory: Callable[[], docker.DockerClient],
         ]
     found = {c.name: c for c in engine_part}
     found["git"] = _git_check_host()
+    found["agentrt"] = Check("agentrt", "ok", f"version {agentrt_version()}")
     found["disk limits"] = disk
     found["colima"] = colima_check()
     checks = [found[name] for name in CHECK_ORDER] + swarm

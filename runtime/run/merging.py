@@ -63,6 +63,36 @@ def merge_run(repo: MainRepo, store: Store, run_id: str, strategy: MergeStrategy
     return report
 
 
+def merge_sessions(repo: MainRepo, store: Store, session_ids: Sequence[str],
+                   strategy: MergeStrategy, target: str | None = None, *,
+                   gate: bool = True) -> RunReport:
+    """Merge (``auto``) or check (``review``) the named sessions only, in merge order, with the
+    same safety as a run's merge (and its recorded gate); store each outcome.
+
+    The sessions may belong to different runs; each is merged into ``target``, else its run's
+    target. The report holds just these sessions (under the first one's run)."""
+    rows = [store.get_session(sid) for sid in dict.fromkeys(session_ids)]
+    if not rows:
+        raise ConfigError("name at least one session")
+    runs = {row.run_id: store.find_run(row.run_id) for row in rows}
+    merged: list[SessionResult] = []
+    for run_id, run in runs.items():
+        results = merge_order([row.result for row in rows if row.run_id == run_id])
+        into = target or run.target
+        if not into:
+            raise ConfigError(f"run {run_id} has no target branch: pass --target")
+        # merge_agent_results records each outcome in the state database.
+        merge_agent_results(results, strategy, repo=repo, target=into, run_id=run_id,
+                            gate=recorded_gate(repo, store, run_id, skip=not gate)
+                            if strategy == "auto" else None)
+        merged.extend(results)
+    report = store.run_report(rows[0].run_id)
+    report.sessions = merged
+    report.merge = strategy
+    report.target = target or report.target
+    return report
+
+
 def merge_agent_results(
     sessions_or_results: MergeInput,
     strategy: Strategy = "review",

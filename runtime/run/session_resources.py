@@ -32,6 +32,7 @@ from runtime.models import Manifest, SessionResult
 from runtime.run.resilience import engine_retry
 from runtime.state.liveness import process_start_time
 from runtime.state.session_facts import SessionMarker
+from runtime.version import agentrt_version
 
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
@@ -114,6 +115,7 @@ class SessionResources:
             cli_version=self.result.cli_version, egress_allow=allow, egress_networks=networks,
             environment_key=self.environment.key if self.environment else None,
             services=[s.model_dump(mode="json") for s in self.config.services],
+            agentrt_version=agentrt_version(),
         )
 
     def disk_used(self) -> int:

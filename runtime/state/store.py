@@ -193,6 +193,25 @@ class Store(StoreConnection):
 
         self._transaction(work, write=True)
 
+    def delete_session(self, session_id: str) -> None:
+        """Forget a session: its row, events and samples; a run left with no session goes too
+        (``agentrt rm``: its branch and files are the caller's to remove first)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT run_id FROM sessions WHERE id = ?",
+                               (session_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no session '{session_id}'")
+            # Its events and samples follow by ON DELETE CASCADE; the run's too.
+            conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            left = conn.execute("SELECT 1 FROM sessions WHERE run_id = ? LIMIT 1",
+                                (row["run_id"],)).fetchone()
+            if left is None:
+                conn.execute("DELETE FROM runs WHERE id = ? AND status != 'running'",
+                             (row["run_id"],))
+
+        self._transaction(work, write=True)
+
     def get_session(self, session_id: str) -> SessionRow:
         """The session with exactly this id; NotFoundError otherwise."""
         rows = self._read("SELECT * FROM sessions WHERE id = ?", (session_id,))

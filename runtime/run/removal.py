@@ -1,0 +1,72 @@
+"""``agentrt rm``: forget sessions whose work is done with (their branch, saved log, refused
+bundles and records), refusing to drop work that exists nowhere else.
+
+:func:`plan_removal` decides from facts (pure but for reading git and the state database): a
+live session is never removed (stop it first); a session whose work is still kept in a volume
+is never removed here (``agentrt recover`` brings it home, ``agentrt discard`` drops it); a
+session whose branch carries commits the target does not contain is *unmerged* and removed only
+with ``force``. :func:`remove` then carries the plan out.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+from runtime import paths
+from runtime.errors import ConfigError
+from runtime.git.safe_git import MainRepo
+from runtime.git.session_work import delete_branch, is_merged
+from runtime.models import WorkState
+from runtime.state.store import SessionRow, Store
+
+
+@dataclass
+class Removal:
+    """What ``agentrt rm`` would remove, and what it refuses to."""
+
+    sessions: list[SessionRow] = field(default_factory=list)
+    unmerged: list[SessionRow] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    """Session id -> why it cannot be removed at all (live, work kept in a volume)."""
+
+
+def plan_removal(repo: MainRepo, store: Store, rows: list[SessionRow],
+                 target: str | None) -> Removal:
+    """Sort ``rows`` into removable, unmerged (removable with force) and refused."""
+    plan = Removal()
+    for row in rows:
+        result = row.result
+        if not row.status.is_final:
+            plan.refused[row.id] = f"it is {row.status.value}: `agentrt stop {row.id}` first"
+            continue
+        if result.work is WorkState.KEPT:
+            plan.refused[row.id] = (f"its work is kept in a volume: `agentrt recover {row.id}` "
+                                    f"brings it home, `agentrt discard {row.id}` drops it")
+            continue
+        plan.sessions.append(row)
+        head = repo.branch_head(row.branch) if row.branch else None
+        into = target or store.find_run(row.run_id).target
+        if head and head != result.base_commit and not (into and is_merged(repo, head, into)):
+            plan.unmerged.append(row)
+    return plan
+
+
+def remove(repo: MainRepo, store: Store, plan: Removal, *, force: bool = False) -> list[str]:
+    """Carry ``plan`` out; return the ids removed. ConfigError (nothing removed) if it holds
+    unmerged work and not ``force``, or refused sessions."""
+    if plan.refused:
+        raise ConfigError("; ".join(f"{sid}: {why}" for sid, why in plan.refused.items()))
+    if plan.unmerged and not force:
+        raise ConfigError("not merged into the target, so its branch is the only copy: "
+                          + ", ".join(f"{r.id} ({r.branch})" for r in plan.unmerged)
+                          + "; merge it, or pass --force to drop it")
+    removed = []
+    for row in plan.sessions:
+        if row.branch:
+            delete_branch(repo, row.branch)
+        paths.log_path(repo.state_dir, row.id).unlink(missing_ok=True)
+        shutil.rmtree(paths.harvest_dir(repo.state_dir, row.id), ignore_errors=True)
+        store.delete_session(row.id)
+        removed.append(row.id)
+    return removed
