@@ -122,6 +122,9 @@ class RunConfig(StrictModel):
         None, description="A command (argv) run on each session's would-be merge result, in a "
         "fresh session of the run's environment, before merge = \"auto\" lands it; the work "
         "lands only if it exits 0 (docs/merging.md).")
+    delete_merged_branches: bool = Field(
+        False, description="After an automatic merge, delete the branches it merged (the merge "
+        "commits keep the work; `agentrt gc --merged-branches` does it later).")
     merge_gate_limits: LimitOverrides = Field(
         default_factory=LimitOverrides, description="The gate session's limits: overrides of "
         "resource_limits.")

@@ -74,8 +74,11 @@ def recover(session: str, repo: str, as_json: bool) -> None:
 @click.option("--repair-state", is_flag=True,
               help="First, if the state database is damaged or lost, move it aside and rebuild "
                    "runs and sessions from the agent/* branches, session markers and logs.")
-def gc(repo: str, as_json: bool, repair_state: bool) -> None:
-    """Find and remove leftovers of dead or finished sessions (never branches, never live ones)."""
+@click.option("--merged-branches", is_flag=True,
+              help="Also delete the branches of finished sessions their run's target contains.")
+def gc(repo: str, as_json: bool, repair_state: bool, merged_branches: bool) -> None:
+    """Find and remove leftovers of dead or finished sessions (never live ones; branches only
+    with --merged-branches, and only merged ones)."""
     from runtime.engine.discovery import get_client
     from runtime.errors import EngineError
     from runtime.state.recovery import collect_garbage
@@ -89,8 +92,15 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
         client = None
         click.echo(f"agentrt: {exc}; collecting what is on disk only", err=True)
     report = collect_garbage(main_repo, client)
+    deleted: list[str] = []
+    if merged_branches:
+        from runtime.run.removal import delete_merged_branches
+
+        with open_store(main_repo) as store:
+            deleted = delete_merged_branches(main_repo, store)
     if as_json:
         out = report.as_dict()
+        out["deleted_branches"] = deleted
         if repaired is not None:
             out["repair"] = repaired.as_dict()
         click.echo(json.dumps(out, indent=2))
@@ -111,6 +121,8 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
                    f"left {len(report.skipped_live)} live sessions alone")
         for branch, head in report.saved_branches.items():
             click.echo(f"  saved {branch} at {head[:10]}")
+        if merged_branches:
+            click.echo(f"deleted {len(deleted)} merged branches")
         for error in report.errors:
             click.echo(f"  error: {error}", err=True)
     sys.exit(1 if report.errors else 0)

@@ -40,7 +40,8 @@ def apply(session: str, repo: str) -> None:
     if not changed:
         click.echo(f"{row.id} changed nothing")
         return
-    click.echo(f"applied {row.id}: {len(changed)} files changed, unstaged "
+    files = f"{len(changed)} file" + ("s" if len(changed) != 1 else "")
+    click.echo(f"applied {row.id}: {files} changed, unstaged "
                "(`git diff` shows them, `git checkout -- .` drops them)")
     for path in changed:
         click.echo(f"  {terminal_safe(path)}")
@@ -106,17 +107,17 @@ def rm(names: tuple[str, ...], force: bool, target: str | None, dry_run: bool,
             except NotFoundError:
                 rows.append(resolve_session(store, name))
         plan = plan_removal(main_repo, store, list({r.id: r for r in rows}.values()), target)
-        unmerged = {r.id for r in plan.unmerged}
-        for row in plan.sessions:
-            note = "  (NOT merged: its branch is the only copy)" if row.id in unmerged else ""
-            click.echo(f"{'would remove' if dry_run else 'removing'} {row.id} "
-                       f"{terminal_safe(row.branch or '-')}{note}")
         for sid, why in plan.refused.items():
             click.echo(f"keeping {sid}: {terminal_safe(why)}", err=True)
         if dry_run:
+            unmerged = {r.id for r in plan.unmerged}
+            for row in plan.sessions:
+                note = "  (NOT merged: its branch is the only copy)" if row.id in unmerged else ""
+                click.echo(f"would remove {row.id} {terminal_safe(row.branch or '-')}{note}")
             sys.exit(0)
         removed = remove(main_repo, store, plan, force=force)
-    click.echo(f"removed {len(removed)} sessions")
+    for sid in removed:
+        click.echo(f"removed {sid}")
 
 
 COMMANDS: list[click.Command] = [apply, checkout, log_cmd, rm]

@@ -378,3 +378,12 @@ class AgentCoordinator(RunSessions, LiveRun):
             report.warnings.append(f"merge: {exc}")
             if self.config.merge == "auto":
                 report.merge_refused = str(exc)
+        if self.config.merge == "auto" and self.config.delete_merged_branches:
+            from runtime.git.session_work import delete_branch
+
+            for session in report.sessions:
+                if session.merge.status == "merged" and session.branch:
+                    try:
+                        delete_branch(self.repo, session.branch)
+                    except AgentRuntimeError as exc:
+                        report.warnings.append(f"branch {session.branch} not deleted: {exc}")

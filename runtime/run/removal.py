@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from runtime import paths
 from runtime.errors import ConfigError
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_work import delete_branch, is_merged
+from runtime.git.session_work import delete_branch, is_merged, worktree_of
 from runtime.models import WorkState
 from runtime.state.store import SessionRow, Store
 
@@ -70,3 +70,20 @@ def remove(repo: MainRepo, store: Store, plan: Removal, *, force: bool = False) 
         store.delete_session(row.id)
         removed.append(row.id)
     return removed
+
+
+def delete_merged_branches(repo: MainRepo, store: Store) -> list[str]:
+    """Delete the branch of every finished session whose work its run's target contains (the
+    merge commit keeps it; ``agentrt revert`` needs only that); return the branches deleted.
+    A branch checked out in a worktree, or with commits the target lacks, stays."""
+    deleted = []
+    targets = {run.id: run.target for run in store.list_runs()}
+    for row in store.list_sessions():
+        head = repo.branch_head(row.branch) if row.branch and row.status.is_final else None
+        into = targets.get(row.run_id)
+        if head is None or head == row.result.base_commit or not into:
+            continue
+        if is_merged(repo, head, into) and worktree_of(repo, row.branch) is None:
+            delete_branch(repo, row.branch)
+            deleted.append(row.branch)
+    return deleted

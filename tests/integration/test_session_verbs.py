@@ -142,3 +142,26 @@ def test_a_one_off_run_without_a_task_file_using_agentrt_repo(
 def test_version_is_printed() -> None:
     out = agentrt("--version")
     assert out.returncode == 0 and out.stdout.startswith("agentrt, version ")
+
+
+def test_gc_merged_branches_deletes_only_branches_the_target_contains(
+    three: dict[str, dict[str, object]], repo: Path
+) -> None:
+    assert agentrt("merge", str(three["one"]["id"]), "--strategy", "auto",
+                   "--repo", str(repo)).returncode == 0
+    gc = agentrt("gc", "--merged-branches", "--json", "--repo", str(repo))
+    assert gc.returncode == 0, gc.stderr
+    assert json.loads(gc.stdout)["deleted_branches"] == [three["one"]["branch"]]
+    assert git(repo, "branch", "--list", "agent/*").split() == sorted(
+        [str(three["two"]["branch"]), str(three["three"]["branch"])])
+
+
+def test_delete_merged_branches_after_an_automatic_merge(docker_client: object, repo: Path,
+                                                          tmp_path: Path) -> None:
+    task_file = tmp_path / "tasks.toml"
+    task_file.write_text(THREE.replace('merge = "none"',
+                                       'merge = "auto"\ndelete_merged_branches = true'))
+    run = agentrt("run", str(task_file), "--repo", str(repo), "--json")
+    assert run.returncode == 0, run.stderr
+    assert git(repo, "branch", "--list", "agent/*") == ""
+    assert (repo / "ONE.md").exists() and (repo / "THREE.md").exists()
