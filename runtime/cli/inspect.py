@@ -70,7 +70,7 @@ def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dic
     started = result.started_at.timestamp() if result.started_at else None
     duration = result.duration_s
     if duration is None and started is not None and not row.status.is_final:
-        duration = round(now - started, 1)
+        duration = max(round(now - started, 1), 0.0)
     owner_alive: bool | None = None
     run = runs.get(row.run_id)
     if not row.status.is_final and run and run.owner_host == socket.gethostname():
@@ -89,14 +89,15 @@ def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dic
 
 
 def ps_table(entries: list[dict[str, Any]]) -> Table:
-    """The ``ps`` table: session, run, task, state, branch, started, duration, exit.
+    """The ``ps`` table: session, run, task, state, started, duration, exit.
 
-    The run id is what ``agentrt stop``, ``report`` and ``merge`` take."""
+    The run id is what ``agentrt stop``, ``report`` and ``merge`` take. The branch is not a
+    column: session ``<task>-<hex>`` works on ``agent/<task>/<hex>`` (``--json`` has it)."""
     from runtime.cli.live_view import STATUS_STYLE
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("session", "run", "task", "state", "branch", "started", "duration", "exit"):
-        table.add_column(col, no_wrap=col != "branch")
+    for col in ("session", "run", "task", "state", "started", "duration", "exit"):
+        table.add_column(col, no_wrap=col != "state")
     for e in entries:
         status = SessionStatus(e["status"])
         state = f"[{STATUS_STYLE[status]}]{status.value}[/]"
@@ -114,8 +115,9 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
             started = moment.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M")
         table.add_row(
             markup_safe(e["id"]), markup_safe(e["run_id"]), markup_safe(e["task_id"]), state,
-            markup_safe(e["branch"] or "-"), started,
-            "-" if e["duration_s"] is None else f"{e['duration_s']:.1f}s",
+            started,
+            # A clock that stepped back must not show "-0.0s".
+            "-" if e["duration_s"] is None else f"{max(e['duration_s'], 0.0):.1f}s",
             "-" if e["exit_code"] is None else str(e["exit_code"]),
         )
     return table

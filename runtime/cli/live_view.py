@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -87,6 +87,8 @@ class ProgressView:
         self.live_stats: Callable[[], dict[str, LiveStat]] = dict
         #: Each task's limits, for rows that finished before the first live reading.
         self.limits: dict[str, ResourceLimits] = {}
+        #: Every task of the run and its dependencies: tasks not started yet are shown queued.
+        self.tasks: dict[str, list[str]] = {}
         #: The last output line of a finished session (the CLI reads its saved log).
         self.final_line: Callable[[SessionResult], str] = lambda result: ""
         self._cpu_seen: dict[str, tuple[float, float]] = {}
@@ -196,6 +198,7 @@ class ProgressView:
         except Exception:  # noqa: BLE001 - the view never takes the run down
             live = {}
         cells = [self._row(r, live.get(r.task_id)) for r in rows]
+        cells += self._queued_rows({r.task_id: r for r in rows})
         layout = [("task", 8, 24, 0), ("session", 0, 0, 3), ("state", 0, 0, 0),
                   ("time", 0, 0, 6), ("cpu%", 0, 0, 2), ("memory", 0, 0, 5), ("disk", 0, 0, 4),
                   ("tokens", 0, 0, 1), ("last output", 20, 0, 0)]
@@ -212,6 +215,20 @@ class ProgressView:
         for row in cells:
             table.add_row(*(row[n] for n in keep))
         return table
+
+    def _queued_rows(self, started: dict[str, SessionResult]) -> list[list[Text]]:
+        """A dimmed row for each task not started yet, saying what it waits for."""
+        queued = []
+        for task_id, deps in self.tasks.items():
+            if task_id in started:
+                continue
+            pending = [d for d in deps if d not in started
+                       or started[d].status is not SessionStatus.SUCCEEDED]
+            why = f"waits for {', '.join(pending)}" if pending else "waits for a slot"
+            queued.append([Text(terminal_safe(task_id), "dim"), Text("-", "dim"),
+                           Text("queued", "dim"), *(Text("") for _ in range(5)),
+                           Text(terminal_safe(why), "dim")])
+        return queued
 
     def _row(self, r: SessionResult, stat: LiveStat | None) -> list[Text]:
         """The row's cells, agent-influenced text made safe."""
@@ -285,14 +302,27 @@ def _fit(columns: list[_Column], width: int) -> list[tuple[_Column, int]]:
     return [(c, widths[id(c)]) for c in shown]
 
 
-def summary_table(report: RunReport) -> Table:
-    """The final summary of a run; the run's warnings below it. Every string is made safe."""
-    table = Table(title=markup_safe(f"run {report.run_id}  base {report.base_commit[:10]}  "
-                                    f"merge={report.merge} target={report.target}"))
+class _Summary:
+    """The final summary, laid out when it is printed: fitted to the console's width."""
+
+    def __init__(self, report: RunReport) -> None:
+        self.report = report
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield summary_table(self.report, options.max_width)
+
+
+def summary_table(report: RunReport, width: int | None = None) -> RenderableType:
+    """The final summary of a run; the run's warnings below it. Every string is made safe.
+
+    Fitted to ``width`` terminal cells (default: the console's, when printed): the task id is
+    cut last and to 8 cells at most, the state and merge columns never; the numbers go in the
+    order cpu, disk, exit, memory, time while the rest cannot fit. The branch is shown by its
+    hex suffix (it is ``agent/<task>/<hex>``)."""
+    if width is None:
+        return _Summary(report)
     agents = any(s.usage or s.cli_version for s in report.sessions)
-    for col in ("task", "branch", "status", "exit", "time", "peak mem", "cpu s", "disk",
-                "merge", *(("cli version", "usage") if agents else ())):
-        table.add_column(col)
+    rows: list[tuple[list[str], str, str]] = []  # plain cells, the status's style, its reason
     for s in report.sessions:
         merge: str = s.merge.status
         if s.merge.conflicts:
@@ -300,16 +330,41 @@ def summary_table(report: RunReport) -> Table:
         gate = s.merge.gate
         if gate is not None:
             merge += f" (gate {gate.verdict}" + (f": {gate.reason}" if gate.reason else "") + ")"
-        status = f"[{STATUS_STYLE[s.status]}]{s.status.value}[/]"
-        if s.reason and s.status is not SessionStatus.SUCCEEDED:
-            status += f"\n[dim]{markup_safe(s.reason)}[/]"
-        table.add_row(
-            markup_safe(s.task_id), markup_safe(s.branch or "-"), status,
-            "-" if s.exit_code is None else str(s.exit_code),
-            "-" if s.duration_s is None else f"{s.duration_s:.1f}s", _mb(s.peak_memory_bytes),
-            f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes), markup_safe(merge),
-            *((markup_safe(s.cli_version or "-"), format_usage(s.usage) or "-") if agents else ()),
-        )
+        reason = s.reason if s.reason and s.status is not SessionStatus.SUCCEEDED else ""
+        hex_ = s.branch.rsplit("/", 1)[-1] if s.branch else "-"
+        cells = [terminal_safe(s.task_id), terminal_safe(hex_),
+                 s.status.value, "-" if s.exit_code is None else str(s.exit_code),
+                 "-" if s.duration_s is None else f"{max(s.duration_s, 0):.1f}s",
+                 _mb(s.peak_memory_bytes), f"{s.cpu_seconds:.2f}", _mb(s.disk_used_bytes),
+                 terminal_safe(merge)]
+        if agents:
+            cells += [terminal_safe(s.cli_version or "-"), format_usage(s.usage) or "-"]
+        rows.append((cells, STATUS_STYLE[s.status], terminal_safe(reason)))
+    layout = [("task", 8, 40, 0), ("hex", 0, 0, 0), ("status", 0, 0, 0), ("exit", 0, 0, 3),
+              ("time", 0, 0, 5), ("peak mem", 0, 0, 4), ("cpu s", 0, 0, 1), ("disk", 0, 0, 2),
+              ("merge", len("not_attempted"), 60, 0)]
+    if agents:
+        layout[-1:-1] = [("cli version", 0, 0, 6), ("usage", 0, 0, 7)]
+        for cells, _, _ in rows:  # merge last: the column that gives way first
+            cells.append(cells.pop(8))
+    columns = [_Column(name, [cells[n] for cells, _, _ in rows], minimum, cap or 1000, drop)
+               for n, (name, minimum, cap, drop) in enumerate(layout)]
+    shown = _fit(columns, width)
+    keep = [n for n, col in enumerate(columns) if any(c is col for c, _ in shown)]
+    # The live table's frame (no edges), which _fit counts cells for.
+    table = Table(title=markup_safe(f"run {report.run_id}  base {report.base_commit[:10]}  "
+                                    f"merge={report.merge} target={report.target}"),
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col, col_width in shown:
+        wraps = col.header == "status"  # its reason wraps under it
+        table.add_column(col.header, width=col_width, no_wrap=not wraps,
+                         overflow="fold" if wraps else "ellipsis")
+    for cells, style, reason in rows:
+        status = Text(cells[2], style)
+        if reason:
+            status.append("\n" + reason, "dim")
+        out = [status if n == 2 else Text(cells[n]) for n in keep]
+        table.add_row(*out)
     notes = [f"[yellow]warning: {markup_safe(w)}[/]" for w in report.warnings]
     total = total_usage(s.usage for s in report.sessions)
     if total is not None and len(report.sessions) > 1:
@@ -318,7 +373,7 @@ def summary_table(report: RunReport) -> Table:
         notes.insert(0, f"[red]not merged: {markup_safe(report.merge_refused)}[/]")
     elif report.auto_merge_missed and not report.interrupted:
         notes.insert(0, "[red]not merged: merge = \"auto\" left work on the branches[/]")
-    if notes:
-        table.caption = "\n".join(notes)
-        table.caption_justify = "left"
+    notes.append("[dim]branches: agent/<task>/<hex>[/]")
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
     return table

@@ -110,6 +110,7 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
     view.live_stats = coordinator.live_stats
     view.run_id = coordinator.run_id
     view.limits = {t.id: config.limits_for(t) for t in parsed.tasks}
+    view.tasks = {t.id: list(t.deps) for t in parsed.tasks}
     view.final_line = lambda result: last_output_line(main_repo, result.id)
     coordinator.preflight(parsed.tasks)
     blocker = None

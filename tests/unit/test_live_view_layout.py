@@ -236,3 +236,60 @@ def test_a_prefix_names_the_latest_runs_session_when_none_runs(tmp_path: Path) -
             resolve_session(store, "lint")  # two live ones: no guess
         with pytest.raises(NotFoundError, match="no session matches 'nope'"):
             resolve_session(store, "nope")
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_queued_tasks_are_listed_with_what_they_wait_for(width: int) -> None:
+    view = busy_view()
+    view.tasks = {"format-config": [], "write-docs": [], "memory-hog": [], "add-tests": [],
+                  "publish": ["format-config", "write-docs"], "lint": []}
+    text = shown(view, width)
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()}
+    assert re.search(r"\squeued\s", rows["publish"]) and re.search(r"\squeued\s", rows["lint"])
+    if width >= 100:
+        assert "waits for format-config, write-docs" in rows["publish"]
+        assert "waits for a slot" in rows["lint"]
+
+
+def _finished_report(width: int) -> str:
+    from runtime.cli.live_view import summary_table
+    from runtime.models import MergeInfo, RunReport
+
+    sessions = [session(task, status, duration_s=1.5, reason=reason,
+                        merge=MergeInfo(status=merge))
+                for task, status, merge, reason in (
+                    ("refactor-the-long-named-parser", SessionStatus.SUCCEEDED,
+                     "not_attempted", None),
+                    ("memory-hog", SessionStatus.OOM_KILLED, "not_attempted",
+                     "out of memory at memory_mb=128"),
+                    ("docs", SessionStatus.SUCCEEDED, "merged", None))]
+    report = RunReport(run_id=RUN, repo="/src/app", base_commit="c" * 40, target="main",
+                       merge="review", started_at=utcnow(), sessions=sessions)
+    console = Console(file=io.StringIO(), width=width, record=True)
+    console.print(summary_table(report))
+    return console.export_text()
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_final_table_never_cuts_the_task_status_or_merge_and_shows_the_branch_hex(
+    width: int,
+) -> None:
+    text = _finished_report(width)
+    assert all(len(line) <= width for line in text.splitlines()), text
+    for task, status, merge in (("refactor-the-long-named-parser", "succeeded", "not_attempted"),
+                                ("memory-hog", "oom_killed", "not_attempted"),
+                                ("docs", "succeeded", "merged")):
+        row = next(line for line in text.splitlines() if line.startswith(task))
+        assert f" {status} " in row and row.rstrip().endswith(merge) and "4db5ce" in row
+    assert "branches: agent/<task>/<hex>" in text
+    assert ("cpu s" in text) == (width >= 200) and "time" in text
+
+
+def test_ps_never_shows_a_negative_duration() -> None:
+    entry = {"id": "a-123456", "run_id": RUN, "task_id": "a", "status": "succeeded",
+             "branch": "agent/a/123456", "started_at": None, "duration_s": -0.04,
+             "exit_code": 0, "owner_alive": None, "work": "home", "kept_bytes": 0}
+    console = Console(file=io.StringIO(), width=80, record=True)
+    console.print(ps_table([entry]))
+    row = console.export_text().splitlines()[1]
+    assert "0.0s" in row and "-0.0s" not in row

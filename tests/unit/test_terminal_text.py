@@ -172,7 +172,7 @@ def test_ps_table_renders_hostile_entries_safely() -> None:
                for s in hostile_report().sessions]
     out = rendered(ps_table(entries))
     assert_terminal_safe(out)
-    assert "agent/[bold red]/x" in _RICH_SGR.sub("", out)
+    assert "t1[bold red]/x" in _RICH_SGR.sub("", out)  # markup shown as itself
 
 
 def test_report_command_prints_hostile_runs_without_markup_errors(repo: Path) -> None:
