@@ -159,11 +159,24 @@ def _chart(title: str, series: Sequence[tuple[float, float]], duration: float,
     return "".join(out) + "</svg></div>"
 
 
+def memory_series(samples: Sequence[Sample], start: float, duration: float,
+                  peak: int) -> list[tuple[float, float]]:
+    """The memory curve: the samples, then the kernel's peak where no sample saw it. Pure.
+
+    Samples are taken every half second; an allocation that the kernel killed between two of
+    them (an OOM) never shows in them, while the cgroup's own peak does: it is drawn at the
+    session's end, so the curve spikes to the limit it hit."""
+    series = [(p.ts - start, float(p.memory_bytes)) for p in samples]
+    if series and peak > max(v for _, v in series) * 1.05:
+        series.append((max(duration, series[-1][0]), float(peak)))
+    return series
+
+
 def resource_charts(s: SessionResult, samples: Sequence[Sample],
                      manifest: Manifest | None) -> str:
     start = s.started_at.timestamp() if s.started_at else (samples[0].ts if samples else 0.0)
     duration = s.duration_s or (samples[-1].ts - start if samples else 0.0)
-    memory = [(p.ts - start, float(p.memory_bytes)) for p in samples]
+    memory = memory_series(samples, start, duration, s.peak_memory_bytes)
     cpu = [(b.ts - start, max(0.0, (b.cpu_seconds - a.cpu_seconds) / (b.ts - a.ts) * 100))
            for a, b in zip(samples, samples[1:], strict=False) if b.ts > a.ts]
     disk = [(p.ts - start, float(p.disk_bytes)) for p in samples]

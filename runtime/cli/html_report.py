@@ -72,7 +72,9 @@ table{border-collapse:collapse;width:100%;font-size:13px}
 th{text-align:left;font-weight:600;color:var(--muted);font-size:11.5px;text-transform:uppercase;
 letter-spacing:.05em;border-bottom:1px solid var(--line);padding:6px 8px}
 td{border-bottom:1px solid var(--line);padding:7px 8px;vertical-align:top}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.sessions td code{overflow-wrap:anywhere;word-break:break-all}
+table.sessions .why{color:#b42318;font-size:12px;max-width:16em;overflow-wrap:anywhere}
 tr:last-child td{border-bottom:0}
 .session-head{display:flex;align-items:center;gap:10px;flex-wrap:wrap}
 .reason{color:#b42318;margin:8px 0 0}
@@ -100,6 +102,7 @@ h4{margin:0 0 6px;color:var(--muted);font-size:13px}h4.gap{margin-top:12px}
 table.files td{padding:2px 6px}.add{color:#2f9e61}ul.commits{margin:0;padding-left:18px}
 pre.output{max-height:22em}pre.resolve{background:#fff4e5}ol.merges{margin:6px 0}
 footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
+@media print{pre,pre.output{max-height:none;overflow:visible}.card{break-inside:avoid-page}}
 """
 
 
@@ -141,7 +144,9 @@ def _summary_table(page: ReportPage, manifests: dict[str, Manifest | None]) -> s
         rows.append(
             f'<tr><td><a href="#s-{esc(s.id)}">{esc(s.task_id)}</a><br>'
             f'<code class="muted">{esc(s.branch or s.id)}</code></td>'
-            f'<td>{status_pill(s.status)}</td>'
+            f'<td>{status_pill(s.status)}'
+            + (f'<div class="why">{esc(s.reason)}</div>' if s.reason and s.status.is_failure
+               else "") + "</td>"
             f'<td class="num">{esc("-" if s.exit_code is None else s.exit_code)}</td>'
             f'<td class="num">{esc("-" if start is None else "+" + format_seconds(start))}</td>'
             + "".join(f'<td class="num">{esc(c)}</td>' for c in cells)
@@ -152,8 +157,8 @@ def _summary_table(page: ReportPage, manifests: dict[str, Manifest | None]) -> s
     foot = "" if total is None else (
         f'<tfoot><tr><td colspan="9">usage of the run (as the agents\' CLIs reported it)</td>'
         f'<td class="num">{esc(format_usage(total))}</td><td></td></tr></tfoot>')
-    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>{foot}"
-            "</table>")
+    return (f'<table class="sessions"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
+            f"</tbody>{foot}</table>")
 
 
 def _merges_section(page: ReportPage) -> str:

@@ -60,7 +60,7 @@ class Rendered:
     page_requests: list[str]  # URLs the page (not the browser itself) asked the network for
 
 
-def render(chromium: str, page: Path, work: Path) -> Rendered:
+def render(chromium: str, page: Path, work: Path, width: int = WIDTH) -> Rendered:
     """Load ``page`` once in headless Chromium: dump its DOM, screenshot it, log console and net."""
     work.mkdir()
     url = page.resolve().as_uri()
@@ -73,7 +73,7 @@ def render(chromium: str, page: Path, work: Path) -> Rendered:
          # the net log still records every request that was attempted.
          "--host-resolver-rules=MAP * ~NOTFOUND", f"--log-net-log={netlog}",
          "--enable-logging=stderr", "--v=0",
-         f"--screenshot={screenshot}", f"--window-size={WIDTH},{HEIGHT}", "--dump-dom", url],
+         f"--screenshot={screenshot}", f"--window-size={width},{HEIGHT}", "--dump-dom", url],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = [line for line in proc.stderr.splitlines()
@@ -181,3 +181,52 @@ def test_html_report_renders_in_chromium_with_one_bar_per_session_and_no_fetches
     assert "url(" not in seen.dom.lower() and "@import" not in seen.dom.lower()
     assert seen.page_requests == [], seen.page_requests
     assert seen.console == [], seen.console
+
+
+# Measured by the browser after layout, written into the DOM for --dump-dom to carry out.
+MEASURE = """<script>
+const table = document.querySelector("table.sessions");
+const card = table.closest(".card");
+const oom = document.querySelector("#s-" + CSS.escape(document.body.dataset.oom));
+const svg = oom.querySelector(".charts svg");
+const ys = svg.querySelector("polyline.curve").getAttribute("points").trim().split(/\\s+/)
+  .map(p => parseFloat(p.split(",")[1]));
+const limit = parseFloat(svg.querySelector("line.limit").getAttribute("y1"));
+const print = [...document.styleSheets[0].cssRules].some(r => r.media &&
+  r.media.mediaText === "print" && /max-height: none/.test(r.cssText));
+document.body.dataset.measured = JSON.stringify({tableWidth: table.scrollWidth,
+  cardWidth: card.clientWidth, curveTop: Math.min(...ys), limitY: limit, print: print});
+</script>"""
+
+
+def test_report_fits_1280_px_draws_the_oom_spike_and_prints_whole_boxes(
+    chromium: str, docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    # Idle for two seconds (flat samples near a few MiB), then one allocation past the limit:
+    # no half-second sample sees it, the kernel's peak does.
+    # Two sessions that clash on a deep path: the merge column lists it (a long code cell).
+    deep = "src/" + "/".join(["a-really-rather-long-directory-name"] * 4) + "/module.py"
+    report = run_tasks(repo, [
+        sh("a-rather-long-task-id-for-the-table-x", f"mkdir -p $(dirname {deep}); echo x > {deep}"),
+        sh("another-long-task-id-that-clashes-too", f"mkdir -p $(dirname {deep}); echo y > {deep}"),
+        sh("memory-hog", "sleep 2; python3 -c 'x = bytearray(300 * 1024 * 1024)'",
+           resource_limits={"memory_mb": 64}),
+    ], merge="review", max_concurrent_agents=3)
+    hog = next(s for s in report.sessions if s.task_id == "memory-hog")
+    assert hog.status.value == "oom_killed", hog
+    page = tmp_path / "page.html"
+    out = agentrt("report", report.run_id, "--html", str(page), "--repo", str(repo))
+    assert out.returncode == 0, out.stderr
+    html = page.read_text()
+    assert hog.reason and f'<div class="why">{hog.reason}</div>' in html  # the row says why
+    probe = tmp_path / "measured.html"
+    probe.write_text(html.replace("<body", f'<body data-oom="{hog.id}"', 1)
+                     .replace("</body>", MEASURE + "</body>"))
+    seen = render(chromium, probe, tmp_path / "chromium", width=1280)
+    match = re.search(r'data-measured="([^"]+)"', seen.dom)
+    assert match, "the measuring script did not run"
+    measured = json.loads(match.group(1).replace("&quot;", '"'))
+    assert measured["tableWidth"] <= measured["cardWidth"], measured
+    # The curve reaches the limit line (SVG y grows downwards): the OOM is a spike to it.
+    assert measured["curveTop"] <= measured["limitY"] + 1, measured
+    assert measured["print"], "no print rule lets output boxes expand"

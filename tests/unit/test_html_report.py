@@ -172,3 +172,15 @@ def test_every_measured_number_in_the_table_stands_beside_its_limit() -> None:
     table = page[page.index("<h2>Sessions</h2>"):]
     for cell in ("4s / 1h00m", "200 MiB / 256 MiB", "1.00s · 25 % / 50 %", "3.0 MiB / 5120 MiB"):
         assert f'<td class="num">{cell}</td>' in table, cell
+
+
+def test_memory_curve_ends_at_the_kernels_peak_when_no_sample_saw_it() -> None:
+    from runtime.cli.html_charts import memory_series
+
+    samples = [Sample(session_id="s", ts=100.0 + t, memory_bytes=5 << 20, cpu_seconds=0.0,
+                      disk_bytes=0) for t in (0.0, 0.5, 1.0)]
+    spiked = memory_series(samples, 100.0, 1.4, peak=128 << 20)
+    assert spiked[-1] == (1.4, float(128 << 20)) and len(spiked) == 4
+    # A peak the samples already show adds nothing.
+    assert memory_series(samples, 100.0, 1.4, peak=5 << 20) == [(t, float(5 << 20))
+                                                               for t in (0.0, 0.5, 1.0)]
