@@ -165,9 +165,10 @@ def memory_series(samples: Sequence[Sample], start: float, duration: float,
 
     Samples are taken every half second; an allocation that the kernel killed between two of
     them (an OOM) never shows in them, while the cgroup's own peak does: it is drawn at the
-    session's end, so the curve spikes to the limit it hit."""
+    session's end, so the curve spikes to the limit it hit. (Under two samples there is no
+    curve: the chart shows the peak as a bar.)"""
     series = [(p.ts - start, float(p.memory_bytes)) for p in samples]
-    if series and peak > max(v for _, v in series) * 1.05:
+    if len(series) >= 2 and peak > max(v for _, v in series) * 1.05:
         series.append((max(duration, series[-1][0]), float(peak)))
     return series
 
