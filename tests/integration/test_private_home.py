@@ -197,10 +197,11 @@ def private_home() -> Iterator[Path]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def cli(home: Path, *args: str, timeout: float = 300,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``agentrt ARGS`` in its own process, as root whose home is ``home``."""
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=home, env=real_home_env(home))
+                          text=True, timeout=timeout, cwd=cwd or home, env=real_home_env(home))
 
 
 def run_json(home: Path, tasks: str, repo: Path) -> dict[str, Any]:
@@ -291,6 +292,21 @@ def test_recover_and_gc_bring_work_home_after_agentrt_was_killed(
     assert_recovered(lambda *args: git(repo, *args), recover, gc, committer)
     assert not labelled(docker_client, repo)
     assert not mounts_under(repo / ".git" / "agentrt")
+
+
+def test_doctor_from_a_private_place_knows_the_engine_shares_this_disk(
+        private_home: Path, docker_client: Any) -> None:
+    """The disk-sharing probe reads its token as an unprivileged uid: from a folder that is no
+    repository it probes in a fresh (0700) temporary directory, and in a repository whose
+    state directory a strict umask made 0700."""
+    place = private_home / "not a repository"
+    place.mkdir(mode=0o700)
+    repo = make_repo(private_home / "strict" / AWKWARD)
+    (repo / ".git" / "agentrt" / "probe").mkdir(parents=True, mode=0o700)
+    for where, args in ((place, ()), (repo, ("--repo", str(repo)))):
+        doctor = cli(private_home, "doctor", *args, cwd=where)
+        lines = [line for line in doctor.stdout.splitlines() if "disk limits" in line]
+        assert lines and "does not share this disk" not in lines[0], (where, doctor.stdout)
 
 
 # --- as a user whose uid is not 1000 -----------------------------------------------------------
