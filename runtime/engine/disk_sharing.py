@@ -7,6 +7,11 @@ own state directory and asks a tiny container (no network, no capabilities, read
 that path through a bind mount. The token coming back means the disk is shared and sessions use
 host-side volumes and the run's object store; anything else means engine-side volumes
 (:mod:`runtime.engine.engine_volumes`). ``AGENTRT_ENGINE_DISK=shared|remote`` overrides the probe.
+
+The container reads as an unprivileged uid that owns nothing here, so agentrt sets the bits it
+needs itself: the probe directory (bound at a neutral path) searchable by all (0711), the token
+readable by all. No directory above it is traversed, so a state directory under a 0700 home, a
+0700 temporary directory or a strict umask answers like any other.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from runtime.errors import ConfigError, EngineError
 
 OVERRIDE_ENV = "AGENTRT_ENGINE_DISK"
 PROBE_IMAGE = "agentrt/base:latest"
+#: Where the probe container sees the probe directory.
+PROBE_MOUNT = "/agentrt/probe"
 
 _cache: dict[str, bool] = {}
 _lock = threading.Lock()
@@ -58,6 +65,7 @@ def _probe(client: docker.DockerClient, probe_dir: Path, attempts: int = 3) -> b
 
 def _probe_once(client: docker.DockerClient, probe_dir: Path) -> bool | None:
     probe_dir.mkdir(parents=True, exist_ok=True)
+    probe_dir.chmod(0o711)  # whatever the umask or the place: the reader only needs search
     token = secrets.token_hex(16)
     marker = probe_dir / f"disk-probe-{token[:8]}"
     marker.write_text(token)
@@ -66,10 +74,10 @@ def _probe_once(client: docker.DockerClient, probe_dir: Path) -> bool | None:
         with engine_errors("ask the engine whether it shares agentrt's disk"):
             try:
                 out = client.containers.run(
-                    PROBE_IMAGE, ["cat", f"/probe/{marker.name}"], remove=True,
+                    PROBE_IMAGE, ["cat", f"{PROBE_MOUNT}/{marker.name}"], remove=True,
                     network_mode="none", cap_drop=["ALL"], read_only=True, user="65534:65534",
                     security_opt=["no-new-privileges:true"],
-                    volumes={str(probe_dir): {"bind": "/probe", "mode": "ro"}},
+                    volumes={str(probe_dir): {"bind": PROBE_MOUNT, "mode": "ro"}},
                     stdout=True, stderr=False)
             except docker.errors.ContainerError:
                 return False  # the path is not there on the engine's side

@@ -39,7 +39,7 @@ import docker.errors
 import requests
 from docker.types import Mount
 
-from runtime.engine.container import HARDENING, create_container
+from runtime.engine.container import HARDENING, STORE_MOUNT, create_container
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_HARVEST
 from runtime.errors import EngineError, HarvestError
@@ -182,7 +182,7 @@ def harvest_spec(plan: HarvestPlan) -> dict[str, Any]:
         **HARDENING,
         "image": plan.image,
         "command": ["sh", "-c", SCRIPT, "agentrt-harvest", plan.base_commit,
-                    str(plan.store or ""), plan.session_id],
+                    STORE_MOUNT if plan.store is not None else "", plan.session_id],
         "name": f"agentrt-harvest-{plan.session_id}",
         "user": f"{plan.uid}:{plan.gid}",
         "working_dir": "/",

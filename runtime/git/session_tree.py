@@ -5,7 +5,8 @@ One interface, :class:`SessionTree`, for everything a session does with its tree
 * :class:`HostTree`: the volume is made on the machine running agentrt
   (:mod:`runtime.engine.volumes`: a loop-mounted ext4 image, or a plain directory with a soft
   limit) and bound into the container by path; the base is checked out by host git, borrowing
-  the run's read-only object store. The fast path, for an engine that shares this disk.
+  the run's read-only object store (bound in at the neutral ``/agentrt/objects``, never at its
+  host path). The fast path, for an engine that shares this disk.
 * :class:`EngineTree`: the volume is made where the engine runs
   (:mod:`runtime.engine.engine_volumes`), the base goes in as a bundle through ``put_archive``
   and is checked out in a helper there (:mod:`runtime.git.engine_checkout`), the secrets file
@@ -32,7 +33,13 @@ from pathlib import Path
 import docker
 from docker.types import Mount
 
-from runtime.engine.container import DB_MOUNT, SECRETS_FILE, SECRETS_MOUNT, WORKSPACE
+from runtime.engine.container import (
+    DB_MOUNT,
+    SECRETS_FILE,
+    SECRETS_MOUNT,
+    STORE_MOUNT,
+    WORKSPACE,
+)
 from runtime.engine.discovery import engine_errors
 from runtime.engine.engine_volumes import EngineVolume, create_engine_volume
 from runtime.engine.remote_volume import RemoteVolume
@@ -58,7 +65,8 @@ class SessionTree(ABC):
     limit_bytes: int
     #: True when the tree is on the engine's host: nothing of it is on agentrt's disk.
     on_engine: bool
-    #: The run's object store the tree borrows from (a host path), if any.
+    #: The run's object store the tree borrows from (a host path; bound into the session and
+    #: its harvest at STORE_MOUNT), if any.
     store: Path | None = None
 
     @property
@@ -125,8 +133,9 @@ class HostTree(SessionTree):
     """The volume on agentrt's own disk, bound into the container by path."""
 
     on_engine = False
+    store: Path
 
-    def __init__(self, volume: Volume, uid: int, gid: int, store: Path | None,
+    def __init__(self, volume: Volume, uid: int, gid: int, store: Path,
                  seeded: bool = False) -> None:
         self.volume = volume
         self.mode = volume.mode
@@ -165,19 +174,18 @@ class HostTree(SessionTree):
                          objects=self.store)
 
     def agent_mounts(self) -> list[Mount]:
-        mounts = [Mount(WORKSPACE, str(self.volume.workspace), type="bind", read_only=False),
-                  Mount(DB_MOUNT, str(self.volume.db_dir), type="bind", read_only=False)]
-        if self.store is not None:
-            # Read-only, at the same path as on the host, so the session repository's
-            # alternates resolve inside and outside.
-            mounts.append(Mount(str(self.store), str(self.store), type="bind", read_only=True))
-        return mounts
+        return [Mount(WORKSPACE, str(self.volume.workspace), type="bind", read_only=False),
+                Mount(DB_MOUNT, str(self.volume.db_dir), type="bind", read_only=False),
+                self._store_mount()]
 
     def harvest_mounts(self) -> list[Mount]:
-        mounts = [Mount(WORKSPACE, str(self.volume.workspace), type="bind", read_only=True)]
-        if self.store is not None:
-            mounts.append(Mount(str(self.store), str(self.store), type="bind", read_only=True))
-        return mounts
+        return [Mount(WORKSPACE, str(self.volume.workspace), type="bind", read_only=True),
+                self._store_mount()]
+
+    def _store_mount(self) -> Mount:
+        # Read-only, at a neutral path (never the host's: the container's uid need not reach
+        # it); the session repository's alternates name that path (runtime.git.workspace).
+        return Mount(STORE_MOUNT, str(self.store), type="bind", read_only=True)
 
     def secrets_mount(self, values: Mapping[str, str]) -> Mount:
         """Write the file now: a directory (0700) and file (0400) of the agent's uid, in the

@@ -3,10 +3,13 @@
 Design (see docs/security.md): each session gets its *own* small repository on its volume,
 ``<volume>/workspace/.git``, on its own branch ``agent/<task>/<6 hex>``. It borrows the objects
 of the run's read-only object store (:mod:`runtime.git.object_store`: only what its base reaches)
-through ``objects/info/alternates``, so creating it costs one checkout and no copy. The agent
-may do anything to that repository; once its container has started the host never reads it
-again: work comes home only as a verified bundle (:mod:`runtime.git.harvest`,
-:mod:`runtime.git.bundle`).
+through ``objects/info/alternates``, so creating it costs one checkout and no copy. The store is
+bound into the session (and its harvest) at :data:`~runtime.engine.container.STORE_MOUNT`, never
+at its host path, which the container's uid may not be able to reach (a repository under a 0700
+home): the alternates file names the host path only while the host checks the tree out, then
+that neutral path. The agent may do anything to that repository; once its container has
+started the host never reads it again: work comes home only as a verified bundle
+(:mod:`runtime.git.harvest`, :mod:`runtime.git.bundle`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.engine.container import STORE_MOUNT
 from runtime.errors import ConfigError, GitError, WorkspaceError
 from runtime.git.conflicts import driver_overrides
 from runtime.git.safe_git import MainRepo, check_branch_name, run_git
@@ -102,22 +106,23 @@ def create_branch(repo: MainRepo, branch: str, commit: str) -> None:
 
 
 def create_workspace(
-    repo: MainRepo, workspace: Path, branch: str, commit: str, uid: int, gid: int,
-    objects: Path | None = None,
+    repo: MainRepo, workspace: Path, branch: str, commit: str, uid: int, gid: int, *,
+    objects: Path, for_container: bool = True,
 ) -> None:
     """Make ``workspace`` a repository on ``branch`` at ``commit``, checked out, owned by uid.
 
-    Its objects are borrowed from ``objects`` (the run's read-only object store; the user's
-    whole store only when none is given). The host writes this tree before the agent starts
-    and never reads it again.
+    Its objects are borrowed from ``objects`` (the run's read-only object store). The host
+    checks out through the store's host path; then (``for_container``) the alternates file is
+    pointed at :data:`STORE_MOUNT`, where the session sees the store (a caller that still has
+    host git work to do on the tree passes False and calls :func:`alternates_for_container`
+    itself). The host writes this tree before the agent starts and never reads it again.
     """
     git_dir = workspace / ".git"
     try:
         run_git(["init", "-q", "--template=", f"--initial-branch={branch}", str(workspace)],
                 cwd=workspace)
         (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
-        (git_dir / "objects" / "info" / "alternates").write_text(
-            f"{objects or repo.objects_dir}\n")
+        _write_alternates(workspace, str(objects))
         # One write instead of a `git config` process per key: the repository is brand new
         # and nobody else can see it yet.
         with open(git_dir / "config", "a", encoding="utf-8") as config:
@@ -125,9 +130,33 @@ def create_workspace(
                          "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
         run_git(["update-ref", f"refs/heads/{branch}", commit], git_dir=git_dir)
         run_git(["reset", "--hard", "-q", commit], git_dir=git_dir, work_tree=workspace)
+        if for_container:
+            alternates_for_container(workspace)
         _chown_tree(workspace, uid, gid)
     except (GitError, OSError) as exc:
         raise WorkspaceError(f"cannot create the working tree in {workspace}: {exc}") from exc
+
+
+def alternates_for_container(workspace: Path) -> None:
+    """Point the session repository's alternates at :data:`STORE_MOUNT` (where its container
+    and its harvest see the run's object store) instead of the store's host path."""
+    _write_alternates(workspace, STORE_MOUNT)
+
+
+def _write_alternates(workspace: Path, objects: str) -> None:
+    # Bytes as the file system has them (a name that is not UTF-8 survives the round trip).
+    (workspace / ".git" / "objects" / "info" / "alternates").write_bytes(
+        os.fsencode(alternates_line(objects)) + b"\n")
+
+
+def alternates_line(path: str) -> str:
+    """``path`` as one line of an alternates file. Pure. Git reads a line literally (spaces,
+    quotes and non-ASCII characters included) unless it starts with a quote; a path holding a
+    newline, or starting with a quote or ``#``, is written C-quoted, which git unquotes."""
+    if "\n" not in path and not path.startswith(('"', "#")):
+        return path
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
 
 
 def adopt_seed_checkout(workspace: Path, branch: str, commit: str, uid: int, gid: int) -> None:

@@ -24,6 +24,7 @@ if touch /etc/agentrt-probe 2>/dev/null; then echo rootfs:writable; else echo ro
 if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then echo sock:present; else echo sock:absent; fi >> posture.txt
 echo "routes:$(($(wc -l < /proc/net/route) - 1))" >> posture.txt
 if touch "$OBJECTS/probe" 2>/dev/null; then echo objects:writable; else echo objects:readonly; fi >> posture.txt
+if [ -d "$OBJECTS/pack" ]; then echo store:present; else echo store:absent; fi >> posture.txt
 if [ -e "$REPO/.git/config" ]; then echo repo:visible; else echo repo:hidden; fi >> posture.txt
 mkdir -p /tmp/m
 if mount -t tmpfs none /tmp/m 2>/dev/null; then echo mount:allowed; else echo mount:denied; fi >> posture.txt
@@ -34,8 +35,8 @@ if echo h 2>/dev/null > /proc/sysrq-trigger; then echo sysrq:writable; else echo
 
 
 def test_posture_read_back_inside_the_container(repo: Path, runtime_name: str) -> None:
-    task = sh("posture", POSTURE, env={"OBJECTS": str(repo / ".git" / "objects"),
-                                       "REPO": str(repo)})
+    # The run's object store, where the session sees it (read-only).
+    task = sh("posture", POSTURE, env={"OBJECTS": "/agentrt/objects", "REPO": str(repo)})
     report = run_tasks(repo, [task], runtime=runtime_name)
     result = by_task(report)["posture"]
     assert result.status is SessionStatus.SUCCEEDED, result.reason
@@ -52,7 +53,7 @@ def test_posture_read_back_inside_the_container(repo: Path, runtime_name: str) -
     assert facts["rootfs"] == "readonly"
     assert facts["sock"] == "absent"
     assert facts["routes"] == "0"
-    assert facts["objects"] == "readonly"
+    assert (facts["store"], facts["objects"]) == ("present", "readonly")
     assert facts["repo"] == "hidden"
     # The kernel's attack surface stays closed: no mounts, user namespaces, kcore or sysrq.
     assert (facts["mount"], facts["kcore"], facts["sysrq"]) == ("denied", "denied", "denied")

@@ -56,7 +56,10 @@ def test_hardening_is_always_on() -> None:
     sources = [m["Source"] for m in spec["mounts"]]
     assert not any("docker.sock" in s for s in sources)
     readonly = {m["Target"]: m["ReadOnly"] for m in spec["mounts"]}
-    assert readonly == {"/workspace": False, "/repo/.git/objects": True, "/agentrt/db": False}
+    # The object store at a neutral path, never its host path (which the uid may not reach).
+    assert readonly == {"/workspace": False, "/agentrt/objects": True, "/agentrt/db": False}
+    store = next(m for m in spec["mounts"] if m["Target"] == "/agentrt/objects")
+    assert store["Source"] == "/repo/.git/objects"
 
 
 def test_an_engine_side_tree_binds_paths_of_the_engines_host_and_has_no_store() -> None:

@@ -30,7 +30,11 @@ def test_the_harvest_has_a_sessions_hardening_and_sees_only_the_tree_and_the_sto
     assert spec["network_mode"] == "none" and spec["user"] == "1000:1000"
     assert spec["mem_limit"] == 256 * 1024 * 1024  # at least enough to pack a snapshot
     targets = {m["Target"]: m for m in spec["mounts"]}
-    assert set(targets) == {"/workspace", "/state/runs/r/objects/" + "a" * 40}
+    # The store at a neutral path (the harvest's uid need not reach its host path), named so
+    # to the script for its alternates.
+    assert set(targets) == {"/workspace", "/agentrt/objects"}
+    assert targets["/agentrt/objects"]["Source"] == "/state/runs/r/objects/" + "a" * 40
+    assert spec["command"][5] == "/agentrt/objects"
     assert all(m["ReadOnly"] for m in targets.values())
     assert "environment" in spec and "AGENT" not in " ".join(spec["environment"])
 
