@@ -28,6 +28,7 @@ docs/benchmarks.md); with current images the three runs take about a minute.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -302,11 +303,9 @@ def test_the_three_presets_in_one_run_with_an_environment(
     """Each preset's CLI copied from its real image into an environment of the project's own:
     all three sessions succeed, each on ``agentrt/env:*`` with its CLI's version, each edit on
     its branch and nothing else there."""
-    from runtime.engine.environment_build import LABEL_ENV
-
     for agent in CASES:
         preset_image(docker_client, agent)
-    before = {i.id for i in docker_client.images.list(filters={"label": LABEL_ENV})}
+    built: set[str] = set()  # only this run's environment images are removed: the engine is shared
     environment = ("max_concurrent_agents = 1\n[run.environment]\n"
                    'image = "agentrt/base:latest"\n'
                    f'setup = ["echo {secrets.token_hex(4)} > /opt/project-toolchain"]\n')
@@ -321,6 +320,7 @@ def test_the_three_presets_in_one_run_with_an_environment(
         context = f"exit {done.returncode}\nstderr: {done.stderr[-4000:]}\nlog: {logs[-4000:]}"
         assert done.returncode == 0, context
         sessions = {s["task_id"]: s for s in json.loads(done.stdout)["sessions"]}
+        built.update(s["image"] for s in sessions.values() if s["image"].startswith("agentrt/env:"))
         assert set(sessions) == set(CASES), context
         for agent, case in CASES.items():
             session = sessions[agent]
@@ -336,6 +336,6 @@ def test_the_three_presets_in_one_run_with_an_environment(
             remove=True).decode()
         assert probe.strip() == "no-node", probe
     finally:
-        for image in docker_client.images.list(filters={"label": LABEL_ENV}):
-            if image.id not in before:
-                docker_client.images.remove(image.id, force=True)
+        for ref in built:
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(ref, force=True)
