@@ -7,7 +7,10 @@ the container (not the agent's prompt) is the sandbox. Each preset also knows it
 * its quiet settings are on (no update checks, telemetry or other non-essential traffic, which
   an allowlist would refuse anyway);
 * its state and history live under ``/tmp`` (the container's private scratch space), never in
-  ``/workspace``, so nothing of the CLI's own comes home with the agent's work.
+  ``/workspace``, so nothing of the CLI's own comes home with the agent's work; what a CLI
+  writes into the repository regardless (aider's repo map cache) matches
+  :data:`STATE_EXCLUDES`, which the harvest leaves out;
+* ``base_url`` is taken with or without ``/v1`` (:func:`api_base`);
 * it prints in its machine-readable mode where it has one (``claude -p --output-format json``,
   ``codex exec --json``; aider's ``Tokens: …`` lines), from which ``runtime/run/usage.py``
   reads the tokens and cost it reports once the session ends.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from runtime.config import Task
 
@@ -70,12 +74,29 @@ class Preset:
         return {**self.env, **self.task_env(task)}
 
 
+def api_base(url: str, version: bool) -> str:
+    """``url`` as a CLI wants its API base, whether or not the user wrote ``/v1``. Pure.
+
+    ``version``: the CLI appends paths after the version (``/chat/completions``, ``/responses``:
+    OpenAI-style clients), so a URL with no path at all gets ``/v1``; otherwise the CLI appends
+    ``/v1/...`` itself (Anthropic's clients), so one trailing ``/v1`` is taken off. Any other
+    path (``/api/v1``, ``/openai/v1beta``, ...) is the server's own and is kept as written.
+    """
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if version and not path:
+        path = "/v1"
+    elif not version and path.endswith("/v1"):
+        path = path[:-3]
+    return urlunsplit(parts._replace(path=path))
+
+
 def _claude_flags(task: Task) -> list[str]:
     return ["--model", task.model] if task.model else []
 
 
 def _claude_env(task: Task) -> dict[str, str]:
-    return {"ANTHROPIC_BASE_URL": task.base_url} if task.base_url else {}
+    return {"ANTHROPIC_BASE_URL": api_base(task.base_url, False)} if task.base_url else {}
 
 
 CODEX_PROVIDER = "agentrt"
@@ -94,7 +115,7 @@ def _codex_flags(task: Task) -> list[str]:
         p = f"model_providers.{CODEX_PROVIDER}"
         flags += ["-c", f"model_provider={_toml_string(CODEX_PROVIDER)}",
                   "-c", f"{p}.name={_toml_string('agentrt base_url')}",
-                  "-c", f"{p}.base_url={_toml_string(task.base_url)}",
+                  "-c", f"{p}.base_url={_toml_string(api_base(task.base_url, True))}",
                   "-c", f"{p}.env_key={_toml_string('CODEX_API_KEY')}"]
     return flags
 
@@ -110,10 +131,17 @@ def _aider_flags(task: Task) -> list[str]:
     if task.model:
         flags += ["--model", task.model]
     if task.base_url:
-        option = ("--anthropic-api-base" if aider_is_anthropic(task.model)
-                  else "--openai-api-base")
-        flags += [option, task.base_url]
+        anthropic = aider_is_anthropic(task.model)
+        option = "--anthropic-api-base" if anthropic else "--openai-api-base"
+        flags += [option, api_base(task.base_url, not anthropic)]
     return flags
+
+
+def _aider_env(task: Task) -> dict[str, str]:
+    # aider picks an edit format per model it knows (``diff``, ``udiff``, ...): a server of its
+    # own (base_url) gets ``whole``, the format any model follows, so no edit is lost on a
+    # reply in a shape aider did not ask for. The task's env (AIDER_EDIT_FORMAT) wins.
+    return {"AIDER_EDIT_FORMAT": "whole"} if task.base_url else {}
 
 
 PRESETS: dict[str, Preset] = {
@@ -145,9 +173,15 @@ PRESETS: dict[str, Preset] = {
              "AIDER_SHOW_RELEASE_NOTES": "false", "AIDER_GITIGNORE": "false",
              "AIDER_INPUT_HISTORY_FILE": f"{SCRATCH}/.aider.input.history",
              "AIDER_CHAT_HISTORY_FILE": f"{SCRATCH}/.aider.chat.history.md"},
-        needs_network=True, flags=_aider_flags,
+        needs_network=True, flags=_aider_flags, task_env=_aider_env,
     ),
 }
+
+# Files agent CLIs keep in the repository's top directory whatever they are told (aider's repo
+# map cache ``.aider.tags.cache.v4/``; its history files, should a task's env move them back).
+# The harvest leaves them out of every session's snapshot (runtime/git/harvest.py), so they
+# never reach a branch; a tracked file of these names is harvested as usual.
+STATE_EXCLUDES = ("/.aider*", "!/.aiderignore")
 
 # Secrets a preset's CLI reads under another name: (variable it reads, task secrets to take it
 # from, in order). codex exec authenticates with CODEX_API_KEY.

@@ -2,14 +2,13 @@
 
 The VM must hold ``max_concurrent_agents`` × the per-agent limits plus headroom for the engine,
 the page cache and the images. Sizing (:func:`size_for`) and the profile's text
-(:func:`render_profile`, from the template ``colima_templates/agentrt.yaml``, package data of
-``runtime``) are pure functions; :func:`colima_up` writes the profile to :func:`profile_path`
-and runs ``colima``.
+(:func:`render_profile`, from the template ``colima/agentrt.yaml`` at the top of the repository,
+carried by the wheel inside ``runtime``) are pure functions; :func:`colima_up` writes the
+profile to :func:`profile_path` and runs ``colima``.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import math
 import os
 import shutil
@@ -21,7 +20,8 @@ from pathlib import Path
 from string import Template
 
 from runtime.config import ResourceLimits
-from runtime.errors import ConfigError, EngineError
+from runtime.engine.recipes import shipped_dir
+from runtime.errors import ConfigError, EngineError, ImageNotFoundError
 
 PROFILE = "agentrt"
 TEMPLATE = "agentrt.yaml"
@@ -61,14 +61,12 @@ def size_for(agents: int, limits: ResourceLimits) -> ColimaSize:
 
 
 def colima_dir() -> Path:
-    """The directory holding the profile template: ``AGENTRT_COLIMA_DIR`` if set, else the
-    ``colima_templates`` directory installed with the ``runtime`` package."""
-    override = os.environ.get("AGENTRT_COLIMA_DIR")
-    if override:
-        return Path(override)
-    templates = importlib.resources.files("runtime").joinpath("colima_templates")
-    # A zip import yields no Path; read_template then names it as unreadable.
-    return templates if isinstance(templates, Path) else Path(str(templates))
+    """The directory holding the profile template: ``AGENTRT_COLIMA_DIR`` if set, else
+    ``colima/`` as installed with the package or at the top of the checkout."""
+    try:
+        return shipped_dir("colima", "AGENTRT_COLIMA_DIR")
+    except ImageNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def read_template() -> str:

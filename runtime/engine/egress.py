@@ -4,7 +4,7 @@ A session on the allowlist sits alone on its own *internal* Docker network (no r
 ``internal=True``), ``agentrt-egress-<session>``; the only other member is the run's egress
 proxy, joined under the alias ``agentrt-egress``. Sessions therefore cannot reach each other
 (no shared network) nor anything but the proxy. The proxy (``agentrt/egress``, Debian's
-tinyproxy, ``runtime/recipes/egress``) forwards HTTP and CONNECT only to the hosts and ports the
+tinyproxy, ``images/egress``) forwards HTTP and CONNECT only to the hosts and ports the
 policy allows (:mod:`runtime.egress_rules`) and answers everything else with 403 before it
 resolves or contacts anything. It reaches the outside through a per-run bridge network
 (``agentrt-egress-<run>``) and joins each of the policy's ``egress_networks``, so a private

@@ -5,7 +5,9 @@ Layers, in this order (each step its own layer, so Docker's cache reuses what di
 1. the **base**: a local image, or the repository's Dockerfile built from its exported context;
 2. the **setup** commands (and a devcontainer's ``postCreateCommand``), as root, in
    ``/tmp/agentrt-setup`` holding the environment's ``files``;
-3. the **agent CLI** of a preset task, copied from the preset's image (``COPY --from``);
+3. the **agent CLI** of a preset task, copied from the preset's image (``COPY --from``) where
+   its recipe installs it (:data:`AGENT_LAYERS`; an image laid out otherwise is refused before
+   the build), its version label (``agentrt.cli.version``) carried onto the session image;
 4. **agentrt's needs**: git and ``timeout`` (installed with apt-get or apk when missing), the
    unprivileged user uid 1000, ``/workspace``; then ``env``, an empty entry point, user 1000.
 
@@ -32,7 +34,13 @@ import docker
 import docker.errors
 
 from runtime.engine.discovery import engine_errors
-from runtime.engine.images import LABEL_IMAGE, LABEL_RECIPE, get_image
+from runtime.engine.images import (
+    LABEL_CLI_VERSION,
+    LABEL_IMAGE,
+    LABEL_RECIPE,
+    cli_version,
+    get_image,
+)
 from runtime.errors import ConfigError
 
 LogFn = Callable[[str], None]
@@ -97,30 +105,57 @@ mkdir -p /workspace && chown 1000:1000 /workspace
 
 @dataclass(frozen=True)
 class AgentLayer:
-    """How a preset's CLI is copied from its image: directories, a link on PATH, what it
-    needs at run time, and a check that it can run here."""
+    """How a preset's CLI is copied from its image (as its recipe in ``images/<preset>`` lays
+    it out): the paths copied, the links made on PATH, what it needs at run time, and a check
+    that it can run here. ``tests/unit`` holds each entry against its recipe's final stage."""
 
     paths: tuple[str, ...]
-    link: tuple[str, str]  # (link on PATH, target)
+    links: tuple[tuple[str, str], ...] = ()  # (link on PATH, target): replaced if there
+    links_if_missing: tuple[tuple[str, str], ...] = ()  # made only where nothing is on PATH
     needs: tuple[str, ...] = ()
     check: str = ""
 
 
+def _runs_here(what: str, command: str, why: str) -> str:
+    return (f"{command} >/dev/null 2>&1 || {{ echo 'agentrt: {what} cannot run in this "
+            f"environment: {why}' >&2; exit 97; }}")
+
+
 AGENT_LAYERS: dict[str, AgentLayer] = {
-    # Claude Code 2.x is a native (glibc) executable under /opt/claude-code.
-    "claude-code": AgentLayer(("/opt/claude-code",),
-                              ("/usr/local/bin/claude", "/opt/claude-code/bin/claude")),
-    # Codex's launcher is a Node script around its native binary.
-    "codex": AgentLayer(("/opt/codex",), ("/usr/local/bin/codex", "/opt/codex/bin/codex"),
-                        needs=("node",)),
+    # Claude Code 2.x: one native (glibc) executable.
+    "claude-code": AgentLayer(
+        ("/usr/local/bin/claude",),
+        check=_runs_here("claude-code", "/usr/local/bin/claude --version",
+                         "its native binary needs glibc (a Debian- or Ubuntu-like image)")),
+    # Codex: its static (musl) binary, helpers and ripgrep; no Node.js.
+    "codex": AgentLayer(("/opt/codex",), links=(("/usr/local/bin/codex", "/opt/codex/bin/codex"),),
+                        links_if_missing=(("/usr/local/bin/rg", "/opt/codex/codex-path/rg"),)),
     # aider's virtual environment uses the python3 it was built with (Debian bookworm's).
-    "aider": AgentLayer(("/opt/aider",), ("/usr/local/bin/aider", "/opt/aider/bin/aider"),
+    "aider": AgentLayer(("/opt/aider",), links=(("/usr/local/bin/aider", "/opt/aider/bin/aider"),),
                         needs=("python3",),
-                        check="/opt/aider/bin/python -c 'import aider' || { echo 'agentrt: "
-                              "aider cannot run in this environment: its virtual environment "
-                              "needs the python3 of agentrt/aider (Debian bookworm, 3.11) at "
-                              "/usr/bin/python3' >&2; exit 97; }"),
+                        check=_runs_here("aider", "/opt/aider/bin/python -c 'import aider'",
+                                         "its virtual environment needs the python3 of "
+                                         "agentrt/aider (Debian bookworm, 3.11) at "
+                                         "/usr/bin/python3")),
 }
+
+
+def layer_script(layer: AgentLayer) -> str:
+    """The shell that links an agent layer's CLI onto PATH and checks it runs. Pure."""
+    steps = ["mkdir -p /usr/local/bin"]
+    steps += [f"ln -sf {target} {link}" for link, target in layer.links]
+    steps += [f"{{ [ -e {link} ] || command -v {link.rsplit('/', 1)[1]} >/dev/null 2>&1 "
+              f"|| ln -s {target} {link}; }}" for link, target in layer.links_if_missing]
+    if layer.check:
+        steps.append(f"{{ {layer.check}; }}")
+    return " && ".join(steps)
+
+
+def layer_identity(agent: str) -> dict[str, Any]:
+    """What of an agent layer goes into an environment's key (a changed layout rebuilds)."""
+    layer = AGENT_LAYERS[agent]
+    return {"paths": layer.paths, "links": layer.links, "links_if_missing":
+            layer.links_if_missing, "needs": layer.needs, "check": layer.check}
 
 
 @dataclass(frozen=True)
@@ -221,10 +256,7 @@ def render_dockerfile(base: str, spec: SessionImageSpec, cli_image: str | None) 
     lines.append("COPY agentrt-layer.sh /tmp/agentrt-layer.sh")
     script = f"AGENTRT_NEEDS='{needs}' /bin/sh /tmp/agentrt-layer.sh"
     if layer is not None and cli_image:
-        link, target = layer.link
-        script += f" && mkdir -p {link.rsplit('/', 1)[0]} && ln -sf {target} {link}"
-        if layer.check:
-            script += f" && {{ {layer.check}; }}"
+        script += " && " + layer_script(layer)
     lines.append("RUN " + json.dumps(["/bin/sh", "-c",
                                       script + " && rm -f /tmp/agentrt-layer.sh"]))
     if spec.env:
@@ -247,22 +279,44 @@ def find_env_image(client: docker.DockerClient, key: str) -> Any | None:
     return image if image is not None and (image.labels or {}).get(LABEL_ENV) == key else None
 
 
-def has_shell(client: docker.DockerClient, image_id: str) -> bool:
-    """Whether ``/bin/sh`` exists in the image (checked in a created, never started,
-    container, so an image without any shell can be asked too)."""
-    with engine_errors(f"look for /bin/sh in {image_id[:19]}"):
+def has_paths(client: docker.DockerClient, image_id: str, paths: Sequence[str]) -> list[str]:
+    """Those of ``paths`` that exist in the image (asked of a created, never started,
+    container, so an image without any shell can be asked too). Each path is only stat'ed
+    (``HEAD`` of the container's archive): a large file is never streamed."""
+    found = []
+    with engine_errors(f"look into {image_id[:19]}"):
         container = client.api.create_container(image_id, command=["/bin/sh"],
                                                 network_disabled=True)
         try:
-            stream, _ = client.api.get_archive(container["Id"], "/bin/sh")
-            for _chunk in stream:
-                break
-            return True
-        except docker.errors.NotFound:
-            return False
+            url = client.api._url("/containers/{0}/archive", container["Id"])
+            for path in paths:
+                response = client.api.head(url, params={"path": path}, timeout=60)
+                if response.status_code == 200:
+                    found.append(path)
+                elif response.status_code != 404:
+                    client.api._raise_for_status(response)
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 client.api.remove_container(container["Id"], force=True)
+    return found
+
+
+def has_shell(client: docker.DockerClient, image_id: str) -> bool:
+    """Whether ``/bin/sh`` exists in the image."""
+    return bool(has_paths(client, image_id, ["/bin/sh"]))
+
+
+def check_cli_image(client: docker.DockerClient, agent: str, cli_image: str, what: str) -> None:
+    """ConfigError unless the CLI image holds every path its agent layer copies (the layout of
+    ``images/<agent>``): a differently laid-out image is refused before anything is built."""
+    layer = AGENT_LAYERS[agent]
+    missing = [p for p in layer.paths if p not in has_paths(client, cli_image, layer.paths)]
+    if missing:
+        raise ConfigError(
+            f"{what}: the {agent} CLI image ({cli_image[:19]}) has no {', '.join(missing)}: "
+            f"agentrt copies the CLI from where its recipe (images/{agent}) installs it; "
+            f"rebuild it with `agentrt images build {agent}`, or give an agent_image laid out "
+            "the same way")
 
 
 def stream_build(client: docker.DockerClient, context: Path, dockerfile: str,
@@ -325,11 +379,16 @@ def build_session_image(client: docker.DockerClient, key: str, base_id: str,
         if not has_shell(client, base_id):
             raise ConfigError(f"{what}: the image has no /bin/sh: a session needs a POSIX "
                               "shell (and git, timeout); start from an image that has one")
+        labels = {LABEL_IMAGE: ENV_IMAGE_NAME, LABEL_RECIPE: key, LABEL_ENV: key,
+                  LABEL_ENV_SOURCE: source, LABEL_ENV_AGENT: spec.agent or ""}
+        if spec.agent in AGENT_LAYERS and cli_image:
+            check_cli_image(client, spec.agent, cli_image, what)
+            version = cli_version(client, cli_image)
+            if version:  # sessions report the CLI version from their image's label
+                labels[LABEL_CLI_VERSION] = version
         (workdir / "Dockerfile").write_text(render_dockerfile(base_id, spec, cli_image))
         (workdir / "agentrt-layer.sh").write_text(LAYER_SCRIPT)
         (workdir / BUILD_CA).write_bytes(ca_bundle.read_bytes() if ca_bundle else b"")
-        labels = {LABEL_IMAGE: ENV_IMAGE_NAME, LABEL_RECIPE: key, LABEL_ENV: key,
-                  LABEL_ENV_SOURCE: source, LABEL_ENV_AGENT: spec.agent or ""}
         emit(f"building {env_ref(key)} for {what}")
         image_id = stream_build(client, workdir, "Dockerfile", env_ref(key), {}, labels, what,
                                 emit)

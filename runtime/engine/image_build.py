@@ -224,7 +224,7 @@ def _api_message(response: requests.Response) -> str:
 
 
 def build_rootfs(client: docker.DockerClient, force: bool = False, log: LogFn | None = None) -> str:
-    """Debootstrap Debian (``recipes/base/rootfs.sh``) and ``docker import`` it; return its tag.
+    """Debootstrap Debian (``images/base/rootfs.sh``) and ``docker import`` it; return its tag.
 
     Reuses ``agentrt/rootfs:<hash>`` if it exists (unless ``force``). Needs root on Linux,
     ``debootstrap`` and ``tar``; the mirror is ``AGENTRT_DEBIAN_MIRROR`` or deb.debian.org.

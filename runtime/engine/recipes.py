@@ -1,7 +1,8 @@
 """agentrt's image recipes on disk, and the hashes that say when an image is out of date.
 
-Recipes live in ``runtime/recipes/<name>/``, package data found through ``importlib.resources``
-so an installed wheel builds as a checkout does (``AGENTRT_IMAGES_DIR`` overrides). An image's
+Recipes live in ``images/<name>/`` at the top of the repository; the wheel carries them as
+``runtime/images`` (mapped by the build backend), found through ``importlib.resources``, so an
+installed wheel builds as a checkout does (``AGENTRT_IMAGES_DIR`` overrides). An image's
 recipe hash covers its recipe's files and its parent's hash; a debootstrap rootfs's covers the
 suite, the mirror, the package list and the script.
 """
@@ -30,20 +31,33 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ROOTFS_REPO = "agentrt/rootfs"
 
 
-def images_dir() -> Path:
-    """The directory holding one recipe directory per image: ``AGENTRT_IMAGES_DIR`` if set,
-    else the ``recipes`` directory installed with the ``runtime`` package."""
-    override = os.environ.get("AGENTRT_IMAGES_DIR")
+def shipped_dir(name: str, override_var: str) -> Path:
+    """The data folder ``name`` (``images`` or ``colima``) of agentrt: the directory the
+    environment variable ``override_var`` names if set; else the copy an installed wheel carries
+    inside the ``runtime`` package (``runtime/images``, mapped there at build time); else the
+    folder at the top of the checkout ``runtime`` was imported from (a checkout or an editable
+    install). ImageNotFoundError when none exists."""
+    override = os.environ.get(override_var)
     if override:
         return Path(override)
-    recipes = importlib.resources.files("runtime").joinpath("recipes")
-    if not isinstance(recipes, Path):
-        # A zip import has no directory to hand to `docker build` as its context.
-        raise ImageNotFoundError(
-            f"the image recipes ({recipes}) are not files on disk: install agentrt unzipped, "
-            "or set AGENTRT_IMAGES_DIR to a copy of them"
-        )
-    return recipes
+    installed = importlib.resources.files("runtime").joinpath(name)
+    if isinstance(installed, Path) and installed.is_dir():
+        return installed
+    checkout = Path(__file__).resolve().parents[2] / name
+    if checkout.is_dir():
+        return checkout
+    # A zip import yields no directory to hand to `docker build` as its context.
+    raise ImageNotFoundError(
+        f"agentrt's {name!r} folder is neither installed with the package ({installed}) nor in "
+        f"a checkout ({checkout}): reinstall agentrt unzipped, or set {override_var} to a copy "
+        "of it"
+    )
+
+
+def images_dir() -> Path:
+    """The directory holding one recipe directory per image: ``AGENTRT_IMAGES_DIR`` if set,
+    else ``images/`` as installed with the package or at the top of the checkout."""
+    return shipped_dir("images", "AGENTRT_IMAGES_DIR")
 
 
 def image_ref(name: str) -> str:
@@ -76,7 +90,7 @@ def recipe_hash(name: str) -> str:
 
 
 def base_packages() -> list[str]:
-    """The Debian packages of ``agentrt/base`` (``recipes/base/packages``)."""
+    """The Debian packages of ``agentrt/base`` (``images/base/packages``)."""
     lines = (recipe_dir("base") / "packages").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 

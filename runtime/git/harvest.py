@@ -9,7 +9,8 @@ agent's tree):
 
 1. reads the agent's ``HEAD`` (its own commits) and checks that every object it reaches exists;
 2. snapshots whatever the agent left uncommitted on top of it (``read-tree`` + ``add -A`` +
-   ``write-tree`` + ``commit-tree``);
+   ``write-tree`` + ``commit-tree``), leaving out the state agent CLIs keep in the repository
+   (:data:`runtime.presets.STATE_EXCLUDES`, the private git dir's ``info/exclude``);
 3. writes ``work.bundle`` (the snapshot and the agent's commits, thin against the base) and,
    when the agent made commits, ``files.bundle`` (the same files as one commit on the base:
    used only if the host refuses the agent's commits).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import stat
 import tarfile
@@ -43,6 +45,7 @@ from runtime.engine.container import HARDENING, STORE_MOUNT, create_container
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_HARVEST
 from runtime.errors import EngineError, HarvestError
+from runtime.presets import STATE_EXCLUDES
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ g() {
       -c advice.addEmbeddedRepo=false -c pack.threads=1 "$@"
 }
 g init -q --bare "$h"
+mkdir -p "$h/info" && printf '%s\n' @STATE_EXCLUDES@ > "$h/info/exclude"
 printf '%s\n' /workspace/.git/objects > "$h/objects/info/alternates"
 if [ -n "$store" ]; then printf '%s\n' "$store" >> "$h/objects/info/alternates"; fi
 export GIT_INDEX_FILE=$out/index
@@ -125,7 +129,7 @@ if [ -n "$head" ] && [ "$head" != "$base" ] && [ "$tree" != "$base_tree" ]; then
   g --git-dir="$h" bundle create -q "$bundles/files.bundle" refs/heads/files --not "$base"
 fi
 echo "agentrt-harvest: done"
-"""
+""".replace("@STATE_EXCLUDES@", " ".join(shlex.quote(p) for p in STATE_EXCLUDES))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from runtime.engine.environment_build import (
     environment_key,
     find_env_image,
     from_images,
+    layer_identity,
     setup_steps,
     stream_build,
 )
@@ -118,6 +119,7 @@ def ensure_environment(client: docker.DockerClient, repo: MainRepo, commit: str,
         cli_id = _image_id(client, cli_ref, f"{where}: the {agent} CLI (agent_image)",
                            "" if env.agent_image else f"run `agentrt images build {agent}`")
         parts["cli"] = cli_id
+        parts["cli_layer"] = layer_identity(agent)
     if image:
         parts["base"] = _image_id(client, image, f"{where}: image")
         dockerfile_text = ""

@@ -2,7 +2,7 @@
 
 The engine-side volumes of :mod:`runtime.engine.engine_volumes` must work on an engine whose disk
 agentrt does not share. This starts one: Debian's dockerd in a container (recipe
-``runtime/recipes/dind``, built on demand like ``agentrt/postgres``), its data root on a
+``images/dind``, built on demand like ``agentrt/postgres``), its data root on a
 tmpfs *inside that container* (so whatever it makes is on neither the test process's
 filesystem nor its mount namespace), reached over TCP on a port published to 127.0.0.1 only,
 with ``agentrt/base`` loaded into it (``docker save`` from the local engine streamed into its

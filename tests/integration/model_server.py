@@ -8,8 +8,10 @@ It speaks just enough of three APIs for each preset CLI to make one edit and fin
 * OpenAI Responses (``POST /v1/responses``, codex): a function (or custom) tool call that
   writes ``hello-codex.txt`` through whichever shell or patch tool codex offers; once its
   output comes back, a closing message.
-* OpenAI Chat Completions (``POST /v1/chat/completions``, aider through litellm): a reply in
-  aider's ``whole`` edit format that creates ``hello-aider.txt``.
+* OpenAI Chat Completions (``POST /v1/chat/completions``, aider through litellm): a reply that
+  creates ``hello-aider.txt`` in the edit format aider's system prompt asks for, as a model
+  would: ``diff`` (a SEARCH/REPLACE block), ``udiff`` (a unified diff) or ``whole``. Nothing
+  here is tuned to the format agentrt chooses.
 
 Every answer is streamed (SSE) when the request asks for it, and reports token usage. Each
 request is logged to stdout as one JSON line: path, the peer's address, whether the API key
@@ -261,9 +263,28 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- OpenAI Chat Completions -----------------------------------------------------------
 
+    @staticmethod
+    def _aider_edit(body: dict) -> tuple[str, str]:
+        """The reply creating AIDER_FILE in the format the system prompt asks for."""
+        system = ""
+        for message in body.get("messages") or []:
+            if isinstance(message, dict) and message.get("role") == "system":
+                content = message.get("content")
+                if isinstance(content, list):
+                    content = " ".join(str(p.get("text", "")) for p in content
+                                       if isinstance(p, dict))
+                system += str(content or "")
+        if "SEARCH/REPLACE" in system:
+            return (f"{AIDER_FILE}\n```\n<<<<<<< SEARCH\n=======\n{AIDER_TEXT}"
+                    ">>>>>>> REPLACE\n```\n"), "diff edit"
+        if "unified diff" in system.lower():
+            return (f"```diff\n--- /dev/null\n+++ {AIDER_FILE}\n@@ @@\n+{AIDER_TEXT}```\n",
+                    "udiff edit")
+        return f"{AIDER_FILE}\n```\n{AIDER_TEXT}```\n", "whole edit"
+
     def _chat(self, path: str, body: dict) -> None:
-        text = f"{AIDER_FILE}\n```\n{AIDER_TEXT}```\n"
-        self._record(path, body, "whole edit")
+        text, answer = self._aider_edit(body)
+        self._record(path, body, answer)
         usage = {"prompt_tokens": IN_TOKENS, "completion_tokens": OUT_TOKENS,
                  "total_tokens": IN_TOKENS + OUT_TOKENS}
         base = {"id": _next_id("chatcmpl"), "created": 0,

@@ -1,9 +1,11 @@
 """Environments and services on a real engine (issue #20, docs/environments.md).
 
 A repository's Dockerfile (agentrt/base + Debian's jq by apt) with setup commands: a shell
-task and a preset task (Claude Code's CLI from a small stand-in image at the path the real
-one lives) both see jq, and the preset its CLI; a second run builds nothing; committing a
-change to a file the setup names rebuilds. A devcontainer.json with build.dockerfile, args,
+task and a preset task (the real agentrt/claude-code image with its CLI replaced by a stand-in
+in place, so no model is needed: the real presets in environments are proven with a model in
+test_real_agents.py) both see jq, and the preset its CLI and its version; a second run builds
+nothing; committing a change to a file the setup names rebuilds. A CLI image laid out otherwise
+(the CLI where the recipe does not put it) is refused, naming the path, before anything starts. A devcontainer.json with build.dockerfile, args,
 containerEnv and postCreateCommand. A service with a healthcheck reached by name from its own
 session and not from another session of the run; a service that never becomes healthy fails
 its session; a broken Dockerfile exits 2 before anything starts.
@@ -37,26 +39,36 @@ pytestmark = pytest.mark.docker
 FAKE_CLI = "agentrt-test/fake-cli:latest"
 LIMITS = ResourceLimits(memory_mb=256, cpu_percent=100, time_seconds=120, disk_mb=64, pids=128)
 FAKE_CLAUDE = """#!/bin/sh
-# A stand-in for Claude Code at /opt/claude-code/bin/claude: proves the CLI and the project's
+# A stand-in for Claude Code where agentrt/claude-code has it: proves the CLI and the project's
 # toolchain are in one image.
+[ "$1" = --version ] && { echo "0.0.0 (stand-in)"; exit 0; }
 { echo "fake-claude $*"; jq --version; } > /workspace/claude.txt 2>&1
 """
 
 
-@pytest.fixture(scope="module")
-def fake_cli(docker_client: Any) -> str:
-    """A tiny image with a script where agentrt/claude-code has its CLI."""
+def cli_image(docker_client: Any, tag: str, dockerfile: str) -> str:
+    """Build ``tag`` from ``dockerfile`` with the stand-in CLI as ``claude`` in its context."""
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
-        for name, text, mode in (("claude", FAKE_CLAUDE, 0o755), ("Dockerfile", (
-                "FROM agentrt/base:latest\nUSER root\n"
-                "COPY claude /opt/claude-code/bin/claude\nUSER agent\n"), 0o644)):
+        for name, text, mode in (("claude", FAKE_CLAUDE, 0o755),
+                                 ("Dockerfile", dockerfile, 0o644)):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(text.encode()), mode
             tar.addfile(info, io.BytesIO(text.encode()))
     data.seek(0)
-    docker_client.images.build(fileobj=data, custom_context=True, tag=FAKE_CLI, rm=True)
-    return FAKE_CLI
+    docker_client.images.build(fileobj=data, custom_context=True, tag=tag, rm=True)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def fake_cli(docker_client: Any) -> str:
+    """agentrt/claude-code as its recipe builds it, with the stand-in over its CLI."""
+    from runtime.engine.image_build import build_image
+
+    build_image(docker_client, "claude-code", log=lambda line: None)  # a no-op when current
+    return cli_image(docker_client, FAKE_CLI,
+                     "FROM agentrt/claude-code:latest\nUSER root\n"
+                     "COPY claude /usr/local/bin/claude\nUSER agent\n")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,7 +102,8 @@ def show(repo: Path, branch: str, path: str) -> str:
     return git(repo, "show", f"{branch}:{path}")
 
 
-def test_dockerfile_setup_preset_layer_and_cache(repo: Path, fake_cli: str) -> None:
+def test_dockerfile_setup_preset_layer_and_cache(repo: Path, fake_cli: str,
+                                                docker_client: Any) -> None:
     nonce = secrets.token_hex(4)  # a fresh environment: the first run really builds
     commit(repo, {
         "env/Dockerfile": f"# test {nonce}\nFROM agentrt/base:latest\nUSER root\n"
@@ -116,6 +129,9 @@ def test_dockerfile_setup_preset_layer_and_cache(repo: Path, fake_cli: str) -> N
     assert "test $HOME" in out and "git" in out, out
     claude = show(repo, results["agent"].branch, "claude.txt")
     assert claude.startswith("fake-claude -p hello") and "jq-1.6" in claude, claude
+    # The CLI's version: the preset image's label, carried onto the environment image.
+    pinned = docker_client.images.get(fake_cli).labels["agentrt.cli.version"]
+    assert results["agent"].cli_version == pinned and pinned, results["agent"]
     assert any(line.startswith("Step ") for line in log)
     first = {t: r.image_digest for t, r in results.items()}
     assert results["shell"].image.startswith("agentrt/env:")
@@ -306,3 +322,24 @@ def test_environments_that_cannot_hold_a_session_are_refused(repo: Path,
                                  tasks)
     finally:
         docker_client.images.remove(noshell, force=True)
+
+
+def test_a_cli_image_laid_out_otherwise_is_refused_before_anything_starts(
+        repo: Path, docker_client: Any) -> None:
+    """The layout an earlier recipe had (/opt/claude-code/bin/claude): exit 2, the path named,
+    no branch made (the real layout passes: test_dockerfile_setup_preset_layer_and_cache)."""
+    old = cli_image(docker_client, "agentrt-test/old-layout-cli:latest",
+                    "FROM agentrt/base:latest\nUSER root\n"
+                    "COPY claude /opt/claude-code/bin/claude\nUSER agent\n")
+    try:
+        (repo / "tasks.toml").write_text(
+            f'[run]\nnetwork = "bridge"\n[run.environment]\nimage = "agentrt/base:latest"\n'
+            f'agent_image = "{old}"\nsetup = ["true # {secrets.token_hex(4)}"]\n'
+            '[[tasks]]\nid = "agent"\nagent = "claude-code"\nprompt = "hello"\n')
+        proc = agentrt("run", str(repo / "tasks.toml"), "--repo", str(repo))
+        assert proc.returncode == 2, proc.stderr
+        assert "has no /usr/local/bin/claude" in proc.stderr, proc.stderr
+        assert "agentrt images build claude-code" in proc.stderr, proc.stderr
+        assert git(repo, "branch", "--list", "agent/*").strip() == ""
+    finally:
+        docker_client.images.remove(old, force=True)

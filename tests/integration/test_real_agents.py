@@ -10,9 +10,17 @@ each answering with a canned tool call or edit that writes a file. Each run uses
 
 For each CLI the test proves: the session succeeds; the server saw the CLI's requests, with the
 right API key, coming from the proxy's address (never the session's); the proxy's log shows the
-connection; the file is on the session's branch; the JSON report holds the CLI's version (the
-image's label) and the usage it reported; and the API key is in no saved log, report, state
-file, the proxy's or server's log, nor any ``docker inspect`` of the run's containers.
+connection; the file is on the session's branch and is the only change there (none of the CLI's
+own state: no ``.aider*``, ``.claude``, ``.codex``); the JSON report holds the CLI's version
+(the image's label) and the usage it reported; and the API key is in no saved log, report,
+state file, the proxy's or server's log, nor any ``docker inspect`` of the run's containers.
+``base_url`` is given with ``/v1`` for claude-code (whose client adds it) and without it for
+codex and aider (whose clients need it): agentrt takes either. aider gets no edit-format
+setting from the test, and the server answers in whatever format aider asks for.
+
+Then all three presets in one run with a ``[run.environment]``: each session image is
+``agentrt/env:*`` made from the real preset images (their CLI where the recipe installs it),
+each session reports its CLI's version, and each edit lands with nothing else on its branch.
 
 The preset images are built first if their recipes changed (minutes, cold: see
 docs/benchmarks.md); with current images the three runs take about a minute.
@@ -20,6 +28,7 @@ docs/benchmarks.md); with current images the three runs take about a minute.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,18 +57,17 @@ SERVER_SOURCE = (Path(__file__).parent / "model_server.py").read_text(encoding="
 # Per preset: the secret it reads, its model and base URL, the file the server makes it write.
 CASES: dict[str, dict[str, Any]] = {
     "claude-code": {"secret": "ANTHROPIC_API_KEY", "model": "claude-sonnet-4-5",
-                    "base_url": "http://{server}:8080", "path": "/v1/messages",
+                    "base_url": "http://{server}:8080/v1", "path": "/v1/messages",
                     "file": "hello-claude.txt", "text": "hello from claude-code\n",
                     "version_arg": "CLAUDE_CODE_VERSION", "cost": True, "server_usage": True},
     "codex": {"secret": "OPENAI_API_KEY", "model": "gpt-5-codex",
-              "base_url": "http://{server}:8080/v1", "path": "/v1/responses",
+              "base_url": "http://{server}:8080", "path": "/v1/responses",
               "file": "hello-codex.txt", "text": "hello from codex\n",
               "version_arg": "CODEX_VERSION", "cost": False, "server_usage": True},
-    "aider": {"secret": "OPENAI_API_KEY", "model": "openai/agentrt-scripted",
-              "base_url": "http://{server}:8080/v1", "path": "/v1/chat/completions",
+    "aider": {"secret": "OPENAI_API_KEY", "model": "openai/gpt-4o",
+              "base_url": "http://{server}:8080", "path": "/v1/chat/completions",
               "file": "hello-aider.txt", "text": "hello from aider\n",
-              "version_arg": "AIDER_VERSION", "cost": False, "server_usage": False,
-              "env": {"AIDER_EDIT_FORMAT": "whole"}},
+              "version_arg": "AIDER_VERSION", "cost": False, "server_usage": False},
 }
 
 BUILD_SECONDS: dict[str, float] = {}
@@ -159,9 +167,18 @@ class Watcher:
         self.thread.join(timeout=10)
 
 
-def task_file(path: Path, agent: str, case: dict[str, Any], server: dict[str, Any]) -> Path:
-    base_url = case["base_url"].format(server=server["name"])
-    env = "".join(f'{k} = "{v}", ' for k, v in case.get("env", {}).items()).rstrip(", ")
+def task_file(path: Path, agents: list[str], server: dict[str, Any],
+              environment: str = "") -> Path:
+    """A run of one task per agent in ``agents`` against the scripted server."""
+    tasks = "".join(f"""
+[[tasks]]
+id = "{agent}"
+agent = "{agent}"
+prompt = "Create the file {CASES[agent]['file']} saying hello."
+secrets = ["{CASES[agent]['secret']}"]
+model = "{CASES[agent]['model']}"
+base_url = "{CASES[agent]['base_url'].format(server=server['name'])}"
+""" for agent in agents)
     path.write_text(f"""
 [run]
 merge = "none"
@@ -169,24 +186,20 @@ conflict_radar_seconds = 0
 network = "allowlist"
 egress_allow = ["{server['name']}:{PORT}"]
 egress_networks = ["{server['net']}"]
-
+{environment}
 [run.resource_limits]
 memory_mb = 1536
 cpu_percent = 200
 time_seconds = 150
 disk_mb = 256
 pids = 512
-
-[[tasks]]
-id = "{agent}"
-agent = "{agent}"
-prompt = "Create the file {case['file']} saying hello."
-secrets = ["{case['secret']}"]
-model = "{case['model']}"
-base_url = "{base_url}"
-env = {{ {env} }}
-""", encoding="utf-8")
+{tasks}""", encoding="utf-8")
     return path
+
+
+def changed_files(repo: Path, branch: str) -> list[str]:
+    """The paths a session's branch changed against main (its base)."""
+    return git(repo, "diff", "--name-only", f"main...{branch}").split()
 
 
 def files_holding(root: Path, needle: bytes) -> list[str]:
@@ -202,7 +215,7 @@ def test_a_real_agent_cli_edits_through_the_egress_proxy(
     preset_image(docker_client, agent)
     server = model_server["container"]
     seen_before = len(server_requests(server, 0))
-    tasks = task_file(tmp_path / "tasks.toml", agent, case, model_server)
+    tasks = task_file(tmp_path / "tasks.toml", [agent], model_server)
     env = {case["secret"]: api_key}
     command = [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo),
                "--json"]
@@ -228,8 +241,11 @@ def test_a_real_agent_cli_edits_through_the_egress_proxy(
     assert watcher.proxy_ip and {r["client"] for r in requests} == {watcher.proxy_ip}, context
     assert f'Established connection to host "{model_server["name"]}"' in watcher.proxy_log
 
-    # Its edit is on its branch.
+    # Its edit is on its branch, and nothing of the CLI's own state.
     assert git(repo, "show", f"{session['branch']}:{case['file']}") == case["text"]
+    assert changed_files(repo, session["branch"]) == [case["file"]], context
+    if agent == "aider":  # whole files on a server of the task's own, not gpt-4o's usual diff
+        assert {r["answer"] for r in api_calls} == {"whole edit"}, context
 
     # Its version (the recipe's pin, through the image label) and its usage are reported.
     assert session["cli_version"] == pinned_version(agent, case["version_arg"])
@@ -279,3 +295,47 @@ def test_a_preset_image_has_its_version_label_and_a_home_of_its_own(
         assert out.strip() == "home=/home/agent", (name, out)
         labels = docker_client.images.get(ref).labels
         assert labels["agentrt.cli.version"] == pinned_version(name, CASES[name]["version_arg"])
+
+
+def test_the_three_presets_in_one_run_with_an_environment(
+        docker_client: Any, repo: Path, tmp_path: Path, model_server: dict[str, Any],
+        api_key: str) -> None:
+    """Each preset's CLI copied from its real image into an environment of the project's own:
+    all three sessions succeed, each on ``agentrt/env:*`` with its CLI's version, each edit on
+    its branch and nothing else there."""
+    for agent in CASES:
+        preset_image(docker_client, agent)
+    built: set[str] = set()  # only this run's environment images are removed: the engine is shared
+    environment = ("max_concurrent_agents = 1\n[run.environment]\n"
+                   'image = "agentrt/base:latest"\n'
+                   f'setup = ["echo {secrets.token_hex(4)} > /opt/project-toolchain"]\n')
+    tasks = task_file(tmp_path / "tasks.toml", list(CASES), model_server, environment)
+    env = {**os.environ, "ANTHROPIC_API_KEY": api_key, "OPENAI_API_KEY": api_key}
+    try:
+        done = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(tasks),
+                               "--repo", str(repo), "--json"],
+                              capture_output=True, text=True, timeout=900, env=env)
+        logs = "\n".join(p.read_text(errors="replace")
+                         for p in (repo / ".git" / "agentrt").rglob("*.log"))
+        context = f"exit {done.returncode}\nstderr: {done.stderr[-4000:]}\nlog: {logs[-4000:]}"
+        assert done.returncode == 0, context
+        sessions = {s["task_id"]: s for s in json.loads(done.stdout)["sessions"]}
+        built.update(s["image"] for s in sessions.values() if s["image"].startswith("agentrt/env:"))
+        assert set(sessions) == set(CASES), context
+        for agent, case in CASES.items():
+            session = sessions[agent]
+            assert session["status"] == "succeeded", (agent, context)
+            assert session["image"].startswith("agentrt/env:"), session
+            assert session["cli_version"] == pinned_version(agent, case["version_arg"])
+            assert git(repo, "show", f"{session['branch']}:{case['file']}") == case["text"]
+            assert changed_files(repo, session["branch"]) == [case["file"]], (agent, context)
+        assert len({s["image"] for s in sessions.values()}) == 3  # one CLI layer each
+        # codex is a static binary: its layer brings no Node.js into the environment.
+        probe = docker_client.containers.run(
+            sessions["codex"]["image"], ["sh", "-c", "command -v node || echo no-node"],
+            remove=True).decode()
+        assert probe.strip() == "no-node", probe
+    finally:
+        for ref in built:
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(ref, force=True)

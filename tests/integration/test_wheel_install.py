@@ -1,8 +1,10 @@
 """A non-editable install (a wheel) works away from the checkout: recipes and template ship.
 
-The wheel is built from a copy of the checkout's files, installed into a fresh venv in a
-temporary directory (its dependencies borrowed from the running environment through a ``.pth``
-line, so nothing is downloaded for them), and driven from a directory outside the checkout.
+``python -m build`` makes the sdist from a copy of the checkout's files and the wheel from that
+sdist (as pip does from PyPI), so both are proven to carry ``images/`` and ``colima/``. The
+wheel is installed into a fresh venv in a temporary directory (its dependencies borrowed from the
+running environment through a ``.pth`` line, so nothing is downloaded for them), and driven from a
+directory outside the checkout.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,21 +51,76 @@ def _checkout_copy(target: Path) -> Path:
     return target
 
 
-def _pip(*args: str, timeout: float = 180) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+def _python(module: str, *args: str, timeout: float = 180) -> None:
+    proc = subprocess.run([sys.executable, "-m", module, *args],
                           capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
-        pytest.fail(f"pip {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(f"{module} {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-3000:]}")
+
+
+def _pip(*args: str, timeout: float = 180) -> None:
+    _python("pip", "--disable-pip-version-check", *args, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Dists:
+    sdist: Path
+    wheel: Path
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    work = tmp_path_factory.mktemp("wheel")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
+    """The sdist of a copy of the checkout, and the wheel built from that sdist."""
+    work = tmp_path_factory.mktemp("dists")
     src = _checkout_copy(work / "src")
-    dist = work / "dist"
     # Build isolation fetches the build backend pyproject.toml asks for (as `pip install .` does).
-    _pip("wheel", "--no-deps", "--quiet", "-w", str(dist), str(src))
-    (wheel,) = dist.glob("agentrt-*.whl")
+    _python("build", "--outdir", str(work / "dist"), str(src))
+    (sdist,) = (work / "dist").glob("agentrt-*.tar.gz")
+    (wheel,) = (work / "dist").glob("agentrt-*.whl")
+    return Dists(sdist, wheel)
+
+
+def _checkout_files(folder: str) -> dict[str, bytes]:
+    """Tracked and new files under the checkout's top-level ``folder``, by path inside it."""
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
+         "--", folder],
+        capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    return {rel.removeprefix(f"{folder}/"): (ROOT / rel).read_bytes()
+            for rel in filter(None, listed) if (ROOT / rel).is_file()}
+
+
+def test_the_sdist_and_the_wheel_hold_the_same_recipes_and_profile_as_the_checkout(
+    dists: Dists,
+) -> None:
+    with tarfile.open(dists.sdist) as sdist, zipfile.ZipFile(dists.wheel) as wheel:
+        sdist_root = sdist.getnames()[0].split("/")[0]  # agentrt-<version>
+        for folder in ("images", "colima"):
+            expected = _checkout_files(folder)
+            assert "base/Dockerfile" in expected or "agentrt.yaml" in expected
+            in_sdist = {}
+            for member in sdist.getmembers():
+                prefix = f"{sdist_root}/{folder}/"
+                if member.isfile() and member.name.startswith(prefix):
+                    extracted = sdist.extractfile(member)
+                    assert extracted is not None
+                    in_sdist[member.name.removeprefix(prefix)] = extracted.read()
+            in_wheel = {name.removeprefix(f"runtime/{folder}/"): wheel.read(name)
+                        for name in wheel.namelist()
+                        if name.startswith(f"runtime/{folder}/") and not name.endswith("/")}
+            assert in_sdist == expected, folder
+            assert in_wheel == expected, folder
+        # One source: no second copy of the recipes under another name.
+        assert not [n for n in wheel.namelist() if n.startswith(("runtime/recipes/",
+                                                                 "runtime/colima_templates/"))]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, dists: Dists) -> Installed:
+    work = tmp_path_factory.mktemp("wheel")
+    wheel = dists.wheel
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=60)
@@ -95,7 +154,7 @@ def test_the_wheel_ships_the_image_recipes_and_the_colima_template(installed: In
     site = str(installed.venv)
     assert package.startswith(site) and recipes.startswith(site) and templates.startswith(site)
     assert not package.startswith(str(ROOT))
-    for name in ("base", "claude-code", "codex", "aider", "postgres"):
+    for name in ("base", "claude-code", "codex", "aider", "postgres", "egress", "dind"):
         assert (Path(recipes) / name / "Dockerfile").is_file(), name
     # The same recipe hash as the checkout's: an installed agentrt sees images built from a
     # checkout as current, and rebuilds nothing.

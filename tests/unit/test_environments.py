@@ -5,6 +5,7 @@ admission with services, replay of an environment's session."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -13,13 +14,16 @@ from pydantic import ValidationError
 from runtime.config import ResourceLimits, RunConfig, Task, parse_task_file
 from runtime.devcontainer import parse_devcontainer, strip_jsonc
 from runtime.engine.environment_build import (
+    AGENT_LAYERS,
     LAYER_SCRIPT,
     SessionImageSpec,
     environment_key,
     from_images,
+    layer_script,
     render_dockerfile,
     setup_steps,
 )
+from runtime.engine.recipes import recipe_dir
 from runtime.engine.services import service_spec, services_network_name, wait_seconds
 from runtime.environments import Environment, Healthcheck, Service
 from runtime.errors import ConfigError
@@ -148,14 +152,14 @@ def test_layers_in_order_base_setup_cli_agentrt() -> None:
     lines = text.splitlines()
     order = [next(i for i, line in enumerate(lines) if line.startswith(prefix))
              for prefix in ("FROM sha256:cli AS agentrt-cli", "FROM sha256:base", "RUN ",
-                            "COPY --from=agentrt-cli /opt/claude-code",
+                            "COPY --from=agentrt-cli /usr/local/bin/claude",
                             "COPY agentrt-layer.sh", "ENV ", "USER 1000:1000")]
     assert order == sorted(order)
     run = json.loads(lines[order[2]][4:])
     assert run[:2] == ["/bin/sh", "-c"] and run[2].endswith("apt-get install -y jq")
     assert 'exec \\"$@\\"", "agentrt-setup", "make", "deps"]' in text
     assert 'ENV A="say \\"\\$HOME\\" \\\\"' in text
-    assert "ln -sf /opt/claude-code/bin/claude /usr/local/bin/claude" in text
+    assert "/usr/local/bin/claude --version" in text  # it runs here, or exit 97
     assert "ENTRYPOINT []" in text and "COPY setup-files/ /tmp/agentrt-setup/" in text
 
 
@@ -216,3 +220,37 @@ def test_replay_uses_the_recorded_environment_image() -> None:
     config, replayed = replay_config(row)
     assert replayed.environment is None and replayed.image == "sha256:env"
     assert config.image == "sha256:env" and config.services[0].name == "db"
+
+
+def _final_stage_paths(dockerfile: str) -> set[str]:
+    """Paths the recipe's final stage puts in place: COPY destinations and ``ln -s`` links."""
+    final = re.sub(r"\\\n", " ", dockerfile).split("\nFROM ")[-1]
+    found = set()
+    for line in final.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            found.add(words[-1])
+        found.update(re.findall(r"ln -s \S+ (/[^\s;]+)", line))
+    return found
+
+
+@pytest.mark.parametrize("agent", sorted(AGENT_LAYERS))
+def test_each_agent_layer_copies_what_its_recipe_installs(agent: str) -> None:
+    """The layer's paths and links are where images/<agent> puts the CLI: an environment made
+    from the real preset image finds it (a fake laid out otherwise would not prove that)."""
+    layer = AGENT_LAYERS[agent]
+    installed = _final_stage_paths((recipe_dir(agent) / "Dockerfile").read_text())
+    for path in layer.paths:
+        assert path in installed, (agent, path, installed)
+    for link, _target in layer.links + layer.links_if_missing:
+        assert link in installed, (agent, link, installed)
+
+
+def test_codex_needs_no_node_and_its_layer_links_ripgrep_only_where_missing() -> None:
+    layer = AGENT_LAYERS["codex"]
+    assert layer.needs == ()
+    script = layer_script(layer)
+    assert "ln -sf /opt/codex/bin/codex /usr/local/bin/codex" in script
+    assert "command -v rg" in script and "ln -s /opt/codex/codex-path/rg" in script
+    assert "AGENTRT_NEEDS='' " in render_dockerfile("sha256:b", SessionImageSpec(agent="codex"),
+                                                    "sha256:cli")

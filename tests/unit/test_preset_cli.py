@@ -12,6 +12,7 @@ from runtime.engine.recipes import recipe_dir, recipe_hash
 from runtime.errors import ConfigError
 from runtime.presets import (
     PRESETS,
+    api_base,
     needs_network,
     resolve_command,
     resolve_env,
@@ -30,7 +31,7 @@ def test_claude_code_model_and_base_url() -> None:
     assert argv[:3] == ["claude", "-p", "fix it"]
     assert argv[argv.index("--model") + 1] == "claude-sonnet-4-5"
     env = resolve_env(task("claude-code", base_url=URL))
-    assert env["ANTHROPIC_BASE_URL"] == URL
+    assert env["ANTHROPIC_BASE_URL"] == "http://models.internal:8080"  # its client adds /v1
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert "--model" not in resolve_command(task("claude-code"))
     assert "ANTHROPIC_BASE_URL" not in resolve_env(task("claude-code"))
@@ -44,7 +45,7 @@ def test_codex_model_provider_and_key() -> None:
     configs = [argv[i + 1] for i, part in enumerate(argv) if part == "-c"]
     assert "check_for_update_on_startup=false" in configs
     assert 'model_provider="agentrt"' in configs
-    assert f'model_providers.agentrt.base_url="{URL}"' in configs
+    assert f'model_providers.agentrt.base_url="{URL}"' in configs  # codex appends /responses
     assert 'model_providers.agentrt.env_key="CODEX_API_KEY"' in configs
     plain = resolve_command(task("codex"))
     assert "-m" not in plain and not any("model_provider" in p for p in plain)
@@ -61,11 +62,39 @@ def test_codex_model_provider_and_key() -> None:
 ])
 def test_aider_base_url_follows_the_model(model: str, option: str) -> None:
     argv = resolve_command(task("aider", model=model, base_url=URL))
-    assert argv[argv.index(option) + 1] == URL
+    openai = option == "--openai-api-base"
+    assert argv[argv.index(option) + 1] == (URL if openai else "http://models.internal:8080")
     assert argv[argv.index("--model") + 1] == model
     assert argv[-2:] == ["--message", "fix it"]
     env = resolve_env(task("aider"))
     assert env["AIDER_CHECK_UPDATE"] == "false" and env["AIDER_ANALYTICS"] == "false"
+
+
+@pytest.mark.parametrize(("written", "with_v1", "without_v1"), [
+    ("http://m:8080", "http://m:8080/v1", "http://m:8080"),
+    ("http://m:8080/", "http://m:8080/v1", "http://m:8080"),
+    ("http://m:8080/v1", "http://m:8080/v1", "http://m:8080"),
+    ("https://m/v1/", "https://m/v1", "https://m"),
+    ("https://openrouter.ai/api/v1", "https://openrouter.ai/api/v1", "https://openrouter.ai/api"),
+    ("https://m/openai/v1beta", "https://m/openai/v1beta", "https://m/openai/v1beta"),
+    ("http://m:8080/v1?x=1", "http://m:8080/v1?x=1", "http://m:8080?x=1"),
+])
+def test_base_url_is_taken_with_or_without_v1(written: str, with_v1: str,
+                                              without_v1: str) -> None:
+    assert api_base(written, True) == with_v1 and api_base(written, False) == without_v1
+    # Each preset gets the form its client wants, however the task wrote it.
+    claude = resolve_env(task("claude-code", base_url=written))["ANTHROPIC_BASE_URL"]
+    codex = resolve_command(task("codex", base_url=written))
+    aider = resolve_command(task("aider", model="openai/m", base_url=written))
+    assert claude == without_v1
+    assert f'model_providers.agentrt.base_url="{with_v1}"' in codex
+    assert aider[aider.index("--openai-api-base") + 1] == with_v1
+
+
+def test_aider_edits_in_whole_files_on_a_server_of_the_tasks_own() -> None:
+    assert resolve_env(task("aider", base_url=URL))["AIDER_EDIT_FORMAT"] == "whole"
+    # Talking to a provider aider knows, aider's own choice per model stands.
+    assert "AIDER_EDIT_FORMAT" not in resolve_env(task("aider", model="gpt-4o"))
 
 
 def test_every_cli_keeps_its_state_off_the_workspace() -> None:
