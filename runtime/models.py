@@ -65,11 +65,18 @@ class WorkState(StrEnum):
     FILES_ONLY = "files_only"  # its own commits were refused; its files came home as one commit
     REFUSED = "refused"        # the bundle was refused (fsck, size, secret); kept for inspection
     KEPT = "kept"              # the harvest failed (disk full, engine gone): the volume is kept
+    LOST = "lost"              # it was kept, and the kept volume no longer exists
 
     @property
     def is_failure(self) -> bool:
         """True when work did not fully come home: the run exits 1."""
-        return self in (WorkState.FILES_ONLY, WorkState.REFUSED, WorkState.KEPT)
+        return self in (WorkState.FILES_ONLY, WorkState.REFUSED, WorkState.KEPT, WorkState.LOST)
+
+    @property
+    def off_branch(self) -> bool:
+        """True when none of the session's work is on its branch (kept, refused or lost), so
+        the branch cannot stand for it: it is never merged nor reported merged."""
+        return self in (WorkState.REFUSED, WorkState.KEPT, WorkState.LOST)
 
 
 class Conflict(BaseModel):
@@ -82,12 +89,53 @@ class Conflict(BaseModel):
     with_branch: str | None = None
 
 
-class MergeInfo(BaseModel):
-    """The merge result of one session's branch."""
+MergeStatus = Literal["merged", "clean", "conflicts", "not_attempted", "not_merged"]
 
-    status: Literal["merged", "clean", "conflicts", "not_attempted"] = "not_attempted"
+
+class MergeInfo(BaseModel):
+    """The merge result of one session's branch.
+
+    ``not_merged``: the session's work is not on the target and cannot be merged from its
+    branch (kept, refused or lost, or the branch no longer carries the session's commits);
+    ``reason`` says why and what brings it home.
+    """
+
+    status: MergeStatus = "not_attempted"
     conflicts: list[Conflict] = Field(default_factory=list)
     merge_commit: str | None = None
+    reason: str | None = None
+
+
+def work_not_merged_reason(result: SessionResult) -> str | None:
+    """Why ``result``'s work cannot be merged from its branch, from its work state; None when
+    the branch carries it (or nothing says otherwise). Pure."""
+    work = result.work
+    if work is WorkState.KEPT:
+        return (f"work kept, not on its branch (the harvest did not finish): `agentrt recover "
+                f"{result.id}` brings it home")
+    if work is WorkState.REFUSED:
+        return "work refused at import (kept for inspection); nothing of it is on its branch"
+    if work is WorkState.LOST:
+        return "work lost: the volume it was kept in no longer exists"
+    return None
+
+
+def settle_merge(results: list[SessionResult]) -> None:
+    """Mark every session whose work is off its branch ``not_merged`` with the reason, whatever
+    an earlier check said of its branch (a branch left at its base is contained in the target,
+    but that says nothing of the work). Sessions with a merge commit keep it; a session whose
+    work has come home since (``agentrt recover``) is ``not_attempted`` again."""
+    for result in results:
+        reason = work_not_merged_reason(result)
+        merge = result.merge
+        if reason is not None and merge.merge_commit is None and merge.reason != reason:
+            result.merge = MergeInfo(status="not_merged", reason=reason)
+        elif reason is None and merge.status == "not_merged" and \
+                (merge.reason or "").startswith(_WORK_REASON):
+            result.merge = MergeInfo()
+
+
+_WORK_REASON = "work "  # how every reason of work_not_merged_reason begins
 
 
 class Usage(BaseModel):

@@ -290,6 +290,8 @@ def summary_table(report: RunReport) -> Table:
         merge: str = s.merge.status
         if s.merge.conflicts:
             merge += ": " + ", ".join(sorted({c.path for c in s.merge.conflicts}))
+        if s.merge.reason:
+            merge += "\n" + s.merge.reason
         status = f"[{STATUS_STYLE[s.status]}]{s.status.value}[/]"
         if s.reason and s.status is not SessionStatus.SUCCEEDED:
             status += f"\n[dim]{markup_safe(s.reason)}[/]"

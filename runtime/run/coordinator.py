@@ -31,7 +31,7 @@ from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import DependencyConflictError, new_session_id
-from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
+from runtime.models import RunReport, SessionResult, SessionStatus, settle_merge, utcnow
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
@@ -219,6 +219,7 @@ class AgentCoordinator(RunSessions, LiveRun):
 
                 stop_shared_server(self.run_id, self.client)
         report.sessions = [results[t.id] for t in tasks if t.id in results]
+        settle_merge(report.sessions)  # work off its branch is not_merged, whatever happens next
         report.interrupted = self._cancelled.is_set()
         if self.config.merge != "none" and not report.interrupted:
             if target:

@@ -50,7 +50,7 @@ from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.git.work_home import WorkOutcome, bring_work_home
-from runtime.models import SessionStatus, WorkState, utcnow
+from runtime.models import SessionStatus, WorkState, settle_merge, utcnow
 from runtime.paths import runs_dir
 from runtime.state.liveness import recorded_alive
 from runtime.state.repair import open_store_for_gc
@@ -228,6 +228,7 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
         if outcome is not None:
             result.work = outcome.state
             result.head_commit = outcome.head
+            settle_merge([result])
             result.warnings.extend(w for w in outcome.warnings if w not in result.warnings)
         elif branch and not finished:
             result.head_commit = repo.branch_head(branch)
