@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from runtime.errors import EngineError
+from runtime.errors import EngineUnreachableError
 
 T = TypeVar("T")
 
@@ -29,7 +29,8 @@ def crash_point(name: str) -> None:
 
 
 def engine_retry(action: Callable[[], T]) -> T:
-    """Run ``action``, retrying while the engine is unreachable (a dockerd restart)."""
-    retrying = Retrying(retry=retry_if_exception_type(EngineError), reraise=True,
+    """Run ``action``, retrying while the engine is unreachable (a dockerd restart). An answer
+    from the engine, even an error, is final: retrying a refusal would only repeat it."""
+    retrying = Retrying(retry=retry_if_exception_type(EngineUnreachableError), reraise=True,
                         stop=stop_after_delay(ENGINE_WAIT_SECONDS), wait=wait_fixed(1))
     return retrying(action)
