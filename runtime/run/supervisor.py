@@ -63,6 +63,10 @@ class Watch:
     disk_exceeded: bool = False
     cancelled: bool = False
     stopping: bool = False
+    # agentrt's stop did not reach the engine (refused, or no engine to answer).
+    stop_failed: bool = False
+    # When agentrt first asked the engine to stop it (host clock, epoch seconds).
+    stop_sent_at: float | None = None
     external_kill: bool = False
     engine_interrupted: bool = False
     cgroup: ContainerCgroup | None = None
@@ -81,7 +85,7 @@ class Watch:
 
         The supervisor's event, deadline and sampler threads and the session all report here:
         a fact, once seen, stays seen (``timed_out``, ``cancelled``, ``oom_seen``, ...); the exit
-        code is kept from the first report that has one. :func:`runtime.run.classify.classify`
+        code is kept from the first report that has one. :func:`runtime.state.classify.classify`
         decides from them with a fixed precedence, so who noticed first never matters.
         """
         with self._facts_lock:
@@ -95,7 +99,7 @@ class Watch:
 
 
 _FACTS = frozenset({"oom_seen", "vanished", "timed_out", "disk_exceeded", "cancelled", "stopping",
-                    "external_kill", "engine_interrupted", "disk_filled"})
+                    "external_kill", "engine_interrupted", "disk_filled", "stop_failed"})
 
 
 class Supervisor:
@@ -181,8 +185,11 @@ class Supervisor:
         elif reason == "disk":
             watch.record(disk_exceeded=True)
         watch.record(stopping=True)
+        if watch.stop_sent_at is None:
+            watch.stop_sent_at = time.time()
         grace = watch.grace_seconds if grace_seconds is None else grace_seconds
-        self._guard(watch, f"stop ({reason})", lambda: watch.container.stop(grace))
+        if not self._guard(watch, f"stop ({reason})", lambda: watch.container.stop(grace)):
+            watch.record(stop_failed=True)
 
     # -- threads ----------------------------------------------------------------------------
 
