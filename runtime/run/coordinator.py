@@ -290,6 +290,19 @@ class AgentCoordinator(RunSessions, LiveRun):
         except AgentRuntimeError:
             return False
 
+    def _set_up_failed(self, result: SessionResult, exc: Exception) -> SessionResult:
+        """Finalise the row of a session whose set-up raised ``exc``: ``skipped`` when its
+        dependencies' branches conflict, else ``crashed``, with the reason."""
+        result.status = SessionStatus.SKIPPED if isinstance(exc, DependencyConflictError) \
+            else SessionStatus.CRASHED
+        result.reason = str(exc) if isinstance(exc, AgentRuntimeError) else \
+            f"internal error while setting the session up: {exc}"
+        result.finished_at = utcnow()
+        if self.store is not None:
+            with contextlib.suppress(AgentRuntimeError):  # saved again with the report
+                self.store.upsert_session(result, self.run_id)
+        return result
+
     def _placeholder(self, task: Task, status: SessionStatus, reason: str) -> SessionResult:
         session_id, _ = new_session_id(task.id)
         result = SessionResult(id=session_id, task_id=task.id, branch="", status=status,
@@ -345,7 +358,16 @@ class AgentCoordinator(RunSessions, LiveRun):
         notified = False
         try:
             self._notify("starting", session.result)
-            with session:
+            try:
+                entered = contextlib.ExitStack()
+                entered.enter_context(session)
+            except Exception as exc:  # noqa: BLE001 - one task's set-up never stops the run
+                # Set-up failed: the session's own row (recorded as it prepared) says so; no
+                # placeholder under a new id, so `ps` never shows the task twice.
+                if not isinstance(exc, AgentRuntimeError):
+                    log.exception("task %s: set-up failed", task.id)
+                return self._set_up_failed(session.result, exc)
+            with entered:
                 if self._cancelled.is_set():
                     session.cancel()
                 self._notify("running", session.result)
