@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from runtime.crash_points import crash_point
 from runtime.errors import ConfigError, MergeError
 from runtime.git.checkout_state import CheckoutState, checkout_state, merge_blocker
 from runtime.git.conflicts import MergeCheck, SafeGit, check_commits, check_merge, conflict_matrix
@@ -60,10 +61,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Strategy = Literal["review", "auto", "none"]
+Landed = Callable[[SessionResult], None]
 
 
 def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainRepo,
-                   target: str | None = None, run_id: str = "") -> str | None:
+                   target: str | None = None, run_id: str = "",
+                   landed: Landed | None = None) -> str | None:
     """Fill ``merge`` of every succeeded session in ``results``; return the target (None for
     ``none`` or when nothing succeeded).
 
@@ -87,7 +90,8 @@ def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainR
     Raises :class:`MergeError` if git fails, a branch or the target does not exist, or (auto)
     the target is checked out with uncommitted tracked changes or in a linked worktree; in
     those cases nothing is changed. Merges that landed before an error stay, and their
-    sessions say so.
+    sessions say so. ``landed`` is called with each session as its merge lands (``auto``),
+    before the next is tried, so a record of it survives a kill in the middle of the merge.
     """
     if strategy not in ("review", "auto", "none"):
         raise MergeError(f"unknown merge strategy {strategy!r}: use review, auto or none")
@@ -103,7 +107,7 @@ def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainR
     if strategy == "review":
         _review(repo, todo, target)
     else:
-        _auto(repo, todo, target, run_id)
+        _auto(repo, todo, target, run_id, landed or (lambda session: None))
     return target
 
 
@@ -228,7 +232,8 @@ def ready_to_move(git: SafeGit, repo: MainRepo, target: str) -> CheckoutState:
     return state
 
 
-def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: str) -> None:
+def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: str,
+          landed: Landed) -> None:
     git = SafeGit(repo)
     ref = f"refs/heads/{target}"
     with merge_lock(repo):
@@ -254,3 +259,5 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
                 session.merge = MergeInfo(status="conflicts", conflicts=clashes)
                 continue
             session.merge = MergeInfo(status="merged", merge_commit=commit)
+            landed(session)
+            crash_point("merge")

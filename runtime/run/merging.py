@@ -117,7 +117,8 @@ def merge_agent_results(
     target = resolve_target(main, target)
     todo = [s for s in results if s.status == SessionStatus.SUCCEEDED or s.work.off_branch]
     try:
-        merge_branches(results, strategy, main, target, run_id or inferred_run)
+        merge_branches(results, strategy, main, target, run_id or inferred_run,
+                       landed=lambda landed: record_outcomes(main, [landed], strategy, target))
     finally:
         if todo:
             record_outcomes(main, todo, strategy, target)

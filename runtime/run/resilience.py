@@ -1,31 +1,22 @@
-"""Surviving a crash or an engine restart: crash points for the recovery tests, and retrying an
-engine call while the engine is unreachable (a dockerd restart)."""
+"""Surviving a crash or an engine restart: the crash points of the recovery tests
+(:mod:`runtime.crash_points`, re-exported here), and retrying an engine call while the engine
+is unreachable (a dockerd restart)."""
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
 from typing import TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from runtime.crash_points import CRASH_POINT_ENV, crash_point
 from runtime.errors import EngineUnreachableError
+
+__all__ = ["CRASH_POINT_ENV", "crash_point", "engine_retry"]
 
 T = TypeVar("T")
 
 ENGINE_WAIT_SECONDS = 60
-
-CRASH_POINT_ENV = "AGENTRT_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """Die here (SIGKILL, like a power cut) when ``AGENTRT_CRASH_AT`` names this step.
-
-    Only the crash-recovery tests set it; every step of a session's set-up and end has one.
-    """
-    if os.environ.get(CRASH_POINT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def engine_retry(action: Callable[[], T]) -> T:

@@ -42,7 +42,7 @@ from runtime.engine.labels import (
     LABEL_TIME_SECONDS,
 )
 from runtime.engine.remote_volume import RemoteVolume
-from runtime.engine.volumes import open_volume
+from runtime.engine.volumes import found_volume, open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.harvest import HarvestPlan
 from runtime.git.object_store import ensure_store, remove_run_stores
@@ -207,8 +207,14 @@ def _finish_dead_runs(store: Store | None) -> None:
                                  "before its container started; finished by gc")
                 result.finished_at = utcnow()
                 store.upsert_session(result, run.id)
-            store.finish_run(run.id, "crashed",
-                             warnings=["the agentrt process died; sessions reconciled by gc"])
+            warnings = ["the agentrt process died; sessions reconciled by gc"]
+            merged = [row.id for row in store.list_sessions(run.id)
+                      if row.result.merge.status == "merged"]
+            if merged:  # it died in the middle of its automatic merge
+                warnings.append("merged before the process died: " + ", ".join(merged)
+                                + "; `agentrt merge " + run.id + " --strategy auto` merges "
+                                "the rest")
+            store.finish_run(run.id, "crashed", warnings=warnings)
 
 
 def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
@@ -295,7 +301,7 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
                 _engine_volume(client, session_id).remove()
             shutil.rmtree(session_dir, ignore_errors=True)
         else:
-            open_volume(session_dir).remove()
+            found_volume(session_dir).remove()
         report.removed_sessions.append(session_id)
 
 
