@@ -233,6 +233,9 @@ class RunReport(BaseModel):
     interrupted: bool = False
     merge_refused: str | None = None
     """Why ``merge = "auto"`` merged nothing (dirty checkout, detached HEAD, a rebase...)."""
+    state_error: str | None = None
+    """The state database failed during the run (a write, or saving this report): ``ps`` and
+    ``report`` may be wrong, this report is the full record; the run exits 1."""
 
     @property
     def auto_merge_missed(self) -> bool:
@@ -243,12 +246,14 @@ class RunReport(BaseModel):
             for s in self.sessions)
 
     def exit_code(self) -> int:
-        """0 all succeeded; 1 a session failed or its work did not come home; 3 merge
+        """0 all succeeded; 1 a session failed, its work did not come home, or the state
+        database failed during the run; 3 merge
         conflicts, or an automatic merge that did not happen (work kept on the branches);
         130 interrupted."""
         if self.interrupted:
             return 130
-        if any(s.status.is_failure or s.work.is_failure for s in self.sessions):
+        if any(s.status.is_failure or s.work.is_failure for s in self.sessions) or \
+                self.state_error is not None:
             return 1
         if any(s.merge.status == "conflicts" for s in self.sessions):
             return 3

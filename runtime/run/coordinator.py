@@ -46,6 +46,7 @@ from runtime.run.supervisor import Supervisor
 from runtime.run.warm_pool import WarmPool
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
+from runtime.state.run_record import record_final_report
 from runtime.state.store import Store
 from runtime.task import AgentPreset
 
@@ -267,18 +268,10 @@ class AgentCoordinator(RunSessions, LiveRun):
                     by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
 
     def _save_report(self, report: RunReport) -> None:
-        """Store the final report; once sessions ran, a store failure is a warning, never an
-        error: the report is still returned (and printed), and the work is on its branches."""
-        if self.store is None:
-            return
-        status = "interrupted" if report.interrupted else "finished"
-        try:
-            self.store.finish_run(self.run_id, status, warnings=report.warnings)
-            for session in report.sessions:
-                self.store.upsert_session(session, self.run_id)
-        except AgentRuntimeError as exc:
-            report.warnings.append(f"state database: this report was not saved: {exc}")
-            log.error("state database: %s", exc)
+        """Store the final report (:func:`runtime.state.run_record.record_final_report`: a
+        database that failed during the run is a warning and exit 1, never an error)."""
+        if self.store is not None:
+            record_final_report(self.store, report)
 
     def _run_stop_requested(self) -> bool:
         """True once `agentrt stop RUN` asked this run to stop (from another process)."""
