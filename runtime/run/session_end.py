@@ -137,7 +137,7 @@ class SessionEnd:
             self.result.disk_used_bytes = (
                 volume.used_bytes() if volume else watch.disk_used_bytes
             )
-        self.result.warnings.extend(watch.errors)
+        self.result.warnings.extend(watch.error_lines())
 
     def _discard_secrets(self) -> None:
         # The entry point deletes the file as soon as it has read it; this covers a container
