@@ -8,6 +8,9 @@ derives from the builtin it most resembles, so callers may catch either::
     │   ├── ImageNotFoundError (LookupError)
     │   └── AdmissionError                   the run cannot fit in the engine
     ├── EngineError (RuntimeError)          Docker engine unreachable or an API call failed
+    │   ├── EngineUnreachableError (ConnectionError)  no answer: socket, connection, time-out
+    │   ├── EngineRefusedError               it answered with an error (status code + message)
+    │   └── EngineNotFoundError (LookupError) it has no such object (container, image...)
     ├── GitError (RuntimeError)             a git command failed
     │   └── BundleRefusedError               a session's bundle failed fsck, size or secrets
     ├── WorkspaceError (OSError)            a session's working tree could not be made or removed
@@ -43,6 +46,23 @@ class AdmissionError(ConfigError):
 
 class EngineError(AgentRuntimeError, RuntimeError):
     """The Docker engine could not be reached or refused a request."""
+
+
+class EngineUnreachableError(EngineError, ConnectionError):
+    """The engine did not answer: no socket, connection refused or reset, a read time-out."""
+
+
+class EngineRefusedError(EngineError):
+    """The engine answered a request with an error; ``status_code`` is its HTTP status (None
+    when it gave none) and the message carries the engine's own words."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class EngineNotFoundError(EngineError, LookupError):
+    """The engine has no such object (container, image, volume, network, node)."""
 
 
 class GitError(AgentRuntimeError, RuntimeError):

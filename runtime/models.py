@@ -65,11 +65,18 @@ class WorkState(StrEnum):
     FILES_ONLY = "files_only"  # its own commits were refused; its files came home as one commit
     REFUSED = "refused"        # the bundle was refused (fsck, size, secret); kept for inspection
     KEPT = "kept"              # the harvest failed (disk full, engine gone): the volume is kept
+    LOST = "lost"              # it was kept, and the kept volume no longer exists
 
     @property
     def is_failure(self) -> bool:
         """True when work did not fully come home: the run exits 1."""
-        return self in (WorkState.FILES_ONLY, WorkState.REFUSED, WorkState.KEPT)
+        return self in (WorkState.FILES_ONLY, WorkState.REFUSED, WorkState.KEPT, WorkState.LOST)
+
+    @property
+    def off_branch(self) -> bool:
+        """True when none of the session's work is on its branch (kept, refused or lost), so
+        the branch cannot stand for it: it is never merged nor reported merged."""
+        return self in (WorkState.REFUSED, WorkState.KEPT, WorkState.LOST)
 
 
 class Conflict(BaseModel):
@@ -103,15 +110,57 @@ class GateResult(BaseModel):
     """The gate's last output lines (secrets redacted, control characters removed)."""
 
 
-class MergeInfo(BaseModel):
-    """The merge result of one session's branch."""
+MergeStatus = Literal["merged", "clean", "conflicts", "gate_failed", "not_attempted",
+                      "not_merged"]
 
-    status: Literal["merged", "clean", "conflicts", "gate_failed", "not_attempted"] = \
-        "not_attempted"
+
+class MergeInfo(BaseModel):
+    """The merge result of one session's branch.
+
+    ``not_merged``: the session's work is not on the target and cannot be merged from its
+    branch (kept, refused or lost, or the branch no longer carries the session's commits);
+    ``reason`` says why and what brings it home. ``gate_failed``: the merge gate failed on
+    the would-be merge result; the work stays on its branch.
+    """
+
+    status: MergeStatus = "not_attempted"
     conflicts: list[Conflict] = Field(default_factory=list)
     merge_commit: str | None = None
+    reason: str | None = None
     gate: GateResult | None = None
     """The merge gate's verdict, when the run (or task) has a ``merge_gate``."""
+
+
+def work_not_merged_reason(result: SessionResult) -> str | None:
+    """Why ``result``'s work cannot be merged from its branch, from its work state; None when
+    the branch carries it (or nothing says otherwise). Pure."""
+    work = result.work
+    if work is WorkState.KEPT:
+        return (f"work kept, not on its branch (the harvest did not finish): `agentrt recover "
+                f"{result.id}` brings it home")
+    if work is WorkState.REFUSED:
+        return "work refused at import (kept for inspection); nothing of it is on its branch"
+    if work is WorkState.LOST:
+        return "work lost: the volume it was kept in no longer exists"
+    return None
+
+
+def settle_merge(results: list[SessionResult]) -> None:
+    """Mark every session whose work is off its branch ``not_merged`` with the reason, whatever
+    an earlier check said of its branch (a branch left at its base is contained in the target,
+    but that says nothing of the work). Sessions with a merge commit keep it; a session whose
+    work has come home since (``agentrt recover``) is ``not_attempted`` again."""
+    for result in results:
+        reason = work_not_merged_reason(result)
+        merge = result.merge
+        if reason is not None and merge.merge_commit is None and merge.reason != reason:
+            result.merge = MergeInfo(status="not_merged", reason=reason)
+        elif reason is None and merge.status == "not_merged" and \
+                (merge.reason or "").startswith(_WORK_REASON):
+            result.merge = MergeInfo()
+
+
+_WORK_REASON = "work "  # how every reason of work_not_merged_reason begins
 
 
 class Usage(BaseModel):
@@ -211,6 +260,9 @@ class RunReport(BaseModel):
     interrupted: bool = False
     merge_refused: str | None = None
     """Why ``merge = "auto"`` merged nothing (dirty checkout, detached HEAD, a rebase...)."""
+    state_error: str | None = None
+    """The state database failed during the run (a write, or saving this report): ``ps`` and
+    ``report`` may be wrong, this report is the full record; the run exits 1."""
 
     @property
     def auto_merge_missed(self) -> bool:
@@ -221,13 +273,13 @@ class RunReport(BaseModel):
             for s in self.sessions)
 
     def exit_code(self) -> int:
-        """0 all succeeded; 1 a session failed, its work did not come home or its merge gate
-        failed; 3 merge conflicts, or an automatic merge that did not happen (work kept on the
-        branches); 130 interrupted."""
+        """0 all succeeded; 1 a session failed, its work did not come home, its merge gate
+        failed, or the state database failed during the run; 3 merge conflicts, or an automatic
+        merge that did not happen (work kept on the branches); 130 interrupted."""
         if self.interrupted:
             return 130
         if any(s.status.is_failure or s.work.is_failure or s.merge.status == "gate_failed"
-               for s in self.sessions):
+               for s in self.sessions) or self.state_error is not None:
             return 1
         if any(s.merge.status == "conflicts" for s in self.sessions):
             return 3

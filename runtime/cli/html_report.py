@@ -151,6 +151,7 @@ def _summary_table(page: ReportPage, manifests: dict[str, Manifest | None]) -> s
             f'<td class="num">{esc("-" if start is None else "+" + format_seconds(start))}</td>'
             + "".join(f'<td class="num">{esc(c)}</td>' for c in cells)
             + f"<td>{merge_pill(s.merge.status)}"
+            + (f'<br><span class="muted">{esc(s.merge.reason)}</span>' if s.merge.reason else "")
             + "".join(f"<br><code>{esc(p)}</code>" for p in sorted(set(partners)))
             + "</td></tr>")
     total = total_usage(s.usage for s in report.sessions)

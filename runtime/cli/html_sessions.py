@@ -95,6 +95,8 @@ def _merge_block(page: ReportPage, s: SessionResult) -> str:
     info = s.merge
     parts = [f'<h4>Merge</h4>'
              f'{merge_pill(info.status)}']
+    if info.reason:
+        parts.append(f' <span class="muted">{esc(info.reason)}</span>')
     if info.merge_commit:
         parts.append(f' <code>{esc(info.merge_commit[:12])}</code>')
         order = page.story.merged_in_order if page.story else []

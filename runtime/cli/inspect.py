@@ -106,7 +106,8 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
         if e.get("work") == WorkState.KEPT.value:
             state += (f" [yellow](work kept, {e['kept_bytes'] // (1024 * 1024)} MiB: "
                       f"agentrt recover {markup_safe(e['id'])})[/]")
-        elif e.get("work") in (WorkState.REFUSED.value, WorkState.FILES_ONLY.value):
+        elif e.get("work") in (WorkState.REFUSED.value, WorkState.FILES_ONLY.value,
+                               WorkState.LOST.value):
             state += f" [red](work {e['work']})[/]"
         started = "-"
         if e["started_at"]:

@@ -331,6 +331,8 @@ def summary_table(report: RunReport, width: int | None = None) -> RenderableType
         if gate is not None:
             merge += f" (gate {gate.verdict}" + (f": {gate.reason}" if gate.reason else "") + ")"
         reason = s.reason if s.reason and s.status is not SessionStatus.SUCCEEDED else ""
+        if s.merge.reason:  # not_merged: why, and what brings the work home
+            reason = f"{reason}\n{s.merge.reason}" if reason else s.merge.reason
         hex_ = s.branch.rsplit("/", 1)[-1] if s.branch else "-"
         cells = [terminal_safe(s.task_id), terminal_safe(hex_),
                  s.status.value, "-" if s.exit_code is None else str(s.exit_code),

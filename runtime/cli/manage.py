@@ -63,9 +63,11 @@ def recover(session: str, repo: str, as_json: bool) -> None:
     for branch, head in report.saved_branches.items():
         if not as_json:
             click.echo(f"{row.id}: work home on {terminal_safe(branch)} at {head[:10]}")
+    for why in report.lost_work.values():
+        click.echo(f"agentrt: {row.id}: {terminal_safe(why)}", err=True)
     for error in report.errors:
         click.echo(f"agentrt: {terminal_safe(error)}", err=True)
-    sys.exit(1 if report.errors else 0)
+    sys.exit(1 if report.errors or report.lost_work else 0)
 
 
 @click.command()
@@ -121,6 +123,8 @@ def gc(repo: str, as_json: bool, repair_state: bool, merged_branches: bool) -> N
                    f"left {len(report.skipped_live)} live sessions alone")
         for branch, head in report.saved_branches.items():
             click.echo(f"  saved {branch} at {head[:10]}")
+        for session_id, why in report.lost_work.items():
+            click.echo(f"  lost {session_id}: {terminal_safe(why)}")
         if merged_branches:
             click.echo(f"deleted {len(deleted)} merged branches")
         for error in report.errors:

@@ -38,7 +38,12 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from runtime.errors import EngineError
+from runtime.errors import (
+    EngineError,
+    EngineNotFoundError,
+    EngineRefusedError,
+    EngineUnreachableError,
+)
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 CLIENT_TIMEOUT_S = 120
@@ -227,7 +232,7 @@ def connect(env: Mapping[str, str] | None = None, home: Path | None = None) -> d
         _endpoints[client] = endpoint
         return client
     tried = "; ".join(failures) if failures else f"no socket found (looked for {DEFAULT_SOCKET})"
-    raise EngineError(f"no Docker engine reachable [{tried}]: {how_to_start_engine()}")
+    raise EngineUnreachableError(f"no Docker engine reachable [{tried}]: {how_to_start_engine()}")
 
 
 def endpoint_of(client: docker.DockerClient) -> Endpoint | None:
@@ -260,20 +265,52 @@ def _short(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
+def engine_error(action: str, exc: BaseException) -> EngineError:
+    """The one mapping of a docker or transport error to agentrt's engine errors. Pure.
+
+    ``action`` completes the sentence "could not ...". Order matters: ``docker.errors.APIError``
+    is also a ``requests`` exception (``HTTPError``), yet it is an answer from the engine, not a
+    failure to reach it.
+
+    * the engine has no such object (HTTP 404): :class:`EngineNotFoundError`;
+    * any other answer with an error (HTTP 4xx/5xx): :class:`EngineRefusedError` with the
+      status code and the engine's own message;
+    * no answer (socket missing, connection refused or reset, time-out):
+      :class:`EngineUnreachableError`, with how to start an engine;
+    * anything else the docker SDK raises: :class:`EngineError`.
+    """
+    if isinstance(exc, docker.errors.NotFound):
+        return EngineNotFoundError(f"could not {action}: not found ({_explanation(exc)})")
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code
+        code = f"HTTP {status}" if status else "an error"
+        return EngineRefusedError(
+            f"could not {action}: the engine refused ({code}): {_explanation(exc)}", status)
+    if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
+        return EngineUnreachableError(
+            f"could not {action}: engine unreachable ({_short(exc)}); {how_to_start_engine()}")
+    return EngineError(f"could not {action}: {_short(exc)}")
+
+
+def _explanation(exc: docker.errors.APIError) -> str:
+    """The engine's own message of an API error (its JSON ``message``), on one line."""
+    text = exc.explanation
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return _short(Exception(text)) if text else _short(exc)
+
+
 @contextlib.contextmanager
 def engine_errors(action: str) -> Iterator[None]:
-    """Turn docker and transport errors raised inside the block into EngineError.
+    """Turn docker and transport errors raised inside the block into EngineError (see
+    :func:`engine_error` for which one).
 
     ``action`` completes the sentence "could not ...", e.g. ``"list images"``.
     """
     try:
         yield
-    except requests.exceptions.RequestException as exc:  # also EngineTransportError
-        raise EngineError(
-            f"could not {action}: engine unreachable ({_short(exc)}); {how_to_start_engine()}"
-        ) from exc
-    except docker.errors.DockerException as exc:
-        raise EngineError(f"could not {action}: {_short(exc)}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise engine_error(action, exc) from exc
 
 
 def engine_info(client: docker.DockerClient) -> dict[str, Any]:

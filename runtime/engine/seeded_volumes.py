@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.crash_points import crash_point
 from runtime.engine.volumes import (
     Volume,
     format_image,
@@ -108,6 +109,7 @@ def create_volume_from_seed(session_dir: Path, disk_mb: int, uid: int, gid: int,
         device = run_tool(["losetup", "-f", "--show", str(volume.image)],
                           "attach volume image").strip()
         try:
+            crash_point("seed copy")
             copy_data_blocks(seed, device)
             mount_image(device, volume.root)
         finally:

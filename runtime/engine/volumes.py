@@ -330,6 +330,12 @@ def mount_image(image: Path | str, root: Path) -> None:
         (root / "lost+found").rmdir()
 
 
+def found_volume(session_dir: Path) -> Volume:
+    """An existing volume as it is, to remove it: nothing is mounted (the image a kill left
+    half-written, during its making or its seed copy, cannot be; removing it needs no mount)."""
+    return Volume(session_dir, "loop" if (session_dir / "volume.img").exists() else "soft", 0)
+
+
 def open_volume(session_dir: Path, limit_bytes: int = 0) -> Volume:
     """Re-open an existing volume (for recovery): remount a loop image that lost its mount."""
     image = session_dir / "volume.img"

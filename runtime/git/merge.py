@@ -39,12 +39,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from runtime.crash_points import crash_point
 from runtime.errors import ConfigError, MergeError
 from runtime.git.checkout_state import CheckoutState, checkout_state, merge_blocker
 from runtime.git.conflicts import MergeCheck, SafeGit, check_commits, check_merge, conflict_matrix
 from runtime.git.safe_git import MainRepo, check_branch_name
 from runtime.git.target_move import advance_target, finish_interrupted_checkout
-from runtime.models import Conflict, GateResult, MergeInfo, SessionResult, SessionStatus
+from runtime.models import (
+    Conflict,
+    GateResult,
+    MergeInfo,
+    SessionResult,
+    SessionStatus,
+    settle_merge,
+)
 
 __all__ = [
     "MergeCheck",
@@ -60,6 +68,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Strategy = Literal["review", "auto", "none"]
+Landed = Callable[[SessionResult], None]
 
 #: The merge gate (:mod:`runtime.run.merge_gate`): called with a session and the would-be merge
 #: commit (the target with the session's work), under the merge lock and before the target
@@ -69,40 +78,50 @@ Gate = Callable[[SessionResult, str], GateResult | None]
 
 def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainRepo,
                    target: str | None = None, run_id: str = "",
-                   gate: Gate | None = None) -> str | None:
+                   landed: Landed | None = None, gate: Gate | None = None) -> str | None:
     """Fill ``merge`` of every succeeded session in ``results``; return the target (None for
     ``none`` or when nothing succeeded).
 
-    * ``none``: nothing is checked; every ``merge.status`` stays ``not_attempted``.
+    Whatever the strategy, a session whose work is off its branch (kept, refused, lost: see
+    :func:`runtime.models.settle_merge`) is ``not_merged`` with the reason and is neither
+    checked nor merged: its branch (often still at its base, so "contained" in the target)
+    does not stand for its work. So is a session whose branch no longer carries its recorded
+    ``head_commit`` (rewritten or reset since).
+
+    * ``none``: nothing is checked; every other ``merge.status`` stays ``not_attempted``.
     * ``review``: each branch is checked against ``target`` (``clean`` or ``conflicts``) and
       against every other succeeded branch; nothing is merged. Conflicts with another branch
       carry ``with_branch``; conflicts with the target have ``with_branch=None``.
     * ``auto``: branches are merged one at a time in the order given, each checked against the
       target as it is after the previous merges. A clean one becomes a merge commit
-      (``merged``); a branch the target already contains is ``merged`` with no new commit; a
-      conflicting one is left on its branch as ``conflicts``. In directory mode the merged
-      files are written into the folder, and a session whose files changed in the folder
-      meanwhile is ``conflicts``. With a ``gate``, each clean merge commit is first handed to
-      it, on top of the merges before it (a merge queue); a failing verdict leaves the work on
-      its branch as ``gate_failed`` and the target where it was.
+      (``merged``); a branch whose session's work the target already contains is ``merged``
+      with no new commit; a conflicting one is left on its branch as ``conflicts``. In
+      directory mode the merged files are written into the folder, and a session whose files
+      changed in the folder meanwhile is ``conflicts``. With a ``gate``, each clean merge
+      commit is first handed to it, on top of the merges before it (a merge queue); a failing
+      verdict leaves the work on its branch as ``gate_failed`` and the target where it was.
 
     Raises :class:`MergeError` if git fails, a branch or the target does not exist, or (auto)
     the target is checked out with uncommitted tracked changes or in a linked worktree; in
     those cases nothing is changed. Merges that landed before an error stay, and their
-    sessions say so.
+    sessions say so. ``landed`` is called with each session as its merge lands (``auto``),
+    before the next is tried, so a record of it survives a kill in the middle of the merge.
     """
     if strategy not in ("review", "auto", "none"):
         raise MergeError(f"unknown merge strategy {strategy!r}: use review, auto or none")
+    settle_merge(results)
     if strategy == "none":
         return None
     target = resolve_target(repo, target)
-    todo = [s for s in results if s.status == SessionStatus.SUCCEEDED]
+    todo = _branches_carrying_work(repo, [
+        s for s in results
+        if s.status == SessionStatus.SUCCEEDED and s.merge.status != "not_merged"])
     if not todo:
         return None
     if strategy == "review":
         _review(repo, todo, target)
     else:
-        _auto(repo, todo, target, run_id, gate)
+        _auto(repo, todo, target, run_id, landed or (lambda session: None), gate)
     return target
 
 
@@ -165,6 +184,36 @@ def resolve_target(repo: MainRepo, target: str | None) -> str:
     return target
 
 
+def _branches_carrying_work(repo: MainRepo,
+                            sessions: list[SessionResult]) -> list[SessionResult]:
+    """The sessions whose branch still carries their recorded head commit; the others are
+    marked ``not_merged`` (the branch was reset or rewritten: it no longer stands for them)."""
+    if not any(s.head_commit for s in sessions):
+        return sessions
+    git = SafeGit(repo)
+    carrying = []
+    for session in sessions:
+        head = session.head_commit
+        if session.merge.status == "merged" and session.merge.merge_commit and \
+                repo.branch_head(session.branch) is None:
+            continue  # landed, then its branch was deleted (delete_merged_branches): stays merged
+        if head and not _contains(git, session.branch, head):
+            session.merge = MergeInfo(
+                status="not_merged",
+                reason=f"branch {session.branch} no longer carries the session's work "
+                       f"({head[:10]}): it was reset or rewritten")
+            continue
+        carrying.append(session)
+    return carrying
+
+
+def _contains(git: SafeGit, branch: str, commit: str) -> bool:
+    """True if ``branch``'s tip is or descends from ``commit`` (False if it is unknown)."""
+    if git.run("cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode != 0:
+        return False
+    return git.is_ancestor(commit, git.commit(branch))
+
+
 def _review(repo: MainRepo, sessions: list[SessionResult], target: str) -> None:
     git = SafeGit(repo)
     target_head = git.commit(target)
@@ -201,7 +250,7 @@ def ready_to_move(git: SafeGit, repo: MainRepo, target: str) -> CheckoutState:
 
 
 def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: str,
-          gate: Gate | None) -> None:
+          landed: Landed, gate: Gate | None) -> None:
     git = SafeGit(repo)
     ref = f"refs/heads/{target}"
     with merge_lock(repo):
@@ -232,3 +281,5 @@ def _auto(repo: MainRepo, sessions: list[SessionResult], target: str, run_id: st
                 session.merge = MergeInfo(status="conflicts", conflicts=clashes, gate=verdict)
                 continue
             session.merge = MergeInfo(status="merged", merge_commit=commit, gate=verdict)
+            landed(session)
+            crash_point("merge")

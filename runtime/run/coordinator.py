@@ -31,7 +31,7 @@ from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import DependencyConflictError, new_session_id
-from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
+from runtime.models import RunReport, SessionResult, SessionStatus, settle_merge, utcnow
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
@@ -46,6 +46,7 @@ from runtime.run.supervisor import Supervisor
 from runtime.run.warm_pool import WarmPool
 from runtime.state.liveness import process_start_time
 from runtime.state.recovery import reconcile_on_start
+from runtime.state.run_record import record_final_report
 from runtime.state.store import Store
 from runtime.task import AgentPreset
 
@@ -219,6 +220,7 @@ class AgentCoordinator(RunSessions, LiveRun):
 
                 stop_shared_server(self.run_id, self.client)
         report.sessions = [results[t.id] for t in tasks if t.id in results]
+        settle_merge(report.sessions)  # work off its branch is not_merged, whatever happens next
         report.interrupted = self._cancelled.is_set()
         if self.config.merge != "none" and not report.interrupted:
             if target:
@@ -266,18 +268,10 @@ class AgentCoordinator(RunSessions, LiveRun):
                     by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
 
     def _save_report(self, report: RunReport) -> None:
-        """Store the final report; once sessions ran, a store failure is a warning, never an
-        error: the report is still returned (and printed), and the work is on its branches."""
-        if self.store is None:
-            return
-        status = "interrupted" if report.interrupted else "finished"
-        try:
-            self.store.finish_run(self.run_id, status, warnings=report.warnings)
-            for session in report.sessions:
-                self.store.upsert_session(session, self.run_id)
-        except AgentRuntimeError as exc:
-            report.warnings.append(f"state database: this report was not saved: {exc}")
-            log.error("state database: %s", exc)
+        """Store the final report (:func:`runtime.state.run_record.record_final_report`: a
+        database that failed during the run is a warning and exit 1, never an error)."""
+        if self.store is not None:
+            record_final_report(self.store, report)
 
     def _run_stop_requested(self) -> bool:
         """True once `agentrt stop RUN` asked this run to stop (from another process)."""
@@ -288,6 +282,19 @@ class AgentCoordinator(RunSessions, LiveRun):
                        for e in self.store.events(run_id=self.run_id))
         except AgentRuntimeError:
             return False
+
+    def _set_up_failed(self, result: SessionResult, exc: Exception) -> SessionResult:
+        """Finalise the row of a session whose set-up raised ``exc``: ``skipped`` when its
+        dependencies' branches conflict, else ``crashed``, with the reason."""
+        result.status = SessionStatus.SKIPPED if isinstance(exc, DependencyConflictError) \
+            else SessionStatus.CRASHED
+        result.reason = str(exc) if isinstance(exc, AgentRuntimeError) else \
+            f"internal error while setting the session up: {exc}"
+        result.finished_at = utcnow()
+        if self.store is not None:
+            with contextlib.suppress(AgentRuntimeError):  # saved again with the report
+                self.store.upsert_session(result, self.run_id)
+        return result
 
     def _placeholder(self, task: Task, status: SessionStatus, reason: str) -> SessionResult:
         session_id, _ = new_session_id(task.id)
@@ -344,7 +351,16 @@ class AgentCoordinator(RunSessions, LiveRun):
         notified = False
         try:
             self._notify("starting", session.result)
-            with session:
+            try:
+                entered = contextlib.ExitStack()
+                entered.enter_context(session)
+            except Exception as exc:  # noqa: BLE001 - one task's set-up never stops the run
+                # Set-up failed: the session's own row (recorded as it prepared) says so; no
+                # placeholder under a new id, so `ps` never shows the task twice.
+                if not isinstance(exc, AgentRuntimeError):
+                    log.exception("task %s: set-up failed", task.id)
+                return self._set_up_failed(session.result, exc)
+            with entered:
                 if self._cancelled.is_set():
                     session.cancel()
                 self._notify("running", session.result)

@@ -110,7 +110,12 @@ def merge_agent_results(
     report's); it must be given for bare results. ``run_id`` (for the merge commits' messages)
     defaults to the report's or the sessions' run.
 
-    * ``none``: nothing is checked; every ``merge.status`` stays ``not_attempted``.
+    Whatever the strategy, a session whose work is not on its branch (``work`` kept, refused
+    or lost), or whose branch no longer carries its ``head_commit``, is ``not_merged`` with
+    the reason (``merge.reason``) and never merged: a branch left at its base is contained in
+    the target, but that says nothing of where the session's work is.
+
+    * ``none``: nothing is checked; every other ``merge.status`` stays ``not_attempted``.
     * ``review``: each branch is checked against ``target`` (``clean`` or ``conflicts``) and
       against every other succeeded branch; nothing is merged. Conflicts with another branch
       carry ``with_branch``; conflicts with the target have ``with_branch=None``. A session is
@@ -148,9 +153,11 @@ def merge_agent_results(
         merge_branches(results, strategy, main, target)  # "none", or refused by name
         return results
     target = resolve_target(main, target)
-    todo = [s for s in results if s.status == SessionStatus.SUCCEEDED]
+    todo = [s for s in results if s.status == SessionStatus.SUCCEEDED or s.work.off_branch]
     try:
-        merge_branches(results, strategy, main, target, run_id or inferred_run, gate)
+        merge_branches(results, strategy, main, target, run_id or inferred_run,
+                       landed=lambda landed: record_outcomes(main, [landed], strategy, target),
+                       gate=gate)
     finally:
         if todo:
             record_outcomes(main, todo, strategy, target)

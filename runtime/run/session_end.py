@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 
 from runtime.config import ResourceLimits, RunConfig, Task
-from runtime.engine.container import AgentRunner, ended_at_deadline
+from runtime.engine.container import AgentRunner
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.errors import AgentRuntimeError, EngineError
 from runtime.git.harvest import HarvestPlan
@@ -26,11 +26,11 @@ from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import SessionTree
 from runtime.git.work_home import bring_work_home
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
-from runtime.run.classify import EndFacts, classify
 from runtime.run.identity import agent_ids
 from runtime.run.resilience import crash_point, engine_retry
 from runtime.run.supervisor import Watch
 from runtime.run.usage import usage_from_log
+from runtime.state.classify import EndFacts, classify, own_deadline_ended
 from runtime.state.liveness import process_start_time
 from runtime.state.session_facts import engine_times, import_policy
 
@@ -102,13 +102,13 @@ class SessionEnd:
         low_disk = volume is not None and volume.mode == "loop" and \
             self.result.exit_code not in (0, None) and volume.free_bytes() < DISK_FULL_MARGIN
         started, finished = engine_times(st)
-        # The container's own deadline (its entry point's timeout) ended it: agentrt was
-        # paused or late, the engine's record still says so.
-        own_deadline = not watch.timed_out and ended_at_deadline(
-            self.result.exit_code, started, finished, self.limits.time_seconds)
+        own_deadline = own_deadline_ended(self.result.exit_code, started, finished,
+                                          self.limits.time_seconds, watch.stop_sent_at,
+                                          watch.stop_failed)
         facts = EndFacts(
             cancelled=watch.cancelled or self._cancel.is_set() or self._stop_requested(),
-            timed_out=watch.timed_out or own_deadline, disk_exceeded=watch.disk_exceeded,
+            timed_out=watch.timed_out, stop_failed=watch.stop_failed, own_deadline=own_deadline,
+            disk_exceeded=watch.disk_exceeded,
             engine_lost=watch.engine_interrupted, vanished=watch.vanished or not state,
             oom=oom, exit_code=self.result.exit_code, volume_full=low_disk,
             external_kill=watch.external_kill, stopping=watch.stopping,
@@ -137,7 +137,7 @@ class SessionEnd:
             self.result.disk_used_bytes = (
                 volume.used_bytes() if volume else watch.disk_used_bytes
             )
-        self.result.warnings.extend(watch.errors)
+        self.result.warnings.extend(watch.error_lines())
 
     def _discard_secrets(self) -> None:
         # The entry point deletes the file as soon as it has read it; this covers a container

@@ -273,8 +273,8 @@ class SessionResources:
             self.tree.remove()
             shutil.rmtree(self.session_dir, ignore_errors=True)
         elif self.session_dir.exists():
-            from runtime.engine.volumes import open_volume
+            from runtime.engine.volumes import found_volume
 
-            open_volume(self.session_dir).remove()
+            found_volume(self.session_dir).remove()
 
 

@@ -63,6 +63,10 @@ class Watch:
     disk_exceeded: bool = False
     cancelled: bool = False
     stopping: bool = False
+    # agentrt's stop did not reach the engine (refused, or no engine to answer).
+    stop_failed: bool = False
+    # When agentrt first asked the engine to stop it (host clock, epoch seconds).
+    stop_sent_at: float | None = None
     external_kill: bool = False
     engine_interrupted: bool = False
     cgroup: ContainerCgroup | None = None
@@ -73,15 +77,32 @@ class Watch:
     cpu_seconds: float = 0.0
     disk_used_bytes: int = 0
     errors: list[str] = field(default_factory=list)
+    # How many times each error in ``errors`` was seen (a failing sampler repeats itself).
+    error_counts: dict[str, int] = field(default_factory=dict)
     on_sample: Callable[[Watch, int], None] | None = None
     _facts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def note(self, error: str) -> bool:
+        """Count ``error``; True the first time it is seen (only then is it worth logging)."""
+        with self._facts_lock:
+            seen = self.error_counts.get(error, 0)
+            self.error_counts[error] = seen + 1
+            if not seen:
+                self.errors.append(error)
+            return not seen
+
+    def error_lines(self) -> list[str]:
+        """The errors seen, once each, in order, with how often when more than once."""
+        with self._facts_lock:
+            return [e if self.error_counts.get(e, 1) == 1 else
+                    f"{e} (seen {self.error_counts[e]} times)" for e in self.errors]
 
     def record(self, *, exit_code: int | None = None, **seen: bool) -> None:
         """Record what a thread saw about the end, under the watch's lock.
 
         The supervisor's event, deadline and sampler threads and the session all report here:
         a fact, once seen, stays seen (``timed_out``, ``cancelled``, ``oom_seen``, ...); the exit
-        code is kept from the first report that has one. :func:`runtime.run.classify.classify`
+        code is kept from the first report that has one. :func:`runtime.state.classify.classify`
         decides from them with a fixed precedence, so who noticed first never matters.
         """
         with self._facts_lock:
@@ -95,7 +116,7 @@ class Watch:
 
 
 _FACTS = frozenset({"oom_seen", "vanished", "timed_out", "disk_exceeded", "cancelled", "stopping",
-                    "external_kill", "engine_interrupted", "disk_filled"})
+                    "external_kill", "engine_interrupted", "disk_filled", "stop_failed"})
 
 
 class Supervisor:
@@ -181,8 +202,11 @@ class Supervisor:
         elif reason == "disk":
             watch.record(disk_exceeded=True)
         watch.record(stopping=True)
+        if watch.stop_sent_at is None:
+            watch.stop_sent_at = time.time()
         grace = watch.grace_seconds if grace_seconds is None else grace_seconds
-        self._guard(watch, f"stop ({reason})", lambda: watch.container.stop(grace))
+        if not self._guard(watch, f"stop ({reason})", lambda: watch.container.stop(grace)):
+            watch.record(stop_failed=True)
 
     # -- threads ----------------------------------------------------------------------------
 
@@ -193,13 +217,14 @@ class Supervisor:
             action()
             return True
         except Exception as exc:  # noqa: BLE001 - contained to the one session it concerns
-            log.warning("session %s: %s failed: %s", watch.session_id, what, exc)
-            watch.errors.append(f"{what}: {exc}")
+            if watch.note(f"{what}: {exc}"):  # counted, not repeated, after the first
+                log.warning("session %s: %s failed: %s", watch.session_id, what, exc)
             return False
 
     def _events_loop(self) -> None:
         since: int | None = None
         backoff = 0.5
+        last_break = ""
         while not self._closing.is_set():
             try:
                 stream = self.client.events(
@@ -222,7 +247,9 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - any break of the stream: reconnect
                 if self._closing.is_set():
                     return
-                log.warning("docker event stream broke (%s); reconnecting", exc)
+                if str(exc) != last_break:  # once per kind of break, not once per retry
+                    log.warning("docker event stream broke (%s); reconnecting", exc)
+                    last_break = str(exc)
             if since is None:
                 since = int(time.time())
             self._events_ready.set()

@@ -34,10 +34,10 @@ from runtime.git.exchange import Exchange
 from runtime.git.node_tree import NodeTree
 from runtime.git.session_tree import SessionTree
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
-from runtime.run.classify import EndFacts, classify
 from runtime.run.resilience import crash_point
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import DISK_FULL_MARGIN
+from runtime.state.classify import EndFacts, classify
 
 POLL_S = 0.5
 FAST_POLL_S = 0.1

@@ -54,6 +54,22 @@ REPAIR_HINT = (
 )
 
 
+def _check_shm(path: Path) -> None:
+    """Refuse, with a clear StateError, a database whose ``-shm`` file exists but cannot be
+    opened for writing (read-only, immutable, on a read-only mount): SQLite maps that file
+    into memory and, on some of these, dies of SIGBUS instead of reporting an error."""
+    shm = path.with_name(path.name + "-shm")
+    try:
+        fd = os.open(shm, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(
+            f"state database {path}: its shared-memory file {shm} cannot be written "
+            f"({exc.strerror or exc}); make it writable (chmod u+w, chattr -i, a writable "
+            "mount) or, with no agentrt running, delete it") from exc
+    os.close(fd)
+
 
 class StoreConnection:
     """The SQLite connection to the state database at ``path`` (created, with its parent
@@ -77,6 +93,9 @@ class StoreConnection:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
+        self.write_failures: list[str] = []
+        """Every write the database failed since the store was opened (a run reports them)."""
+        _check_shm(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
@@ -170,7 +189,14 @@ class StoreConnection:
             return result
 
         with self._lock:
-            return self._retry(attempt)
+            try:
+                return self._retry(attempt)
+            except StateError as exc:
+                cause = exc.__cause__
+                if write and isinstance(cause, sqlite3.Error) and \
+                        not isinstance(cause, sqlite3.IntegrityError):  # the file failed
+                    self.write_failures.append(str(exc))
+                raise
 
     def _retry(self, fn: Callable[[], T]) -> T:
         # The busy timeout already waits 30 s for the write lock; this covers the cases where

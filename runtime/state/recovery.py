@@ -32,7 +32,6 @@ import docker
 import docker.errors
 
 from runtime.config import RunConfig
-from runtime.engine.container import ended_at_deadline
 from runtime.engine.engine_volumes import list_engine_volumes
 from runtime.engine.labels import (
     LABEL_HARVEST,
@@ -43,15 +42,16 @@ from runtime.engine.labels import (
     LABEL_TIME_SECONDS,
 )
 from runtime.engine.remote_volume import RemoteVolume
-from runtime.engine.volumes import open_volume
+from runtime.engine.volumes import found_volume, open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.harvest import HarvestPlan
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.git.work_home import WorkOutcome, bring_work_home
-from runtime.models import SessionStatus, WorkState, utcnow
+from runtime.models import SessionResult, SessionStatus, WorkState, settle_merge, utcnow
 from runtime.paths import runs_dir
+from runtime.state.classify import classify, recorded_facts
 from runtime.state.liveness import recorded_alive
 from runtime.state.repair import open_store_for_gc
 from runtime.state.run_leftovers import (
@@ -59,6 +59,7 @@ from runtime.state.run_leftovers import (
     collect_egress_proxies,
     collect_services,
 )
+from runtime.state.schema import SessionRow
 from runtime.state.session_facts import SessionMarker, engine_times, import_policy
 from runtime.state.store import Store
 from runtime.state.traces import session_dirs
@@ -72,6 +73,8 @@ class GcReport:
 
     removed_containers: list[str] = field(default_factory=list)
     removed_sessions: list[str] = field(default_factory=list)
+    lost_work: dict[str, str] = field(default_factory=dict)
+    """Sessions whose kept work is gone for good (said once, then recorded ``lost``): why."""
     saved_branches: dict[str, str] = field(default_factory=dict)
     skipped_live: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -142,8 +145,10 @@ def collect_garbage(
                              store, report, include_finished, grace_seconds)
             except (AgentRuntimeError, OSError, docker.errors.DockerException) as exc:
                 report.errors.append(f"{session_id}: {exc}")
+        _mark_lost_work(store, set(containers) | set(dirs), report)
         _remove_stale_harvests(client, repo, report)
-        _finish_dead_runs(store)
+        if client is not None:  # without an engine, how their sessions ended is not known
+            _finish_dead_runs(store)
         _remove_dead_run_stores(repo, store)
         collect_database_servers(client, store, report)
         collect_egress_proxies(client, store, report)
@@ -156,6 +161,36 @@ def collect_garbage(
         if store is not None:
             store.close()
     return report
+
+
+def _mark_lost_work(store: Store | None, present: set[str], report: GcReport) -> None:
+    """Sessions recorded ``kept`` whose session directory (volume and marker) is gone while
+    their owner is dead: nothing can bring that work home any more. Each is recorded ``lost``
+    (where the volume was, and why) once, so ``ps``, ``doctor`` and gc stop offering a retry."""
+    if store is None:
+        return
+    for row in store.list_sessions():
+        if row.result.work is not WorkState.KEPT or row.id in present or \
+                recorded_alive(row.owner_pid, row.owner_start_time):
+            continue
+        where = row.volume_path or "its session directory"
+        why = (f"work lost: its kept volume at {where} no longer exists (removed outside "
+               "agentrt); the branch has only what came home before")
+        _record_lost(store, row, why, report)
+
+
+def _record_lost(store: Store, row: Any, why: str, report: GcReport) -> None:
+    result = row.result
+    result.work = WorkState.LOST
+    result.warnings = [*(w for w in result.warnings if "agentrt recover" not in w), why]
+    settle_merge([result])
+    try:
+        store.upsert_session(result, row.run_id)
+        store.add_event(row.run_id, "gc", why, session_id=row.id)
+    except AgentRuntimeError as exc:
+        report.errors.append(f"{row.id}: {exc}")
+        return
+    report.lost_work[row.id] = why
 
 
 def _finish_dead_runs(store: Store | None) -> None:
@@ -172,8 +207,14 @@ def _finish_dead_runs(store: Store | None) -> None:
                                  "before its container started; finished by gc")
                 result.finished_at = utcnow()
                 store.upsert_session(result, run.id)
-            store.finish_run(run.id, "crashed",
-                             warnings=["the agentrt process died; sessions reconciled by gc"])
+            warnings = ["the agentrt process died; sessions reconciled by gc"]
+            merged = [row.id for row in store.list_sessions(run.id)
+                      if row.result.merge.status == "merged"]
+            if merged:  # it died in the middle of its automatic merge
+                warnings.append("merged before the process died: " + ", ".join(merged)
+                                + "; `agentrt merge " + run.id + " --strategy auto` merges "
+                                "the rest")
+            store.finish_run(run.id, "crashed", warnings=warnings)
 
 
 def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
@@ -193,11 +234,14 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             not (finished and include_finished and marker and marker.keep):
         report.skipped_live.append(session_id)
         return
+    stopped_by_gc = False
     if container is not None:
         with contextlib.suppress(docker.errors.DockerException):
             container.reload()
-            if container.status == "running":
+            if container.status in ("running", "paused", "restarting"):
+                stopped_by_gc = True
                 container.stop(timeout=grace_seconds)
+                container.reload()
     branch = marker.branch if marker else (row.branch if row else None)
     work = row.result.work if row is not None else WorkState.NONE
     outcome: WorkOutcome | None = None
@@ -207,27 +251,20 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
     if needs_harvest and marker is not None and session_dir is not None and branch:
         outcome = _harvest_orphan(repo, client, session_id, session_dir, marker, branch, store,
                                   row)
-        if outcome.state is not WorkState.KEPT and outcome.head:
+        if outcome.state is WorkState.LOST:
+            report.lost_work[session_id] = "; ".join(outcome.warnings)
+        elif outcome.state is not WorkState.KEPT and outcome.head:
             report.saved_branches[branch] = outcome.head
     if store is not None and row is not None:
         result = row.result
         if not finished:
-            result.status = SessionStatus.CRASHED
-            started = container is not None and _ever_started(container)
-            result.reason = (
-                "the agentrt process owning this session died; work saved by gc" if started
-                else "the agentrt process died while setting the session up, before its "
-                     "container started; finished by gc")
-            result.finished_at = utcnow()
-            limit = _own_deadline_seconds(container)
-            if limit is not None:  # the container's own deadline ended it, agentrt was gone
-                result.status = SessionStatus.TIMED_OUT
-                result.reason = f"ran past time_seconds={limit} (stopped by its container)"
-                result.exit_code = int(container.attrs["State"]["ExitCode"])
-                result.started_at, result.finished_at = engine_times(container.attrs["State"])
+            _classify_orphan(result, row, container, client, stopped_by_gc)
         if outcome is not None:
+            if outcome.state is not WorkState.KEPT:  # no retry to offer any more
+                result.warnings = [w for w in result.warnings if "agentrt recover" not in w]
             result.work = outcome.state
             result.head_commit = outcome.head
+            settle_merge([result])
             result.warnings.extend(w for w in outcome.warnings if w not in result.warnings)
         elif branch and not finished:
             result.head_commit = repo.branch_head(branch)
@@ -264,7 +301,7 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
                 _engine_volume(client, session_id).remove()
             shutil.rmtree(session_dir, ignore_errors=True)
         else:
-            open_volume(session_dir).remove()
+            found_volume(session_dir).remove()
         report.removed_sessions.append(session_id)
 
 
@@ -284,14 +321,42 @@ def _ever_started(container: Any) -> bool:
     return False
 
 
-def _own_deadline_seconds(container: Any) -> int | None:
-    """time_seconds, if the engine's record says the container's own deadline ended it."""
-    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
-        limit = int(container.labels[LABEL_TIME_SECONDS])
-        state = container.attrs["State"]
-        if ended_at_deadline(state.get("ExitCode"), *engine_times(state), limit):
-            return limit
-    return None
+def _classify_orphan(result: SessionResult, row: SessionRow | None, container: Any,
+                     client: docker.DockerClient | None, stopped_by_gc: bool) -> None:
+    """How a session whose agentrt process died ended, from the evidence: the engine's record
+    of its container (exit code, OOM kill, finish time against its deadline, whether gc had to
+    stop it) through the same classifier as a live session. Without a container there is
+    nothing to classify: it never started (finished ``crashed``), or there is no engine to
+    ask (left as it is for a gc that has one)."""
+    if container is None and client is None:
+        return  # no engine to ask: left for a gc that has one, rather than guessed
+    result.finished_at = utcnow()
+    if container is None or not _ever_started(container):
+        result.status = SessionStatus.CRASHED
+        result.reason = ("the agentrt process died while setting the session up, before its "
+                         "container started; finished by gc")
+        return
+    state = dict(container.attrs.get("State") or {})
+    limits = RunConfig().resource_limits
+    with contextlib.suppress(ValueError):
+        manifest = row.manifest if row is not None else None
+        if manifest is not None:
+            limits = manifest.limits
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        limits = limits.model_copy(update={"time_seconds": int(container.labels[
+            LABEL_TIME_SECONDS])})
+    facts = recorded_facts(state, limits.time_seconds, stopped_by_gc=stopped_by_gc)
+    result.status, result.reason = classify(facts, limits)
+    result.exit_code = facts.exit_code
+    if facts.own_deadline:
+        result.reason = f"{result.reason} (stopped by its container)"
+    elif not stopped_by_gc:
+        result.warnings.append("it ended after its agentrt process died; recorded by gc from "
+                               "the engine's record")
+    started, finished = engine_times(state)
+    if started is not None and finished is not None:
+        result.started_at, result.finished_at = started, finished
+        result.duration_s = round((finished - started).total_seconds(), 3)
 
 
 def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
@@ -315,7 +380,13 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
 
             tree = node_tree(client, marker, session_id)
         elif marker.engine_volume:
-            remote = _engine_volume(client, session_id)
+            try:
+                remote = _engine_volume(client, session_id)
+            except NotFoundError:
+                return WorkOutcome(WorkState.LOST, repo.branch_head(branch), [
+                    f"work lost: its kept volume {marker.engine_volume} no longer exists on "
+                    "the engine (removed outside agentrt); the branch has only what came home "
+                    "before"])
             tree = EngineTree(client, remote.volume, marker.uid, marker.gid)
         else:
             tree = HostTree(open_volume(session_dir), marker.uid, marker.gid,

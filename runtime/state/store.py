@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Unpack
 
 from runtime.errors import NotFoundError, StateError
-from runtime.models import RunReport, SessionResult, SessionStatus
+from runtime.models import RunReport, SessionResult, SessionStatus, settle_merge
 from runtime.state.connection import StoreConnection
 from runtime.state.schema import (
     RESOURCE_COLUMNS,
@@ -118,7 +118,8 @@ class Store(StoreConnection):
         return [run_row(r) for r in self._read("SELECT * FROM runs ORDER BY started_at, rowid")]
 
     def run_report(self, run_id: str) -> RunReport:
-        """The run's report rebuilt from the rows (sessions in creation order)."""
+        """The run's report rebuilt from the rows (sessions in creation order); a session whose
+        work is off its branch reads ``not_merged`` whatever was recorded."""
 
         def work(conn: sqlite3.Connection) -> RunReport:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -128,10 +129,12 @@ class Store(StoreConnection):
             sessions = conn.execute(
                 "SELECT * FROM sessions WHERE run_id = ? ORDER BY created_at, rowid", (run_id,)
             ).fetchall()
+            results = [session_row(s).result for s in sessions]
+            settle_merge(results)  # a record from before work states decided merges
             return RunReport(
                 run_id=run.id, repo=run.repo, base_commit=run.base_commit, target=run.target,
                 merge=run.merge, started_at=run.started_at, finished_at=run.finished_at,
-                sessions=[session_row(s).result for s in sessions], warnings=run.warnings,
+                sessions=results, warnings=run.warnings,
                 interrupted=run.status == "interrupted",
             )
 

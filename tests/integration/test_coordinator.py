@@ -236,3 +236,23 @@ def test_ctrl_c_in_the_python_api_stops_the_sessions_instead_of_waiting_for_them
     # The sessions were stopped (1 s grace) and released, not waited for (120 s).
     assert time.monotonic() - start < 60
     assert not list((repo / ".git" / "agentrt" / "sessions").iterdir())
+
+
+def test_a_set_up_that_fails_finalises_the_sessions_own_row(repo: Path) -> None:
+    from runtime.git.safe_git import MainRepo
+    from runtime.state.store import Store
+
+    state = MainRepo(repo).state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    blocker = state / "sessions"  # a file where the session directories go: set-up fails
+    blocker.write_text("not a directory\n")
+    try:
+        (result,) = run_tasks(repo, [sh("x", "true")]).sessions
+    finally:
+        blocker.unlink()
+    assert result.status is SessionStatus.CRASHED
+    assert "setting the session up" in (result.reason or "")
+    with Store(state / "state.db") as store:
+        rows = store.list_sessions()
+    # One row, under the session's own id, final: no placeholder, nothing left "pending".
+    assert [(r.id, r.result.status) for r in rows] == [(result.id, SessionStatus.CRASHED)]

@@ -127,3 +127,63 @@ def test_corrupt_pages_behind_a_valid_header_are_found_before_a_run_starts(
     # The runs and sessions tables were still readable: their rows are kept as they were.
     assert {i: s["status"] for i, s in sessions.items()} == {
         s["id"]: "succeeded" for s in report["sessions"]}
+
+
+SLOW = """[run]
+merge = "none"
+[run.resource_limits]
+disk_mb = 32
+memory_mb = 128
+[[tasks]]
+id = "slow"
+command = ["sh", "-c", "echo s > s.txt; sleep 4"]
+"""
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_a_database_damaged_mid_run_is_a_run_warning_and_exit_1(
+        docker_client: object, repo: Path, tmp_path: Path, damage: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    _, first = first_run(repo, tmp_path)
+    from runtime.state.store import Store
+
+    with Store(repo / ".git" / "agentrt" / "state.db") as store:
+        # An earlier history: pages on disk only, not in the next run's WAL (whose pages
+        # would mask damage to theirs, and write them back whole at the next checkpoint).
+        for i in range(2000):
+            store.add_event(first["run_id"], "note", f"event {i} " + "x" * 200)
+    task_file = tmp_path / "slow.toml"
+    task_file.write_text(SLOW)
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(task_file),
+                             "--repo", str(repo), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not docker_client.containers.list(  # type: ignore[attr-defined]
+            filters={"label": f"agentrt.repo={repo.resolve()}"}):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    db = repo / ".git" / "agentrt" / "state.db"
+    with db.open("r+b") as handle:
+        if damage == "truncate":
+            handle.truncate(0)
+        else:  # every page but the first (the pages a WAL holds would mask damage)
+            size = handle.seek(0, 2)
+            handle.seek(4096)
+            handle.write(b"\xa5" * max(0, size - 4096))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-3000:]
+    report = json.loads(out)
+    assert report["state_error"], report
+    assert any(w.startswith("state database") for w in report["warnings"]), report["warnings"]
+    (session,) = report["sessions"]
+    assert session["status"] == "succeeded" and session["work"] == "home", session
+    assert "Traceback" not in err
+    assert git(repo, "show", f"{session['branch']}:s.txt") == "s\n"
+    # The record outlives the terminal: where the database could not take it, a side file did.
+    side = repo / ".git" / "agentrt" / "reports" / f"{report['run_id']}.json"
+    assert side.exists() or "writes failed" in report["state_error"] or \
+        "write(s) failed" in report["state_error"], report
+    agentrt("gc", "--repair-state", "--repo", str(repo))

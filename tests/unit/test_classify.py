@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from runtime.config import ResourceLimits
 from runtime.models import SessionStatus
-from runtime.run.classify import PRECEDENCE, EndFacts, classify
+from runtime.state.classify import (
+    PRECEDENCE,
+    EndFacts,
+    classify,
+    own_deadline_ended,
+    recorded_facts,
+)
 
 LIMITS = ResourceLimits(memory_mb=256, time_seconds=60, disk_mb=32)
 S = SessionStatus
@@ -20,8 +27,12 @@ CASES: list[tuple[str, EndFacts, SessionStatus, str | None]] = [
      "ran past time_seconds=60"),
     ("disk_exceeded", EndFacts(disk_exceeded=True, exit_code=143), S.DISK_FULL,
      "used more than disk_mb=32"),
+    ("owner_lost", EndFacts(owner_lost=True, exit_code=143, stopping=True), S.CRASHED,
+     "the agentrt process owning this session died; gc stopped its container"),
     ("engine_lost", EndFacts(engine_lost=True), S.CRASHED,
-     "the Docker engine restarted during the session"),
+     "engine lost: the Docker engine restarted or stopped answering during the session"),
+    ("node_lost", EndFacts(node_lost=True), S.CRASHED,
+     "node lost: the Swarm node running the session went down or stopped answering"),
     ("vanished", EndFacts(vanished=True), S.CRASHED, "container vanished"),
     ("oom", EndFacts(oom=True, exit_code=137), S.OOM_KILLED, "out of memory at memory_mb=256"),
     ("exit 0", EndFacts(exit_code=0), S.SUCCEEDED, None),
@@ -91,3 +102,58 @@ def test_a_watch_records_facts_under_its_lock_and_never_forgets_one() -> None:
     assert watch.exit_code in (0, 137)
     with pytest.raises(AttributeError):
         watch.record(typo=True)
+
+
+# --- the stop that did or did not reach the engine, and the engine's own record ------------
+
+def test_a_deadline_stop_that_never_reached_a_lost_engine_is_engine_lost_not_timed_out() -> None:
+    facts = EndFacts(timed_out=True, stop_failed=True, engine_lost=True, stopping=True)
+    assert classify(facts, LIMITS) == (
+        S.CRASHED, "engine lost: the Docker engine restarted or stopped answering during the "
+                   "session")
+    # The control: the same deadline whose stop was delivered is a time-out.
+    assert classify(EndFacts(timed_out=True, engine_lost=True), LIMITS)[0] is S.TIMED_OUT
+
+
+def test_the_containers_own_deadline_is_a_time_out_even_when_agentrts_stop_failed() -> None:
+    facts = EndFacts(timed_out=True, stop_failed=True, own_deadline=True, exit_code=124)
+    assert classify(facts, LIMITS) == (S.TIMED_OUT, "ran past time_seconds=60")
+
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("finished_after", "stop_sent_after", "stop_failed", "own"), [
+    (60.2, None, False, True),    # agentrt never sent a stop (it was gone or paused)
+    (60.2, 65.0, False, True),    # it ended before agentrt's late stop (SIGSTOP/SIGCONT)
+    (60.2, 59.9, False, False),   # agentrt's stop ended it
+    (60.2, 59.9, True, True),     # agentrt's stop never reached the engine
+    (30.0, None, False, False),   # ended early: not a deadline at all
+])
+def test_own_deadline_is_read_from_the_finish_time_against_agentrts_stop(
+        finished_after: float, stop_sent_after: float | None, stop_failed: bool,
+        own: bool) -> None:
+    finished = START + timedelta(seconds=finished_after)
+    sent = None if stop_sent_after is None else (START + timedelta(seconds=stop_sent_after)
+                                                 ).timestamp()
+    assert own_deadline_ended(124, START, finished, 60, sent, stop_failed) is own
+
+
+def _state(code: int, seconds: float, oom: bool = False) -> dict[str, object]:
+    finished = START + timedelta(seconds=seconds)
+    return {"ExitCode": code, "OOMKilled": oom, "Error": "",
+            "StartedAt": START.isoformat().replace("+00:00", "Z"),
+            "FinishedAt": finished.isoformat().replace("+00:00", "Z")}
+
+
+@pytest.mark.parametrize(("state", "by_gc", "status"), [
+    (_state(0, 5), False, S.SUCCEEDED),           # exited 0 after its owner died
+    (_state(3, 5), False, S.FAILED),
+    (_state(137, 5, oom=True), False, S.OOM_KILLED),
+    (_state(124, 60.1), False, S.TIMED_OUT),      # its own deadline
+    (_state(137, 5), False, S.CRASHED),           # killed from outside
+    (_state(143, 5), True, S.CRASHED),            # gc had to stop it
+])
+def test_gc_classifies_an_orphan_from_the_engines_record(
+        state: dict[str, object], by_gc: bool, status: SessionStatus) -> None:
+    assert classify(recorded_facts(state, 60, stopped_by_gc=by_gc), LIMITS)[0] is status

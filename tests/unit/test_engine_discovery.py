@@ -7,10 +7,16 @@ from pathlib import Path
 
 import docker.errors
 import pytest
+import requests
 import requests.exceptions
 
 from runtime.engine import discovery as engine
-from runtime.errors import EngineError
+from runtime.errors import (
+    EngineError,
+    EngineNotFoundError,
+    EngineRefusedError,
+    EngineUnreachableError,
+)
 
 
 def _touch(path: Path) -> Path:
@@ -134,18 +140,46 @@ def test_how_to_start_engine_names_the_platform_tool() -> None:
     assert "DOCKER_HOST" in engine.how_to_start_engine("win32")
 
 
+def _answer(status: int, message: str) -> requests.Response:
+    """An engine's HTTP answer with an error, as the docker SDK receives it."""
+    response = requests.Response()
+    response.status_code = status
+    response._content = json.dumps({"message": message}).encode()
+    return response
+
+
 @pytest.mark.parametrize(
-    "error",
+    ("error", "kind", "words"),
     [
-        docker.errors.APIError("500 Server Error"),
-        docker.errors.NotFound("no such container"),
-        requests.exceptions.ConnectionError("connection refused"),
+        (docker.errors.APIError("500 Server Error", _answer(500, "driver failed"),
+                                explanation="driver failed"),
+         EngineRefusedError, "the engine refused (HTTP 500): driver failed"),
+        (docker.errors.APIError("400 Client Error", _answer(400, "invalid mount"),
+                                explanation="invalid mount"),
+         EngineRefusedError, "the engine refused (HTTP 400): invalid mount"),
+        (docker.errors.NotFound("404", _answer(404, "No such container: x"),
+                                explanation="No such container: x"),
+         EngineNotFoundError, "not found (No such container: x)"),
+        (requests.exceptions.ConnectionError("connection refused"),
+         EngineUnreachableError, "engine unreachable (connection refused)"),
+        (engine.EngineTransportError("read timed out"),
+         EngineUnreachableError, "engine unreachable (read timed out)"),
     ],
 )
-def test_docker_and_transport_errors_become_engine_errors(error: Exception) -> None:
+def test_docker_and_transport_errors_are_named_as_they_are(
+        error: Exception, kind: type[EngineError], words: str) -> None:
     with (
         pytest.raises(EngineError, match="could not list things") as caught,
         engine.engine_errors("list things"),
     ):
         raise error
     assert caught.value.__cause__ is error
+    assert type(caught.value) is kind
+    assert words in str(caught.value)
+    # Only a failure to reach the engine tells the user to start one.
+    assert ("start dockerd" in str(caught.value)) == (kind is EngineUnreachableError)
+
+
+def test_a_refusal_carries_its_status_code() -> None:
+    error = docker.errors.APIError("409", _answer(409, "conflict"), explanation="conflict")
+    assert getattr(engine.engine_error("create it", error), "status_code", None) == 409
