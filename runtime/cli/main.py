@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 
 from runtime.cli.lookup import open_store, repo_option
-from runtime.config import load_task_file
+from runtime.config import branch_name_problem, load_task_file
 from runtime.errors import AgentRuntimeError
 from runtime.limits import MAX_CONCURRENT_AGENTS
 from runtime.models import SessionStatus
@@ -72,9 +72,12 @@ def main(debug: bool) -> None:
 @click.option("--engine", type=click.Choice(["docker", "swarm"]),
               help="Override [run] engine: swarm runs sessions as services of the Swarm the "
               "engine (DOCKER_HOST) manages.")
+@click.option("--target", metavar="BRANCH",
+              help="Override [run] target: the branch merges go into (default: the one "
+              "checked out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
 def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: str | None,
-        engine: str | None, as_json: bool) -> None:
+        engine: str | None, target: str | None, as_json: bool) -> None:
     """Run the tasks of TASK_FILE; live progress on stderr; final report."""
     from runtime.cli.live_view import ProgressView
     from runtime.cli.session_output import last_output_line
@@ -89,6 +92,11 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
         updates["merge"] = merge_strategy
     if engine:
         updates["engine"] = engine
+    if target is not None:
+        problem = branch_name_problem(target)
+        if problem:
+            fail(f"--target: invalid branch name {target!r}: {problem}")
+        updates["target"] = target
     config = parsed.run.model_copy(update=updates)
     main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))
@@ -100,15 +108,9 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
     view.run_id = coordinator.run_id
     view.limits = {t.id: config.limits_for(t) for t in parsed.tasks}
     view.final_line = lambda result: last_output_line(main_repo, result.id)
+    # Refuses (exit 2) what cannot work, an automatic merge's target among it, before any
+    # agent starts.
     coordinator.preflight(parsed.tasks)
-    blocker = None
-    if config.merge == "auto":
-        from runtime.git.merge import auto_merge_blocker
-
-        blocker = auto_merge_blocker(main_repo, config.target)
-        if blocker is not None:
-            warn(f"merge = \"auto\" will be refused: {blocker}; the work will stay on the "
-                 "sessions' branches (exit 3)")
 
     interrupts = 0
 
@@ -119,7 +121,10 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
         view.stop_requested(forced=interrupts > 1)
         coordinator.cancel(force=interrupts > 1)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A closed terminal (SIGHUP) or a service manager (SIGTERM) stops the run as Ctrl-C does:
+    # the sessions stop, their work is kept, everything is released.
+    previous = {s: signal.signal(s, on_signal)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with view:
             report = coordinator.run_agents(parsed.tasks)
@@ -130,7 +135,7 @@ def run(task_file: Path, repo: str, max_concurrent: int | None, merge_strategy: 
         from runtime.git.merge import auto_merge_blocker, missed_merge_reason
 
         report.merge_refused = missed_merge_reason(
-            report.warnings, auto_merge_blocker(main_repo, config.target), blocker)
+            report.warnings, auto_merge_blocker(main_repo, config.target), None)
     from runtime.cli.manage import print_report
 
     print_report(report, as_json)

@@ -40,7 +40,10 @@ def replay_session(repo: MainRepo, row: SessionRow) -> RunReport:
     try:
         return AgentCoordinator(config=config, repo=repo).run_agents([task])
     except ImageNotFoundError as exc:
+        from runtime.engine.images import build_command
+
+        rebuild = build_command(config.image) or f"docker pull {config.image}"
         raise ImageNotFoundError(
             f"image {config.image} of session {row.id} is not on this engine: rebuild it with "
-            f"`agentrt images build` if its recipe is unchanged, or `docker load` the file "
+            f"`{rebuild}` if its recipe is unchanged, or `docker load` the file "
             f"saved by `agentrt images export {row.id} FILE`") from exc

@@ -383,6 +383,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         keep_volume = snapshot_work and self.result.work is WorkState.KEPT
         steps = [self._remove_container, self._stop_services, self._drop_database,
                  self._leave_egress]
+        if self._own_run:  # nobody else will: the run is this session's alone
+            steps.append(self._stop_database_server)
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:

@@ -126,8 +126,7 @@ class SessionResources:
         from runtime.engine.egress import RunEgress
 
         if self._egress is None:
-            self._egress = RunEgress(self.client, self.run_id,
-                                     labels={LABEL_REPO: str(self.repo.root)})
+            self._egress = RunEgress(self.client, self.run_id, labels=self._owner_labels())
             self._own_egress = True
         allow, networks = self.config.egress_for(self.task)
         network, proxy = self._egress.open_session(self.session_id, allow, networks,
@@ -154,9 +153,7 @@ class SessionResources:
 
         self.services = start_services(
             self.client, self.config.services, self.session_id,
-            {LABEL_RUN: self.run_id, LABEL_REPO: str(self.repo.root),
-             LABEL_OWNER_PID: str(os.getpid()),
-             LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
+            {LABEL_RUN: self.run_id, **self._owner_labels()})
         return self.services
 
     def _stop_services(self) -> None:
@@ -227,7 +224,7 @@ class SessionResources:
             from runtime.databases.postgres import create_shared_database
 
             return create_shared_database(self.config, self.session_id, self.run_id,
-                                          client=self.client)
+                                          client=self.client, labels=self._owner_labels())
         db_dir = self.tree.host_db_dir if self.tree is not None else None
         if db_dir is None:
             # On the engine's side: SQLite creates the file on the agent's first use.
@@ -262,9 +259,23 @@ class SessionResources:
         if self.container is not None:
             engine_retry(self.container.remove)
 
+    def _owner_labels(self) -> dict[str, str]:
+        """The labels that tie what this session starts to its repository and its owner
+        (``agentrt gc`` removes it once the owner is gone)."""
+        return {LABEL_REPO: str(self.repo.root), LABEL_OWNER_PID: str(os.getpid()),
+                LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")}
+
     def _drop_database(self) -> None:
         if self.database is not None:
             self.database.drop()
+
+    def _stop_database_server(self) -> None:
+        """A session on its own (no coordinator) started the run's PostgreSQL server for
+        itself: remove it, with its network, once the session's database is dropped."""
+        if self.config.database_strategy == "shared" and not self.config.database_url:
+            from runtime.databases.postgres import stop_shared_server
+
+            stop_shared_server(self.run_id, self.client)
 
     def _remove_volume(self) -> None:
         if self.tree is not None:
