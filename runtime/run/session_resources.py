@@ -28,7 +28,7 @@ from runtime.errors import AgentRuntimeError, SessionError
 from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
-from runtime.models import Manifest, SessionResult
+from runtime.models import Manifest, SessionResult, utcnow
 from runtime.run.resilience import engine_retry
 from runtime.state.liveness import process_start_time
 from runtime.state.session_facts import SessionMarker
@@ -67,6 +67,9 @@ class SessionResources:
         _own_egress: bool
         network: str
         _marker: SessionMarker | None
+        _named: bool
+        _workspace_lent: bool
+        _engine_shares_disk: bool
         seeded: bool
         store: Store | None
 
@@ -83,12 +86,28 @@ class SessionResources:
 
     @property
     def workspace(self) -> Path:
-        """The session's working tree on the host (mounted at /workspace in its container)."""
+        """The session's working tree on the host (mounted at /workspace in its container).
+
+        What code on this host writes there comes home onto the session's branch when the
+        session exits, as an agent's work does, whether or not :meth:`run` was called.
+        Raises SessionError when the tree lives on the engine's host, saying why and what to
+        use instead."""
         if self.tree is None:
             raise SessionError("session not prepared: use it as a context manager")
         if self.volume is None:
-            raise SessionError(f"session {self.session_id}: the working tree is on the "
-                               "engine's host, not this one")
+            why = ("the Docker engine does not share this machine's disk (a VM such as "
+                   "Colima's, a remote DOCKER_HOST)" if not self._engine_shares_disk else
+                   "only the engine's host gives it a hard disk limit (disk_mode=\"soft\" "
+                   "keeps it here)")
+            raise SessionError(
+                f"session {self.session_id}: its working tree is on the engine's host, not "
+                f"this one, because {why}: code here cannot work in it; run the work inside "
+                "the session instead (session.run([\"sh\", \"-c\", \"...\"]), or a task "
+                "with an agent preset)")
+        if not self._workspace_lent:
+            self._workspace_lent = True
+            if self.result.started_at is None:
+                self.result.started_at = utcnow()
         return self.volume.workspace
 
     @property
@@ -173,11 +192,14 @@ class SessionResources:
         macOS) but the engine can give a hard one (Colima's VM)."""
         from runtime.engine.engine_volumes import engine_volume_mode
 
+        self._engine_shares_disk = engine_shares_disk(self.client,
+                                                      self.repo.state_dir / "probe")
         return volume_on_engine(
-            engine_shares_disk(self.client, self.repo.state_dir / "probe"),
-            self.disk_mode or default_mode(), lambda: engine_volume_mode(self.client),
-            # An explicit disk_mode pins the volume to this host (tests, and users who ask).
-            engine_side_allowed=self.disk_mode is None)
+            self._engine_shares_disk, self.disk_mode or default_mode(),
+            lambda: engine_volume_mode(self.client),
+            # An explicit disk_mode pins the volume to this host (tests, and users who ask),
+            # as does the design's named session, whose workspace code on this host uses.
+            engine_side_allowed=self.disk_mode is None and not self._named)
 
     def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
         """The volume, on the engine's host or on this one (with the run's object store)."""
