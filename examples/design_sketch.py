@@ -39,6 +39,6 @@ with IsolatedAgentSession(session_id, base_workspace) as session:
     InnerHarness(workspace=session.workspace).run(task)
 
 result = session.result
-print(session.session_id, session.branch, result.status.value, result.work.value,
+print(session.session_id, session.branch, result.status.value, result.work.value,  # noqa: T201
       result.head_commit)
 sys.exit(0 if result.status.value == "succeeded" and result.work.value == "home" else 1)

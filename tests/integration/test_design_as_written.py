@@ -71,6 +71,21 @@ def test_host_code_that_raises_fails_the_session_and_its_work_still_comes_home(
     assert git(repo, "show", f"{session.branch}:partial.txt") == "half\n"
 
 
+def test_on_an_engine_that_does_not_share_this_disk_workspace_says_why_and_what_instead(
+        repo: Path, docker_client: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.errors import SessionError
+
+    monkeypatch.setenv("AGENTRT_ENGINE_DISK", "remote")  # as with Colima or a remote engine
+    with IsolatedAgentSession("remote", repo, limits=LIMITS) as session:
+        with pytest.raises(SessionError, match=r"on the engine's host, not this one, because "
+                           r"the Docker engine does not share this machine's disk.*"
+                           r"session\.run\("):
+            _ = session.workspace
+        result = session.run(["sh", "-c", "echo inside > inside.txt"])  # what to do instead
+    assert result.status.value == "succeeded", result.reason
+    assert git(repo, "show", f"{session.branch}:inside.txt") == "inside\n"
+
+
 @pytest.fixture
 def postgres_image(docker_client: Any) -> str:
     """agentrt/postgres:latest, built through the recipe machinery."""
