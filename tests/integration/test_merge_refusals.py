@@ -29,6 +29,17 @@ command = ["sh", "-c", "echo work > WORK.md"]
 """
 
 
+def refused(repo: Path, tmp_path: Path, expected: str, *args: str) -> None:
+    """Run the one-task file (with ``args``); assert exit 2 naming ``expected``, nothing made."""
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(MERGE_TASKS)
+    proc = agentrt("run", str(tasks), "--repo", str(repo), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr, proc.stderr
+    assert "starting" not in proc.stderr  # no session line: nothing ran
+    assert git(repo, "branch", "--list", "agent/*").strip() == ""
+
+
 @pytest.mark.parametrize(("spoil", "expected"), [
     (lambda repo: (repo / "README.md").write_text("the user's unsaved edit\n"),
      "uncommitted changes"),
@@ -36,31 +47,21 @@ command = ["sh", "-c", "echo work > WORK.md"]
 ], ids=["dirty", "detached"])
 def test_an_auto_merge_target_that_cannot_take_it_is_refused_before_any_agent_starts(
         repo: Path, docker_client: Any, tmp_path: Path, spoil: Any, expected: str) -> None:
-    tasks = tmp_path / "tasks.toml"
-    tasks.write_text(MERGE_TASKS)
     spoil(repo)
-    proc = agentrt("run", str(tasks), "--repo", str(repo))
-    assert proc.returncode == 2, proc.stderr
-    assert expected in proc.stderr and "field merge" in proc.stderr, proc.stderr
-    assert "starting" not in proc.stderr  # no session line: nothing ran
-    assert git(repo, "branch", "--list", "agent/*").strip() == ""
+    refused(repo, tmp_path, expected)
     # --target names a branch that can take it: the run goes ahead and merges there.
     git(repo, "branch", "release", "main")
-    proc = agentrt("run", str(tasks), "--repo", str(repo), "--target", "release")
+    proc = agentrt("run", str(tmp_path / "tasks.toml"), "--repo", str(repo), "--target",
+                   "release")
     assert proc.returncode == 0, proc.stderr
     assert git(repo, "show", "release:WORK.md") == "work\n"
 
 
 def test_a_missing_target_branch_is_refused_before_any_agent_starts(
         repo: Path, docker_client: Any, tmp_path: Path) -> None:
-    tasks = tmp_path / "tasks.toml"
-    tasks.write_text(MERGE_TASKS)
-    proc = agentrt("run", str(tasks), "--repo", str(repo), "--target", "nope")
-    assert proc.returncode == 2, proc.stderr
-    assert "target branch 'nope' does not exist" in proc.stderr, proc.stderr
-    assert git(repo, "branch", "--list", "agent/*").strip() == ""
-    bad = agentrt("run", str(tasks), "--repo", str(repo), "--target", "a..b")
-    assert bad.returncode == 2 and "--target: invalid branch name" in bad.stderr, bad.stderr
+    refused(repo, tmp_path, "field merge: merge = \"auto\" cannot merge into the target: "
+            "target branch 'nope' does not exist", "--target", "nope")
+    refused(repo, tmp_path, "--target: invalid branch name", "--target", "a..b")
 
 
 def test_auto_merge_into_a_branch_being_rebased_is_refused_before_any_agent_starts(
@@ -73,10 +74,5 @@ def test_auto_merge_into_a_branch_being_rebased_is_refused_before_any_agent_star
     git(repo, "commit", "-qam", "main")
     with pytest.raises(subprocess.CalledProcessError):
         git(repo, "rebase", "side")  # stops on the conflict, main mid-rebase
-    tasks = tmp_path / "tasks.toml"
-    tasks.write_text(MERGE_TASKS)
-    proc = agentrt("run", str(tasks), "--repo", str(repo), "--target", "main")
-    assert proc.returncode == 2, proc.stderr
-    assert "rebase is in progress on 'main'" in proc.stderr, proc.stderr
-    assert git(repo, "branch", "--list", "agent/*").strip() == ""
+    refused(repo, tmp_path, "rebase is in progress on 'main'", "--target", "main")
     assert (repo / ".git" / "rebase-merge").is_dir(), "the user's rebase must be left alone"
