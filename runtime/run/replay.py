@@ -42,8 +42,9 @@ def replay_session(repo: MainRepo, row: SessionRow) -> RunReport:
     except ImageNotFoundError as exc:
         from runtime.engine.images import build_command
 
-        rebuild = build_command(config.image) or f"docker pull {config.image}"
+        command = build_command(config.image)
+        again = (f"rebuild it with `{command}` if its recipe is unchanged" if command else
+                 f"pull or build it again (`docker pull {config.image}`)")
         raise ImageNotFoundError(
-            f"image {config.image} of session {row.id} is not on this engine: rebuild it with "
-            f"`{rebuild}` if its recipe is unchanged, or `docker load` the file "
-            f"saved by `agentrt images export {row.id} FILE`") from exc
+            f"image {config.image} of session {row.id} is not on this engine: {again}, or "
+            f"`docker load` the file saved by `agentrt images export {row.id} FILE`") from exc
