@@ -42,9 +42,10 @@ def replay_session(repo: MainRepo, row: SessionRow) -> RunReport:
     except ImageNotFoundError as exc:
         from runtime.engine.images import build_command
 
-        command = build_command(config.image)
+        tag = row.manifest.image if row.manifest is not None else config.image
+        command = build_command(tag)
         again = (f"rebuild it with `{command}` if its recipe is unchanged" if command else
-                 f"pull or build it again (`docker pull {config.image}`)")
+                 f"pull or build {tag} again (`docker pull {tag}`)")
         raise ImageNotFoundError(
             f"image {config.image} of session {row.id} is not on this engine: {again}, or "
             f"`docker load` the file saved by `agentrt images export {row.id} FILE`") from exc
