@@ -19,10 +19,23 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from runtime.environments import Environment, Service, check_command, check_services
 from runtime.errors import ConfigError
-from runtime.limits import ConcurrentAgents, DiskMb, RadarSeconds, StrictModel, WarmPool
+from runtime.limits import (
+    ConcurrentAgents,
+    DiskMb,
+    RadarSeconds,
+    StrictModel,
+    WarmPool,
+    plain_limits,
+)
 from runtime.limits import LimitOverrides as LimitOverrides
 from runtime.limits import ResourceLimits as ResourceLimits
-from runtime.task import NetworkMode, check_egress_allow, check_egress_networks, no_nul
+from runtime.task import (
+    AgentPreset,
+    NetworkMode,
+    check_egress_allow,
+    check_egress_networks,
+    no_nul,
+)
 from runtime.task import Task as Task
 
 MergeStrategy = Literal["review", "auto", "none"]
@@ -72,6 +85,9 @@ class RunConfig(StrictModel):
     merge: MergeStrategy = Field("review", description="review | auto | none.")
     cleanup_on_complete: bool = Field(True, description="Remove containers and volumes at the end.")
     image: str = Field("agentrt/base:latest", description="Default image for every task.")
+    agent: AgentPreset | None = Field(
+        None, description="The agent preset that runs the prompt of every task that names "
+        "neither a command nor an agent; none: such a task is refused.")
     network: NetworkMode = Field("none", description="none | bridge | allowlist.")
     egress_allow: list[str] = Field(
         default_factory=list, description="With network = \"allowlist\": the hosts (host or "
@@ -107,8 +123,9 @@ class RunConfig(StrictModel):
     )
     isolation_strategy: IsolationStrategy = Field(
         "git_worktree",
-        description="git_worktree: the repository's own branches; directory: a folder that is "
-        "no git repository, kept in a private repository in agentrt's state directory.",
+        description="git_worktree (or the design's name, worktree): the repository's own "
+        "branches; directory: a folder that is no git repository, kept in a private "
+        "repository in agentrt's state directory.",
     )
     execution_mode: ExecutionMode = Field(
         "process", description="process (the only mode): each agent is its own process tree "
@@ -145,6 +162,19 @@ class RunConfig(StrictModel):
                              f"{data['merge']!r}: give one of them")
         data["merge"] = wanted
         return data
+
+    @field_validator("resource_limits")
+    @classmethod
+    def _plain_limits(cls, value: ResourceLimits) -> ResourceLimits:
+        # A subclass (the design's own limits class) is taken for its values: downstream,
+        # manifests and reports see agentrt's model.
+        return plain_limits(value)
+
+    @field_validator("isolation_strategy", mode="before")
+    @classmethod
+    def _worktree_alias(cls, value: Any) -> Any:
+        # The design writes "worktree"; it is stored under agentrt's name.
+        return "git_worktree" if value == "worktree" else value
 
     @field_validator("execution_mode")
     @classmethod
@@ -206,8 +236,18 @@ class RunConfig(StrictModel):
 
 
 def check_egress(config: RunConfig, tasks: Iterable[Task], source: str = "tasks") -> None:
-    """Raise ConfigError naming the task and field when an allowlist has nothing to allow, or a
-    task sets egress keys while its network is not ``"allowlist"``."""
+    """Raise ConfigError naming the task and field when an allowlist has nothing to allow, or
+    egress keys are set (on a task, or in ``[run]``) where no network is ``"allowlist"``."""
+    tasks = list(tasks)
+    if not any(config.network_for(task) == "allowlist" for task in tasks):
+        for key in ("egress_allow", "egress_networks"):
+            if getattr(config, key) and not any(getattr(task, key) is not None
+                                                for task in tasks):
+                ids = ", ".join(repr(task.id) for task in tasks)
+                raise ConfigError(
+                    f"{source}: [run]: field {key}: only used with network = \"allowlist\", "
+                    f"which no task has (tasks {ids}); set network = \"allowlist\" or "
+                    "remove the key")
     for task in tasks:
         where = f"{source}: task {task.id!r}"
         if config.network_for(task) != "allowlist":
@@ -272,7 +312,8 @@ def validate_tasks(tasks: list[Task], source: str = "tasks") -> None:
         if task.command is None and task.agent is None:
             raise ConfigError(
                 f"{source}: task {task.id!r}: field command: give a command (argv list) "
-                "or an agent preset"
+                "or an agent preset: nothing would run its prompt (set agent for the task, "
+                "or [run] agent for every such task, e.g. agent = \"claude-code\")"
             )
         for dep in task.deps:
             if dep not in seen:
@@ -284,6 +325,14 @@ def validate_tasks(tasks: list[Task], source: str = "tasks") -> None:
         raise ConfigError(
             f"{source}: task {cycle[0]!r}: field deps: dependency cycle {' -> '.join(cycle)}"
         )
+
+
+def with_default_agent(tasks: Iterable[Task], agent: AgentPreset | None) -> list[Task]:
+    """``tasks`` with ``agent`` given to each that names neither a command nor an agent. Pure."""
+    if agent is None:
+        return list(tasks)
+    return [task.model_copy(update={"agent": agent})
+            if task.command is None and task.agent is None else task for task in tasks]
 
 
 def _describe(error: dict[str, Any], raw: dict[str, Any], source: str) -> str:
@@ -315,6 +364,8 @@ def parse_task_file(raw: dict[str, Any], source: str = "tasks") -> TaskFile:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(_describe(dict(first), raw, source)) from None
+    parsed = parsed.model_copy(update={"tasks": with_default_agent(parsed.tasks,
+                                                                   parsed.run.agent)})
     validate_tasks(parsed.tasks, source)
     check_egress(parsed.run, parsed.tasks, source)
     return parsed

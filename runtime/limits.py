@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.errors import ConfigError
 
 # Upper bounds of every number a user writes (docs/operations.md, "Limits and their bounds").
 # Beyond them a value is a typo, and the engine or the kernel would fail it only once the
@@ -33,10 +35,36 @@ RadarSeconds = Annotated[int, Field(strict=True, ge=0, le=MAX_RADAR_SECONDS)]
 WarmPool = Annotated[int, Field(strict=True, ge=0, le=MAX_WARM_POOL)]
 
 
+def validation_message(exc: ValidationError, where: str) -> str:
+    """One line for the first error of ``exc``: ``<where>: field <f>: <message>``."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = str(first["msg"])
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (see docs/task-file.md for every key)"
+    return f"{where}: field {field}: {message}"
+
+
 class StrictModel(BaseModel):
-    """A task-file model: unknown keys are refused, values never change after validation."""
+    """A task-file model: unknown keys are refused, values never change after validation.
+
+    Made by its constructor (``RunConfig(**settings)``), a bad value raises
+    :class:`~runtime.errors.ConfigError` naming the model and the field, never pydantic's own
+    ``ValidationError``; ``model_validate`` keeps pydantic's error (the task file loader turns
+    it into one naming the file and the task).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, type(self).__name__)) from None
+
+    # Marks this __init__ as pydantic's own, so validating a nested model from a dict (inside
+    # a task file) does not go through it: the outer ValidationError keeps every location.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
 # The original design's names for the limits (``max_memory="2GB"``...), accepted as aliases.
@@ -75,6 +103,15 @@ def duration_to_seconds(value: str, key: str) -> int:
     return int(match[1]) * _TIME_UNIT_S[match[2].lower()]
 
 
+def _design_value(alias: str, value: Any) -> Any:
+    """A value given under a design name, as the strict field takes it (strings converted)."""
+    if isinstance(value, str) and alias in ("max_memory", "max_disk_usage"):
+        return size_to_mb(value, alias)
+    if isinstance(value, str) and alias == "max_execution_time":
+        return duration_to_seconds(value, alias)
+    return value
+
+
 def _design_limits(data: Any) -> Any:
     """Turn the design's string values (``max_memory="2GB"``) into the integers the strict
     fields take; refuse a limit given under both of its names."""
@@ -84,12 +121,12 @@ def _design_limits(data: Any) -> Any:
     for name, alias in DESIGN_LIMIT_NAMES.items():
         if name in data and alias in data:
             raise ValueError(f"{name} and {alias} are the same limit: give one of them")
-        value = data.get(alias)
-        if isinstance(value, str) and alias in ("max_memory", "max_disk_usage"):
-            data[alias] = size_to_mb(value, alias)
-        elif isinstance(value, str) and alias == "max_execution_time":
-            data[alias] = duration_to_seconds(value, alias)
+        if alias in data:
+            data[alias] = _design_value(alias, data[alias])
     return data
+
+
+_FIELD_OF_DESIGN_NAME = {alias: name for name, alias in DESIGN_LIMIT_NAMES.items()}
 
 
 class ResourceLimits(StrictModel):
@@ -97,8 +134,25 @@ class ResourceLimits(StrictModel):
 
     The original design's names are accepted as aliases: ``max_memory`` (MiB, or a string such
     as ``"2GB"``), ``max_cpu_percent``, ``max_execution_time`` (seconds, or ``"30m"``) and
-    ``max_disk_usage`` (MiB, or ``"10GB"``). Fields keep agentrt's names.
+    ``max_disk_usage`` (MiB, or ``"10GB"``). Fields keep agentrt's names, and read under the
+    design's names too (``limits.max_memory`` is ``limits.memory_mb``, in MiB).
+
+    A subclass may set defaults under either name, as the design's own class did::
+
+        class AgentLimits(ResourceLimits):
+            max_memory: str = "2GB"          # memory_mb defaults to 2048
+            max_execution_time: int = 1800   # time_seconds defaults to 1800
     """
+
+    if TYPE_CHECKING:  # read through __getattr__ below
+        @property
+        def max_memory(self) -> int: ...
+        @property
+        def max_cpu_percent(self) -> int: ...
+        @property
+        def max_execution_time(self) -> int: ...
+        @property
+        def max_disk_usage(self) -> int: ...
 
     memory_mb: MemoryMb = Field(1024, validation_alias=_alias("memory_mb"),
                                 description="Memory limit in MiB; swap is not allowed.")
@@ -110,7 +164,39 @@ class ResourceLimits(StrictModel):
                             description="Size of the volume holding the worktree, MiB.")
     pids: Pids = Field(512, description="Maximum number of processes and threads.")
 
-    _design_names = model_validator(mode="before")(_design_limits)
+    @model_validator(mode="before")
+    @classmethod
+    def _design_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        # Design names a subclass declared as fields of its own: their values (given, else
+        # the subclass's default) are the limits', and the subclass's fields keep them too.
+        declared = {alias: info for alias, info in cls.model_fields.items()
+                    if alias in _FIELD_OF_DESIGN_NAME}
+        own = {alias: data[alias] for alias in declared if alias in data}
+        limits = _design_limits({k: v for k, v in data.items() if k not in declared})
+        for alias, info in declared.items():
+            name = _FIELD_OF_DESIGN_NAME[alias]
+            if name in limits and alias in own:
+                raise ValueError(f"{name} and {alias} are the same limit: give one of them")
+            if name not in limits:
+                limits[name] = _design_value(alias, own.get(alias, info.get_default(
+                    call_default_factory=True)))
+        return {**limits, **own}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: the design's names read agentrt's fields.
+        field = _FIELD_OF_DESIGN_NAME.get(name)
+        if field is not None:
+            return getattr(self, field)
+        return super().__getattr__(name)  # type: ignore[misc]
+
+
+def plain_limits(limits: ResourceLimits) -> ResourceLimits:
+    """``limits`` as agentrt's own model: a subclass's values without its extra fields."""
+    if type(limits) is ResourceLimits:
+        return limits
+    return ResourceLimits(**{name: getattr(limits, name) for name in ResourceLimits.model_fields})
 
 
 class LimitOverrides(StrictModel):

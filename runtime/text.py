@@ -16,6 +16,10 @@ markup (and raise ``MarkupError``). So every such string passes through :func:`t
 * :func:`markup_safe` also escapes rich markup, so ``[bold red]`` prints as itself.
 
 The result is plain text: printable characters only, never a sequence a terminal acts on.
+
+Output of a tool agentrt runs (``docker build``'s steps, whose classic builder colours a step's
+stderr with ``ESC [91m``) first goes through :func:`strip_ansi`: its colour and cursor
+sequences are removed rather than shown as ``\\x1b[91m`` noise.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import re
 
 from rich.markup import escape as _escape_markup
 
-__all__ = ["markup_safe", "terminal_safe"]
+__all__ = ["markup_safe", "strip_ansi", "terminal_safe"]
 
 # C0, DEL and C1 controls; bidi embeddings, overrides and isolates (LRE..RLO, LRI..PDI) and marks;
 # line and paragraph separators; the BOM; lone surrogates (what surrogateescape leaves).
@@ -35,6 +39,12 @@ _UNSAFE = re.compile(
 _UNSAFE_MULTILINE = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff"
     "\ud800-\udfff]"
+)
+# ECMA-48 sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), the 8-bit CSI, and the
+# two-character escapes (ESC followed by one byte of 0x40-0x5f, e.g. ESC c).
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[@-Z\\-_]"
 )
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
@@ -68,3 +78,12 @@ def markup_safe(text: object) -> str:
     that a tag after it still closes.
     """
     return _escape_markup(terminal_safe(text))
+
+
+def strip_ansi(text: object) -> str:
+    """``text`` without terminal escape sequences (colours, cursor moves, titles).
+
+    For output of tools agentrt runs, before it is shown: the sequences are dropped, not
+    escaped; whatever control characters remain are left to :func:`terminal_safe`.
+    """
+    return _ANSI.sub("", str(text))

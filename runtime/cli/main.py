@@ -20,7 +20,7 @@ from rich.console import Console
 
 from runtime.cli.lookup import open_store, repo_option
 from runtime.cli.one_off import one_off_options, one_off_task_file
-from runtime.config import load_task_file
+from runtime.config import branch_name_problem, load_task_file
 from runtime.errors import AgentRuntimeError
 from runtime.limits import MAX_CONCURRENT_AGENTS
 from runtime.models import SessionStatus
@@ -74,12 +74,15 @@ def main(debug: bool) -> None:
 @click.option("--engine", type=click.Choice(["docker", "swarm"]),
               help="Override [run] engine: swarm runs sessions as services of the Swarm the "
               "engine (DOCKER_HOST) manages.")
+@click.option("--target", metavar="BRANCH",
+              help="Override [run] target: the branch merges go into (default: the one "
+              "checked out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
 @one_off_options
 def run(task_file: Path | None, repo: str, max_concurrent: int | None,
-        merge_strategy: str | None, engine: str | None, as_json: bool, prompt: str | None,
-        **one_off: Any) -> None:
-    """Run the tasks of TASK_FILE, or one task given by -p PROMPT [--agent PRESET]; live
+        merge_strategy: str | None, engine: str | None, target: str | None, as_json: bool,
+        prompt: str | None, **one_off: Any) -> None:
+    """Run the tasks of TASK_FILE, or one task given by -p PROMPT --agent PRESET; live
     progress on stderr; final report."""
     from runtime.cli.live_view import ProgressView
     from runtime.cli.session_output import last_output_line
@@ -90,7 +93,7 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
     if task_file is not None and (prompt is not None or given):
         fail("give a TASK_FILE or -p PROMPT with its flags, not both")
     if task_file is None and prompt is None:
-        fail("give a TASK_FILE, or -p PROMPT [--agent PRESET] for one task without a file")
+        fail("give a TASK_FILE, or -p PROMPT --agent PRESET for one task without a file")
     parsed = load_task_file(task_file) if task_file is not None else \
         one_off_task_file(prompt or "", **one_off)
     updates: dict[str, Any] = {}
@@ -100,6 +103,11 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
         updates["merge"] = merge_strategy
     if engine:
         updates["engine"] = engine
+    if target is not None:
+        problem = branch_name_problem(target)
+        if problem:
+            fail(f"--target: invalid branch name {target!r}: {problem}")
+        updates["target"] = target
     config = parsed.run.model_copy(update=updates)
     main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))
@@ -112,15 +120,9 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
     view.limits = {t.id: config.limits_for(t) for t in parsed.tasks}
     view.tasks = {t.id: list(t.deps) for t in parsed.tasks}
     view.final_line = lambda result: last_output_line(main_repo, result.id)
+    # Refuses (exit 2) what cannot work, an automatic merge's target among it, before any
+    # agent starts.
     coordinator.preflight(parsed.tasks)
-    blocker = None
-    if config.merge == "auto":
-        from runtime.git.merge import auto_merge_blocker
-
-        blocker = auto_merge_blocker(main_repo, config.target)
-        if blocker is not None:
-            warn(f"merge = \"auto\" will be refused: {blocker}; the work will stay on the "
-                 "sessions' branches (exit 3)")
 
     interrupts = 0
 
@@ -131,7 +133,10 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
         view.stop_requested(forced=interrupts > 1)
         coordinator.cancel(force=interrupts > 1)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A closed terminal (SIGHUP) or a service manager (SIGTERM) stops the run as Ctrl-C does:
+    # the sessions stop, their work is kept, everything is released.
+    previous = {s: signal.signal(s, on_signal)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with view:
             report = coordinator.run_agents(parsed.tasks)
@@ -142,7 +147,7 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
         from runtime.git.merge import auto_merge_blocker, missed_merge_reason
 
         report.merge_refused = missed_merge_reason(
-            report.warnings, auto_merge_blocker(main_repo, config.target), blocker)
+            report.warnings, auto_merge_blocker(main_repo, config.target), None)
     from runtime.cli.manage import print_report
 
     print_report(report, as_json)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from runtime.config import TaskFile, parse_task_file
+from runtime.errors import ConfigError
 from runtime.run.api_args import prompt_slug
 from runtime.task import AgentPreset
 
@@ -27,7 +28,8 @@ def one_off_options(func: F) -> F:
     options = [
         click.option("-p", "--prompt", help="Run one task with this prompt (no TASK_FILE)."),
         click.option("--agent", type=click.Choice(list(PRESETS)),
-                     help="The preset that runs the prompt (default: shell)."),
+                     help="The preset that runs the prompt (needed with -p; shell runs it as "
+                     "a shell command)."),
         click.option("--id", "task_id", help="The task's id (default: made from the prompt)."),
         click.option("--network", type=click.Choice(["none", "bridge", "allowlist"])),
         click.option("--egress-allow", multiple=True, metavar="HOST[:PORT]",
@@ -48,9 +50,15 @@ def one_off_task_file(prompt: str, *, agent: str | None = None, task_id: str | N
                       network: str | None = None, egress_allow: Sequence[str] = (),
                       secrets: Sequence[str] = (), model: str | None = None,
                       base_url: str | None = None, **limits: int | None) -> TaskFile:
-    """The task file the flags describe (ConfigError naming the flag's field if bad)."""
+    """The task file the flags describe (ConfigError naming the flag's field if bad).
+
+    A prompt needs an agent to act on it: none is assumed (``shell`` would run the prompt's
+    words as a command)."""
+    if agent is None:
+        raise ConfigError("-p PROMPT needs --agent PRESET (" + ", ".join(PRESETS) + "; shell "
+                          "runs the prompt as a shell command)")
     task: dict[str, Any] = {"id": task_id or prompt_slug(prompt), "prompt": prompt,
-                            "agent": agent or "shell"}
+                            "agent": agent}
     for key, value in (("network", network), ("model", model), ("base_url", base_url)):
         if value is not None:
             task[key] = value

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -134,8 +135,11 @@ def check_database_url(client: docker.DockerClient, admin_url: str) -> None:
 
 
 def create_shared_database(config: RunConfig, session_id: str, run_id: str,
-                           client: docker.DockerClient | None = None) -> SharedDatabase:
+                           client: docker.DockerClient | None = None,
+                           labels: Mapping[str, str] | None = None) -> SharedDatabase:
     """Create the session's database and role (starting the run's server first if needed).
+
+    ``labels`` (the repository, the owning process) go on the server and the networks made.
 
     Raises DatabaseError, with nothing of the session left on the server, when it cannot.
     """
@@ -150,10 +154,10 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
         parts = urlsplit(config.database_url)
         host, port, network = parts.hostname or "localhost", parts.port or PORT, None
     else:
-        container_id = ensure_shared_server(client, run_id)
+        container_id = ensure_shared_server(client, run_id, labels)
         admin = PsqlAdmin(client, container_id=container_id)
         host, port = server_name(run_id), PORT
-        network = _session_network(client, run_id, session_id, name, container_id)
+        network = _session_network(client, run_id, session_id, name, container_id, labels)
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     database = SharedDatabase(name=name, network=network, _admin=admin, env={
@@ -170,14 +174,14 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
 
 
 def _session_network(client: docker.DockerClient, run_id: str, session_id: str, db_name: str,
-                     server_id: str) -> str:
+                     server_id: str, extra: Mapping[str, str] | None = None) -> str:
     """A private internal network holding only this session's agent and the server.
 
     One network per session (not one per run) so agents of a run cannot reach each other;
     the server joins each under the alias the session's URL names. Labelled with the session.
     """
     name = f"{server_name(run_id)}-{db_name}"[:120]
-    labels = {**server_labels(run_id), LABEL_SESSION: session_id}
+    labels = {**server_labels(run_id, extra), LABEL_SESSION: session_id}
     with docker_errors(f"create network {name}"):
         network = client.networks.create(name, driver="bridge", internal=True, labels=labels,
                                          check_duplicate=True)
@@ -194,7 +198,8 @@ def _run_lock(run_id: str) -> threading.Lock:
         return _run_locks.setdefault(run_id, threading.Lock())
 
 
-def ensure_shared_server(client: docker.DockerClient, run_id: str) -> str:
+def ensure_shared_server(client: docker.DockerClient, run_id: str,
+                         labels: Mapping[str, str] | None = None) -> str:
     """The id of the run's running, ready server container, starting it on first use.
 
     Serialised per run: concurrent sessions of one run wait for the one server. A server left
@@ -210,7 +215,8 @@ def ensure_shared_server(client: docker.DockerClient, run_id: str) -> str:
         if found and found[0].status != "running":
             raise DatabaseError(f"database server {name} exists but is {found[0].status}: "
                                 f"run `agentrt gc` or `docker rm -f {name}`")
-        _servers[run_id] = str(found[0].id) if found else start_server(client, run_id)
+        _servers[run_id] = (str(found[0].id) if found
+                            else start_server(client, run_id, labels))
         return _servers[run_id]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+from collections.abc import Mapping
 
 import docker
 import docker.errors
@@ -63,11 +64,16 @@ def is_running(client: docker.DockerClient, container_id: str) -> bool:
     return bool(state.get("Running"))
 
 
-def server_labels(run_id: str) -> dict[str, str]:
-    return {LABEL_RUN: run_id, LABEL_SESSION: f"db-{run_id}", LABEL_ROLE: ROLE_DATABASE}
+def server_labels(run_id: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The labels of a run's server and its networks: ``extra`` (the repository and the
+    owning process, so ``agentrt gc --repo`` finds them), then agentrt's own."""
+    return {**(extra or {}), LABEL_RUN: run_id, LABEL_SESSION: f"db-{run_id}",
+            LABEL_ROLE: ROLE_DATABASE}
 
 
-def start_server(client: docker.DockerClient, run_id: str) -> str:
+def start_server(client: docker.DockerClient, run_id: str,
+                 labels: Mapping[str, str] | None = None) -> str:
+    """Start the run's server (and its network), labelled with ``labels`` too; its id."""
     from runtime.engine.image_build import build_image
 
     name = server_name(run_id)
@@ -77,10 +83,11 @@ def start_server(client: docker.DockerClient, run_id: str) -> str:
         with docker_errors(f"create network {name}"):
             # internal: neither the server nor the agents on this network have a route out.
             client.networks.create(name, driver="bridge", internal=True,
-                                   labels=server_labels(run_id), check_duplicate=True)
+                                   labels=server_labels(run_id, labels), check_duplicate=True)
         with docker_errors(f"start {name}"):
             container = client.containers.run(
-                IMAGE, name=name, hostname=name, network=name, labels=server_labels(run_id),
+                IMAGE, name=name, hostname=name, network=name,
+                labels=server_labels(run_id, labels),
                 # Nobody needs the superuser's password (admin goes through the socket);
                 # a random one means nobody on the network can guess it either.
                 environment={"POSTGRES_PASSWORD": scram_verifier(secrets.token_urlsafe(24))},

@@ -258,8 +258,10 @@ class AgentContainer:
                 return cls(client, create_container(client, container_spec(plan)))
         except EngineError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound):
+                from runtime.engine.images import build_hint
+
                 raise SessionError(
-                    f"image {plan.image!r} not found: run `agentrt images build`") from exc
+                    f"image {plan.image!r} not found: {build_hint(plan.image)}") from exc
             raise
 
     def start(self) -> None:

@@ -42,6 +42,7 @@ from runtime.engine.images import (
     get_image,
 )
 from runtime.errors import ConfigError
+from runtime.text import strip_ansi
 
 LogFn = Callable[[str], None]
 
@@ -331,7 +332,8 @@ def stream_build(client: docker.DockerClient, context: Path, dockerfile: str,
                                   buildargs=dict(buildargs), labels=dict(labels), pull=False,
                                   rm=True, forcerm=True, decode=True)
         for chunk in stream:
-            text = str(chunk.get("stream") or chunk.get("status") or "").rstrip()
+            # The classic builder colours a step's stderr (ESC [91m): dropped, not shown.
+            text = strip_ansi(chunk.get("stream") or chunk.get("status") or "").rstrip()
             for line in text.splitlines():
                 if line.startswith("Step "):
                     step, tail = line, []
@@ -345,7 +347,7 @@ def stream_build(client: docker.DockerClient, context: Path, dockerfile: str,
                 last = "\n".join(f"  {line}" for line in tail)
                 raise EnvironmentBuildError(
                     f"{what}: the build failed at {step or 'its start'}: "
-                    f"{str(chunk['error']).strip()}" + (f"\n{last}" if last else ""))
+                    f"{strip_ansi(chunk['error']).strip()}" + (f"\n{last}" if last else ""))
     if not image_id:
         found = get_image(client, tag) if tag else None
         image_id = str(found.id) if found is not None else ""

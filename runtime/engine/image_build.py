@@ -48,6 +48,7 @@ from runtime.engine.recipes import (
     rootfs_hash,
 )
 from runtime.errors import EngineError
+from runtime.text import strip_ansi
 
 LogFn = Callable[[str], None]
 BuildMethod = Literal["cached", "registry", "debootstrap", "dockerfile"]
@@ -175,13 +176,15 @@ def _docker_build(
             decode=True,
         )
         for chunk in stream:
-            text = str(chunk.get("stream") or chunk.get("status") or "").rstrip()
+            # The classic builder colours a step's stderr (ESC [91m): dropped, not shown.
+            text = strip_ansi(chunk.get("stream") or chunk.get("status") or "").rstrip()
             if text:
                 emit(text)
                 tail = (tail + text.splitlines())[-15:]
             if "error" in chunk:
                 last = "\n".join(tail)
-                raise EngineError(f"building {ref} failed: {chunk['error']}\n{last}".rstrip())
+                error = strip_ansi(chunk["error"]).strip()
+                raise EngineError(f"building {ref} failed: {error}\n{last}".rstrip())
 
 
 def registry_base_available(client: docker.DockerClient, log: LogFn | None = None) -> bool:

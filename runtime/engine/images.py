@@ -88,11 +88,26 @@ def _cli_version(labels: dict[str, str] | None) -> str | None:
     return value
 
 
+def build_command(ref: str) -> str | None:
+    """``agentrt images build <name>`` when ``ref`` is one of agentrt's images, else None."""
+    for name in IMAGE_PARENTS:
+        if ref in (image_ref(name), image_ref(name).removesuffix(":latest")):
+            return f"agentrt images build {name}"
+    return None
+
+
+def build_hint(ref: str) -> str:
+    """What makes image ``ref`` appear, naming the exact command. Pure."""
+    command = build_command(ref)
+    if command is not None:
+        return f"run `{command}` (or `docker load` an exported image)"
+    if ref.startswith("sha256:"):
+        return "`docker load` the image exported with `agentrt images export`"
+    return f"run `docker pull {ref}` or build it (or `docker load` an exported image)"
+
+
 def _not_found(ref: str) -> ImageNotFoundError:
-    return ImageNotFoundError(
-        f"image {ref!r} not found locally: run `agentrt images build` "
-        "(or `docker load` an exported image)"
-    )
+    return ImageNotFoundError(f"image {ref!r} not found locally: {build_hint(ref)}")
 
 
 def require_image(client: docker.DockerClient, ref: str) -> None:

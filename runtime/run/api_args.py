@@ -19,29 +19,16 @@ from pydantic import BaseModel, ValidationError
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.errors import ConfigError
 from runtime.git.safe_git import MainRepo
+from runtime.limits import plain_limits, validation_message
 from runtime.task import AgentPreset
 
 M = TypeVar("M", bound=BaseModel)
-
-# A prompt string given without a task around it runs with this preset unless the caller
-# names another one: `shell` needs no image of its own and no API key (see docs/python-api.md).
-DEFAULT_AGENT: AgentPreset = "shell"
 
 RepoArg = str | os.PathLike[str] | MainRepo
 
 
 def _kind(value: object) -> str:
     return type(value).__name__
-
-
-def validation_message(exc: ValidationError, where: str) -> str:
-    """One line for the first error of ``exc``: ``<where>: field <f>: <message>``."""
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = str(first["msg"])
-    if first["type"] == "extra_forbidden":
-        message = "unknown key (see docs/task-file.md for every key)"
-    return f"{where}: field {field}: {message}"
 
 
 def as_model(model: type[M], value: object, where: str) -> M:
@@ -62,8 +49,9 @@ def as_run_config(value: object, where: str = "config") -> RunConfig:
 
 
 def as_limits(value: object, where: str = "limits") -> ResourceLimits:
-    """A :class:`ResourceLimits` from itself or a dict (the design's names allowed)."""
-    return as_model(ResourceLimits, value, where)
+    """A :class:`ResourceLimits` from itself (a subclass's values), or a dict (the design's
+    names allowed)."""
+    return plain_limits(as_model(ResourceLimits, value, where))
 
 
 def as_repo(value: object, where: str = "repo") -> str | os.PathLike[str] | MainRepo:
@@ -89,13 +77,14 @@ def prompt_slug(prompt: str) -> str:
     return slug or "task"
 
 
-def as_tasks(values: object, default_agent: AgentPreset = DEFAULT_AGENT) -> list[Task]:
+def as_tasks(values: object, default_agent: AgentPreset | None = None) -> list[Task]:
     """The tasks of ``run_agents``: each a :class:`Task`, a dict of Task keys, or a prompt.
 
     A prompt string becomes ``Task(id=<slug of the prompt>, prompt=<it>, agent=default_agent)``;
     a dict without ``command`` and ``agent`` gets ``agent=default_agent``, and one without
     ``id`` an id from its prompt. Generated ids never collide with given ones (``-2``, ``-3``...).
-    A ``Task`` object is taken as it is.
+    A ``Task`` object is taken as it is. With no ``default_agent`` such a task has neither a
+    command nor an agent, and the run's preflight refuses it, naming it.
     """
     if isinstance(values, str | bytes | Mapping | Task) or not isinstance(values, Sequence):
         raise ConfigError("tasks must be a list of Task objects, dicts or prompt strings, not "

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import docker
 
 from runtime import paths
-from runtime.config import RunConfig, Task
+from runtime.config import RunConfig, Task, with_default_agent
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.errors import AgentRuntimeError, ConfigError
@@ -32,7 +32,7 @@ from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import DependencyConflictError, new_session_id
 from runtime.models import RunReport, SessionResult, SessionStatus, settle_merge, utcnow
-from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
+from runtime.run.api_args import as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
 from runtime.run.live_run import LiveRun
@@ -76,17 +76,18 @@ class AgentCoordinator(RunSessions, LiveRun):
         client: docker.DockerClient | None = None,
         stop_grace_seconds: int = 10,
         listener: Listener | None = None,
-        default_agent: AgentPreset = DEFAULT_AGENT,
+        default_agent: AgentPreset | None = None,
     ) -> None:
         base = as_run_config(config)
         max_concurrent = as_max_concurrent(max_concurrent)
         if max_concurrent is not None:
             base = base.model_copy(update={"max_concurrent_agents": max_concurrent})
-        if default_agent not in get_args(AgentPreset):
+        if default_agent is not None and default_agent not in get_args(AgentPreset):
             raise ConfigError(f"default_agent must be one of {', '.join(get_args(AgentPreset))}"
                               f", not {default_agent!r}")
         self.config = base
-        self.default_agent: AgentPreset = default_agent
+        # Runs prompts that name no command or agent; None: the config's [run] agent.
+        self.default_agent: AgentPreset | None = default_agent or base.agent
         where = as_repo(repo)
         self.repo = where if isinstance(where, MainRepo) else open_repo(
             where, base.isolation_strategy)
@@ -151,8 +152,10 @@ class AgentCoordinator(RunSessions, LiveRun):
         """Run every task; return the report (merge per ``config.merge``).
 
         Each task is a :class:`Task`, a dict of Task keys, or a prompt string (a task with an
-        id made from the prompt and ``agent=default_agent``; see docs/python-api.md)."""
-        tasks = as_tasks(tasks, self.default_agent)
+        id made from the prompt and ``agent=default_agent``; see docs/python-api.md). A task
+        with neither a command nor an agent, when there is no default agent, is refused
+        (ConfigError naming it) before anything starts."""
+        tasks = with_default_agent(as_tasks(tasks, self.default_agent), self.default_agent)
         if self._checked is not None and self._checked[0] == [t.id for t in tasks]:
             base_commit = self._checked[1]
         else:

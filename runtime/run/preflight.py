@@ -1,7 +1,8 @@
 """A run's preflight: everything that can be checked before anything is created (tasks and
-their dependencies, the base commit, secrets, network settings, images, the container runtime,
-the shared database, Swarm or admission against the engine's capacity), and last the build of
-the tasks' environments. Raises ConfigError naming what is wrong."""
+their dependencies, the base commit, the target of an automatic merge, secrets, network
+settings, images, the container runtime, the shared database, Swarm or admission against the
+engine's capacity), and last the build of the tasks' environments. Raises ConfigError naming
+what is wrong."""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ from runtime.run.environments import EnvImage, prepare_environments
 from runtime.run.identity import secret_env
 
 
+def check_merge_target(repo: MainRepo, config: RunConfig) -> None:
+    """With ``merge = "auto"``, raise ConfigError unless the target can be merged into now (a
+    branch that exists, not checked out with uncommitted changes, no detached HEAD without a
+    target, no rebase or merge in progress on it): found after the agents ran, their work
+    would stay on their branches."""
+    if config.merge != "auto":
+        return
+    from runtime.git.merge import auto_merge_blocker
+
+    blocker = auto_merge_blocker(repo, config.target)
+    if blocker is not None:
+        raise ConfigError(f"[run] field merge: merge = \"auto\" cannot merge into the target: "
+                          f"{blocker}; or run with merge = \"review\" (--merge review) and "
+                          "merge later with `agentrt merge RUN`")
+
+
 def check_run(get_client: Callable[[], docker.DockerClient], repo: MainRepo, config: RunConfig,
               tasks: Sequence[Task], build_log: Callable[[str], None] | None = None,
               ) -> tuple[str, dict[str, EnvImage]]:
@@ -29,6 +46,7 @@ def check_run(get_client: Callable[[], docker.DockerClient], repo: MainRepo, con
 
     validate_tasks(list(tasks))
     base_commit = resolve_base(repo, config.base)
+    check_merge_target(repo, config)
     for task in tasks:
         secret_env(task)
     client = get_client()

@@ -40,7 +40,12 @@ def replay_session(repo: MainRepo, row: SessionRow) -> RunReport:
     try:
         return AgentCoordinator(config=config, repo=repo).run_agents([task])
     except ImageNotFoundError as exc:
+        from runtime.engine.images import build_command
+
+        tag = row.manifest.image if row.manifest is not None else config.image
+        command = build_command(tag)
+        again = (f"rebuild it with `{command}` if its recipe is unchanged" if command else
+                 f"pull or build {tag} again (`docker pull {tag}`)")
         raise ImageNotFoundError(
-            f"image {config.image} of session {row.id} is not on this engine: rebuild it with "
-            f"`agentrt images build` if its recipe is unchanged, or `docker load` the file "
-            f"saved by `agentrt images export {row.id} FILE`") from exc
+            f"image {config.image} of session {row.id} is not on this engine: {again}, or "
+            f"`docker load` the file saved by `agentrt images export {row.id} FILE`") from exc

@@ -96,6 +96,9 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         where = as_repo(repo if repo is not None else base_workspace or ".",
                         "repo" if base_workspace is None else "base_workspace")
         self.task, self._needs_command = session_task(task)
+        # The design's form names the session: IsolatedAgentSession("fix-parser", ...) is
+        # session "fix-parser" (its branch still gets a suffix), used by code on this host.
+        self._named = isinstance(task, str)
         task = self.task
         self.config = as_run_config(config)
         if limits is not None:
@@ -114,6 +117,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self.network = self.config.network_for(task)
         self.base_commit = base_commit or self.repo.rev_parse(self.config.base)
         self.session_id, self.branch = new_session_id(task.id)
+        if self._named:
+            self.session_id = task.id
         self.session_dir = (volumes_root(self.repo.state_dir, self.config.volumes_dir)
                             / "sessions" / self.session_id)
         self.stop_grace_seconds = stop_grace_seconds
@@ -138,6 +143,11 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self._checked_out = False
         self._started = False
         self._harvested = False
+        # Host code was handed the working tree (``workspace``): what it wrote comes home
+        # at the end even if no container ran; ``_host_error`` is what the with block raised.
+        self._workspace_lent = False
+        self._host_error: BaseException | None = None
+        self._engine_shares_disk = True
         self._cancel = threading.Event()
         self._log_keeper: LogKeeper | None = None
         self._log_stream: OutputStream | None = None
@@ -154,7 +164,9 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             self.prepare()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: object) -> None:
+        self._host_error = exc
         self.close()
 
     @property
@@ -185,6 +197,11 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         from runtime.engine.images import image_facts
 
         uid, gid = agent_ids()
+        if self._named and self.session_dir.exists():
+            # Before anything is made: undoing a failed start would remove the other's volume.
+            raise ConfigError(
+                f"session id {self.session_id!r} is in use in {self.repo.root} (a live "
+                "session, or one whose volume was kept: see `agentrt gc`); give another id")
         try:
             self._build_environment()
             self.result.image_digest, self.result.cli_version = image_facts(self.client,
@@ -328,6 +345,24 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self._finish()
         return self.result
 
+    def _end_without_container(self) -> None:
+        """The status of a session closed before its container ran: the outcome of the host
+        code that worked in its ``workspace`` (succeeded unless it raised), else crashed."""
+        if self._workspace_lent and not self._started:
+            error = self._host_error
+            self.result.status = SessionStatus.SUCCEEDED if error is None else \
+                SessionStatus.FAILED
+            if error is not None:
+                self.result.reason = (f"the code working in the session's workspace raised "
+                                      f"{type(error).__name__}: {error}")
+            self.result.finished_at = utcnow()
+            if self.result.started_at is not None:
+                self.result.duration_s = round(
+                    (self.result.finished_at - self.result.started_at).total_seconds(), 3)
+            return
+        self.result.status = SessionStatus.CRASHED
+        self.result.reason = self.result.reason or "session ended before its container"
+
     def _use_command(self, argv: list[str]) -> None:
         """Re-create the (not yet started) container to run ``argv`` instead."""
         if self._started or self._plan is None or self.container is None:
@@ -369,8 +404,7 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         if snapshot_work:
             self._bring_home()
             if not self.result.status.is_final:
-                self.result.status = SessionStatus.CRASHED
-                self.result.reason = self.result.reason or "session ended before its container"
+                self._end_without_container()
                 self._record()
         if self.watch is not None and self._supervisor is not None:
             self._supervisor.unwatch(self.watch)
@@ -383,6 +417,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         keep_volume = snapshot_work and self.result.work is WorkState.KEPT
         steps = [self._remove_container, self._stop_services, self._drop_database,
                  self._leave_egress]
+        if self._own_run:  # nobody else will: the run is this session's alone
+            steps.append(self._stop_database_server)
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:

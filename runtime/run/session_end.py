@@ -64,6 +64,7 @@ class SessionEnd:
         _started: bool
         _harvested: bool
         _checked_out: bool
+        _workspace_lent: bool
 
         @property
         def client(self) -> docker.DockerClient: ...
@@ -166,8 +167,8 @@ class SessionEnd:
         if self._harvested or self.tree is None or not self._checked_out:
             return
         self._harvested = True
-        if not self._started:
-            # The agent never ran: its tree is the checkout agentrt made.
+        if not self._started and not self._workspace_lent:
+            # Nobody worked in the tree: it is the checkout agentrt made.
             self.result.work = WorkState.HOME
             self.result.head_commit = self.repo.branch_head(self.branch)
             return

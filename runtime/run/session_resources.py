@@ -28,7 +28,7 @@ from runtime.errors import AgentRuntimeError, SessionError
 from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
-from runtime.models import Manifest, SessionResult
+from runtime.models import Manifest, SessionResult, utcnow
 from runtime.run.resilience import engine_retry
 from runtime.state.liveness import process_start_time
 from runtime.state.session_facts import SessionMarker
@@ -68,6 +68,9 @@ class SessionResources:
         _own_egress: bool
         network: str
         _marker: SessionMarker | None
+        _named: bool
+        _workspace_lent: bool
+        _engine_shares_disk: bool
         seeded: bool
         store: Store | None
 
@@ -84,12 +87,28 @@ class SessionResources:
 
     @property
     def workspace(self) -> Path:
-        """The session's working tree on the host (mounted at /workspace in its container)."""
+        """The session's working tree on the host (mounted at /workspace in its container).
+
+        What code on this host writes there comes home onto the session's branch when the
+        session exits, as an agent's work does, whether or not :meth:`run` was called.
+        Raises SessionError when the tree lives on the engine's host, saying why and what to
+        use instead."""
         if self.tree is None:
             raise SessionError("session not prepared: use it as a context manager")
         if self.volume is None:
-            raise SessionError(f"session {self.session_id}: the working tree is on the "
-                               "engine's host, not this one")
+            why = ("the Docker engine does not share this machine's disk (a VM such as "
+                   "Colima's, a remote DOCKER_HOST)" if not self._engine_shares_disk else
+                   "only the engine's host gives it a hard disk limit (disk_mode=\"soft\" "
+                   "keeps it here)")
+            raise SessionError(
+                f"session {self.session_id}: its working tree is on the engine's host, not "
+                f"this one, because {why}: code here cannot work in it; run the work inside "
+                "the session instead (session.run([\"sh\", \"-c\", \"...\"]), or a task "
+                "with an agent preset)")
+        if not self._workspace_lent:
+            self._workspace_lent = True
+            if self.result.started_at is None:
+                self.result.started_at = utcnow()
         return self.volume.workspace
 
     @property
@@ -128,8 +147,7 @@ class SessionResources:
         from runtime.engine.egress import RunEgress
 
         if self._egress is None:
-            self._egress = RunEgress(self.client, self.run_id,
-                                     labels={LABEL_REPO: str(self.repo.root)})
+            self._egress = RunEgress(self.client, self.run_id, labels=self._owner_labels())
             self._own_egress = True
         allow, networks = self.config.egress_for(self.task)
         network, proxy = self._egress.open_session(self.session_id, allow, networks,
@@ -156,9 +174,7 @@ class SessionResources:
 
         self.services = start_services(
             self.client, self.config.services, self.session_id,
-            {LABEL_RUN: self.run_id, LABEL_REPO: str(self.repo.root),
-             LABEL_OWNER_PID: str(os.getpid()),
-             LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
+            {LABEL_RUN: self.run_id, **self._owner_labels()})
         return self.services
 
     def _stop_services(self) -> None:
@@ -178,11 +194,14 @@ class SessionResources:
         macOS) but the engine can give a hard one (Colima's VM)."""
         from runtime.engine.engine_volumes import engine_volume_mode
 
+        self._engine_shares_disk = engine_shares_disk(self.client,
+                                                      self.repo.state_dir / "probe")
         return volume_on_engine(
-            engine_shares_disk(self.client, self.repo.state_dir / "probe"),
-            self.disk_mode or default_mode(), lambda: engine_volume_mode(self.client),
-            # An explicit disk_mode pins the volume to this host (tests, and users who ask).
-            engine_side_allowed=self.disk_mode is None)
+            self._engine_shares_disk, self.disk_mode or default_mode(),
+            lambda: engine_volume_mode(self.client),
+            # An explicit disk_mode pins the volume to this host (tests, and users who ask),
+            # as does the design's named session, whose workspace code on this host uses.
+            engine_side_allowed=self.disk_mode is None and not self._named)
 
     def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
         """The volume, on the engine's host or on this one (with the run's object store)."""
@@ -229,7 +248,7 @@ class SessionResources:
             from runtime.databases.postgres import create_shared_database
 
             return create_shared_database(self.config, self.session_id, self.run_id,
-                                          client=self.client)
+                                          client=self.client, labels=self._owner_labels())
         db_dir = self.tree.host_db_dir if self.tree is not None else None
         if db_dir is None:
             # On the engine's side: SQLite creates the file on the agent's first use.
@@ -264,9 +283,23 @@ class SessionResources:
         if self.container is not None:
             engine_retry(self.container.remove)
 
+    def _owner_labels(self) -> dict[str, str]:
+        """The labels that tie what this session starts to its repository and its owner
+        (``agentrt gc`` removes it once the owner is gone)."""
+        return {LABEL_REPO: str(self.repo.root), LABEL_OWNER_PID: str(os.getpid()),
+                LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")}
+
     def _drop_database(self) -> None:
         if self.database is not None:
             self.database.drop()
+
+    def _stop_database_server(self) -> None:
+        """A session on its own (no coordinator) started the run's PostgreSQL server for
+        itself: remove it, with its network, once the session's database is dropped."""
+        if self.config.database_strategy == "shared" and not self.config.database_url:
+            from runtime.databases.postgres import stop_shared_server
+
+            stop_shared_server(self.run_id, self.client)
 
     def _remove_volume(self) -> None:
         if self.tree is not None:

@@ -38,6 +38,7 @@ from runtime.engine.labels import (
     LABEL_OWNER_PID,
     LABEL_OWNER_START,
     LABEL_REPO,
+    LABEL_ROLE,
     LABEL_SESSION,
     LABEL_TIME_SECONDS,
 )
@@ -89,7 +90,9 @@ def _containers(client: docker.DockerClient | None, repo: MainRepo) -> dict[str,
         return {}
     with contextlib.suppress(docker.errors.DockerException):
         found = client.containers.list(all=True, filters={"label": f"{LABEL_REPO}={repo.root}"})
-        return {c.labels[LABEL_SESSION]: c for c in found if LABEL_SESSION in c.labels}
+        # A run's database server is the run's, not a session's (run_leftovers.py judges it).
+        return {c.labels[LABEL_SESSION]: c for c in found if LABEL_SESSION in c.labels
+                and c.labels.get(LABEL_ROLE) != "database"}
     return {}
 
 
@@ -150,9 +153,9 @@ def collect_garbage(
         if client is not None:  # without an engine, how their sessions ended is not known
             _finish_dead_runs(store)
         _remove_dead_run_stores(repo, store)
-        collect_database_servers(client, store, report)
-        collect_egress_proxies(client, store, report)
-        collect_services(client, store, report)
+        collect_database_servers(client, store, report, repo.root)
+        collect_egress_proxies(client, store, report, repo.root)
+        collect_services(client, store, report, repo.root)
         if client is not None:
             from runtime.state.swarm_recovery import collect_swarm_leftovers
 

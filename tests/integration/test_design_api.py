@@ -37,11 +37,13 @@ def test_a_session_from_an_id_without_a_command_says_so(repo: Path,
 
 
 @pytest.mark.docker
-def test_the_coordinator_runs_dicts_and_prompt_strings_with_the_shell_preset(
+def test_the_coordinator_runs_dicts_and_prompt_strings_with_the_agent_it_is_given(
         repo: Path, docker_client: object) -> None:
-    config = {"auto_merge": True, "execution_mode": "process",
-              "resource_limits": {"max_memory": "256MB", "max_disk_usage": 64}}
-    report = AgentCoordinator(max_concurrent=2, config=config, repo=repo).run_agents(
+    concurrent_config = {"isolation_strategy": "worktree", "auto_merge": True,
+                         "execution_mode": "process", "agent": "shell",
+                         "resource_limits": {"max_memory": "256MB", "max_disk_usage": 64}}
+    report = AgentCoordinator(max_concurrent=2, config=concurrent_config,
+                              repo=repo).run_agents(
         [{"id": "a", "prompt": "echo a > a.txt"}, "echo from a prompt > p.txt"])
     assert [(s.task_id, s.status.value, s.merge.status) for s in report.sessions] == \
         [("a", "succeeded", "merged"), ("echo-from-a-prompt-p-txt", "succeeded", "merged")]

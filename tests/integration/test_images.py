@@ -104,7 +104,7 @@ def test_base_has_no_entrypoint(docker_client: Any) -> None:
 
 @pytest.mark.docker
 def test_missing_image_says_how_to_build_it(docker_client: Any) -> None:
-    with pytest.raises(ImageNotFoundError, match="agentrt images build"):
+    with pytest.raises(ImageNotFoundError, match="`docker pull agentrt/does-not-exist:latest`"):
         images.require_image(docker_client, "agentrt/does-not-exist:latest")
     with pytest.raises(LookupError):
         images.image_digest(docker_client, "agentrt/does-not-exist:latest")

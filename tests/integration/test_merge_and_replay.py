@@ -111,5 +111,5 @@ def test_replay_with_its_image_gone_says_how_to_get_it_back(
     replay = agentrt("replay", session["id"], "--repo", str(repo))
     assert replay.returncode == 2
     assert image.id in replay.stderr
-    assert "agentrt images build" in replay.stderr and "docker load" in replay.stderr
+    assert f"`docker pull {tag}`" in replay.stderr and "docker load" in replay.stderr
     assert "Traceback" not in replay.stderr

@@ -1,10 +1,12 @@
-"""merge = "auto" into a checkout that cannot take it: said up front, nothing merged, exit 3."""
+"""merge = "auto" into a target that cannot take it (dirty checkout, detached HEAD, missing
+branch, a rebase in progress) is refused before any agent starts: exit 2, nothing made; and
+`agentrt run --target BRANCH` names one that can."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,61 +16,56 @@ from tests.integration.helpers import agentrt
 pytestmark = pytest.mark.docker
 
 
-def task_file(tmp_path: Path, target: str | None = None) -> Path:
-    path = tmp_path / "tasks.toml"
-    path.write_text(
-        '[run]\nmerge = "auto"\nconflict_radar_seconds = 0\n'
-        + (f'target = "{target}"\n' if target else "")
-        + '[run.resource_limits]\nmemory_mb = 128\ndisk_mb = 32\n'
-        + '[[tasks]]\nid = "writer"\ncommand = ["sh", "-c", "echo work > WORK.md"]\n')
-    return path
+MERGE_TASKS = """
+[run]
+merge = "auto"
+conflict_radar_seconds = 0
+[run.resource_limits]
+memory_mb = 128
+disk_mb = 32
+[[tasks]]
+id = "writer"
+command = ["sh", "-c", "echo work > WORK.md"]
+"""
 
 
-def run_refused(repo: Path, tmp_path: Path, target: str | None = None) -> dict[str, object]:
-    """Run the one-task file; assert the refusal is announced, then reported, with exit 3."""
-    main_before = git(repo, "rev-parse", "refs/heads/main").strip()
-    run = agentrt("run", str(task_file(tmp_path, target)), "--repo", str(repo), "--json")
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.returncode == 3, run.stderr
-    lines = run.stderr.splitlines()
-    announced = [i for i, line in enumerate(lines) if "will be refused" in line]
-    started = [i for i, line in enumerate(lines) if "writer" in line and "starting" in line]
-    assert announced and started and announced[0] < started[0], run.stderr
-    assert any(line.startswith("agentrt: warning: not merged: ") for line in lines), run.stderr
-    report = json.loads(run.stdout)
-    session = report["sessions"][0]
-    assert session["status"] == "succeeded"
-    assert session["merge"]["status"] == "not_attempted"
-    assert report["merge_refused"]
-    # Nothing merged: main did not move, and the work is on the session's branch.
-    assert git(repo, "rev-parse", "refs/heads/main").strip() == main_before
-    assert git(repo, "show", f"{session['branch']}:WORK.md") == "work\n"
-    return report
+def refused(repo: Path, tmp_path: Path, expected: str, *args: str) -> None:
+    """Run the one-task file (with ``args``); assert exit 2 naming ``expected``, nothing made."""
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(MERGE_TASKS)
+    proc = agentrt("run", str(tasks), "--repo", str(repo), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr, proc.stderr
+    assert "starting" not in proc.stderr  # no session line: nothing ran
+    assert git(repo, "branch", "--list", "agent/*").strip() == ""
 
 
-def test_auto_merge_into_a_dirty_checkout_is_announced_refused_and_exits_3(
-    docker_client: object, repo: Path, tmp_path: Path
-) -> None:
-    (repo / "README.md").write_text("the user's unsaved edit\n")
-    report = run_refused(repo, tmp_path)
-    assert "uncommitted changes" in str(report["merge_refused"])
-    assert (repo / "README.md").read_text() == "the user's unsaved edit\n"
-    shown = agentrt("report", str(report["run_id"]), "--repo", str(repo))
-    assert shown.returncode == 0, shown.stderr
-    assert "not merged" in shown.stdout and "uncommitted changes" in shown.stdout
+@pytest.mark.parametrize(("spoil", "expected"), [
+    (lambda repo: (repo / "README.md").write_text("the user's unsaved edit\n"),
+     "uncommitted changes"),
+    (lambda repo: git(repo, "switch", "-q", "--detach"), "detached HEAD"),
+], ids=["dirty", "detached"])
+def test_an_auto_merge_target_that_cannot_take_it_is_refused_before_any_agent_starts(
+        repo: Path, docker_client: Any, tmp_path: Path, spoil: Any, expected: str) -> None:
+    spoil(repo)
+    refused(repo, tmp_path, expected)
+    # --target names a branch that can take it: the run goes ahead and merges there.
+    git(repo, "branch", "release", "main")
+    proc = agentrt("run", str(tmp_path / "tasks.toml"), "--repo", str(repo), "--target",
+                   "release")
+    assert proc.returncode == 0, proc.stderr
+    assert git(repo, "show", "release:WORK.md") == "work\n"
 
 
-def test_auto_merge_on_a_detached_head_is_announced_refused_and_exits_3(
-    docker_client: object, repo: Path, tmp_path: Path
-) -> None:
-    git(repo, "switch", "-q", "--detach")
-    report = run_refused(repo, tmp_path)
-    assert "detached HEAD" in str(report["merge_refused"])
+def test_a_missing_target_branch_is_refused_before_any_agent_starts(
+        repo: Path, docker_client: Any, tmp_path: Path) -> None:
+    refused(repo, tmp_path, "field merge: merge = \"auto\" cannot merge into the target: "
+            "target branch 'nope' does not exist", "--target", "nope")
+    refused(repo, tmp_path, "--target: invalid branch name", "--target", "a..b")
 
 
-def test_auto_merge_into_a_branch_being_rebased_is_refused_and_exits_3(
-    docker_client: object, repo: Path, tmp_path: Path
-) -> None:
+def test_auto_merge_into_a_branch_being_rebased_is_refused_before_any_agent_starts(
+        docker_client: object, repo: Path, tmp_path: Path) -> None:
     git(repo, "switch", "-q", "-c", "side")
     (repo / "README.md").write_text("side\n")
     git(repo, "commit", "-qam", "side")
@@ -77,6 +74,5 @@ def test_auto_merge_into_a_branch_being_rebased_is_refused_and_exits_3(
     git(repo, "commit", "-qam", "main")
     with pytest.raises(subprocess.CalledProcessError):
         git(repo, "rebase", "side")  # stops on the conflict, main mid-rebase
-    report = run_refused(repo, tmp_path, target="main")
-    assert "rebase is in progress on 'main'" in str(report["merge_refused"])
+    refused(repo, tmp_path, "rebase is in progress on 'main'", "--target", "main")
     assert (repo / ".git" / "rebase-merge").is_dir(), "the user's rebase must be left alone"

@@ -111,7 +111,7 @@ def test_missing_image_exits_2_before_anything_is_created(
                          '[[tasks]]\nid = "a"\ncommand = ["true"]\n')
     proc = agentrt("run", str(task_file), "--repo", str(repo))
     assert proc.returncode == 2
-    assert "agentrt/does-not-exist:1" in proc.stderr and "agentrt images build" in proc.stderr
+    assert "`docker pull agentrt/does-not-exist:1`" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "agent/" not in git(repo, "branch", "--list")
     assert not (repo / ".git" / "agentrt" / "sessions").exists()

@@ -133,10 +133,12 @@ def test_a_one_off_run_without_a_task_file_using_agentrt_repo(
     session = json.loads(run.stdout)["sessions"][0]
     assert session["task_id"] == "hi" and session["merge"]["status"] == "merged"
     assert (repo / "HI.md").read_text() == "hi\n"
-    bad = agentrt("run", "-p", "x", "--pids", "0", "--repo", str(repo))
+    bad = agentrt("run", "-p", "x", "--agent", "shell", "--pids", "0", "--repo", str(repo))
     assert bad.returncode == 2 and "resource_limits.pids" in bad.stderr
     both = agentrt("run", "tasks.toml", "-p", "x", "--repo", str(repo))
     assert both.returncode == 2 and "not both" in both.stderr
+    no_agent = agentrt("run", "-p", "Add error handling", "--repo", str(repo))
+    assert no_agent.returncode == 2 and "needs --agent" in no_agent.stderr
 
 
 def test_version_is_printed() -> None:

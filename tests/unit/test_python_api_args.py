@@ -80,7 +80,7 @@ def test_run_agents_inputs_tasks_dicts_and_prompts_become_tasks() -> None:
     tasks = as_tasks([{"id": "a", "prompt": "echo a > a.txt"}, "Write tests!", typed,
                       "write tests", {"prompt": "x", "command": ["make"]}])
     assert [t.id for t in tasks] == ["a", "write-tests", "typed", "write-tests-2", "x"]
-    assert tasks[0].agent == "shell" and tasks[1].agent == "shell"
+    assert tasks[0].agent is None and tasks[1].agent is None  # no default agent: none given
     assert tasks[1].prompt == "Write tests!"
     assert tasks[2] is typed
     assert tasks[4].agent is None and tasks[4].command == ["make"]
