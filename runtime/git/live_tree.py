@@ -10,26 +10,32 @@ untrusted text and sanitise it before any terminal shows it.
 
 from __future__ import annotations
 
+import shlex
+
 import docker
 import docker.errors
 
 from runtime.engine.container import AgentContainer
 from runtime.engine.discovery import engine_errors
 from runtime.errors import EngineError
+from runtime.presets import STATE_EXCLUDES
 
 EXEC_TIMEOUT_SECONDS = 20
 MAX_OUTPUT = 8 * 1024 * 1024
 
+# The agent CLIs' own state (runtime.presets.STATE_EXCLUDES) is left out, as the harvest does.
 _PREPARE = """
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/tmp GIT_TERMINAL_PROMPT=0
 export GIT_OPTIONAL_LOCKS=0 LC_ALL=C GIT_INDEX_FILE=/tmp/.agentrt-live.index
+printf '%s\\n' @STATE_EXCLUDES@ > /tmp/.agentrt-live.exclude
 g() {
   git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core.untrackedCache=false \\
+      -c core.excludesFile=/tmp/.agentrt-live.exclude \\
       -c core.pager=cat -c diff.external= -c submodule.recurse=false -c gc.auto=0 \\
       -c advice.addEmbeddedRepo=false --git-dir=/workspace/.git --work-tree=/workspace "$@"
 }
 g read-tree "$1" && g add -A -N --ignore-errors -- . >/dev/null 2>&1
-"""
+""".replace("@STATE_EXCLUDES@", " ".join(shlex.quote(p) for p in STATE_EXCLUDES))
 
 
 def _exec(container: AgentContainer, user: str, script: str, base: str) -> bytes:

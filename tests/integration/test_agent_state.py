@@ -5,7 +5,8 @@ and has no option to put it elsewhere; the harvest leaves ``.aider*`` (runtime.p
 .STATE_EXCLUDES) out of every session's snapshot. A session writes the files aider would,
 beside its own work: only the work comes home. Controls: a ``.aiderignore`` (the user's own
 aider setting) and a tracked ``.aider.conf.yml`` the agent changes are harvested as usual, and
-the same files under another directory are work, not state.
+the same files under another directory are work, not state. The conflict radar ignores the
+same state.
 """
 
 from __future__ import annotations
@@ -37,3 +38,15 @@ def test_aider_state_stays_off_the_branch_and_work_comes_home(tmp_path: Path) ->
     assert sorted(changed) == [".aider.conf.yml", ".aiderignore",
                                "sub/.aider.tags.cache.v4/cache.db", "work.txt"], changed
     assert git(repo, "show", f"{result.branch}:.aider.conf.yml") == "model: other\n"
+
+
+def test_the_conflict_radar_ignores_aider_state_but_not_work(repo: Path) -> None:
+    """Two live sessions both write aider's cache and one shared file: the radar warns about
+    the file (the control) and never about the cache."""
+    both = "mkdir -p .aider.tags.cache.v4 && echo {0} > .aider.tags.cache.v4/cache.db" \
+           " && echo {0} > shared.txt && sleep 6"
+    report = run_tasks(repo, [sh("a", both.format("a")), sh("b", both.format("b"))],
+                       max_concurrent_agents=2, conflict_radar_seconds=1)
+    radar = [w for w in report.warnings if w.startswith("conflict radar:")]
+    assert any("shared.txt" in w for w in radar), report.warnings
+    assert not any(".aider" in w for w in radar), radar

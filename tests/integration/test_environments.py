@@ -13,6 +13,7 @@ its session; a broken Dockerfile exits 2 before anything starts.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
 import tarfile
@@ -22,10 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from runtime.config import ResourceLimits, RunConfig, Task
-from runtime.engine.environment_build import LABEL_ENV
 from runtime.environments import Environment, Healthcheck, Service
 from runtime.git.safe_git import MainRepo
 from runtime.models import RunReport, SessionStatus
@@ -71,14 +72,17 @@ def fake_cli(docker_client: Any) -> str:
                      "COPY claude /usr/local/bin/claude\nUSER agent\n")
 
 
+BUILT: set[str] = set()  # the environment images this module's runs used
+
+
 @pytest.fixture(scope="module", autouse=True)
 def remove_built_environments(docker_client: Any) -> Iterator[None]:
-    """Environment images this module builds are removed at its end (others' are kept)."""
-    before = {i.id for i in docker_client.images.list(filters={"label": LABEL_ENV})}
+    """The environment images this module's runs used are removed at its end; no other: the
+    engine is shared, and another run's images may be new too."""
     yield
-    for image in docker_client.images.list(filters={"label": LABEL_ENV}):
-        if image.id not in before:
-            docker_client.images.remove(image.id, force=True)
+    for ref in BUILT:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(ref, force=True)
 
 
 def commit(repo: Path, files: dict[str, str], message: str = "change") -> None:
@@ -95,7 +99,9 @@ def run(repo: Path, tasks: list[Task], log: list[str] | None = None, **config: A
         config=RunConfig(resource_limits=LIMITS, merge="none", **config), repo=repo,
         stop_grace_seconds=2)
     coordinator.build_log = (log.append if log is not None else None)
-    return coordinator.run_agents(tasks)
+    report = coordinator.run_agents(tasks)
+    BUILT.update(s.image for s in report.sessions if s.image.startswith("agentrt/env:"))
+    return report
 
 
 def show(repo: Path, branch: str, path: str) -> str:
