@@ -15,6 +15,14 @@ from runtime.state.store import SessionRow
 from runtime.text import terminal_safe
 
 
+def _finished(repo: str, session: str) -> tuple[MainRepo, SessionRow, str]:
+    """The repository, the finished session named and its branch's head."""
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        row = resolve_session(store, session)
+    return main_repo, row, _finished_head(main_repo, row)
+
+
 def _finished_head(repo: MainRepo, row: SessionRow) -> str:
     """The head of a finished session's branch (or the one recorded); NotFoundError if none."""
     if not row.status.is_final:
@@ -33,10 +41,8 @@ def apply(session: str, repo: str) -> None:
     """Apply SESSION's changes to your checkout as unstaged edits (no commit, no merge)."""
     from runtime.git.session_work import apply_session
 
-    main_repo = MainRepo(repo)
-    with open_store(main_repo) as store:
-        row = resolve_session(store, session)
-    changed = apply_session(main_repo, row.result.base_commit, _finished_head(main_repo, row))
+    main_repo, row, head = _finished(repo, session)
+    changed = apply_session(main_repo, row.result.base_commit, head)
     if not changed:
         click.echo(f"{row.id} changed nothing")
         return
@@ -57,10 +63,7 @@ def checkout(session: str, where: Path | None, repo: str) -> None:
     """A worktree of SESSION's branch, to look at (or build on) its work."""
     from runtime.git.session_work import checkout_session
 
-    main_repo = MainRepo(repo)
-    with open_store(main_repo) as store:
-        row = resolve_session(store, session)
-    _finished_head(main_repo, row)
+    main_repo, row, _ = _finished(repo, session)
     path = where or main_repo.root.parent / f"{main_repo.root.name}-{row.id}"
     made = checkout_session(main_repo, row.branch, path.resolve())
     click.echo(f"{row.branch} checked out in {made}")
@@ -75,10 +78,8 @@ def log_cmd(session: str, repo: str) -> None:
     """SESSION's commits over its base, newest first (with agentrt's snapshot commit)."""
     from runtime.git.session_work import session_commits
 
-    main_repo = MainRepo(repo)
-    with open_store(main_repo) as store:
-        row = resolve_session(store, session)
-    commits = session_commits(main_repo, row.result.base_commit, _finished_head(main_repo, row))
+    main_repo, row, head = _finished(repo, session)
+    commits = session_commits(main_repo, row.result.base_commit, head)
     if not commits:
         click.echo(f"{row.id}: no commits over its base {row.result.base_commit[:10]}")
     for c in commits:
