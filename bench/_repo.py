@@ -102,8 +102,17 @@ def template(seed: int = 1, files: int = 2000, megabytes: int = 25) -> Path:
     return path
 
 
-def clone(dest: Path, seed: int = 1, files: int = 2000, megabytes: int = 25) -> Path:
-    """A fresh working clone of the template at ``dest`` (objects hard-linked), on ``main``."""
+def clone(dest: Path, seed: int = 1, files: int = 2000, megabytes: int = 25,
+          source: Path | None = None) -> Path:
+    """A fresh working clone at ``dest``, on ``main``: of the synthetic template (objects
+    hard-linked), or of a real repository ``source`` (``--repo``: e.g. python/mypy, whose
+    history and pack sizes a synthetic repository does not have; its HEAD becomes ``main``)."""
+    if source is not None:
+        git("clone", "-q", "--no-local", str(source.resolve()), str(dest))
+        git("switch", "-q", "-C", "main", cwd=dest)
+        git("config", "user.name", "bench", cwd=dest)
+        git("config", "user.email", "bench@agentrt.invalid", cwd=dest)
+        return dest
     git("clone", "-q", "--local", str(template(seed, files, megabytes)), str(dest))
     git("config", "user.name", "bench", cwd=dest)
     git("config", "user.email", "bench@agentrt.invalid", cwd=dest)

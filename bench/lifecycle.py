@@ -196,7 +196,10 @@ def filesystem(path: Path) -> str:
 def repo_and_trees(root: Path, args: Any, stack: contextlib.ExitStack) -> tuple[Path, Path]:
     """The benchmark repository's clone under ``root``, and where raw worktrees go (next to
     it, or in a temporary directory under ``--raw-dir``); says both."""
-    repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
+    repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes,
+                       source=args.repo)
+    files = len(_repo.git("ls-files", cwd=repo).splitlines())
+    print(f"repository: {args.repo or 'synthetic'} ({files} files)")
     trees = root
     if args.raw_dir:
         trees = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.raw_dir)))
@@ -216,6 +219,8 @@ def main() -> None:
     p.add_argument("--disk-mb", type=int, default=1024, help="agentrt volume size (MiB)")
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--megabytes", type=int, default=25)
+    p.add_argument("--repo", type=Path,
+                   help="a real repository to clone instead of the synthetic one (e.g. mypy)")
     p.add_argument("--raw-dir", type=Path,
                    help="where raw worktrees go (default: next to the repository, same disk)")
     p.add_argument("--warm-runs", type=int, default=10,

@@ -62,14 +62,7 @@ def main() -> None:
     args = p.parse_args()
     c.header("merge gate: agentrt's gate session vs the check by hand", args.runs)
     with c.scratch("gate") as root:
-        repo = root / "repo"
-        if args.repo:
-            _repo.git("clone", "-q", "--no-local", str(args.repo.resolve()), str(repo))
-            _repo.git("switch", "-q", "-C", "main", cwd=repo)
-            for key, value in (("user.name", "bench"), ("user.email", "bench@agentrt.invalid")):
-                _repo.git("config", key, value, cwd=repo)
-        else:
-            _repo.clone(repo)
+        repo = _repo.clone(root / "repo", source=args.repo)
         files = len(_repo.git("ls-files", cwd=repo).splitlines())
         print(f"repository: {args.repo or 'synthetic'} ({files} files)")
         session, commit = would_be_merge(repo)

@@ -17,6 +17,9 @@ session ≤ 100 ms. Measured in one run, side by side:
   path"), so they, and the branch deletions, are serialised by one ``threading.Lock``; the
   output says how long raw held that lock per batch.
   Raw worktrees go next to the repository (the same disk) unless ``--raw-dir`` says otherwise.
+* *bare*: N bare ``docker run --rm`` of the same command, image, limits and hardening, C at a
+  time (what ``xargs -P C`` does): no repository at all, the engine's own limit. The goal is
+  agentrt / bare ≤ 1.25.
 * *ideal*: ceil(N/C) × 1 s, the machine's limit for that work; the goal is agentrt's wall
   ≤ 1.5 × ideal + *set-up*, where set-up is measured in the same run as the wall time of a
   single-task batch of ``sh -c 'sleep 0'`` (agentrt's for agentrt; raw's shown next to it).
@@ -25,7 +28,8 @@ session ≤ 100 ms. Measured in one run, side by side:
   dockerd's, containerd's and the containers' own CPU are not included. Also sessions per
   minute, and this process's peak RSS (``ru_maxrss``, which only grows).
 
-Run: ``.venv/bin/python bench/throughput.py [--tasks 40] [--concurrency 8] [--runs 3]``;
+Run: ``.venv/bin/python bench/throughput.py [--tasks 40] [--concurrency 8] [--runs 3]
+[--repo PATH]`` (``--repo``: a real repository instead of the synthetic one);
 ``--tasks`` and ``--concurrency`` take several values (every pair is measured), e.g.
 ``--tasks 40 100 --concurrency 4 8``.
 """
@@ -54,7 +58,7 @@ TASK_SECONDS = 1.0
 SETUP = ["sh", "-c", "sleep 0"]
 SLACK = 1.5
 CPU_GOAL_MS = 100.0
-SYSTEMS = ("agentrt", "raw")
+SYSTEMS = ("agentrt", "raw", "bare")
 
 
 @dataclass(frozen=True)
@@ -162,37 +166,64 @@ class RawBatch:
         return Sample(t[0], host_cpu() - cpu, n, self.locked)
 
 
+# -- bare: the engine itself --------------------------------------------------------------------
+
+class BareBatch:
+    """N bare ``docker run --rm`` of the same image, limits and hardening, C at a time (what
+    ``xargs -P C`` does): no repository, no checkout; the engine's own limit."""
+
+    def __init__(self, limits: ResourceLimits, label: str) -> None:
+        self.docker_flags = c.raw_docker_flags(limits, label)
+
+    def one(self, command: list[str]) -> None:
+        proc = subprocess.run(["docker", "run", "--rm", *self.docker_flags, c.IMAGE, *command],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bare docker run exited {proc.returncode}: {proc.stderr}")
+
+    def run(self, command: list[str], n: int, concurrency: int) -> Sample:
+        """``n`` containers through a pool of ``concurrency`` threads; raise if any failed."""
+        cpu = host_cpu()
+        with c.stopwatch() as t, ThreadPoolExecutor(concurrency) as pool:
+            for future in [pool.submit(self.one, command) for _ in range(n)]:
+                future.result()
+        return Sample(t[0], host_cpu() - cpu, n)
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 Key = tuple[str, int, int]  # (system, N, C)
 Results = tuple[dict[str, list[Sample]], dict[Key, list[Sample]]]  # set-up, batches
 
 
-def measure(system: str, repo: Path, config: RunConfig, raw: RawBatch, command: list[str],
-            n: int, concurrency: int) -> Sample:
+def measure(system: str, repo: Path, config: RunConfig, raw: RawBatch, bare: BareBatch,
+            command: list[str], n: int, concurrency: int) -> Sample:
     """One batch of ``system``."""
     if system == "agentrt":
         return agentrt_batch(repo, config, command, n, concurrency)
+    if system == "bare":
+        return bare.run(command, n, concurrency)
     return raw.run(command, n, concurrency)
 
 
-def ordered(first_agentrt: bool) -> tuple[str, ...]:
-    """Both systems, agentrt first or second."""
-    return SYSTEMS if first_agentrt else SYSTEMS[::-1]
+def ordered(shift: int) -> tuple[str, ...]:
+    """Every system, in an order that rotates with ``shift`` (who goes first alternates)."""
+    k = shift % len(SYSTEMS)
+    return SYSTEMS[k:] + SYSTEMS[:k]
 
 
-def run_all(repo: Path, config: RunConfig, raw: RawBatch, runs: int,
+def run_all(repo: Path, config: RunConfig, raw: RawBatch, bare: BareBatch, runs: int,
             pairs: list[tuple[int, int]]) -> Results:
-    """Every run: set-up of both systems, then every (N, C) of both; who goes first alternates."""
+    """Every run: set-up of every system, then every (N, C) of each; who goes first rotates."""
     setup: dict[str, list[Sample]] = {}
     batches: dict[Key, list[Sample]] = {}
     for run in range(runs):
-        for system in ordered(run % 2 == 0):
+        for system in ordered(run):
             setup.setdefault(system, []).append(
-                measure(system, repo, config, raw, SETUP, 1, 1))
+                measure(system, repo, config, raw, bare, SETUP, 1, 1))
         for k, (n, concurrency) in enumerate(pairs):
-            for system in ordered((run + k) % 2 == 1):
-                sample = measure(system, repo, config, raw, WORK, n, concurrency)
+            for system in ordered(run + k + 1):
+                sample = measure(system, repo, config, raw, bare, WORK, n, concurrency)
                 batches.setdefault((system, n, concurrency), []).append(sample)
                 print(f"  run {run + 1}: {system:7} N={n} C={concurrency}: {sample.wall:.2f} s, "
                       f"{sample.cpu_per_session * 1000:.0f} ms CPU/session", flush=True)
@@ -216,10 +247,11 @@ def report(setup: dict[str, list[Sample]], batches: dict[Key, list[Sample]],
     rows, more = [], []
     for n, conc in pairs:
         a, r = batches[("agentrt", n, conc)], batches[("raw", n, conc)]
+        b = batches[("bare", n, conc)]
         best = [ideal(n, conc)]
-        rows.append([n, conc, c.fmt(walls(a)), c.fmt(walls(r)), f"{best[0]:.2f} s",
-                     c.ratio(walls(a), best), c.ratio(walls(r), best),
-                     c.ratio(walls(a), walls(r))])
+        rows.append([n, conc, c.fmt(walls(a)), c.fmt(walls(r)), c.fmt(walls(b)),
+                     f"{best[0]:.2f} s", c.ratio(walls(a), best), c.ratio(walls(a), walls(r)),
+                     c.ratio(walls(a), walls(b))])
         more.append([n, conc, f"{SLACK * best[0] + c.median(setup_a):.2f} s",
                      c.fmt([s.per_minute for s in a], "/min", 1),
                      c.fmt([s.per_minute for s in r], "/min", 1),
@@ -227,8 +259,8 @@ def report(setup: dict[str, list[Sample]], batches: dict[Key, list[Sample]],
                      c.fmt([s.cpu_per_session for s in r]),
                      c.fmt([s.locked for s in r])])
     print("\nthroughput (wall time of the whole batch):")
-    print(c.table(["N", "C", "agentrt wall", "raw wall", "ideal", "agentrt / ideal",
-                   "raw / ideal", "agentrt / raw"], rows))
+    print(c.table(["N", "C", "agentrt wall", "raw wall", "bare docker run wall", "ideal",
+                   "agentrt / ideal", "agentrt / raw", "agentrt / bare engine"], rows))
     print()
     print(c.table(["N", "C", "agentrt bound (1.5×ideal + set-up)", "agentrt sessions",
                    "raw sessions", "agentrt host CPU/session", "raw host CPU/session",
@@ -238,13 +270,17 @@ def report(setup: dict[str, list[Sample]], batches: dict[Key, list[Sample]],
           "remove and branch -D are serialised by one lock, because they fail in parallel on "
           "git's own shared state; 'git lock held' is that serialised time per batch.)\n")
     for n, conc in pairs:
-        for system, set_up in (("agentrt", setup_a), ("raw", setup_r)):
+        for system, set_up in (("agentrt", setup_a), ("raw", setup_r)):  # bare has no set-up
             wall = c.median(walls(batches[(system, n, conc)]))
             bound = SLACK * ideal(n, conc) + c.median(set_up)
             print(c.goal(f"N={n} C={conc} {system} throughput ≤ 1.5× ideal + set-up",
                          wall, bound, " s"))
     for n, conc in pairs:
-        for system in SYSTEMS:
+        a, b = walls(batches[("agentrt", n, conc)]), walls(batches[("bare", n, conc)])
+        print(c.goal(f"N={n} C={conc} agentrt / bare docker run", c.median(a) / c.median(b),
+                     1.25))
+    for n, conc in pairs:
+        for system in ("agentrt", "raw"):
             cpu = c.median([s.cpu_per_session for s in batches[(system, n, conc)]])
             print(c.goal(f"N={n} C={conc} {system} host CPU per session ≤ 100 ms",
                          cpu * 1000, CPU_GOAL_MS, "ms"))
@@ -258,6 +294,8 @@ def main() -> None:
                    help="tasks at once, C (several values allowed; default 8)")
     p.add_argument("--files", type=int, default=2000, help="files in the benchmark repository")
     p.add_argument("--megabytes", type=int, default=25, help="size of the benchmark repository")
+    p.add_argument("--repo", type=Path,
+                   help="a real repository to clone instead of the synthetic one (e.g. mypy)")
     p.add_argument("--raw-dir", type=Path,
                    help="where raw worktrees go (default: next to the repository, same disk)")
     args = p.parse_args()
@@ -269,10 +307,11 @@ def main() -> None:
     with c.scratch("throughput") as root, contextlib.ExitStack() as stack:
         repo, trees = repo_and_trees(root, args, stack)
         raw = RawBatch(repo, trees, limits, root.name)
+        bare = BareBatch(limits, root.name)
         agentrt_batch(repo, config, SETUP, 1, 1)  # warm-up: page cache, image layers, imports
         raw.run(SETUP, 1, 1)
         rss_start = peak_rss_mb()
-        setup, batches = run_all(repo, config, raw, args.runs, pairs)
+        setup, batches = run_all(repo, config, raw, bare, args.runs, pairs)
     report(setup, batches, pairs)
     print(f"\npeak RSS of this process (ru_maxrss): {rss_start:.0f} MB after the warm-up, "
           f"{peak_rss_mb():.0f} MB at the end (it includes raw's threads, which hold little)")
