@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,9 +397,9 @@ def ensure_user() -> tuple[int, Path]:
     return entry.pw_gid, home
 
 
-def build_wheel(into: Path) -> Path:
-    """A wheel of a copy of this checkout's source (``pip wheel --no-deps``)."""
-    work = into / "build"
+def start_wheel_build(work: Path) -> subprocess.Popen[str]:
+    """Start building a wheel of a copy of this checkout's source (``pip wheel --no-deps``)
+    into ``work/dist``; :func:`finish_wheel_build` waits for it."""
     shutil.rmtree(work, ignore_errors=True)
     source = work / "src"
     for path in [ROOT / "pyproject.toml", ROOT / "README.md", *(ROOT / "runtime").rglob("*")]:
@@ -406,11 +407,15 @@ def build_wheel(into: Path) -> Path:
             target = source / path.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                            "-w", str(work / "dist"), str(source)],
-                           capture_output=True, text=True, timeout=300, check=False)
-    if built.returncode != 0:
-        unavailable(f"cannot build agentrt's wheel: {built.stderr[-2000:]}")
+    return subprocess.Popen([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                             "-w", str(work / "dist"), str(source)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_wheel_build(builder: subprocess.Popen[str], work: Path) -> Path:
+    _, err = builder.communicate(timeout=300)
+    if builder.returncode != 0:
+        unavailable(f"cannot build agentrt's wheel: {err[-2000:]}")
     (wheel,) = (work / "dist").glob("agentrt-*.whl")
     return wheel
 
@@ -427,29 +432,40 @@ def user(docker_client: Any) -> User:
                     "does, as root on apt systems)")
     gid, home = ensure_user()
     person = User(USER, USER_UID, gid, home, home / "venv")
-    cache = home / ".cache" / "agentrt-test"
+    work = home / ".cache" / "agentrt-test" / "build"
     with open(f"/tmp/agentrt-test-{USER}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stamp = person.venv / ".agentrt-source"
         wanted = source_digest()
         if stamp.exists() and stamp.read_text() == wanted:
             return person
-        cache.mkdir(parents=True, exist_ok=True)
-        wheel = build_wheel(cache)
-        subprocess.run(["chown", "-R", f"{person.uid}:{gid}", str(home / ".cache")], check=True)
-        steps = [] if (person.venv / "bin" / "pip").exists() else [
-            [str(DEBIAN_PYTHON), "-m", "venv", str(person.venv)]]
+        # The wheel builds (as root, from a copy) while the user makes its venv and installs
+        # the dependencies pyproject.toml names; then the wheel goes in, always anew.
+        builder = start_wheel_build(work)
+        for directory in (home / ".cache", work.parent):  # the user's pip caches there too
+            os.chown(directory, person.uid, gid)
         pip = [str(person.venv / "bin" / "pip"), "install", "--quiet",
                "--disable-pip-version-check"]
-        # The dependencies as the wheel asks for them, then the wheel itself, always anew.
-        steps += [[*pip, str(wheel)], [*pip, "--no-deps", "--force-reinstall", str(wheel)]]
+        dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "dependencies"]
+        steps = [] if (person.venv / "bin" / "pip").exists() else [
+            [str(DEBIAN_PYTHON), "-m", "venv", str(person.venv)]]
+        steps.append([*pip, *dependencies])
         for step in steps:
             done = person.run(*step, timeout=600)
             if done.returncode != 0:
+                builder.kill()
                 unavailable(f"set-up of {USER}'s venv failed: {' '.join(step)}: "
                             f"{done.stderr[-2000:]}")
+        wheel = finish_wheel_build(builder, work)
+        subprocess.run(["chown", "-R", f"{person.uid}:{gid}", str(work)], check=True)
+        step = [*pip, "--no-deps", "--force-reinstall", str(wheel)]
+        done = person.run(*step, timeout=600)
+        if done.returncode != 0:
+            unavailable(f"set-up of {USER}'s venv failed: {' '.join(step)}: "
+                        f"{done.stderr[-2000:]}")
         stamp.write_text(wanted)
-        shutil.rmtree(cache / "build", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return person
 
 
