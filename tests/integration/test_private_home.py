@@ -41,7 +41,11 @@ from typing import Any
 
 import pytest
 
+from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.models import SessionStatus, WorkState
+from runtime.run.session import IsolatedAgentSession
 from tests.conftest import REQUIRE_DOCKER, git, make_repo
+from tests.integration.helpers import run_tasks, sh
 from tests.integration.test_recovery import wait_running
 
 pytestmark = pytest.mark.docker
@@ -293,6 +297,28 @@ def test_recover_and_gc_bring_work_home_after_agentrt_was_killed(
     assert_recovered(lambda *args: git(repo, *args), recover, gc, committer)
     assert not labelled(docker_client, repo)
     assert not mounts_under(repo / ".git" / "agentrt")
+
+
+def test_the_python_api_from_a_private_home(private_home: Path, docker_client: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator (merging) and a standalone session, in this process."""
+    for name in ("AGENTRT_STATE_HOME", "XDG_STATE_HOME", "AGENTRT_VOLUMES_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(private_home))
+    repo = make_repo(private_home / "api" / AWKWARD)
+    report = run_tasks(repo, [sh("reader", "git show HEAD:README.md > copy.md")], merge="auto")
+    (result,) = report.sessions
+    assert (result.status, result.work, result.merge.status) == (
+        SessionStatus.SUCCEEDED, WorkState.HOME, "merged"), (result.reason, result.warnings)
+    assert git(repo, "show", "main:copy.md") == "# demo\n"
+    task = Task(id="solo", command=["sh", "-c", "git log --format=%s -1 > last.txt"])
+    with IsolatedAgentSession(task, RunConfig(resource_limits=ResourceLimits(
+            memory_mb=128, disk_mb=64, time_seconds=60)), repo=repo,
+            client=docker_client) as session:
+        solo = session.run()
+    assert (solo.status, solo.work) == (SessionStatus.SUCCEEDED, WorkState.HOME), solo.warnings
+    assert git(repo, "show", f"{solo.branch}:last.txt").startswith("agentrt: merge session")
+    assert not labelled(docker_client, repo)
 
 
 def test_doctor_from_a_private_place_knows_the_engine_shares_this_disk(
