@@ -2,7 +2,8 @@
 at its default, awkward paths; as root and as a user whose uid is not 1000.
 
 CI runs the rest of the suite as root on repositories under ``/tmp``. Here the same core (a run
-with merge through the whole ``agentrt run`` process, directory mode, ``recover``, ``gc``) runs
+with merge through the whole ``agentrt run`` process, directory mode, ``recover``, ``gc``; as
+root also the Python API and ``doctor``) runs
 
 * as root with ``HOME`` a fresh 0700 directory under root's own 0700 home (``/root``), the
   repository at a path with a space and non-ASCII characters, through a symlink, and on another
