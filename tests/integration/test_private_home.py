@@ -64,9 +64,9 @@ time_seconds = 120
 disk_mb = 64
 """
 
-# The committer's git reads the base through the session repository's alternates (the run's
-# object store, where the session sees it; a volume on the engine's side holds the objects
-# itself and has none); the writer leaves its work uncommitted.
+# The committer notes where its alternates lead (the run's object store, where the session sees
+# it; a volume on the engine's side holds the objects itself and has none) and its git reads the
+# base through them; the writer leaves its work uncommitted.
 MERGE_TASKS = """
 [run]
 merge = "auto"
@@ -74,7 +74,7 @@ max_concurrent_agents = 2
 """ + LIMITS + """
 [[tasks]]
 id = "committer"
-command = ["sh", "-c", "(cat .git/objects/info/alternates || echo none) > seen-alternates.txt && git show HEAD:README.md > copy.md && git add -A && git commit -qm 'agent: copy through the store'"]
+command = ["sh", "-c", "(a=$(cat .git/objects/info/alternates) && cd .git/objects && cd $a && pwd -P || echo none) > seen-alternates.txt && git show HEAD:README.md > copy.md && git add -A && git commit -qm 'agent: copy through the store'"]
 [[tasks]]
 id = "writer"
 command = ["sh", "-c", "echo written > written.txt"]
@@ -316,6 +316,11 @@ def test_the_python_api_from_a_private_home(private_home: Path, docker_client: A
     with IsolatedAgentSession(task, RunConfig(resource_limits=ResourceLimits(
             memory_mb=128, disk_mb=64, time_seconds=60)), repo=repo,
             client=docker_client) as session:
+        # Host code may use git in the session's tree too (the design's harness pattern):
+        # its alternates reach the store here through the link beside the workspace.
+        shown = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(session.workspace),
+                                "show", "HEAD:README.md"], capture_output=True, text=True)
+        assert (shown.returncode, shown.stdout) == (0, "# demo\n"), shown.stderr
         solo = session.run()
     assert (solo.status, solo.work) == (SessionStatus.SUCCEEDED, WorkState.HOME), solo.warnings
     assert git(repo, "show", f"{solo.branch}:last.txt").startswith("agentrt: merge session")
