@@ -6,8 +6,9 @@ the objects reachable from that commit, once, into
 ``<state>/runs/<run id>/objects/<commit>/pack/``. The directory is bind-mounted read-only into
 the session and its harvest container at ``/agentrt/objects`` (never at its host path, which the
 container's uid may not reach), and nowhere else; the session repository's alternates file
-reaches it there, and on the host through a link (:mod:`runtime.git.workspace`). Other branches of the user's repository, and the
-work of sessions the task does not depend on, are simply not in it.
+reaches it there, and on the host through a link (:mod:`runtime.git.workspace`). Other branches
+of the user's repository, and the work of sessions the task does not depend on, are simply not
+in it.
 
 ``git pack-objects --revs`` reuses the deltas already stored in the user's packs, so building a
 store costs about one ``git gc`` of the base's history, once per run (see docs/benchmarks.md).
