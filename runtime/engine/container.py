@@ -32,7 +32,7 @@ WORKSPACE = "/workspace"
 DB_MOUNT = "/agentrt/db"
 #: Where a session (and its harvest) sees the run's read-only object store: a neutral path, so
 #: nothing depends on the container's uid reaching the store's path on the host (a repository
-#: under a 0700 home). The session repository's alternates file names this path.
+#: under a 0700 home). The session repository's alternates reach it by a relative path.
 STORE_MOUNT = "/agentrt/objects"
 SECRETS_MOUNT = "/run/agentrt"
 SECRETS_FILE = "env"

@@ -3,10 +3,12 @@
 A session no longer sees the user's whole ``.git/objects``. For each commit sessions start from
 (the run's base, and for a dependent task the base with its dependencies merged) agentrt packs
 the objects reachable from that commit, once, into
-``<state>/runs/<run id>/objects/<commit>/pack/``. The session repository's alternates file
-points there, and the directory is bind-mounted read-only into the session (at the same path),
-into its harvest container and nowhere else. Other branches of the user's repository, and the
-work of sessions the task does not depend on, are simply not in it.
+``<state>/runs/<run id>/objects/<commit>/pack/``. The directory is bind-mounted read-only into
+the session and its harvest container at ``/agentrt/objects`` (never at its host path, which the
+container's uid may not reach), and nowhere else; the session repository's alternates file
+reaches it there, and on the host through a link (:mod:`runtime.git.workspace`). Other branches
+of the user's repository, and the work of sessions the task does not depend on, are simply not
+in it.
 
 ``git pack-objects --revs`` reuses the deltas already stored in the user's packs, so building a
 store costs about one ``git gc`` of the base's history, once per run (see docs/benchmarks.md).

@@ -5,10 +5,10 @@ session (``git reset --hard`` writing and hashing every file: ~350 ms and most o
 host CPU on a 2,000-file repository). Instead the first session to need it builds the seed
 under ``<state>/runs/<run id>/seeds/``: a sparse ext4 image of the sessions' ``disk_mb``
 holding the volume's ``workspace`` (the session repository, on :data:`SEED_BRANCH`, borrowing
-the run's object store, its alternates naming the store's in-container path) and ``db``
-directories, owned by the agent's uid. Each session's volume
-is then a copy of the seed's data blocks (:mod:`runtime.engine.seeded_volumes`) moved onto its
-own branch (:func:`runtime.git.workspace.adopt_seed_checkout`).
+the run's object store, with the link to it beside the workspace) and ``db`` directories, owned
+by the agent's uid. Each session's volume is then a copy of the seed's data blocks
+(:mod:`runtime.engine.seeded_volumes`) moved onto its own branch
+(:func:`runtime.git.workspace.adopt_seed_checkout`).
 
 The seed's index is *settled*: its files dated back and the index refreshed, so git trusts its
 stat data (an index written in the same second as the files marks them "racily clean" and
@@ -33,12 +33,7 @@ from runtime.engine.seeded_volumes import make_seed_fs
 from runtime.engine.volumes import mounted_at, run_tool
 from runtime.errors import GitError, VolumeError, WorkspaceError
 from runtime.git.safe_git import MainRepo, run_git
-from runtime.git.workspace import (
-    SEED_BRANCH,
-    alternates_for_container,
-    create_workspace,
-    repo_lock,
-)
+from runtime.git.workspace import SEED_BRANCH, create_workspace, repo_lock
 
 
 def seeds_dir(repo: MainRepo, run_id: str) -> Path:
@@ -70,10 +65,8 @@ def ensure_seed(repo: MainRepo, run_id: str, commit: str, disk_mb: int, uid: int
             make_seed_fs(image, root, disk_mb, uid, gid)
             try:
                 workspace = root / "workspace"
-                create_workspace(repo, workspace, SEED_BRANCH, commit, uid, gid, objects=store,
-                                 for_container=False)
+                create_workspace(repo, workspace, SEED_BRANCH, commit, uid, gid, objects=store)
                 settle_index(workspace, uid, gid)
-                alternates_for_container(workspace)  # host git is done with it
                 shutil.rmtree(workspace / ".git" / "logs", ignore_errors=True)
             finally:
                 run_tool(["umount", str(root)], f"unmount {root}")

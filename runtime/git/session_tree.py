@@ -184,7 +184,7 @@ class HostTree(SessionTree):
 
     def _store_mount(self) -> Mount:
         # Read-only, at a neutral path (never the host's: the container's uid need not reach
-        # it); the session repository's alternates name that path (runtime.git.workspace).
+        # it); the session repository's alternates reach it there (runtime.git.workspace).
         return Mount(STORE_MOUNT, str(self.store), type="bind", read_only=True)
 
     def secrets_mount(self, values: Mapping[str, str]) -> Mount:

@@ -6,9 +6,12 @@ of the run's read-only object store (:mod:`runtime.git.object_store`: only what 
 through ``objects/info/alternates``, so creating it costs one checkout and no copy. The store is
 bound into the session (and its harvest) at :data:`~runtime.engine.container.STORE_MOUNT`, never
 at its host path, which the container's uid may not be able to reach (a repository under a 0700
-home): the alternates file names the host path only while the host checks the tree out, then
-that neutral path. The agent may do anything to that repository; once its container has
-started the host never reads it again: work comes home only as a verified bundle
+home). The alternates file names it by a relative path, :data:`ALTERNATES`, which resolves to
+that mount inside the container (``/workspace/.git/objects/../../..`` is ``/``) and, on the
+host, to a link agentrt puts beside the volume's ``workspace`` (``<volume>/agentrt/objects``,
+pointing at the store; the agent never sees the volume's root), so git works in the tree on
+either side. The agent may do anything to that repository; once its container has started
+agentrt never reads it again: work comes home only as a verified bundle
 (:mod:`runtime.git.harvest`, :mod:`runtime.git.bundle`).
 """
 
@@ -22,7 +25,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime.engine.container import STORE_MOUNT
+from runtime.engine.container import STORE_MOUNT, WORKSPACE
 from runtime.errors import ConfigError, GitError, WorkspaceError
 from runtime.git.conflicts import driver_overrides
 from runtime.git.safe_git import MainRepo, check_branch_name, run_git
@@ -31,6 +34,10 @@ BRANCH_PREFIX = "agent"
 #: The branch a run's seed checkout is made on (runtime.git.seed_image); each copy is moved
 #: onto its session's branch by :func:`adopt_seed_checkout`.
 SEED_BRANCH = "agentrt-seed"
+#: The session repository's alternates: STORE_MOUNT, relative to the container's
+#: /workspace/.git/objects (the same relative path from the host's <volume>/workspace/.git/objects
+#: reaches the link :func:`create_workspace` makes).
+ALTERNATES = os.path.relpath(STORE_MOUNT, f"{WORKSPACE}/.git/objects")
 
 
 class DependencyConflictError(WorkspaceError):
@@ -107,22 +114,21 @@ def create_branch(repo: MainRepo, branch: str, commit: str) -> None:
 
 def create_workspace(
     repo: MainRepo, workspace: Path, branch: str, commit: str, uid: int, gid: int, *,
-    objects: Path, for_container: bool = True,
+    objects: Path,
 ) -> None:
     """Make ``workspace`` a repository on ``branch`` at ``commit``, checked out, owned by uid.
 
-    Its objects are borrowed from ``objects`` (the run's read-only object store). The host
-    checks out through the store's host path; then (``for_container``) the alternates file is
-    pointed at :data:`STORE_MOUNT`, where the session sees the store (a caller that still has
-    host git work to do on the tree passes False and calls :func:`alternates_for_container`
-    itself). The host writes this tree before the agent starts and never reads it again.
+    Its objects are borrowed from ``objects`` (the run's read-only object store) through
+    :data:`ALTERNATES` and a link to ``objects`` beside ``workspace`` (see the module's
+    docstring). The host writes this tree before the agent starts and never reads it again.
     """
     git_dir = workspace / ".git"
     try:
+        store_link(workspace, objects)
         run_git(["init", "-q", "--template=", f"--initial-branch={branch}", str(workspace)],
                 cwd=workspace)
         (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
-        _write_alternates(workspace, str(objects))
+        (git_dir / "objects" / "info" / "alternates").write_text(f"{ALTERNATES}\n")
         # One write instead of a `git config` process per key: the repository is brand new
         # and nobody else can see it yet.
         with open(git_dir / "config", "a", encoding="utf-8") as config:
@@ -130,33 +136,19 @@ def create_workspace(
                          "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
         run_git(["update-ref", f"refs/heads/{branch}", commit], git_dir=git_dir)
         run_git(["reset", "--hard", "-q", commit], git_dir=git_dir, work_tree=workspace)
-        if for_container:
-            alternates_for_container(workspace)
         _chown_tree(workspace, uid, gid)
     except (GitError, OSError) as exc:
         raise WorkspaceError(f"cannot create the working tree in {workspace}: {exc}") from exc
 
 
-def alternates_for_container(workspace: Path) -> None:
-    """Point the session repository's alternates at :data:`STORE_MOUNT` (where its container
-    and its harvest see the run's object store) instead of the store's host path."""
-    _write_alternates(workspace, STORE_MOUNT)
-
-
-def _write_alternates(workspace: Path, objects: str) -> None:
-    # Bytes as the file system has them (a name that is not UTF-8 survives the round trip).
-    (workspace / ".git" / "objects" / "info" / "alternates").write_bytes(
-        os.fsencode(alternates_line(objects)) + b"\n")
-
-
-def alternates_line(path: str) -> str:
-    """``path`` as one line of an alternates file. Pure. Git reads a line literally (spaces,
-    quotes and non-ASCII characters included) unless it starts with a quote; a path holding a
-    newline, or starting with a quote or ``#``, is written C-quoted, which git unquotes."""
-    if "\n" not in path and not path.startswith(('"', "#")):
-        return path
-    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+def store_link(workspace: Path, objects: Path) -> Path:
+    """The host's end of :data:`ALTERNATES`: a link beside ``workspace`` (in the volume's root,
+    which no container mounts) to the store's host path, made or replaced."""
+    link = workspace.parent / STORE_MOUNT.lstrip("/")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    os.symlink(objects, link)
+    return link
 
 
 def adopt_seed_checkout(workspace: Path, branch: str, commit: str, uid: int, gid: int) -> None:

@@ -2,7 +2,8 @@
 at its default, awkward paths; as root and as a user whose uid is not 1000.
 
 CI runs the rest of the suite as root on repositories under ``/tmp``. Here the same core (a run
-with merge through the whole ``agentrt run`` process, directory mode, ``recover``, ``gc``) runs
+with merge through the whole ``agentrt run`` process, directory mode, ``recover``, ``gc``; as
+root also the Python API and ``doctor``) runs
 
 * as root with ``HOME`` a fresh 0700 directory under root's own 0700 home (``/root``), the
   repository at a path with a space and non-ASCII characters, through a symlink, and on another
@@ -33,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,11 @@ from typing import Any
 
 import pytest
 
+from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.models import SessionStatus, WorkState
+from runtime.run.session import IsolatedAgentSession
 from tests.conftest import REQUIRE_DOCKER, git, make_repo
+from tests.integration.helpers import run_tasks, sh
 from tests.integration.test_recovery import wait_running
 
 pytestmark = pytest.mark.docker
@@ -58,9 +64,9 @@ time_seconds = 120
 disk_mb = 64
 """
 
-# The committer's git reads the base through the session repository's alternates (the run's
-# object store, where the session sees it; a volume on the engine's side holds the objects
-# itself and has none); the writer leaves its work uncommitted.
+# The committer notes where its alternates lead (the run's object store, where the session sees
+# it; a volume on the engine's side holds the objects itself and has none) and its git reads the
+# base through them; the writer leaves its work uncommitted.
 MERGE_TASKS = """
 [run]
 merge = "auto"
@@ -68,7 +74,7 @@ max_concurrent_agents = 2
 """ + LIMITS + """
 [[tasks]]
 id = "committer"
-command = ["sh", "-c", "(cat .git/objects/info/alternates || echo none) > seen-alternates.txt && git show HEAD:README.md > copy.md && git add -A && git commit -qm 'agent: copy through the store'"]
+command = ["sh", "-c", "(a=$(cat .git/objects/info/alternates) && cd .git/objects && cd $a && pwd -P || echo none) > seen-alternates.txt && git show HEAD:README.md > copy.md && git add -A && git commit -qm 'agent: copy through the store'"]
 [[tasks]]
 id = "writer"
 command = ["sh", "-c", "echo written > written.txt"]
@@ -294,6 +300,33 @@ def test_recover_and_gc_bring_work_home_after_agentrt_was_killed(
     assert not mounts_under(repo / ".git" / "agentrt")
 
 
+def test_the_python_api_from_a_private_home(private_home: Path, docker_client: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator (merging) and a standalone session, in this process."""
+    for name in ("AGENTRT_STATE_HOME", "XDG_STATE_HOME", "AGENTRT_VOLUMES_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(private_home))
+    repo = make_repo(private_home / "api" / AWKWARD)
+    report = run_tasks(repo, [sh("reader", "git show HEAD:README.md > copy.md")], merge="auto")
+    (result,) = report.sessions
+    assert (result.status, result.work, result.merge.status) == (
+        SessionStatus.SUCCEEDED, WorkState.HOME, "merged"), (result.reason, result.warnings)
+    assert git(repo, "show", "main:copy.md") == "# demo\n"
+    task = Task(id="solo", command=["sh", "-c", "git log --format=%s -1 > last.txt"])
+    with IsolatedAgentSession(task, RunConfig(resource_limits=ResourceLimits(
+            memory_mb=128, disk_mb=64, time_seconds=60)), repo=repo,
+            client=docker_client) as session:
+        # Host code may use git in the session's tree too (the design's harness pattern):
+        # its alternates reach the store here through the link beside the workspace.
+        shown = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(session.workspace),
+                                "show", "HEAD:README.md"], capture_output=True, text=True)
+        assert (shown.returncode, shown.stdout) == (0, "# demo\n"), shown.stderr
+        solo = session.run()
+    assert (solo.status, solo.work) == (SessionStatus.SUCCEEDED, WorkState.HOME), solo.warnings
+    assert git(repo, "show", f"{solo.branch}:last.txt").startswith("agentrt: merge session")
+    assert not labelled(docker_client, repo)
+
+
 def test_doctor_from_a_private_place_knows_the_engine_shares_this_disk(
         private_home: Path, docker_client: Any) -> None:
     """The disk-sharing probe reads its token as an unprivileged uid: from a folder that is no
@@ -396,9 +429,9 @@ def ensure_user() -> tuple[int, Path]:
     return entry.pw_gid, home
 
 
-def build_wheel(into: Path) -> Path:
-    """A wheel of a copy of this checkout's source (``pip wheel --no-deps``)."""
-    work = into / "build"
+def start_wheel_build(work: Path) -> subprocess.Popen[str]:
+    """Start building a wheel of a copy of this checkout's source (``pip wheel --no-deps``)
+    into ``work/dist``; :func:`finish_wheel_build` waits for it."""
     shutil.rmtree(work, ignore_errors=True)
     source = work / "src"
     for path in [ROOT / "pyproject.toml", ROOT / "README.md", *(ROOT / "runtime").rglob("*")]:
@@ -406,11 +439,15 @@ def build_wheel(into: Path) -> Path:
             target = source / path.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                            "-w", str(work / "dist"), str(source)],
-                           capture_output=True, text=True, timeout=300, check=False)
-    if built.returncode != 0:
-        unavailable(f"cannot build agentrt's wheel: {built.stderr[-2000:]}")
+    return subprocess.Popen([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                             "-w", str(work / "dist"), str(source)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_wheel_build(builder: subprocess.Popen[str], work: Path) -> Path:
+    _, err = builder.communicate(timeout=300)
+    if builder.returncode != 0:
+        unavailable(f"cannot build agentrt's wheel: {err[-2000:]}")
     (wheel,) = (work / "dist").glob("agentrt-*.whl")
     return wheel
 
@@ -427,29 +464,40 @@ def user(docker_client: Any) -> User:
                     "does, as root on apt systems)")
     gid, home = ensure_user()
     person = User(USER, USER_UID, gid, home, home / "venv")
-    cache = home / ".cache" / "agentrt-test"
+    work = home / ".cache" / "agentrt-test" / "build"
     with open(f"/tmp/agentrt-test-{USER}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stamp = person.venv / ".agentrt-source"
         wanted = source_digest()
         if stamp.exists() and stamp.read_text() == wanted:
             return person
-        cache.mkdir(parents=True, exist_ok=True)
-        wheel = build_wheel(cache)
-        subprocess.run(["chown", "-R", f"{person.uid}:{gid}", str(home / ".cache")], check=True)
-        steps = [] if (person.venv / "bin" / "pip").exists() else [
-            [str(DEBIAN_PYTHON), "-m", "venv", str(person.venv)]]
+        # The wheel builds (as root, from a copy) while the user makes its venv and installs
+        # the dependencies pyproject.toml names; then the wheel goes in, always anew.
+        builder = start_wheel_build(work)
+        for directory in (home / ".cache", work.parent):  # the user's pip caches there too
+            os.chown(directory, person.uid, gid)
         pip = [str(person.venv / "bin" / "pip"), "install", "--quiet",
                "--disable-pip-version-check"]
-        # The dependencies as the wheel asks for them, then the wheel itself, always anew.
-        steps += [[*pip, str(wheel)], [*pip, "--no-deps", "--force-reinstall", str(wheel)]]
+        dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "dependencies"]
+        steps = [] if (person.venv / "bin" / "pip").exists() else [
+            [str(DEBIAN_PYTHON), "-m", "venv", str(person.venv)]]
+        steps.append([*pip, *dependencies])
         for step in steps:
             done = person.run(*step, timeout=600)
             if done.returncode != 0:
+                builder.kill()
                 unavailable(f"set-up of {USER}'s venv failed: {' '.join(step)}: "
                             f"{done.stderr[-2000:]}")
+        wheel = finish_wheel_build(builder, work)
+        subprocess.run(["chown", "-R", f"{person.uid}:{gid}", str(work)], check=True)
+        step = [*pip, "--no-deps", "--force-reinstall", str(wheel)]
+        done = person.run(*step, timeout=600)
+        if done.returncode != 0:
+            unavailable(f"set-up of {USER}'s venv failed: {' '.join(step)}: "
+                        f"{done.stderr[-2000:]}")
         stamp.write_text(wanted)
-        shutil.rmtree(cache / "build", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return person
 
 

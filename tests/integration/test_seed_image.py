@@ -26,25 +26,24 @@ pytestmark = pytest.mark.skipif(not loop_supported(),
                                 reason="seed images are loop volumes: root, mkfs.ext4, losetup")
 
 
-def ws_git(workspace: Path, store: Path, *args: str) -> str:
+def ws_git(workspace: Path, *args: str) -> str:
     """git in a session workspace, the repository named explicitly (as agentrt does). Its
-    alternates name the store where the session sees it (/agentrt/objects): on the host the
-    store is given by its host path."""
+    alternates name the store by the relative path that reaches /agentrt/objects in the
+    container and the link beside the workspace here."""
     assert (workspace / ".git" / "objects" / "info" / "alternates").read_text() == \
-        "/agentrt/objects\n"
+        "../../../agentrt/objects\n"
     return subprocess.run(
         ["git", "-c", f"safe.directory={workspace}", f"--git-dir={workspace / '.git'}",
          f"--work-tree={workspace}", *args],
-        capture_output=True, text=True, check=True,
-        env={**os.environ, "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(store)}).stdout
+        capture_output=True, text=True, check=True).stdout
 
 
-def status_rewrites_index(workspace: Path, store: Path) -> bool:
+def status_rewrites_index(workspace: Path) -> bool:
     """Whether ``git status`` had to refresh (rewrite) the index: it distrusted the stat data
     of some entries and re-read those files."""
     index = workspace / ".git" / "index"
     before = index.stat().st_mtime_ns
-    ws_git(workspace, store, "status", "--porcelain")
+    ws_git(workspace, "status", "--porcelain")
     return index.stat().st_mtime_ns != before
 
 
@@ -70,12 +69,12 @@ def test_sessions_copy_the_seed_onto_their_own_branches(repo: Path, tmp_path: Pa
             assert mounted_at(volume.root)
             # The same reservation as an ordinary volume: every block of disk_mb held.
             assert volume.image.stat().st_blocks * 512 >= 64 * MIB
-            assert ws_git(ws, store, "symbolic-ref", "HEAD").strip() == f"refs/heads/agent/t/{n:06x}"
-            assert ws_git(ws, store, "rev-parse", "HEAD").strip() == commit
-            assert ws_git(ws, store, "status", "--porcelain") == ""
+            assert ws_git(ws, "symbolic-ref", "HEAD").strip() == f"refs/heads/agent/t/{n:06x}"
+            assert ws_git(ws, "rev-parse", "HEAD").strip() == commit
+            assert ws_git(ws, "status", "--porcelain") == ""
             assert not (ws / ".git" / "refs" / "heads" / SEED_BRANCH).exists()
             assert (ws / "big.txt").read_text() == "line\n" * 20000
-            assert not status_rewrites_index(ws, store)
+            assert not status_rewrites_index(ws)
             for path in (ws / "big.txt", ws / ".git" / "index",
                          ws / ".git" / "refs" / "heads" / "agent" / "t" / f"{n:06x}"):
                 assert (path.stat().st_uid, path.stat().st_gid) == (UID, GID), path
@@ -107,11 +106,11 @@ def test_the_seeds_index_is_trusted_where_a_fresh_checkout_is_not(repo: Path,
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     create_workspace(main, fresh, "agent/t/000001", commit, UID, GID, objects=store)
-    assert status_rewrites_index(fresh, store)
+    assert status_rewrites_index(fresh)
     seed = ensure_seed(main, "run-racy", commit, 64, UID, GID, store)
     volume = create_volume_from_seed(tmp_path / "s", 64, UID, GID, seed)
     try:
-        assert not status_rewrites_index(volume.workspace, store)
+        assert not status_rewrites_index(volume.workspace)
     finally:
         volume.remove()
         remove_run_stores(main, "run-racy")
