@@ -77,7 +77,8 @@ def recover(session: str, repo: str, as_json: bool) -> None:
               help="First, if the state database is damaged or lost, move it aside and rebuild "
                    "runs and sessions from the agent/* branches, session markers and logs.")
 def gc(repo: str, as_json: bool, repair_state: bool) -> None:
-    """Find and remove leftovers of dead or finished sessions (never branches, never live ones)."""
+    """Find and remove leftovers of dead or finished sessions (never live ones, never a branch
+    with an agent's work)."""
     from runtime.engine.discovery import get_client
     from runtime.errors import EngineError
     from runtime.state.recovery import collect_garbage
@@ -113,6 +114,8 @@ def gc(repo: str, as_json: bool, repair_state: bool) -> None:
                    f"left {len(report.skipped_live)} live sessions alone")
         for branch, head in report.saved_branches.items():
             click.echo(f"  saved {branch} at {head[:10]}")
+        for branch in report.removed_branches:
+            click.echo(f"  removed {terminal_safe(branch)} (its agent never started)")
         for session_id, why in report.lost_work.items():
             click.echo(f"  lost {session_id}: {terminal_safe(why)}")
         for error in report.errors:
