@@ -146,6 +146,9 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
         report = json.loads(out)
         (session,) = report["sessions"]
         assert session["work"] == "kept", (session, err[-6000:])
+        # Its branch, still at the base, is "contained" in main; its work is not: not_merged.
+        assert session["merge"]["status"] == "not_merged", session["merge"]
+        assert "agentrt recover" in session["merge"]["reason"], session["merge"]
         assert any("gc" in w for w in session["warnings"]), session["warnings"]
         assert (small_state_fs / "sessions" / session["id"] / "volume.img").exists()
         assert git(repo, "rev-parse", session["branch"]).strip() == base
