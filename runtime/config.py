@@ -80,6 +80,9 @@ class RunConfig(StrictModel):
     warm_pool: WarmPool = Field(
         2, description="Sessions prepared ahead (volume, checkout, container created but not "
         "started) for tasks waiting for a slot; 0: off.")
+    engine_timeout: int = Field(
+        60, ge=5, le=86400, description="Seconds the engine may stop answering before its "
+        "sessions end as crashed (engine lost), their work kept.")
     base: str = Field("HEAD", description="Commit-ish every session starts from.")
     target: str | None = Field(None, description="Branch merges go into; default: checked out.")
     merge: MergeStrategy = Field("review", description="review | auto | none.")

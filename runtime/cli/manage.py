@@ -79,8 +79,8 @@ def recover(session: str, repo: str, as_json: bool) -> None:
 @click.option("--merged-branches", is_flag=True,
               help="Also delete the branches of finished sessions their run's target contains.")
 def gc(repo: str, as_json: bool, repair_state: bool, merged_branches: bool) -> None:
-    """Find and remove leftovers of dead or finished sessions (never live ones; branches only
-    with --merged-branches, and only merged ones)."""
+    """Find and remove leftovers of dead or finished sessions (never live ones, never a branch
+    with an agent's work unless --merged-branches and its target contains it)."""
     from runtime.engine.discovery import get_client
     from runtime.errors import EngineError
     from runtime.state.recovery import collect_garbage
@@ -123,6 +123,8 @@ def gc(repo: str, as_json: bool, repair_state: bool, merged_branches: bool) -> N
                    f"left {len(report.skipped_live)} live sessions alone")
         for branch, head in report.saved_branches.items():
             click.echo(f"  saved {branch} at {head[:10]}")
+        for branch in report.removed_branches:
+            click.echo(f"  removed {terminal_safe(branch)} (its agent never started)")
         for session_id, why in report.lost_work.items():
             click.echo(f"  lost {session_id}: {terminal_safe(why)}")
         if merged_branches:

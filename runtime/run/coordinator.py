@@ -191,7 +191,8 @@ class AgentCoordinator(RunSessions, LiveRun):
 
                 self._swarm = SwarmRun(self.client, self.run_id)
             self._pool = self._warm_pool(tasks, base_commit, results)
-            with Supervisor(self.client, self.run_id) as supervisor, self._radar(report):
+            with Supervisor(self.client, self.run_id, engine_timeout=self.config.engine_timeout) \
+                    as supervisor, self._radar(report):
                 self.supervisor = supervisor
                 try:
                     self._schedule(scheduler, by_id, base_commit, results, done, threads)

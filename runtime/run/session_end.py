@@ -90,7 +90,8 @@ class SessionEnd:
 
     def _classify(self, watch: Watch) -> None:
         try:
-            state = self._inspect_when_reachable() or {}
+            # A container given up (the engine stopped answering) is not asked about again.
+            state = {} if watch.engine_gone else self._inspect_when_reachable() or {}
         except EngineError:
             # The engine went away while (or right after) the container ended.
             watch.record(engine_interrupted=True)

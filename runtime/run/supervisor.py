@@ -31,6 +31,8 @@ import docker.errors
 from runtime.engine.cgroups import CgroupReading, ContainerCgroup, engine_stats_reading
 from runtime.engine.container import AgentContainer
 from runtime.engine.labels import LABEL_RUN
+from runtime.errors import EngineUnreachableError
+from runtime.run.engine_watch import ENGINE_LOST, EngineWatch
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,11 @@ SAMPLE_INTERVAL = 0.5
 RECONCILE_EVERY = 30
 # A loop volume with less than this free has been filled (ext4 keeps a few blocks back).
 FULL_DISK_MARGIN = 1024 * 1024
+#: How long the engine may stop answering before its sessions are given up (``[run]
+#: engine_timeout`` overrides it).
+ENGINE_TIMEOUT_S = 60.0
+#: After a cancel's grace, how long to wait for the engine to say the container stopped.
+CANCEL_SLACK_S = 5.0
 
 
 @dataclass
@@ -69,6 +76,11 @@ class Watch:
     stop_sent_at: float | None = None
     external_kill: bool = False
     engine_interrupted: bool = False
+    # The engine stopped answering (or would not take a stop on cancel): agentrt gave the
+    # container up; nothing more is asked of the engine about it.
+    engine_gone: bool = False
+    # The engine confirmed agentrt's stop (the container has stopped).
+    stop_delivered: bool = False
     cgroup: ContainerCgroup | None = None
     # The engine's cgroup files are not on this host (a VM, a remote engine): its stats API.
     engine_stats: bool = False
@@ -123,8 +135,10 @@ class Supervisor:
     """Watches the containers of one run; thread-safe; use as a context manager."""
 
     def __init__(self, client: docker.DockerClient, run_id: str,
-                 sample_interval: float = SAMPLE_INTERVAL) -> None:
+                 sample_interval: float = SAMPLE_INTERVAL,
+                 engine_timeout: float = ENGINE_TIMEOUT_S) -> None:
         self.client = client
+        self._engine_watch = EngineWatch(client, engine_timeout, self._engine_lost)
         self.run_id = run_id
         self.sample_interval = sample_interval
         self._watches: dict[str, Watch] = {}
@@ -151,11 +165,13 @@ class Supervisor:
             thread = threading.Thread(target=target, name=f"agentrt-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._engine_watch.start()
         self._events_ready.wait(timeout=30)
 
     def close(self) -> None:
         """Stop the threads (containers are left to their sessions)."""
         self._closing.set()
+        self._engine_watch.close()
         with self._deadline_cv:
             self._deadline_cv.notify_all()
         stream = self._stream
@@ -205,8 +221,43 @@ class Supervisor:
         if watch.stop_sent_at is None:
             watch.stop_sent_at = time.time()
         grace = watch.grace_seconds if grace_seconds is None else grace_seconds
-        if not self._guard(watch, f"stop ({reason})", lambda: watch.container.stop(grace)):
+        if reason == "cancel":
+            # A person is waiting: whatever the engine does, the session ends within the
+            # grace and a few seconds, its container given up (its work kept).
+            timer = threading.Timer(grace + CANCEL_SLACK_S, self._give_up, args=(watch, True))
+            timer.daemon = True
+            timer.start()
+        unreachable: list[bool] = []
+
+        def stop() -> None:
+            try:
+                watch.container.stop(grace)
+            except EngineUnreachableError:
+                unreachable.append(True)
+                raise
+
+        if self._guard(watch, f"stop ({reason})", stop):
+            watch.stop_delivered = True
+        else:
             watch.record(stop_failed=True)
+            if reason == "cancel" and unreachable:  # no engine to wait for: give up now
+                ENGINE_LOST.set()
+                self._give_up(watch)
+
+    def _give_up(self, watch: Watch, unless_stopped: bool = False) -> None:
+        """Stop waiting for a container the engine says nothing more about (``unless_stopped``:
+        unless the engine confirmed agentrt's stop, so its end is only a moment away); the
+        retry helpers stop waiting for that engine too."""
+        if not watch.exited.is_set() and not (unless_stopped and watch.stop_delivered):
+            ENGINE_LOST.set()
+            watch.engine_gone = True
+            watch.record(engine_interrupted=True)
+            watch.exited.set()
+
+    def _engine_lost(self) -> None:
+        """The engine stopped answering for ``engine_timeout``: give every container up."""
+        for watch in self._snapshot():
+            self._give_up(watch)
 
     # -- threads ----------------------------------------------------------------------------
 
@@ -240,6 +291,7 @@ class Supervisor:
                     self.reconcile(watch)
                 backoff = 0.5
                 for event in stream:
+                    self._engine_watch.answered()
                     since = int(event.get("time", time.time()))
                     self._on_event(event)
                     if self._closing.is_set():

@@ -15,7 +15,8 @@ time, so a reused pid is not mistaken for life). For each orphaned or finished-b
    the next gc tries again.
 
 Sessions whose harvest failed at the end of a run (``work = kept``) are retried the same way.
-It never deletes a branch and never touches a session whose owner is alive.
+It never deletes a branch that holds anything of an agent (only the branch of a session whose
+agent never started, still at its base) and never touches a session whose owner is alive.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class GcReport:
 
     removed_containers: list[str] = field(default_factory=list)
     removed_sessions: list[str] = field(default_factory=list)
+    removed_branches: list[str] = field(default_factory=list)
+    """Branches of sessions whose agent never started, still at their base (nothing on them)."""
     lost_work: dict[str, str] = field(default_factory=dict)
     """Sessions whose kept work is gone for good (said once, then recorded ``lost``): why."""
     saved_branches: dict[str, str] = field(default_factory=dict)
@@ -151,7 +154,7 @@ def collect_garbage(
         _mark_lost_work(store, set(containers) | set(dirs), report)
         _remove_stale_harvests(client, repo, report)
         if client is not None:  # without an engine, how their sessions ended is not known
-            _finish_dead_runs(store)
+            _finish_dead_runs(repo, store, report)
         _remove_dead_run_stores(repo, store)
         collect_database_servers(client, store, report, repo.root)
         collect_egress_proxies(client, store, report, repo.root)
@@ -196,8 +199,9 @@ def _record_lost(store: Store, row: Any, why: str, report: GcReport) -> None:
     report.lost_work[row.id] = why
 
 
-def _finish_dead_runs(store: Store | None) -> None:
-    """Runs whose owner died without finishing are marked ``crashed``."""
+def _finish_dead_runs(repo: MainRepo, store: Store | None, report: GcReport) -> None:
+    """Runs whose owner died without finishing are marked ``crashed``; the branches of their
+    sessions that never got further than a branch are removed (still at their base)."""
     if store is None:
         return
     for run in store.list_runs():
@@ -210,6 +214,7 @@ def _finish_dead_runs(store: Store | None) -> None:
                                  "before its container started; finished by gc")
                 result.finished_at = utcnow()
                 store.upsert_session(result, run.id)
+                _remove_unused_branch(repo, row.branch, result.base_commit, report)
             warnings = ["the agentrt process died; sessions reconciled by gc"]
             merged = [row.id for row in store.list_sessions(run.id)
                       if row.result.merge.status == "merged"]
@@ -287,6 +292,9 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             marker.work_kept = True
             marker.write(session_dir)
         return
+    if marker is not None and (row is None or row.result.started_at is None) and \
+            (container is None or not _ever_started(container)):
+        _remove_unused_branch(repo, marker.branch, marker.base_commit, report)
     if session_dir is not None:
         if marker is not None and marker.node_id:
             if client is None:
@@ -306,6 +314,17 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
         else:
             found_volume(session_dir).remove()
         report.removed_sessions.append(session_id)
+
+
+def _remove_unused_branch(repo: MainRepo, branch: str, base: str, report: GcReport) -> None:
+    """The branch of a session whose agent never started (killed while it was set up, or
+    prepared ahead and never taken), when it is still at its base: nothing of an agent is on
+    it, and no row may name it. Compare-and-swap: a branch that moved is kept."""
+    if not branch or not base or repo.branch_head(branch) != base:
+        return
+    with contextlib.suppress(AgentRuntimeError):
+        repo.git("update-ref", "-d", f"refs/heads/{branch}", base)
+        report.removed_branches.append(branch)
 
 
 def _engine_volume(client: docker.DockerClient | None, session_id: str) -> RemoteVolume:

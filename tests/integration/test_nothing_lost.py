@@ -98,7 +98,8 @@ def test_a_crash_at_any_step_then_gc_loses_nothing_and_leaves_nothing(
         expected = {"crashed", "succeeded"} if step == "started" else {"succeeded"}
         assert rows["worker"][1] == "home" and rows["worker"][0] in expected, rows
     else:
-        assert all(head == base for head in found.values())
+        # The agent never started: its branch, still at the base, is gone with the rest.
+        assert found == {}, (found, base)
         if rows:
             assert "before its container started" in json.dumps(
                 _reasons(repo)), _reasons(repo)
@@ -145,6 +146,9 @@ def test_a_full_host_disk_at_the_end_keeps_the_work_and_gc_brings_it_home_later(
         report = json.loads(out)
         (session,) = report["sessions"]
         assert session["work"] == "kept", (session, err[-6000:])
+        # Its branch, still at the base, is "contained" in main; its work is not: not_merged.
+        assert session["merge"]["status"] == "not_merged", session["merge"]
+        assert "agentrt recover" in session["merge"]["reason"], session["merge"]
         assert any("gc" in w for w in session["warnings"]), session["warnings"]
         assert (small_state_fs / "sessions" / session["id"] / "volume.img").exists()
         assert git(repo, "rev-parse", session["branch"]).strip() == base

@@ -1,0 +1,101 @@
+"""Noticing an engine that stopped answering, in bounded time, whatever it does.
+
+The supervisor's own reads cannot tell: a streamed read (the event stream) blocks on a socket
+that a vanished remote engine may never close, and every call retries or waits out the
+client's timeout. :class:`EngineWatch` asks separately: a ping every few seconds, each in a
+thread of its own (a hung ping never delays the next check), and any sign of life the
+supervisor sees (an event) counts as an answer. When nothing has answered for
+``engine_timeout`` seconds it calls ``on_lost`` once: the supervisor then ends its sessions as
+``crashed`` / engine lost (their work kept), and :data:`ENGINE_LOST` tells the retry helpers
+(:func:`runtime.run.resilience.engine_retry`) not to wait for that engine any more.
+
+:data:`ENGINE_LOST` is per process: a process drives one engine at a time (a new supervisor
+clears it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import docker
+
+log = logging.getLogger(__name__)
+
+#: Set once an engine was declared lost in this process (cleared by the next watch started).
+ENGINE_LOST = threading.Event()
+
+
+def engine_silent(last_answer: float, now: float, engine_timeout: float) -> bool:
+    """True when the engine has not answered for more than ``engine_timeout`` seconds. Pure."""
+    return now - last_answer > engine_timeout
+
+
+class EngineWatch:
+    """Pings ``client`` every ``interval`` seconds; ``on_lost()`` once it is silent too long."""
+
+    def __init__(self, client: docker.DockerClient, engine_timeout: float,
+                 on_lost: Callable[[], None], interval: float | None = None) -> None:
+        self.client = client
+        self.engine_timeout = engine_timeout
+        self.interval = interval if interval is not None else min(5.0, engine_timeout / 4)
+        self._on_lost = on_lost
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._pinging = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def answered(self) -> None:
+        """The engine just answered (an event, a ping)."""
+        with self._lock:
+            self._last = time.monotonic()
+
+    def start(self) -> None:
+        """Start watching (clears :data:`ENGINE_LOST`)."""
+        ENGINE_LOST.clear()
+        self.answered()
+        self._thread = threading.Thread(target=self._loop, name="agentrt-engine-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._ping()
+            with self._lock:
+                last = self._last
+            if engine_silent(last, time.monotonic(), self.engine_timeout):
+                self.lost = True
+                ENGINE_LOST.set()
+                log.error("the Docker engine has not answered for %.0f s: its sessions end as "
+                          "crashed (engine lost), their work kept", self.engine_timeout)
+                self._on_lost()
+                return
+
+    def _ping(self) -> None:
+        """One ping in its own thread, unless the previous one is still hanging."""
+        with self._lock:
+            if self._pinging:
+                return
+            self._pinging = True
+
+        def ping() -> None:
+            try:
+                self.client.ping()
+                self.answered()
+            except Exception:  # noqa: BLE001 - no answer is what this watches for
+                pass
+            finally:
+                with self._lock:
+                    self._pinging = False
+
+        threading.Thread(target=ping, name="agentrt-engine-ping", daemon=True).start()
