@@ -44,6 +44,18 @@ def warn(message: str) -> None:
               highlight=False, soft_wrap=True)
 
 
+def detach_from_terminal(fds: list[int]) -> None:
+    """Point ``fds`` (those of stdout and stderr that were a terminal) at /dev/null: after
+    SIGHUP the terminal is gone, and writing to it (EIO) would break the run while it stops
+    and releases. (A hung-up terminal no longer says it is one: ``fds`` are found before.)"""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class AgentrtGroup(click.Group):
     """Turns library errors into one line and exit 2 (traceback only with --debug)."""
 
@@ -125,9 +137,12 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
     coordinator.preflight(parsed.tasks)
 
     interrupts = 0
+    terminal_fds = [fd for fd in (1, 2) if os.isatty(fd)]
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal interrupts
+        if signum == signal.SIGHUP:
+            detach_from_terminal(terminal_fds)
         interrupts += 1
         # Through the view: on a terminal a line printed here would be drawn over by the table.
         view.stop_requested(forced=interrupts > 1)

@@ -4,7 +4,9 @@ outlives it or escapes `agentrt gc`; what cannot work is refused before any agen
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -178,6 +180,41 @@ def test_a_closed_terminal_or_sigterm_stops_the_run_keeps_the_work_and_releases(
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, stderr
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    branch = git(repo, "branch", "--list", "agent/long/*").strip()
+    assert branch and git(repo, "show", f"{branch}:partial.txt") == "partial\n"
+
+
+def test_a_hung_up_terminal_stops_the_run_keeps_the_work_and_releases(
+        repo: Path, docker_client: Any, tmp_path: Path) -> None:
+    # The terminal really goes away (its master side closed: writes to it fail with EIO),
+    # then SIGHUP arrives, as when a terminal window or an ssh connection is closed.
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(TASKS)
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                             str(repo)], stdin=child, stdout=child, stderr=child, cwd=ROOT,
+                            env={**os.environ, "TERM": "xterm-256color"}, close_fds=True)
+    os.close(child)
+    label = f"agentrt.repo={repo.resolve()}"
+    try:
+        deadline = time.monotonic() + 120
+        while not docker_client.containers.list(filters={"label": label, "status": "running"}):
+            assert time.monotonic() < deadline, "the session never started"
+            if select.select([main], [], [], 0.3)[0]:
+                os.read(main, 65536)  # the live view draws on
+        time.sleep(1)  # the agent wrote partial.txt
+        os.close(main)
+        main = -1
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=120)
+    finally:
+        if main >= 0:
+            os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
     branch = git(repo, "branch", "--list", "agent/long/*").strip()
     assert branch and git(repo, "show", f"{branch}:partial.txt") == "partial\n"
