@@ -503,8 +503,8 @@ def user(docker_client: Any) -> User:
 
 @pytest.fixture
 def user_repos(user: User) -> Iterator[list[Path]]:
-    """Repositories a test makes in the user's home, removed afterwards (with any agentrt
-    containers or engine volumes still labelled with them: none is expected)."""
+    """Repositories a test makes in the user's home, removed afterwards (the tests check that
+    agentrt left no container or engine volume labelled with them)."""
     made: list[Path] = []
     yield made
     for repo in made:
