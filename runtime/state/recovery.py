@@ -154,7 +154,7 @@ def collect_garbage(
         _mark_lost_work(store, set(containers) | set(dirs), report)
         _remove_stale_harvests(client, repo, report)
         if client is not None:  # without an engine, how their sessions ended is not known
-            _finish_dead_runs(repo, store, report)
+            _finish_dead_runs(repo, store, report, set(containers) | set(dirs))
         _remove_dead_run_stores(repo, store)
         collect_database_servers(client, store, report, repo.root)
         collect_egress_proxies(client, store, report, repo.root)
@@ -199,13 +199,22 @@ def _record_lost(store: Store, row: Any, why: str, report: GcReport) -> None:
     report.lost_work[row.id] = why
 
 
-def _finish_dead_runs(repo: MainRepo, store: Store | None, report: GcReport) -> None:
+def _finish_dead_runs(repo: MainRepo, store: Store | None, report: GcReport,
+                      present: set[str]) -> None:
     """Runs whose owner died without finishing are marked ``crashed``; the branches of their
-    sessions that never got further than a branch are removed (still at their base)."""
+    sessions that never got further than a branch are removed (still at their base).
+
+    A session with a container or a session directory still ``present`` got further: its work
+    may be in its tree, and only its own collection (this gc's, or a later one's, e.g. after
+    ``agentrt recover`` of another session) may finish it."""
     if store is None:
         return
     for run in store.list_runs():
         if run.finished_at is None and not recorded_alive(run.owner_pid, run.owner_start_time):
+            live = [row for row in store.list_sessions(run.id, include_finished=False)
+                    if row.id in present]
+            if live:
+                continue  # the run is finished when its last session is
             for row in store.list_sessions(run.id, include_finished=False):
                 # Its owner died before it had a volume or a container: nothing to save.
                 result = row.result

@@ -394,10 +394,17 @@ class User:
         return repo
 
 
+def wheel_sources() -> list[Path]:
+    """What goes into the wheel: pyproject.toml, the README, the package, and the image
+    recipes and Colima profile it carries (images/, colima/)."""
+    return sorted([ROOT / "pyproject.toml", ROOT / "README.md",
+                   *(p for top in ("runtime", "images", "colima") for p in (ROOT / top).rglob("*"))])
+
+
 def source_digest() -> str:
-    """A digest of what goes into the wheel: the package and pyproject.toml."""
+    """A digest of what goes into the wheel."""
     digest = hashlib.sha256()
-    for path in sorted([ROOT / "pyproject.toml", *(ROOT / "runtime").rglob("*")]):
+    for path in wheel_sources():
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
@@ -434,7 +441,7 @@ def start_wheel_build(work: Path) -> subprocess.Popen[str]:
     into ``work/dist``; :func:`finish_wheel_build` waits for it."""
     shutil.rmtree(work, ignore_errors=True)
     source = work / "src"
-    for path in [ROOT / "pyproject.toml", ROOT / "README.md", *(ROOT / "runtime").rglob("*")]:
+    for path in wheel_sources():
         if path.is_file() and "__pycache__" not in path.parts:
             target = source / path.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
