@@ -1,0 +1,111 @@
+"""A run that takes tasks while it runs: submit(), `agentrt add`, budgets, dependency notes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.config import ResourceLimits, RunConfig
+from runtime.errors import ConfigError
+from runtime.models import SessionStatus
+from runtime.run.budget import RunBudget
+from runtime.run.coordinator import AgentCoordinator
+from tests.integration.helpers import agentrt, sh
+
+pytestmark = pytest.mark.docker
+
+LIMITS = ResourceLimits(memory_mb=256, cpu_percent=100, time_seconds=120, disk_mb=64, pids=128)
+
+
+def live(repo: Path, max_concurrent: int = 1, **budget: float) -> AgentCoordinator:
+    config = RunConfig(resource_limits=LIMITS, merge="none", max_concurrent_agents=max_concurrent)
+    return AgentCoordinator(config=config, repo=repo, stop_grace_seconds=2,
+                            budget=RunBudget(**budget))  # type: ignore[arg-type]
+
+
+def test_tasks_submitted_to_a_live_run_respect_the_limit_and_dependencies(
+        repo: Path, docker_client: object) -> None:
+    coordinator = live(repo, max_concurrent=1)
+    running: list[int] = []
+    peak = [0]
+    lock = threading.Lock()
+
+    def listener(event: str, result: object) -> None:
+        with lock:
+            if event == "running":
+                running.append(1)
+                peak[0] = max(peak[0], len(running))
+            elif event == "finished" and running:
+                running.pop()
+
+    coordinator.listener = listener
+    coordinator.start([sh("first", "echo one > one.txt; sleep 1")])
+    coordinator.submit(sh("second", "echo two > two.txt"))
+    # Depends on a task still running (or just finished): starts from its work.
+    coordinator.submit(sh("third", "test -f one.txt && echo three > three.txt",
+                          deps=["first"]))
+    with pytest.raises(ConfigError, match="field id"):
+        coordinator.submit(sh("second", "true"))
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        coordinator.submit(sh("fourth", "true", deps=["nope"]))
+    report = coordinator.close(timeout=300)
+    status = {s.task_id: s.status for s in report.sessions}
+    assert status == {"first": SessionStatus.SUCCEEDED, "second": SessionStatus.SUCCEEDED,
+                      "third": SessionStatus.SUCCEEDED}
+    assert peak[0] == 1  # max_concurrent_agents = 1 held for the added tasks too
+    with pytest.raises(ConfigError, match="not taking tasks"):
+        coordinator.submit(sh("late", "true"))
+
+
+def test_a_task_added_on_a_failed_dependency_is_skipped(repo: Path, docker_client: object) -> None:
+    coordinator = live(repo)
+    coordinator.start([sh("broken", "exit 3")])
+    deadline = time.monotonic() + 120
+    while coordinator.task_states()["broken"] is None or \
+            not coordinator.task_states()["broken"].status.is_final:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    coordinator.submit(sh("after", "true", deps=["broken"]))
+    report = coordinator.close(timeout=120)
+    after = next(s for s in report.sessions if s.task_id == "after")
+    assert after.status is SessionStatus.SKIPPED
+    assert "dependency 'broken' failed" in (after.reason or "")
+
+
+def test_the_session_budget_refuses_by_name(repo: Path, docker_client: object) -> None:
+    coordinator = live(repo, max_concurrent=2, max_sessions=2)
+    coordinator.start()
+    coordinator.submit(sh("a", "true"))
+    coordinator.submit(sh("b", "true"))
+    with pytest.raises(ConfigError, match="budget max_sessions is spent: 2 of 2"):
+        coordinator.submit(sh("c", "true"))
+    report = coordinator.close(timeout=120)
+    assert [s.task_id for s in report.sessions] == ["a", "b"]
+
+
+def test_agentrt_add_hands_tasks_to_the_live_run_of_another_process(
+        repo: Path, docker_client: object, tmp_path: Path) -> None:
+    coordinator = live(repo)
+    coordinator.start([sh("slow", "sleep 2")])
+    added = tmp_path / "more.toml"
+    added.write_text('[[tasks]]\nid = "added"\ncommand = ["sh", "-c", "echo hi > added.txt"]\n'
+                     'deps = ["slow"]\n')
+    done = agentrt("add", coordinator.run_id, str(added), "--repo", str(repo))
+    assert done.returncode == 0, done.stderr
+    assert "added" in done.stdout
+    # Bad input: exit 2 naming the field, nothing written.
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[tasks]]\nid = "x"\ncommand = ["true"]\ndeps = ["nope"]\n')
+    refused = agentrt("add", coordinator.run_id, str(bad), "--repo", str(repo))
+    assert refused.returncode == 2
+    assert "field deps" in refused.stderr and "nope" in refused.stderr
+    with_run = tmp_path / "run.toml"
+    with_run.write_text('[run]\nmerge = "auto"\n[[tasks]]\nid = "y"\ncommand = ["true"]\n')
+    refused = agentrt("add", coordinator.run_id, str(with_run), "--repo", str(repo))
+    assert refused.returncode == 2 and "field run" in refused.stderr
+    report = coordinator.close(timeout=300)
+    status = {s.task_id: s.status for s in report.sessions}
+    assert status == {"slow": SessionStatus.SUCCEEDED, "added": SessionStatus.SUCCEEDED}
