@@ -265,10 +265,15 @@ class AgentCoordinator(RunSessions, LiveRun):
 
     def task_states(self) -> dict[str, SessionResult | None]:
         """Every task of the run in order: its latest result (None: waiting for a slot or
-        its dependencies)."""
+        its dependencies). A result is final only once its work is home."""
         with self._lock:
             live = {s.task.id: s.result for s in self._live.values()}
-            return {t: self._results.get(t) or live.get(t) for t in self._tasks}
+            found = {t: self._results.get(t) or live.get(t) for t in self._tasks}
+        for task_id, result in found.items():
+            if task_id not in self._results and result is not None and result.status.is_final:
+                # Ended, its work still coming home: final only once the run hears it.
+                found[task_id] = result.model_copy(update={"status": SessionStatus.RUNNING})
+        return found
 
     def spent(self) -> Spent:
         """What the run used so far: sessions (tasks taken, waiting ones included), CPU

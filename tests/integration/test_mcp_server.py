@@ -1,0 +1,118 @@
+"""`agentrt mcp` driven by the MCP SDK's own client over stdio, against the real engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+pytestmark = pytest.mark.docker
+
+Call = Callable[..., Awaitable[Any]]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def with_server(repo: Path, body: Callable[[ClientSession], Awaitable[None]],
+                *extra: str) -> None:
+    """Run ``body`` against `agentrt mcp --repo repo` spoken to over stdio."""
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "runtime.cli", "mcp", "--repo", str(repo), *extra],
+        env=dict(os.environ), cwd=str(repo))
+
+    async def main() -> None:
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+            await body(client)
+
+    anyio.run(main)
+
+
+async def call(client: ClientSession, tool: str, **arguments: Any) -> dict[str, Any]:
+    """A tool's structured result; the test fails on a tool error."""
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+async def refused(client: ClientSession, tool: str, **arguments: Any) -> str:
+    """The text of a tool error (the call must be refused, the server must live on)."""
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error, result.structured_content
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+def test_a_lead_starts_three_sessions_merges_two_and_discards_one(
+        repo: Path, docker_client: object) -> None:
+    async def body(client: ClientSession) -> None:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert {"start_session", "list_sessions", "wait_sessions", "read_output", "read_diff",
+                "merge_sessions", "revert_session", "discard_session",
+                "stop_sessions"} <= set(tools)
+        assert tools["list_sessions"].output_schema is not None  # structured results
+        for name, text in (("alpha", "a"), ("beta", "b"), ("gamma", "c")):
+            started = await call(client, "start_session", id=name, command=[
+                "sh", "-c", f"echo {text} > {name}.txt && echo wrote {name}"],
+                limits={"memory_mb": 128, "time_seconds": 60})
+            assert started["id"] == name
+        waited = await call(client, "wait_sessions", timeout_s=240)
+        assert waited["done"], waited
+        assert {s["id"]: s["status"] for s in waited["sessions"]} == {
+            "alpha": "succeeded", "beta": "succeeded", "gamma": "succeeded"}
+        output = await call(client, "read_output", id="beta")
+        assert "wrote beta" in output["output"]
+        diff = await call(client, "read_diff", id="gamma")
+        assert "+c" in diff["diff"] and "gamma.txt" in diff["diff"]
+        merged = await call(client, "merge_sessions", ids=["alpha", "beta"])
+        assert [s["merge"] for s in merged["sessions"]] == ["merged", "merged"]
+        discarded = await call(client, "discard_session", id="gamma")
+        assert "agent/gamma/" in discarded["detail"]
+        listed = await call(client, "list_sessions")
+        assert {s["id"]: s["merge"] for s in listed["sessions"]}["gamma"] == "discarded"
+        assert listed["spent"]["sessions"] == 3
+        # Bad input is a tool error saying what to do; the server lives on.
+        assert "give command" in await refused(client, "start_session", id="nothing")
+        assert "valid task id" in await refused(client, "start_session", id="Bad Id!",
+                                                command=["true"])
+        assert "exists" in await refused(client, "start_session", id="alpha",
+                                         command=["true"])
+        assert "no session 'nope'" in await refused(client, "read_diff", id="nope")
+        assert "unknown task 'ghost'" in await refused(
+            client, "start_session", id="orphan", command=["true"], depends_on=["ghost"])
+        assert "is merged" in await refused(client, "discard_session", id="alpha")
+        assert "memory_mb" in await refused(client, "start_session", id="huge",
+                                            command=["true"], limits={"memory_mb": -5})
+        report = await client.read_resource("agentrt://run/report")
+        data = json.loads(report.contents[0].text)  # type: ignore[union-attr]
+        assert {s["task_id"] for s in data["sessions"]} == {"alpha", "beta", "gamma"}
+        log = await client.read_resource("agentrt://sessions/alpha/log")
+        assert "wrote alpha" in log.contents[0].text  # type: ignore[union-attr]
+
+    with_server(repo, body)
+    tree = git(repo, "ls-tree", "--name-only", "main")
+    assert "alpha.txt" in tree and "beta.txt" in tree and "gamma.txt" not in tree
+    assert "agent/gamma" not in git(repo, "branch", "--list")
+    assert git(repo, "branch", "--list", "agent/alpha/*").strip()
+
+
+def test_the_budget_refuses_by_name_over_mcp(repo: Path, docker_client: object) -> None:
+    async def body(client: ClientSession) -> None:
+        await call(client, "start_session", id="one", command=["true"])
+        message = await refused(client, "start_session", id="two", command=["true"])
+        assert "budget max_sessions is spent: 1 of 1" in message
+        await call(client, "wait_sessions", timeout_s=120)
+
+    with_server(repo, body, "--max-sessions", "1")
