@@ -41,6 +41,7 @@ from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
 from runtime.run.added_tasks import added_since, answer
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.budget import RunBudget, Spent, refusal, tokens_of
+from runtime.run.dep_notes import remove_dep_notes
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
 from runtime.run.live_run import LiveRun
@@ -354,6 +355,7 @@ class AgentCoordinator(RunSessions, LiveRun):
             if self._pool is not None:
                 self._pool.drain()
             self.supervisor = None
+            remove_dep_notes(self.repo, self.run_id)
             remove_run_stores(self.repo, self.run_id)
             for what, part in (("exchange", self._swarm), ("egress proxy", self.egress)):
                 if part is None:

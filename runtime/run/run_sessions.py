@@ -17,6 +17,7 @@ from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import prepare_base
 from runtime.models import SessionResult
+from runtime.run.dep_notes import write_dep_notes
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.warm_pool import WarmPool, pool_size
 
@@ -75,7 +76,12 @@ class RunSessions:
         # The seed holds the run's base: a task starting from its dependencies' work (a base
         # of its own) checks out directly.
         seeded = self._seeded and args["base_commit"] == self._base_commit
-        return IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded, **args)
+        session = IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded,
+                                       **args)
+        notes = write_dep_notes(self.repo, self.run_id, task.id, [results[d] for d in task.deps])
+        if notes is not None:
+            session.extra_mounts = (notes,)
+        return session
 
     def _warm_pool(self, by_id: Mapping[str, Task], base_commit: str,
                    results: dict[str, SessionResult]) -> WarmPool | None:

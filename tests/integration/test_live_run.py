@@ -109,3 +109,41 @@ def test_agentrt_add_hands_tasks_to_the_live_run_of_another_process(
     report = coordinator.close(timeout=300)
     status = {s.task_id: s.status for s in report.sessions}
     assert status == {"slow": SessionStatus.SUCCEEDED, "added": SessionStatus.SUCCEEDED}
+
+
+def test_dependency_notes_are_read_only_for_the_dependent_and_absent_for_others(
+        repo: Path, docker_client: object) -> None:
+    from tests.integration.helpers import by_task, run_tasks
+
+    report = run_tasks(repo, [
+        sh("writer", "echo 'the API is v2' > NOTES.md; echo finished writing"),
+        # Reads its dependency's diff and output, then tries to write to them.
+        sh("reader", "cat /agentrt/deps/writer/diff.patch > seen-diff.txt; "
+                     "cat /agentrt/deps/writer/output.txt > seen-output.txt; "
+                     "grep -q '\"status\": \"succeeded\"' /agentrt/deps/writer/result.json; "
+                     "if touch /agentrt/deps/writer/x 2>/dev/null; then echo WROTE > w.txt; fi; "
+                     "if echo hacked >> /agentrt/deps/writer/diff.patch; then "
+                     "echo WROTE > w2.txt; fi; echo control > control.txt",
+           deps=["writer"]),
+        # No dependencies: no notes, not even the directory.
+        sh("outsider", "if ls /agentrt/deps > listing.txt 2>&1; then echo SEEN > seen.txt; fi; "
+                       "true"),
+    ], max_concurrent_agents=1)
+    sessions = by_task(report)
+    assert all(s.status is SessionStatus.SUCCEEDED for s in sessions.values()), sessions
+
+    def show(task: str, path: str) -> str:
+        import subprocess
+
+        done = subprocess.run(["git", "-C", str(repo), "show",
+                               f"{sessions[task].head_commit}:{path}"],
+                              capture_output=True, text=True, check=False)
+        return done.stdout if done.returncode == 0 else ""
+
+    assert "+the API is v2" in show("reader", "seen-diff.txt")
+    assert "finished writing" in show("reader", "seen-output.txt")
+    assert show("reader", "control.txt") == "control\n"  # the session could write its own tree
+    assert show("reader", "w.txt") == "" and show("reader", "w2.txt") == ""  # not the notes
+    assert show("outsider", "seen.txt") == ""
+    assert "No such file" in show("outsider", "listing.txt")
+    assert not (repo / ".git" / "agentrt" / "runs" / report.run_id / "deps").exists()
