@@ -12,6 +12,7 @@ the MCP layer turns it into a tool error.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -108,10 +109,8 @@ class LeadRun:
         """Stop every running session (work kept on branches) and close the runs."""
         for coordinator in self._runs:
             coordinator.cancel()
-            try:
+            with contextlib.suppress(AgentRuntimeError):
                 coordinator.close()
-            except AgentRuntimeError:
-                pass
 
     # -- the tools ---------------------------------------------------------------------------
 
@@ -195,8 +194,9 @@ class LeadRun:
         :data:`DIFF_MAX_CHARS`; and the whole diff's length."""
         _, result = self._result(task_id)
         if result is None or not result.branch:
-            raise ConfigError(f"session {task_id!r} has no branch yet ({info(task_id, result).status}"
-                              "); wait_sessions for it first")
+            status = info(task_id, result).status
+            raise ConfigError(f"session {task_id!r} has no branch yet ({status}); "
+                              "wait_sessions for it first")
         with self._store() as store:
             row = store.get_session(result.id)
         text = terminal_safe(session_diff(self.repo, row).decode("utf-8", "replace"),

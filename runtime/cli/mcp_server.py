@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -258,8 +258,10 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]],
-                    Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def bearer_only(app: ASGIApp, token: str) -> ASGIApp:
@@ -267,8 +269,7 @@ def bearer_only(app: ASGIApp, token: str) -> ASGIApp:
     (compared in constant time)."""
     expected = f"Bearer {token}".encode()
 
-    async def guarded(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
-                      send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, expected):

@@ -182,13 +182,13 @@ class AgentCoordinator(RunSessions, LiveRun):
         return the run id once it takes tasks. Raises the preflight's error (nothing started)."""
         if self._runner is not None:
             raise ConfigError("this coordinator has already started a run")
-        tasks = as_tasks(tasks, self.default_agent) if tasks else []
-        if tasks:
-            self.preflight(tasks)
+        given = as_tasks(tasks, self.default_agent) if tasks else []
+        if given:
+            self.preflight(given)
 
         def body() -> None:
             try:
-                self._outcome = self.run_agents(tasks, keep_open=True)
+                self._outcome = self.run_agents(given, keep_open=True)
             except BaseException as exc:  # noqa: BLE001 - handed to close()
                 self._outcome = exc
             finally:
@@ -298,7 +298,8 @@ class AgentCoordinator(RunSessions, LiveRun):
         id made from the prompt and ``agent=default_agent``; see docs/python-api.md). Tasks
         :meth:`submit`-ted meanwhile join the run; with ``keep_open`` the run waits for more
         after its tasks end, until :meth:`close` (or :meth:`cancel`)."""
-        tasks = as_tasks(tasks, self.default_agent) if tasks else []
+        checked: list[Task] = as_tasks(tasks, self.default_agent) if tasks else []
+        tasks = checked
         self._keep_open = keep_open
         if self._checked is not None and self._checked[0] == [t.id for t in tasks]:
             base_commit = self._checked[1]

@@ -116,3 +116,55 @@ def test_the_budget_refuses_by_name_over_mcp(repo: Path, docker_client: object) 
         await call(client, "wait_sessions", timeout_s=120)
 
     with_server(repo, body, "--max-sessions", "1")
+
+
+def test_http_needs_the_bearer_token(repo: Path, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    token = "s3cret-token-0123456789abcdef"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o644)
+    loose = subprocess.run([sys.executable, "-m", "runtime.cli", "mcp", "--repo", str(repo),
+                            "--http", "127.0.0.1:1", "--token-file", str(token_file)],
+                           capture_output=True, text=True, timeout=60)
+    assert loose.returncode == 2 and "chmod 600" in loose.stderr
+    no_token = subprocess.run([sys.executable, "-m", "runtime.cli", "mcp", "--repo", str(repo),
+                               "--http", "127.0.0.1:1"], capture_output=True, text=True,
+                              timeout=60)
+    assert no_token.returncode == 2 and "--token-file" in no_token.stderr
+    token_file.chmod(0o600)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "runtime.cli", "mcp", "--repo", str(repo),
+                               "--http", f"127.0.0.1:{port}", "--token-file", str(token_file)])
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = httpx2.post(url, json={})
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        assert answer.status_code == 401  # the attack: no token
+        wrong = httpx2.post(url, json={}, headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.status_code == 401
+
+        async def main() -> list[str]:
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http, \
+                    streamable_http_client(url, http_client=http) as (read, write), \
+                    ClientSession(read, write) as client:
+                await client.initialize()
+                return [t.name for t in (await client.list_tools()).tools]
+
+        assert "start_session" in anyio.run(main)  # the control: with the token it answers
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
