@@ -14,15 +14,17 @@ dependencies are tasks of the run or of the same file.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from runtime.config import Task, validate_tasks
-from runtime.errors import ConfigError
+from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.state.liveness import owner_alive
 from runtime.state.store import Store
 
@@ -114,3 +116,30 @@ def wait_for_answers(store: Store, run_id: str, requests: Sequence[int],
     except RetryError as exc:
         last: dict[int, Answer] = exc.last_attempt.result()
         return last
+
+
+def take_requests(store: Store, run_id: str, after_id: int,
+                  submit: Callable[[Task], object]) -> int:
+    """The owner's side: hand each task added after ``after_id`` to ``submit`` (in a thread of
+    its own: a check can build an environment) and record its answer; return the last request
+    id seen. A store that cannot be read now is read again next time."""
+    try:
+        requests = added_since(store, run_id, after_id)
+    except AgentRuntimeError:
+        return after_id
+
+    def take(event_id: int, task: Task | str) -> None:
+        error = task if isinstance(task, str) else None
+        if isinstance(task, Task):
+            try:
+                submit(task)
+            except AgentRuntimeError as exc:
+                error = str(exc)
+        with contextlib.suppress(AgentRuntimeError):
+            answer(store, run_id, event_id, "" if isinstance(task, str) else task.id, error)
+
+    for event_id, task in requests:
+        after_id = max(after_id, event_id)
+        threading.Thread(target=take, args=(event_id, task), name=f"agentrt-add-{event_id}",
+                         daemon=True).start()
+    return after_id

@@ -38,7 +38,7 @@ from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import DependencyConflictError, new_session_id
 from runtime.models import RunReport, SessionResult, SessionStatus, utcnow
-from runtime.run.added_tasks import added_since, answer
+from runtime.run.added_tasks import take_requests
 from runtime.run.api_args import DEFAULT_AGENT, as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.budget import RunBudget, Spent, refusal, tokens_of
 from runtime.run.dep_notes import remove_dep_notes
@@ -447,32 +447,10 @@ class AgentCoordinator(RunSessions, LiveRun):
             return True
 
     def _take_requests(self) -> None:
-        """Submit the tasks `agentrt add` recorded for this run, each in a thread of its own
-        (a check can build an environment), answering each request in the store."""
-        if self.store is None:
-            return
-        try:
-            requests = added_since(self.store, self.run_id, self._added_seen)
-        except AgentRuntimeError:
-            return
-        for event_id, task in requests:
-            self._added_seen = max(self._added_seen, event_id)
-            threading.Thread(target=self._take_request, args=(event_id, task),
-                             name=f"agentrt-add-{event_id}", daemon=True).start()
-
-    def _take_request(self, event_id: int, task: Task | str) -> None:
-        store = self.store
-        if store is None:
-            return
-        error: str | None = task if isinstance(task, str) else None
-        task_id = "" if isinstance(task, str) else task.id
-        if isinstance(task, Task):
-            try:
-                self.submit(task)
-            except AgentRuntimeError as exc:
-                error = str(exc)
-        with contextlib.suppress(AgentRuntimeError):
-            answer(store, self.run_id, event_id, task_id, error)
+        """Submit the tasks `agentrt add` recorded for this run (runtime/run/added_tasks.py)."""
+        if self.store is not None:
+            self._added_seen = take_requests(self.store, self.run_id, self._added_seen,
+                                             self.submit)
 
     def _save_report(self, report: RunReport) -> None:
         """Store the final report; once sessions ran, a store failure is a warning, never an

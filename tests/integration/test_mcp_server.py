@@ -95,16 +95,32 @@ def test_a_lead_starts_three_sessions_merges_two_and_discards_one(
         assert "is merged" in await refused(client, "discard_session", id="alpha")
         assert "memory_mb" in await refused(client, "start_session", id="huge",
                                             command=["true"], limits={"memory_mb": -5})
+        # Revert a merge, then its branch may go.
+        reverted = await call(client, "revert_session", id="beta")
+        assert "reverted by commit" in reverted["detail"]
+        await call(client, "discard_session", id="beta")
+        # A wait times out (done=false) and a stopped session keeps its work on its branch.
+        await call(client, "start_session", id="sleeper",
+                   command=["sh", "-c", "echo partial > partial.txt; sleep 300"])
+        waited = await call(client, "wait_sessions", ids=["sleeper"], timeout_s=3)
+        assert not waited["done"]
+        assert "has not finished" in await refused(client, "merge_sessions", ids=["sleeper"])
+        stopped = await call(client, "stop_sessions", ids=["sleeper"])
+        assert stopped["ids"] == ["sleeper"]
+        waited = await call(client, "wait_sessions", ids=["sleeper"], timeout_s=120)
+        assert waited["done"] and waited["sessions"][0]["status"] == "cancelled"
+        assert "+partial" in (await call(client, "read_diff", id="sleeper"))["diff"]
         report = await client.read_resource("agentrt://run/report")
         data = json.loads(report.contents[0].text)  # type: ignore[union-attr]
-        assert {s["task_id"] for s in data["sessions"]} == {"alpha", "beta", "gamma"}
+        assert {s["task_id"] for s in data["sessions"]} >= {"alpha", "beta", "gamma"}
         log = await client.read_resource("agentrt://sessions/alpha/log")
         assert "wrote alpha" in log.contents[0].text  # type: ignore[union-attr]
 
     with_server(repo, body)
     tree = git(repo, "ls-tree", "--name-only", "main")
-    assert "alpha.txt" in tree and "beta.txt" in tree and "gamma.txt" not in tree
+    assert "alpha.txt" in tree and "beta.txt" not in tree and "gamma.txt" not in tree
     assert "agent/gamma" not in git(repo, "branch", "--list")
+    assert "agent/beta" not in git(repo, "branch", "--list")
     assert git(repo, "branch", "--list", "agent/alpha/*").strip()
 
 
