@@ -70,18 +70,20 @@ def request_tasks(store: Store, run_id: str, tasks: Sequence[Task],
             for task in tasks]
 
 
-def added_since(store: Store, run_id: str, after_id: int) -> list[tuple[int, Task | str]]:
+def added_since(store: Store, run_id: str,
+                after_id: int) -> tuple[list[tuple[int, Task | str]], int]:
     """The tasks added to ``run_id`` by events after ``after_id``: (event id, the task or why
-    its request cannot be read), in order."""
+    its request cannot be read), in order; and the last event id read (to start from next)."""
     found: list[tuple[int, Task | str]] = []
     for event in store.events(run_id=run_id, after_id=after_id):
+        after_id = max(after_id, event.id)
         if event.kind != TASK_ADDED:
             continue
         try:
             found.append((event.id, Task.model_validate_json(event.message)))
         except ValidationError as exc:
             found.append((event.id, f"the request is not a valid task: {exc.errors()[0]['msg']}"))
-    return found
+    return found, after_id
 
 
 def answer(store: Store, run_id: str, request: int, task_id: str, error: str | None) -> None:
@@ -121,10 +123,10 @@ def wait_for_answers(store: Store, run_id: str, requests: Sequence[int],
 def take_requests(store: Store, run_id: str, after_id: int,
                   submit: Callable[[Task], object]) -> int:
     """The owner's side: hand each task added after ``after_id`` to ``submit`` (in a thread of
-    its own: a check can build an environment) and record its answer; return the last request
-    id seen. A store that cannot be read now is read again next time."""
+    its own: a check can build an environment) and record its answer; return the last
+    event id read. A store that cannot be read now is read again next time."""
     try:
-        requests = added_since(store, run_id, after_id)
+        requests, last = added_since(store, run_id, after_id)
     except AgentRuntimeError:
         return after_id
 
@@ -139,7 +141,6 @@ def take_requests(store: Store, run_id: str, after_id: int,
             answer(store, run_id, event_id, "" if isinstance(task, str) else task.id, error)
 
     for event_id, task in requests:
-        after_id = max(after_id, event_id)
         threading.Thread(target=take, args=(event_id, task), name=f"agentrt-add-{event_id}",
                          daemon=True).start()
-    return after_id
+    return last

@@ -133,6 +133,7 @@ class AgentCoordinator(RunSessions, LiveRun):
         self._closed = threading.Event()
         self._opened = threading.Event()
         self._added_seen = 0
+        self._stop_seen = 0
         self._base_commit = ""
         self._runner: threading.Thread | None = None
         self._outcome: RunReport | BaseException | None = None
@@ -471,10 +472,12 @@ class AgentCoordinator(RunSessions, LiveRun):
         if self.store is None or self._cancelled.is_set():
             return False
         try:
-            return any(e.kind == STOP_REQUESTED and e.session_id is None
-                       for e in self.store.events(run_id=self.run_id))
+            events = self.store.events(run_id=self.run_id, after_id=self._stop_seen)
         except AgentRuntimeError:
             return False
+        # Asked about once a second: read only the events not read yet.
+        self._stop_seen = max([self._stop_seen, *(e.id for e in events)])
+        return any(e.kind == STOP_REQUESTED and e.session_id is None for e in events)
 
     def _placeholder(self, task: Task, status: SessionStatus, reason: str) -> SessionResult:
         session_id, _ = new_session_id(task.id)
