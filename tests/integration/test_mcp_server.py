@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +135,36 @@ def test_the_budget_refuses_by_name_over_mcp(repo: Path, docker_client: object) 
     with_server(repo, body, "--max-sessions", "1")
 
 
-def test_http_needs_the_bearer_token(repo: Path, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def http_server(repo: Path, token_file: Path) -> Iterator[str]:
+    """`agentrt mcp --http` on a free local port, answering; its URL."""
     import socket
     import time
 
+    import httpx2
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "runtime.cli", "mcp", "--repo", str(repo),
+                               "--http", f"127.0.0.1:{port}", "--token-file", str(token_file)])
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx2.post(url, json={})
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_http_needs_the_bearer_token(repo: Path, tmp_path: Path) -> None:
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
@@ -154,21 +181,8 @@ def test_http_needs_the_bearer_token(repo: Path, tmp_path: Path) -> None:
                               timeout=60)
     assert no_token.returncode == 2 and "--token-file" in no_token.stderr
     token_file.chmod(0o600)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "runtime.cli", "mcp", "--repo", str(repo),
-                               "--http", f"127.0.0.1:{port}", "--token-file", str(token_file)])
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer = httpx2.post(url, json={})
-                break
-            except httpx2.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.2)
+    with http_server(repo, token_file) as url:
+        answer = httpx2.post(url, json={})
         assert answer.status_code == 401  # the attack: no token
         wrong = httpx2.post(url, json={}, headers={"Authorization": "Bearer not-the-token"})
         assert wrong.status_code == 401
@@ -181,6 +195,45 @@ def test_http_needs_the_bearer_token(repo: Path, tmp_path: Path) -> None:
                 return [t.name for t in (await client.list_tools()).tools]
 
         assert "start_session" in anyio.run(main)  # the control: with the token it answers
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+
+
+REACH = """
+import socket, struct, sys
+gateway = None
+for line in open('/proc/net/route').read().splitlines()[1:]:
+    fields = line.split()
+    if fields[1] == '00000000':
+        gateway = socket.inet_ntoa(struct.pack('<L', int(fields[2], 16)))
+for port in sys.argv[1:]:
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((gateway, int(port)))
+        print(port, 'REACHED')
+    except OSError as exc:
+        print(port, 'BLOCKED', type(exc).__name__)
+"""
+
+
+def test_a_session_cannot_reach_the_http_server_but_reaches_a_host_port_open_to_it(
+        repo: Path, docker_client: object, tmp_path: Path) -> None:
+    import socket
+
+    from tests.integration.helpers import by_task, run_tasks, sh
+
+    token_file = tmp_path / "token"
+    token_file.write_text("0123456789abcdef0123456789abcdef\n")
+    token_file.chmod(0o600)
+    # The control: a port the host opens to everyone is reachable from a bridge session.
+    with http_server(repo, token_file) as url, socket.socket() as open_port:
+        open_port.bind(("0.0.0.0", 0))
+        open_port.listen()
+        port, control = url.rsplit(":", 1)[1].split("/")[0], open_port.getsockname()[1]
+        script = REACH.replace("'", "'\"'\"'")
+        report = run_tasks(repo, [sh("probe", f"python3 -c '{script}' {port} {control} "
+                                              "> reach.txt")], network="bridge")
+    probe = by_task(report)["probe"]
+    assert probe.status.value == "succeeded", probe.reason
+    seen = git(repo, "show", f"{probe.head_commit}:reach.txt")
+    assert f"{control} REACHED" in seen, seen
+    assert f"{port} BLOCKED" in seen, seen
