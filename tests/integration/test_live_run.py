@@ -147,3 +147,50 @@ def test_dependency_notes_are_read_only_for_the_dependent_and_absent_for_others(
     assert show("outsider", "seen.txt") == ""
     assert "No such file" in show("outsider", "listing.txt")
     assert not (repo / ".git" / "agentrt" / "runs" / report.run_id / "deps").exists()
+
+
+def test_the_cpu_budget_refuses_once_spent(repo: Path, docker_client: object) -> None:
+    coordinator = live(repo, max_cpu_seconds=0.2)
+    coordinator.start([sh("burn", "i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done")])
+    deadline = time.monotonic() + 120
+    while (coordinator.task_states()["burn"] is None
+           or not coordinator.task_states()["burn"].status.is_final):  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert coordinator.spent().cpu_seconds >= 0.2
+    with pytest.raises(ConfigError, match="budget max_cpu_seconds is spent"):
+        coordinator.submit(sh("more", "true"))
+    coordinator.close(timeout=60)
+
+
+def test_agentrt_add_reaches_a_run_started_by_agentrt_run(repo: Path, docker_client: object,
+                                                          tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[run]\nmerge = "none"\n[run.resource_limits]\nmemory_mb = 256\n'
+                     'disk_mb = 64\n[[tasks]]\nid = "slow"\n'
+                     'command = ["sh", "-c", "sleep 8"]\n')
+    more = tmp_path / "more.toml"
+    more.write_text('[[tasks]]\nid = "late"\ncommand = ["sh", "-c", "echo late > late.txt"]\n')
+    owner = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                              str(repo), "--json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            done = agentrt("add", "latest", str(more), "--repo", str(repo))
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)  # the run is not recorded (or not live) yet
+        assert done.returncode == 0, done.stderr
+        out, err = owner.communicate(timeout=300)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    import json
+
+    report = json.loads(out)
+    assert {s["task_id"]: s["status"] for s in report["sessions"]} == {
+        "slow": "succeeded", "late": "succeeded"}, err
