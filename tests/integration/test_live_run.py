@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -165,9 +168,6 @@ def test_the_cpu_budget_refuses_once_spent(repo: Path, docker_client: object) ->
 
 def test_agentrt_add_reaches_a_run_started_by_agentrt_run(repo: Path, docker_client: object,
                                                           tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     tasks = tmp_path / "tasks.toml"
     tasks.write_text('[run]\nmerge = "none"\n[run.resource_limits]\nmemory_mb = 256\n'
                      'disk_mb = 64\n[[tasks]]\nid = "slow"\n'
@@ -189,8 +189,6 @@ def test_agentrt_add_reaches_a_run_started_by_agentrt_run(repo: Path, docker_cli
     finally:
         if owner.poll() is None:
             owner.kill()
-    import json
-
     report = json.loads(out)
     assert {s["task_id"]: s["status"] for s in report["sessions"]} == {
         "slow": "succeeded", "late": "succeeded"}, err
