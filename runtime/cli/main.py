@@ -316,6 +316,9 @@ def _register_commands() -> None:
     for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS,
                     *cli_session.COMMANDS):
         main.add_command(command)
+    from runtime.cli import mcp_cmd  # noqa: E402 - agentrt add, agentrt mcp
+    for command in mcp_cmd.COMMANDS:
+        main.add_command(command)
     images.add_command(images_prune)
 
 

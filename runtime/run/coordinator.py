@@ -6,6 +6,12 @@ the limit; the thread then releases the session's resources while the slot is fi
 Tasks waiting for a slot are prepared ahead (:mod:`runtime.run.warm_pool`). A task with ``deps``
 starts from the base with its dependencies' branches merged in (a conflict skips it).
 Per-task failures never stop the run; :meth:`cancel` stops everything and keeps the work.
+
+A live run takes more tasks while it goes (:meth:`AgentCoordinator.submit`, or `agentrt add`
+from another process through the state database, :mod:`runtime.run.added_tasks`), under the
+same checks, limit, dependency rules, radar and merge. A run started with ``keep_open`` (or
+:meth:`AgentCoordinator.start`) stays open after its tasks end until :meth:`close`; otherwise
+it takes tasks until its last task ends. See docs/python-api.md and docs/mcp.md.
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import DependencyConflictError, new_session_id
 from runtime.models import RunReport, SessionResult, SessionStatus, settle_merge, utcnow
+from runtime.run.added_tasks import take_requests
 from runtime.run.api_args import as_max_concurrent, as_repo, as_run_config, as_tasks
+from runtime.run.budget import RunBudget, Spent, refusal, tokens_of
+from runtime.run.dep_notes import remove_dep_notes
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
 from runtime.run.live_run import LiveRun
@@ -56,6 +65,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, SessionResult], None]
+#: What the scheduling loop hears: a session's end, a task added, or a wake-up (None).
+Message = tuple[str, SessionResult] | Task | None
+#: Seconds between two looks at the state database for requests of other processes
+#: (`agentrt stop RUN`, `agentrt add RUN`).
+REQUEST_POLL_S = 1.0
 
 _OUTCOME = {
     SessionStatus.SUCCEEDED: TaskState.SUCCEEDED,
@@ -77,6 +91,7 @@ class AgentCoordinator(RunSessions, LiveRun):
         stop_grace_seconds: int = 10,
         listener: Listener | None = None,
         default_agent: AgentPreset | None = None,
+        budget: RunBudget | None = None,
     ) -> None:
         base = as_run_config(config)
         max_concurrent = as_max_concurrent(max_concurrent)
@@ -109,6 +124,21 @@ class AgentCoordinator(RunSessions, LiveRun):
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
         self.build_log: Callable[[str], None] | None = None
         self._env_images: dict[str, EnvImage] = {}
+        # The live run (submit/close): every task by id in order, guarded by _lock.
+        self.budget = budget or RunBudget()
+        self._inbox: queue.Queue[Message] = queue.Queue()
+        self._tasks: dict[str, Task] = {}
+        self._results: dict[str, SessionResult] = {}
+        self._task_base: dict[str, str] = {}
+        self._accepting = False
+        self._keep_open = False
+        self._closed = threading.Event()
+        self._opened = threading.Event()
+        self._added_seen = 0
+        self._stop_seen = 0
+        self._base_commit = ""
+        self._runner: threading.Thread | None = None
+        self._outcome: RunReport | BaseException | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -148,14 +178,135 @@ class AgentCoordinator(RunSessions, LiveRun):
             if session.result.status is SessionStatus.RUNNING:
                 self._notify("stopping", session.result)  # the view shows it while grace runs
 
-    def run_agents(self, tasks: Sequence[Task | Mapping[str, Any] | str]) -> RunReport:
+    # -- a live run: tasks added while it goes ------------------------------------------------
+
+    def start(self, tasks: Sequence[Task | Mapping[str, Any] | str] = ()) -> str:
+        """Start the run in a background thread, open for :meth:`submit` until :meth:`close`;
+        return the run id once it takes tasks. Raises the preflight's error (nothing started)."""
+        if self._runner is not None:
+            raise ConfigError("this coordinator has already started a run")
+        given = as_tasks(tasks, self.default_agent) if tasks else []
+        if given:
+            self.preflight(given)
+
+        def body() -> None:
+            try:
+                self._outcome = self.run_agents(given, keep_open=True)
+            except BaseException as exc:  # noqa: BLE001 - handed to close()
+                self._outcome = exc
+            finally:
+                self._opened.set()
+
+        self._runner = threading.Thread(target=body, name="agentrt-run", daemon=True)
+        self._runner.start()
+        self._opened.wait()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self.run_id
+
+    def close(self, timeout: float | None = None) -> RunReport:
+        """Take no more tasks; wait for every task to end (up to ``timeout`` seconds) and
+        return the run's report (merged per ``config.merge``). Idempotent."""
+        with self._lock:
+            self._closed.set()
+        self._inbox.put(None)
+        if self._runner is None:
+            raise ConfigError("the run was not started with start()")
+        self._runner.join(timeout)
+        if self._runner.is_alive():
+            raise TimeoutError(f"run {self.run_id}: sessions still running after {timeout}s")
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        if self._outcome is None:  # pragma: no cover - the thread always sets it
+            raise AgentRuntimeError("the run ended without a report")
+        return self._outcome
+
+    def submit(self, task: Task | Mapping[str, Any] | str) -> str:
+        """Add a task to the live run; return its id. Thread-safe.
+
+        The task passes the same checks as the run's own (preflight, admission; its
+        dependencies must be tasks of the run, finished or not) and the run's budget; it
+        starts from ``[run] base`` as it is now (so work merged meanwhile is in it), with its
+        dependencies' branches merged in, when a slot is free and they succeeded. ConfigError
+        names what is wrong (nothing is added); also when the run is not taking tasks."""
+        new = with_default_agent(as_tasks([task], self.default_agent), self.default_agent)[0]
+        with self._lock:
+            if not self._accepting or self._closed.is_set() or self._cancelled.is_set():
+                raise ConfigError(f"run {self.run_id} is not taking tasks (not started, "
+                                  "closed or stopped); start a new run")
+            if new.id in self._tasks or new.id in self._task_base:
+                raise ConfigError(f"task {new.id!r}: field id: the run already has a task of "
+                                  "that id; choose another")
+            known = list(self._tasks.values())
+            taken = len(self._tasks) + sum(1 for b in self._task_base.values() if not b)
+            self._task_base[new.id] = ""  # reserved while it is checked
+        try:
+            spent = self.spent()
+            why = refusal(self.budget, Spent(taken, spent.cpu_seconds, spent.tokens))
+            if why is not None:
+                raise ConfigError(why)
+            base, envs = check_run(lambda: self.client, self.repo, self.config, [new],
+                                   self.build_log, known=known)
+        except BaseException:
+            with self._lock:
+                self._task_base.pop(new.id, None)
+            raise
+        with self._lock:
+            if not self._accepting:
+                self._task_base.pop(new.id, None)
+                raise ConfigError(f"run {self.run_id} ended while task {new.id!r} was checked")
+            self._task_base[new.id] = base
+            self._env_images.update(envs)
+            self._tasks[new.id] = new
+            self._inbox.put(new)
+        return new.id
+
+    @property
+    def taking_tasks(self) -> bool:
+        """True while :meth:`submit` may add tasks (started, not closed nor cancelled)."""
+        with self._lock:
+            return self._accepting and not self._closed.is_set() and not self._cancelled.is_set()
+
+    def task_states(self) -> dict[str, SessionResult | None]:
+        """Every task of the run in order: its latest result (None: waiting for a slot or
+        its dependencies). A result is final only once its work is home."""
+        with self._lock:
+            live = {s.task.id: s.result for s in self._live.values()}
+            found = {t: self._results.get(t) or live.get(t) for t in self._tasks}
+        for task_id, result in found.items():
+            if task_id not in self._results and result is not None and result.status.is_final:
+                # Ended, its work still coming home: final only once the run hears it.
+                found[task_id] = result.model_copy(update={"status": SessionStatus.RUNNING})
+        return found
+
+    def spent(self) -> Spent:
+        """What the run used so far: sessions (tasks taken, waiting ones included), CPU
+        seconds (finished sessions as reported, running ones as measured now), tokens."""
+        with self._lock:
+            finished = list(self._results.values())
+            live = list(self._live.values())
+            taken = len(self._tasks) + sum(1 for b in self._task_base.values() if not b)
+        cpu = sum(r.cpu_seconds for r in finished)
+        for session in live:
+            stat = session.stats()
+            if stat is not None:
+                cpu += stat.cpu_seconds
+        return Spent(sessions=taken, cpu_seconds=cpu, tokens=tokens_of(finished))
+
+    def run_agents(self, tasks: Sequence[Task | Mapping[str, Any] | str], *,
+                   keep_open: bool = False) -> RunReport:
         """Run every task; return the report (merge per ``config.merge``).
 
         Each task is a :class:`Task`, a dict of Task keys, or a prompt string (a task with an
         id made from the prompt and ``agent=default_agent``; see docs/python-api.md). A task
         with neither a command nor an agent, when there is no default agent, is refused
-        (ConfigError naming it) before anything starts."""
-        tasks = with_default_agent(as_tasks(tasks, self.default_agent), self.default_agent)
+        (ConfigError naming it) before anything starts. Tasks :meth:`submit`-ted meanwhile join
+        the run; with ``keep_open`` the run waits for more after its tasks end, until
+        :meth:`close` (or :meth:`cancel`)."""
+        checked: list[Task] = with_default_agent(
+            as_tasks(tasks, self.default_agent), self.default_agent) if tasks else []
+        tasks = checked
+        self._keep_open = keep_open
         if self._checked is not None and self._checked[0] == [t.id for t in tasks]:
             base_commit = self._checked[1]
         else:
@@ -163,12 +314,14 @@ class AgentCoordinator(RunSessions, LiveRun):
         target = self.config.target or self.repo.current_branch()
         report = RunReport(run_id=self.run_id, repo=str(self.repo.root), base_commit=base_commit,
                            target=target, merge=self.config.merge, started_at=utcnow())
-        by_id = {t.id: t for t in tasks}
+        by_id = self._tasks
+        by_id.update({t.id: t for t in tasks})
         # Several sessions share one checkout of their base: the run's seed image.
-        self._seeded = len(tasks) > 1
-        results: dict[str, SessionResult] = {}
+        self._seeded = len(tasks) > 1 or keep_open
+        self._base_commit = base_commit
+        results = self._results
         scheduler = DagScheduler({t.id: t.deps for t in tasks}, self.config.max_concurrent_agents)
-        done: queue.Queue[tuple[str, SessionResult]] = queue.Queue()
+        done = self._inbox
         threads: list[threading.Thread] = []
         self.store = Store(paths.state_db(self.repo.state_dir))
         self.store.create_run(
@@ -190,7 +343,7 @@ class AgentCoordinator(RunSessions, LiveRun):
                 from runtime.run.swarm_session import SwarmRun
 
                 self._swarm = SwarmRun(self.client, self.run_id)
-            self._pool = self._warm_pool(tasks, base_commit, results)
+            self._pool = self._warm_pool(by_id, base_commit, results)
             with Supervisor(self.client, self.run_id, engine_timeout=self.config.engine_timeout) \
                     as supervisor, self._radar(report):
                 self.supervisor = supervisor
@@ -210,6 +363,7 @@ class AgentCoordinator(RunSessions, LiveRun):
             if self._pool is not None:
                 self._pool.drain()
             self.supervisor = None
+            remove_dep_notes(self.repo, self.run_id)
             remove_run_stores(self.repo, self.run_id)
             for what, part in (("exchange", self._swarm), ("egress proxy", self.egress)):
                 if part is None:
@@ -223,7 +377,7 @@ class AgentCoordinator(RunSessions, LiveRun):
                 from runtime.databases.postgres import stop_shared_server
 
                 stop_shared_server(self.run_id, self.client)
-        report.sessions = [results[t.id] for t in tasks if t.id in results]
+        report.sessions = [results[t] for t in by_id if t in results]
         settle_merge(report.sessions)  # work off its branch is not_merged, whatever happens next
         report.interrupted = self._cancelled.is_set()
         if self.config.merge != "none" and not report.interrupted:
@@ -240,11 +394,14 @@ class AgentCoordinator(RunSessions, LiveRun):
         return report
 
     def _schedule(self, scheduler: DagScheduler, by_id: dict[str, Task], base_commit: str,
-                  results: dict[str, SessionResult],
-                  done: queue.Queue[tuple[str, SessionResult]],
+                  results: dict[str, SessionResult], done: queue.Queue[Message],
                   threads: list[threading.Thread]) -> None:
-        """Start tasks as slots free up (one thread each) until every task has an outcome."""
-        while not scheduler.done:
+        """Start tasks as slots free up (one thread each) until every task has an outcome
+        and the run takes no more (closed, stopped, or not ``keep_open``)."""
+        with self._lock:
+            self._accepting = True
+        self._opened.set()
+        while not self._over(scheduler, done):
             if self._cancelled.is_set():
                 for task_id in scheduler.cancel_waiting():
                     results[task_id] = self._placeholder(by_id[task_id],
@@ -253,23 +410,55 @@ class AgentCoordinator(RunSessions, LiveRun):
             for task_id in scheduler.next_ready():
                 thread = threading.Thread(
                     target=self._run_task,
-                    args=(by_id[task_id], base_commit, results, done),
+                    args=(by_id[task_id], self._task_base.get(task_id) or base_commit,
+                          results, done),
                     name=f"agentrt-task-{task_id}", daemon=True,
                 )
                 thread.start()
                 threads.append(thread)
             if self._pool is not None:
                 self._pool.fill(scheduler.upcoming(self._pool.size))
-            if scheduler.running == 0:
+            if scheduler.running == 0 and not scheduler.done:
                 continue
-            task_id, result = done.get()
+            try:
+                message = done.get(timeout=REQUEST_POLL_S)
+            except queue.Empty:
+                message = None
             if self._run_stop_requested():
                 self.cancel()
-            results[task_id] = result
+            self._take_requests()
+            if message is None:
+                continue
+            if isinstance(message, Task):
+                reason = scheduler.add(message.id, message.deps)
+                if reason is not None:
+                    results[message.id] = self._placeholder(message, SessionStatus.SKIPPED,
+                                                            reason)
+                continue
+            task_id, result = message
+            with self._lock:
+                results[task_id] = result
             outcome = _OUTCOME.get(result.status, TaskState.FAILED)
             for skipped in scheduler.finish(task_id, outcome):
                 results[skipped] = self._placeholder(
                     by_id[skipped], SessionStatus.SKIPPED, scheduler.skip_reason[skipped])
+
+    def _over(self, scheduler: DagScheduler, inbox: queue.Queue[Message]) -> bool:
+        """True when the loop may end: nothing waits or runs, nothing is queued, and the run
+        takes no more tasks (from then on :meth:`submit` refuses)."""
+        with self._lock:
+            if not scheduler.done or not inbox.empty():
+                return False
+            if self._keep_open and not self._closed.is_set() and not self._cancelled.is_set():
+                return False
+            self._accepting = False
+            return True
+
+    def _take_requests(self) -> None:
+        """Submit the tasks `agentrt add` recorded for this run (runtime/run/added_tasks.py)."""
+        if self.store is not None:
+            self._added_seen = take_requests(self.store, self.run_id, self._added_seen,
+                                             self.submit)
 
     def _save_report(self, report: RunReport) -> None:
         """Store the final report (:func:`runtime.state.run_record.record_final_report`: a
@@ -282,10 +471,12 @@ class AgentCoordinator(RunSessions, LiveRun):
         if self.store is None or self._cancelled.is_set():
             return False
         try:
-            return any(e.kind == STOP_REQUESTED and e.session_id is None
-                       for e in self.store.events(run_id=self.run_id))
+            events = self.store.events(run_id=self.run_id, after_id=self._stop_seen)
         except AgentRuntimeError:
             return False
+        # Asked about once a second: read only the events not read yet.
+        self._stop_seen = max([self._stop_seen, *(e.id for e in events)])
+        return any(e.kind == STOP_REQUESTED and e.session_id is None for e in events)
 
     def _set_up_failed(self, result: SessionResult, exc: Exception) -> SessionResult:
         """Finalise the row of a session whose set-up raised ``exc``: ``skipped`` when its

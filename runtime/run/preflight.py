@@ -37,14 +37,16 @@ def check_merge_target(repo: MainRepo, config: RunConfig) -> None:
 
 def check_run(get_client: Callable[[], docker.DockerClient], repo: MainRepo, config: RunConfig,
               tasks: Sequence[Task], build_log: Callable[[str], None] | None = None,
+              known: Sequence[Task] = (),
               ) -> tuple[str, dict[str, EnvImage]]:
     """Check ``tasks`` of a run with ``config`` in ``repo``; return the base commit and the
     built environments by task id. The engine is asked (``get_client``) only once the checks
-    that need none have passed."""
+    that need none have passed. ``known``: tasks already in the (live) run, which ``tasks``
+    may depend on; they are not checked again."""
     from runtime.engine.images import require_image
     from runtime.run.network_preflight import check_network_settings
 
-    validate_tasks(list(tasks))
+    validate_tasks([*known, *tasks])
     base_commit = resolve_base(repo, config.base)
     check_merge_target(repo, config)
     for task in tasks:

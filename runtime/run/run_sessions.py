@@ -7,7 +7,7 @@ prepares waiting tasks ahead, and taking a session from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -17,6 +17,7 @@ from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import prepare_base
 from runtime.models import SessionResult
+from runtime.run.dep_notes import write_dep_notes
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.warm_pool import WarmPool, pool_size
 
@@ -43,6 +44,8 @@ class RunSessions:
         _seeded: bool
         _pool: WarmPool | None
         _swarm: SwarmRun | None
+        _base_commit: str
+        _task_base: dict[str, str]
 
         @property
         def client(self) -> docker.DockerClient: ...
@@ -72,20 +75,27 @@ class RunSessions:
         args = {**self._session_args(task, base_commit, results), "store": store}
         # The seed holds the run's base: a task starting from its dependencies' work (a base
         # of its own) checks out directly.
-        seeded = self._seeded and args["base_commit"] == base_commit
-        return IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded, **args)
+        seeded = self._seeded and args["base_commit"] == self._base_commit
+        session = IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded,
+                                       **args)
+        notes = write_dep_notes(self.repo, self.run_id, task.id, [results[d] for d in task.deps])
+        if notes is not None:
+            session.extra_mounts = (notes,)
+        return session
 
-    def _warm_pool(self, tasks: Sequence[Task], base_commit: str,
+    def _warm_pool(self, by_id: Mapping[str, Task], base_commit: str,
                    results: dict[str, SessionResult]) -> WarmPool | None:
-        """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), if any."""
-        size = pool_size(self.config, len(tasks), on_swarm=self._swarm is not None)
+        """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), if any;
+        ``by_id``: the run's tasks, those added later included."""
+        size = pool_size(self.config, len(by_id), on_swarm=self._swarm is not None)
         if size == 0:
             return None
-        by_id = {t.id: t for t in tasks}
 
         def make(task_id: str) -> IsolatedAgentSession | None:
             try:
-                return self._new_session(by_id[task_id], base_commit, results, store=None)
+                return self._new_session(by_id[task_id],
+                                         self._task_base.get(task_id) or base_commit, results,
+                                         store=None)
             except AgentRuntimeError:  # e.g. its dependencies conflict: found when it starts
                 return None
 

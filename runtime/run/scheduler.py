@@ -3,6 +3,9 @@
 The coordinator asks :meth:`DagScheduler.next_ready` for work whenever a slot is free and
 reports every outcome with :meth:`finish`. A task starts only when every dependency succeeded;
 a failed, skipped or cancelled dependency skips its dependents, transitively.
+
+A live run adds tasks while it goes (:meth:`DagScheduler.add`): an added task may depend on
+any task already known, waiting, running or finished; it is scheduled by the same rules.
 """
 
 from __future__ import annotations
@@ -37,6 +40,31 @@ class DagScheduler:
         for task, task_deps in self.deps.items():
             for dep in task_deps:
                 self._dependents[dep].append(task)
+
+    def add(self, task: str, deps: Sequence[str]) -> str | None:
+        """Add a task after the start; return why it is skipped at once (a dependency already
+        failed, was skipped or cancelled), else None (it waits like any other).
+
+        ValueError if the id is known or a dependency is not (so no cycle can form)."""
+        if task in self.state:
+            raise ValueError(f"task {task!r} is already in the run")
+        unknown = [d for d in deps if d not in self.state]
+        if unknown:
+            raise ValueError(f"unknown dependency {unknown[0]!r}")
+        self.order.append(task)
+        self.deps[task] = list(deps)
+        self.state[task] = TaskState.WAITING
+        self._dependents[task] = []
+        for dep in deps:
+            self._dependents[dep].append(task)
+        ended = next((d for d in deps if self.state[d] in (
+            TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED)), None)
+        if ended is None:
+            return None
+        reason = f"dependency {ended!r} {self.state[ended].value}"
+        self.state[task] = TaskState.SKIPPED
+        self.skip_reason[task] = reason
+        return reason
 
     @property
     def running(self) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import docker
+from docker.types import Mount
 
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.databases.sqlite import SessionDatabase
@@ -126,6 +127,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         # Start from the run's seed checkout (the coordinator's choice for runs of several
         # sessions; runtime/git/seed_image.py).
         self.seeded = seeded
+        # Read-only extras on this engine's host: its dependencies' notes (run/dep_notes.py).
+        self.extra_mounts: tuple[Mount, ...] = ()
         self.store = store
         self._client = client
         self._own_supervisor = supervisor is None
@@ -255,7 +258,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
-                mounts=tuple(tree.agent_mounts()), uid=uid, gid=gid, network=network,
+                mounts=(*tree.agent_mounts(), *(() if on_engine else self.extra_mounts)),
+                uid=uid, gid=gid, network=network,
                 runtime=self.config.runtime, env=env,
                 secrets_mount=tree.secrets_mount(hidden) if hidden else None,
                 grace_seconds=self.stop_grace_seconds,

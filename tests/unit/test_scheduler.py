@@ -120,3 +120,52 @@ def test_upcoming_is_always_the_head_of_what_next_ready_would_start(
             break
         task = rng.choice(running)
         scheduler.finish(task, rng.choice([TaskState.SUCCEEDED, TaskState.FAILED]))
+
+
+def test_added_tasks_wait_for_a_free_slot() -> None:
+    scheduler = DagScheduler({}, 2)
+    assert scheduler.done and scheduler.next_ready() == []
+    for task in ("a", "b", "c"):
+        assert scheduler.add(task, []) is None
+    assert scheduler.next_ready() == ["a", "b"]
+    assert scheduler.next_ready() == []  # two running: c waits
+    scheduler.finish("a", TaskState.SUCCEEDED)
+    assert scheduler.next_ready() == ["c"]
+    assert scheduler.running == 2
+
+
+def test_added_task_waits_for_a_running_dependency_and_starts_after_a_finished_one() -> None:
+    scheduler = DagScheduler({"a": [], "b": []}, 3)
+    assert scheduler.next_ready() == ["a", "b"]
+    scheduler.finish("a", TaskState.SUCCEEDED)
+    assert scheduler.add("after-a", ["a"]) is None
+    assert scheduler.add("after-b", ["b"]) is None
+    assert scheduler.next_ready() == ["after-a"]  # b still running
+    scheduler.finish("b", TaskState.SUCCEEDED)
+    assert scheduler.next_ready() == ["after-b"]
+
+
+def test_added_task_on_a_failed_dependency_is_skipped_at_once_and_so_are_its_dependents() -> None:
+    scheduler = DagScheduler({"a": []}, 1)
+    scheduler.next_ready()
+    scheduler.finish("a", TaskState.FAILED)
+    assert scheduler.add("b", ["a"]) == "dependency 'a' failed"
+    assert scheduler.state["b"] is TaskState.SKIPPED
+    assert scheduler.add("c", ["b"]) == "dependency 'b' skipped"
+    assert scheduler.done
+
+
+def test_added_task_whose_waiting_dependency_fails_later_is_skipped() -> None:
+    scheduler = DagScheduler({"a": []}, 1)
+    scheduler.next_ready()
+    assert scheduler.add("b", ["a"]) is None
+    assert scheduler.finish("a", TaskState.FAILED) == ["b"]
+
+
+def test_adding_a_known_id_or_an_unknown_dependency_is_refused() -> None:
+    scheduler = DagScheduler({"a": []}, 1)
+    with pytest.raises(ValueError, match="already"):
+        scheduler.add("a", [])
+    with pytest.raises(ValueError, match="unknown dependency 'x'"):
+        scheduler.add("b", ["x"])
+    assert "b" not in scheduler.state
