@@ -82,3 +82,34 @@ def test_ctrl_c_ends_a_run_whose_engine_vanished_within_10_s(docker_client: obje
     assert took < 10, (took, err[-3000:])
     (session,) = json.loads(out)["sessions"]
     assert session["status"] == "cancelled" and session["work"] == "kept", session
+
+
+def test_a_frozen_engine_ends_its_sessions_within_engine_timeout(
+        docker_client: object, tmp_path: Path) -> None:
+    """The engine neither answers nor closes its connections (its dockerd is frozen)."""
+    engine = start_dind(docker_client)  # type: ignore[arg-type]
+    try:
+        repo = make_repo(tmp_path)
+        tasks = tmp_path / "tasks.toml"
+        tasks.write_text(TASK.format(timeout=10))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo),
+             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "DOCKER_HOST": engine.url, "AGENTRT_ENGINE_TIMEOUT": "300"})
+        deadline = time.monotonic() + 120
+        while not engine.client.containers.list(filters={"label": "agentrt.time_seconds"}):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the session did not start"
+            time.sleep(0.2)
+        time.sleep(1)
+        engine.container.pause()
+        frozen = time.monotonic()
+        out, err = proc.communicate(timeout=400)
+        took = time.monotonic() - frozen
+        assert proc.returncode == 1, err[-3000:]
+        (session,) = json.loads(out)["sessions"]
+        assert session["reason"].startswith("engine lost") and session["work"] == "kept", session
+        assert took < 10 + 30, (took, err[-3000:])
+    finally:
+        engine.container.unpause()
+        remove_dind_container(engine.container)
