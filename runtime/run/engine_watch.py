@@ -54,6 +54,11 @@ class EngineWatch:
         with self._lock:
             self._last = time.monotonic()
 
+    def silence(self) -> float:
+        """Seconds since the engine last answered."""
+        with self._lock:
+            return time.monotonic() - self._last
+
     def start(self) -> None:
         """Start watching (clears :data:`ENGINE_LOST`)."""
         ENGINE_LOST.clear()

@@ -26,6 +26,7 @@ from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import SessionTree
 from runtime.git.work_home import bring_work_home
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
+from runtime.run.engine_watch import ENGINE_LOST
 from runtime.run.identity import agent_ids
 from runtime.run.resilience import crash_point, engine_retry
 from runtime.run.supervisor import Watch
@@ -136,8 +137,10 @@ class SessionEnd:
                 "(writes failed with ENOSPC), although the agent exited 0")
         self.result.cpu_seconds = round(watch.cpu_seconds, 3)
         with contextlib.suppress(OSError):
+            # A volume on a lost engine is not measured (that would wait for the engine).
+            measure = volume is not None and not (watch.engine_gone and volume.on_engine)
             self.result.disk_used_bytes = (
-                volume.used_bytes() if volume else watch.disk_used_bytes
+                volume.used_bytes() if measure and volume else watch.disk_used_bytes
             )
         self.result.warnings.extend(watch.error_lines())
 
@@ -168,6 +171,14 @@ class SessionEnd:
         if self._harvested or self.tree is None or not self._checked_out:
             return
         self._harvested = True
+        if self._started and ENGINE_LOST.is_set():
+            # The engine stopped answering: a harvest (a container) would only wait for it.
+            self.result.work = WorkState.KEPT
+            self.result.head_commit = self.repo.branch_head(self.branch)
+            self.result.warnings.append(
+                f"work not brought home yet: the engine was lost; the volume is kept: run "
+                f"`agentrt recover {self.session_id}` once an engine answers")
+            return
         if not self._started and not self._workspace_lent:
             # Nobody worked in the tree: it is the checkout agentrt made.
             self.result.work = WorkState.HOME

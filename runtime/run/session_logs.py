@@ -21,6 +21,8 @@ from runtime.state.log_keeper import LogKeeper
 
 # How long the end of a session waits for its output to be read to the end.
 LOG_DRAIN_SECONDS = 120
+# The same, when the engine was lost (the stream is what is left of it).
+LOST_ENGINE_DRAIN_SECONDS = 2
 
 
 class SessionLogs:
@@ -85,7 +87,10 @@ class SessionLogs:
     def _save_logs(self) -> None:
         """Finish the saved log (the stream ends with the container), or save it in one go."""
         if self._log_thread is not None:
-            self._log_thread.join(timeout=LOG_DRAIN_SECONDS)
+            # A container given up with its engine: its stream may never end; do not wait.
+            watch = getattr(self, "watch", None)
+            gone = watch is not None and watch.engine_gone
+            self._log_thread.join(timeout=LOST_ENGINE_DRAIN_SECONDS if gone else LOG_DRAIN_SECONDS)
             if self._log_thread.is_alive() and self._log_keeper is not None:
                 self._log_keeper.note("the rest of the output was not read in time")
         keeper = self._log_keeper

@@ -29,6 +29,7 @@ from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.models import Manifest, SessionResult, utcnow
+from runtime.run.engine_watch import ENGINE_LOST
 from runtime.run.resilience import engine_retry
 from runtime.state.liveness import process_start_time
 from runtime.state.session_facts import SessionMarker
@@ -280,7 +281,8 @@ class SessionResources:
             self._marker.write(self.session_dir)
 
     def _remove_container(self) -> None:
-        if self.container is not None:
+        # An engine declared lost is not waited for: gc removes the container (by its labels).
+        if self.container is not None and not ENGINE_LOST.is_set():
             engine_retry(self.container.remove)
 
     def _owner_labels(self) -> dict[str, str]:

@@ -222,11 +222,9 @@ class Supervisor:
             watch.stop_sent_at = time.time()
         grace = watch.grace_seconds if grace_seconds is None else grace_seconds
         if reason == "cancel":
-            # A person is waiting: whatever the engine does, the session ends within the
-            # grace and a few seconds, its container given up (its work kept).
-            timer = threading.Timer(grace + CANCEL_SLACK_S, self._give_up, args=(watch, True))
-            timer.daemon = True
-            timer.start()
+            # A person is waiting: an engine that neither confirms nor refuses the stop, and
+            # answers nothing else either, is not waited for past the grace and a few seconds.
+            self._after(grace + CANCEL_SLACK_S, watch)
         unreachable: list[bool] = []
 
         def stop() -> None:
@@ -244,11 +242,25 @@ class Supervisor:
                 ENGINE_LOST.set()
                 self._give_up(watch)
 
-    def _give_up(self, watch: Watch, unless_stopped: bool = False) -> None:
-        """Stop waiting for a container the engine says nothing more about (``unless_stopped``:
-        unless the engine confirmed agentrt's stop, so its end is only a moment away); the
-        retry helpers stop waiting for that engine too."""
-        if not watch.exited.is_set() and not (unless_stopped and watch.stop_delivered):
+    def _after(self, delay: float, watch: Watch) -> None:
+        """In ``delay`` seconds: give ``watch`` up if the engine is silent, else look again
+        each second until its container has ended (a slow engine is still an engine)."""
+        def check() -> None:
+            if watch.exited.is_set() or watch.stop_delivered or self._closing.is_set():
+                return
+            if self._engine_watch.silence() > self._engine_watch.interval + CANCEL_SLACK_S:
+                self._give_up(watch)
+            else:
+                self._after(1.0, watch)
+
+        timer = threading.Timer(delay, check)
+        timer.daemon = True
+        timer.start()
+
+    def _give_up(self, watch: Watch) -> None:
+        """Stop waiting for a container the engine says nothing more about; the retry helpers
+        stop waiting for that engine too."""
+        if not watch.exited.is_set():
             ENGINE_LOST.set()
             watch.engine_gone = True
             watch.record(engine_interrupted=True)

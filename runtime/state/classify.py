@@ -38,6 +38,8 @@ PRECEDENCE = (
 )
 
 
+#: timeout(1)'s exit code when its own timer ended the command.
+TIMEOUT_OWN_EXIT = 124
 OWNER_LOST = "the agentrt process owning this session died; gc stopped its container"
 ENGINE_LOST = "engine lost: the Docker engine restarted or stopped answering during the session"
 NODE_LOST = "node lost: the Swarm node running the session went down or stopped answering"
@@ -118,8 +120,11 @@ def own_deadline_ended(exit_code: int | None, started: datetime | None,
                        finished: datetime | None, time_seconds: int,
                        stop_sent_at: float | None, stop_failed: bool) -> bool:
     """True when the container's own deadline (its entry point's timeout), not agentrt's stop,
-    ended it: the engine's record says it ran to the deadline, and it finished before agentrt's
-    stop was sent (agentrt was paused or late) or that stop never reached the engine. Pure."""
+    ended it: the engine's record says it ran to the deadline, and either its exit code is
+    timeout(1)'s own (124: agentrt's SIGTERM, forwarded by timeout, gives 143), or it finished
+    before agentrt's stop was sent (agentrt was paused or late), or that stop never reached the
+    engine. Pure."""
     if not ended_at_deadline(exit_code, started, finished, time_seconds) or finished is None:
         return False
-    return stop_sent_at is None or stop_failed or finished.timestamp() <= stop_sent_at
+    return exit_code == TIMEOUT_OWN_EXIT or stop_sent_at is None or stop_failed or \
+        finished.timestamp() <= stop_sent_at

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.dind import remove_dind_container, start_dind
+from tests.integration.dind import DindEngine, remove_dind_container, start_dind
 from tests.merge_helpers import make_repo
 
 pytestmark = pytest.mark.docker
@@ -32,24 +32,31 @@ command = ["sh", "-c", "echo w > w.txt && sleep 600"]
 """
 
 
+def _start_run(engine: DindEngine, tmp_path: Path, timeout: int,
+               env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``agentrt run`` on ``engine`` in the background, returned once its agent runs."""
+    repo = make_repo(tmp_path)
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(TASK.format(timeout=timeout))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "DOCKER_HOST": engine.url, **(env or {})})
+    deadline = time.monotonic() + 120
+    while not engine.client.containers.list(filters={"label": "agentrt.time_seconds"}):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the session did not start"
+        time.sleep(0.2)
+    time.sleep(1)
+    return proc
+
+
 def _run_then_kill_the_engine(docker_client: object, tmp_path: Path,
                               timeout: int) -> tuple[subprocess.Popen[str], float]:
     """A run on a fresh dind engine, returned with the moment that engine was killed."""
     engine = start_dind(docker_client)  # type: ignore[arg-type]
     try:
-        repo = make_repo(tmp_path)
-        tasks = tmp_path / "tasks.toml"
-        tasks.write_text(TASK.format(timeout=timeout))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo),
-             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "DOCKER_HOST": engine.url})
-        deadline = time.monotonic() + 120
-        while not engine.client.containers.list(filters={"label": "agentrt.time_seconds"}):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the session did not start"
-            time.sleep(0.2)
-        time.sleep(1)
+        proc = _start_run(engine, tmp_path, timeout)
     finally:
         engine.container.kill()  # the engine is gone, and never comes back
         killed = time.monotonic()
@@ -82,3 +89,22 @@ def test_ctrl_c_ends_a_run_whose_engine_vanished_within_10_s(docker_client: obje
     assert took < 10, (took, err[-3000:])
     (session,) = json.loads(out)["sessions"]
     assert session["status"] == "cancelled" and session["work"] == "kept", session
+
+
+def test_a_frozen_engine_ends_its_sessions_within_engine_timeout(
+        docker_client: object, tmp_path: Path) -> None:
+    """The engine neither answers nor closes its connections (its dockerd is frozen)."""
+    engine = start_dind(docker_client)  # type: ignore[arg-type]
+    try:
+        proc = _start_run(engine, tmp_path, 10, {"AGENTRT_ENGINE_TIMEOUT": "300"})
+        engine.container.pause()
+        frozen = time.monotonic()
+        out, err = proc.communicate(timeout=400)
+        took = time.monotonic() - frozen
+        assert proc.returncode == 1, err[-3000:]
+        (session,) = json.loads(out)["sessions"]
+        assert session["reason"].startswith("engine lost") and session["work"] == "kept", session
+        assert took < 10 + 30, (took, err[-3000:])
+    finally:
+        engine.container.unpause()
+        remove_dind_container(engine.container)

@@ -333,3 +333,42 @@ def test_stop_gc_and_ps_against_a_hung_or_missing_engine_end_with_one_line(
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=120)
     assert not leftovers(docker_client, repo.resolve())
+
+
+def test_after_sigstop_every_deadline_kill_says_the_container_stopped_it(
+    docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    four = DEADLINE_TASKS.replace("[run.resource_limits]", "[run]\nmax_concurrent_agents = 4\n"
+                                  "warm_pool = 0\n[run.resource_limits]")
+    for n in range(2, 5):
+        four += (f'[[tasks]]\nid = "sleeper{n}"\ncommand = ["sh", "-c", "echo w > written.txt; '
+                 "git add . && git commit -qm 'before the deadline'; sleep 300\"]\n")
+    proc = start_run(repo, tmp_path, four)
+    try:
+        deadline = time.time() + 120
+        while len(docker_client.containers.list(  # type: ignore[attr-defined]
+                filters={"label": f"agentrt.repo={repo.resolve()}"})) < 4:
+            assert time.time() < deadline, "the four sessions did not start"
+            time.sleep(0.2)
+        ids = [c.id for c in docker_client.containers.list(  # type: ignore[attr-defined]
+            filters={"label": f"agentrt.repo={repo.resolve()}"})]
+        time.sleep(1)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            for cid in ids:
+                wait_exited(docker_client, cid, OWN_DEADLINE_S + 30)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    sessions = json.loads(out)["sessions"]
+    assert len(sessions) == 4
+    for session in sessions:
+        assert session["status"] == "timed_out", session
+        assert any("container's own deadline" in w for w in session["warnings"]), (
+            session["warnings"], session["reason"], session["exit_code"], session["started_at"],
+            session["finished_at"])
+    assert not leftovers(docker_client, repo.resolve())
