@@ -20,7 +20,6 @@ which mounts :meth:`SessionTree.harvest_mounts`. Which home a session gets is de
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import shlex
@@ -213,13 +212,6 @@ class HostTree(SessionTree):
     @property
     def usage_walker(self) -> Callable[[], int] | None:
         return self.volume.used_bytes if self.mode == "soft" else None
-
-    def harvest(self, client: docker.DockerClient, plan: HarvestPlan, dest: Path,
-                max_bytes: int) -> Harvest:
-        """The harvest writes its bundles straight into ``dest`` (bound in: no copy out of
-        the stopped container through the API)."""
-        return run_harvest(client, dataclasses.replace(plan, bundles_dir=dest), dest,
-                           max_bytes)
 
     def remove(self) -> None:
         self.volume.remove()

@@ -175,7 +175,8 @@ class SessionEnd:
         plan = HarvestPlan(
             session_id=self.session_id, base_commit=self.base_commit,
             mounts=tuple(self.tree.harvest_mounts()), store=self.tree.store, uid=uid, gid=gid,
-            memory_mb=self.limits.memory_mb, runtime=self.config.runtime,
+            memory_mb=self.limits.memory_mb, scratch_mb=self.limits.disk_mb,
+            runtime=self.config.runtime,
             labels={LABEL_OWNER_PID: str(os.getpid()),
                     LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
                     LABEL_REPO: str(self.repo.root)})

@@ -79,6 +79,11 @@ class StoreConnection:
         self._conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Private: the state directory 0700 and the database 0600 (SQLite gives its -wal
+            # and -shm files the database's mode).
+            self.path.parent.chmod(0o700)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+            os.chmod(self.path, 0o600)
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )

@@ -326,6 +326,7 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
     plan = HarvestPlan(session_id=session_id, base_commit=marker.base_commit,
                        mounts=tuple(tree.harvest_mounts()), store=tree.store, uid=marker.uid,
                        gid=marker.gid, memory_mb=config.resource_limits.memory_mb,
+                       scratch_mb=config.resource_limits.disk_mb,
                        runtime=config.runtime, labels={LABEL_REPO: str(repo.root)})
     return bring_work_home(client, repo, plan, branch=branch,
                            policy=import_policy(config, secrets),

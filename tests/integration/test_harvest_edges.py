@@ -1,0 +1,157 @@
+"""The harvest obeys nothing the agent wrote, and writes only into size-capped places.
+
+Each attack is planted by a real agent in a real session; the harvest of its kept tree is then
+run again by hand (the library's :func:`runtime.git.harvest.run_harvest`) to read its log, next
+to a control: the command the harvest used to run (git with the agent's git dir as its
+repository) does execute the agent's program.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from runtime.engine.discovery import get_client
+from runtime.engine.volumes import open_volume
+from runtime.git.harvest import HARVEST_IMAGE, HarvestPlan, run_harvest
+from runtime.git.object_store import ensure_store
+from runtime.git.safe_git import MainRepo
+from runtime.git.session_tree import HostTree
+from runtime.models import SessionStatus, WorkState
+from runtime.state.recovery import collect_garbage
+from tests.conftest import git
+from tests.integration.helpers import by_task, run_tasks, sh
+
+pytestmark = pytest.mark.docker
+
+CANARY = "AGENTRT-PWNED"
+MISSING = "0123456789abcdef0123456789abcdef01234567"
+
+# A promisor remote over ssh with the agent's own sshCommand, a HEAD at a commit nobody has
+# (git's lazy fetch runs the sshCommand to get it), plus fsmonitor, hooks and a clean filter,
+# and a `git` of its own at the top of its tree: every program says CANARY and tries to write.
+HOSTILE = f"""
+cat > /workspace/payload.sh <<'EOS'
+#!/bin/sh
+echo {CANARY} >&2
+for d in /agentrt-harvest /agentrt-bundles /agentrt-out /var/tmp /tmp; do
+  head -c 1048576 /dev/zero > "$d/{CANARY}" 2>/dev/null
+done
+exit 1
+EOS
+chmod 755 /workspace/payload.sh
+cp /workspace/payload.sh /workspace/git
+git config extensions.partialClone origin
+git config remote.origin.url ssh://example.invalid/x.git
+git config remote.origin.promisor true
+git config remote.origin.partialclonefilter blob:none
+git config core.sshCommand /workspace/payload.sh
+git config core.fsmonitor /workspace/payload.sh
+git config core.hooksPath /workspace
+git config filter.x.clean /workspace/payload.sh
+git config filter.x.required true
+echo '* filter=x' > .gitattributes
+echo mine > mine.txt
+echo {MISSING} > .git/refs/heads/$AGENT_BRANCH
+"""
+
+
+def kept_session(repo: Path, report_id: str) -> tuple[Path, Path]:
+    session_dir = repo / ".git/agentrt/sessions" / report_id
+    return session_dir, session_dir / "volume" / "workspace"
+
+
+def test_the_harvest_runs_none_of_the_agents_programs(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD").strip()
+    report = run_tasks(repo, [sh("hostile", HOSTILE)], cleanup_on_complete=False)
+    client = get_client()
+    try:
+        result = by_task(report)["hostile"]
+        assert result.status is SessionStatus.SUCCEEDED, result.reason
+        # The agent's HEAD (a commit nobody has) is refused; its files come home as a snapshot.
+        assert result.work is WorkState.HOME, result.warnings
+        assert any("could not be imported" in w for w in result.warnings), result.warnings
+        tree = git(repo, "ls-tree", "-r", "--name-only", result.head_commit or "").split()
+        assert "mine.txt" in tree
+        session_dir, workspace = kept_session(repo, result.id)
+        tree = HostTree(open_volume(session_dir), 1000, 1000,
+                        ensure_store(MainRepo(repo), report.run_id, base))
+        mounts = tuple(tree.harvest_mounts())
+        plan = HarvestPlan(session_id=result.id + "-again", base_commit=base, mounts=mounts,
+                           store=tree.store, uid=1000, gid=1000, memory_mb=256)
+        dest = session_dir / "again"
+        harvest = run_harvest(client, plan, dest, max_bytes=64 * 1024 * 1024)
+        assert CANARY not in harvest.log, harvest.log
+        assert harvest.head_unreadable and "work.bundle" in harvest.bundles
+        # Control: git with the agent's git dir as its repository (what the harvest ran before)
+        # runs the agent's sshCommand (the lazy fetch of the missing commit).
+        output = client.containers.run(
+            HARVEST_IMAGE, ["sh", "-c", "git --git-dir=/workspace/.git rev-parse --verify -q "
+                            "'HEAD^{commit}'; true"],
+            user="1000:1000", network_mode="none", remove=True, stderr=True, stdout=True,
+            environment={"HOME": "/tmp", "GIT_CONFIG_NOSYSTEM": "1"},
+            mounts=list(mounts), tmpfs={"/tmp": "size=8m"}).decode(errors="replace")
+        assert CANARY in output, f"control: the attack is not real: {output}"
+    finally:
+        collect_garbage(MainRepo(repo), client)
+
+
+def test_a_bundle_over_the_import_limit_fills_nothing_and_is_refused(repo: Path) -> None:
+    # 40 MiB of incompressible uncommitted data with max_import_mb = 8: the bundle cannot be
+    # written past its tmpfs; nothing lands in agentrt's state directory.
+    script = "head -c 41943040 /dev/urandom > big.bin"
+    state = repo / ".git" / "agentrt"
+    report = run_tasks(repo, [sh("big", script)], max_import_mb=8, max_file_mb=100)
+    result = by_task(report)["big"]
+    assert result.work is WorkState.REFUSED, result.warnings
+    assert any("import limit" in w for w in result.warnings), result.warnings
+    assert report.exit_code() == 1
+    harvest_dirs = list((state / "harvest").glob("*")) if (state / "harvest").exists() else []
+    assert not harvest_dirs
+
+
+def test_a_secret_fsck_would_quote_is_refused_by_name_before_fsck_speaks(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = "fsck-quoted-" + os.urandom(8).hex()
+    monkeypatch.setenv("AGENTRT_TEST_TOKEN", value)
+    modules = '[submodule "x"]\n\tpath = x\n\turl = https://example.invalid/x\n\tupdate = !'
+    script = (f"printf '%s%s\\n' '{modules}' \"$AGENTRT_TEST_TOKEN\" > .gitmodules && "
+              "git add -A && git commit -qm modules")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    report = run_tasks(repo, [sh("modules", script, secrets=["AGENTRT_TEST_TOKEN"])])
+    result = by_task(report)["modules"]
+    assert result.work is WorkState.REFUSED, result.warnings
+    assert report.exit_code() == 1
+    assert any("AGENTRT_TEST_TOKEN" in w for w in result.warnings), result.warnings
+    assert value not in report.model_dump_json()
+    assert git(repo, "rev-parse", result.branch).strip() == base
+    state = repo / ".git" / "agentrt"
+    holding = [p for p in state.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
+    assert not holding, holding
+    assert not list(state.rglob("*.bundle")), "a bundle holding a secret is deleted"
+    # Control: fsck itself quotes the value (what reached the report and state.db before).
+    scratch = tmp_path / "scratch"
+    git(tmp_path, "init", "-q", str(scratch))
+    (scratch / ".gitmodules").write_text(f"{modules}{value}\n")
+    git(scratch, "add", "-A")
+    git(scratch, "commit", "-qm", "modules")
+    git(scratch, "bundle", "create", "-q", str(tmp_path / "b.bundle"), "HEAD")
+    raw = (tmp_path / "b.bundle").read_bytes()
+    strict = subprocess.run(["git", "-C", str(scratch), "index-pack", "--strict", "--stdin"],
+                            input=raw[raw.index(b"PACK"):], capture_output=True, check=False)
+    assert value in strict.stderr.decode(errors="replace"), strict.stderr
+
+
+def test_state_and_logs_are_private(repo: Path) -> None:
+    report = run_tasks(repo, [sh("a", "echo hello")])
+    assert by_task(report)["a"].work is WorkState.HOME
+    state = repo / ".git" / "agentrt"
+    assert state.stat().st_mode & 0o777 == 0o700
+    private = [p for p in state.rglob("*") if p.is_file() and not p.is_symlink()
+               and (p.name.startswith("state.db") or p.suffix in (".log", ".bundle"))]
+    assert any(p.name == "state.db" for p in private) and any(p.suffix == ".log" for p in private)
+    for path in private:
+        assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
