@@ -29,6 +29,7 @@ import os
 import re
 import secrets as pysecrets
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Collection, Iterator, Mapping
@@ -59,6 +60,8 @@ class ImportPolicy:
     max_import_bytes: int = 1024 * 1024 * 1024
     max_file_bytes: int = 100 * 1024 * 1024
     secrets: Mapping[str, str] = field(default_factory=dict)
+    #: What a checkout of the tip may write (every path counted); 0: no limit.
+    max_checkout_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,19 @@ def redact_secrets(text: str, secrets: Mapping[str, str]) -> str:
     return text
 
 
+#: The budget of every host git step on imported objects: CPU seconds (``RLIMIT_CPU``: a
+#: delta bomb makes ``index-pack`` inflate far more than the bundle's size) and wall time.
+IMPORT_CPU_SECONDS = 300
+IMPORT_WALL_SECONDS = 900
+
+
+def _budget() -> None:
+    """In the child, before git runs: its CPU budget (SIGXCPU, then SIGKILL a second later)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (IMPORT_CPU_SECONDS, IMPORT_CPU_SECONDS + 1))
+
+
 def _git(
     repo: MainRepo, *args: str, env: Mapping[str, str] | None = None, stdin: int | None = None,
     input: bytes | None = None,
@@ -134,8 +150,12 @@ def _git(
     cmd = git_argv(args, git_dir=repo.git_dir)
     try:
         return subprocess.run(cmd, env=git_env(env), stdin=stdin, input=input,
-                              capture_output=True, timeout=900, check=False, cwd=repo.git_dir)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+                              capture_output=True, timeout=IMPORT_WALL_SECONDS, check=False,
+                              cwd=repo.git_dir, preexec_fn=_budget)
+    except subprocess.TimeoutExpired as exc:
+        raise BundleRefusedError(f"git {args[0]} on the imported objects took longer than its "
+                                 f"budget ({IMPORT_WALL_SECONDS} s): refused") from exc
+    except OSError as exc:
         raise GitError(f"git {args[0]} could not run: {exc}") from exc
 
 
@@ -181,6 +201,7 @@ def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str
         _check_objects(repo, quarantine, packs, policy)
         _fsck_packs(repo, bundle.name, quarantine, packs)
         _check_descends(repo, quarantine, bundle.name, tip, base_commit)
+        _check_checkout_size(repo, quarantine, bundle.name, tip, policy)
         _adopt_packs(repo, packs)
     finally:
         shutil.rmtree(quarantine, ignore_errors=True)
@@ -198,6 +219,35 @@ def _check_descends(repo: MainRepo, quarantine: Path, name: str, tip: str, base:
         raise BundleRefusedError(
             f"{name}: its tip {tip[:10]} does not descend from the session's base "
             f"{base[:10]} (another line of history): refused, never merged")
+
+
+def checkout_bytes(ls_tree: bytes) -> int:
+    """The bytes a checkout of a tree writes, from ``ls-tree -r -l -z``: every path's blob
+    counted (the same blob at a thousand paths is written a thousand times). Pure."""
+    total = 0
+    for entry in ls_tree.split(b"\0"):
+        fields = entry.split(b"\t", 1)[0].split()
+        if len(fields) == 4 and fields[1] == b"blob" and fields[3].isdigit():
+            total += int(fields[3])
+    return total
+
+
+def _check_checkout_size(repo: MainRepo, quarantine: Path, name: str, tip: str,
+                         policy: ImportPolicy) -> None:
+    """Refuse a tip whose checkout would write more than ``policy.max_checkout_bytes`` (a
+    hardlink bomb: one blob at many paths), before any merge can write it out."""
+    if not policy.max_checkout_bytes:
+        return
+    listing = _git(repo, "ls-tree", "-r", "-l", "-z", "--full-tree", tip,
+                   env=_quarantine_env(repo, quarantine))
+    if listing.returncode != 0:
+        raise BundleRefusedError(f"{name}: cannot list its tree: {_words(listing.stderr)}")
+    size = checkout_bytes(listing.stdout)
+    if size > policy.max_checkout_bytes:
+        raise BundleRefusedError(
+            f"{name}: its files would take {_mib(size)} MiB once checked out, over the "
+            f"session's disk_mb={_mib(policy.max_checkout_bytes)} (the same content at many "
+            "paths): refused before anything is written")
 
 
 def _mib(size: int) -> int:
@@ -236,6 +286,9 @@ def _fsck_packs(repo: MainRepo, name: str, quarantine: Path, idx_files: list[Pat
 def _refuse_on_failure(proc: subprocess.CompletedProcess[bytes], name: str, step: str) -> None:
     if proc.returncode == 0:
         return
+    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise BundleRefusedError(f"{step} of {name} ran out of its CPU budget "
+                                 f"({IMPORT_CPU_SECONDS} s): refused")
     words = _words(proc.stderr)
     if _ENVIRONMENT.search(words):
         # The host, not the work: keep everything and try again later.
@@ -258,12 +311,22 @@ def _check_objects(repo: MainRepo, quarantine: Path, packs: list[Path],
     env = _quarantine_env(repo, quarantine)
     check = _git(repo, "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
                  env=env, input="".join(f"{o}\n" for o in oids).encode())
+    total = 0
     for line in check.stdout.splitlines():
         fields = line.split()
-        if len(fields) == 3 and fields[1] == b"blob" and int(fields[2]) > policy.max_file_bytes:
+        if len(fields) != 3:
+            continue
+        size = int(fields[2])
+        total += size
+        if fields[1] == b"blob" and size > policy.max_file_bytes:
             raise BundleRefusedError(
-                f"a file of {_mib(int(fields[2]))} MiB (blob {fields[0][:10].decode()}) is over "
+                f"a file of {_mib(size)} MiB (blob {fields[0][:10].decode()}) is over "
                 f"max_file_mb={_mib(policy.max_file_bytes)}")
+        if total > policy.max_import_bytes:
+            raise BundleRefusedError(
+                f"the work's new objects expand to more than max_import_mb="
+                f"{_mib(policy.max_import_bytes)} (a small bundle of highly compressible or "
+                "delta-packed objects): refused")
     needles = {name: secret_needles(value) for name, value in policy.secrets.items()
                if len(value) >= 4}
     if not needles or not oids:
@@ -279,7 +342,8 @@ def _check_objects(repo: MainRepo, quarantine: Path, packs: list[Path],
 def _object_contents(repo: MainRepo, env: Mapping[str, str], oids: list[str]) -> Iterator[bytes]:
     cmd = git_argv(["cat-file", "--batch"], git_dir=repo.git_dir)
     with subprocess.Popen(cmd, env=git_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, cwd=repo.git_dir) as proc:
+                          stderr=subprocess.DEVNULL, cwd=repo.git_dir,
+                          preexec_fn=_budget) as proc:
         stdin, stdout = proc.stdin, proc.stdout
         assert stdin is not None and stdout is not None
 

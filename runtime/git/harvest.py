@@ -301,11 +301,16 @@ def harvest_spec(plan: HarvestPlan, max_bytes: int = 1024 * 1024 * 1024) -> dict
 
 
 def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
-                max_bytes: int, timeout: float = HARVEST_TIMEOUT_SECONDS) -> Harvest:
+                max_bytes: int, timeout: float = HARVEST_TIMEOUT_SECONDS,
+                shares_disk: bool = False) -> Harvest:
     """Run the harvest container for ``plan`` and copy its bundles into ``dest``.
 
-    Raises :class:`HarvestError` when it cannot finish (the caller keeps the volume), and
-    :class:`HarvestTooLargeError` when the bundles would exceed ``max_bytes``.
+    ``shares_disk``: the engine keeps its volumes on this host's disk, so the bundles are
+    taken from the out volume's directory with :func:`take_file` (as data: no link, no FIFO,
+    one link, within the cap) rather than streamed through ``get_archive``; the harvest's
+    bundles tmpfs has already capped what is there. Raises :class:`HarvestError` when it
+    cannot finish (the caller keeps the volume), and :class:`HarvestTooLargeError` when the
+    bundles would exceed ``max_bytes``.
     """
     container = None
     try:
@@ -336,8 +341,17 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
         if code == 0:
             dest.mkdir(mode=0o700, parents=True, exist_ok=True)
             dest.chmod(0o700)
+            local = None
+            if shares_disk:
+                with engine_errors("inspect the harvest container"):
+                    container.reload()
+                local = _out_volume_dir(container)
             for name in BUNDLES:
-                path = fetch_file(client, container.id, f"{OUT_DIR}/{name}", dest, max_bytes)
+                if local is not None:
+                    path = take_file(local / name, max_bytes, dest=dest / name)
+                else:
+                    path = fetch_file(client, container.id, f"{OUT_DIR}/{name}", dest,
+                                      max_bytes)
                 if path is not None:
                     bundles[name] = path
             if "work.bundle" not in bundles:
@@ -352,6 +366,16 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
             with contextlib.suppress(docker.errors.DockerException, EngineError,
                                      requests.exceptions.RequestException):
                 container.remove(force=True, v=True)
+
+
+def _out_volume_dir(container: Any) -> Path | None:
+    """The host directory of the stopped harvest's out volume, if this host can read it."""
+    for mount in container.attrs.get("Mounts") or []:
+        if mount.get("Destination") == OUT_DIR and mount.get("Type") == "volume":
+            source = Path(str(mount.get("Source") or ""))
+            if source.is_absolute() and source.is_dir() and not source.is_symlink():
+                return source
+    return None
 
 
 #: How long the host may spend reading one file the harvest left (a FIFO or a slow device

@@ -213,6 +213,12 @@ class HostTree(SessionTree):
     def usage_walker(self) -> Callable[[], int] | None:
         return self.volume.used_bytes if self.mode == "soft" else None
 
+    def harvest(self, client: docker.DockerClient, plan: HarvestPlan, dest: Path,
+                max_bytes: int) -> Harvest:
+        """The engine shares this disk: its bundles are taken from the harvest's out volume
+        as data (:func:`runtime.git.harvest.take_file`), not streamed through the API."""
+        return run_harvest(client, plan, dest, max_bytes, shares_disk=True)
+
     def remove(self) -> None:
         self.volume.remove()
 

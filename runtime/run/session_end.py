@@ -183,7 +183,7 @@ class SessionEnd:
         tree = self.tree
         outcome = bring_work_home(
             self.client, self.repo, plan, branch=self.branch,
-            policy=import_policy(self.config, self.task.secrets),
+            policy=import_policy(self.config, self.task.secrets, self.limits.disk_mb),
             harvester=lambda plan, dest, limit: tree.harvest(self.client, plan, dest, limit))
         self.result.work = outcome.state
         self.result.head_commit = outcome.head

@@ -132,3 +132,29 @@ def test_a_fifo_or_device_is_refused_at_once_and_a_file_copied_as_data(tmp_path:
     assert take_file(good, max_bytes=100, dest=tmp_path / "copy") == tmp_path / "copy"
     assert (tmp_path / "copy").read_bytes() == b"y" * 50
     assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_checkout_counts_every_path_of_a_blob() -> None:
+    from runtime.git.bundle import checkout_bytes
+
+    blob = "b" * 40
+    entries = [f"100644 blob {blob}    1048576\ta", f"100644 blob {blob}    1048576\tb",
+               f"160000 commit {'c' * 40}       -\tsub", f"040000 tree {'d' * 40}       -\tdir"]
+    listing = "\0".join(entries) + "\0"
+    assert checkout_bytes(listing.encode()) == 2 * 1048576
+    assert checkout_bytes(b"") == 0
+
+
+def test_every_form_of_a_secret_is_redacted_by_name() -> None:
+    import base64
+
+    from runtime.git.bundle import redact_secrets, secret_needles
+
+    value = "hunter2-" + "x" * 12
+    hexed, b64 = value.encode().hex(), base64.b64encode(value.encode()).decode()
+    assert hexed.encode() in secret_needles(value)
+    text = f"fsck: update = !{value}; hex {hexed} {hexed.upper()}; b64 {b64}"
+    clean = redact_secrets(text, {"TOKEN": value})
+    assert value not in clean and hexed not in clean.lower() and b64[:16] not in clean
+    assert clean.count("[REDACTED:TOKEN]") >= 4
+    assert redact_secrets("short ab", {"S": "ab"}) == "short ab"  # under 4 characters: kept
