@@ -21,6 +21,7 @@ from runtime.databases.psql_admin import (
     exec_exit_code,
 )
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
+from runtime.engine.networks import create_internal_network
 from runtime.errors import DatabaseError
 
 ROLE_DATABASE = "database"
@@ -76,8 +77,7 @@ def start_server(client: docker.DockerClient, run_id: str) -> str:
     try:
         with docker_errors(f"create network {name}"):
             # internal: neither the server nor the agents on this network have a route out.
-            client.networks.create(name, driver="bridge", internal=True,
-                                   labels=server_labels(run_id), check_duplicate=True)
+            create_internal_network(client, name, server_labels(run_id))
         with docker_errors(f"start {name}"):
             container = client.containers.run(
                 IMAGE, name=name, hostname=name, network=name, labels=server_labels(run_id),

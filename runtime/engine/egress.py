@@ -41,6 +41,7 @@ from runtime.egress_rules import (
 )
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
+from runtime.engine.networks import create_internal_network
 from runtime.errors import ConfigError, EngineError
 
 IMAGE_NAME = "egress"
@@ -121,9 +122,8 @@ class RunEgress:
         name = join or session_network_name(session_id)
         with engine_errors(f"connect the egress proxy to {name}"):
             if join is None:
-                self.client.networks.create(
-                    name, driver="bridge", internal=True, check_duplicate=True,
-                    labels={**self.labels, LABEL_SESSION: session_id})
+                create_internal_network(self.client, name,
+                                        {**self.labels, LABEL_SESSION: session_id})
             self._sessions[session_id] = _SessionLink(name, proxy.container_id, join is None)
             self.client.networks.get(name).connect(proxy.container_id, aliases=[PROXY_ALIAS])
         return name, proxy_env()

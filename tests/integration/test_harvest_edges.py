@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from runtime.config import ResourceLimits
 from runtime.engine.discovery import get_client
 from runtime.engine.volumes import open_volume
