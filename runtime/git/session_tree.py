@@ -154,7 +154,9 @@ class HostTree(SessionTree):
 
     @property
     def _secrets_dir(self) -> Path:
-        return self.volume.session_dir / "secrets"
+        # Inside the volume (never mounted into a harvest): what the agent writes at
+        # /run/agentrt counts against its disk_mb like the rest of its tree.
+        return self.volume.root / "secrets"
 
     def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
         if self.seeded:  # the seed's checkout is already there: only its branch is new
@@ -180,7 +182,8 @@ class HostTree(SessionTree):
 
     def secrets_mount(self, values: Mapping[str, str]) -> Mount:
         """Write the file now: a directory (0700) and file (0400) of the agent's uid, in the
-        session's directory on this host (outside the volume)."""
+        session's volume (so the mount's writes are held by ``disk_mb``), next to
+        ``workspace/`` and ``db/``."""
         directory = self._secrets_dir
         directory.mkdir(mode=0o700)
         fd = os.open(directory / SECRETS_FILE,

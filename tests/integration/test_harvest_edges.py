@@ -194,3 +194,18 @@ def test_a_hardlink_checkout_bomb_is_refused_before_any_merge(repo: Path) -> Non
     # Control: the agent's volume did hold all 300 paths (the hardlinks share one inode).
     kept = list((repo / ".git/agentrt/harvest" / result.id).glob("rejected-*.bundle"))
     assert kept and kept[0].stat().st_size < 1024 * 1024
+
+
+def test_the_secrets_mount_is_held_by_the_sessions_disk_quota(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTRT_TEST_TOKEN", "quota-" + os.urandom(6).hex())
+    script = ("head -c 209715200 /dev/zero > /run/agentrt/fill 2>/dev/null; "
+              "s=$(stat -c %s /run/agentrt/fill); rm -f /run/agentrt/fill; echo $s > size.txt")
+    report = run_tasks(repo, [sh("fill", script, secrets=["AGENTRT_TEST_TOKEN"])])
+    result = by_task(report)["fill"]
+    assert result.work is WorkState.HOME, result.warnings
+    size = int(git(repo, "show", f"{result.branch}:size.txt").strip())
+    # Control: the mount is writable (the entry point deletes the file there), so bytes landed;
+    # the 64 MiB volume's quota stopped them, not 200 MiB on the host's disk.
+    assert 0 < size < 64 * 1024 * 1024, size
