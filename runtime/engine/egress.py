@@ -49,6 +49,11 @@ IMAGE = "agentrt/egress:latest"
 ROLE_EGRESS = "egress"
 PROXY_MEMORY = 256 * 1024 * 1024
 PROXY_PIDS = 256
+#: The proxy's entry point with its log passed through ``sed``: a request URL's query string
+#: (where a token in a plain-HTTP URL travels) is cut before the line reaches the container's
+#: log, for requests let through and refused alike.
+PROXY_COMMAND = ["sh", "-c",
+                 "agentrt-egress 2>&1 | sed -u -E 's/[?][^ \"]*/?[query removed]/g'"]
 READY_TIMEOUT_S = 15
 _PROBE = f"import socket; socket.create_connection(('127.0.0.1', {PROXY_PORT}), timeout=1)"
 
@@ -176,7 +181,8 @@ class RunEgress:
         outbound = self._outbound_network()
         with engine_errors(f"start the egress proxy {name}"):
             container = self.client.containers.create(
-                IMAGE, name=name, hostname=PROXY_ALIAS, network=outbound, labels=self.labels,
+                IMAGE, PROXY_COMMAND, name=name, hostname=PROXY_ALIAS, network=outbound,
+                labels=self.labels,
                 environment={"AGENTRT_EGRESS_CONFIG": proxy_config(targets),
                              "AGENTRT_EGRESS_FILTER": "\n".join(filter_rules(targets))},
                 cap_drop=["ALL"], security_opt=["no-new-privileges:true"], read_only=True,

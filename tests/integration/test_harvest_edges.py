@@ -9,6 +9,7 @@ repository) does execute the agent's program.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -209,3 +210,35 @@ def test_the_secrets_mount_is_held_by_the_sessions_disk_quota(
     # Control: the mount is writable (the entry point deletes the file there), so bytes landed;
     # the 64 MiB volume's quota stopped them, not 200 MiB on the host's disk.
     assert 0 < size < 64 * 1024 * 1024, size
+
+
+def test_the_egress_proxy_logs_no_query_string(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.engine.egress as egress
+
+    token = "tok-" + os.urandom(6).hex()
+    real_remove = egress.remove_run_egress
+    kept: list[str] = []
+    monkeypatch.setattr(egress, "remove_run_egress",
+                        lambda client, run_id: kept.append(run_id) or [])
+    urls = [f"http://example.com/x?token={token}", f"http://refused.invalid/y?token={token}"]
+    fetch = ("import urllib.request, sys\n"
+             "for url in sys.argv[1:]:\n"
+             "    try: urllib.request.urlopen(url, timeout=5)\n"
+             "    except Exception as e: print(type(e).__name__)\n")
+    script = f"python3 -c {shlex.quote(fetch)} {' '.join(urls)} > out.txt 2>&1; true"
+    report = run_tasks(repo, [sh("q", script, network="allowlist",
+                                 egress_allow=["example.com"])])
+    client = get_client()
+    try:
+        proxies = client.containers.list(all=True, filters={
+            "label": ["agentrt.role=egress", f"agentrt.run={report.run_id}"]})
+        assert proxies, "the run's proxy"
+        logs = "".join(c.logs().decode(errors="replace") for c in proxies)
+        assert token not in logs, logs
+        # Control: both requests reached the proxy and were logged (URL without its query).
+        assert "refused.invalid/y?[query removed]" in logs, logs
+    finally:
+        for run_id in kept:
+            real_remove(client, run_id)
