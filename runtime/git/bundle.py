@@ -27,6 +27,7 @@ import base64
 import contextlib
 import os
 import re
+import resource
 import secrets as pysecrets
 import shutil
 import signal
@@ -136,11 +137,13 @@ IMPORT_CPU_SECONDS = 300
 IMPORT_WALL_SECONDS = 900
 
 
-def _budget() -> None:
-    """In the child, before git runs: its CPU budget (SIGXCPU, then SIGKILL a second later)."""
-    import resource
+def _budget(pid: int) -> None:
+    """Give the git process ``pid`` its CPU budget (SIGXCPU, then SIGKILL a second later).
 
-    resource.setrlimit(resource.RLIMIT_CPU, (IMPORT_CPU_SECONDS, IMPORT_CPU_SECONDS + 1))
+    Set from outside once it runs (``prlimit``), not by a ``preexec_fn``: that would make
+    every spawn a full fork of this process."""
+    with contextlib.suppress(AttributeError, OSError, ProcessLookupError):
+        resource.prlimit(pid, resource.RLIMIT_CPU, (IMPORT_CPU_SECONDS, IMPORT_CPU_SECONDS + 1))
 
 
 def _git(
@@ -149,14 +152,21 @@ def _git(
 ) -> subprocess.CompletedProcess[bytes]:
     cmd = git_argv(args, git_dir=repo.git_dir)
     try:
-        return subprocess.run(cmd, env=git_env(env), stdin=stdin, input=input,
-                              capture_output=True, timeout=IMPORT_WALL_SECONDS, check=False,
-                              cwd=repo.git_dir, preexec_fn=_budget)
-    except subprocess.TimeoutExpired as exc:
-        raise BundleRefusedError(f"git {args[0]} on the imported objects took longer than its "
-                                 f"budget ({IMPORT_WALL_SECONDS} s): refused") from exc
+        with subprocess.Popen(cmd, env=git_env(env), cwd=repo.git_dir,
+                              stdin=subprocess.PIPE if input is not None else stdin,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            _budget(proc.pid)
+            try:
+                out, err = proc.communicate(input, timeout=IMPORT_WALL_SECONDS)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                proc.communicate()
+                raise BundleRefusedError(
+                    f"git {args[0]} on the imported objects took longer than its budget "
+                    f"({IMPORT_WALL_SECONDS} s): refused") from exc
     except OSError as exc:
         raise GitError(f"git {args[0]} could not run: {exc}") from exc
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _quarantine_env(repo: MainRepo, quarantine: Path) -> dict[str, str]:
@@ -201,7 +211,7 @@ def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str
         _check_objects(repo, quarantine, packs, policy)
         _fsck_packs(repo, bundle.name, quarantine, packs)
         _check_descends(repo, quarantine, bundle.name, tip, base_commit)
-        _check_checkout_size(repo, quarantine, bundle.name, tip, policy)
+        _check_checkout_size(repo, quarantine, bundle.name, base_commit, tip, policy)
         _adopt_packs(repo, packs)
     finally:
         shutil.rmtree(quarantine, ignore_errors=True)
@@ -211,38 +221,51 @@ def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str
 def _check_descends(repo: MainRepo, quarantine: Path, name: str, tip: str, base: str) -> None:
     """The bundle's tip is a commit that descends from the session's base, else refused."""
     env = _quarantine_env(repo, quarantine)
-    kind = _git(repo, "cat-file", "-t", tip, env=env)
-    if kind.stdout.strip() != b"commit":
-        raise BundleRefusedError(f"{name}: its ref is not a commit")
     ancestor = _git(repo, "merge-base", "--is-ancestor", base, tip, env=env)
     if ancestor.returncode != 0:
+        kind = _git(repo, "cat-file", "-t", tip, env=env)
+        if kind.stdout.strip() != b"commit":
+            raise BundleRefusedError(f"{name}: its ref is not a commit")
         raise BundleRefusedError(
             f"{name}: its tip {tip[:10]} does not descend from the session's base "
             f"{base[:10]} (another line of history): refused, never merged")
 
 
-def checkout_bytes(ls_tree: bytes) -> int:
-    """The bytes a checkout of a tree writes, from ``ls-tree -r -l -z``: every path's blob
-    counted (the same blob at a thousand paths is written a thousand times). Pure."""
-    total = 0
-    for entry in ls_tree.split(b"\0"):
-        fields = entry.split(b"\t", 1)[0].split()
-        if len(fields) == 4 and fields[1] == b"blob" and fields[3].isdigit():
-            total += int(fields[3])
-    return total
+def written_blobs(diff_tree: bytes) -> list[str]:
+    """The blob of every path a checkout from base to tip writes, from ``diff-tree -r -z``
+    (added, modified or retyped files; one entry per path: the same blob at a thousand paths
+    is written a thousand times). Gitlinks and deletions write nothing. Pure."""
+    fields = diff_tree.split(b"\0")
+    blobs: list[str] = []
+    for i in range(0, len(fields) - 1, 2):
+        meta = fields[i].split()
+        if len(meta) != 5 or meta[4][:1] not in (b"A", b"M", b"T"):
+            continue
+        if meta[1] in (b"160000", b"000000"):
+            continue
+        blobs.append(meta[3].decode())
+    return blobs
 
 
-def _check_checkout_size(repo: MainRepo, quarantine: Path, name: str, tip: str,
+def _check_checkout_size(repo: MainRepo, quarantine: Path, name: str, base: str, tip: str,
                          policy: ImportPolicy) -> None:
-    """Refuse a tip whose checkout would write more than ``policy.max_checkout_bytes`` (a
-    hardlink bomb: one blob at many paths), before any merge can write it out."""
+    """Refuse a tip whose checkout over its base would write more than
+    ``policy.max_checkout_bytes`` (a hardlink bomb: one blob at many paths), before any merge
+    can write it out."""
     if not policy.max_checkout_bytes:
         return
-    listing = _git(repo, "ls-tree", "-r", "-l", "-z", "--full-tree", tip,
-                   env=_quarantine_env(repo, quarantine))
-    if listing.returncode != 0:
-        raise BundleRefusedError(f"{name}: cannot list its tree: {_words(listing.stderr)}")
-    size = checkout_bytes(listing.stdout)
+    env = _quarantine_env(repo, quarantine)
+    diff = _git(repo, "diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", base, tip,
+                env=env)
+    if diff.returncode != 0:
+        raise BundleRefusedError(f"{name}: cannot compare it with its base: "
+                                 f"{_words(diff.stderr)}")
+    blobs = written_blobs(diff.stdout)
+    if not blobs:
+        return
+    sizes = _git(repo, "cat-file", "--batch-check=%(objectsize)", env=env,
+                 input="".join(f"{oid}\n" for oid in blobs).encode())
+    size = sum(int(line) for line in sizes.stdout.split() if line.isdigit())
     if size > policy.max_checkout_bytes:
         raise BundleRefusedError(
             f"{name}: its files would take {_mib(size)} MiB once checked out, over the "
@@ -342,8 +365,8 @@ def _check_objects(repo: MainRepo, quarantine: Path, packs: list[Path],
 def _object_contents(repo: MainRepo, env: Mapping[str, str], oids: list[str]) -> Iterator[bytes]:
     cmd = git_argv(["cat-file", "--batch"], git_dir=repo.git_dir)
     with subprocess.Popen(cmd, env=git_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, cwd=repo.git_dir,
-                          preexec_fn=_budget) as proc:
+                          stderr=subprocess.DEVNULL, cwd=repo.git_dir) as proc:
+        _budget(proc.pid)
         stdin, stdout = proc.stdin, proc.stdout
         assert stdin is not None and stdout is not None
 

@@ -344,8 +344,7 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
             local = None
             if shares_disk:
                 with engine_errors("inspect the harvest container"):
-                    container.reload()
-                local = _out_volume_dir(container)
+                    local = _out_volume_dir(client.api.inspect_container(container.id))
             for name in BUNDLES:
                 if local is not None:
                     path = take_file(local / name, max_bytes, dest=dest / name)
@@ -368,9 +367,10 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
                 container.remove(force=True, v=True)
 
 
-def _out_volume_dir(container: Any) -> Path | None:
-    """The host directory of the stopped harvest's out volume, if this host can read it."""
-    for mount in container.attrs.get("Mounts") or []:
+def _out_volume_dir(attrs: Mapping[str, Any]) -> Path | None:
+    """The host directory of the stopped harvest's out volume (from ``attrs``, its
+    inspection), if this host can read it."""
+    for mount in attrs.get("Mounts") or []:
         if mount.get("Destination") == OUT_DIR and mount.get("Type") == "volume":
             source = Path(str(mount.get("Source") or ""))
             if source.is_absolute() and source.is_dir() and not source.is_symlink():

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
+import docker.types
 import pytest
 
 from runtime.config import ResourceLimits
@@ -242,3 +244,61 @@ def test_the_egress_proxy_logs_no_query_string(
     finally:
         for run_id in kept:
             real_remove(client, run_id)
+
+
+def test_a_fifo_left_for_the_host_is_refused_at_once(tmp_path: Path) -> None:
+    """What a subverted harvest could leave in its out volume: a FIFO where the bundle goes.
+    The host refuses it at once (it used to block `agentrt run` forever in open())."""
+    import threading
+
+    from runtime.errors import HarvestError
+    from runtime.git.harvest import OUT_DIR, _out_volume_dir, take_file
+
+    client = get_client()
+    container = client.containers.create(
+        HARVEST_IMAGE, ["sh", "-c", f"mkfifo {OUT_DIR}/work.bundle"], user="0:0",
+        network_mode="none", mounts=[docker.types.Mount(OUT_DIR, None, type="volume")])
+    try:
+        container.start()
+        container.wait(timeout=60)
+        local = _out_volume_dir(client.api.inspect_container(container.id))
+        assert local is not None
+        began = time.monotonic()
+        with pytest.raises(HarvestError, match="a FIFO"):
+            take_file(local / "work.bundle", 1 << 20, dest=tmp_path / "work.bundle")
+        assert time.monotonic() - began < 2
+        # Control: a plain open() of the same path blocks until someone writes.
+        opened = threading.Event()
+        thread = threading.Thread(target=lambda: (open(local / "work.bundle", "rb").close(),
+                                                  opened.set()), daemon=True)
+        thread.start()
+        assert not opened.wait(1.5), "control: the open did not block"
+        with open(local / "work.bundle", "wb"):
+            pass  # let the blocked reader go
+        thread.join(5)
+    finally:
+        container.remove(force=True, v=True)
+
+
+def test_a_huge_archive_stream_is_cut_at_the_cap(tmp_path: Path) -> None:
+    """A 20 GB sparse "bundle" in a container (what a remote engine streamed for 76 s before):
+    the copy stops at the import limit."""
+    from runtime.errors import HarvestError
+    from runtime.git.harvest import fetch_file
+
+    client = get_client()
+    container = client.containers.create(HARVEST_IMAGE, ["truncate", "-s", "20G", "/big"],
+                                         network_mode="none", user="0:0")
+    try:
+        container.start()
+        container.wait(timeout=60)
+        # Control: the engine offers the whole 20 GB.
+        _chunks, info = client.api.get_archive(container.id, "/big")
+        _chunks.close()
+        assert info["size"] == 20 * 1024 ** 3
+        began = time.monotonic()
+        with pytest.raises(HarvestError, match="larger than the import limit"):
+            fetch_file(client, container.id, "/big", tmp_path, 8 * 1024 * 1024)
+        assert time.monotonic() - began < 15
+    finally:
+        container.remove(force=True, v=True)

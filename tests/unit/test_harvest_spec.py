@@ -134,15 +134,15 @@ def test_a_fifo_or_device_is_refused_at_once_and_a_file_copied_as_data(tmp_path:
     assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_checkout_counts_every_path_of_a_blob() -> None:
-    from runtime.git.bundle import checkout_bytes
+def test_a_checkout_writes_every_added_or_changed_path_of_a_blob() -> None:
+    from runtime.git.bundle import written_blobs
 
-    blob = "b" * 40
-    entries = [f"100644 blob {blob}    1048576\ta", f"100644 blob {blob}    1048576\tb",
-               f"160000 commit {'c' * 40}       -\tsub", f"040000 tree {'d' * 40}       -\tdir"]
-    listing = "\0".join(entries) + "\0"
-    assert checkout_bytes(listing.encode()) == 2 * 1048576
-    assert checkout_bytes(b"") == 0
+    z, a, b, c = "0" * 40, "a" * 40, "b" * 40, "c" * 40
+    entries = [f":000000 100644 {z} {a} A", "one", f":000000 100644 {z} {a} A", "two",
+               f":100644 100644 {b} {c} M", "changed", f":100644 000000 {b} {z} D", "gone",
+               f":000000 160000 {z} {c} A", "sub"]
+    assert written_blobs(("\0".join(entries) + "\0").encode()) == [a, a, c]
+    assert written_blobs(b"") == []
 
 
 def test_every_form_of_a_secret_is_redacted_by_name() -> None:
