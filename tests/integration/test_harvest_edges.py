@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import docker.types
 import pytest
@@ -24,7 +25,7 @@ from runtime.git.harvest import HARVEST_IMAGE, HarvestPlan, run_harvest
 from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import HostTree
-from runtime.models import SessionStatus, WorkState
+from runtime.models import SessionResult, SessionStatus, WorkState
 from runtime.state.recovery import collect_garbage
 from tests.conftest import git
 from tests.integration.helpers import by_task, run_tasks, sh
@@ -162,22 +163,26 @@ def test_state_and_logs_are_private(repo: Path) -> None:
         assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
 
 
+def refused(repo: Path, name: str, script: str, disk_mb: int, **run: Any
+            ) -> tuple[SessionResult, list[Path]]:
+    """Run ``script`` as task ``name``; its result, refused, and the bundles kept for it."""
+    limits = ResourceLimits(memory_mb=512, cpu_percent=100, time_seconds=300, disk_mb=disk_mb,
+                            pids=128)
+    result = by_task(run_tasks(repo, [sh(name, script)], resource_limits=limits, **run))[name]
+    assert result.work is WorkState.REFUSED, result.warnings
+    return result, list((repo / ".git/agentrt/harvest" / result.id).glob("rejected-*.bundle"))
+
+
 def test_a_small_bundle_that_expands_past_max_import_mb_is_refused(repo: Path) -> None:
     # 24 files of 8 MiB of zeros (each different by its first line): the bundle is ~200 KiB,
     # every blob is under max_file_mb, but the objects expand to 192 MiB.
     script = ("for i in $(seq 1 24); do { echo $i; head -c 8388608 /dev/zero; } > z$i.bin; "
               "done; git add -A; git commit -qm zeros")
-    limits = ResourceLimits(memory_mb=512, cpu_percent=100, time_seconds=300, disk_mb=400,
-                            pids=128)
     base = git(repo, "rev-parse", "HEAD").strip()
-    report = run_tasks(repo, [sh("zeros", script)], resource_limits=limits,
-                       max_import_mb=16, max_file_mb=10)
-    result = by_task(report)["zeros"]
-    assert result.work is WorkState.REFUSED, result.warnings
+    result, kept = refused(repo, "zeros", script, 400, max_import_mb=16, max_file_mb=10)
     assert any("expand to more than max_import_mb=16" in w for w in result.warnings)
     assert git(repo, "rev-parse", result.branch).strip() == base
     # Control: the bundle itself is far under the limit (its compressed size is not the cap).
-    kept = list((repo / ".git/agentrt/harvest" / result.id).glob("rejected-*.bundle"))
     assert kept and all(p.stat().st_size < 2 * 1024 * 1024 for p in kept), kept
 
 
@@ -185,17 +190,13 @@ def test_a_hardlink_checkout_bomb_is_refused_before_any_merge(repo: Path) -> Non
     # One 1 MiB file at 300 paths: 300 MiB once checked out, from a 64 MiB volume.
     script = ("{ echo one; head -c 1048575 /dev/zero; } > f0; "
               "for i in $(seq 1 299); do ln f0 f$i; done; git add -A; git commit -qm links")
-    limits = ResourceLimits(memory_mb=256, cpu_percent=100, time_seconds=120, disk_mb=64,
-                            pids=128)
     main_before = git(repo, "rev-parse", "main").strip()
-    report = run_tasks(repo, [sh("links", script)], resource_limits=limits, merge="auto")
-    result = by_task(report)["links"]
-    assert result.work is WorkState.REFUSED, result.warnings
+    result, kept = refused(repo, "links", script, 64, merge="auto")
     assert any("once checked out" in w and "disk_mb=64" in w for w in result.warnings)
     assert git(repo, "rev-parse", "main").strip() == main_before
     assert not (repo / "f299").exists()
-    # Control: the agent's volume did hold all 300 paths (the hardlinks share one inode).
-    kept = list((repo / ".git/agentrt/harvest" / result.id).glob("rejected-*.bundle"))
+    # Control: the agent's volume did hold all 300 paths (the hardlinks share one inode),
+    # and the pack is tiny: neither the bundle nor the file size caps see it.
     assert kept and kept[0].stat().st_size < 1024 * 1024
 
 
