@@ -94,3 +94,38 @@ def test_a_bundle_carrying_a_ref_agentrt_did_not_ask_for_is_refused(
     # Control: the same bundle, when that ref is the one asked for, is taken.
     assert import_bundle(MainRepo(repo), bundle, branch="main", base_commit=base,
                          policy=ImportPolicy(), refs={"refs/heads/main"}) == tip
+
+
+def test_host_git_on_imported_objects_stops_at_its_cpu_budget(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle of ~1 MiB whose one blob inflates to 1 GiB (what a delta bomb makes
+    index-pack do, in small): with a 1 s CPU budget the import is refused, not left running."""
+    import subprocess
+
+    import runtime.git.bundle as bundle_mod
+
+    base = git(repo, "rev-parse", "HEAD").strip()
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(repo), str(work))
+    with open(work / "zeros.bin", "wb") as out:
+        out.truncate(1024 ** 3)
+    git(work, "add", "zeros.bin")
+    git(work, "commit", "-qm", "zeros")
+    bundle = tmp_path / "work.bundle"
+    git(work, "update-ref", "refs/heads/work", "HEAD")
+    git(work, "bundle", "create", "-q", str(bundle), "refs/heads/work", "--not", base)
+    assert bundle.stat().st_size < 4 * 1024 * 1024
+    git(repo, "branch", "agent/z/1", base)
+    policy = ImportPolicy(max_import_bytes=2 * 1024 ** 3, max_file_bytes=2 * 1024 ** 3)
+    monkeypatch.setattr(bundle_mod, "IMPORT_CPU_SECONDS", 1)
+    with pytest.raises(BundleRefusedError, match="CPU budget"):
+        import_bundle(MainRepo(repo), bundle, branch="agent/z/1", base_commit=base,
+                      policy=policy, refs={"refs/heads/work"})
+    probe = subprocess.run(["git", "-C", str(repo), "cat-file", "-e",
+                            git(work, "rev-parse", "HEAD").strip()], capture_output=True)
+    assert probe.returncode != 0, "nothing of the refused bundle entered the repository"
+    # Control: with the default budget the same bundle imports (it is only expensive).
+    monkeypatch.setattr(bundle_mod, "IMPORT_CPU_SECONDS", 300)
+    assert import_bundle(MainRepo(repo), bundle, branch="agent/z/1", base_commit=base,
+                         policy=policy, refs={"refs/heads/work"})
