@@ -163,9 +163,11 @@ else
   g --git-dir="$h" read-tree "$base"
 fi
 parent=${head:-$base}
+# Its messages go to the bundles' tmpfs (still empty): a full scratch could not hold them.
+errs=$bundles/add.err
 add() {
   g -c core.trustctime=false -c core.checkStat=minimal --git-dir="$h" --work-tree=/workspace \
-    add -A --ignore-errors -- . >/dev/null 2>"$out/add.err"
+    add -A --ignore-errors -- . >/dev/null 2>"$errs"
 }
 # The agent's own index is only a stat cache (files whose size and mtime did not change are not
 # re-read): a copy of a plain file of sane size, in an index of our own; any doubt, or any
@@ -178,9 +180,14 @@ fi
 if [ -n "$stat_cache" ] && GIT_INDEX_FILE=$stat_cache add; then
   mv "$stat_cache" "$GIT_INDEX_FILE"
 elif ! add; then
+  # The scratch tmpfs is full: the work is larger than the harvest may hold, not unreadable.
+  if grep -q -e 'No space left' -e 'Out of diskspace' "$errs"; then
+    echo "agentrt-harvest: over-limit"; exit 4
+  fi
   echo "agentrt-harvest: some files could not be read"
-  head -c 2000 "$out/add.err" >&2 || true
+  head -c 2000 "$errs" >&2 || true
 fi
+rm -f "$errs"
 tree=$(g --git-dir="$h" write-tree)
 snap=$parent
 if [ "$tree" != "$(g --git-dir="$h" rev-parse "$parent^{tree}")" ]; then

@@ -104,6 +104,38 @@ def test_the_harvest_runs_none_of_the_agents_programs(repo: Path) -> None:
         collect_garbage(MainRepo(repo), client)
 
 
+def test_work_larger_than_the_harvests_scratch_is_refused_not_retried(repo: Path) -> None:
+    """100 MiB of uncommitted random data and a 64 MiB scratch: the harvest stops at its tmpfs
+    and says the work is too large (a retry would fail the same way), not unreadable."""
+    from runtime.errors import HarvestTooLargeError
+
+    base = git(repo, "rev-parse", "HEAD").strip()
+    limits = ResourceLimits(memory_mb=256, cpu_percent=100, time_seconds=120, disk_mb=256,
+                            pids=128)
+    report = run_tasks(repo, [sh("big", "head -c 104857600 /dev/urandom > big.bin; false")],
+                       resource_limits=limits, cleanup_on_complete=False, max_import_mb=1024,
+                       max_file_mb=1024)
+    client = get_client()
+    try:
+        result = by_task(report)["big"]
+        session_dir, _workspace = kept_session(repo, result.id)
+        tree = HostTree(open_volume(session_dir), 1000, 1000,
+                        ensure_store(MainRepo(repo), report.run_id, base))
+        plan = HarvestPlan(session_id=result.id + "-small", base_commit=base,
+                           mounts=tuple(tree.harvest_mounts()), store=tree.store, uid=1000,
+                           gid=1000, memory_mb=256, scratch_mb=64)
+        with pytest.raises(HarvestTooLargeError):
+            run_harvest(client, plan, session_dir / "small", max_bytes=1024 * 1024 * 1024)
+        # Control: with the session's own scratch (its disk_mb) the same tree is harvested.
+        plan = HarvestPlan(session_id=result.id + "-fits", base_commit=base,
+                           mounts=tuple(tree.harvest_mounts()), store=tree.store, uid=1000,
+                           gid=1000, memory_mb=256, scratch_mb=256)
+        assert "work.bundle" in run_harvest(client, plan, session_dir / "fits",
+                                            max_bytes=1024 * 1024 * 1024).bundles
+    finally:
+        collect_garbage(MainRepo(repo), client)
+
+
 def test_a_bundle_over_the_import_limit_fills_nothing_and_is_refused(repo: Path) -> None:
     # 40 MiB of incompressible uncommitted data with max_import_mb = 8: the bundle cannot be
     # written past its tmpfs; nothing lands in agentrt's state directory.
