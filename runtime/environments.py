@@ -83,6 +83,9 @@ class Environment(_Strict):
         "default: the Dockerfile's directory.")
     args: dict[str, str] = Field(default_factory=dict,
                                  description="With dockerfile: build arguments.")
+    build_network: bool = Field(
+        False, description="With dockerfile: give its RUN steps the network (default: none; "
+        "earlier merged agent work can change the Dockerfile, which builds as root).")
     devcontainer: str | None = Field(
         None, description="A devcontainer.json in the repository (its common subset).")
     setup: list[str] = Field(
@@ -104,8 +107,10 @@ class Environment(_Strict):
             raise ValueError(
                 "give exactly one of image, dockerfile or devcontainer"
                 + (f" (got {' and '.join(given)})" if given else ""))
-        if (self.context is not None or self.args) and self.dockerfile is None:
-            key = "context" if self.context is not None else "args"
+        if (self.context is not None or self.args or self.build_network) \
+                and self.dockerfile is None:
+            key = ("context" if self.context is not None else "args" if self.args
+                   else "build_network")
             raise ValueError(f"{key} is only used with dockerfile")
         return self
 

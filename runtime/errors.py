@@ -116,3 +116,7 @@ class StateDamagedError(StateError):
 
 class NotFoundError(AgentRuntimeError, LookupError):
     """No run or session matches the given name (or the prefix is ambiguous)."""
+
+
+class HarvestTooLargeError(HarvestError):
+    """A session's work, bundled, is over the import limit: refused (not retried)."""

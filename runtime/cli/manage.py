@@ -1,4 +1,5 @@
-"""CLI verbs that act on runs and sessions: stop, gc, merge, replay, shell, colima up."""
+"""CLI verbs that act on runs and sessions: stop, gc, recover, discard, merge, replay, shell,
+colima up."""
 
 from __future__ import annotations
 
@@ -68,6 +69,39 @@ def recover(session: str, repo: str, as_json: bool) -> None:
     for error in report.errors:
         click.echo(f"agentrt: {terminal_safe(error)}", err=True)
     sys.exit(1 if report.errors or report.lost_work else 0)
+
+
+@click.command()
+@click.argument("session")
+@repo_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def discard(session: str, repo: str, yes: bool) -> None:
+    """Remove a kept session's volume, bundles and container without harvesting it again.
+
+    For a session whose work is kept for a retry (or refused) that you do not want: `gc` and
+    `recover` would run its harvest again. Its branch stays where it is.
+    """
+    from runtime.engine.discovery import get_client
+    from runtime.state.recovery import collect_garbage
+
+    main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:
+        row = store.find_session(session)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"discard {row.id}: not a terminal; pass --yes to confirm")
+        click.confirm(f"Discard session {row.id} (its volume and any work not on "
+                      f"{terminal_safe(row.branch)})?", abort=True)
+    report = collect_garbage(main_repo, get_client(), only_session=row.id, discard=True)
+    if row.id in report.skipped_live:
+        click.echo(f"{row.id} is still running: stop it first (`agentrt stop {row.id}`)",
+                   err=True)
+        sys.exit(1)
+    for error in report.errors:
+        click.echo(f"agentrt: {terminal_safe(error)}", err=True)
+    if not report.errors:
+        click.echo(f"discarded {row.id}; its branch {terminal_safe(row.branch)} is unchanged")
+    sys.exit(1 if report.errors else 0)
 
 
 @click.command()
@@ -262,4 +296,4 @@ def colima_up_cmd(agents: int | None, task_file: Path | None, dry_run: bool,
         click.echo(render_profile(size, read_template()), nl=False)
 
 
-COMMANDS: list[click.Command] = [stop, gc, recover, merge, replay, shell, colima]
+COMMANDS: list[click.Command] = [stop, gc, recover, discard, merge, replay, shell, colima]

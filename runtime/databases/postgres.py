@@ -62,6 +62,7 @@ from runtime.databases.postgres_server import (
 )
 from runtime.databases.psql_admin import IMAGE, PsqlAdmin, docker_errors
 from runtime.engine.labels import LABEL_SESSION
+from runtime.engine.networks import create_internal_network
 from runtime.errors import DatabaseError
 
 __all__ = ["IMAGE", "PORT", "SharedDatabase", "check_database_url", "create_shared_database",
@@ -183,8 +184,7 @@ def _session_network(client: docker.DockerClient, run_id: str, session_id: str, 
     name = f"{server_name(run_id)}-{db_name}"[:120]
     labels = {**server_labels(run_id, extra), LABEL_SESSION: session_id}
     with docker_errors(f"create network {name}"):
-        network = client.networks.create(name, driver="bridge", internal=True, labels=labels,
-                                         check_duplicate=True)
+        network = create_internal_network(client, name, labels)
         try:
             network.connect(server_id, aliases=[server_name(run_id)])
         except docker.errors.DockerException:

@@ -22,17 +22,31 @@ from runtime.databases.psql_admin import (
     exec_exit_code,
 )
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
+from runtime.engine.networks import create_internal_network
 from runtime.errors import DatabaseError
 
 ROLE_DATABASE = "database"
 READY_TIMEOUT_S = 60
 SERVER_MEMORY = 1024 * 1024 * 1024
 SERVER_PIDS = 512
+#: The server's share of the host: one core for every session of the run together.
+SERVER_NANO_CPUS = 1_000_000_000
+#: Temporary files one backend may hold (a sort or hash that spills): superuser-only setting,
+#: so no agent can raise it.
+TEMP_FILE_LIMIT = "256MB"
+#: Defaults for every role (an agent may SET its own statement_timeout: a default, not a cap).
+STATEMENT_TIMEOUT = "300s"
+IDLE_IN_TRANSACTION_TIMEOUT = "600s"
 
-# On agentrt's own server nobody but the superuser needs the maintenance databases.
-_SERVER_SETUP_SQL = """
+# On agentrt's own server nobody but the superuser needs the maintenance databases; the
+# limits above are set for the whole server (ALTER SYSTEM, then a reload).
+_SERVER_SETUP_SQL = f"""
 REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;
 REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC;
+ALTER SYSTEM SET temp_file_limit = '{TEMP_FILE_LIMIT}';
+ALTER SYSTEM SET statement_timeout = '{STATEMENT_TIMEOUT}';
+ALTER SYSTEM SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}';
+SELECT pg_reload_conf();
 """
 
 
@@ -82,8 +96,7 @@ def start_server(client: docker.DockerClient, run_id: str,
     try:
         with docker_errors(f"create network {name}"):
             # internal: neither the server nor the agents on this network have a route out.
-            client.networks.create(name, driver="bridge", internal=True,
-                                   labels=server_labels(run_id, labels), check_duplicate=True)
+            create_internal_network(client, name, server_labels(run_id, labels))
         with docker_errors(f"start {name}"):
             container = client.containers.run(
                 IMAGE, name=name, hostname=name, network=name,
@@ -93,6 +106,7 @@ def start_server(client: docker.DockerClient, run_id: str,
                 environment={"POSTGRES_PASSWORD": scram_verifier(secrets.token_urlsafe(24))},
                 user="postgres", cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
                 mem_limit=SERVER_MEMORY, memswap_limit=SERVER_MEMORY, pids_limit=SERVER_PIDS,
+                nano_cpus=SERVER_NANO_CPUS,
                 log_config=docker.types.LogConfig(type="json-file",
                                                   config={"max-size": "10m", "max-file": "2"}),
                 detach=True)

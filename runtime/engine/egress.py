@@ -41,6 +41,7 @@ from runtime.egress_rules import (
 )
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
+from runtime.engine.networks import create_internal_network
 from runtime.errors import ConfigError, EngineError
 
 IMAGE_NAME = "egress"
@@ -48,6 +49,11 @@ IMAGE = "agentrt/egress:latest"
 ROLE_EGRESS = "egress"
 PROXY_MEMORY = 256 * 1024 * 1024
 PROXY_PIDS = 256
+#: The proxy's entry point with its log passed through ``sed``: a request URL's query string
+#: (where a token in a plain-HTTP URL travels) is cut before the line reaches the container's
+#: log, for requests let through and refused alike.
+PROXY_COMMAND = ["sh", "-c",
+                 "agentrt-egress 2>&1 | sed -u -E 's/[?][^ \"]*/?[query removed]/g'"]
 READY_TIMEOUT_S = 15
 _PROBE = f"import socket; socket.create_connection(('127.0.0.1', {PROXY_PORT}), timeout=1)"
 
@@ -121,9 +127,8 @@ class RunEgress:
         name = join or session_network_name(session_id)
         with engine_errors(f"connect the egress proxy to {name}"):
             if join is None:
-                self.client.networks.create(
-                    name, driver="bridge", internal=True, check_duplicate=True,
-                    labels={**self.labels, LABEL_SESSION: session_id})
+                create_internal_network(self.client, name,
+                                        {**self.labels, LABEL_SESSION: session_id})
             self._sessions[session_id] = _SessionLink(name, proxy.container_id, join is None)
             self.client.networks.get(name).connect(proxy.container_id, aliases=[PROXY_ALIAS])
         return name, proxy_env()
@@ -176,7 +181,8 @@ class RunEgress:
         outbound = self._outbound_network()
         with engine_errors(f"start the egress proxy {name}"):
             container = self.client.containers.create(
-                IMAGE, name=name, hostname=PROXY_ALIAS, network=outbound, labels=self.labels,
+                IMAGE, PROXY_COMMAND, name=name, hostname=PROXY_ALIAS, network=outbound,
+                labels=self.labels,
                 environment={"AGENTRT_EGRESS_CONFIG": proxy_config(targets),
                              "AGENTRT_EGRESS_FILTER": "\n".join(filter_rules(targets))},
                 cap_drop=["ALL"], security_opt=["no-new-privileges:true"], read_only=True,

@@ -322,15 +322,17 @@ def check_cli_image(client: docker.DockerClient, agent: str, cli_image: str, wha
 
 def stream_build(client: docker.DockerClient, context: Path, dockerfile: str,
                  tag: str | None, buildargs: Mapping[str, str], labels: Mapping[str, str],
-                 what: str, emit: LogFn) -> str:
+                 what: str, emit: LogFn, network_mode: str | None = None) -> str:
     """``docker build`` with each step shown; return the image id. On failure raise
-    EnvironmentBuildError naming ``what``, the failing step and its last lines."""
+    EnvironmentBuildError naming ``what``, the failing step and its last lines.
+    ``network_mode``: the ``RUN`` steps' network (``"none"``: no network at all)."""
     step, image_id = "", ""
     tail: list[str] = []
     with engine_errors(f"build {what}"):
         stream = client.api.build(path=str(context), dockerfile=dockerfile, tag=tag,
                                   buildargs=dict(buildargs), labels=dict(labels), pull=False,
-                                  rm=True, forcerm=True, decode=True)
+                                  rm=True, forcerm=True, decode=True,
+                                  network_mode=network_mode)
         for chunk in stream:
             # The classic builder colours a step's stderr (ESC [91m): dropped, not shown.
             text = strip_ansi(chunk.get("stream") or chunk.get("status") or "").rstrip()

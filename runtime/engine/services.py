@@ -28,6 +28,7 @@ from docker.types import LogConfig
 
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN
+from runtime.engine.networks import create_internal_network
 from runtime.environments import Service
 from runtime.errors import EngineError, SessionError
 
@@ -116,8 +117,7 @@ def start_services(client: docker.DockerClient, services: Sequence[Service], ses
     made = SessionServices(client, session_id, name)
     try:
         with engine_errors(f"create network {name}"):
-            client.networks.create(name, driver="bridge", internal=True, check_duplicate=True,
-                                   labels=all_labels)
+            create_internal_network(client, name, all_labels)
         for service in services:
             spec = service_spec(service, session_id, name, labels)
             with engine_errors(f"start service {service.name}"):

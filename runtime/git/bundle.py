@@ -3,15 +3,19 @@
 A bundle is one regular file made by the harvest container (:mod:`runtime.git.harvest`). Before a
 single object reaches the user's repository, the host
 
-1. reads its header (one ref, prerequisites that are all ancestors of the session's base) and
-   runs ``git bundle verify``;
-2. indexes its pack into a *quarantine* object directory with ``index-pack --strict``: the same
-   fsck ``transfer.fsckObjects`` runs on a fetch (``.GIT`` trees, ``..`` paths, ``.gitmodules``
-   with ``update = !cmd``, broken objects), plus a connectivity check against the user's store;
-3. refuses any blob over ``max_file_mb`` and any object holding a secret's value (raw or
-   base64), naming the secret, never its value;
-4. only then moves the one pack into ``.git/objects/pack`` and moves the branch (compare and
-   swap from its current head).
+1. reads its header (exactly one ref, one agentrt asked for; prerequisites that are all
+   ancestors of the session's base) and runs ``git bundle verify``;
+2. indexes its pack into a *quarantine* object directory (``index-pack --fix-thin``, bounded
+   by ``max_import_mb``);
+3. refuses any object holding a secret's value (raw, hex or base64), naming the secret, never
+   its value, *before* anything quotes an object's content, and any blob over ``max_file_mb``;
+4. runs ``index-pack --strict`` on the quarantined pack: the same fsck ``transfer.fsckObjects``
+   runs on a fetch (``.GIT`` trees, ``..`` paths, ``.gitmodules`` with ``update = !cmd``,
+   broken objects), plus a connectivity check against the user's store;
+5. checks that the tip is a commit descending from the session's base (never another line
+   of history, such as another branch's commit);
+6. only then moves the pack into ``.git/objects/pack``; the caller moves the branch (compare
+   and swap from its current head).
 
 Git 2.39 (Debian 12) does not fsck objects fetched from a bundle, hence the explicit
 ``index-pack``: the result is the same on every git version.
@@ -23,11 +27,13 @@ import base64
 import contextlib
 import os
 import re
+import resource
 import secrets as pysecrets
 import shutil
+import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +61,8 @@ class ImportPolicy:
     max_import_bytes: int = 1024 * 1024 * 1024
     max_file_bytes: int = 100 * 1024 * 1024
     secrets: Mapping[str, str] = field(default_factory=dict)
+    #: What a checkout of the tip may write (every path counted); 0: no limit.
+    max_checkout_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,13 +102,14 @@ def read_header(path: Path) -> BundleHeader:
 
 
 def secret_needles(value: str) -> list[bytes]:
-    """The byte strings that reveal ``value``: itself and its base64 forms at every alignment.
+    """The byte strings that reveal ``value``: itself, its hex (both cases) and its base64
+    forms at every alignment.
 
     A secret base64-encoded inside a longer text appears as one of three stable substrings
     (its encoding at byte offsets 0, 1 and 2, with the partial characters at both ends cut).
     """
     raw = value.encode()
-    needles = [raw]
+    needles = [raw, raw.hex().encode(), raw.hex().upper().encode()]
     for offset in range(3):
         encoded = base64.b64encode(b"\0" * offset + raw)
         start = (offset * 4 + 2) // 3 if offset else 0
@@ -111,16 +120,53 @@ def secret_needles(value: str) -> list[bytes]:
     return needles
 
 
+def redact_secrets(text: str, secrets: Mapping[str, str]) -> str:
+    """``text`` with every form of every secret value (:func:`secret_needles`) replaced by
+    ``[REDACTED:<name>]``. Pure; the one pass every work message goes through."""
+    for name, value in secrets.items():
+        if len(value) < 4:
+            continue
+        for needle in sorted(secret_needles(value), key=len, reverse=True):
+            text = text.replace(needle.decode(errors="replace"), f"[REDACTED:{name}]")
+    return text
+
+
+#: The budget of every host git step on imported objects: CPU seconds (``RLIMIT_CPU``: a
+#: delta bomb makes ``index-pack`` inflate far more than the bundle's size) and wall time.
+IMPORT_CPU_SECONDS = 300
+IMPORT_WALL_SECONDS = 900
+
+
+def _budget(pid: int) -> None:
+    """Give the git process ``pid`` its CPU budget (SIGXCPU, then SIGKILL a second later).
+
+    Set from outside once it runs (``prlimit``), not by a ``preexec_fn``: that would make
+    every spawn a full fork of this process."""
+    with contextlib.suppress(AttributeError, OSError, ProcessLookupError):
+        resource.prlimit(pid, resource.RLIMIT_CPU, (IMPORT_CPU_SECONDS, IMPORT_CPU_SECONDS + 1))
+
+
 def _git(
     repo: MainRepo, *args: str, env: Mapping[str, str] | None = None, stdin: int | None = None,
     input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     cmd = git_argv(args, git_dir=repo.git_dir)
     try:
-        return subprocess.run(cmd, env=git_env(env), stdin=stdin, input=input,
-                              capture_output=True, timeout=900, check=False, cwd=repo.git_dir)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        with subprocess.Popen(cmd, env=git_env(env), cwd=repo.git_dir,
+                              stdin=subprocess.PIPE if input is not None else stdin,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            _budget(proc.pid)
+            try:
+                out, err = proc.communicate(input, timeout=IMPORT_WALL_SECONDS)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                proc.communicate()
+                raise BundleRefusedError(
+                    f"git {args[0]} on the imported objects took longer than its budget "
+                    f"({IMPORT_WALL_SECONDS} s): refused") from exc
+    except OSError as exc:
         raise GitError(f"git {args[0]} could not run: {exc}") from exc
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _quarantine_env(repo: MainRepo, quarantine: Path) -> dict[str, str]:
@@ -129,9 +175,12 @@ def _quarantine_env(repo: MainRepo, quarantine: Path) -> dict[str, str]:
 
 
 def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str,
-                  policy: ImportPolicy) -> str:
+                  policy: ImportPolicy, refs: Collection[str] | None = None) -> str:
     """Verify ``bundle`` and move ``branch`` to its one ref; return the new head.
 
+    ``refs``: the ref names agentrt asked the harvest for (the bundle's one ref must be one of
+    them). The tip must be a commit descending from ``base_commit``: a bundle naming any other
+    commit (another branch's, say) is refused before its pack leaves the quarantine.
     Raises :class:`BundleRefusedError` (nothing moved, nothing added to the repository) when
     any check fails; the message names the check (fsck's own words, sizes, secret names).
     """
@@ -142,7 +191,9 @@ def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str
     header = read_header(bundle)
     if len(header.refs) != 1:
         raise BundleRefusedError(f"{bundle.name} must carry exactly one ref")
-    tip = next(iter(header.refs.values()))
+    ref, tip = next(iter(header.refs.items()))
+    if refs is not None and ref not in refs:
+        raise BundleRefusedError(f"{bundle.name} carries a ref agentrt did not ask for")
     for prerequisite in header.prerequisites:
         ancestor = _git(repo, "merge-base", "--is-ancestor", prerequisite, base_commit)
         if ancestor.returncode != 0:
@@ -156,14 +207,70 @@ def import_bundle(repo: MainRepo, bundle: Path, *, branch: str, base_commit: str
     (quarantine / "pack").mkdir(parents=True)
     try:
         packs = _index_pack(repo, bundle, header, quarantine, policy)
+        # Secrets first: fsck quotes what it refuses (a .gitmodules `update = !<secret>`).
         _check_objects(repo, quarantine, packs, policy)
+        _fsck_packs(repo, bundle.name, quarantine, packs)
+        _check_descends(repo, quarantine, bundle.name, tip, base_commit)
+        _check_checkout_size(repo, quarantine, bundle.name, base_commit, tip, policy)
         _adopt_packs(repo, packs)
     finally:
         shutil.rmtree(quarantine, ignore_errors=True)
-    kind = _git(repo, "cat-file", "-t", tip)
-    if kind.stdout.strip() != b"commit":
-        raise BundleRefusedError(f"{bundle.name}: its ref is not a commit")
     return tip
+
+
+def _check_descends(repo: MainRepo, quarantine: Path, name: str, tip: str, base: str) -> None:
+    """The bundle's tip is a commit that descends from the session's base, else refused."""
+    env = _quarantine_env(repo, quarantine)
+    ancestor = _git(repo, "merge-base", "--is-ancestor", base, tip, env=env)
+    if ancestor.returncode != 0:
+        kind = _git(repo, "cat-file", "-t", tip, env=env)
+        if kind.stdout.strip() != b"commit":
+            raise BundleRefusedError(f"{name}: its ref is not a commit")
+        raise BundleRefusedError(
+            f"{name}: its tip {tip[:10]} does not descend from the session's base "
+            f"{base[:10]} (another line of history): refused, never merged")
+
+
+def written_blobs(diff_tree: bytes) -> list[str]:
+    """The blob of every path a checkout from base to tip writes, from ``diff-tree -r -z``
+    (added, modified or retyped files; one entry per path: the same blob at a thousand paths
+    is written a thousand times). Gitlinks and deletions write nothing. Pure."""
+    fields = diff_tree.split(b"\0")
+    blobs: list[str] = []
+    for i in range(0, len(fields) - 1, 2):
+        meta = fields[i].split()
+        if len(meta) != 5 or meta[4][:1] not in (b"A", b"M", b"T"):
+            continue
+        if meta[1] in (b"160000", b"000000"):
+            continue
+        blobs.append(meta[3].decode())
+    return blobs
+
+
+def _check_checkout_size(repo: MainRepo, quarantine: Path, name: str, base: str, tip: str,
+                         policy: ImportPolicy) -> None:
+    """Refuse a tip whose checkout over its base would write more than
+    ``policy.max_checkout_bytes`` (a hardlink bomb: one blob at many paths), before any merge
+    can write it out."""
+    if not policy.max_checkout_bytes:
+        return
+    env = _quarantine_env(repo, quarantine)
+    diff = _git(repo, "diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", base, tip,
+                env=env)
+    if diff.returncode != 0:
+        raise BundleRefusedError(f"{name}: cannot compare it with its base: "
+                                 f"{_words(diff.stderr)}")
+    blobs = written_blobs(diff.stdout)
+    if not blobs:
+        return
+    sizes = _git(repo, "cat-file", "--batch-check=%(objectsize)", env=env,
+                 input="".join(f"{oid}\n" for oid in blobs).encode())
+    size = sum(int(line) for line in sizes.stdout.split() if line.isdigit())
+    if size > policy.max_checkout_bytes:
+        raise BundleRefusedError(
+            f"{name}: its files would take {_mib(size)} MiB once checked out, over the "
+            f"session's disk_mb={_mib(policy.max_checkout_bytes)} (the same content at many "
+            "paths): refused before anything is written")
 
 
 def _mib(size: int) -> int:
@@ -176,19 +283,40 @@ def _words(stderr: bytes) -> str:
 
 def _index_pack(repo: MainRepo, bundle: Path, header: BundleHeader, quarantine: Path,
                 policy: ImportPolicy) -> list[Path]:
-    """index-pack --strict the bundle's pack into the quarantine; return the .idx files."""
+    """index-pack the bundle's pack into the quarantine (completing it against the user's
+    store); return the .idx files. Not yet fsck'd: see :func:`_fsck_packs`."""
     with open(bundle, "rb") as handle:
         handle.seek(header.pack_offset)
-        proc = _git(repo, "index-pack", "--stdin", "--fix-thin", "--strict",
+        proc = _git(repo, "index-pack", "--stdin", "--fix-thin",
                     f"--max-input-size={policy.max_import_bytes}",
                     env=_quarantine_env(repo, quarantine), stdin=handle.fileno())
-    if proc.returncode != 0:
-        words = _words(proc.stderr)
-        if _ENVIRONMENT.search(words):
-            # The host, not the work: keep everything and try again later.
-            raise GitError(f"cannot index {bundle.name} on this host: {words}")
-        raise BundleRefusedError(f"fsck refused {bundle.name}: {words}")
+    _refuse_on_failure(proc, bundle.name, "index")
     return sorted((quarantine / "pack").glob("pack-*.idx"))
+
+
+def _fsck_packs(repo: MainRepo, name: str, quarantine: Path, idx_files: list[Path]) -> None:
+    """``index-pack --strict`` of the quarantined packs: the fsck a fetch with
+    ``transfer.fsckObjects`` runs (``.GIT`` trees, ``..`` paths, bad ``.gitmodules``, broken
+    links), on every git version."""
+    for idx in idx_files:
+        check = idx.with_name("fsck.idx")
+        proc = _git(repo, "index-pack", "--strict", "-o", str(check), str(idx.with_suffix(".pack")),
+                    env=_quarantine_env(repo, quarantine))
+        check.unlink(missing_ok=True)
+        _refuse_on_failure(proc, name, "fsck")
+
+
+def _refuse_on_failure(proc: subprocess.CompletedProcess[bytes], name: str, step: str) -> None:
+    if proc.returncode == 0:
+        return
+    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise BundleRefusedError(f"{step} of {name} ran out of its CPU budget "
+                                 f"({IMPORT_CPU_SECONDS} s): refused")
+    words = _words(proc.stderr)
+    if _ENVIRONMENT.search(words):
+        # The host, not the work: keep everything and try again later.
+        raise GitError(f"cannot {step} {name} on this host: {words}")
+    raise BundleRefusedError(f"fsck refused {name}: {words}")
 
 
 def _pack_objects(repo: MainRepo, idx: Path) -> list[str]:
@@ -206,12 +334,22 @@ def _check_objects(repo: MainRepo, quarantine: Path, packs: list[Path],
     env = _quarantine_env(repo, quarantine)
     check = _git(repo, "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
                  env=env, input="".join(f"{o}\n" for o in oids).encode())
+    total = 0
     for line in check.stdout.splitlines():
         fields = line.split()
-        if len(fields) == 3 and fields[1] == b"blob" and int(fields[2]) > policy.max_file_bytes:
+        if len(fields) != 3:
+            continue
+        size = int(fields[2])
+        total += size
+        if fields[1] == b"blob" and size > policy.max_file_bytes:
             raise BundleRefusedError(
-                f"a file of {_mib(int(fields[2]))} MiB (blob {fields[0][:10].decode()}) is over "
+                f"a file of {_mib(size)} MiB (blob {fields[0][:10].decode()}) is over "
                 f"max_file_mb={_mib(policy.max_file_bytes)}")
+        if total > policy.max_import_bytes:
+            raise BundleRefusedError(
+                f"the work's new objects expand to more than max_import_mb="
+                f"{_mib(policy.max_import_bytes)} (a small bundle of highly compressible or "
+                "delta-packed objects): refused")
     needles = {name: secret_needles(value) for name, value in policy.secrets.items()
                if len(value) >= 4}
     if not needles or not oids:
@@ -228,6 +366,7 @@ def _object_contents(repo: MainRepo, env: Mapping[str, str], oids: list[str]) ->
     cmd = git_argv(["cat-file", "--batch"], git_dir=repo.git_dir)
     with subprocess.Popen(cmd, env=git_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, cwd=repo.git_dir) as proc:
+        _budget(proc.pid)
         stdin, stdout = proc.stdin, proc.stdout
         assert stdin is not None and stdout is not None
 

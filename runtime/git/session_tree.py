@@ -21,7 +21,6 @@ which mounts :meth:`SessionTree.harvest_mounts`. Which home a session gets is de
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import shlex
@@ -164,7 +163,9 @@ class HostTree(SessionTree):
 
     @property
     def _secrets_dir(self) -> Path:
-        return self.volume.session_dir / "secrets"
+        # Inside the volume (never mounted into a harvest): what the agent writes at
+        # /run/agentrt counts against its disk_mb like the rest of its tree.
+        return self.volume.root / "secrets"
 
     def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
         if self.seeded:  # the seed's checkout is already there: only its branch is new
@@ -189,7 +190,8 @@ class HostTree(SessionTree):
 
     def secrets_mount(self, values: Mapping[str, str]) -> Mount:
         """Write the file now: a directory (0700) and file (0400) of the agent's uid, in the
-        session's directory on this host (outside the volume)."""
+        session's volume (so the mount's writes are held by ``disk_mb``), next to
+        ``workspace/`` and ``db/``."""
         directory = self._secrets_dir
         directory.mkdir(mode=0o700)
         fd = os.open(directory / SECRETS_FILE,
@@ -224,10 +226,9 @@ class HostTree(SessionTree):
 
     def harvest(self, client: docker.DockerClient, plan: HarvestPlan, dest: Path,
                 max_bytes: int) -> Harvest:
-        """The harvest writes its bundles straight into ``dest`` (bound in: no copy out of
-        the stopped container through the API)."""
-        return run_harvest(client, dataclasses.replace(plan, bundles_dir=dest), dest,
-                           max_bytes)
+        """The engine shares this disk: its bundles are taken from the harvest's out volume
+        as data (:func:`runtime.git.harvest.take_file`), not streamed through the API."""
+        return run_harvest(client, plan, dest, max_bytes, shares_disk=True)
 
     def remove(self) -> None:
         self.volume.remove()

@@ -19,8 +19,13 @@ from pathlib import Path
 import docker
 
 from runtime import paths
-from runtime.errors import BundleRefusedError, GitError, HarvestError
-from runtime.git.bundle import ImportPolicy, SecretInBundleError, import_bundle
+from runtime.errors import BundleRefusedError, GitError, HarvestError, HarvestTooLargeError
+from runtime.git.bundle import (
+    ImportPolicy,
+    SecretInBundleError,
+    import_bundle,
+    redact_secrets,
+)
 from runtime.git.harvest import Harvest, HarvestPlan, run_harvest
 from runtime.git.safe_git import MainRepo
 from runtime.models import WorkState
@@ -43,6 +48,21 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
                     harvester: Harvester | None = None) -> WorkOutcome:
     """Harvest ``plan``'s working tree and move ``branch`` onto what the agent left.
 
+    See :func:`_bring_work_home`; every warning is passed through
+    :func:`runtime.git.bundle.redact_secrets` here, the one place work messages are made,
+    before anything records, logs or shows them.
+    """
+    outcome = _bring_work_home(client, repo, plan, branch=branch, policy=policy,
+                               harvester=harvester)
+    outcome.warnings = [redact_secrets(w, policy.secrets) for w in outcome.warnings]
+    return outcome
+
+
+def _bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPlan, *,
+                     branch: str, policy: ImportPolicy,
+                     harvester: Harvester | None = None) -> WorkOutcome:
+    """Harvest ``plan``'s working tree and move ``branch`` onto what the agent left.
+
     Never raises for the agent's doing: a refused bundle is kept as ``rejected-*.bundle`` under
     ``<state>/harvest/<session>/`` and reported; a harvest that cannot finish (engine gone, disk
     full) reports ``kept`` so the caller keeps the volume for a later retry. ``harvester``
@@ -58,6 +78,10 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
             harvest = run_harvest(client, plan, dest, policy.max_import_bytes)
         else:
             harvest = harvester(plan, dest, policy.max_import_bytes)
+    except HarvestTooLargeError as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        return WorkOutcome(WorkState.REFUSED, current, [
+            f"work refused: {exc}; the branch stays at {current[:10]}"])
     except HarvestError as exc:
         shutil.rmtree(dest, ignore_errors=True)
         return WorkOutcome(WorkState.KEPT, current, [
@@ -76,7 +100,8 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
     try:
         try:
             head = import_bundle(repo, harvest.bundles["work.bundle"], branch=branch,
-                                 base_commit=plan.base_commit, policy=policy)
+                                 base_commit=plan.base_commit, policy=policy,
+                                 refs=asked_refs(plan.session_id, "work"))
         except BundleRefusedError as exc:
             _keep_rejected(harvest.bundles["work.bundle"], exc)
             files = harvest.bundles.get("files.bundle")
@@ -86,7 +111,7 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
                 return WorkOutcome(WorkState.REFUSED, current, warnings)
             try:
                 head = import_bundle(repo, files, branch=branch, base_commit=plan.base_commit,
-                                     policy=policy)
+                                     policy=policy, refs=asked_refs(plan.session_id, "files"))
             except BundleRefusedError as files_exc:
                 _keep_rejected(files, files_exc)
                 warnings.append(f"work refused: {files_exc}; the branch stays at {current[:10]};"
@@ -112,6 +137,12 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
             if name != "work.bundle" and path.exists():
                 path.unlink()
     return WorkOutcome(state, head, warnings)
+
+
+def asked_refs(session_id: str, name: str) -> frozenset[str]:
+    """The refs a harvest's ``name`` bundle may carry: the harvest's own branch, or the
+    exchange's ref of the session (Swarm). Pure."""
+    return frozenset({f"refs/heads/{name}", f"refs/work/{session_id}/{name}"})
 
 
 def _keep_rejected(bundle: Path, reason: BundleRefusedError) -> None:

@@ -25,7 +25,7 @@ from runtime.engine import discovery as engine
 from runtime.engine import images
 from runtime.engine.swarm import SwarmNode
 from runtime.engine.swarm_images import NODES_ENV, NodeImage
-from runtime.errors import AgentRuntimeError
+from runtime.errors import AgentRuntimeError, EngineError
 from runtime.git.safe_git import git_version
 from runtime.version import agentrt_version
 
@@ -205,7 +205,24 @@ def _engine_checks(client: docker.DockerClient) -> list[Check]:
             )
         )
     checks.append(_image_check(client))
+    checks.append(_host_route_check(client))
     return checks
+
+
+def _host_route_check(client: docker.DockerClient) -> Check:
+    """Session networks (allowlist, services, shared database) must give the host no address."""
+    from runtime.engine.networks import engine_holds_the_host_out
+
+    try:
+        held = engine_holds_the_host_out(client)
+    except EngineError as exc:
+        return Check("host route", "warn", f"cannot make a probe network: {exc}")
+    if held:
+        return Check("host route", "ok", "session networks are internal bridges without a "
+                     "host address (inhibit_ipv4)")
+    return Check("host route", "fail", "the engine ignores com.docker.network.bridge."
+                 "inhibit_ipv4: sessions on internal networks could reach the host's listeners",
+                 "use a Docker engine with the bridge driver (Docker 1.13 or later)")
 
 
 def _image_check(client: docker.DockerClient) -> Check:

@@ -149,7 +149,8 @@ def ensure_environment(client: docker.DockerClient, repo: MainRepo, commit: str,
             base_id = parts["base"]
         else:
             base_id = _build_base(client, repo, commit, Path(tmp), dockerfile_text,
-                                  str(dockerfile), str(context), args, key, where, emit)
+                                  str(dockerfile), str(context), args, key, where, emit,
+                                  network=env.build_network)
         spec = SessionImageSpec(setup=setup_steps(env.setup, post_create), env=variables,
                                 has_files=bool(env.files), agent=agent)
         result = build_session_image(client, key, base_id, spec, cli_id, work, source,
@@ -159,8 +160,12 @@ def ensure_environment(client: docker.DockerClient, repo: MainRepo, commit: str,
 
 def _build_base(client: docker.DockerClient, repo: MainRepo, commit: str, tmp: Path,
                 dockerfile_text: str, dockerfile: str, context: str, args: dict[str, str],
-                key: str, where: str, emit: LogFn) -> str:
-    """Build the repository's Dockerfile from its context exported at ``commit``; its id."""
+                key: str, where: str, emit: LogFn, network: bool = False) -> str:
+    """Build the repository's Dockerfile from its context exported at ``commit``; its id.
+
+    Its ``RUN`` steps get no network unless ``network`` (the environment's
+    ``build_network``): the Dockerfile is the repository's, which merged agent work can change,
+    and it builds as root."""
     context_dir = tmp / "context"
     export_tree(repo, commit, context, context_dir, where)
     ca = context_dir / BUILD_CA_NAME
@@ -173,4 +178,5 @@ def _build_base(client: docker.DockerClient, repo: MainRepo, commit: str, tmp: P
     return stream_build(client, context_dir, str(outside), None, args,
                         {LABEL_IMAGE: ENV_IMAGE_NAME, LABEL_RECIPE: key,
                          LABEL_ENV_SOURCE: f"dockerfile {dockerfile}"},
-                        f"{where}: {dockerfile}", emit)
+                        f"{where}: {dockerfile}", emit,
+                        network_mode=None if network else "none")

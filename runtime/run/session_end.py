@@ -188,14 +188,15 @@ class SessionEnd:
         plan = HarvestPlan(
             session_id=self.session_id, base_commit=self.base_commit,
             mounts=tuple(self.tree.harvest_mounts()), store=self.tree.store, uid=uid, gid=gid,
-            memory_mb=self.limits.memory_mb, runtime=self.config.runtime,
+            memory_mb=self.limits.memory_mb, scratch_mb=self.limits.disk_mb,
+            runtime=self.config.runtime,
             labels={LABEL_OWNER_PID: str(os.getpid()),
                     LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
                     LABEL_REPO: str(self.repo.root)})
         tree = self.tree
         outcome = bring_work_home(
             self.client, self.repo, plan, branch=self.branch,
-            policy=import_policy(self.config, self.task.secrets),
+            policy=import_policy(self.config, self.task.secrets, self.limits.disk_mb),
             harvester=lambda plan, dest, limit: tree.harvest(self.client, plan, dest, limit))
         self.result.work = outcome.state
         self.result.head_commit = outcome.head

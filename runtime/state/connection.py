@@ -98,6 +98,16 @@ class StoreConnection:
         _check_shm(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Private: the state directory 0700 and the database 0600 (SQLite gives its -wal
+            # and -shm files the database's mode). A new file is made 0600 before SQLite opens
+            # it; an existing one is only chmod'ed: opening and closing a descriptor of a
+            # database this process already has open would drop its connections' POSIX locks.
+            self.path.parent.chmod(0o700)
+            if not self._existed:
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                                     | os.O_NOFOLLOW, 0o600))
+            os.chmod(self.path, 0o600)
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )

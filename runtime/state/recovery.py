@@ -32,6 +32,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from runtime import paths
 from runtime.config import RunConfig
 from runtime.engine.engine_volumes import list_engine_volumes
 from runtime.engine.labels import (
@@ -128,6 +129,9 @@ def _remove_dead_run_stores(repo: MainRepo, store: Store | None) -> None:
             remove_run_stores(repo, run.id)
 
 
+DISCARDED = "discarded with `agentrt discard`: its work was not harvested again"
+
+
 def collect_garbage(
     repo: MainRepo,
     client: docker.DockerClient | None,
@@ -135,8 +139,16 @@ def collect_garbage(
     only_session: str | None = None,
     include_finished: bool = True,
     grace_seconds: int = 5,
+    discard: bool = False,
 ) -> GcReport:
-    """Reconcile every session of ``repo`` whose owner is dead (or that finished and was kept)."""
+    """Reconcile every session of ``repo`` whose owner is dead (or that finished and was kept).
+
+    ``discard`` (with ``only_session``): remove that session's container, volume, bundles and
+    kept state without running its harvest again (a hostile kept session: a retry would only
+    replay its attack); its branch stays where it is.
+    """
+    if discard and not only_session:
+        raise ValueError("discard names one session")
     report = GcReport()
     containers = _containers(client, repo)
     dirs = session_dirs(repo.state_dir)  # every volumes root, not only .git/agentrt
@@ -148,7 +160,7 @@ def collect_garbage(
             try:
                 _collect_one(repo, client, session_id, containers.get(session_id),
                              dirs.get(session_id),
-                             store, report, include_finished, grace_seconds)
+                             store, report, include_finished, grace_seconds, discard)
             except (AgentRuntimeError, OSError, docker.errors.DockerException) as exc:
                 report.errors.append(f"{session_id}: {exc}")
         _mark_lost_work(store, set(containers) | set(dirs), report)
@@ -236,7 +248,8 @@ def _finish_dead_runs(repo: MainRepo, store: Store | None, report: GcReport,
 
 def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
                  container: Any, session_dir: Path | None, store: Store | None,
-                 report: GcReport, include_finished: bool, grace_seconds: int) -> None:
+                 report: GcReport, include_finished: bool, grace_seconds: int,
+                 discard: bool = False) -> None:
     marker = SessionMarker.read(session_dir) if session_dir else None
     labels = container.labels if container is not None else {}
     pid = labels.get(LABEL_OWNER_PID) or (marker.owner_pid if marker else None)
@@ -262,7 +275,8 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
     branch = marker.branch if marker else (row.branch if row else None)
     work = row.result.work if row is not None else WorkState.NONE
     outcome: WorkOutcome | None = None
-    needs_harvest = (marker is not None and marker.checked_out and session_dir is not None
+    needs_harvest = (not discard and marker is not None and marker.checked_out
+                     and session_dir is not None
                      and branch and repo.branch_head(branch)
                      and (kept_for_retry or work in (WorkState.NONE, WorkState.KEPT)))
     if needs_harvest and marker is not None and session_dir is not None and branch:
@@ -285,6 +299,8 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             result.warnings.extend(w for w in outcome.warnings if w not in result.warnings)
         elif branch and not finished:
             result.head_commit = repo.branch_head(branch)
+        if discard:
+            result.warnings.append(DISCARDED)
         try:
             store.upsert_session(result, row.run_id)
             store.add_event(row.run_id, "gc", "reconciled session", session_id=session_id)
@@ -304,6 +320,8 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
     if marker is not None and (row is None or row.result.started_at is None) and \
             (container is None or not _ever_started(container)):
         _remove_unused_branch(repo, marker.branch, marker.base_commit, report)
+    if discard:
+        shutil.rmtree(paths.harvest_dir(repo.state_dir, session_id), ignore_errors=True)
     if session_dir is not None:
         if marker is not None and marker.node_id:
             if client is None:
@@ -428,6 +446,7 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
     plan = HarvestPlan(session_id=session_id, base_commit=marker.base_commit,
                        mounts=tuple(tree.harvest_mounts()), store=tree.store, uid=marker.uid,
                        gid=marker.gid, memory_mb=config.resource_limits.memory_mb,
+                       scratch_mb=config.resource_limits.disk_mb,
                        runtime=config.runtime, labels={LABEL_REPO: str(repo.root)})
     return bring_work_home(client, repo, plan, branch=branch,
                            policy=import_policy(config, secrets),

@@ -39,12 +39,15 @@ def _engine_time(value: Any) -> datetime | None:
         return None
 
 
-def import_policy(config: RunConfig, secret_names: list[str]) -> ImportPolicy:
-    """The bundle import policy of a run, with the values of the task's secrets."""
+def import_policy(config: RunConfig, secret_names: list[str],
+                  disk_mb: int | None = None) -> ImportPolicy:
+    """The bundle import policy of a run, with the values of the task's secrets; a checkout
+    of the work may write at most the session's ``disk_mb`` (default: the run's)."""
     return ImportPolicy(
         max_import_bytes=config.max_import_mb * 1024 * 1024,
         max_file_bytes=config.max_file_mb * 1024 * 1024,
         secrets=secret_values(secret_names),
+        max_checkout_bytes=(disk_mb or config.resource_limits.disk_mb) * 1024 * 1024,
     )
 
 

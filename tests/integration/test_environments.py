@@ -121,7 +121,7 @@ def test_dockerfile_setup_preset_layer_and_cache(repo: Path, fake_cli: str,
     env = Environment(dockerfile="env/Dockerfile", setup=["sh tools/setup.sh",
                                                           "touch /opt/setup-ran"],
                       files=["tools/setup.sh"], env={"PROJECT_MODE": "test $HOME"},
-                      agent_image=fake_cli)
+                      agent_image=fake_cli, build_network=True)  # its RUN installs jq
     check = ('{ jq --version; cat /opt/tool-version; ls /opt/setup-ran; echo "$PROJECT_MODE"; '
              'git --version >/dev/null && echo git; id -u; } > out.txt 2>&1')
     tasks = [sh("shell", check),
@@ -349,3 +349,20 @@ def test_a_cli_image_laid_out_otherwise_is_refused_before_anything_starts(
         assert git(repo, "branch", "--list", "agent/*").strip() == ""
     finally:
         docker_client.images.remove(old, force=True)
+
+
+@pytest.mark.parametrize("network", [False, True], ids=["default", "build_network"])
+def test_a_repository_dockerfile_builds_without_network_unless_asked(
+    repo: Path, network: bool
+) -> None:
+    """The repository's Dockerfile (which merged agent work can change) builds as root: its
+    RUN steps get no network unless build_network = true (the control: then they do)."""
+    nonce = secrets.token_hex(4)  # in the RUN line: no build cache shared between the two
+    commit(repo, {"env/Dockerfile": "FROM agentrt/base:latest\nUSER root\n"
+                                    f"RUN echo {nonce} && ls /sys/class/net > /opt/nets\n"})
+    env = Environment(dockerfile="env/Dockerfile", build_network=network)
+    report = run(repo, [sh("nets", "cp /opt/nets nets.txt")], environment=env)
+    result = by_task(report)["nets"]
+    assert result.status is SessionStatus.SUCCEEDED, result.reason
+    nets = show(repo, result.branch, "nets.txt").split()
+    assert (nets == ["lo"]) is not network, nets

@@ -219,3 +219,34 @@ def test_an_unreachable_database_url_is_refused_before_anything_starts(
     assert proc.returncode == 2, proc.stderr
     assert "database_url" in proc.stderr and "hunter2pass" not in proc.stderr
     assert "agent/" not in git(repo, "branch", "--list", "agent/*")
+
+
+def test_the_shared_server_holds_a_sessions_temp_files_and_cpu(
+    repo: Path, docker_client: Any, postgres_image: str, servers: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sort that spills past temp_file_limit fails (it used to fill the server's disk); the
+    server runs on one core whatever the sessions' cpu_percent."""
+    import runtime.databases.postgres
+
+    monkeypatch.setattr(runtime.databases.postgres, "stop_shared_server", lambda *a, **k: None)
+    sort = ("SELECT count(*) FROM (SELECT g FROM generate_series(1, 40000000) g "
+            "ORDER BY g DESC) s")
+    script = (f'psql "$AGENT_DATABASE_URL" -X -At -c "{sort}" > sort.txt 2>&1; '
+              'psql "$AGENT_DATABASE_URL" -X -At -c "SHOW temp_file_limit" > limit.txt 2>&1; '
+              'psql "$AGENT_DATABASE_URL" -X -At -c "SET temp_file_limit = -1" > set.txt 2>&1; true')
+    report = run_tasks(repo, [sh("spill", script)], database_strategy="shared",
+                       image=postgres_image)
+    servers.append(report.run_id)
+    result = by_task(report)["spill"]
+    assert result.status is SessionStatus.SUCCEEDED, result.reason
+
+    def read(path: str) -> str:
+        return git(repo, "show", f"{result.head_commit}:{path}").strip()
+
+    assert "temp_file_limit" in read("sort.txt"), read("sort.txt")
+    # Control: the limit is agentrt's, and an agent cannot lift it.
+    assert read("limit.txt") == "256MB"
+    assert "permission denied" in read("set.txt"), read("set.txt")
+    info = docker_client.api.inspect_container(server_name(report.run_id))
+    assert info["HostConfig"]["NanoCpus"] == 1_000_000_000
