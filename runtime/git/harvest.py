@@ -381,12 +381,16 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
 
 def _out_volume_dir(attrs: Mapping[str, Any]) -> Path | None:
     """The host directory of the stopped harvest's out volume (from ``attrs``, its
-    inspection), if this host can read it."""
+    inspection), if this process can read it (else the bundles come by ``get_archive``)."""
     for mount in attrs.get("Mounts") or []:
         if mount.get("Destination") == OUT_DIR and mount.get("Type") == "volume":
             source = Path(str(mount.get("Source") or ""))
-            if source.is_absolute() and source.is_dir() and not source.is_symlink():
-                return source
+            try:  # the engine's volumes are root's: a user who is not cannot read them
+                if source.is_absolute() and source.is_dir() and not source.is_symlink() and \
+                        os.access(source, os.R_OK | os.X_OK):
+                    return source
+            except OSError:
+                return None
     return None
 
 
