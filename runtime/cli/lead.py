@@ -230,6 +230,19 @@ class LeadRun:
             merged.append(result)
         return merged
 
+    def apply(self, task_id: str) -> list[str]:
+        """Write a finished session's changes into the checkout as unstaged edits (no commit,
+        no merge); return the paths changed. Refused on a dirty overlap or when they do not
+        apply (:func:`runtime.git.session_work.apply_session`)."""
+        from runtime.git.session_work import apply_session
+
+        _, result = self._finished(task_id, "apply")
+        head = (self.repo.branch_head(result.branch) if result.branch else None) \
+            or result.head_commit
+        if not head or not result.base_commit:
+            raise ConfigError(f"session {task_id!r} has no work on a branch to apply")
+        return apply_session(self.repo, result.base_commit, head)
+
     def revert(self, task_id: str) -> str:
         """Revert a merged session's merge commit on its target; return the revert commit."""
         from runtime.run.revert import revert_session

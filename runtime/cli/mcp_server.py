@@ -201,6 +201,16 @@ def build_server(lead: LeadRun) -> MCPServer:
                       conflicts=conflicts, gate_failed=gated)
 
     @server.tool()
+    def apply_session(id: str) -> Done:  # noqa: A002
+        """Write a finished session's changes into the repository's checkout as unstaged
+        edits (no commit, no merge), for a person to review. Refused, writing nothing, when the
+        checkout has uncommitted changes in those files or the changes no longer apply."""
+        with tool_errors():
+            paths = lead.apply(id)
+        return Done(ids=[id], detail=f"{len(paths)} files changed, unstaged: "
+                    + ", ".join(paths[:20]) + (" ..." if len(paths) > 20 else ""))
+
+    @server.tool()
     def revert_session(id: str) -> Done:  # noqa: A002
         """Undo a merged session on its target with one revert commit."""
         with tool_errors():

@@ -61,7 +61,7 @@ def test_a_lead_starts_three_sessions_merges_two_and_discards_one(
     async def body(client: ClientSession) -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert {"start_session", "list_sessions", "wait_sessions", "read_output", "read_diff",
-                "merge_sessions", "revert_session", "discard_session",
+                "merge_sessions", "apply_session", "revert_session", "discard_session",
                 "stop_sessions"} <= set(tools)
         assert tools["list_sessions"].output_schema is not None  # structured results
         for name, text in (("alpha", "a"), ("beta", "b"), ("gamma", "c")):
@@ -257,3 +257,20 @@ def test_the_merge_tool_honours_the_merge_gate_and_no_gate_is_explicit(
 
     with_server(repo, body, "--merge-gate",
                 "sh -c 'if [ -e BROKEN ]; then echo BROKEN is here; exit 1; fi'")
+
+
+def test_apply_writes_a_sessions_changes_unstaged_and_refuses_a_dirty_overlap(
+        repo: Path, docker_client: object) -> None:
+    async def body(client: ClientSession) -> None:
+        await call(client, "start_session", id="readme",
+                   command=["sh", "-c", "echo more >> README.md"])
+        await call(client, "wait_sessions", timeout_s=180)
+        (repo / "README.md").write_text("mine\n")
+        assert "uncommitted changes" in await refused(client, "apply_session", id="readme")
+        assert (repo / "README.md").read_text() == "mine\n"
+        git(repo, "checkout", "--", "README.md")
+        done = await call(client, "apply_session", id="readme")
+        assert "README.md" in done["detail"]
+        assert git(repo, "status", "--porcelain") == " M README.md\n"
+
+    with_server(repo, body)
