@@ -116,7 +116,8 @@ def _remove_stale_harvests(client: docker.DockerClient | None, repo: MainRepo,
 
 
 def _remove_dead_run_stores(repo: MainRepo, store: Store | None) -> None:
-    """Object stores of runs that finished or whose owner died (rebuilt on demand by a retry)."""
+    """Object stores (rebuilt on demand by a retry) and every other per-run file of runs that
+    finished or whose owner died."""
     root = runs_dir(repo.state_dir)
     if store is None or not root.is_dir():
         return
@@ -127,6 +128,8 @@ def _remove_dead_run_stores(repo: MainRepo, store: Store | None) -> None:
             continue
         if run.finished_at is not None or not recorded_alive(run.owner_pid, run.owner_start_time):
             remove_run_stores(repo, run.id)
+            # And whatever else the run kept there (its dependency notes): the run is over.
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 DISCARDED = "discarded with `agentrt discard`: its work was not harvested again"
