@@ -99,7 +99,7 @@ def test_a_harvest_stopped_from_outside_is_not_merged_until_recovered(
 def test_a_volume_unmounted_mid_run_is_not_merged(docker_client: object, repo: Path,
                                                   tmp_path: Path) -> None:
     marker = "marker-" + os.urandom(6).hex()
-    proc = start_run(repo, tmp_path / "tasks.toml", TASK.format(marker=marker, sleep=4))
+    proc = start_run(repo, tmp_path / "tasks.toml", TASK.format(marker=marker, sleep=10))
     state = str(repo / ".git" / "agentrt")
     deadline = time.time() + 60
     mounts: list[str] = []
@@ -108,7 +108,12 @@ def test_a_volume_unmounted_mid_run_is_not_merged(docker_client: object, repo: P
                   if line.split()[1].startswith(state + "/sessions/")]
         time.sleep(0.05)
     assert mounts
-    time.sleep(2)  # the agent has committed its marker
+    # The agent has written and committed its marker (on a loaded machine its container
+    # starts late): its commit's log line is in the tree's reflog.
+    logs = [Path(m) / "workspace" / ".git" / "logs" / "HEAD" for m in mounts]
+    while time.time() < deadline and not any(
+            p.exists() and "marker" in p.read_text(errors="replace") for p in logs):
+        time.sleep(0.1)
     for mount in mounts:
         subprocess.run(["umount", "-l", mount], check=True)
     assert_honest(repo, tmp_path, proc, marker, "kept")
