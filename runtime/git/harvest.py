@@ -426,7 +426,13 @@ def take_file(path: Path, max_bytes: int, dest: Path | None = None,
                                f"import limit of {max_bytes // (1024 * 1024)} MiB")
         if dest is None:
             return path
-        _copy_bounded(fd, dest, max_bytes, time.monotonic() + deadline, path.name)
+        try:
+            _copy_bounded(fd, dest, max_bytes, time.monotonic() + deadline, path.name)
+        except OSError as exc:  # this host's disk (full, gone): a failed harvest, work kept
+            with contextlib.suppress(OSError):
+                dest.unlink()
+            raise HarvestError(f"{path.name} could not be copied to {dest.parent}: {exc}") \
+                from exc
         return dest
     finally:
         os.close(fd)
