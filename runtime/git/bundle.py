@@ -269,8 +269,8 @@ def _check_checkout_size(repo: MainRepo, quarantine: Path, name: str, base: str,
     if size > policy.max_checkout_bytes:
         raise BundleRefusedError(
             f"{name}: its files would take {_mib(size)} MiB once checked out, over the "
-            f"session's disk_mb={_mib(policy.max_checkout_bytes)} (the same content at many "
-            "paths): refused before anything is written")
+            f"{_mib(policy.max_checkout_bytes)} MiB a session's volume allows (twice its "
+            "disk_mb; the same content at many paths?): refused before anything is written")
 
 
 def _mib(size: int) -> int:

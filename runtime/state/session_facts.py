@@ -39,15 +39,23 @@ def _engine_time(value: Any) -> datetime | None:
         return None
 
 
+#: How many times its ``disk_mb`` a session's work may take once checked out.
+CHECKOUT_FACTOR = 2
+
+
 def import_policy(config: RunConfig, secret_names: list[str],
                   disk_mb: int | None = None) -> ImportPolicy:
     """The bundle import policy of a run, with the values of the task's secrets; a checkout
-    of the work may write at most the session's ``disk_mb`` (default: the run's)."""
+    of the work may write at most :data:`CHECKOUT_FACTOR` times the session's ``disk_mb``
+    (default: the run's): a soft limit's overshoot (it is measured, not enforced by the
+    kernel) never refuses honest work, while one blob at many paths, or a sparse file, many
+    times the volume, still is."""
     return ImportPolicy(
         max_import_bytes=config.max_import_mb * 1024 * 1024,
         max_file_bytes=config.max_file_mb * 1024 * 1024,
         secrets=secret_values(secret_names),
-        max_checkout_bytes=(disk_mb or config.resource_limits.disk_mb) * 1024 * 1024,
+        max_checkout_bytes=CHECKOUT_FACTOR * (disk_mb or config.resource_limits.disk_mb)
+        * 1024 * 1024,
     )
 
 

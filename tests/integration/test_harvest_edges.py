@@ -224,7 +224,7 @@ def test_a_hardlink_checkout_bomb_is_refused_before_any_merge(repo: Path) -> Non
               "for i in $(seq 1 299); do ln f0 f$i; done; git add -A; git commit -qm links")
     main_before = git(repo, "rev-parse", "main").strip()
     result, kept = refused(repo, "links", script, 64, merge="auto")
-    assert any("once checked out" in w and "disk_mb=64" in w for w in result.warnings)
+    assert any("once checked out" in w and "over the 128 MiB" in w for w in result.warnings)
     assert git(repo, "rev-parse", "main").strip() == main_before
     assert not (repo / "f299").exists()
     # Control: the agent's volume did hold all 300 paths (the hardlinks share one inode),
