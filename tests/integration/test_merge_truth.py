@@ -101,7 +101,7 @@ def test_a_volume_unmounted_mid_run_is_not_merged(docker_client: object, repo: P
     marker = "marker-" + os.urandom(6).hex()
     proc = start_run(repo, tmp_path / "tasks.toml", TASK.format(marker=marker, sleep=10))
     state = str(repo / ".git" / "agentrt")
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     mounts: list[str] = []
     while time.time() < deadline and not mounts:
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
