@@ -123,8 +123,10 @@ class SessionEnd:
             self.result.warnings.append(
                 "stopped by the container's own deadline (agentrt did not stop it in time)")
         if started is not None and finished is not None:
-            # The engine's own clock: a paused supervisor does not stretch a session.
-            self.result.started_at, self.result.finished_at = started, finished
+            # The engine's own clock: a paused supervisor does not stretch a session. Its two
+            # stamps come from different parts of the engine: a session that ran for under a
+            # millisecond may "finish" before it started.
+            self.result.started_at, self.result.finished_at = started, max(finished, started)
         self.result.peak_memory_bytes = watch.peak_memory_bytes
         if oom:
             # The kernel OOM-kills only once the cgroup's usage reached its limit, however
@@ -155,8 +157,8 @@ class SessionEnd:
         if self.result.finished_at is None:
             self.result.finished_at = utcnow()
         if self.result.started_at:
-            self.result.duration_s = round(
-                (self.result.finished_at - self.result.started_at).total_seconds(), 3)
+            self.result.duration_s = max(0.0, round(
+                (self.result.finished_at - self.result.started_at).total_seconds(), 3))
         self._save_logs()
         if self.task.command is None:  # a preset's CLI: what it reported it used
             self.result.usage = usage_from_log(self.task.agent, self.log_path)

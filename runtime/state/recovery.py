@@ -408,7 +408,7 @@ def _classify_orphan(result: SessionResult, row: SessionRow | None, container: A
     started, finished = engine_times(state)
     if started is not None and finished is not None:
         result.started_at, result.finished_at = started, finished
-        result.duration_s = round((finished - started).total_seconds(), 3)
+        result.duration_s = max(0.0, round((finished - started).total_seconds(), 3))
 
 
 def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_id: str,
