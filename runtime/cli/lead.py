@@ -24,6 +24,7 @@ from runtime.cli.session_output import saved_log_tail, session_diff
 from runtime.config import RunConfig
 from runtime.errors import AgentRuntimeError, ConfigError, MergeError, NotFoundError
 from runtime.git.safe_git import MainRepo
+from runtime.git.session_work import work_head
 from runtime.models import SessionResult
 from runtime.run.budget import RunBudget
 from runtime.run.coordinator import AgentCoordinator
@@ -237,8 +238,7 @@ class LeadRun:
         from runtime.git.session_work import apply_session
 
         _, result = self._finished(task_id, "apply")
-        head = (self.repo.branch_head(result.branch) if result.branch else None) \
-            or result.head_commit
+        head = work_head(self.repo, result)
         if not head or not result.base_commit:
             raise ConfigError(f"session {task_id!r} has no work on a branch to apply")
         return apply_session(self.repo, result.base_commit, head)

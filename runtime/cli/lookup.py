@@ -3,7 +3,7 @@ the runs and sessions named on the command line (an id, a prefix or ``latest``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -71,3 +71,16 @@ def resolve_run(store: Store, name: str) -> RunRow:
             raise NotFoundError("no runs yet")
         return run
     return store.find_run(name)
+
+
+def sessions_named(store: Store, names: Sequence[str]) -> list[SessionRow]:
+    """The sessions the command line names: each name a run (all its sessions) or a session
+    (id or prefix), in order, each session once."""
+    rows: dict[str, SessionRow] = {}
+    for name in names:
+        try:
+            found = store.list_sessions(run_id=resolve_run(store, name).id)
+        except NotFoundError:
+            found = [resolve_session(store, name)]
+        rows.update((row.id, row) for row in found)
+    return list(rows.values())

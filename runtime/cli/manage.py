@@ -182,7 +182,7 @@ def merge(names: tuple[str, ...], repo: str, strategy: str, target: str | None, 
     """Merge (auto) or check (review) a finished run's branches, or only the named sessions,
     into the target; an automatic merge runs the run's merge gate on each would-be merge
     result first."""
-    from runtime.cli.lookup import resolve_run, resolve_session
+    from runtime.cli.lookup import resolve_run, sessions_named
     from runtime.run.merging import merge_run, merge_sessions
 
     main_repo = MainRepo(repo)
@@ -197,12 +197,7 @@ def merge(names: tuple[str, ...], repo: str, strategy: str, target: str | None, 
                                    target, gate=not no_gate)
                 print_report(report, as_json)
                 sys.exit(report.exit_code())
-        ids: list[str] = []
-        for name in names:
-            try:
-                ids += [r.id for r in store.list_sessions(run_id=resolve_run(store, name).id)]
-            except NotFoundError:
-                ids.append(resolve_session(store, name).id)
+        ids = [row.id for row in sessions_named(store, names)]
         report = merge_sessions(main_repo, store, ids, strategy,  # type: ignore[arg-type]
                                 target, gate=not no_gate)
     print_report(report, as_json)

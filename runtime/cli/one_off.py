@@ -1,26 +1,26 @@
 """``agentrt run -p PROMPT --agent PRESET``: a run of one task without a task file.
 
-The flags become the task file's TOML tables (``[run]``, ``[run.resource_limits]`` and one
-``[[tasks]]``) and go through the same loader, so a bad value is refused with the same message
-naming the field, exit 2, before anything starts.
+The flags become one ``[[tasks]]`` table (limits as its ``resource_limits``; ``[run]`` keeps
+its defaults) and go through the task-file loader, so a bad value is refused with the same
+message naming the field, exit 2, before anything starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import click
 
 from runtime.config import TaskFile, parse_task_file
 from runtime.errors import ConfigError
 from runtime.run.api_args import prompt_slug
-from runtime.task import AgentPreset
+from runtime.task import AgentPreset, NetworkMode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 LIMIT_FLAGS = ("memory_mb", "cpu_percent", "time_seconds", "disk_mb", "pids")
-PRESETS: Sequence[str] = AgentPreset.__args__  # type: ignore[attr-defined]
+PRESETS: tuple[str, ...] = get_args(AgentPreset)
 
 
 def one_off_options(func: F) -> F:
@@ -31,7 +31,7 @@ def one_off_options(func: F) -> F:
                      help="The preset that runs the prompt (needed with -p; shell runs it as "
                      "a shell command)."),
         click.option("--id", "task_id", help="The task's id (default: made from the prompt)."),
-        click.option("--network", type=click.Choice(["none", "bridge", "allowlist"])),
+        click.option("--network", type=click.Choice(get_args(NetworkMode))),
         click.option("--egress-allow", multiple=True, metavar="HOST[:PORT]",
                      help="With --network allowlist: a host it may reach (repeatable)."),
         click.option("--secret", "secrets", multiple=True, metavar="NAME",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from runtime.cli.session_output import saved_log_tail
 from runtime.errors import GitError
 from runtime.git.safe_git import MainRepo, run_git
+from runtime.git.session_work import work_head
 
 if TYPE_CHECKING:
     from runtime.models import RunReport, SessionResult
@@ -67,7 +68,7 @@ def session_work(repo: MainRepo, result: SessionResult, lines: int = 20) -> Sess
     (``git diff --numstat base..branch``, ``git log base..branch``) and its saved output's
     last ``lines`` lines. The texts are the agent's: the page escapes them."""
     work = SessionWork(output=saved_log_tail(repo, result.id, lines))
-    head = (repo.branch_head(result.branch) if result.branch else None) or result.head_commit
+    head = work_head(repo, result)
     if not result.base_commit or not head:
         return work
     work.head = head

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from runtime import paths
 from runtime.errors import NotFoundError
 from runtime.git.safe_git import MainRepo, run_git
+from runtime.git.session_work import work_head
 from runtime.text import terminal_safe as _safe
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def session_diff(repo: MainRepo, row: SessionRow, stat: bool = False) -> bytes:
         live = _live_diff(row.container_id, result.base_commit, stat)
         if live is not None:
             return live
-    head = (repo.branch_head(row.branch) if row.branch else None) or result.head_commit
+    head = work_head(repo, result)
     if not result.base_commit or not head:
         raise NotFoundError(f"session {row.id} has no branch to diff ({row.status.value})")
     # --output keeps the bytes as git wrote them: agent files need not be UTF-8.

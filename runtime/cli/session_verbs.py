@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from runtime.cli.lookup import open_store, repo_option, resolve_run, resolve_session
+from runtime.cli.lookup import open_store, repo_option, resolve_session, sessions_named
 from runtime.errors import NotFoundError
 from runtime.git.safe_git import MainRepo
+from runtime.git.session_work import work_head
 from runtime.state.store import SessionRow
 from runtime.text import terminal_safe
 
@@ -28,7 +29,7 @@ def _finished_head(repo: MainRepo, row: SessionRow) -> str:
     if not row.status.is_final:
         raise NotFoundError(f"session {row.id} is {row.status.value}: its branch gets its work "
                             "when it ends (`agentrt diff` shows it live)")
-    head = (repo.branch_head(row.branch) if row.branch else None) or row.result.head_commit
+    head = work_head(repo, row.result)
     if not head or not row.result.base_commit:
         raise NotFoundError(f"session {row.id} has no work on a branch ({row.status.value})")
     return head
@@ -101,13 +102,7 @@ def rm(names: tuple[str, ...], force: bool, target: str | None, dry_run: bool,
 
     main_repo = MainRepo(repo)
     with open_store(main_repo) as store:
-        rows: list[SessionRow] = []
-        for name in names:
-            try:
-                rows += store.list_sessions(run_id=resolve_run(store, name).id)
-            except NotFoundError:
-                rows.append(resolve_session(store, name))
-        plan = plan_removal(main_repo, store, list({r.id: r for r in rows}.values()), target)
+        plan = plan_removal(main_repo, store, sessions_named(store, names), target)
         for sid, why in plan.refused.items():
             click.echo(f"keeping {sid}: {terminal_safe(why)}", err=True)
         if dry_run:

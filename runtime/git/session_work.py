@@ -17,6 +17,7 @@ from pathlib import Path
 from runtime.errors import GitError, MergeError
 from runtime.git.conflicts import driver_overrides
 from runtime.git.safe_git import MainRepo, run_git
+from runtime.models import SessionResult
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class Commit:
     commit: str
     date: str
     subject: str
+
+
+def work_head(repo: MainRepo, result: SessionResult) -> str | None:
+    """Where a session's work is now: its branch's head, or (the branch deleted) the head it
+    recorded when it ended; None when it has neither."""
+    return (repo.branch_head(result.branch) if result.branch else None) or result.head_commit
 
 
 def session_commits(repo: MainRepo, base: str, head: str) -> list[Commit]:
