@@ -19,6 +19,7 @@ derives from the builtin it most resembles, so callers may catch either::
     ├── SessionError (RuntimeError)         a session could not start or be supervised
     │   ├── HarvestError                     its work could not be read out (volume kept)
     │   └── SessionTimeoutError (TimeoutError)
+    ├── WaitTimeoutError (TimeoutError)     something agentrt waited for did not happen in time
     ├── MergeError (RuntimeError)           a merge could not be checked or performed
     ├── StateError (RuntimeError)           the state database is unreadable or too new
     │   └── StateDamagedError                corrupt, or empty where agentrt has worked: repair
@@ -99,6 +100,15 @@ class HarvestError(SessionError):
 
 class SessionTimeoutError(SessionError, TimeoutError):
     """A session ran past its wall-time limit."""
+
+
+class WaitTimeoutError(AgentRuntimeError, TimeoutError):
+    """Something agentrt waited for (a service, a proxy, a Swarm task) did not happen in time."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        super().__init__(f"timed out after {timeout:g} s waiting for {what}")
+        self.what = what
+        self.timeout = timeout
 
 
 class MergeError(AgentRuntimeError, RuntimeError):

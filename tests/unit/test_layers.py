@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Lowest first. A module may import its own layer and any layer before it.
-ORDER = ["errors", "version", "crash_points", "text", "egress_rules", "environments", "devcontainer", "limits", "task", "config", "models", "presets", "paths", "engine", "git", "databases",
+ORDER = ["errors", "waiting", "version", "crash_points", "text", "egress_rules", "environments", "devcontainer", "limits", "task", "config", "models", "presets", "paths", "engine", "git", "databases",
          "state", "run", "cli", "__init__"]
 
 
