@@ -50,8 +50,8 @@ def stop(target: str, repo: str, grace: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def recover(session: str, repo: str, as_json: bool) -> None:
     """Bring a session's kept work home now (retry its harvest), then free its volume."""
+    from runtime.backends.recovery import collect_garbage
     from runtime.engine.discovery import get_client
-    from runtime.state.recovery import collect_garbage
 
     main_repo = MainRepo(repo)
     with open_store(main_repo) as store:
@@ -81,8 +81,8 @@ def discard(session: str, repo: str, yes: bool) -> None:
     For a session whose work is kept for a retry (or refused) that you do not want: `gc` and
     `recover` would run its harvest again. Its branch stays where it is.
     """
+    from runtime.backends.recovery import collect_garbage
     from runtime.engine.discovery import get_client
-    from runtime.state.recovery import collect_garbage
 
     main_repo = MainRepo(repo)
     with open_store(main_repo) as store:
@@ -115,9 +115,9 @@ def discard(session: str, repo: str, yes: bool) -> None:
 def gc(repo: str, as_json: bool, repair_state: bool, merged_branches: bool) -> None:
     """Find and remove leftovers of dead or finished sessions (never live ones, never a branch
     with an agent's work unless --merged-branches and its target contains it)."""
+    from runtime.backends.recovery import collect_garbage
     from runtime.engine.discovery import get_client
     from runtime.errors import EngineError
-    from runtime.state.recovery import collect_garbage
     from runtime.state.repair import repair_state as repair
 
     main_repo = MainRepo(repo)

@@ -89,7 +89,7 @@ class ContainerPlan:
     command: list[str]
     limits: ResourceLimits
     # The volume's mounts (workspace, database directory, object store), made by the
-    # session's tree (runtime.git.session_tree) wherever the engine keeps it.
+    # session's tree (runtime.backends.docker.trees) wherever the engine keeps it.
     mounts: tuple[Mount, ...]
     uid: int
     gid: int

@@ -55,7 +55,7 @@ Nothing of this touches the filesystem of the process running agentrt, except fo
 git bundle that :func:`checkout_in_engine` ships with ``put_archive``.
 
 The helper containers and their scripts are in :mod:`runtime.engine.volume_helpers`; a session
-uses its volume through :class:`runtime.engine.remote_volume.RemoteVolume`.
+uses its volume through :class:`runtime.backends.docker.remote_volume.RemoteVolume`.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class HarvestPlan:
 
     session_id: str
     base_commit: str
-    # The tree's mounts, read-only (runtime.git.session_tree: the workspace, and the store).
+    # The tree's mounts, read-only (runtime.backends.docker.trees: the workspace, and the store).
     mounts: tuple[Mount, ...]
     store: Path | None  # the run's object store; None when the volume holds the objects
     uid: int

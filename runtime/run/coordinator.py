@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import docker
 
 from runtime import paths
+from runtime.backends.recovery import reconcile_on_start
 from runtime.config import RunConfig, Task, with_default_agent
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
@@ -54,7 +55,6 @@ from runtime.run.session_end import STOP_REQUESTED
 from runtime.run.supervisor import Supervisor
 from runtime.run.warm_pool import WarmPool
 from runtime.state.liveness import process_start_time
-from runtime.state.recovery import reconcile_on_start
 from runtime.state.run_record import record_final_report
 from runtime.state.store import Store
 from runtime.task import AgentPreset

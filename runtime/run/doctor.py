@@ -21,10 +21,10 @@ from typing import Any, Literal
 import docker
 import docker.errors
 
+from runtime.backends.swarm.images import NODES_ENV, NodeImage
+from runtime.backends.swarm.nodes import SwarmNode
 from runtime.engine import discovery as engine
 from runtime.engine import images
-from runtime.engine.swarm import SwarmNode
-from runtime.engine.swarm_images import NODES_ENV, NodeImage
 from runtime.errors import AgentRuntimeError, EngineError
 from runtime.git.safe_git import git_version
 from runtime.version import agentrt_version
@@ -282,8 +282,8 @@ def swarm_images_check(ref: str, manager_id: str, nodes: Sequence[NodeImage],
 
 
 def _swarm_checks(client: docker.DockerClient, node_urls: Sequence[str]) -> list[Check]:
-    from runtime.engine.swarm import list_nodes
-    from runtime.engine.swarm_images import compare_node_images
+    from runtime.backends.swarm.images import compare_node_images
+    from runtime.backends.swarm.nodes import list_nodes
 
     info = engine.engine_info(client)
     swarm = info.get("Swarm") or {}
@@ -304,7 +304,7 @@ def run_checks(client_factory: Callable[[], docker.DockerClient],
     """Every check, in a stable order; never raises for what it finds. With ``state_dir`` (a
     repository's), also the volumes kept because their work has not come home yet. On a Swarm
     manager, also its nodes and whether agentrt/base is on them (``node_urls``: the nodes'
-    engines, to compare image ids; see :mod:`runtime.engine.swarm_images`).
+    engines, to compare image ids; see :mod:`runtime.backends.swarm.images`).
 
     ``client_factory`` is called once (e.g. :func:`runtime.engine.discovery.get_client`); if it
     raises :class:`~runtime.errors.AgentRuntimeError`, the engine check fails and the checks
@@ -342,7 +342,7 @@ def _volume_place_check(client: docker.DockerClient, state_dir: Path | None) -> 
     """Where sessions' volumes go with this engine; None when it shares this host's disk."""
     import tempfile
 
-    from runtime.engine.disk_sharing import engine_shares_disk
+    from runtime.backends.docker.disk_sharing import engine_shares_disk
     from runtime.engine.engine_volumes import engine_volume_mode
 
     if state_dir is not None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 from docker.types import Mount
 
+from runtime.backends.base import SessionTree
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.databases.sqlite import SessionDatabase
 from runtime.engine.container import AgentContainer, AgentRunner, ContainerPlan, OutputStream
@@ -39,7 +40,6 @@ from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionE
 from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import SessionTree
 from runtime.git.workspace import create_branch, new_session_id
 from runtime.models import LiveStat, SessionResult, SessionStatus, WorkState, utcnow
 from runtime.presets import resolve_command, resolve_env, resolve_image, resolve_secrets

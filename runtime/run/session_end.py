@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 
+from runtime.backends.base import SessionTree
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.engine.container import AgentRunner
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
 from runtime.errors import AgentRuntimeError, EngineError
 from runtime.git.harvest import HarvestPlan
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import SessionTree
 from runtime.git.work_home import bring_work_home
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
 from runtime.run.engine_watch import ENGINE_LOST

@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 
+from runtime.backends.base import SessionTree
+from runtime.backends.docker.disk_sharing import engine_shares_disk, volume_on_engine
+from runtime.backends.docker.trees import EngineTree, HostTree
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
 from runtime.engine.container import DB_MOUNT, AgentContainer, AgentRunner, ContainerPlan
-from runtime.engine.disk_sharing import engine_shares_disk, volume_on_engine
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
 from runtime.engine.volumes import DiskLimitMode, Volume, default_mode
 from runtime.errors import AgentRuntimeError, SessionError
 from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.models import Manifest, SessionResult, utcnow
 from runtime.run.engine_watch import ENGINE_LOST
 from runtime.run.resilience import engine_retry

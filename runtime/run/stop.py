@@ -36,8 +36,8 @@ def _targets(store: Store, target: str) -> tuple[str, list[SessionRow]]:
 
 def stop_target(repo: MainRepo, store: Store, target: str, grace: int = 10) -> list[str]:
     """Stop the session or run named by ``target`` (id or unique prefix); return what stopped."""
+    from runtime.backends.recovery import collect_garbage
     from runtime.engine.discovery import get_client
-    from runtime.state.recovery import collect_garbage
 
     _, rows = _targets(store, target)
     client = get_client()

@@ -1,17 +1,18 @@
 """A session on Docker Swarm: the same session, its parts on a node agentrt chose.
 
 :class:`SwarmSession` is an :class:`~runtime.run.session.IsolatedAgentSession` whose tree is a
-:class:`~runtime.git.node_tree.NodeTree` (a loop volume made on the node, the base fetched
-from the run's exchange, the work harvested there and pushed back through it) and whose agent
-is a :class:`~runtime.engine.swarm_agent.SwarmAgent` (a one-shot service pinned to the node).
-Everything else (branch, marker, manifest, classification, bundle checks, clean-up) is the
+:class:`~runtime.backends.swarm.node_tree.NodeTree` (a loop volume made on the node, the base
+fetched from the run's exchange, the work harvested there and pushed back through it) and whose
+agent is a :class:`~runtime.backends.swarm.agent.SwarmAgent` (a one-shot service
+pinned to the node). Everything else (branch, marker, manifest, classification, bundle checks,
+clean-up) is the
 session's own. The manager's API reaches no container on a worker, so :meth:`SwarmSession.run`
 watches the service's task instead of Docker events, and reads how the agent ended from the
-entry point's report (:func:`~runtime.engine.swarm_agent.parse_end_stats`).
+entry point's report (:func:`~runtime.backends.swarm.agent.parse_end_stats`).
 
 :class:`SwarmPlacement` picks each session's node from the nodes' capacity and what the run's
-own sessions reserve (:func:`runtime.engine.swarm.place`), waiting for room when every node is
-full; a task that fits no node at all was refused in preflight (:func:`check_fits`).
+own sessions reserve (:func:`runtime.backends.swarm.nodes.place`), waiting for room when every
+node is full; a task that fits no node at all was refused in preflight (:func:`check_fits`).
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.backends.base import SessionTree
+from runtime.backends.swarm.agent import EndStats, SwarmAgent, TaskView, parse_end_stats
+from runtime.backends.swarm.exchange import Exchange
+from runtime.backends.swarm.node_tree import NodeTree
+from runtime.backends.swarm.nodes import Need, SwarmNode, SwarmPlacement, need_of
+from runtime.backends.swarm.service import node_status
 from runtime.config import Task
 from runtime.engine.container import ContainerPlan
 from runtime.engine.labels import LABEL_REPO, LABEL_RUN
-from runtime.engine.swarm import Need, SwarmNode, SwarmPlacement, need_of
-from runtime.engine.swarm_agent import EndStats, SwarmAgent, TaskView, parse_end_stats
-from runtime.engine.swarm_service import node_status
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
-from runtime.git.exchange import Exchange
-from runtime.git.node_tree import NodeTree
-from runtime.git.session_tree import SessionTree
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
 from runtime.run.resilience import crash_point
 from runtime.run.session import IsolatedAgentSession
@@ -328,8 +329,8 @@ class SwarmRun:
     """
 
     def __init__(self, client: Any, run_id: str) -> None:
-        from runtime.engine.swarm import list_nodes, swarm_status
-        from runtime.engine.swarm_service import require_api
+        from runtime.backends.swarm.nodes import list_nodes, swarm_status
+        from runtime.backends.swarm.service import require_api
 
         self.client = client
         self.api_version = str(client.api.api_version)
@@ -342,8 +343,8 @@ class SwarmRun:
     @staticmethod
     def preflight(client: Any, tasks: Sequence[Task], config: Any) -> None:
         """Refuse, before anything starts, what cannot run on this Swarm (ConfigError)."""
-        from runtime.engine.swarm import check_fits, list_nodes, swarm_status
-        from runtime.engine.swarm_service import require_api
+        from runtime.backends.swarm.nodes import check_fits, list_nodes, swarm_status
+        from runtime.backends.swarm.service import require_api
 
         check_swarm_tasks(tasks, config.database_strategy, config.runtime,
                           {t.id: config.network_for(t) for t in tasks})

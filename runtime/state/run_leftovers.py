@@ -1,6 +1,6 @@
 """Removing what a run shared among its sessions once the run is over (finished, or its owner
 dead): its shared PostgreSQL server, its egress proxies and their networks, and its sessions'
-services. Part of ``agentrt gc`` (:func:`runtime.state.recovery.collect_garbage`); a run of
+services. Part of ``agentrt gc`` (:func:`runtime.backends.recovery.collect_garbage`); a run of
 another repository is never judged.
 
 A run the state database does not know (a session used on its own from Python has no store)
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import docker
 import docker.errors
@@ -27,8 +27,11 @@ from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.state.liveness import recorded_alive
 from runtime.state.store import Store
 
-if TYPE_CHECKING:
-    from runtime.state.recovery import GcReport
+
+class GcReport(Protocol):
+    """Where gc's report (:class:`runtime.backends.recovery.GcReport`) lists what it removed."""
+
+    removed_containers: list[str]
 
 
 def run_is_over(store: Store, run_id: str) -> bool:

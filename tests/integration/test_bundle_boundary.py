@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.backends.recovery import collect_garbage
 from runtime.config import ResourceLimits
 from runtime.git.safe_git import MainRepo
 from runtime.models import SessionStatus, WorkState
-from runtime.state.recovery import collect_garbage
 from tests.conftest import git, make_repo
 from tests.integration.helpers import by_task, run_tasks, sh
 

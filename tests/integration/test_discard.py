@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-import runtime.git.session_tree as session_tree
+import runtime.backends.docker.trees as session_tree
 import runtime.git.work_home as work_home
+from runtime.backends.recovery import DISCARDED, collect_garbage
 from runtime.engine.discovery import get_client
 from runtime.errors import HarvestError
 from runtime.git.safe_git import MainRepo
 from runtime.models import WorkState
-from runtime.state.recovery import DISCARDED, collect_garbage
 from runtime.state.store import Store
 from tests.conftest import git
 from tests.integration.helpers import agentrt, by_task, run_tasks, sh

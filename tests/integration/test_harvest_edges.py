@@ -18,15 +18,15 @@ from typing import Any
 import docker.types
 import pytest
 
+from runtime.backends.docker.trees import HostTree
+from runtime.backends.recovery import collect_garbage
 from runtime.config import ResourceLimits
 from runtime.engine.discovery import get_client
 from runtime.engine.volumes import open_volume
 from runtime.git.harvest import HARVEST_IMAGE, HarvestPlan, run_harvest
 from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import HostTree
 from runtime.models import SessionResult, SessionStatus, WorkState
-from runtime.state.recovery import collect_garbage
 from tests.conftest import git
 from tests.integration.helpers import by_task, run_tasks, sh
 

@@ -33,12 +33,12 @@ def test_soft_disk_limit_stops_a_filler_as_disk_full(repo: Path, docker_client: 
 def test_a_volume_that_cannot_be_made_leaves_no_branch_or_directory(
     repo: Path, docker_client: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runtime.git.session_tree
+    import runtime.backends.docker.trees
 
     def broken(*args: object, **kwargs: object) -> None:
         raise VolumeError("mount: bad loop image")
 
-    monkeypatch.setattr(runtime.git.session_tree, "create_volume", broken)
+    monkeypatch.setattr(runtime.backends.docker.trees, "create_volume", broken)
     session = IsolatedAgentSession(Task(id="a", command=["true"]), CONFIG, repo=repo,
                                    client=docker_client)  # type: ignore[arg-type]
     with pytest.raises(VolumeError), session:

@@ -17,11 +17,10 @@ import pytest
 from click.testing import CliRunner
 from docker.types import Mount
 
-from runtime.config import ResourceLimits
-from runtime.engine.container import ContainerPlan
-from runtime.engine.swarm import Need, list_nodes, place, reserved_by_sessions, swarm_status
-from runtime.engine.swarm_images import push_image
-from runtime.engine.swarm_service import (
+from runtime.backends.swarm.exchange import Exchange
+from runtime.backends.swarm.images import push_image
+from runtime.backends.swarm.nodes import Need, list_nodes, place, reserved_by_sessions, swarm_status
+from runtime.backends.swarm.service import (
     NETWORK_GUARD_EXIT,
     TERMINAL_STATES,
     helper_service_spec,
@@ -29,15 +28,16 @@ from runtime.engine.swarm_service import (
     session_service_spec,
     task_outcome,
 )
-from runtime.engine.swarm_volumes import (
+from runtime.backends.swarm.volumes import (
     NodeStep,
     NodeStepFailed,
     create_node_volume,
     remove_node_volume,
     start_node_finish,
 )
+from runtime.config import ResourceLimits
+from runtime.engine.container import ContainerPlan
 from runtime.errors import EngineError
-from runtime.git.exchange import Exchange
 from tests.integration.swarm import SwarmCluster, SwarmNodeEngine
 
 pytestmark = pytest.mark.docker

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from docker.types import Mount
 
+from runtime.backends.docker.trees import EngineTree, HostTree
 from runtime.config import ResourceLimits
 from runtime.engine.container import (
     RUNSC_PIDS_HEADROOM,
@@ -19,7 +20,6 @@ from runtime.engine.container import (
 from runtime.engine.engine_volumes import EngineVolume
 from runtime.engine.volumes import Volume
 from runtime.errors import SessionError
-from runtime.git.session_tree import EngineTree, HostTree
 
 
 def plan(**kw: object) -> ContainerPlan:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from docker.types import Mount
 
+from runtime.backends.docker.trees import HostTree
 from runtime.engine.volumes import Volume
 from runtime.errors import BundleRefusedError, HarvestError
 from runtime.git.bundle import read_header
@@ -20,7 +21,6 @@ from runtime.git.harvest import (
     harvest_spec,
     take_file,
 )
-from runtime.git.session_tree import HostTree
 
 
 def plan(**kw: object) -> HarvestPlan:

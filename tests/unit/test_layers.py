@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Lowest first. A module may import its own layer and any layer before it.
 ORDER = ["errors", "waiting", "version", "crash_points", "text", "egress_rules", "environments", "devcontainer", "limits", "task", "config", "models", "presets", "paths", "engine", "git", "databases",
-         "state", "run", "cli", "__init__"]
+         "state", "backends", "run", "cli", "__init__"]
 
 
 def layer_of_file(package: Path, path: Path) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.backends.recovery import collect_garbage
 from runtime.git.safe_git import MainRepo
 from runtime.models import MergeInfo, SessionResult, SessionStatus, WorkState
-from runtime.state.recovery import collect_garbage
 from runtime.state.store import Store
 from tests.merge_helpers import make_repo
 

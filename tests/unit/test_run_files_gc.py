@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from runtime import paths
+from runtime.backends.recovery import collect_garbage
 from runtime.git.safe_git import MainRepo
-from runtime.state.recovery import collect_garbage
 from runtime.state.store import Store
 from tests.conftest import make_repo
 

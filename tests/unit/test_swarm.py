@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from docker.types import Mount
 
-from runtime.config import ResourceLimits
-from runtime.engine.container import ENTRYPOINT, ContainerPlan
-from runtime.engine.swarm import (
+from runtime.backends.swarm.images import NodeImage, node_addresses
+from runtime.backends.swarm.node_jobs import _harvest_code
+from runtime.backends.swarm.nodes import (
     Need,
     Reserved,
     SwarmNode,
@@ -20,8 +20,7 @@ from runtime.engine.swarm import (
     reserved_from_tasks,
     swarm_status,
 )
-from runtime.engine.swarm_images import NodeImage, node_addresses
-from runtime.engine.swarm_service import (
+from runtime.backends.swarm.service import (
     FAST_FOR_S,
     FAST_POLL_S,
     NETWORK_GUARD,
@@ -32,11 +31,12 @@ from runtime.engine.swarm_service import (
     session_service_spec,
     task_outcome,
 )
-from runtime.engine.swarm_teardown import end_container
-from runtime.engine.swarm_volumes import NODE_SCRIPT, NodeStep, _node_job, container_body
+from runtime.backends.swarm.teardown import end_container
+from runtime.backends.swarm.volumes import NODE_SCRIPT, NodeStep, _node_job, container_body
+from runtime.config import ResourceLimits
+from runtime.engine.container import ENTRYPOINT, ContainerPlan
 from runtime.engine.volume_helpers import REMOVE_SCRIPT
 from runtime.errors import ConfigError, EngineError, SessionError
-from runtime.git.node_jobs import _harvest_code
 from runtime.run.doctor import swarm_check, swarm_images_check
 
 GIB = 2**30

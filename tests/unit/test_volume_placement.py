@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.engine.disk_sharing import volume_on_engine
+from runtime.backends.docker.disk_sharing import volume_on_engine
 
 
 def never() -> str:

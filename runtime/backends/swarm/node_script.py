@@ -1,4 +1,4 @@
-"""The script of Swarm's node helper service (:mod:`runtime.engine.swarm_volumes`): stdlib
+"""The script of Swarm's node helper service (:mod:`runtime.backends.swarm.volumes`): stdlib
 Python in ``agentrt/base``, run as root (every capability dropped) with the node engine's
 socket, that has that engine run agentrt's helper containers, one after another."""
 

@@ -19,7 +19,7 @@ tasks join (the checkout and the harvest), never a session.
   (:func:`runtime.git.bundle.import_bundle`).
 
 The exchange starts in the background (:meth:`Exchange.begin`): the run's first node helpers
-make their volumes meanwhile and wait for the base (:mod:`runtime.git.node_jobs`). At the
+make their volumes meanwhile and wait for the base (:mod:`runtime.backends.swarm.node_jobs`). At the
 run's end :meth:`Exchange.stop_in_background` removes it without holding the run up.
 
 What a session wrote is only ever read by git in containers (the node's harvest, the
@@ -37,15 +37,15 @@ from typing import Any
 import docker
 import docker.errors
 
-from runtime.engine.discovery import engine_errors
-from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
-from runtime.engine.swarm_service import helper_service_spec
-from runtime.engine.swarm_teardown import (
+from runtime.backends.swarm.service import helper_service_spec
+from runtime.backends.swarm.teardown import (
     end_container,
     get_or_none,
     remove_service_and_network,
     wait_for_container,
 )
+from runtime.engine.discovery import engine_errors
+from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.volume_helpers import HELPER_IMAGE, ROLE_HELPER
 from runtime.errors import EngineError, HarvestError, WorkspaceError
 from runtime.git.engine_checkout import create_base_bundle, tar_one_file

@@ -1,6 +1,6 @@
 """A Swarm session's tree: its volume on a node, the base in and the work out through the run's
-exchange (a :class:`~runtime.git.session_tree.SessionTree`; the helpers' work is in
-:mod:`runtime.git.node_jobs`)."""
+exchange (a :class:`~runtime.backends.base.SessionTree`; the helpers' work is in
+:mod:`runtime.backends.swarm.node_jobs`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import docker
 from docker.types import Mount
 
+from runtime.backends.base import SessionTree
+from runtime.backends.swarm.exchange import Exchange
+from runtime.backends.swarm.node_jobs import NodeFinish, create_checked_out, harvest_on_node
+from runtime.backends.swarm.volumes import remove_node_volume
 from runtime.engine.engine_volumes import EngineVolume
-from runtime.engine.swarm_volumes import remove_node_volume
 from runtime.errors import ConfigError, EngineError, VolumeError, WorkspaceError
-from runtime.git.exchange import Exchange
 from runtime.git.harvest import Harvest, HarvestPlan
-from runtime.git.node_jobs import NodeFinish, create_checked_out, harvest_on_node
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import SessionTree
 
 
 class NodeTree(SessionTree):
@@ -48,7 +48,7 @@ class NodeTree(SessionTree):
                            labels: Mapping[str, str], repo: MainRepo, branch: str,
                            commit: str, scratch: Path) -> NodeTree:
         """:meth:`create` and :meth:`checkout` by one helper service on the node (see
-        :func:`runtime.git.node_jobs.create_checked_out`)."""
+        :func:`runtime.backends.swarm.node_jobs.create_checked_out`)."""
         volume = create_checked_out(client, exchange, node_id, session_id, disk_mb, uid, gid,
                                     labels, repo, branch, commit, scratch)
         tree = cls(client, volume, node_id, exchange, uid, gid)

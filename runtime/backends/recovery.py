@@ -33,6 +33,9 @@ import docker
 import docker.errors
 
 from runtime import paths
+from runtime.backends.base import SessionTree
+from runtime.backends.docker.remote_volume import RemoteVolume
+from runtime.backends.docker.trees import EngineTree, HostTree
 from runtime.config import RunConfig
 from runtime.engine.engine_volumes import list_engine_volumes
 from runtime.engine.labels import (
@@ -44,13 +47,11 @@ from runtime.engine.labels import (
     LABEL_SESSION,
     LABEL_TIME_SECONDS,
 )
-from runtime.engine.remote_volume import RemoteVolume
 from runtime.engine.volumes import found_volume, open_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.harvest import HarvestPlan
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
-from runtime.git.session_tree import EngineTree, HostTree, SessionTree
 from runtime.git.work_home import WorkOutcome, bring_work_home
 from runtime.models import SessionResult, SessionStatus, WorkState, settle_merge, utcnow
 from runtime.paths import runs_dir
@@ -175,7 +176,7 @@ def collect_garbage(
         collect_egress_proxies(client, store, report, repo.root)
         collect_services(client, store, report, repo.root)
         if client is not None:
-            from runtime.state.swarm_recovery import collect_swarm_leftovers
+            from runtime.backends.swarm.recovery import collect_swarm_leftovers
 
             collect_swarm_leftovers(client, repo, store, report)
     finally:
@@ -330,7 +331,7 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             if client is None:
                 report.errors.append(f"{session_id}: no engine to remove its volume with")
                 return
-            from runtime.state.swarm_recovery import remove_node_tree
+            from runtime.backends.swarm.recovery import remove_node_tree
 
             remove_node_tree(client, marker, session_id)
             shutil.rmtree(session_dir, ignore_errors=True)
@@ -428,7 +429,7 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
     try:
         tree: SessionTree
         if marker.node_id:
-            from runtime.state.swarm_recovery import node_tree
+            from runtime.backends.swarm.recovery import node_tree
 
             tree = node_tree(client, marker, session_id)
         elif marker.engine_volume:

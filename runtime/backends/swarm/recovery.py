@@ -1,6 +1,6 @@
 """gc on Docker Swarm: a dead run's services, exchange and node volumes, found by label.
 
-:func:`runtime.state.recovery.collect_garbage` calls in here for sessions whose marker names a
+:func:`runtime.backends.recovery.collect_garbage` calls in here for sessions whose marker names a
 Swarm node (``node_id``): their services are removed first (the agent stops), their work is
 harvested on the node through an exchange that gc starts for itself (the dead run's own may be
 gone), and their volumes are removed on their nodes. :func:`collect_swarm_leftovers` then
@@ -18,6 +18,9 @@ from typing import Any
 import docker
 import docker.errors
 
+from runtime.backends.swarm.exchange import ROLE_EXCHANGE, Exchange, remove_exchanges
+from runtime.backends.swarm.node_tree import NodeTree
+from runtime.backends.swarm.volumes import remove_node_volume
 from runtime.engine.engine_volumes import EngineVolume
 from runtime.engine.labels import (
     LABEL_OWNER_PID,
@@ -27,10 +30,7 @@ from runtime.engine.labels import (
     LABEL_RUN,
     LABEL_SESSION,
 )
-from runtime.engine.swarm_volumes import remove_node_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
-from runtime.git.exchange import ROLE_EXCHANGE, Exchange, remove_exchanges
-from runtime.git.node_tree import NodeTree
 from runtime.git.safe_git import MainRepo
 from runtime.state.liveness import recorded_alive
 from runtime.state.run_leftovers import run_is_over

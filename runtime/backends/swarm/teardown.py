@@ -12,7 +12,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from runtime.engine.swarm_service import poll_delay
+from runtime.backends.swarm.service import poll_delay
 from runtime.errors import EngineError
 
 #: How often a network that is still there is asked to go again.

@@ -2,7 +2,7 @@
 
 :func:`session_service_spec` is the Swarm twin of :func:`runtime.engine.container.container_spec`
 (pure, keyword arguments for ``client.services.create``): one replica, never restarted,
-reservations equal to limits, pinned to the node :func:`runtime.engine.swarm.place` chose.
+reservations equal to limits, pinned to the node :func:`runtime.backends.swarm.nodes.place` chose.
 :func:`run_one_shot` runs a helper service to its end and returns its exit code and output.
 
 **What a Swarm service cannot express on Docker API 1.41** (Engine 20.10), compared with the
@@ -27,7 +27,7 @@ local container spec; measured on a 20.10 Swarm where noted:
 * **runtime**: no ``--runtime``; a service runs under the node's default runtime, so gVisor
   (``runtime = "runsc"``) is refused.
 * **devices and device cgroup rules**: none, which is why node-side loop volumes go through
-  the node's own engine (:mod:`runtime.engine.swarm_volumes`).
+  the node's own engine (:mod:`runtime.backends.swarm.volumes`).
 * **attach before start**: a service's output is only read back through ``service logs``
   (the Swarm log broker), never streamed from the first byte as ``attach_output`` does.
 * the secrets file (a host directory bound at ``/run/agentrt``): the host is not the node;
@@ -122,7 +122,7 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
     """Keyword arguments for ``client.services.create`` running ``plan`` once on ``node_id``.
 
     Pure. The plan must carry its engine-side volume's mounts (``plan.mounts``, made
-    on that node by :func:`runtime.engine.swarm_volumes.create_node_volume`). Refused:
+    on that node by :func:`runtime.backends.swarm.volumes.create_node_volume`). Refused:
     secrets, a runtime other than runc, a network other than none (see the module docstring),
     and an API older than 1.41.
     """

@@ -5,7 +5,7 @@ On one engine, :mod:`runtime.engine.engine_volumes` loop-mounts a session's volu
 AppArmor exception. A Swarm *service* can have none of these (no devices, no security
 options on Docker API 1.41), and agentrt talks only to the manager, never to a node's engine.
 So a one-shot helper *service* pinned to the node
-(:func:`runtime.engine.swarm_service.run_one_shot`) binds the node's ``/var/run/docker.sock``
+(:func:`runtime.backends.swarm.service.run_one_shot`) binds the node's ``/var/run/docker.sock``
 and has that engine run exactly the loop helper container of
 :mod:`runtime.engine.engine_volumes` (same script, capabilities, devices, rules and ``rshared``
 bind of the state directory): the mount it makes appears in the node engine's mount namespace,
@@ -40,6 +40,8 @@ from typing import Any
 import docker
 from docker.types import Mount
 
+from runtime.backends.swarm.node_script import NODE_SCRIPT
+from runtime.backends.swarm.service import OneShot, helper_service_spec, run_one_shot
 from runtime.engine.engine_volumes import (
     STATE_DIR_ENV,
     EngineVolume,
@@ -47,8 +49,6 @@ from runtime.engine.engine_volumes import (
     volume_name,
 )
 from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
-from runtime.engine.swarm_node_script import NODE_SCRIPT
-from runtime.engine.swarm_service import OneShot, helper_service_spec, run_one_shot
 from runtime.engine.volume_helpers import (
     CREATE_SCRIPT,
     HELPER_IMAGE,

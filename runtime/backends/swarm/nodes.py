@@ -8,9 +8,9 @@ on that node before its service starts. A session reserves exactly what it is li
 their limits. :func:`check_fits` is the admission rule before a run: every task must fit on at
 least one node.
 
-:mod:`runtime.engine.swarm_service` makes the session's service spec and runs one-shot helper
-services; :mod:`runtime.engine.swarm_volumes` makes session volumes on a node;
-:mod:`runtime.engine.swarm_images` carries images to nodes without a registry.
+:mod:`runtime.backends.swarm.service` makes the session's service spec and runs one-shot helper
+services; :mod:`runtime.backends.swarm.volumes` makes session volumes on a node;
+:mod:`runtime.backends.swarm.images` carries images to nodes without a registry.
 """
 
 from __future__ import annotations

@@ -26,14 +26,14 @@ import docker.errors
 import requests.exceptions
 from docker.types import ServiceMode
 
-from runtime.engine.container import ContainerPlan
-from runtime.engine.discovery import engine_errors
-from runtime.engine.swarm_service import (
+from runtime.backends.swarm.service import (
     NETWORK_GUARD,
     TERMINAL_STATES,
     session_service_spec,
     task_outcome,
 )
+from runtime.engine.container import ContainerPlan
+from runtime.engine.discovery import engine_errors
 from runtime.errors import EngineError, SessionError
 
 # The entry point on Swarm: the local one's secrets and deadline, but the agent runs as a

@@ -2,7 +2,7 @@
 
 **Checkout.** Separately, making the loop volume on the node and checking the base out into it
 would be two one-shot services, each a scheduling round trip through the manager (about a second
-each on a small Swarm). The node helper of :mod:`runtime.engine.swarm_volumes` does both: it
+each on a small Swarm). The node helper of :mod:`runtime.backends.swarm.volumes` does both: it
 makes the volume, then waits until the run's exchange has the base (the host ships it meanwhile,
 and the exchange may itself still be starting) and runs the checkout as a container of the
 node's engine: the agent's uid, every capability dropped, ``no-new-privileges``, limited memory
@@ -30,20 +30,20 @@ from typing import Any
 
 import docker
 
-from runtime.engine.engine_volumes import EngineVolume
-from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
-from runtime.engine.swarm_service import OneShot, run_one_shot
-from runtime.engine.swarm_volumes import (
+from runtime.backends.swarm.exchange import HELPER_TIMEOUT_S, START_TIMEOUT_S, Exchange
+from runtime.backends.swarm.service import OneShot, run_one_shot
+from runtime.backends.swarm.volumes import (
     NodeStep,
     NodeStepFailed,
     create_node_volume,
     start_node_finish,
     undo_node_volume,
 )
+from runtime.engine.engine_volumes import EngineVolume
+from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.volume_helpers import HELPER_IMAGE, ROLE_HELPER
 from runtime.errors import EngineError, HarvestError, VolumeError, WorkspaceError
 from runtime.git.engine_checkout import CHECKOUT_SCRIPT
-from runtime.git.exchange import HELPER_TIMEOUT_S, START_TIMEOUT_S, Exchange
 from runtime.git.harvest import (
     EXIT_UNCHANGED,
     HARVEST_MIN_MEMORY_MB,

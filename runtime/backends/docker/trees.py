@@ -1,6 +1,7 @@
 """A session's working tree and the volume holding it: on this host or on the engine's host.
 
-One interface, :class:`SessionTree`, for everything a session does with its tree; two homes:
+One interface, :class:`~runtime.backends.base.SessionTree`, for everything a session does with
+its tree; two homes:
 
 * :class:`HostTree`: the volume is made on the machine running agentrt
   (:mod:`runtime.engine.volumes`: a loop-mounted ext4 image, or a plain directory with a soft
@@ -15,7 +16,7 @@ One interface, :class:`SessionTree`, for everything a session does with its tree
 
 Either way the tree is read back only by a harvest container (:mod:`runtime.git.harvest`),
 which mounts :meth:`SessionTree.harvest_mounts`. Which home a session gets is decided by
-:func:`runtime.engine.disk_sharing.volume_on_engine`, from what the engine reports.
+:func:`runtime.backends.docker.disk_sharing.volume_on_engine`, from what the engine reports.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shlex
 import tarfile
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import docker
 from docker.types import Mount
 
+from runtime.backends.base import SessionTree, secrets_text
+from runtime.backends.docker.remote_volume import RemoteVolume
 from runtime.engine.container import (
     DB_MOUNT,
     SECRETS_FILE,
@@ -41,7 +42,6 @@ from runtime.engine.container import (
 )
 from runtime.engine.discovery import engine_errors
 from runtime.engine.engine_volumes import EngineVolume, create_engine_volume
-from runtime.engine.remote_volume import RemoteVolume
 from runtime.engine.seeded_volumes import create_volume_from_seed
 from runtime.engine.volumes import DiskLimitMode, Volume, create_volume
 from runtime.errors import EngineError, VolumeError
@@ -49,83 +49,6 @@ from runtime.git.engine_checkout import checkout_in_engine, create_base_bundle
 from runtime.git.harvest import Harvest, HarvestPlan, run_harvest
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import adopt_seed_checkout, create_workspace
-
-
-def secrets_text(values: Mapping[str, str]) -> bytes:
-    """The secrets file the entry point sources: one ``export NAME='value'`` line each."""
-    return "".join(f"export {name}={shlex.quote(value)}\n"
-                   for name, value in values.items()).encode()
-
-
-class SessionTree(ABC):
-    """A session's volume and working tree, wherever the engine keeps them."""
-
-    mode: DiskLimitMode
-    limit_bytes: int
-    #: True when the tree is on the engine's host: nothing of it is on agentrt's disk.
-    on_engine: bool
-    #: The run's object store the tree borrows from (a host path; bound into the session and
-    #: its harvest at STORE_MOUNT), if any.
-    store: Path | None = None
-
-    @property
-    @abstractmethod
-    def location(self) -> str:
-        """Where the volume is, for the record (a path on agentrt's or the engine's host)."""
-
-    @property
-    def host_db_dir(self) -> Path | None:
-        """The database directory on agentrt's host, or None when it is on the engine's."""
-        return None
-
-    @abstractmethod
-    def checkout(self, repo: MainRepo, branch: str, commit: str, scratch: Path) -> None:
-        """Make the working tree a repository on ``branch`` at ``commit``, owned by the agent.
-
-        ``scratch`` is a directory of agentrt's own for a temporary file (the base bundle)."""
-
-    @abstractmethod
-    def agent_mounts(self) -> list[Mount]:
-        """The session container's mounts: workspace, database directory, object store."""
-
-    @abstractmethod
-    def harvest_mounts(self) -> list[Mount]:
-        """The harvest container's mounts: the workspace (and object store), read-only."""
-
-    @abstractmethod
-    def secrets_mount(self, values: Mapping[str, str]) -> Mount:
-        """The mount at which the entry point finds the secrets file (written now, or by
-        :meth:`deliver_secrets` once the container exists)."""
-
-    @abstractmethod
-    def deliver_secrets(self, client: docker.DockerClient, container_id: str) -> None:
-        """Put the secrets file into the created (not started) container, where needed."""
-
-    @abstractmethod
-    def discard_secrets(self) -> None:
-        """Delete a secrets file no entry point consumed (a container that never started)."""
-
-    @abstractmethod
-    def used_bytes(self) -> int:
-        """Bytes in use on the volume."""
-
-    @abstractmethod
-    def free_bytes(self) -> int:
-        """Bytes still free for the agent."""
-
-    @property
-    def usage_walker(self) -> Callable[[], int] | None:
-        """A cheap host-side reading of usage for the supervisor's soft limit, if any."""
-        return None
-
-    def harvest(self, client: docker.DockerClient, plan: HarvestPlan, dest: Path,
-                max_bytes: int) -> Harvest:
-        """Run the harvest where the tree is (a container on ``client``'s engine)."""
-        return run_harvest(client, plan, dest, max_bytes)
-
-    @abstractmethod
-    def remove(self) -> None:
-        """Unmount and delete the volume; idempotent."""
 
 
 class HostTree(SessionTree):
