@@ -33,11 +33,13 @@ import docker
 import docker.errors
 
 from runtime import paths
-from runtime.backends.base import SessionTree
-from runtime.backends.docker.remote_volume import RemoteVolume
-from runtime.backends.docker.trees import EngineTree, HostTree
+from runtime.backends.registry import (
+    collect_leftovers,
+    kept_elsewhere,
+    kept_tree,
+    remove_kept_tree,
+)
 from runtime.config import RunConfig
-from runtime.engine.engine_volumes import list_engine_volumes
 from runtime.engine.labels import (
     LABEL_HARVEST,
     LABEL_OWNER_PID,
@@ -47,10 +49,10 @@ from runtime.engine.labels import (
     LABEL_SESSION,
     LABEL_TIME_SECONDS,
 )
-from runtime.engine.volumes import found_volume, open_volume
+from runtime.engine.volumes import found_volume
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.git.harvest import HarvestPlan
-from runtime.git.object_store import ensure_store, remove_run_stores
+from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.work_home import WorkOutcome, bring_work_home
 from runtime.models import SessionResult, SessionStatus, WorkState, settle_merge, utcnow
@@ -176,9 +178,7 @@ def collect_garbage(
         collect_egress_proxies(client, store, report, repo.root)
         collect_services(client, store, report, repo.root)
         if client is not None:
-            from runtime.backends.swarm.recovery import collect_swarm_leftovers
-
-            collect_swarm_leftovers(client, repo, store, report)
+            collect_leftovers(client, repo, store, report)
     finally:
         if store is not None:
             store.close()
@@ -327,20 +327,11 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
     if discard:
         shutil.rmtree(paths.harvest_dir(repo.state_dir, session_id), ignore_errors=True)
     if session_dir is not None:
-        if marker is not None and marker.node_id:
+        if marker is not None and kept_elsewhere(marker):
             if client is None:
                 report.errors.append(f"{session_id}: no engine to remove its volume with")
                 return
-            from runtime.backends.swarm.recovery import remove_node_tree
-
-            remove_node_tree(client, marker, session_id)
-            shutil.rmtree(session_dir, ignore_errors=True)
-        elif marker is not None and marker.engine_volume:
-            if client is None:
-                report.errors.append(f"{session_id}: no engine to remove its volume with")
-                return
-            with contextlib.suppress(NotFoundError):
-                _engine_volume(client, session_id).remove()
+            remove_kept_tree(client, marker, session_id)
             shutil.rmtree(session_dir, ignore_errors=True)
         else:
             found_volume(session_dir).remove()
@@ -356,16 +347,6 @@ def _remove_unused_branch(repo: MainRepo, branch: str, base: str, report: GcRepo
     with contextlib.suppress(AgentRuntimeError):
         repo.git("update-ref", "-d", f"refs/heads/{branch}", base)
         report.removed_branches.append(branch)
-
-
-def _engine_volume(client: docker.DockerClient | None, session_id: str) -> RemoteVolume:
-    """The engine-side volume of ``session_id`` (found by label); NotFoundError if gone."""
-    if client is None:
-        raise NotFoundError("no engine")
-    found = list_engine_volumes(client, session_id)
-    if not found:
-        raise NotFoundError(f"no engine volume for {session_id}")
-    return RemoteVolume(client, found[0])
 
 
 def _ever_started(container: Any) -> bool:
@@ -427,23 +408,13 @@ def _harvest_orphan(repo: MainRepo, client: docker.DockerClient | None, session_
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             secrets = list(json.loads(row.manifest_json or "{}").get("task", {}).get("secrets", []))
     try:
-        tree: SessionTree
-        if marker.node_id:
-            from runtime.backends.swarm.recovery import node_tree
-
-            tree = node_tree(client, marker, session_id)
-        elif marker.engine_volume:
-            try:
-                remote = _engine_volume(client, session_id)
-            except NotFoundError:
-                return WorkOutcome(WorkState.LOST, repo.branch_head(branch), [
-                    f"work lost: its kept volume {marker.engine_volume} no longer exists on "
-                    "the engine (removed outside agentrt); the branch has only what came home "
-                    "before"])
-            tree = EngineTree(client, remote.volume, marker.uid, marker.gid)
-        else:
-            tree = HostTree(open_volume(session_dir), marker.uid, marker.gid,
-                            ensure_store(repo, marker.run_id, marker.base_commit))
+        found = kept_tree(client, repo, marker, session_dir, session_id)
+        if found is None:
+            return WorkOutcome(WorkState.LOST, repo.branch_head(branch), [
+                f"work lost: its kept volume {marker.engine_volume} no longer exists on "
+                "the engine (removed outside agentrt); the branch has only what came home "
+                "before"])
+        tree = found
     except AgentRuntimeError as exc:
         return WorkOutcome(WorkState.KEPT, repo.branch_head(branch),
                            [f"cannot reopen the session to harvest it: {exc}; the volume is kept"])

@@ -187,7 +187,7 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
                    "agentrt/base with the manager's (default: $AGENTRT_SWARM_NODES).")
 def doctor(repo: str, nodes: tuple[str, ...]) -> None:
     """Check the Docker engine, git, cgroups, disk-limit support, gVisor, images and Swarm."""
-    from runtime.backends.swarm.images import node_addresses
+    from runtime.backends.registry import node_addresses
     from runtime.engine.discovery import get_client
     from runtime.errors import ConfigError
     from runtime.git.safe_git import MainRepo
@@ -290,10 +290,10 @@ def images_export(session: str, file: Path, repo: str) -> None:
 def images_push_nodes(ref: str, nodes: tuple[str, ...], as_json: bool) -> None:
     """Load image REF (default agentrt/base:latest) from this engine onto each Swarm node by
     `docker save | docker load` (no registry needed), then check its id on every node."""
-    from runtime.backends.swarm.images import node_addresses, push_image
+    from runtime.backends.registry import node_addresses, push_image_to_nodes
     from runtime.engine.discovery import get_client
 
-    results = push_image(get_client(), ref, node_addresses(nodes),
+    results = push_image_to_nodes(get_client(), ref, node_addresses(nodes),
                          log=lambda line: err.print(terminal_safe(line), highlight=False,
                                                     markup=False))
     if as_json:

@@ -17,7 +17,6 @@ it takes tasks until its last task ends. See docs/python-api.md and docs/mcp.md.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import queue
@@ -30,6 +29,7 @@ import docker
 
 from runtime import paths
 from runtime.backends.recovery import reconcile_on_start
+from runtime.backends.registry import open_backend
 from runtime.config import RunConfig, Task, with_default_agent
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
@@ -52,7 +52,6 @@ from runtime.run.run_sessions import RunSessions
 from runtime.run.scheduler import DagScheduler, TaskState
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import STOP_REQUESTED
-from runtime.run.supervisor import Supervisor
 from runtime.run.warm_pool import WarmPool
 from runtime.state.liveness import process_start_time
 from runtime.state.run_record import record_final_report
@@ -60,7 +59,7 @@ from runtime.state.store import Store
 from runtime.task import AgentPreset
 
 if TYPE_CHECKING:
-    from runtime.run.swarm_session import SwarmRun
+    from runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +112,12 @@ class AgentCoordinator(RunSessions, LiveRun):
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._live: dict[str, IsolatedAgentSession] = {}
-        self.supervisor: Supervisor | None = None
+        # Where the run's sessions run (runtime/backends/): opened when the run starts.
+        self.backend: Backend | None = None
         self._last_lines: dict[str, tuple[float, str]] = {}
         self._checked: tuple[list[str], str] | None = None
         self.store: Store | None = None
         self.egress: RunEgress | None = None
-        self._swarm: SwarmRun | None = None
         self._seeded = False
         self._pool: WarmPool | None = None
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
@@ -339,19 +338,14 @@ class AgentCoordinator(RunSessions, LiveRun):
                 LABEL_REPO: str(self.repo.root), LABEL_OWNER_PID: str(os.getpid()),
                 LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
         try:
-            if self.config.engine == "swarm":
-                from runtime.run.swarm_session import SwarmRun
-
-                self._swarm = SwarmRun(self.client, self.run_id)
+            self.backend = open_backend(self.config, self.client, self.run_id, self.repo)
             self._pool = self._warm_pool(by_id, base_commit, results)
-            with Supervisor(self.client, self.run_id, engine_timeout=self.config.engine_timeout) \
-                    as supervisor, self._radar(report):
-                self.supervisor = supervisor
+            with self._radar(report):
                 try:
                     self._schedule(scheduler, by_id, base_commit, results, done, threads)
                 except BaseException:
                     # Ctrl-C in the Python API: stop every session, and wait for them while
-                    # the supervisor still sees their containers end.
+                    # the backend still sees their agents end.
                     self.cancel()
                     for thread in threads:
                         thread.join()
@@ -362,10 +356,10 @@ class AgentCoordinator(RunSessions, LiveRun):
                 thread.join()
             if self._pool is not None:
                 self._pool.drain()
-            self.supervisor = None
             remove_dep_notes(self.repo, self.run_id)
             remove_run_stores(self.repo, self.run_id)
-            for what, part in (("exchange", self._swarm), ("egress proxy", self.egress)):
+            backend, self.backend = self.backend, None
+            for what, part in (("backend", backend), ("egress proxy", self.egress)):
                 if part is None:
                     continue
                 try:
@@ -528,19 +522,20 @@ class AgentCoordinator(RunSessions, LiveRun):
 
     def _run_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
                      tell: Callable[[SessionResult], None]) -> SessionResult:
-        release: Callable[[], None] = lambda: None  # noqa: E731 - nothing held on one engine
-        session: IsolatedAgentSession
-        if self._swarm is not None:
-            placed = self._swarm.session(task, self.config, self._cancelled,
-                                         **self._session_args(task, base_commit, results))
-            if placed is None:
+        session = self._ahead(task.id)
+        if session is None:
+            # Admission: the backend places the session, waiting for room (a Swarm node).
+            backend = self._backend()
+            placement = backend.place(task, self.config.limits_for(task), self._cancelled)
+            if placement is None:
                 return self._placeholder(task, SessionStatus.CANCELLED,
                                          "run cancelled before it started")
-            session, need = placed
-            release = functools.partial(self._swarm.release, placed[0], need)
-        else:
-            session = self._ahead(task.id) or self._new_session(task, base_commit, results,
-                                                                self.store)
+            try:
+                session = self._new_session(task, base_commit, results, self.store,
+                                            placement=placement)
+            except BaseException:
+                backend.release(placement)
+                raise
         with self._lock:
             self._live[task.id] = session
         notified = False
@@ -566,7 +561,6 @@ class AgentCoordinator(RunSessions, LiveRun):
                     self._notify("finished", session.result)
                     tell(session.result)
         finally:
-            release()
             with self._lock:
                 self._live.pop(task.id, None)
         if not notified:

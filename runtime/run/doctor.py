@@ -14,41 +14,28 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import docker
 import docker.errors
 
-from runtime.backends.swarm.images import NODES_ENV, NodeImage
-from runtime.backends.swarm.nodes import SwarmNode
+from runtime.backends.base import BASE_IMAGE, Check
+from runtime.backends.registry import backend_checks, shares_disk
 from runtime.engine import discovery as engine
 from runtime.engine import images
 from runtime.errors import AgentRuntimeError, EngineError
 from runtime.git.safe_git import git_version
 from runtime.version import agentrt_version
 
-Status = Literal["ok", "warn", "fail"]
 Version = tuple[int, int, int]
 
 GIT_MINIMUM: Version = (2, 38, 0)  # merge-tree --write-tree
 GIT_CVE_2025_48384_FIXED: Version = (2, 50, 1)
 # runc releases with the fixes for CVE-2025-31133 / -52565 / -52881, per maintained line.
 RUNC_FIXED: tuple[Version, ...] = ((1, 2, 8), (1, 3, 3), (1, 4, 0))
-BASE_IMAGE = "agentrt/base:latest"
 CHECK_ORDER = ("agentrt", "engine", "git", "runc", "cgroups", "disk limits", "gVisor", "images",
                "colima")
-
-
-@dataclass(frozen=True)
-class Check:
-    """One finding of :func:`run_checks`; ``fix`` says what to do when status is not ok."""
-
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
 
 
 def parse_version(text: str) -> Version | None:
@@ -238,73 +225,12 @@ def _image_check(client: docker.DockerClient) -> Check:
     return Check("images", "ok", f"{BASE_IMAGE} is present and current")
 
 
-def swarm_check(info: dict[str, Any], nodes: Sequence[SwarmNode] = ()) -> Check:
-    """Pure: the engine's Swarm mode (from ``docker info``) and, on a manager, its nodes with
-    role, state and capacity; warn about nodes that cannot take sessions."""
-    swarm = info.get("Swarm") or {}
-    state = str(swarm.get("LocalNodeState") or "inactive")
-    if state != "active":
-        return Check("swarm", "ok", f"swarm mode off ({state}): sessions run on this engine")
-    if not swarm.get("ControlAvailable"):
-        return Check("swarm", "warn", "this engine is a Swarm worker: agentrt sees no nodes",
-                     "point agentrt at a manager (DOCKER_HOST) to run sessions on the Swarm")
-    shown = "; ".join(
-        f"{n.hostname} ({n.role}, {n.state}, {n.availability}, {n.nano_cpus / 1e9:g} CPUs, "
-        f"{n.memory_bytes // 2**20} MiB)" for n in nodes)
-    idle = [n.hostname for n in nodes if not n.schedulable]
-    if idle:
-        return Check("swarm", "warn", f"manager of {len(nodes)} nodes: {shown}",
-                     f"not ready or not active: {', '.join(idle)} (`docker node ls`)")
-    return Check("swarm", "ok", f"manager of {len(nodes)} nodes: {shown}")
-
-
-def swarm_images_check(ref: str, manager_id: str, nodes: Sequence[NodeImage],
-                       node_count: int) -> Check:
-    """Pure: whether ``ref`` is on the manager and, for the nodes whose engines were given,
-    whether each holds the manager's image id (the manager cannot see its nodes' images)."""
-    if not manager_id:
-        return Check("swarm images", "fail", f"{ref} is not on the manager",
-                     "agentrt images build")
-    fix = f"agentrt images push-nodes {ref} --node tcp://HOST:PORT (one per node)"
-    if not nodes:
-        return Check("swarm images", "warn" if node_count > 1 else "ok",
-                     f"{ref} is on the manager ({manager_id[:19]}); the other nodes' images "
-                     "are not visible through the manager and were not checked",
-                     f"doctor --node tcp://HOST:PORT (or {NODES_ENV}) compares them; {fix}")
-    bad = [f"{n.address}: {n.error or (n.image_id[:19] if n.image_id else 'missing')}"
-           for n in nodes if not n.matches]
-    if bad:
-        return Check("swarm images", "fail",
-                     f"{ref} differs from the manager's {manager_id[:19]} on " + "; ".join(bad),
-                     fix)
-    return Check("swarm images", "ok",
-                 f"{ref} {manager_id[:19]} on the manager and on {len(nodes)} given node(s)")
-
-
-def _swarm_checks(client: docker.DockerClient, node_urls: Sequence[str]) -> list[Check]:
-    from runtime.backends.swarm.images import compare_node_images
-    from runtime.backends.swarm.nodes import list_nodes
-
-    info = engine.engine_info(client)
-    swarm = info.get("Swarm") or {}
-    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-        return [swarm_check(info)]
-    nodes = list_nodes(client)
-    try:
-        manager_id = str(client.images.get(BASE_IMAGE).id)
-    except docker.errors.ImageNotFound:
-        manager_id = ""
-    compared = compare_node_images(BASE_IMAGE, manager_id, node_urls) if manager_id else []
-    return [swarm_check(info, nodes),
-            swarm_images_check(BASE_IMAGE, manager_id, compared, len(nodes))]
-
-
 def run_checks(client_factory: Callable[[], docker.DockerClient],
                state_dir: Path | None = None, node_urls: Sequence[str] = ()) -> list[Check]:
     """Every check, in a stable order; never raises for what it finds. With ``state_dir`` (a
     repository's), also the volumes kept because their work has not come home yet. On a Swarm
     manager, also its nodes and whether agentrt/base is on them (``node_urls``: the nodes'
-    engines, to compare image ids; see :mod:`runtime.backends.swarm.images`).
+    engines, to compare image ids: :func:`runtime.backends.registry.backend_checks`).
 
     ``client_factory`` is called once (e.g. :func:`runtime.engine.discovery.get_client`); if it
     raises :class:`~runtime.errors.AgentRuntimeError`, the engine check fails and the checks
@@ -316,11 +242,7 @@ def run_checks(client_factory: Callable[[], docker.DockerClient],
         client = client_factory()
         engine_part = _engine_checks(client)
         disk = _volume_place_check(client, state_dir) or disk
-        try:
-            swarm = _swarm_checks(client, node_urls)
-        except AgentRuntimeError as exc:
-            swarm = [Check("swarm", "warn", f"could not read the Swarm: {exc}",
-                           "`docker node ls` on the manager")]
+        swarm = backend_checks(client, node_urls)
     except AgentRuntimeError as exc:
         engine_part = [Check("engine", "fail", str(exc), engine.how_to_start_engine())]
         engine_part += [
@@ -342,14 +264,13 @@ def _volume_place_check(client: docker.DockerClient, state_dir: Path | None) -> 
     """Where sessions' volumes go with this engine; None when it shares this host's disk."""
     import tempfile
 
-    from runtime.backends.docker.disk_sharing import engine_shares_disk
     from runtime.engine.engine_volumes import engine_volume_mode
 
     if state_dir is not None:
-        shares = engine_shares_disk(client, state_dir / "probe")
+        shares = shares_disk(client, state_dir / "probe")
     else:
         with tempfile.TemporaryDirectory(prefix="agentrt-probe-") as tmp:
-            shares = engine_shares_disk(client, Path(tmp))
+            shares = shares_disk(client, Path(tmp))
     if shares:
         return None
     mode = engine_volume_mode(client)

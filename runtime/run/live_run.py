@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from runtime.config import RunConfig
 from runtime.engine.container import AgentContainer
@@ -66,10 +66,11 @@ class LiveRun:
     def _live_trees(self) -> list[LiveTree]:
         uid, gid = agent_ids()
         return [
-            LiveTree(s.session_id, s.task.id, s.container, f"{uid}:{gid}", s.base_commit)
+            LiveTree(s.session_id, s.task.id, cast(AgentContainer, s.container), f"{uid}:{gid}",
+                     s.base_commit)
             for s in self.live_sessions()
-            # The radar reads a live tree by `docker exec`: a container on this engine only.
-            if isinstance(s.container, AgentContainer)
+            # The radar reads a live tree by `docker exec`: where the backend allows it.
+            if s.container is not None and s.backend.reads_live_trees
             and s.result.status is SessionStatus.RUNNING
         ]
 

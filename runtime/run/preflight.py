@@ -82,18 +82,9 @@ def check_run(get_client: Callable[[], docker.DockerClient], repo: MainRepo, con
             check_database_url(client, config.database_url)
         except DatabaseError as exc:
             raise ConfigError(f"[run] field database_url: cannot use it: {exc}") from None
-    if config.engine == "swarm":
-        from runtime.run.swarm_session import SwarmRun
+    from runtime.backends.registry import preflight as backend_preflight
 
-        if config.services or any(config.environment_for(t) for t in tasks):
-            raise ConfigError("[run] field engine: environments and services are not "
-                              "supported with engine = \"swarm\" yet (their images are "
-                              "built on this engine only); use engine = \"docker\"")
-        SwarmRun.preflight(client, tasks, config)
-    else:
-        from runtime.run.admission import check_admission
-
-        check_admission(client, config, tasks, repo.state_dir)
+    backend_preflight(client, repo, config, tasks)
     # Last: builds can take minutes, and every cheaper refusal comes first.
     env_images = prepare_environments(client, repo, base_commit, config, tasks, build_log)
     return base_commit, env_images

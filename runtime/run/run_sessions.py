@@ -22,10 +22,9 @@ from runtime.run.session import IsolatedAgentSession
 from runtime.run.warm_pool import WarmPool, pool_size
 
 if TYPE_CHECKING:
+    from runtime.backends.base import Backend, Placement
     from runtime.engine.egress import RunEgress
     from runtime.run.environments import EnvImage
-    from runtime.run.supervisor import Supervisor
-    from runtime.run.swarm_session import SwarmRun
     from runtime.state.store import Store
 
 
@@ -36,14 +35,13 @@ class RunSessions:
         config: RunConfig
         repo: MainRepo
         run_id: str
-        supervisor: Supervisor | None
+        backend: Backend | None
         store: Store | None
         egress: RunEgress | None
         stop_grace_seconds: int
         _env_images: dict[str, EnvImage]
         _seeded: bool
         _pool: WarmPool | None
-        _swarm: SwarmRun | None
         _base_commit: str
         _task_base: dict[str, str]
 
@@ -65,14 +63,23 @@ class RunSessions:
             (results[d].branch, results[d].head_commit or "") for d in task.deps
         ])
         return dict(repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
-                    supervisor=self.supervisor, store=self.store,
+                    backend=self._backend(), store=self.store,
                     stop_grace_seconds=self.stop_grace_seconds,
                     environment=self._env_images.get(task.id))
 
+    def _backend(self) -> Backend:
+        """The run's backend (open while the run goes)."""
+        if self.backend is None:
+            raise AgentRuntimeError("the run's backend is closed")
+        return self.backend
+
     def _new_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
-                     store: Store | None) -> IsolatedAgentSession:
-        """A session of this engine for ``task`` (recorded in ``store`` when it prepares)."""
-        args = {**self._session_args(task, base_commit, results), "store": store}
+                     store: Store | None,
+                     placement: Placement | None = None) -> IsolatedAgentSession:
+        """A session for ``task`` (recorded in ``store`` when it prepares), where
+        ``placement`` says (None: it places itself when it prepares)."""
+        args = {**self._session_args(task, base_commit, results), "store": store,
+                "placement": placement}
         # The seed holds the run's base: a task starting from its dependencies' work (a base
         # of its own) checks out directly.
         seeded = self._seeded and args["base_commit"] == self._base_commit
@@ -87,7 +94,8 @@ class RunSessions:
                    results: dict[str, SessionResult]) -> WarmPool | None:
         """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), if any;
         ``by_id``: the run's tasks, those added later included."""
-        size = pool_size(self.config, len(by_id), on_swarm=self._swarm is not None)
+        size = pool_size(self.config, len(by_id),
+                         prepares_ahead=self._backend().prepares_ahead)
         if size == 0:
             return None
 

@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 import docker
 from docker.types import Mount
 
-from runtime.backends.base import SessionTree
+from runtime.backends.base import AgentRun, AgentStart, Backend, Placement, SessionTree, TreeRequest
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.databases.sqlite import SessionDatabase
-from runtime.engine.container import AgentContainer, AgentRunner, ContainerPlan, OutputStream
-from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
+from runtime.engine.container import AgentRunner, ContainerPlan
+from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
+from runtime.engine.resilience import crash_point, engine_retry
 from runtime.engine.volumes import DiskLimitMode, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.directory_mode import open_repo
@@ -45,11 +46,9 @@ from runtime.models import LiveStat, SessionResult, SessionStatus, WorkState, ut
 from runtime.presets import resolve_command, resolve_env, resolve_image, resolve_secrets
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
 from runtime.run.identity import HIDDEN_DATABASE_ENV, agent_ids, new_run_id, secret_env
-from runtime.run.resilience import crash_point, engine_retry
 from runtime.run.session_end import SessionEnd
 from runtime.run.session_logs import SessionLogs
 from runtime.run.session_resources import SessionResources
-from runtime.run.supervisor import Supervisor, Watch
 from runtime.state.liveness import process_start_time
 from runtime.state.log_keeper import LogKeeper
 from runtime.state.session_facts import SessionMarker
@@ -77,7 +76,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         run_id: str | None = None,
         base_commit: str | None = None,
         client: docker.DockerClient | None = None,
-        supervisor: Supervisor | None = None,
+        backend: Backend | None = None,
+        placement: Placement | None = None,
         store: Store | None = None,
         disk_mode: DiskLimitMode | None = None,
         stop_grace_seconds: int = 10,
@@ -131,8 +131,11 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self.extra_mounts: tuple[Mount, ...] = ()
         self.store = store
         self._client = client
-        self._own_supervisor = supervisor is None
-        self._supervisor = supervisor
+        # Where it runs (runtime/backends/): the run's, or one of its own from [run] engine;
+        # where in it: the coordinator's placement, or the session's own (given back at close).
+        self._own_backend = backend is None
+        self._backend = backend
+        self.placement = placement
         # network = "allowlist": the run's egress proxies (the session makes its own if none).
         self._egress = egress
         self._own_egress = False
@@ -141,7 +144,7 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self.tree: SessionTree | None = None
         self.database: SessionDatabase | None = None
         self.container: AgentRunner | None = None
-        self.watch: Watch | None = None
+        self.agent: AgentRun | None = None
         self._marker: SessionMarker | None = None
         self._checked_out = False
         self._started = False
@@ -150,14 +153,11 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         # at the end even if no container ran; ``_host_error`` is what the with block raised.
         self._workspace_lent = False
         self._host_error: BaseException | None = None
-        self._engine_shares_disk = True
         self._cancel = threading.Event()
         self._log_keeper: LogKeeper | None = None
-        self._log_stream: OutputStream | None = None
-        self._log_thread: threading.Thread | None = None
         self.result = SessionResult(
             id=self.session_id, task_id=task.id, branch=self.branch, image=self.image,
-            base_commit=self.base_commit,
+            base_commit=self.base_commit, node=placement.node if placement else None,
         )
 
     # -- context manager --------------------------------------------------------------------
@@ -180,6 +180,15 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
 
             self._client = get_client()
         return self._client
+
+    @property
+    def backend(self) -> Backend:
+        """Where the session runs (the run's backend, or its own from ``[run] engine``)."""
+        if self._backend is None:
+            from runtime.backends.registry import open_backend
+
+            self._backend = open_backend(self.config, self.client, self.run_id, self.repo)
+        return self._backend
 
     def _record(self, **resources: Any) -> None:
         if self.store is not None:
@@ -215,9 +224,9 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 manifest_json=manifest.model_dump_json(), volume_path=str(self.session_dir),
                 owner_pid=os.getpid(), owner_start_time=owner_start,
             )
+            placement = self._place()
             create_branch(self.repo, self.branch, self.base_commit)
             crash_point("branch")
-            on_engine = self._volumes_on_engine()
             # The marker comes first: from here on gc judges the session by its owner's pid
             # and start time, and it harvests only once the checkout is complete.
             self.session_dir.mkdir(parents=True, mode=0o711)
@@ -227,7 +236,13 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 uid=uid, gid=gid)
             self._marker.write(self.session_dir)
             crash_point("marker")
-            tree = self.tree = self._make_tree(on_engine, uid, gid)
+            tree = self.tree = self.backend.make_tree(TreeRequest(
+                repo=self.repo, session_id=self.session_id, run_id=self.run_id,
+                branch=self.branch, base_commit=self.base_commit, session_dir=self.session_dir,
+                disk_mb=self.limits.disk_mb, uid=uid, gid=gid,
+                labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id},
+                disk_mode=self.disk_mode, seeded=self.seeded, on_this_host=self._named,
+            ), placement, self._marker)
             self.result.disk_limit_mode = tree.mode
             crash_point("volume")
             tree.checkout(self.repo, self.branch, self.base_commit, self.session_dir)
@@ -258,7 +273,7 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
                 command=resolve_command(self.task), limits=self.limits,
-                mounts=(*tree.agent_mounts(), *(() if on_engine else self.extra_mounts)),
+                mounts=(*tree.agent_mounts(), *(() if tree.on_engine else self.extra_mounts)),
                 uid=uid, gid=gid, network=network,
                 runtime=self.config.runtime, env=env,
                 secrets_mount=tree.secrets_mount(hidden) if hidden else None,
@@ -279,15 +294,25 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             self._delete_unused_branch()
             raise
 
+    def _place(self) -> Placement:
+        """Where the backend puts the session (the coordinator's placement, if it gave one)."""
+        if self.placement is None:
+            placement = self.backend.place(self.task, self.limits, self._cancel)
+            if placement is None:
+                raise SessionError(f"session {self.session_id}: cancelled while waiting for "
+                                   "room")
+            self.placement = placement
+            self.result.node = placement.node
+        return self.placement
+
     def cancel(self) -> None:
-        """Stop the container (SIGTERM, grace, SIGKILL); the session ends as ``cancelled``."""
+        """Stop the agent (SIGTERM, grace, SIGKILL); the session ends as ``cancelled``."""
         self._cancel.set()
-        if self.watch is not None and self._supervisor is not None:
-            self._supervisor.stop(self.watch, reason="cancel",
-                                  grace_seconds=self.stop_grace_seconds)
+        if self.agent is not None:
+            self.agent.stop("cancel", grace_seconds=self.stop_grace_seconds)
 
     def run(self, command: Sequence[str] | None = None) -> SessionResult:
-        """Start the container, wait for it to end, classify, and bring the work home.
+        """Start the agent, wait for it to end, classify, and bring the work home.
 
         ``command`` (an argv) replaces the task's command for this run; a session made from
         an id string has none until it is given here."""
@@ -302,50 +327,31 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             self.result.status = SessionStatus.CANCELLED
             self._finish()
             return self.result
-        if not isinstance(self.container, AgentContainer):
-            raise SessionError(f"session {self.session_id}: not a container of this engine")
-        supervisor = self._supervisor
-        if supervisor is None:
-            supervisor = self._supervisor = Supervisor(self.client, self.run_id).__enter__()
-        tree = self.tree
+        # start: the backend follows its output, deadline and usage from here
         deadline = time.time() + self.limits.time_seconds
-        self.watch = supervisor.watch(Watch(
-            session_id=self.session_id, container=self.container, deadline=deadline,
-            grace_seconds=self.stop_grace_seconds, disk_limit_bytes=tree.limit_bytes,
-            disk_usage=None if tree.on_engine else tree.used_bytes,
-            soft_disk=tree.usage_walker is not None,
-            disk_free=tree.free_bytes if tree.mode == "loop" and not tree.on_engine else None,
-            engine_stats=tree.on_engine, on_sample=self._on_sample,
-        ))
+        agent = self.agent = self.backend.watch(AgentStart(
+            session_id=self.session_id, runner=self.container, tree=self.tree,
+            deadline=deadline, grace_seconds=self.stop_grace_seconds, limits=self.limits,
+            log=self._open_log_keeper(), cancelled=self._cancel,
+            stop_requested=self._stop_requested, on_sample=self._on_sample))
         self.result.started_at = utcnow()
         self.result.status = SessionStatus.RUNNING
-        self._start_log_keeper()  # already attached when prepared ahead
         try:
             self._started = True
-            self.container.start()
+            agent.start()
             # Recorded once it runs: nothing stands between a free slot and the agent.
             self._record(deadline=deadline)
-            self._event("started", f"container {self.container.id[:12]} started")
+            self._event("started", agent.what)
         except AgentRuntimeError as exc:
-            if self._log_stream is not None:
-                self._log_stream.close()
             self.result.status = SessionStatus.CRASHED
             self.result.reason = str(exc)
             self._finish()
             return self.result
-        supervisor.started(self.watch)
         crash_point("started")
         if self._cancel.is_set():
-            supervisor.stop(self.watch, reason="cancel")
-        # Generous backstop only: the deadline thread stops the container at the deadline.
-        limit = self.limits.time_seconds + self.stop_grace_seconds + 120
-        if not self.watch.exited.wait(timeout=limit):
-            supervisor.reconcile(self.watch)
-            if not self.watch.exited.is_set():
-                self.watch.record(timed_out=True)
-                self.container.kill()
-                self.watch.exited.wait(timeout=30)
-        self._classify(self.watch)
+            agent.stop("cancel")
+        # supervise -> end facts -> classify; then harvest, import (and, later, merge)
+        self._end(agent.wait())
         self._finish()
         return self.result
 
@@ -381,25 +387,23 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self._record(container_id=self.container.id,
                      manifest_json=self.manifest().model_dump_json())
 
-    def _on_sample(self, watch: Watch, tick: int) -> None:
-        # Every other sample (about once a second) is plenty for the report's curves.
-        if self.store is not None and tick % 2 == 0:
-            self.store.add_sample(self.session_id, watch.memory_bytes, watch.cpu_seconds,
-                                  watch.disk_used_bytes)
+    def _on_sample(self, memory_bytes: int, cpu_seconds: float, disk_bytes: int) -> None:
+        if self.store is not None:
+            self.store.add_sample(self.session_id, memory_bytes, cpu_seconds, disk_bytes)
 
     def stats(self, last_line: str = "") -> LiveStat | None:
         """What this session uses now against its limits, while it runs (else None)."""
-        watch = self.watch
-        if watch is None or self.result.status is not SessionStatus.RUNNING:
+        usage = self.agent.usage() if self.agent is not None else None
+        if usage is None or self.result.status is not SessionStatus.RUNNING:
             return None
-        return LiveStat(memory_bytes=watch.memory_bytes, cpu_seconds=watch.cpu_seconds,
-                        disk_bytes=watch.disk_used_bytes, limits=self.limits,
-                        last_line=last_line)
+        memory, cpu, disk = usage
+        return LiveStat(memory_bytes=memory, cpu_seconds=cpu, disk_bytes=disk,
+                        limits=self.limits, last_line=last_line)
 
     def close(self, snapshot_work: bool = True) -> None:
         """Stop the container, save the work, release resources; safe to call twice."""
         self._discard_secrets()
-        ended = self.watch is not None and self.watch.exited.is_set()
+        ended = self.agent is not None and self.agent.ended()
         if self.container is not None and not ended:
             with contextlib.suppress(EngineError):
                 info = self._inspect_when_reachable() or {}
@@ -410,10 +414,27 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             if not self.result.status.is_final:
                 self._end_without_container()
                 self._record()
-        if self.watch is not None and self._supervisor is not None:
-            self._supervisor.unwatch(self.watch)
-        if self._own_supervisor and self._supervisor is not None:
-            self._supervisor.close()
+        if self.agent is not None:
+            self.agent.close()
+        try:
+            self._release(snapshot_work)
+        finally:
+            self._leave_backend()
+
+    def _leave_backend(self) -> None:
+        """Nothing of the backend's holds the volume any more; the placement is given back;
+        a backend of the session's own is closed."""
+        if self.tree is not None:
+            self.tree.let_go()
+        if self.placement is not None and self._backend is not None:
+            placement, self.placement = self.placement, None
+            self._backend.release(placement)
+        if self._own_backend and self._backend is not None:
+            backend, self._backend = self._backend, None
+            backend.close()
+
+    def _release(self, snapshot_work: bool) -> None:
+        """Release (unless kept) its container, services, database, egress and volume."""
         if not self.config.cleanup_on_complete and snapshot_work:
             return
         errors: list[str] = []

@@ -1,15 +1,13 @@
-"""How a session ends: the stop request from another process, the classification of a local
-container's end (exit code, OOM, deadline, disk, the engine's record), and finishing up (the
-saved log, usage, bringing the work home onto the session's branch).
+"""How a session ends: the stop request from another process, the classification of its
+backend's :class:`~runtime.state.classify.EndFacts` (exit code, OOM, deadline, disk, engine or
+node lost), and finishing up (the saved log, usage, bringing the work home onto the session's
+branch).
 
-:class:`SessionEnd` is a mixin of :class:`~runtime.run.session.IsolatedAgentSession`; the Swarm
-session classifies from its service's task instead and overrides :meth:`SessionEnd._bring_home`
-for a lost node.
+:class:`SessionEnd` is a mixin of :class:`~runtime.run.session.IsolatedAgentSession`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -17,23 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 
-from runtime.backends.base import SessionTree
+from runtime.backends.base import AgentRun, SessionTree
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.engine.container import AgentRunner
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
-from runtime.errors import AgentRuntimeError, EngineError
+from runtime.engine.resilience import crash_point, engine_retry
+from runtime.errors import AgentRuntimeError
 from runtime.git.harvest import HarvestPlan
 from runtime.git.safe_git import MainRepo
 from runtime.git.work_home import bring_work_home
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
-from runtime.run.engine_watch import ENGINE_LOST
 from runtime.run.identity import agent_ids
-from runtime.run.resilience import crash_point, engine_retry
-from runtime.run.supervisor import Watch
 from runtime.run.usage import usage_from_log
-from runtime.state.classify import EndFacts, classify, own_deadline_ended
+from runtime.state.classify import EndFacts, classify
 from runtime.state.liveness import process_start_time
-from runtime.state.session_facts import engine_times, import_policy
+from runtime.state.session_facts import import_policy
 
 if TYPE_CHECKING:
     import threading
@@ -43,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_REQUESTED = "stop_requested"
-DISK_FULL_MARGIN = 1024 * 1024
 
 
 class SessionEnd:
@@ -61,6 +56,7 @@ class SessionEnd:
         result: SessionResult
         tree: SessionTree | None
         container: AgentRunner | None
+        agent: AgentRun | None
         _cancel: threading.Event
         _started: bool
         _harvested: bool
@@ -89,62 +85,38 @@ class SessionEnd:
         """The container's state (None: gone), waiting a while for a restarting engine."""
         return engine_retry(self.container.inspect) if self.container else None
 
-    def _classify(self, watch: Watch) -> None:
-        try:
-            # A container given up (the engine stopped answering) is not asked about again.
-            state = {} if watch.engine_gone else self._inspect_when_reachable() or {}
-        except EngineError:
-            # The engine went away while (or right after) the container ended.
-            watch.record(engine_interrupted=True)
-            state = {}
-        st = state.get("State", {})
-        code = watch.exit_code if watch.exit_code is not None else st.get("ExitCode")
-        self.result.exit_code = int(code) if code is not None else None
-        oom = watch.oom_seen or bool(st.get("OOMKilled"))
-        volume = self.tree
-        low_disk = volume is not None and volume.mode == "loop" and \
-            self.result.exit_code not in (0, None) and volume.free_bytes() < DISK_FULL_MARGIN
-        started, finished = engine_times(st)
-        own_deadline = own_deadline_ended(self.result.exit_code, started, finished,
-                                          self.limits.time_seconds, watch.stop_sent_at,
-                                          watch.stop_failed)
-        facts = EndFacts(
-            cancelled=watch.cancelled or self._cancel.is_set() or self._stop_requested(),
-            timed_out=watch.timed_out, stop_failed=watch.stop_failed, own_deadline=own_deadline,
-            disk_exceeded=watch.disk_exceeded,
-            engine_lost=watch.engine_interrupted, vanished=watch.vanished or not state,
-            oom=oom, exit_code=self.result.exit_code, volume_full=low_disk,
-            external_kill=watch.external_kill, stopping=watch.stopping,
-            engine_error=str(st["Error"]) if st.get("Error") else None)
+    def _end(self, facts: EndFacts) -> None:
+        """How the session ended, from its backend's facts: the status and reason by the pure
+        classifier; the engine's times, peaks and totals into the result."""
+        self.result.exit_code = facts.exit_code
         status, reason = classify(facts, self.limits)
         self.result.status = status
         self.result.reason = reason
-        if status is SessionStatus.TIMED_OUT and own_deadline:
+        if status is SessionStatus.TIMED_OUT and facts.own_deadline:
             self.result.warnings.append(
                 "stopped by the container's own deadline (agentrt did not stop it in time)")
+        started, finished = facts.started_at, facts.finished_at
         if started is not None and finished is not None:
             # The engine's own clock: a paused supervisor does not stretch a session. Its two
             # stamps come from different parts of the engine: a session that ran for under a
             # millisecond may "finish" before it started.
             self.result.started_at, self.result.finished_at = started, max(finished, started)
-        self.result.peak_memory_bytes = watch.peak_memory_bytes
-        if oom:
+        if facts.peak_memory_bytes is not None:
+            self.result.peak_memory_bytes = facts.peak_memory_bytes
+        if facts.oom:
             # The kernel OOM-kills only once the cgroup's usage reached its limit, however
             # fast the climb was for the samples: the peak is at least the limit.
-            self.result.peak_memory_bytes = max(watch.peak_memory_bytes,
+            self.result.peak_memory_bytes = max(self.result.peak_memory_bytes,
                                                 self.limits.memory_mb * 1024 * 1024)
-        if status is SessionStatus.SUCCEEDED and (low_disk or watch.disk_filled):
+        if status is SessionStatus.SUCCEEDED and (facts.volume_full or facts.disk_filled):
             self.result.warnings.append(
                 f"the volume filled up to disk_mb={self.limits.disk_mb} during the session "
                 "(writes failed with ENOSPC), although the agent exited 0")
-        self.result.cpu_seconds = round(watch.cpu_seconds, 3)
-        with contextlib.suppress(OSError):
-            # A volume on a lost engine is not measured (that would wait for the engine).
-            measure = volume is not None and not (watch.engine_gone and volume.on_engine)
-            self.result.disk_used_bytes = (
-                volume.used_bytes() if measure and volume else watch.disk_used_bytes
-            )
-        self.result.warnings.extend(watch.error_lines())
+        if facts.cpu_seconds is not None:
+            self.result.cpu_seconds = round(facts.cpu_seconds, 3)
+        if facts.disk_used_bytes is not None:
+            self.result.disk_used_bytes = facts.disk_used_bytes
+        self.result.warnings.extend(facts.warnings)
 
     def _discard_secrets(self) -> None:
         # The entry point deletes the file as soon as it has read it; this covers a container
@@ -173,13 +145,13 @@ class SessionEnd:
         if self._harvested or self.tree is None or not self._checked_out:
             return
         self._harvested = True
-        if self._started and ENGINE_LOST.is_set():
-            # The engine stopped answering: a harvest (a container) would only wait for it.
+        unreachable = self.agent.unreachable(self.session_id) if self._started and \
+            self.agent is not None else None
+        if unreachable:
+            # Its engine or node is lost: a harvest would only wait for it; gc retries.
             self.result.work = WorkState.KEPT
             self.result.head_commit = self.repo.branch_head(self.branch)
-            self.result.warnings.append(
-                f"work not brought home yet: the engine was lost; the volume is kept: run "
-                f"`agentrt recover {self.session_id}` once an engine answers")
+            self.result.warnings.append(unreachable)
             return
         if not self._started and not self._workspace_lent:
             # Nobody worked in the tree: it is the checkout agentrt made.

@@ -1,10 +1,7 @@
 """Making and releasing a session's parts: its environment image, egress proxy, services,
-volume and working tree (here or on the engine's host), container, database and, when it never
-started, its branch.
+container (by its backend), database and, when it never started, its branch.
 
-:class:`SessionResources` is a mixin of :class:`~runtime.run.session.IsolatedAgentSession`; the
-Swarm session overrides :meth:`~SessionResources._volumes_on_engine`,
-:meth:`~SessionResources._make_tree` and :meth:`~SessionResources._create_container`.
+:class:`SessionResources` is a mixin of :class:`~runtime.run.session.IsolatedAgentSession`.
 """
 
 from __future__ import annotations
@@ -18,20 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 
-from runtime.backends.base import SessionTree
-from runtime.backends.docker.disk_sharing import engine_shares_disk, volume_on_engine
-from runtime.backends.docker.trees import EngineTree, HostTree
+from runtime.backends.base import Backend, Placement, SessionTree
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
-from runtime.engine.container import DB_MOUNT, AgentContainer, AgentRunner, ContainerPlan
+from runtime.engine.container import DB_MOUNT, AgentRunner, ContainerPlan
+from runtime.engine.engine_watch import ENGINE_LOST
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
-from runtime.engine.volumes import DiskLimitMode, Volume, default_mode
+from runtime.engine.resilience import engine_retry
+from runtime.engine.volumes import DiskLimitMode, Volume
 from runtime.errors import AgentRuntimeError, SessionError
-from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
 from runtime.models import Manifest, SessionResult, utcnow
-from runtime.run.engine_watch import ENGINE_LOST
-from runtime.run.resilience import engine_retry
 from runtime.state.liveness import process_start_time
 from runtime.state.session_facts import SessionMarker
 from runtime.version import agentrt_version
@@ -72,12 +66,14 @@ class SessionResources:
         _marker: SessionMarker | None
         _named: bool
         _workspace_lent: bool
-        _engine_shares_disk: bool
         seeded: bool
         store: Store | None
 
         @property
         def client(self) -> docker.DockerClient: ...
+        @property
+        def backend(self) -> Backend: ...
+        def _place(self) -> Placement: ...
         def _record(self, **resources: Any) -> None: ...
         def close(self, snapshot_work: bool = True) -> None: ...
 
@@ -85,7 +81,7 @@ class SessionResources:
     def volume(self) -> Volume | None:
         """The session's volume on this host (None until prepared, or when it lives on the
         engine's host)."""
-        return self.tree.volume if isinstance(self.tree, HostTree) else None
+        return self.tree.host_volume if self.tree is not None else None
 
     @property
     def workspace(self) -> Path:
@@ -99,7 +95,7 @@ class SessionResources:
             raise SessionError("session not prepared: use it as a context manager")
         if self.volume is None:
             why = ("the Docker engine does not share this machine's disk (a VM such as "
-                   "Colima's, a remote DOCKER_HOST)" if not self._engine_shares_disk else
+                   "Colima's, a remote DOCKER_HOST)" if not self.backend.shares_disk else
                    "only the engine's host gives it a hard disk limit (disk_mode=\"soft\" "
                    "keeps it here)")
             raise SessionError(
@@ -190,54 +186,9 @@ class SessionResources:
             if self._own_egress:
                 self._egress.close()
 
-    def _volumes_on_engine(self) -> bool:
-        """Whether this session's volume is made on the engine's host: always when the engine
-        does not share this disk; also when this host can only give a soft limit (not root,
-        macOS) but the engine can give a hard one (Colima's VM)."""
-        from runtime.engine.engine_volumes import engine_volume_mode
-
-        self._engine_shares_disk = engine_shares_disk(self.client,
-                                                      self.repo.state_dir / "probe")
-        return volume_on_engine(
-            self._engine_shares_disk, self.disk_mode or default_mode(),
-            lambda: engine_volume_mode(self.client),
-            # An explicit disk_mode pins the volume to this host (tests, and users who ask),
-            # as does the design's named session, whose workspace code on this host uses.
-            engine_side_allowed=self.disk_mode is None and not self._named)
-
-    def _make_tree(self, on_engine: bool, uid: int, gid: int) -> SessionTree:
-        """The volume, on the engine's host or on this one (with the run's object store)."""
-        if on_engine:
-            tree: SessionTree = EngineTree.create(
-                self.client, self.session_id, self.limits.disk_mb, uid, gid,
-                labels={LABEL_REPO: str(self.repo.root), LABEL_RUN: self.run_id})
-            if self._marker is not None:
-                self._marker.engine_volume = tree.volume.name  # type: ignore[attr-defined]
-                self._marker.write(self.session_dir)
-            return tree
-        store = ensure_store(self.repo, self.run_id, self.base_commit)
-        return HostTree.create(self.session_dir, self.limits.disk_mb, uid, gid, store,
-                               self.disk_mode, seed=self._seed(store, uid, gid))
-
-    def _seed(self, store: Path, uid: int, gid: int) -> Path | None:
-        """The run's seed checkout for this session's volume (runtime/git/seed_image.py), when
-        the coordinator asked for seeds and the volume is a loop volume; None otherwise, or
-        when the seed cannot be built (the session then checks out on its own)."""
-        if not self.seeded or (self.disk_mode or default_mode()) != "loop":
-            return None
-        from runtime.git.seed_image import ensure_seed
-
-        try:
-            return ensure_seed(self.repo, self.run_id, self.base_commit, self.limits.disk_mb,
-                               uid, gid, store)
-        except AgentRuntimeError as exc:
-            log.warning("session %s: no seed checkout (%s); checking out directly",
-                        self.session_id, exc)
-            return None
-
     def _create_container(self, plan: ContainerPlan) -> AgentRunner:
-        """Create (not start) the agent's container for ``plan``."""
-        return AgentContainer.create(self.client, plan)
+        """Create (not start) the agent's container or service for ``plan``."""
+        return self.backend.create_runner(plan, self._place())
 
     def _delete_unused_branch(self) -> None:
         # A session that never started leaves no half-made branch behind.
@@ -275,8 +226,8 @@ class SessionResources:
         self._delete_unused_branch()
 
     def _keep_volume(self) -> None:
-        if isinstance(self.tree, HostTree):
-            self.tree.volume.sync()
+        if self.tree is not None:
+            self.tree.keep()
         if self._marker is not None:
             self._marker.work_kept = True
             self._marker.write(self.session_dir)

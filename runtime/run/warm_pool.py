@@ -35,11 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def pool_size(config: RunConfig, tasks: int, *, on_swarm: bool) -> int:
+def pool_size(config: RunConfig, tasks: int, *, prepares_ahead: bool) -> int:
     """How many sessions to prepare ahead: ``warm_pool``, when the run has more tasks than
-    slots; none on Swarm (placement decides where a volume goes) nor with per-session
-    services (they would run while the task waits). Pure."""
-    if on_swarm or config.services:
+    slots; none when the backend cannot (on Swarm, placement decides where a volume goes)
+    nor with per-session services (they would run while the task waits). Pure."""
+    if not prepares_ahead or config.services:
         return 0
     return max(0, min(config.warm_pool, tasks - config.max_concurrent_agents))
 

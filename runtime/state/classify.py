@@ -47,7 +47,13 @@ NODE_LOST = "node lost: the Swarm node running the session went down or stopped 
 
 @dataclass(frozen=True)
 class EndFacts:
-    """What was seen of a session's end (every field defaults to "not seen")."""
+    """What was seen of a session's end (every field defaults to "not seen").
+
+    The one vocabulary of a session's end: every backend's ``AgentRun.wait``
+    (:mod:`runtime.backends.base`) returns one, and gc builds one from the engine's record
+    (:func:`recorded_facts`). :func:`classify` reads the facts above ``exit_code``'s
+    neighbours; the measurements below them go into the session's result as they are.
+    """
 
     cancelled: bool = False
     timed_out: bool = False
@@ -67,6 +73,18 @@ class EndFacts:
     external_kill: bool = False
     stopping: bool = False
     engine_error: str | None = None
+    # Measurements (not read by classify): the engine's clock, peaks and totals, and what
+    # went wrong while watching.
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
+    disk_used_bytes: int | None = None
+    #: The volume filled up at some point (writes failed with ENOSPC) even if space came back.
+    disk_filled: bool = False
+    #: The engine or node was gone at the end: its tree cannot be read (the work stays there).
+    tree_unreachable: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def classify(facts: EndFacts, limits: ResourceLimits) -> tuple[SessionStatus, str | None]:

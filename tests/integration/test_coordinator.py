@@ -108,7 +108,7 @@ def test_an_exception_while_handling_one_session_is_contained_to_it(repo: Path) 
     original_init = coordinator.run_agents
 
     def run_with_fault(tasks):  # type: ignore[no-untyped-def]
-        import runtime.run.supervisor as sup
+        import runtime.backends.docker.supervisor as sup
 
         real_start = sup.Supervisor.start
 

@@ -79,7 +79,7 @@ def test_volumes_go_where_agentrt_volumes_dir_says(tmp_path: Path, small_fs: Pat
 def test_admission_counts_the_free_space_where_volumes_live(
     tmp_path: Path, small_fs: Path, docker_client: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime.run.admission import check_admission
+    from runtime.backends.docker.admission import check_admission
 
     state_dir = tmp_path / "repo" / ".git" / "agentrt"
     tasks = [Task(id="big", command=["true"])]

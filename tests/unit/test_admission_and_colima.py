@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.backends.docker.admission import plan_fits
 from runtime.config import ResourceLimits, RunConfig, Task
 from runtime.engine.colima import size_for
-from runtime.run.admission import plan_fits
 
 GIB = 1024**3
 

@@ -85,7 +85,7 @@ def test_an_agentrt_stop_is_never_mistaken_for_an_outside_kill() -> None:
 def test_a_watch_records_facts_under_its_lock_and_never_forgets_one() -> None:
     import threading
 
-    from runtime.run.supervisor import Watch
+    from runtime.backends.docker.supervisor import Watch
 
     watch = Watch(session_id="s", container=None, deadline=0.0, grace_seconds=1)  # type: ignore[arg-type]
     threads = [threading.Thread(target=watch.record, kwargs={"oom_seen": True}),

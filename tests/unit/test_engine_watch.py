@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from runtime.engine.engine_watch import ENGINE_LOST, EngineWatch, engine_silent
+from runtime.engine.resilience import engine_retry
 from runtime.errors import EngineUnreachableError
-from runtime.run.engine_watch import ENGINE_LOST, EngineWatch, engine_silent
-from runtime.run.resilience import engine_retry
 
 
 def test_silence_is_judged_against_engine_timeout() -> None:

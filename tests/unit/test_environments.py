@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from runtime.backends.docker.admission import plan_fits
 from runtime.config import ResourceLimits, RunConfig, Task, parse_task_file
 from runtime.devcontainer import parse_devcontainer, strip_jsonc
 from runtime.engine.environment_build import (
@@ -28,7 +29,6 @@ from runtime.engine.services import service_spec, services_network_name, wait_se
 from runtime.environments import Environment, Healthcheck, Service
 from runtime.errors import ConfigError
 from runtime.models import Manifest
-from runtime.run.admission import plan_fits
 from runtime.run.environments import agent_layer_of
 
 

@@ -119,3 +119,81 @@ def test_an_unknown_layer_is_reported(tmp_path: Path) -> None:
     (package / "plugins" / "x.py").write_text("from runtime.errors import ConfigError\n")
     assert layer_problems(package) == [
         "runtime/plugins/x.py: layer 'plugins' is not in the layer order"]
+
+
+#: The one module that may import a backend's folder (runtime/backends/<name>/).
+REGISTRY = ("backends", "registry")
+
+
+def imported_modules(package: Path, path: Path) -> list[tuple[int, str, list[str]]]:
+    """``(line, import as written, module path)`` for each import of the package, the names
+    of a ``from package.x import a, b`` counted as modules ``package.x.a`` and ``.b``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    here = module_of_file(package, path)
+    is_package = path.name == "__init__.py"
+    found: list[tuple[int, str, list[str]]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, f"import {a.name}", a.name.split(".")) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here if is_package else here[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                parts = [*base, *(node.module.split(".") if node.module else [])]
+            elif node.module:
+                parts = node.module.split(".")
+            else:
+                continue
+            written = f"from {'.' * node.level}{node.module or ''} import " + ", ".join(
+                a.name for a in node.names)
+            found += [(node.lineno, written, [*parts, a.name]) for a in node.names]
+    return [f for f in found if f[2][0] == package.name]
+
+
+def backend_folder_problems(package: Path) -> list[str]:
+    """Every import of a backend's folder from outside that folder, but the registry's."""
+    backends = package / "backends"
+    folders = {p.name for p in backends.iterdir() if p.is_dir() and p.name != "__pycache__"} \
+        if backends.is_dir() else set()
+    problems = []
+    for path in sorted(package.rglob("*.py")):
+        inside = path.relative_to(package).with_suffix("").parts
+        if inside[:2] == REGISTRY:
+            continue
+        for line, written, parts in imported_modules(package, path):
+            if len(parts) < 3 or parts[1] != "backends" or parts[2] not in folders:
+                continue
+            if inside[:2] == ("backends", parts[2]):
+                continue  # a backend's own modules
+            where = path.relative_to(package.parent)
+            problems.append(f"{where}:{line}: {written} (only the registry imports "
+                            f"backends/{parts[2]}/)")
+    return problems
+
+
+def test_only_the_registry_imports_a_backends_folder() -> None:
+    problems = backend_folder_problems(ROOT / "runtime")
+    assert not problems, "imports of a backend's folder:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(("where", "plant", "flagged"), [
+    ("run/x.py", "from runtime.backends.swarm.nodes import place\n", True),
+    ("run/x.py", "from runtime.backends import swarm\n", True),
+    ("run/x.py", "import runtime.backends.docker.trees\n", True),
+    ("backends/docker/x.py", "from runtime.backends.swarm import nodes\n", True),
+    ("backends/recovery.py", "from .swarm.recovery import node_tree\n", True),
+    ("run/x.py", "from runtime.backends.registry import open_backend\n", False),
+    ("run/x.py", "from runtime.backends.base import Backend\n", False),
+    ("backends/registry.py", "from runtime.backends.swarm.backend import SwarmBackend\n", False),
+    ("backends/swarm/x.py", "from .nodes import place\n", False),
+])
+def test_a_planted_import_of_a_backends_folder_is_named(tmp_path: Path, where: str, plant: str,
+                                                        flagged: bool) -> None:
+    package = tmp_path / "runtime"
+    for folder in ("backends/docker", "backends/swarm", "run"):
+        (package / folder).mkdir(parents=True, exist_ok=True)
+    (package / where).write_text(plant)
+    problems = backend_folder_problems(package)
+    assert bool(problems) is flagged, problems
+    if flagged:
+        assert problems[0].startswith(f"runtime/{where}:1: "), problems

@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 from docker.types import Mount
 
+from runtime.backends.swarm.agent import EndStats, TaskView
+from runtime.backends.swarm.backend import task_end_facts
+from runtime.backends.swarm.doctor import swarm_check, swarm_images_check
 from runtime.backends.swarm.images import NodeImage, node_addresses
 from runtime.backends.swarm.node_jobs import _harvest_code
 from runtime.backends.swarm.nodes import (
@@ -37,7 +40,8 @@ from runtime.config import ResourceLimits
 from runtime.engine.container import ENTRYPOINT, ContainerPlan
 from runtime.engine.volume_helpers import REMOVE_SCRIPT
 from runtime.errors import ConfigError, EngineError, SessionError
-from runtime.run.doctor import swarm_check, swarm_images_check
+from runtime.models import SessionStatus
+from runtime.state.classify import NODE_LOST, classify
 
 GIB = 2**30
 CPU = 1_000_000_000
@@ -380,3 +384,32 @@ def test_ending_a_task_container_sends_sigterm_and_waits_until_it_exited() -> No
     assert calls == [("c1", "SIGTERM")] and Client.api.running == 0
     end_container(Client(), "")  # type: ignore[arg-type]
     assert calls == [("c1", "SIGTERM")]
+
+
+@pytest.mark.parametrize(("stopped_for", "status", "reason"), [
+    ("cancel", SessionStatus.CANCELLED, "stopped on request"),
+    ("timeout", SessionStatus.TIMED_OUT, "ran past time_seconds=60"),
+    ("", SessionStatus.CRASHED, NODE_LOST),  # control: a lost node alone crashes the session
+])
+def test_a_session_whose_node_dies_is_classified_by_the_precedence_table(
+        stopped_for: str, status: SessionStatus, reason: str) -> None:
+    """A lost node is one more fact for the classifier (it no longer skips it): a session
+    agentrt was stopping on request when its node died is ``cancelled``, as the table says."""
+    facts = task_end_facts(None, stopped_for, None, node_lost=True)
+    assert facts.node_lost
+    assert classify(facts, ResourceLimits(time_seconds=60)) == (status, reason)
+
+
+def test_a_services_end_in_the_classifiers_vocabulary() -> None:
+    """The task's view, why agentrt stopped it and the entry point's report: one EndFacts."""
+    stats = EndStats(exit_code=1, oom_kills=0, peak_memory_bytes=5 << 20, cpu_seconds=1.5,
+                     used_bytes=100, free_bytes=10)
+    view = TaskView(state="failed", exit_code=1, detail="", node_id="n")
+    facts = task_end_facts(view, "", stats, node_lost=False)
+    assert (facts.exit_code, facts.volume_full, facts.peak_memory_bytes, facts.cpu_seconds,
+            facts.disk_used_bytes) == (1, True, 5 << 20, 1.5, 100)
+    assert classify(facts, ResourceLimits(disk_mb=64))[0] is SessionStatus.DISK_FULL
+    rejected = task_end_facts(TaskView(state="rejected", exit_code=None, detail="no image",
+                                       node_id="n"), "", None, node_lost=False)
+    assert classify(rejected, ResourceLimits())[1] == \
+        "the service's task ended rejected: no image"

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from runtime.run.supervisor import Supervisor, Watch
+from runtime.backends.docker.supervisor import Supervisor, Watch
 
 
 def _watch() -> Watch:
@@ -30,7 +30,7 @@ def test_the_supervisor_logs_a_repeated_failure_once(caplog: pytest.LogCaptureFi
     def fail() -> None:
         raise RuntimeError("engine unreachable")
 
-    with caplog.at_level(logging.WARNING, logger="runtime.run.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="runtime.backends.docker.supervisor"):
         for _ in range(100):
             assert not supervisor._guard(watch, "sample", fail)
     assert len([r for r in caplog.records if "engine unreachable" in r.getMessage()]) == 1

@@ -156,6 +156,14 @@ class HostTree(SessionTree):
     def remove(self) -> None:
         self.volume.remove()
 
+    @property
+    def host_volume(self) -> Volume | None:
+        return self.volume
+
+    def keep(self) -> None:
+        """Its blocks reach the disk before agentrt lets go of a kept volume."""
+        self.volume.sync()
+
 
 class EngineTree(SessionTree):
     """The volume on the engine's host; every file operation goes through the Docker API."""

@@ -106,6 +106,10 @@ class NodeTree(SessionTree):
         if finish is not None:
             finish.release(home=False)
 
+    def let_go(self) -> None:
+        """No node helper is left holding the volume (it is kept)."""
+        self.keep()
+
     def remove(self) -> None:
         finish, self._finish = self._finish, None
         if finish is None or not finish.release(home=True):

@@ -30,9 +30,9 @@ import docker.errors
 
 from runtime.engine.cgroups import CgroupReading, ContainerCgroup, engine_stats_reading
 from runtime.engine.container import AgentContainer
+from runtime.engine.engine_watch import ENGINE_LOST, EngineWatch
 from runtime.engine.labels import LABEL_RUN
 from runtime.errors import EngineUnreachableError
-from runtime.run.engine_watch import ENGINE_LOST, EngineWatch
 
 log = logging.getLogger(__name__)
 

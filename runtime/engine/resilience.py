@@ -10,8 +10,8 @@ from typing import TypeVar
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from runtime.crash_points import CRASH_POINT_ENV, crash_point
+from runtime.engine.engine_watch import ENGINE_LOST
 from runtime.errors import EngineUnreachableError
-from runtime.run.engine_watch import ENGINE_LOST
 
 __all__ = ["CRASH_POINT_ENV", "crash_point", "engine_retry"]
 
@@ -23,7 +23,7 @@ ENGINE_WAIT_SECONDS = 60
 def engine_retry(action: Callable[[], T]) -> T:
     """Run ``action``, retrying while the engine is unreachable (a dockerd restart). An answer
     from the engine, even an error, is final: retrying a refusal would only repeat it; and an
-    engine already declared lost (:data:`~runtime.run.engine_watch.ENGINE_LOST`) gets one try."""
+    engine already declared lost (:data:`~runtime.engine.engine_watch.ENGINE_LOST`) gets one try."""
     if ENGINE_LOST.is_set():
         return action()
     retrying = Retrying(retry=retry_if_exception_type(EngineUnreachableError), reraise=True,

@@ -7,7 +7,7 @@ thread of its own (a hung ping never delays the next check), and any sign of lif
 supervisor sees (an event) counts as an answer. When nothing has answered for
 ``engine_timeout`` seconds it calls ``on_lost`` once: the supervisor then ends its sessions as
 ``crashed`` / engine lost (their work kept), and :data:`ENGINE_LOST` tells the retry helpers
-(:func:`runtime.run.resilience.engine_retry`) not to wait for that engine any more.
+(:func:`runtime.engine.resilience.engine_retry`) not to wait for that engine any more.
 
 :data:`ENGINE_LOST` is per process: a process drives one engine at a time (a new supervisor
 clears it).
