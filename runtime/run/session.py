@@ -6,14 +6,20 @@ Use it as a context manager::
         result = session.run()
 
 ``__enter__`` creates everything (undoing what was made if any step fails); ``run`` starts the
-container, waits for it through the supervisor, classifies how it ended and brings the work
+agent, waits for it through its backend, classifies how it ended and brings the work
 home onto the session's branch; ``__exit__`` always snapshots what is left and releases every
 resource (container, database, volume, loop device) unless ``cleanup_on_complete`` is false.
 The branch always stays.
 
-Its parts are made and released by :class:`~runtime.run.session_resources.SessionResources`, its
-end is classified and finished by :class:`~runtime.run.session_end.SessionEnd`, and its output
-is saved by :class:`~runtime.run.session_logs.SessionLogs`: mixins of this one class.
+The lifecycle reads top to bottom here: ``prepare`` (placement, branch, marker, volume and
+checkout by its backend, database, container) -> ``run`` (start, supervise, one
+:class:`~runtime.state.classify.EndFacts`, classify) -> ``_finish`` (saved log, harvest, import)
+-> ``close`` (release). Where it runs is its :class:`~runtime.backends.base.Backend`'s business
+(:mod:`runtime.backends`); its other parts (environment, egress, services, database) are a
+:class:`~runtime.run.session_parts.SessionParts` it owns, its saved output a
+:class:`~runtime.run.session_logs.SessionLog`; how an end is recorded is
+:func:`~runtime.run.session_end.record_end`. Merging is the run's
+(:mod:`runtime.run.merging`).
 """
 
 from __future__ import annotations
@@ -22,36 +28,43 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker
 from docker.types import Mount
 
+from runtime import paths
 from runtime.backends.base import AgentRun, AgentStart, Backend, Placement, SessionTree, TreeRequest
 from runtime.config import ResourceLimits, RunConfig, Task
-from runtime.databases.sqlite import SessionDatabase
+from runtime.databases.sqlite import SessionDatabase, SqliteDatabase
 from runtime.engine.container import AgentRunner, ContainerPlan
+from runtime.engine.engine_watch import ENGINE_LOST
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
 from runtime.engine.resilience import crash_point, engine_retry
-from runtime.engine.volumes import DiskLimitMode, volumes_root
+from runtime.engine.volumes import DiskLimitMode, Volume, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
 from runtime.git.directory_mode import open_repo
+from runtime.git.harvest import HarvestPlan
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
+from runtime.git.work_home import bring_work_home
 from runtime.git.workspace import create_branch, new_session_id
-from runtime.models import LiveStat, SessionResult, SessionStatus, WorkState, utcnow
+from runtime.models import LiveStat, Manifest, SessionResult, SessionStatus, WorkState, utcnow
 from runtime.presets import resolve_command, resolve_env, resolve_image, resolve_secrets
 from runtime.run.api_args import as_command, as_limits, as_repo, as_run_config, session_task
 from runtime.run.identity import HIDDEN_DATABASE_ENV, agent_ids, new_run_id, secret_env
-from runtime.run.session_end import SessionEnd
-from runtime.run.session_logs import SessionLogs
-from runtime.run.session_resources import SessionResources
+from runtime.run.session_end import record_end, stop_requested
+from runtime.run.session_logs import SessionLog
+from runtime.run.session_parts import SessionParts
+from runtime.run.usage import usage_from_log
 from runtime.state.liveness import process_start_time
-from runtime.state.log_keeper import LogKeeper
-from runtime.state.session_facts import SessionMarker
+from runtime.state.session_facts import SessionMarker, import_policy
+from runtime.version import agentrt_version
 
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
@@ -62,7 +75,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
+class IsolatedAgentSession:
     """One agent session; a context manager that always gives its resources back."""
 
     def __init__(
@@ -114,7 +127,6 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         # preflight, a session on its own builds it in prepare().
         self.environment = environment
         self.image = environment.ref if environment else resolve_image(task, self.config.image)
-        self.services: SessionServices | None = None
         self.network = self.config.network_for(task)
         self.base_commit = base_commit or self.repo.rev_parse(self.config.base)
         self.session_id, self.branch = new_session_id(task.id)
@@ -136,13 +148,9 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self._own_backend = backend is None
         self._backend = backend
         self.placement = placement
-        # network = "allowlist": the run's egress proxies (the session makes its own if none).
-        self._egress = egress
-        self._own_egress = False
         # The volume and working tree: on this host, or where the engine is when it does not
         # share agentrt's disk (a VM, a remote host, dind; every file operation by the API).
         self.tree: SessionTree | None = None
-        self.database: SessionDatabase | None = None
         self.container: AgentRunner | None = None
         self.agent: AgentRun | None = None
         self._marker: SessionMarker | None = None
@@ -154,11 +162,15 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self._workspace_lent = False
         self._host_error: BaseException | None = None
         self._cancel = threading.Event()
-        self._log_keeper: LogKeeper | None = None
         self.result = SessionResult(
             id=self.session_id, task_id=task.id, branch=self.branch, image=self.image,
             base_commit=self.base_commit, node=placement.node if placement else None,
         )
+        # Its environment, egress, services and database; its saved output.
+        self.parts = SessionParts(task, self.config, self.repo, self.run_id, self.session_id,
+                                  lambda: self.client, egress=egress)
+        self.log = SessionLog(paths.log_path(self.repo.state_dir, self.session_id),
+                              task.secrets, self.result)
 
     # -- context manager --------------------------------------------------------------------
 
@@ -190,6 +202,98 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             self._backend = open_backend(self.config, self.client, self.run_id, self.repo)
         return self._backend
 
+    @property
+    def database(self) -> SessionDatabase | None:
+        """The session's database (None until prepared)."""
+        return self.parts.database
+
+    @property
+    def services(self) -> SessionServices | None:
+        """The session's ``[[run.services]]`` (None without any)."""
+        return self.parts.services
+
+    @property
+    def log_path(self) -> Path:
+        """Where the agent's output is kept after its container is gone."""
+        return self.log.path
+
+    @property
+    def volume(self) -> Volume | None:
+        """The session's volume on this host (None until prepared, or when it lives on the
+        engine's host)."""
+        return self.tree.host_volume if self.tree is not None else None
+
+    @property
+    def workspace(self) -> Path:
+        """The session's working tree on the host (mounted at /workspace in its container).
+
+        What code on this host writes there comes home onto the session's branch when the
+        session exits, as an agent's work does, whether or not :meth:`run` was called.
+        Raises SessionError when the tree lives on the engine's host, saying why and what to
+        use instead."""
+        if self.tree is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        if self.volume is None:
+            why = ("the Docker engine does not share this machine's disk (a VM such as "
+                   "Colima's, a remote DOCKER_HOST)" if not self.backend.shares_disk else
+                   "only the engine's host gives it a hard disk limit (disk_mode=\"soft\" "
+                   "keeps it here)")
+            raise SessionError(
+                f"session {self.session_id}: its working tree is on the engine's host, not "
+                f"this one, because {why}: code here cannot work in it; run the work inside "
+                "the session instead (session.run([\"sh\", \"-c\", \"...\"]), or a task "
+                "with an agent preset)")
+        if not self._workspace_lent:
+            self._workspace_lent = True
+            if self.result.started_at is None:
+                self.result.started_at = utcnow()
+        return self.volume.workspace
+
+    @property
+    def db_path(self) -> Path | None:
+        """The session's SQLite file on the host (``AGENT_DB`` inside), or None with the
+        shared (PostgreSQL) strategy, whose database is named by ``AGENT_DATABASE_URL``, or
+        when the volume is on the engine's host."""
+        if self.tree is None:
+            raise SessionError("session not prepared: use it as a context manager")
+        return self.database.host_path if isinstance(self.database, SqliteDatabase) else None
+
+    def manifest(self) -> Manifest:
+        """What a replay needs: image digest, base commit, task, limits, egress policy and CLI
+        version (never secret values)."""
+        allow, networks = (self.config.egress_for(self.task) if self.network == "allowlist"
+                           else ([], []))
+        return Manifest(
+            image=self.image, image_digest=self.result.image_digest,
+            base_commit=self.base_commit, task=self.task.model_dump(mode="json"),
+            limits=self.limits, network=self.network, runtime=self.config.runtime,
+            database_strategy=self.config.database_strategy,
+            env_keys=sorted([*self.task.env, *self.task.secrets]),
+            cli_version=self.result.cli_version, egress_allow=allow, egress_networks=networks,
+            environment_key=self.environment.key if self.environment else None,
+            services=[s.model_dump(mode="json") for s in self.config.services],
+            agentrt_version=agentrt_version(),
+        )
+
+    def logs(self) -> bytes:
+        """The saved output so far (secret values redacted; a flood's middle dropped)."""
+        return self.log.read()
+
+    def last_line(self, width: int = 60) -> str:
+        """The agent's latest output line: secrets redacted, control characters dropped."""
+        return self.log.last_line(width)
+
+    def stand_by(self) -> None:
+        """Attach to the created agent's output now (a session prepared ahead), so that
+        starting it is all that is left."""
+        keeper = self.log.open()
+        if keeper is not None and self.container is not None:
+            self.backend.stand_by(self.container, keeper)
+
+    def disk_used(self) -> int:
+        """Bytes used on the session's volume."""
+        return self.tree.used_bytes() if self.tree else 0
+
     def _record(self, **resources: Any) -> None:
         if self.store is not None:
             try:
@@ -215,7 +319,10 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 f"session id {self.session_id!r} is in use in {self.repo.root} (a live "
                 "session, or one whose volume was kept: see `agentrt gc`); give another id")
         try:
-            self._build_environment()
+            if self.environment is None:
+                self.environment = self.parts.build_environment(self.base_commit)
+                if self.environment is not None:
+                    self.image = self.result.image = self.environment.ref
             self.result.image_digest, self.result.cli_version = image_facts(self.client,
                                                                             self.image)
             manifest = self.manifest()
@@ -249,7 +356,7 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             crash_point("checkout")
             self._marker.checked_out = self._checked_out = True
             self._marker.write(self.session_dir)
-            self.database = self._make_database(uid, gid)
+            database = self.parts.make_database(tree.host_db_dir, uid, gid)
             env = {
                 **resolve_env(self.task),
                 **self.task.env,
@@ -258,16 +365,16 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 "AGENT_SESSION_ID": self.session_id,
                 "AGENT_BRANCH": self.branch,
                 "AGENT_RUN_ID": self.run_id,
-                **self.database.env,
+                **database.env,
             }
             # Credentials reach the agent through a file its entry point reads and deletes,
             # never through the container's configuration (visible to `docker inspect`).
             hidden = {**resolve_secrets(self.task, secret_env(self.task)),
                       **{k: env.pop(k) for k in HIDDEN_DATABASE_ENV if k in env}}
-            network = getattr(self.database, "network", None) or self.network
+            network = getattr(database, "network", None) or self.network
             if self.network == "allowlist":
-                network = self._join_egress(env, getattr(self.database, "network", None))
-            services = self._start_services()
+                network = self.parts.join_egress(env, getattr(database, "network", None))
+            services = self.parts.start_services()
             if services is not None and network == "none":
                 network = services.network  # the session's only network: its services'
             plan = ContainerPlan(
@@ -305,6 +412,14 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             self.result.node = placement.node
         return self.placement
 
+    def _create_container(self, plan: ContainerPlan) -> AgentRunner:
+        """Create (not start) the agent's container or service for ``plan``, where placed."""
+        return self.backend.create_runner(plan, self._place())
+
+    def _stop_requested(self) -> bool:
+        """True if `agentrt stop` asked for this session from another process."""
+        return stop_requested(self.store, self.session_id)
+
     def cancel(self) -> None:
         """Stop the agent (SIGTERM, grace, SIGKILL); the session ends as ``cancelled``."""
         self._cancel.set()
@@ -332,7 +447,7 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         agent = self.agent = self.backend.watch(AgentStart(
             session_id=self.session_id, runner=self.container, tree=self.tree,
             deadline=deadline, grace_seconds=self.stop_grace_seconds, limits=self.limits,
-            log=self._open_log_keeper(), cancelled=self._cancel,
+            log=self.log.open(), cancelled=self._cancel,
             stop_requested=self._stop_requested, on_sample=self._on_sample))
         self.result.started_at = utcnow()
         self.result.status = SessionStatus.RUNNING
@@ -351,9 +466,75 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         if self._cancel.is_set():
             agent.stop("cancel")
         # supervise -> end facts -> classify; then harvest, import (and, later, merge)
-        self._end(agent.wait())
+        record_end(self.result, agent.wait(), self.limits)
         self._finish()
         return self.result
+
+    def _inspect_when_reachable(self) -> dict[str, Any] | None:
+        """The agent's state (None: gone), waiting a while for a restarting engine."""
+        return engine_retry(self.container.inspect) if self.container else None
+
+    def _discard_secrets(self) -> None:
+        # The entry point deletes the file as soon as it has read it; this covers a container
+        # that never got that far.
+        if self.tree is not None:
+            self.tree.discard_secrets()
+
+    def _finish(self) -> None:
+        """The agent ended (or never started): its saved log and usage, then its work home
+        (harvest, import), then the final record."""
+        self._discard_secrets()
+        if self.result.finished_at is None:
+            self.result.finished_at = utcnow()
+        if self.result.started_at:
+            self.result.duration_s = max(0.0, round(
+                (self.result.finished_at - self.result.started_at).total_seconds(), 3))
+        self.log.finish(self.agent)
+        if self.task.command is None:  # a preset's CLI: what it reported it used
+            self.result.usage = usage_from_log(self.task.agent, self.log.path)
+        crash_point("harvest")
+        self._bring_home()
+        crash_point("home")
+        self._record()
+        self._event("finished", f"{self.result.status.value}: {self.result.reason or ''}")
+
+    def _bring_home(self) -> None:
+        """Harvest the stopped session's tree in a container; import the verified bundle."""
+        if self._harvested or self.tree is None or not self._checked_out:
+            return
+        self._harvested = True
+        unreachable = self.agent.unreachable(self.session_id) if self._started and \
+            self.agent is not None else None
+        if unreachable:
+            # Its engine or node is lost: a harvest would only wait for it; gc retries.
+            self.result.work = WorkState.KEPT
+            self.result.head_commit = self.repo.branch_head(self.branch)
+            self.result.warnings.append(unreachable)
+            return
+        if not self._started and not self._workspace_lent:
+            # Nobody worked in the tree: it is the checkout agentrt made.
+            self.result.work = WorkState.HOME
+            self.result.head_commit = self.repo.branch_head(self.branch)
+            return
+        uid, gid = agent_ids()
+        plan = HarvestPlan(
+            session_id=self.session_id, base_commit=self.base_commit,
+            mounts=tuple(self.tree.harvest_mounts()), store=self.tree.store, uid=uid, gid=gid,
+            memory_mb=self.limits.memory_mb, scratch_mb=self.limits.disk_mb,
+            runtime=self.config.runtime,
+            labels={LABEL_OWNER_PID: str(os.getpid()),
+                    LABEL_OWNER_START: str(process_start_time(os.getpid()) or ""),
+                    LABEL_REPO: str(self.repo.root)})
+        tree = self.tree
+        outcome = bring_work_home(
+            self.client, self.repo, plan, branch=self.branch,
+            policy=import_policy(self.config, self.task.secrets, self.limits.disk_mb),
+            harvester=lambda plan, dest, limit: tree.harvest(self.client, plan, dest, limit))
+        self.result.work = outcome.state
+        self.result.head_commit = outcome.head
+        self.result.warnings.extend(outcome.warnings)
+        if outcome.state is not WorkState.HOME:
+            log.error("session %s: %s", self.session_id, "; ".join(outcome.warnings))
 
     def _end_without_container(self) -> None:
         """The status of a session closed before its container ran: the outcome of the host
@@ -440,10 +621,10 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         errors: list[str] = []
         # Nothing is deleted until it is safely home: a failed harvest keeps the volume.
         keep_volume = snapshot_work and self.result.work is WorkState.KEPT
-        steps = [self._remove_container, self._stop_services, self._drop_database,
-                 self._leave_egress]
+        steps = [self._remove_container, self.parts.stop_services, self.parts.drop_database,
+                 self.parts.leave_egress]
         if self._own_run:  # nobody else will: the run is this session's alone
-            steps.append(self._stop_database_server)
+            steps.append(self.parts.stop_database_server)
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:
@@ -455,3 +636,46 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         if self._own_run and not keep_volume:
             remove_run_stores(self.repo, self.run_id)
         self._record()
+
+    def _delete_unused_branch(self) -> None:
+        # A session that never started leaves no half-made branch behind.
+        with contextlib.suppress(AgentRuntimeError):
+            if self.repo.branch_head(self.branch) == self.base_commit:
+                self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)
+
+    def attach_store(self, store: Store) -> None:
+        """Record a session prepared ahead without a store (runtime/run/warm_pool.py) in
+        ``store``, as ``prepare`` would have, now that it is about to run."""
+        self.store = store
+        pid = os.getpid()
+        self._record(
+            manifest_json=self.manifest().model_dump_json(), volume_path=str(self.session_dir),
+            owner_pid=pid, owner_start_time=process_start_time(pid),
+            **({"container_id": self.container.id} if self.container else {}),
+            **({"mount_path": self.tree.location} if self.tree else {}))
+
+    def discard(self) -> None:
+        """Release a prepared session that will never run, and its untouched branch."""
+        self.close(snapshot_work=False)
+        self._delete_unused_branch()
+
+    def _keep_volume(self) -> None:
+        if self.tree is not None:
+            self.tree.keep()
+        if self._marker is not None:
+            self._marker.work_kept = True
+            self._marker.write(self.session_dir)
+
+    def _remove_container(self) -> None:
+        # An engine declared lost is not waited for: gc removes the container (by its labels).
+        if self.container is not None and not ENGINE_LOST.is_set():
+            engine_retry(self.container.remove)
+
+    def _remove_volume(self) -> None:
+        if self.tree is not None:
+            self.tree.remove()
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+        elif self.session_dir.exists():
+            from runtime.engine.volumes import found_volume
+
+            found_volume(self.session_dir).remove()

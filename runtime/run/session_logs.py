@@ -2,89 +2,62 @@
 a flood's middle dropped; its backend follows the output) and read back by ``logs``,
 ``last_line`` and the usage report.
 
-:class:`SessionLogs` is a mixin of :class:`~runtime.run.session.IsolatedAgentSession`.
+:class:`SessionLog` is owned by :class:`~runtime.run.session.IsolatedAgentSession` (one each).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from runtime import paths
-from runtime.backends.base import AgentRun, Backend
-from runtime.config import Task, secret_values
-from runtime.engine.container import AgentRunner
-from runtime.git.safe_git import MainRepo
+from runtime.backends.base import AgentRun
 from runtime.models import SessionResult
 from runtime.state.log_keeper import LogKeeper
 
 
-class SessionLogs:
-    """The saved-log half of a session: open, follow, finish and read its output."""
+class SessionLog:
+    """The log keeper of one session: opened once, written as the output comes, finished when
+    the agent ended, read back."""
 
-    _log_keeper: LogKeeper | None
+    def __init__(self, path: Path, secret_values: list[str], result: SessionResult) -> None:
+        self.path = path
+        self._secrets = secret_values
+        self._result = result
+        self.keeper: LogKeeper | None = None
 
-    if TYPE_CHECKING:
-        task: Task
-        repo: MainRepo
-        session_id: str
-        result: SessionResult
-        container: AgentRunner | None
-        agent: AgentRun | None
-
-        @property
-        def backend(self) -> Backend: ...
-
-    @property
-    def log_path(self) -> Path:
-        """Where the agent's output is kept after its container is gone."""
-        return paths.log_path(self.repo.state_dir, self.session_id)
-
-    def _open_log_keeper(self) -> LogKeeper | None:
+    def open(self) -> LogKeeper | None:
         """The saved log: redacted with this process's secrets; first and last megabytes;
-        opened once."""
-        if self._log_keeper is not None:
-            return self._log_keeper
+        opened once (None when it cannot be written: the result says so)."""
+        if self.keeper is not None:
+            return self.keeper
         try:
-            self._log_keeper = LogKeeper(self.log_path, self._secret_values())
+            self.keeper = LogKeeper(self.path, self._secrets)
         except OSError as exc:
-            self.result.warnings.append(f"the output could not be saved: {exc}")
-        return self._log_keeper
+            self._result.warnings.append(f"the output could not be saved: {exc}")
+        return self.keeper
 
-    def stand_by(self) -> None:
-        """Attach to the created agent's output now (a session prepared ahead), so that
-        starting it is all that is left."""
-        keeper = self._open_log_keeper()
-        if keeper is not None and self.container is not None:
-            self.backend.stand_by(self.container, keeper)
-
-    def _save_logs(self) -> None:
+    def finish(self, agent: AgentRun | None) -> None:
         """Finish the saved log (its backend waits for the rest of the output a while)."""
-        if self.agent is not None:
-            self.agent.end_output()
-        keeper = self._log_keeper
+        if agent is not None:
+            agent.end_output()
+        keeper = self.keeper
         if keeper is not None:
             keeper.close()
             if keeper.error:
-                self.result.warnings.append(f"the output was not saved in full: {keeper.error}")
+                self._result.warnings.append(f"the output was not saved in full: {keeper.error}")
 
-    def _secret_values(self) -> list[str]:
-        return list(secret_values(self.task.secrets).values())
-
-    def logs(self) -> bytes:
+    def read(self) -> bytes:
         """The saved output so far (secret values redacted; a flood's middle dropped)."""
         try:
-            return self.log_path.read_bytes()
+            return self.path.read_bytes()
         except OSError:
             return b""
 
     def last_line(self, width: int = 60) -> str:
         """The agent's latest output line: secrets redacted, control characters dropped."""
-        keeper = self._log_keeper
+        keeper = self.keeper
         if keeper is None:
             return ""
         data = keeper.recent(1024)
         lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
         text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
         return text if len(text) <= width else text[: width - 1] + "…"
-

@@ -7,7 +7,7 @@ database, and the container *created but not started*. When a slot frees, the ta
 taken from the pool and only has to start its container.
 
 A session prepared ahead is not in the state database until it is taken
-(:meth:`~runtime.run.session_resources.SessionResources.attach_store`): the on-disk marker lets
+(:meth:`~runtime.run.session.IsolatedAgentSession.attach_store`): the on-disk marker lets
 ``agentrt gc`` clean it if the process dies first. Sessions never taken (the run was cancelled,
 or their task was skipped) are released with their branch by :meth:`WarmPool.drain`. A
 preparation that fails is dropped silently: the task is prepared again when it starts, and
