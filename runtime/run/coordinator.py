@@ -38,21 +38,20 @@ from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import DependencyConflictError, new_session_id
-from runtime.models import RunReport, SessionResult, SessionStatus, settle_merge, utcnow
+from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, settle_merge, utcnow
 from runtime.run.added_tasks import take_requests
 from runtime.run.api_args import as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.budget import RunBudget, Spent, refusal, tokens_of
 from runtime.run.dep_notes import remove_dep_notes
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
-from runtime.run.live_run import LiveRun
+from runtime.run.live_run import LiveSessions
 from runtime.run.network_preflight import uses_allowlist
 from runtime.run.preflight import check_run
 from runtime.run.run_sessions import RunSessions
 from runtime.run.scheduler import DagScheduler, TaskState
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import STOP_REQUESTED
-from runtime.run.warm_pool import WarmPool
 from runtime.state.liveness import process_start_time
 from runtime.state.run_record import record_final_report
 from runtime.state.store import Store
@@ -77,7 +76,7 @@ _OUTCOME = {
 }
 
 
-class AgentCoordinator(RunSessions, LiveRun):
+class AgentCoordinator:
     """Runs tasks as isolated sessions with a concurrency limit and a dependency DAG."""
 
     def __init__(
@@ -106,20 +105,20 @@ class AgentCoordinator(RunSessions, LiveRun):
         self.repo = where if isinstance(where, MainRepo) else open_repo(
             where, base.isolation_strategy)
         self.stop_grace_seconds = stop_grace_seconds
-        self.listener = listener
         self.run_id = new_run_id()
         self._client = client
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._live: dict[str, IsolatedAgentSession] = {}
+        # Its live sessions, their stats and the radar; the listener hears every change.
+        self.live = LiveSessions(self.repo, self.config, listener)
         # Where the run's sessions run (runtime/backends/): opened when the run starts.
         self.backend: Backend | None = None
-        self._last_lines: dict[str, tuple[float, str]] = {}
         self._checked: tuple[list[str], str] | None = None
         self.store: Store | None = None
         self.egress: RunEgress | None = None
         self._seeded = False
-        self._pool: WarmPool | None = None
+        # The run's sessions, made alike (made when the run starts).
+        self._sessions: RunSessions | None = None
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
         self.build_log: Callable[[str], None] | None = None
         self._env_images: dict[str, EnvImage] = {}
@@ -138,6 +137,23 @@ class AgentCoordinator(RunSessions, LiveRun):
         self._base_commit = ""
         self._runner: threading.Thread | None = None
         self._outcome: RunReport | BaseException | None = None
+
+    @property
+    def listener(self) -> Listener | None:
+        """Told of every change of a session (``starting``, ``running``, ``finished``, ...)."""
+        return self.live.listener
+
+    @listener.setter
+    def listener(self, listener: Listener | None) -> None:
+        self.live.listener = listener
+
+    def live_stats(self) -> dict[str, LiveStat]:
+        """What each running session uses now, against its limits (for the live view)."""
+        return self.live.stats()
+
+    def live_sessions(self) -> list[IsolatedAgentSession]:
+        """The sessions running now."""
+        return self.live.sessions()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -168,14 +184,12 @@ class AgentCoordinator(RunSessions, LiveRun):
 
         The listener hears ``stopping`` for each running session; ``finished`` follows."""
         self._cancelled.set()
-        with self._lock:
-            live = list(self._live.values())
-        for session in live:
+        for session in self.live.sessions():
             if force:
                 session.stop_grace_seconds = 0
             threading.Thread(target=session.cancel, daemon=True).start()
             if session.result.status is SessionStatus.RUNNING:
-                self._notify("stopping", session.result)  # the view shows it while grace runs
+                self.live.notify("stopping", session.result)  # the view shows it while grace runs
 
     # -- a live run: tasks added while it goes ------------------------------------------------
 
@@ -270,7 +284,7 @@ class AgentCoordinator(RunSessions, LiveRun):
         """Every task of the run in order: its latest result (None: waiting for a slot or
         its dependencies). A result is final only once its work is home."""
         with self._lock:
-            live = {s.task.id: s.result for s in self._live.values()}
+            live = {s.task.id: s.result for s in self.live.sessions()}
             found = {t: self._results.get(t) or live.get(t) for t in self._tasks}
         for task_id, result in found.items():
             if task_id not in self._results and result is not None and result.status.is_final:
@@ -283,7 +297,7 @@ class AgentCoordinator(RunSessions, LiveRun):
         seconds (finished sessions as reported, running ones as measured now), tokens."""
         with self._lock:
             finished = list(self._results.values())
-            live = list(self._live.values())
+            live = self.live.sessions()
             taken = len(self._tasks) + sum(1 for b in self._task_base.values() if not b)
         cpu = sum(r.cpu_seconds for r in finished)
         for session in live:
@@ -339,8 +353,13 @@ class AgentCoordinator(RunSessions, LiveRun):
                 LABEL_OWNER_START: str(process_start_time(os.getpid()) or "")})
         try:
             self.backend = open_backend(self.config, self.client, self.run_id, self.repo)
-            self._pool = self._warm_pool(by_id, base_commit, results)
-            with self._radar(report):
+            sessions = self._sessions = RunSessions(
+                self.config, self.repo, self.run_id, self.client, self.backend,
+                store=self.store, egress=self.egress, stop_grace_seconds=self.stop_grace_seconds,
+                env_images=self._env_images, seeded=self._seeded, base_commit=base_commit,
+                task_base=self._task_base)
+            sessions.start_pool(by_id, base_commit, results)
+            with self.live.radar(report):
                 try:
                     self._schedule(scheduler, by_id, base_commit, results, done, threads)
                 except BaseException:
@@ -354,8 +373,8 @@ class AgentCoordinator(RunSessions, LiveRun):
             # A slot is free at a final result; its thread then releases; the run waits for it.
             for thread in threads:
                 thread.join()
-            if self._pool is not None:
-                self._pool.drain()
+            if self._sessions is not None and self._sessions.pool is not None:
+                self._sessions.pool.drain()
             remove_dep_notes(self.repo, self.run_id)
             remove_run_stores(self.repo, self.run_id)
             backend, self.backend = self.backend, None
@@ -410,8 +429,9 @@ class AgentCoordinator(RunSessions, LiveRun):
                 )
                 thread.start()
                 threads.append(thread)
-            if self._pool is not None:
-                self._pool.fill(scheduler.upcoming(self._pool.size))
+            pool = self._sessions.pool if self._sessions is not None else None
+            if pool is not None:
+                pool.fill(scheduler.upcoming(pool.size))
             if scheduler.running == 0 and not scheduler.done:
                 continue
             try:
@@ -492,7 +512,7 @@ class AgentCoordinator(RunSessions, LiveRun):
         if self.store is not None:
             with contextlib.suppress(AgentRuntimeError):  # saved again with the report
                 self.store.upsert_session(result, self.run_id)
-        self._notify("finished", result)
+        self.live.notify("finished", result)
         return result
 
     def _run_task(self, task: Task, base_commit: str, results: dict[str, SessionResult],
@@ -522,25 +542,27 @@ class AgentCoordinator(RunSessions, LiveRun):
 
     def _run_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
                      tell: Callable[[SessionResult], None]) -> SessionResult:
-        session = self._ahead(task.id)
+        sessions = self._sessions
+        if sessions is None:
+            raise AgentRuntimeError("the run's sessions are not open")
+        session = sessions.ahead(task.id)
         if session is None:
             # Admission: the backend places the session, waiting for room (a Swarm node).
-            backend = self._backend()
-            placement = backend.place(task, self.config.limits_for(task), self._cancelled)
+            placement = sessions.backend.place(task, self.config.limits_for(task),
+                                               self._cancelled)
             if placement is None:
                 return self._placeholder(task, SessionStatus.CANCELLED,
                                          "run cancelled before it started")
             try:
-                session = self._new_session(task, base_commit, results, self.store,
-                                            placement=placement)
+                session = sessions.new_session(task, base_commit, results, self.store,
+                                               placement=placement)
             except BaseException:
-                backend.release(placement)
+                sessions.backend.release(placement)
                 raise
-        with self._lock:
-            self._live[task.id] = session
+        self.live.add(task.id, session)
         notified = False
         try:
-            self._notify("starting", session.result)
+            self.live.notify("starting", session.result)
             try:
                 entered = contextlib.ExitStack()
                 entered.enter_context(session)
@@ -553,18 +575,17 @@ class AgentCoordinator(RunSessions, LiveRun):
             with entered:
                 if self._cancelled.is_set():
                     session.cancel()
-                self._notify("running", session.result)
+                self.live.notify("running", session.result)
                 session.run()
                 notified = session.result.status.is_final
                 if notified:
                     # Work home, result final: the slot is free while the session releases.
-                    self._notify("finished", session.result)
+                    self.live.notify("finished", session.result)
                     tell(session.result)
         finally:
-            with self._lock:
-                self._live.pop(task.id, None)
+            self.live.remove(task.id)
         if not notified:
-            self._notify("finished", session.result)
+            self.live.notify("finished", session.result)
         return session.result
 
     def _merge(self, report: RunReport, target: str, tasks: Mapping[str, Task]) -> None:
@@ -575,7 +596,7 @@ class AgentCoordinator(RunSessions, LiveRun):
         if self.config.merge == "auto" and any(self.config.gate_for(t) for t in tasks.values()):
             gate = MergeGate(self.repo, self.config, tasks, client=self.client,
                              stop_grace_seconds=self.stop_grace_seconds,
-                             on_gating=lambda result: self._notify("gating", result))
+                             on_gating=lambda result: self.live.notify("gating", result))
         try:
             merge_agent_results(merge_order(report.sessions), self.config.merge, repo=self.repo,
                                 target=target, run_id=self.run_id, gate=gate)

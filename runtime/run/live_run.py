@@ -1,7 +1,7 @@
 """What a run shows while it goes: its live sessions, their usage and last lines (the live
 view's), the conflict radar over their trees, and the listener told of every change.
 
-:class:`LiveRun` is a mixin of :class:`~runtime.run.coordinator.AgentCoordinator`.
+:class:`LiveSessions` is owned by :class:`~runtime.run.coordinator.AgentCoordinator`.
 """
 
 from __future__ import annotations
@@ -30,26 +30,38 @@ log = logging.getLogger(__name__)
 LAST_LINE_EVERY = 2.0
 
 
-class LiveRun:
+class LiveSessions:
     """The live side of a run: its sessions now, their stats, the radar, the listener."""
 
-    if TYPE_CHECKING:
-        repo: MainRepo
-        config: RunConfig
-        listener: Callable[[str, SessionResult], None] | None
-        _lock: threading.Lock
-        _live: dict[str, IsolatedAgentSession]
-        _last_lines: dict[str, tuple[float, str]]
+    def __init__(self, repo: MainRepo, config: RunConfig,
+                 listener: Callable[[str, SessionResult], None] | None) -> None:
+        self.repo = repo
+        self.config = config
+        self.listener = listener
+        self._lock = threading.Lock()
+        self._live: dict[str, IsolatedAgentSession] = {}
+        self._last_lines: dict[str, tuple[float, str]] = {}
 
-    def _notify(self, event: str, result: SessionResult) -> None:
-        # The listener is a view: its failures must not change the run.
+    def add(self, task_id: str, session: IsolatedAgentSession) -> None:
+        """``session`` of ``task_id`` is live from now."""
+        with self._lock:
+            self._live[task_id] = session
+
+    def remove(self, task_id: str) -> None:
+        """The session of ``task_id`` is over."""
+        with self._lock:
+            self._live.pop(task_id, None)
+
+    def notify(self, event: str, result: SessionResult) -> None:
+        """Tell the listener (a view: its failures must not change the run)."""
         if self.listener is not None:
             try:
                 self.listener(event, result)
             except Exception as exc:  # noqa: BLE001 - a view's bug never changes the run
                 log.warning("progress listener failed: %s", exc)
 
-    def _radar(self, report: RunReport) -> contextlib.AbstractContextManager[None]:
+    def radar(self, report: RunReport) -> contextlib.AbstractContextManager[None]:
+        """The conflict radar over the live trees while the run goes; overlaps warn."""
         def on_overlap(overlap: Overlap) -> None:
             message = overlap.message()
             report.warnings.append(message)
@@ -58,7 +70,7 @@ class LiveRun:
             for task_id in (overlap.first, overlap.second):
                 if task_id in live:
                     live[task_id].result.warnings.append(message)
-                    self._notify("radar", live[task_id].result)
+                    self.notify("radar", live[task_id].result)
 
         return radar_running(self.repo, self.config.conflict_radar_seconds, self._live_trees,
                              on_overlap)
@@ -68,17 +80,17 @@ class LiveRun:
         return [
             LiveTree(s.session_id, s.task.id, cast(AgentContainer, s.container), f"{uid}:{gid}",
                      s.base_commit)
-            for s in self.live_sessions()
+            for s in self.sessions()
             # The radar reads a live tree by `docker exec`: where the backend allows it.
             if s.container is not None and s.backend.reads_live_trees
             and s.result.status is SessionStatus.RUNNING
         ]
 
-    def live_stats(self) -> dict[str, LiveStat]:
+    def stats(self) -> dict[str, LiveStat]:
         """What each running session uses now, against its limits (for the live view)."""
         stats = {}
         now = time.monotonic()
-        for session in self.live_sessions():
+        for session in self.sessions():
             cached = self._last_lines.get(session.session_id)
             if cached is None or now - cached[0] > LAST_LINE_EVERY:
                 with contextlib.suppress(AgentRuntimeError):
@@ -89,7 +101,7 @@ class LiveRun:
                 stats[session.task.id] = stat
         return stats
 
-    def live_sessions(self) -> list[IsolatedAgentSession]:
+    def sessions(self) -> list[IsolatedAgentSession]:
         """The sessions running now."""
         with self._lock:
             return list(self._live.values())

@@ -2,13 +2,14 @@
 task (from the run's seed checkout when it starts from the run's base), the warm pool that
 prepares waiting tasks ahead, and taking a session from it.
 
-:class:`RunSessions` is a mixin of :class:`~runtime.run.coordinator.AgentCoordinator`.
+:class:`RunSessions` is made by :class:`~runtime.run.coordinator.AgentCoordinator` when a run
+starts, with everything it needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import docker
 
@@ -29,82 +30,72 @@ if TYPE_CHECKING:
 
 
 class RunSessions:
-    """The sessions of one run, made alike; some prepared ahead."""
+    """The sessions of one run, made alike; some prepared ahead (:attr:`pool`)."""
 
-    if TYPE_CHECKING:
-        config: RunConfig
-        repo: MainRepo
-        run_id: str
-        backend: Backend | None
-        store: Store | None
-        egress: RunEgress | None
-        stop_grace_seconds: int
-        _env_images: dict[str, EnvImage]
-        _seeded: bool
-        _pool: WarmPool | None
-        _base_commit: str
-        _task_base: dict[str, str]
+    def __init__(self, config: RunConfig, repo: MainRepo, run_id: str,
+                 client: docker.DockerClient, backend: Backend, *, store: Store | None,
+                 egress: RunEgress | None, stop_grace_seconds: int,
+                 env_images: Mapping[str, EnvImage], seeded: bool, base_commit: str,
+                 task_base: Mapping[str, str]) -> None:
+        self.config = config
+        self.repo = repo
+        self.run_id = run_id
+        self.client = client
+        self.backend = backend
+        self.store = store
+        self.egress = egress
+        self.stop_grace_seconds = stop_grace_seconds
+        # The coordinator's own mappings: tasks added while the run goes appear here too.
+        self._env_images = env_images
+        self._task_base = task_base
+        self._seeded = seeded
+        self._base_commit = base_commit
+        self.pool: WarmPool | None = None
 
-        @property
-        def client(self) -> docker.DockerClient: ...
-
-    def _ahead(self, task_id: str) -> IsolatedAgentSession | None:
+    def ahead(self, task_id: str) -> IsolatedAgentSession | None:
         """The task's session prepared ahead by the pool, now in the state database; or None."""
-        session = self._pool.take(task_id) if self._pool is not None else None
+        session = self.pool.take(task_id) if self.pool is not None else None
         if session is not None and self.store is not None:
             session.attach_store(self.store)
         return session
 
-    def _session_args(self, task: Task, base_commit: str,
-                      results: dict[str, SessionResult]) -> dict[str, Any]:
-        """What every session of this run is made with (its start: the base with its
-        dependencies' branches merged in)."""
+    def new_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
+                    store: Store | None,
+                    placement: Placement | None = None) -> IsolatedAgentSession:
+        """A session for ``task`` (recorded in ``store`` when it prepares), where
+        ``placement`` says (None: it places itself when it prepares). Its start: the base
+        with its dependencies' branches merged in."""
         start = prepare_base(self.repo, base_commit, [
             (results[d].branch, results[d].head_commit or "") for d in task.deps
         ])
-        return dict(repo=self.repo, run_id=self.run_id, base_commit=start, client=self.client,
-                    backend=self._backend(), store=self.store,
-                    stop_grace_seconds=self.stop_grace_seconds,
-                    environment=self._env_images.get(task.id))
-
-    def _backend(self) -> Backend:
-        """The run's backend (open while the run goes)."""
-        if self.backend is None:
-            raise AgentRuntimeError("the run's backend is closed")
-        return self.backend
-
-    def _new_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
-                     store: Store | None,
-                     placement: Placement | None = None) -> IsolatedAgentSession:
-        """A session for ``task`` (recorded in ``store`` when it prepares), where
-        ``placement`` says (None: it places itself when it prepares)."""
-        args = {**self._session_args(task, base_commit, results), "store": store,
-                "placement": placement}
         # The seed holds the run's base: a task starting from its dependencies' work (a base
         # of its own) checks out directly.
-        seeded = self._seeded and args["base_commit"] == self._base_commit
-        session = IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded,
-                                       **args)
+        seeded = self._seeded and start == self._base_commit
+        session = IsolatedAgentSession(
+            task, self.config, repo=self.repo, run_id=self.run_id, base_commit=start,
+            client=self.client, backend=self.backend, placement=placement, store=store,
+            stop_grace_seconds=self.stop_grace_seconds, egress=self.egress,
+            environment=self._env_images.get(task.id), seeded=seeded)
         notes = write_dep_notes(self.repo, self.run_id, task.id, [results[d] for d in task.deps])
         if notes is not None:
             session.extra_mounts = (notes,)
         return session
 
-    def _warm_pool(self, by_id: Mapping[str, Task], base_commit: str,
+    def start_pool(self, by_id: Mapping[str, Task], base_commit: str,
                    results: dict[str, SessionResult]) -> WarmPool | None:
         """The pool preparing waiting tasks ahead (runtime/run/warm_pool.py), if any;
         ``by_id``: the run's tasks, those added later included."""
-        size = pool_size(self.config, len(by_id),
-                         prepares_ahead=self._backend().prepares_ahead)
+        size = pool_size(self.config, len(by_id), prepares_ahead=self.backend.prepares_ahead)
         if size == 0:
             return None
 
         def make(task_id: str) -> IsolatedAgentSession | None:
             try:
-                return self._new_session(by_id[task_id],
-                                         self._task_base.get(task_id) or base_commit, results,
-                                         store=None)
+                return self.new_session(by_id[task_id],
+                                        self._task_base.get(task_id) or base_commit, results,
+                                        store=None)
             except AgentRuntimeError:  # e.g. its dependencies conflict: found when it starts
                 return None
 
-        return WarmPool(size, make)
+        self.pool = WarmPool(size, make)
+        return self.pool

@@ -197,3 +197,34 @@ def test_a_planted_import_of_a_backends_folder_is_named(tmp_path: Path, where: s
     assert bool(problems) is flagged, problems
     if flagged:
         assert problems[0].startswith(f"runtime/{where}:1: "), problems
+
+
+def class_stub_problems(package: Path) -> list[str]:
+    """Attributes a class declares only under ``if TYPE_CHECKING:`` (the state a mixin shares
+    with the class it is mixed into): every attribute is set where it is declared."""
+    problems = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            for node in cls.body:
+                if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+                    for stub in node.body:
+                        if isinstance(stub, ast.AnnAssign):
+                            problems.append(f"{path.relative_to(package.parent)}:{stub.lineno}: "
+                                            f"{cls.name}.{ast.unparse(stub.target)}")
+    return problems
+
+
+def test_no_class_declares_attributes_only_for_the_type_checker() -> None:
+    problems = class_stub_problems(ROOT / "runtime")
+    assert not problems, "TYPE_CHECKING-only attribute stubs:\n" + "\n".join(problems)
+
+
+def test_a_planted_type_checking_stub_is_named(tmp_path: Path) -> None:
+    package = tmp_path / "runtime"
+    (package / "run").mkdir(parents=True)
+    (package / "run" / "mixin.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from runtime.config import Task\n"  # module level: fine
+        "class Mixin:\n    if TYPE_CHECKING:\n        task: Task\n")
+    assert class_stub_problems(package) == ["runtime/run/mixin.py:6: Mixin.task"]
