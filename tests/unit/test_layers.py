@@ -33,39 +33,14 @@ def module_of_file(package: Path, path: Path) -> list[str]:
 
 def imported_layers(package: Path, path: Path) -> list[tuple[int, str, str]]:
     """``(line, import as written, layer it reaches)`` for each import of the package."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    name = package.name
-    here = module_of_file(package, path)
-    is_package = path.name == "__init__.py"
-    found: list[tuple[int, str, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == name:
-                    found.append((node.lineno, f"import {alias.name}",
-                                  parts[1] if len(parts) > 1 else "__init__"))
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                # Relative: resolve against this module's package.
-                base = here if is_package else here[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                parts = [*base, *(node.module.split(".") if node.module else [])]
-            elif node.module:
-                parts = node.module.split(".")
-            else:
-                continue
-            if parts[0] != name:
-                continue
-            written = f"from {'.' * node.level}{node.module or ''} import " + ", ".join(
-                a.name for a in node.names)
-            if len(parts) > 1:
-                found.append((node.lineno, written, parts[1]))
-            else:
-                # ``from runtime import paths`` reaches the module; any other name, the API.
-                for alias in node.names:
-                    found.append((node.lineno, written,
-                                  alias.name if alias.name in ORDER else "__init__"))
+    found = []
+    for line, written, parts in imported_modules(package, path):
+        if len(parts) > 2 or (len(parts) == 2 and (written.startswith("import ")
+                                                    or parts[1] in ORDER)):
+            found.append((line, written, parts[1]))
+        else:
+            # ``from runtime import paths`` reaches the module; any other name, the API.
+            found.append((line, written, "__init__"))
     return found
 
 
