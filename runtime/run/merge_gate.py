@@ -45,8 +45,10 @@ def gate_config(config: RunConfig, image: str) -> RunConfig:
     """The settings of a gate session for a run with ``config``, in ``image``. Pure.
 
     The run's runtime, services and volumes; the gate's limits; no network, no merge, no
-    environment build (``image`` is the one the session ran in, already built)."""
+    environment build (``image`` is the one the session ran in, already built); on the engine
+    agentrt talks to (on a Swarm, its manager: a gate takes no node's room)."""
     return config.model_copy(update={
+        "engine": "docker",
         "image": image, "network": "none", "egress_allow": [], "egress_networks": [],
         "merge": "none", "environment": None, "database_strategy": "per_agent",
         "warm_pool": 0, "max_concurrent_agents": 1, "cleanup_on_complete": True,

@@ -5,7 +5,8 @@ One run per backend through the public API (``AgentCoordinator``), its five task
 agent that commits (``succeeded``, its branch merged into the target), one that allocates past
 its memory (``oom_killed``), one that writes past its volume (``disk_full``), one that sleeps
 past its deadline (``timed_out``) and one cancelled while it runs (``cancelled``, through the
-session's own ``cancel()``). The backends:
+session's own ``cancel()``); and a session on its own, its backend from ``[run] engine``,
+running the argv given to ``run()``. The backends:
 
 * ``docker-local``: the local engine, the volume on this disk;
 * ``docker-engine-side``: a Docker-in-Docker engine (dind.py) that shares nothing with this
@@ -26,8 +27,9 @@ from typing import Any
 
 import pytest
 
-from runtime import AgentCoordinator, ResourceLimits, RunConfig, Task
+from runtime import AgentCoordinator, IsolatedAgentSession, ResourceLimits, RunConfig, Task
 from runtime.backends.registry import ENGINES
+from runtime.backends.swarm.backend import wait_for_exchanges
 from runtime.models import SessionResult
 from runtime.waiting import wait_until
 from tests.conftest import git
@@ -99,4 +101,31 @@ def test_a_backend_keeps_the_session_lifecycle(backend: str, engine: str, fixtur
     assert by_task["hog"].peak_memory_bytes >= 96 * 1024 * 1024
     if engine == "swarm":
         assert all(s.node for s in by_task.values()), {t: s.node for t, s in by_task.items()}
+        assert wait_for_exchanges(120)  # the run's exchange is gone before its Swarm is
     assert not list((repo / ".git" / "agentrt").glob("sessions/*")), backend
+
+
+@pytest.mark.parametrize(("backend", "engine", "fixture"), BACKENDS,
+                         ids=[b for b, _, _ in BACKENDS])
+def test_a_session_of_a_backend_runs_the_command_given_to_run(
+        backend: str, engine: str, fixture: str | None, request: pytest.FixtureRequest,
+        docker_client: Any, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One session class for every backend: a session on its own (its backend from
+    ``[run] engine``) takes the argv given to ``run()`` (Swarm's session once refused it)."""
+    monkeypatch.delenv("AGENTRT_ENGINE_DISK", raising=False)
+    client = docker_client
+    if fixture == "dind_engine":
+        client = request.getfixturevalue(fixture).client
+    elif fixture == "swarm_cluster":
+        client = request.getfixturevalue(fixture).manager.client
+    config = RunConfig(engine=engine, resource_limits=ResourceLimits(
+        memory_mb=96, disk_mb=40, time_seconds=60, pids=64))
+    with IsolatedAgentSession({"id": "given"}, config, repo=repo, client=client) as session:
+        result = session.run(["sh", "-c", "echo given > given.txt && echo done"])
+    assert result.status.value == "succeeded", (backend, result.reason, result.warnings)
+    assert result.work.value == "home", result.warnings
+    assert git(repo, "show", f"{result.branch}:given.txt").strip() == "given"
+    assert b"done" in session.logs()
+    if engine == "swarm":
+        assert result.node, result
+        assert wait_for_exchanges(120)
