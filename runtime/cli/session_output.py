@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from runtime.state.store import SessionRow, Store
 
-FOLLOW_POLL_S = 0.5
 TAIL_BYTES = 64 * 1024
 
 

@@ -67,7 +67,6 @@ EXIT_UNCHANGED = 3
 EXIT_TOO_LARGE = 4
 HEAD_UNREADABLE = "agentrt-harvest: agent-head-unreadable"
 ADD_ERRORS = "agentrt-harvest: some files could not be read"
-TOO_LARGE = "agentrt-harvest: over-limit"
 HARVEST_MIN_MEMORY_MB = 256
 HARVEST_MIN_SCRATCH_MB = 64
 HARVEST_TIMEOUT_SECONDS = 600
