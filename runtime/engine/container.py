@@ -251,6 +251,12 @@ class AgentContainer:
         return str(self.container.id)
 
     @classmethod
+    def find(cls, client: docker.DockerClient, container_id: str) -> AgentContainer:
+        """The container ``container_id``; EngineNotFoundError if it is gone."""
+        with engine_errors(f"find container {container_id[:12]}"):
+            return cls(client, client.containers.get(container_id))
+
+    @classmethod
     def create(cls, client: docker.DockerClient, plan: ContainerPlan) -> AgentContainer:
         """Create (not start) the container for ``plan``."""
         try:
@@ -299,6 +305,23 @@ class AgentContainer:
         with contextlib.suppress(EngineError), engine_errors("kill the container"), \
                 contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             self.client.api.kill(self.id)
+
+    def exec_output(self, command: list[str], user: str) -> bytes:
+        """Run ``command`` in the running container as ``user``; its stdout. EngineError if
+        the container is gone or refuses (a container that is stopping refuses exec)."""
+        with engine_errors("read a live session"):
+            try:
+                api = self.client.api
+                exec_id = api.exec_create(self.id, command, user=user, workdir="/",
+                                          stdout=True, stderr=False)["Id"]
+                out = api.exec_start(exec_id, demux=True)
+            except docker.errors.NotFound as exc:
+                raise EngineError("the session's container is gone") from exc
+            except docker.errors.APIError as exc:
+                raise EngineError(f"cannot exec in the session: {exc.explanation or exc}") \
+                    from exc
+        stdout = out[0] if isinstance(out, tuple) else out
+        return bytes(stdout or b"")
 
     def logs(self, tail: int | str = "all") -> bytes:
         """The container's combined stdout and stderr (empty if it cannot be read)."""

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-import docker
+from runtime.engine.types import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def engine_silent(last_answer: float, now: float, engine_timeout: float) -> bool
 class EngineWatch:
     """Pings ``client`` every ``interval`` seconds; ``on_lost()`` once it is silent too long."""
 
-    def __init__(self, client: docker.DockerClient, engine_timeout: float,
+    def __init__(self, client: EngineClient, engine_timeout: float,
                  on_lost: Callable[[], None], interval: float | None = None) -> None:
         self.client = client
         self.engine_timeout = engine_timeout
