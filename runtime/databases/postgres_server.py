@@ -45,7 +45,7 @@ from runtime.engine.engine_volumes import (
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.networks import create_internal_network
 from runtime.engine.services import ImageFacts
-from runtime.errors import DatabaseError, EngineError, VolumeError
+from runtime.errors import DatabaseError
 
 ROLE_DATABASE = "database"
 READY_TIMEOUT_S = 60
@@ -240,9 +240,6 @@ def remove_server(client: docker.DockerClient, run_id: str) -> None:
             filters={"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={ROLE_DATABASE}"]})
     for network in networks:
         remove_network(client, str(network.name))
-    with docker_errors(f"remove the disk of {name}"):
-        try:
-            for volume in list_engine_volumes(client, volume_id(run_id)):
-                remove_engine_volume(client, volume)
-        except (VolumeError, EngineError) as exc:
-            raise DatabaseError(f"could not remove the disk of {name}: {exc}") from exc
+    with docker_errors(f"remove the disk of {name}"):  # VolumeError too
+        for volume in list_engine_volumes(client, volume_id(run_id)):
+            remove_engine_volume(client, volume)
