@@ -170,6 +170,61 @@ def test_the_swarm_harvest_obeys_nothing_the_agent_wrote_and_reads_its_private_f
         _wait_gone(worker)
 
 
+PROBE = r"""
+echo "uid=$(id -u)"
+grep -E '^(CapEff|NoNewPrivs)' /proc/self/status
+touch /owned 2>/dev/null && echo "root=writable" || echo "root=read-only"
+touch /workspace/owned 2>/dev/null && echo "tree=writable" || echo "tree=read-only"
+cat /workspace/private/secret.txt
+echo "cpu=$(cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)"
+echo "pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max)"
+"""
+
+
+def test_the_swarm_harvest_container_runs_as_specified_on_the_node(
+        swarm_cluster: SwarmCluster) -> None:
+    """The harvest's container as the node's engine makes it (the same create body, a probe
+    for a command): uid 0 with CAP_DAC_READ_SEARCH alone (it reads the agent's 0600 file),
+    no new privileges, a read-only root and tree, one core, its pids limit."""
+    from runtime.engine.swarm_volumes import start_node_steps
+    from runtime.git.node_jobs import node_harvest_spec
+
+    manager = swarm_cluster.manager.client
+    worker = swarm_cluster.node("node1")
+    private = ("mkdir -m 0700 /workspace/private && echo s3cret > /workspace/private/secret.txt"
+               " && chmod 0600 /workspace/private/secret.txt")
+    volume = create_node_volume(
+        manager, worker.node_id, "sw-probe", 16, 1000, 1000,
+        then=lambda v: [NodeStep({"image": BASE, "command": ["sh", "-c", private],
+                                  "user": "1000:1000", "cap_drop": ["ALL"],
+                                  "network_mode": "none", "mounts": v.mounts(db_target=None),
+                                  "detach": True})])
+    try:
+        plan = HarvestPlan(session_id="sw-probe", base_commit="0" * 40,
+                           mounts=tuple(volume.mounts(db_target=None, read_only=True)),
+                           store=None, uid=1000, gid=1000, memory_mb=256)
+        spec = node_harvest_spec("r-probe", "git://nowhere.invalid/x.git", plan, 8 * 1024 * 1024)
+        spec["command"] = ["sh", "-c", PROBE]
+        spec["network_mode"] = "none"
+        one_shot = start_node_steps(manager, worker.node_id, "sw-probe", [NodeStep(spec)], [],
+                                    60)
+        try:
+            code, output = one_shot.wait(120)
+        finally:
+            one_shot.remove()
+        assert code == 0, output
+        facts = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+        assert facts["uid"] == "0" and facts["root"] == "read-only", output
+        assert facts["tree"] == "read-only", output
+        caps = [line.split()[1] for line in output.splitlines() if line.startswith("CapEff")]
+        assert caps == [f"{1 << 2:016x}"], output  # CAP_DAC_READ_SEARCH (bit 2) alone
+        assert "NoNewPrivs:\t1" in output and "s3cret" in output, output
+        assert facts["cpu"].split()[0] == "100000" and facts["pids"] == "256", output
+    finally:
+        remove_node_volume(manager, worker.node_id, volume)
+        _wait_gone(worker)
+
+
 def _wait_gone(node: SwarmNodeEngine) -> None:
     """Until the node's engine has no container left (the helpers end on their own)."""
     def names() -> list[str]:
