@@ -17,6 +17,13 @@ from docker.types import Mount
 from runtime.config import ResourceLimits
 from runtime.engine.container import ContainerPlan
 from runtime.engine.labels import LABEL_REPO, LABEL_RUN
+from runtime.engine.node_checks import (
+    NODE_SOCKET,
+    check_nodes,
+    collect_node_reports,
+    report_from_engine,
+)
+from runtime.engine.swarm import list_nodes
 from runtime.engine.swarm_secrets import (
     SECRET_PATH,
     create_session_secret,
@@ -167,3 +174,48 @@ def test_a_secret_still_used_by_a_service_is_reported_not_removed(
     remove_session_secret(manager, secret.id)
     with pytest.raises(docker.errors.NotFound):
         manager.secrets.get(secret.id)
+
+
+def test_node_checks_pass_a_healthy_swarm_and_name_a_node_missing_an_image_or_its_socket(
+        swarm_cluster: SwarmCluster) -> None:
+    manager = swarm_cluster.manager.client
+    base_id = str(manager.images.get(BASE).id)
+    env_ref = "agentrt/parts-env:1"  # an environment image, on node0 and node1 only
+    for node in swarm_cluster.nodes[:2]:
+        node.client.images.get(BASE).tag(env_ref)
+    nodes = list_nodes(manager)
+    reports = collect_node_reports(manager, nodes, [BASE], labels=REPO_LABELS)
+    assert [(r.hostname, r.socket_ok, r.interfaces, r.loop_control, r.images) for r in
+            reports] == [(f"node{i}", True, ("lo",), True, {BASE: base_id}) for i in range(3)]
+    assert check_nodes(reports, {BASE: base_id}) == []
+
+    moved = swarm_cluster.node("node1")
+    moved.exec("mv /var/run/docker.sock /var/run/docker-elsewhere.sock")
+    try:
+        reports = collect_node_reports(manager, nodes, [BASE, env_ref])
+    finally:
+        moved.exec("mv /var/run/docker-elsewhere.sock /var/run/docker.sock")
+    problems = check_nodes(reports, {BASE: base_id, env_ref: base_id})
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"node node1: no Docker engine socket at {NODE_SOCKET}")
+    assert "listen on unix:///var/run/docker.sock" in problems[0]
+    assert problems[1].startswith(f"node node2: image {env_ref} is missing")
+    assert "agentrt images push-nodes agentrt/parts-env:1" in problems[1]
+    # The probes are gone; a socket the engine does not listen on is named the same way.
+    assert not manager.services.list(filters={"label": "agentrt.role=node-check"})
+    reports = collect_node_reports(manager, nodes[2:], [BASE], socket_path="/run/other.sock")
+    assert check_nodes(reports, {BASE: base_id})[0].startswith(
+        "node node2: no Docker engine socket at /run/other.sock")
+
+
+def test_a_node_engine_reached_at_its_address_reports_images_and_no_default_bridge(
+        swarm_cluster: SwarmCluster, docker_client: docker.DockerClient) -> None:
+    node2 = swarm_cluster.node("node2")
+    base_id = str(node2.client.images.get(BASE).id)
+    report = report_from_engine("node2", node2.client, [BASE, "agentrt/absent:1"])
+    assert (report.default_bridge, dict(report.images)) == (
+        False, {BASE: base_id, "agentrt/absent:1": ""})
+    # Control: an engine with a default bridge (the local one) is named with the fix.
+    local = report_from_engine("local", docker_client, [])
+    assert local.default_bridge is True
+    assert "--bridge=none" in check_nodes([local], {})[0]

@@ -6,6 +6,14 @@ from __future__ import annotations
 import pytest
 
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
+from runtime.engine.node_checks import (
+    PROBE_MARK,
+    NodeReport,
+    check_nodes,
+    node_problems,
+    parse_probe_output,
+    probe_spec,
+)
 from runtime.engine.swarm_secrets import (
     MAX_NAME,
     SECRET_FILE,
@@ -60,3 +68,59 @@ def test_gc_takes_only_agentrts_secrets_of_runs_that_are_over() -> None:
              LabelledSecret("4", "no-run", {LABEL_ROLE: "secret"})]
     taken = secrets_left_over(found, lambda labels: labels.get(LABEL_RUN) != "r-live")
     assert [s.name for s in taken] == ["over"]
+
+
+GOOD = NodeReport("n1", socket_ok=True, interfaces=("lo",), loop_control=True,
+                  images={"img:1": "sha256:aa"})
+
+
+def test_a_node_set_up_right_has_no_problem() -> None:
+    assert node_problems(GOOD, {"img:1": "sha256:aa"}) == []
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"socket_ok": False}, ["node n1: no Docker engine socket at /var/run/docker.sock",
+                            "listen on unix:///var/run/docker.sock"]),
+    ({"interfaces": ("eth0", "lo")}, ["node n1: a service given no network gets eth0",
+                                      "exit 97", "--bridge=none"]),
+    ({"default_bridge": True}, ["node n1: its engine has a default bridge", "--bridge=none"]),
+    ({"loop_control": False}, ["node n1: no /dev/loop-control", "modprobe loop"]),
+    ({"images": {"img:1": ""}}, ["node n1: image img:1 is missing, not sha256:aa",
+                                 "agentrt images push-nodes img:1 --node"]),
+    ({"images": {"img:1": "sha256:bb"}}, ["node n1: image img:1 holds sha256:bb, not"]),
+    ({"error": "its task ended rejected: No such image: agentrt/base:latest"},
+     ["node n1: the node check could not start there", "push-nodes agentrt/base:latest"]),
+    ({"error": "it is down and active, not ready and active"},
+     ["node n1: could not be checked: it is down"]),
+])
+def test_each_problem_is_one_line_naming_the_node_what_is_wrong_and_the_fix(
+        change: dict[str, object], expected: list[str]) -> None:
+    report = NodeReport(**{**GOOD.__dict__, **change})  # type: ignore[arg-type]
+    problems = node_problems(report, {"img:1": "sha256:aa"})
+    assert len(problems) == 1, problems
+    for part in expected:
+        assert part in problems[0]
+
+
+def test_a_missing_socket_is_not_also_blamed_for_images_and_unchecked_parts_pass() -> None:
+    report = NodeReport("n2", socket_ok=False, interfaces=("lo",), loop_control=True)
+    assert len(check_nodes([GOOD, report], {"img:1": "sha256:aa"})) == 1
+    assert node_problems(NodeReport("n3"), {"img:1": "sha256:aa"}) == []
+
+
+def test_the_probe_report_is_read_from_its_last_marked_line() -> None:
+    out = (f"{PROBE_MARK}{{}}\nnoise\n{PROBE_MARK}"
+           '{"socket": true, "interfaces": ["lo"], "loop_control": true, '
+           '"images": {"img:1": "sha256:aa"}, "error": ""}\n')
+    assert parse_probe_output("n1", "/var/run/docker.sock", out) == GOOD
+    assert "printed no report" in parse_probe_output("n1", "/s", "boom").error
+
+
+def test_the_probe_binds_only_the_sockets_directory_and_dev_read_only() -> None:
+    spec = probe_spec("node-id", ["img:1"], "1.41", socket_path="/run/docker/engine.sock")
+    mounts = {(m["Target"], m["Source"], m["ReadOnly"]) for m in spec["mounts"]}  # type: ignore[attr-defined]
+    assert mounts == {("/agentrt-host/sock", "/run/docker", True),
+                      ("/agentrt-host/dev", "/dev", True)}
+    assert spec["constraints"] == ["node.id==node-id"]
+    assert spec["cap_drop"] == ["ALL"] and spec["read_only"] is True
+    assert '"/agentrt-host/sock/engine.sock"' in spec["command"][3]  # type: ignore[index]
