@@ -12,7 +12,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-from docker.types import Mount
+from docker.types import EndpointSpec, Mount, NetworkAttachmentConfig, RestartPolicy
 
 from runtime.config import ResourceLimits
 from runtime.engine.container import ContainerPlan
@@ -24,6 +24,7 @@ from runtime.engine.node_checks import (
     report_from_engine,
 )
 from runtime.engine.swarm import list_nodes
+from runtime.engine.swarm_egress import remove_swarm_egress, start_egress_proxy, with_egress
 from runtime.engine.swarm_secrets import (
     SECRET_PATH,
     create_session_secret,
@@ -35,6 +36,7 @@ from runtime.engine.swarm_secrets import (
 )
 from runtime.engine.swarm_service import OneShot, session_service_spec
 from runtime.git.session_tree import secrets_text
+from runtime.waiting import wait_until
 from tests.integration.swarm import SwarmCluster
 
 pytestmark = pytest.mark.docker
@@ -219,3 +221,131 @@ def test_a_node_engine_reached_at_its_address_reports_images_and_no_default_brid
     local = report_from_engine("local", docker_client, [])
     assert local.default_bridge is True
     assert "--bridge=none" in check_nodes([local], {})[0]
+
+
+SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = sys.argv[1].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+"""
+
+CLIENT = """
+import os, socket, sys, urllib.error, urllib.request
+def get(opener, url):
+    try:
+        with opener.open(url, timeout=10) as r:
+            return "%s %s" % (r.status, r.read().decode())
+    except urllib.error.HTTPError as e:
+        return "http %s" % e.code
+    except Exception as e:
+        return "error %s" % e
+proxied = urllib.request.build_opener()
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+print("listed:", get(proxied, "http://listed-srv:8080/"))
+print("unlisted:", get(proxied, "http://unlisted-srv:8080/"))
+print("direct-name:", get(direct, "http://listed-srv:8080/"))
+print("direct-ip:", get(direct, "http://%s:8080/" % sys.argv[1]))
+for name in ("listed-srv", "agentrt-egress"):
+    try:
+        socket.getaddrinfo(name, 8080)
+        print("dns", name, "resolves")
+    except socket.gaierror:
+        print("dns", name, "none")
+print("interfaces:", sorted(os.listdir("/sys/class/net")), flush=True)
+"""
+
+
+def _plain_spec(name: str, command: list[str], node_id: str, network: str) -> dict[str, Any]:
+    """A service on ``network`` alone, outside agentrt (the test's servers and control)."""
+    return {"image": BASE, "command": command, "name": name,
+            "networks": [NetworkAttachmentConfig(network)],
+            "endpoint_spec": EndpointSpec(mode="dnsrr"), "constraints": [f"node.id=={node_id}"],
+            "restart_policy": RestartPolicy(condition="none"), "labels": {LABEL_RUN: RUN}}
+
+
+def _task_address(service: Any, network: str) -> str:
+    def address() -> str:
+        for task in service.tasks():
+            if task["Status"]["State"] != "running":
+                continue
+            for attachment in task.get("NetworksAttachments") or ():
+                if attachment["Network"]["Spec"]["Name"] == network:
+                    return str(attachment["Addresses"][0].split("/")[0])
+        return ""
+
+    return wait_until(address, timeout=60, what=f"{service.name} to run")
+
+
+def test_sessions_on_two_workers_reach_a_listed_server_only_through_the_swarm_egress_proxy(
+        swarm_cluster: SwarmCluster, docker_client: docker.DockerClient) -> None:
+    manager = swarm_cluster.manager.client
+    manager.images.load(b"".join(docker_client.images.get("agentrt/egress:latest").save(
+        named="agentrt/egress:latest")))  # the proxy runs on the manager; only it needs it
+    models = manager.networks.create("parts-models", driver="overlay", attachable=True)
+    node2 = swarm_cluster.node("node2").node_id
+    servers = [manager.services.create(**_plain_spec(
+        name, ["python3", "-c", SERVER, f"hello-{name}"], node2, "parts-models"))
+        for name in ("listed-srv", "unlisted-srv")]
+    one_shots: list[OneShot] = []
+    try:
+        listed_ip = _task_address(servers[0], "parts-models")
+        _task_address(servers[1], "parts-models")
+        proxy = start_egress_proxy(manager, RUN, ["listed-srv:8080"], ["parts-models"],
+                                   node_id=swarm_cluster.manager.node_id, labels=REPO_LABELS)
+        assert manager.networks.get(proxy.internal_network).attrs["Internal"] is True
+        for hostname in ("node1", "node2"):
+            spec = session_spec(manager, f"sp-egress-{hostname}",
+                                swarm_cluster.node(hostname).node_id, "true")
+            spec = with_egress(spec, proxy)
+            spec["command"][-3:] = ["python3", "-c", CLIENT, listed_ip]  # not sh -c true
+            one_shots.append(OneShot(manager, spec))
+        # Control: on the models' network, with no proxy, both servers answer directly.
+        one_shots.append(OneShot(manager, _plain_spec(
+            "parts-direct", ["python3", "-c", CLIENT, listed_ip],
+            swarm_cluster.node("node1").node_id, "parts-models")))
+        # Attack on the guard: behind the proxy's env, but on the proxy's way out instead.
+        escaping = with_egress(session_spec(manager, "sp-escape", node2, "echo agent-ran"),
+                               proxy)
+        escaping["networks"] = [NetworkAttachmentConfig(proxy.outbound_network)]
+        one_shots.append(OneShot(manager, escaping))
+        results = [o.wait(timeout=90) for o in one_shots]
+    finally:
+        for one_shot in one_shots:
+            one_shot.remove()
+        removed = remove_swarm_egress(manager, RUN)
+        for server in servers:
+            server.remove()
+    for code, output in results[:2]:
+        assert code == 0, output
+        assert "listed: 200 hello-listed-srv" in output, output
+        assert "unlisted: http 403" in output, output
+        assert "direct-name: error" in output and "direct-ip: error" in output, output
+        assert "dns listed-srv none" in output and "dns agentrt-egress resolves" in output
+        assert "interfaces: ['eth0', 'lo']" in output, output
+    code, output = results[2]
+    assert code == 0, output
+    assert "direct-name: 200 hello-listed-srv" in output, output
+    assert "direct-ip: 200 hello-listed-srv" in output, output
+    code, output = results[3]
+    assert code == 97 and "route out" in output and "agent-ran" not in output, output
+    assert removed == [proxy.service_name]
+    left = manager.networks.list(filters={"label": [f"{LABEL_RUN}={RUN}",
+                                                    "agentrt.role=egress"]})
+    assert left == []
+    wait_until(lambda: _removed(models), timeout=60, what="parts-models to go")
+
+
+def _removed(network: Any) -> bool:
+    try:
+        network.remove()
+    except docker.errors.NotFound:
+        return True
+    except docker.errors.APIError:
+        return False
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from runtime.egress_rules import PROXY_ALIAS, parse_targets
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.node_checks import (
     PROBE_MARK,
@@ -13,6 +14,13 @@ from runtime.engine.node_checks import (
     node_problems,
     parse_probe_output,
     probe_spec,
+)
+from runtime.engine.swarm_egress import (
+    EGRESS_GUARD,
+    SwarmEgressProxy,
+    internal_network_name,
+    proxy_service_spec,
+    with_egress,
 )
 from runtime.engine.swarm_secrets import (
     MAX_NAME,
@@ -26,7 +34,8 @@ from runtime.engine.swarm_secrets import (
     secrets_left_over,
     with_secret,
 )
-from runtime.errors import SessionError
+from runtime.engine.swarm_service import NETWORK_GUARD
+from runtime.errors import ConfigError, SessionError
 
 
 def test_a_secret_name_fits_docker_and_differs_per_call() -> None:
@@ -124,3 +133,42 @@ def test_the_probe_binds_only_the_sockets_directory_and_dev_read_only() -> None:
     assert spec["constraints"] == ["node.id==node-id"]
     assert spec["cap_drop"] == ["ALL"] and spec["read_only"] is True
     assert '"/agentrt-host/sock/engine.sock"' in spec["command"][3]  # type: ignore[index]
+
+
+def test_the_swarm_proxy_has_one_engines_rules_an_alias_on_the_internal_network_and_dnsrr(
+        ) -> None:
+    from runtime.engine.egress import IMAGE, PROXY_COMMAND
+
+    targets = parse_targets(["models.internal:8080"])
+    spec = proxy_service_spec("r1", targets, "in-net", "out-net", ["user-net"], "node-a",
+                              {"agentrt.repo": "/r"})
+    assert (spec["image"], spec["command"]) == (IMAGE, PROXY_COMMAND)
+    assert "models\\.internal:8080" in spec["env"]["AGENTRT_EGRESS_FILTER"]
+    assert "FilterDefaultDeny Yes" in spec["env"]["AGENTRT_EGRESS_CONFIG"]
+    assert [(n["Target"], n.get("Aliases")) for n in spec["networks"]] == [
+        ("in-net", [PROXY_ALIAS]), ("out-net", None), ("user-net", None)]
+    assert spec["endpoint_spec"]["Mode"] == "dnsrr"
+    assert spec["constraints"] == ["node.id==node-a"]
+    assert spec["labels"] == {"agentrt.repo": "/r", LABEL_RUN: "r1", LABEL_ROLE: "egress"}
+    assert spec["cap_drop"] == ["ALL"] and spec["read_only"] is True
+    with pytest.raises(ConfigError, match="at least one"):
+        proxy_service_spec("r1", (), "in", "out")
+
+
+def test_two_policies_of_a_run_get_two_internal_networks() -> None:
+    assert internal_network_name("r1", "aaa") != internal_network_name("r1", "bbb")
+
+
+def test_with_egress_puts_a_session_on_the_internal_network_alone_with_the_route_guard(
+        ) -> None:
+    proxy = SwarmEgressProxy("sid", "svc", "in-net", "out-net", parse_targets(["a.b"]))
+    spec = {"name": "s", "command": ["sh", "-c", NETWORK_GUARD + "ENTRY", "agent"],
+            "env": {"HOME": "/tmp"}}
+    out = with_egress(spec, proxy)
+    assert out["command"][2] == EGRESS_GUARD + "ENTRY"
+    assert [n["Target"] for n in out["networks"]] == ["in-net"]
+    assert out["env"]["HOME"] == "/tmp" and out["env"]["https_proxy"].startswith("http://")
+    with pytest.raises(SessionError, match="network guard"):
+        with_egress({"name": "s", "command": ["sh", "-c", "ENTRY"]}, proxy)
+    with pytest.raises(SessionError, match="already has networks"):
+        with_egress({**spec, "networks": ["x"]}, proxy)
