@@ -5,6 +5,7 @@ session. What each test proves is in its name; the attack and its control sit si
 from __future__ import annotations
 
 import base64
+import io
 import json
 import secrets
 from typing import Any
@@ -25,6 +26,12 @@ from runtime.engine.node_checks import (
 )
 from runtime.engine.swarm import list_nodes
 from runtime.engine.swarm_egress import remove_swarm_egress, start_egress_proxy, with_egress
+from runtime.engine.swarm_env_images import (
+    deliver_image,
+    image_on_nodes,
+    node_engines,
+    placeable_nodes,
+)
 from runtime.engine.swarm_secrets import (
     SECRET_PATH,
     create_session_secret,
@@ -349,3 +356,30 @@ def _removed(network: Any) -> bool:
     except docker.errors.APIError:
         return False
     return True
+
+
+def test_an_environment_image_built_on_the_manager_reaches_the_node_that_runs_it_by_id(
+        swarm_cluster: SwarmCluster) -> None:
+    manager = swarm_cluster.manager.client
+    ref = "agentrt/env:parts-test"
+    image, _ = manager.images.build(
+        fileobj=io.BytesIO(b"FROM agentrt/base:latest\nLABEL agentrt.parts=env\n"), tag=ref,
+        rm=True)
+    nodes = list_nodes(manager)
+    engines = node_engines([n.url for n in swarm_cluster.nodes])
+    assert engines == {n.node_id: n.url for n in swarm_cluster.nodes}
+    before = image_on_nodes(manager, ref, nodes)
+    assert before.image_id == image.id
+    assert [n.hostname for n in placeable_nodes(nodes, before)] == ["node0"]
+    assert [line.split(":")[0] for line in before.problems] == ["node node1", "node node2"]
+
+    node1 = [n for n in nodes if n.hostname == "node1"]
+    delivered = deliver_image(manager, ref, node1, engines)
+    assert [(d.matches, d.loaded, d.error) for d in delivered] == [(True, True, "")]
+    after = image_on_nodes(manager, ref, nodes)
+    assert [n.hostname for n in placeable_nodes(nodes, after)] == ["node0", "node1"]
+    assert len(after.problems) == 1 and after.problems[0].startswith(
+        f"node node2: image {ref} is missing, not {image.id[:19]}"), after.problems
+    # Delivered again: nothing to load, the id is checked.
+    again = deliver_image(manager, ref, node1, engines)
+    assert [(d.matches, d.loaded) for d in again] == [(True, False)]

@@ -15,6 +15,7 @@ from runtime.engine.node_checks import (
     parse_probe_output,
     probe_spec,
 )
+from runtime.engine.swarm import SwarmNode
 from runtime.engine.swarm_egress import (
     EGRESS_GUARD,
     SwarmEgressProxy,
@@ -22,6 +23,7 @@ from runtime.engine.swarm_egress import (
     proxy_service_spec,
     with_egress,
 )
+from runtime.engine.swarm_env_images import ImageOnNodes, addresses_for, placeable_nodes
 from runtime.engine.swarm_secrets import (
     MAX_NAME,
     SECRET_FILE,
@@ -172,3 +174,19 @@ def test_with_egress_puts_a_session_on_the_internal_network_alone_with_the_route
         with_egress({"name": "s", "command": ["sh", "-c", "ENTRY"]}, proxy)
     with pytest.raises(SessionError, match="already has networks"):
         with_egress({**spec, "networks": ["x"]}, proxy)
+
+
+NODES = [SwarmNode(f"id{i}", f"node{i}", "worker", "ready", "active", 10**9, 2**30)
+         for i in range(3)]
+
+
+def test_a_session_with_an_environment_image_is_placed_only_where_its_id_is() -> None:
+    found = ImageOnNodes("agentrt/env:x", "sha256:aa", frozenset({"id0", "id2"}), ())
+    assert [n.hostname for n in placeable_nodes(NODES, found)] == ["node0", "node2"]
+
+
+def test_delivery_needs_an_engine_address_for_each_node_and_names_those_without() -> None:
+    assert addresses_for(NODES[:2], {"id0": "tcp://a:2375", "id1": "tcp://b:2375"}) == [
+        "tcp://a:2375", "tcp://b:2375"]
+    with pytest.raises(ConfigError, match="no engine address for node node1, node2"):
+        addresses_for(NODES, {"id0": "tcp://a:2375"})
