@@ -25,10 +25,15 @@ environment; the configuration is the allow list, not a secret). A session has n
 reconfigure it: tinyproxy has no control interface, and the session reaches nothing of the
 proxy's but its port.
 
-What differs from one engine: the sessions of one policy share its internal network, so they
-can reach each other's listening ports there (on one engine each session has a network of its
-own, which the proxy container joins; a Swarm service joins networks only in its spec, and
-changing that spec restarts its task). A session's service gets the internal network and
+Per policy or per session: by default the sessions of one policy share its internal network,
+so they can reach each other's listening ports there (measured); on one engine each session
+has a network of its own, which the one proxy container joins, but a Swarm service joins
+networks only in its spec (changing it restarts the task), and the engine refuses to connect a
+task's container to an overlay not yet on its node (measured: "network not found"). With
+``session_id``, :func:`start_egress_proxy` gives the session a proxy and an internal network
+of its own instead: sessions cannot reach each other, at the cost of one more service.
+
+A session's service gets the internal network and
 :data:`EGRESS_GUARD` in place of the no-network guard (:func:`with_egress`): it refuses to run
 the agent (exit 97) when the task has a default route, i.e. a way out that is not the proxy.
 
@@ -68,7 +73,7 @@ from runtime.egress_rules import (
 )
 from runtime.engine.discovery import engine_errors
 from runtime.engine.egress import IMAGE, PROXY_COMMAND, PROXY_MEMORY, PROXY_PIDS, ROLE_EGRESS
-from runtime.engine.labels import LABEL_ROLE, LABEL_RUN
+from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.swarm_service import NETWORK_GUARD
 from runtime.engine.swarm_teardown import remove_service_and_network
 from runtime.errors import ConfigError, EngineError, SessionError, WaitTimeoutError
@@ -94,9 +99,15 @@ def _safe(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", text)[:40]
 
 
-def internal_network_name(run_id: str, key: str) -> str:
-    """Pure: the internal overlay of the sessions of one policy (``key``) of a run."""
-    return f"agentrt-egress-in-{_safe(run_id)}-{key}"
+def internal_network_name(run_id: str, key: str, session_id: str = "") -> str:
+    """Pure: the internal overlay of the sessions of one policy (``key``) of a run, or of the
+    one session ``session_id``."""
+    return f"agentrt-egress-in-{_safe(session_id or run_id)}-{key}"
+
+
+def proxy_name(run_id: str, key: str, session_id: str = "") -> str:
+    """Pure: the proxy service's name (at most 63 characters)."""
+    return f"agentrt-egress-{_safe(session_id or run_id)}"[:50].rstrip("-.") + f"-{key[:12]}"
 
 
 def outbound_network_name(run_id: str) -> str:
@@ -104,9 +115,12 @@ def outbound_network_name(run_id: str) -> str:
     return f"agentrt-egress-out-{_safe(run_id)}"
 
 
-def egress_labels(run_id: str, labels: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Pure: the labels of a run's proxies and networks (``labels`` first, e.g. the repo)."""
-    return {**(labels or {}), LABEL_RUN: run_id, LABEL_ROLE: ROLE_EGRESS}
+def egress_labels(run_id: str, labels: Mapping[str, str] | None = None,
+                  session_id: str = "") -> dict[str, str]:
+    """Pure: the labels of a run's proxies and networks (``labels`` first, e.g. the repo;
+    the session's for a proxy of one session)."""
+    own = {LABEL_SESSION: session_id} if session_id else {}
+    return {**(labels or {}), LABEL_RUN: run_id, LABEL_ROLE: ROLE_EGRESS, **own}
 
 
 @dataclass(frozen=True)
@@ -127,21 +141,23 @@ class SwarmEgressProxy:
 
 def proxy_service_spec(run_id: str, targets: tuple[EgressTarget, ...], internal: str,
                        outbound: str, networks: Iterable[str] = (), node_id: str = "",
-                       labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+                       labels: Mapping[str, str] | None = None,
+                       session_id: str = "") -> dict[str, Any]:
     """Pure: ``client.services.create`` keyword arguments of the proxy of ``targets``: the
     rules of one engine, on ``internal`` (alias ``agentrt-egress``), ``outbound`` and each of
     ``networks``, DNS round robin, healthy once listening, restarted if it dies, pinned to
-    ``node_id`` when given (a node that holds ``agentrt/egress``)."""
+    ``node_id`` when given (a node that holds ``agentrt/egress``); ``session_id``: the proxy
+    of that session alone."""
     if not targets:
         raise ConfigError("an egress proxy needs at least one allowed host")
     key = policy_key(targets, tuple(sorted(set(networks))))
     resources = Resources(mem_limit=PROXY_MEMORY, mem_reservation=PROXY_MEMORY // 4)
     resources["Limits"]["Pids"] = PROXY_PIDS  # no docker-py parameter for it (7.2.0)
-    all_labels = egress_labels(run_id, labels)
+    all_labels = egress_labels(run_id, labels, session_id)
     return {
         "image": IMAGE,
         "command": list(PROXY_COMMAND),
-        "name": f"{outbound_network_name(run_id)}-{key}"[:63],
+        "name": proxy_name(run_id, key, session_id),
         "hostname": PROXY_ALIAS,
         "env": {"AGENTRT_EGRESS_CONFIG": proxy_config(targets),
                 "AGENTRT_EGRESS_FILTER": "\n".join(filter_rules(targets))},
@@ -200,21 +216,25 @@ def _create_overlay(client: docker.DockerClient, name: str, internal: bool,
 def start_egress_proxy(client: docker.DockerClient, run_id: str, allow: Iterable[str],
                        networks: Iterable[str] = (), node_id: str = "",
                        labels: Mapping[str, str] | None = None,
-                       timeout: float = READY_TIMEOUT_S) -> SwarmEgressProxy:
+                       timeout: float = READY_TIMEOUT_S,
+                       session_id: str = "") -> SwarmEgressProxy:
     """Start the proxy of the policy (``allow``, ``networks``) of run ``run_id`` through the
-    manager ``client`` and wait until it listens. ConfigError naming a network of
+    manager ``client`` and wait until it listens. With ``session_id``, the proxy and its
+    internal network are that session's alone (sessions cannot reach each other; one more
+    service per session); without, every session of the policy shares them. ConfigError
+    naming a network of
     ``networks`` that is not an attachable overlay; EngineError (with the task's error) if it
     does not become healthy within ``timeout`` seconds (it is removed then)."""
     targets = parse_targets(allow)
     extra = tuple(sorted(set(networks)))
     check_overlays(client, extra)
     key = policy_key(targets, extra)
-    all_labels = egress_labels(run_id, labels)
-    internal = internal_network_name(run_id, key)
+    internal = internal_network_name(run_id, key, session_id)
     outbound = outbound_network_name(run_id)
-    _create_overlay(client, internal, True, all_labels)
-    _create_overlay(client, outbound, False, all_labels)
-    spec = proxy_service_spec(run_id, targets, internal, outbound, extra, node_id, labels)
+    _create_overlay(client, internal, True, egress_labels(run_id, labels, session_id))
+    _create_overlay(client, outbound, False, egress_labels(run_id, labels))
+    spec = proxy_service_spec(run_id, targets, internal, outbound, extra, node_id, labels,
+                              session_id)
     with engine_errors(f"start the egress proxy {spec['name']}"):
         service = client.services.create(**spec)
     try:
@@ -269,11 +289,14 @@ def _last_error(service: Any) -> str:
     return ""
 
 
-def remove_swarm_egress(client: docker.DockerClient, run_id: str) -> list[str]:
+def remove_swarm_egress(client: docker.DockerClient, run_id: str,
+                        session_id: str = "") -> list[str]:
     """Remove the run's proxy services, then its egress networks (once their tasks left
-    them), found by label; the names of the services removed. EngineError if a network is
-    still there after a minute."""
+    them), found by label; with ``session_id``, only that session's proxy and network. The
+    names of the services removed; EngineError if a network is still there after a minute."""
     labels = [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={ROLE_EGRESS}"]
+    if session_id:
+        labels.append(f"{LABEL_SESSION}={session_id}")
     with engine_errors(f"remove the egress proxies of {run_id}"):
         services = client.services.list(filters={"label": labels})
         networks = client.networks.list(filters={"label": labels})

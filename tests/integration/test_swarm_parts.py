@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import secrets
+import time
 from typing import Any
 
 import docker
@@ -258,6 +259,7 @@ print("listed:", get(proxied, "http://listed-srv:8080/"))
 print("unlisted:", get(proxied, "http://unlisted-srv:8080/"))
 print("direct-name:", get(direct, "http://listed-srv:8080/"))
 print("direct-ip:", get(direct, "http://%s:8080/" % sys.argv[1]))
+print("neighbour:", get(direct, "http://%s:8080/" % sys.argv[2]))
 for name in ("listed-srv", "agentrt-egress"):
     try:
         socket.getaddrinfo(name, 8080)
@@ -291,6 +293,8 @@ def _task_address(service: Any, network: str) -> str:
 
 def test_sessions_on_two_workers_reach_a_listed_server_only_through_the_swarm_egress_proxy(
         swarm_cluster: SwarmCluster, docker_client: docker.DockerClient) -> None:
+    """Two sessions share their policy's proxy (and network: a neighbour listening there is
+    reachable), one has a proxy of its own (the neighbour is not)."""
     manager = swarm_cluster.manager.client
     manager.images.load(b"".join(docker_client.images.get("agentrt/egress:latest").save(
         named="agentrt/egress:latest")))  # the proxy runs on the manager; only it needs it
@@ -303,18 +307,31 @@ def test_sessions_on_two_workers_reach_a_listed_server_only_through_the_swarm_eg
     try:
         listed_ip = _task_address(servers[0], "parts-models")
         _task_address(servers[1], "parts-models")
+        started = time.monotonic()
         proxy = start_egress_proxy(manager, RUN, ["listed-srv:8080"], ["parts-models"],
                                    node_id=swarm_cluster.manager.node_id, labels=REPO_LABELS)
+        shared_s = time.monotonic() - started
+        started = time.monotonic()
+        own = start_egress_proxy(manager, RUN, ["listed-srv:8080"], ["parts-models"],
+                                 node_id=swarm_cluster.manager.node_id, labels=REPO_LABELS,
+                                 session_id="sp-egress-own")
+        print(f"egress proxy ready in {shared_s:.1f} s (shared), "
+              f"{time.monotonic() - started:.1f} s (a session's own)")
         assert manager.networks.get(proxy.internal_network).attrs["Internal"] is True
-        for hostname in ("node1", "node2"):
+        assert own.internal_network != proxy.internal_network
+        servers.append(manager.services.create(**_plain_spec(
+            "parts-neighbour", ["python3", "-c", SERVER, "hello-neighbour"],
+            swarm_cluster.node("node1").node_id, proxy.internal_network)))
+        neighbour_ip = _task_address(servers[-1], proxy.internal_network)
+        for hostname, behind in (("node1", proxy), ("node2", proxy), ("node2", own)):
             spec = session_spec(manager, f"sp-egress-{hostname}",
                                 swarm_cluster.node(hostname).node_id, "true")
-            spec = with_egress(spec, proxy)
-            spec["command"][-3:] = ["python3", "-c", CLIENT, listed_ip]  # not sh -c true
+            spec = with_egress(spec, behind)
+            spec["command"][-3:] = ["python3", "-c", CLIENT, listed_ip, neighbour_ip]
             one_shots.append(OneShot(manager, spec))
         # Control: on the models' network, with no proxy, both servers answer directly.
         one_shots.append(OneShot(manager, _plain_spec(
-            "parts-direct", ["python3", "-c", CLIENT, listed_ip],
+            "parts-direct", ["python3", "-c", CLIENT, listed_ip, listed_ip],
             swarm_cluster.node("node1").node_id, "parts-models")))
         # Attack on the guard: behind the proxy's env, but on the proxy's way out instead.
         escaping = with_egress(session_spec(manager, "sp-escape", node2, "echo agent-ran"),
@@ -325,23 +342,26 @@ def test_sessions_on_two_workers_reach_a_listed_server_only_through_the_swarm_eg
     finally:
         for one_shot in one_shots:
             one_shot.remove()
-        removed = remove_swarm_egress(manager, RUN)
         for server in servers:
             server.remove()
-    for code, output in results[:2]:
+        removed = remove_swarm_egress(manager, RUN)
+    for code, output in results[:3]:
         assert code == 0, output
         assert "listed: 200 hello-listed-srv" in output, output
         assert "unlisted: http 403" in output, output
         assert "direct-name: error" in output and "direct-ip: error" in output, output
         assert "dns listed-srv none" in output and "dns agentrt-egress resolves" in output
         assert "interfaces: ['eth0', 'lo']" in output, output
-    code, output = results[2]
+    assert "neighbour: 200 hello-neighbour" in results[0][1]  # sharing the policy's network
+    assert "neighbour: 200 hello-neighbour" in results[1][1]
+    assert "neighbour: error" in results[2][1], results[2][1]  # on a network of its own
+    code, output = results[3]
     assert code == 0, output
     assert "direct-name: 200 hello-listed-srv" in output, output
     assert "direct-ip: 200 hello-listed-srv" in output, output
-    code, output = results[3]
+    code, output = results[4]
     assert code == 97 and "route out" in output and "agent-ran" not in output, output
-    assert removed == [proxy.service_name]
+    assert sorted(removed) == sorted([proxy.service_name, own.service_name])
     left = manager.networks.list(filters={"label": [f"{LABEL_RUN}={RUN}",
                                                     "agentrt.role=egress"]})
     assert left == []

@@ -157,8 +157,13 @@ def test_the_swarm_proxy_has_one_engines_rules_an_alias_on_the_internal_network_
         proxy_service_spec("r1", (), "in", "out")
 
 
-def test_two_policies_of_a_run_get_two_internal_networks() -> None:
-    assert internal_network_name("r1", "aaa") != internal_network_name("r1", "bbb")
+def test_two_policies_of_a_run_and_a_session_of_its_own_get_their_own_internal_networks(
+        ) -> None:
+    names = {internal_network_name("r1", "aaa"), internal_network_name("r1", "bbb"),
+             internal_network_name("r1", "aaa", "s1")}
+    assert len(names) == 3
+    spec = proxy_service_spec("r1", parse_targets(["a.b"]), "in", "out", session_id="s" * 90)
+    assert len(spec["name"]) <= 63 and spec["labels"][LABEL_SESSION] == "s" * 90
 
 
 def test_with_egress_puts_a_session_on_the_internal_network_alone_with_the_route_guard(
