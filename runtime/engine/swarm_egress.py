@@ -305,3 +305,16 @@ def remove_swarm_egress(client: docker.DockerClient, run_id: str,
     for network in networks:
         remove_service_and_network(None, network)
     return [str(s.name) for s in services]
+
+
+def egress_runs(client: docker.DockerClient) -> dict[str, dict[str, str]]:
+    """``gc``: run id → the labels of one of its egress services or networks, for every run
+    with any left on the Swarm (found by ``agentrt.role=egress``); the caller decides which
+    runs are over and calls :func:`remove_swarm_egress` for them."""
+    role = f"{LABEL_ROLE}={ROLE_EGRESS}"
+    with engine_errors("list agentrt's egress proxies"):
+        found = [dict((s.attrs.get("Spec") or {}).get("Labels") or {})
+                 for s in client.services.list(filters={"label": role})]
+        found += [dict(n.attrs.get("Labels") or {})
+                  for n in client.networks.list(filters={"label": role})]
+    return {labels[LABEL_RUN]: labels for labels in found if labels.get(LABEL_RUN)}

@@ -7,8 +7,8 @@ host, so here the same file (one ``export NAME='value'`` line per secret, as
 manager for one session (:func:`create_session_secret`), which Swarm delivers only to the node
 running that session's task. The service spec carries a *reference* to it
 (:func:`secret_reference`: the secret's id and name, a file name, the agent's uid and gid, mode
-0400), never its data; the entry point's first step (:data:`SECRET_READER`, put in front of the
-session's script by :func:`with_secret`) sources it into the agent's environment.
+0400), never its data; :data:`SECRET_READER`, put by :func:`with_secret` between the
+session's network guard and its entry point, sources it into the agent's environment.
 
 What Docker keeps where (measured on Docker 20.10, see
 ``tests/integration/test_swarm_parts.py``): ``docker secret inspect`` shows the name and
@@ -40,6 +40,7 @@ import docker
 import docker.errors
 from docker.types import SecretReference
 
+from runtime.engine.container import ENTRYPOINT
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.errors import EngineError, SessionError, WaitTimeoutError
@@ -111,13 +112,14 @@ def secret_reference(secret: SessionSecret, uid: int, gid: int) -> SecretReferen
 def with_secret(spec: Mapping[str, Any], reference: SecretReference) -> dict[str, Any]:
     """Pure: ``client.services.create`` keyword arguments of a session
     (:func:`runtime.engine.swarm_service.session_service_spec`) given ``reference`` and
-    :data:`SECRET_READER` as the first step of its ``sh -c`` script. SessionError for a spec
-    whose command is not ``["sh", "-c", script, ...]``."""
+    :data:`SECRET_READER` just before the entry point (after the network guard, which
+    refuses first). SessionError for a spec whose command is not
+    ``["sh", "-c", ... ENTRYPOINT, ...]``."""
     command = list(spec.get("command") or ())
-    if len(command) < 3 or command[:2] != ["sh", "-c"]:
+    if len(command) < 3 or command[:2] != ["sh", "-c"] or ENTRYPOINT not in command[2]:
         raise SessionError(f"cannot give a secret to the service {spec.get('name', '')}: its "
-                           "command is not an agentrt entry point (sh -c)")
-    command[2] = SECRET_READER + command[2]
+                           "command is not agentrt's entry point")
+    command[2] = command[2].replace(ENTRYPOINT, SECRET_READER + ENTRYPOINT, 1)
     return {**spec, "command": command,
             "secrets": [*(spec.get("secrets") or ()), reference]}
 

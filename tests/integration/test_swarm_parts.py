@@ -26,7 +26,12 @@ from runtime.engine.node_checks import (
     report_from_engine,
 )
 from runtime.engine.swarm import list_nodes
-from runtime.engine.swarm_egress import remove_swarm_egress, start_egress_proxy, with_egress
+from runtime.engine.swarm_egress import (
+    egress_runs,
+    remove_swarm_egress,
+    start_egress_proxy,
+    with_egress,
+)
 from runtime.engine.swarm_env_images import (
     deliver_image,
     image_on_nodes,
@@ -339,6 +344,7 @@ def test_sessions_on_two_workers_reach_a_listed_server_only_through_the_swarm_eg
         escaping["networks"] = [NetworkAttachmentConfig(proxy.outbound_network)]
         one_shots.append(OneShot(manager, escaping))
         results = [o.wait(timeout=90) for o in one_shots]
+        assert egress_runs(manager)[RUN][LABEL_REPO] == REPO_LABELS[LABEL_REPO]  # for gc
     finally:
         for one_shot in one_shots:
             one_shot.remove()
@@ -364,7 +370,7 @@ def test_sessions_on_two_workers_reach_a_listed_server_only_through_the_swarm_eg
     assert sorted(removed) == sorted([proxy.service_name, own.service_name])
     left = manager.networks.list(filters={"label": [f"{LABEL_RUN}={RUN}",
                                                     "agentrt.role=egress"]})
-    assert left == []
+    assert left == [] and RUN not in egress_runs(manager)
     wait_until(lambda: _removed(models), timeout=60, what="parts-models to go")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.egress_rules import PROXY_ALIAS, parse_targets
+from runtime.engine.container import ENTRYPOINT
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.node_checks import (
     PROBE_MARK,
@@ -59,17 +60,23 @@ def test_the_reference_is_a_0400_file_of_the_agent_and_never_carries_data() -> N
                    "File": {"Name": SECRET_FILE, "UID": "1000", "GID": "1001", "Mode": 0o400}}
 
 
-def test_with_secret_puts_the_reader_first_and_keeps_the_rest_of_the_spec() -> None:
-    spec = {"name": "svc", "command": ["sh", "-c", "GUARD; ENTRY", "agentrt-entry", "61", "1",
+def test_with_secret_reads_the_file_after_the_guard_and_keeps_the_rest_of_the_spec() -> None:
+    script = NETWORK_GUARD + ENTRYPOINT
+    spec = {"name": "svc", "command": ["sh", "-c", script, "agentrt-entry", "61", "1",
                                        "agent"], "env": {"A": "1"}}
     ref = secret_reference(SessionSecret("id1", "n", "s1"), 1000, 1000)
     out = with_secret(spec, ref)
-    assert out["command"][2] == SECRET_READER + "GUARD; ENTRY"
+    assert out["command"][2] == NETWORK_GUARD + SECRET_READER + ENTRYPOINT
     assert out["command"][3:] == spec["command"][3:]
     assert out["secrets"] == [ref] and out["env"] == {"A": "1"}
-    assert spec["command"][2] == "GUARD; ENTRY"  # the input is left alone
+    assert spec["command"][2] == script  # the input is left alone
     with pytest.raises(SessionError, match="svc"):
         with_secret({"name": "svc", "command": ["agent"]}, ref)
+    # With the egress proxy too, in either order: its guard, then the reader.
+    proxy = SwarmEgressProxy("sid", "p", "in-net", "out-net", parse_targets(["a.b"]))
+    both = [with_egress(with_secret(spec, ref), proxy), with_secret(with_egress(spec, proxy), ref)]
+    assert both[0] == both[1]
+    assert both[0]["command"][2] == EGRESS_GUARD + SECRET_READER + ENTRYPOINT
 
 
 def test_gc_takes_only_agentrts_secrets_of_runs_that_are_over() -> None:
