@@ -64,6 +64,7 @@ from docker.types import (
 
 from runtime.egress_rules import (
     PROXY_ALIAS,
+    PROXY_PORT,
     EgressTarget,
     filter_rules,
     parse_targets,
@@ -81,7 +82,7 @@ from runtime.waiting import wait_until
 
 READY_TIMEOUT_S = 60.0
 #: The proxy's health check: it accepts connections on its port.
-_PROBE = ("import socket; socket.create_connection(('127.0.0.1', 8888), timeout=1)")
+_PROBE = f"import socket; socket.create_connection(('127.0.0.1', {PROXY_PORT}), timeout=1)"
 #: The session's first step with an allow list: no default route (IPv4, or IPv6 other than
 #: the kernel's unreachable one on lo), else exit 97 before the agent runs: fail closed.
 EGRESS_GUARD = (

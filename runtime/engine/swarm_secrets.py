@@ -56,7 +56,7 @@ MAX_NAME = 64
 MAX_DATA = 500 * 1024
 #: How long a removal waits for the services referencing the secret to be gone.
 REMOVE_TIMEOUT_S = 30.0
-#: The session's first step on Swarm: source the secret file when the service has one.
+#: Sources the secret file when the service has one (put after the guard, before the entry point).
 SECRET_READER = f'f={SECRET_PATH}; if [ -f "$f" ]; then . "$f"; fi; '
 
 
