@@ -131,7 +131,7 @@ def node_problems(report: NodeReport, images: Mapping[str, str]) -> list[str]:
     given the image ids every node must hold (``images``: ref → id); none when set up right."""
     node = f"node {report.hostname}"
     if report.error:
-        if "No such image" in report.error or "not found" in report.error.lower():
+        if "No such image" in report.error:
             return [f"{node}: the node check could not start there ({report.error}): the node "
                     f"lacks agentrt's base image: {_image_fix(PROBE_IMAGE)}"]
         return [f"{node}: could not be checked: {report.error}"]
