@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import git
 from tests.integration.dind import DindEngine, remove_dind_container, start_dind
+from tests.integration.helpers import start_run_in_background
 from tests.merge_helpers import make_repo
 
 pytestmark = pytest.mark.docker
@@ -34,19 +35,17 @@ command = ["sh", "-c", "echo w > w.txt && sleep 600"]
 
 
 def _start_run(engine: DindEngine, tmp_path: Path, timeout: int,
-               env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``agentrt run`` on ``engine`` in the background, returned once its agent runs."""
-    repo = make_repo(tmp_path)
-    tasks = tmp_path / "tasks.toml"
-    tasks.write_text(TASK.format(timeout=timeout))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "DOCKER_HOST": engine.url, **(env or {})})
+               env: dict[str, str] | None = None, *, text: str | None = None,
+               count: int = 1) -> subprocess.Popen[str]:
+    """``agentrt run`` of ``text`` (default: TASK) on ``engine`` in the background, returned
+    once ``count`` agents run."""
+    proc = start_run_in_background(text or TASK.format(timeout=timeout), tmp_path,
+                                   make_repo(tmp_path), {"DOCKER_HOST": engine.url, **(env or {})})
     deadline = time.monotonic() + 120
-    while not engine.client.containers.list(filters={"label": "agentrt.time_seconds"}):
+    while len(engine.client.containers.list(
+            filters={"label": "agentrt.time_seconds"})) < count:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the session did not start"
+        assert time.monotonic() < deadline, "the sessions did not start"
         time.sleep(0.2)
     time.sleep(1)
     return proc
@@ -136,19 +135,8 @@ def test_ctrl_c_ends_a_run_whose_engine_froze_within_10_s_and_gc_cleans_up_after
     engine = start_dind(docker_client)  # type: ignore[arg-type]
     env = {**os.environ, "DOCKER_HOST": engine.url}
     try:
-        repo = make_repo(tmp_path)
-        tasks = tmp_path / "tasks.toml"
-        tasks.write_text(FROZEN)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo),
-             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        deadline = time.monotonic() + 120
-        while len(engine.client.containers.list(
-                filters={"label": "agentrt.time_seconds"})) < 2:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the sessions did not start"
-            time.sleep(0.2)
-        time.sleep(1)
+        proc = _start_run(engine, tmp_path, 600, text=FROZEN, count=2)
+        repo = tmp_path / "repo"
         engine.container.pause()
         time.sleep(1)
         asked = time.monotonic()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
+from tests.integration.helpers import start_run_in_background
 from tests.integration.swarm import SwarmCluster
 
 pytestmark = pytest.mark.docker
@@ -182,6 +183,13 @@ command = ["sh", "-c", "echo started > {name}-started.txt; sleep 15; echo done >
 """ for name in ("one", "two", "three"))
 
 
+def _start_run(cluster: SwarmCluster, repo: Path, tmp_path: Path,
+               text: str) -> subprocess.Popen[str]:
+    """``agentrt run --engine swarm --json`` of the task file ``text``, in the background."""
+    return start_run_in_background(text, tmp_path, repo, {"DOCKER_HOST": cluster.manager.url},
+                                   "--engine", "swarm")
+
+
 def _wait_ready(cluster: SwarmCluster, node_id: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while cluster.manager.client.nodes.get(node_id).attrs["Status"]["State"] != "ready":
@@ -196,12 +204,7 @@ def test_a_paused_worker_ends_its_session_in_bounded_time_and_gc_brings_the_work
     good). The run ends within engine_timeout (60 s) of the pause: that session crashed /
     node lost, its work kept, the others merged, exit 1. The node unpaused, gc brings the work
     home and leaves nothing on any node."""
-    tasks = tmp_path / "tasks.toml"
-    tasks.write_text(PAUSED)
-    env = {**os.environ, "DOCKER_HOST": swarm_cluster.manager.url}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
-                             str(repo), "--engine", "swarm", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = _start_run(swarm_cluster, repo, tmp_path, PAUSED)
     victim = swarm_cluster.node("node1")
     _wait_running(proc, swarm_cluster, count=1, node_id=victim.node_id)
     time.sleep(2)  # its agent wrote its first file
@@ -251,12 +254,7 @@ command = ["sh", "-c", "sleep 12; echo done > three.txt"]
 def test_a_node_lost_mid_run_crashes_its_session_and_the_run_goes_on(
         swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
     # Last in this module: the node stays down.
-    tasks = tmp_path / "tasks.toml"
-    tasks.write_text(LOST)
-    env = {**os.environ, "DOCKER_HOST": swarm_cluster.manager.url}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
-                             str(repo), "--engine", "swarm", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = _start_run(swarm_cluster, repo, tmp_path, LOST)
     victim = swarm_cluster.node("node2")
     _wait_running(proc, swarm_cluster, count=1, node_id=victim.node_id)
     victim.engine.container.stop(timeout=2)
