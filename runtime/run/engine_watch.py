@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import docker
 
@@ -37,6 +39,8 @@ LOST_CALL_TIMEOUT_S = 3
 #: Seconds an engine has to answer a ping after a stop was asked for, before it is taken as
 #: frozen or gone (a live engine answers in milliseconds, even under load).
 CANCEL_PROBE_S = 3.0
+#: The full time-out of each client whose calls were shortened (restored by the next watch).
+_FULL_TIMEOUT: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
 def engine_silent(last_answer: float, now: float, engine_timeout: float) -> bool:
@@ -58,7 +62,6 @@ class EngineWatch:
         self._pinging = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._call_timeout = getattr(getattr(client, "api", None), "timeout", None)
         self.lost = False
 
     def answered(self) -> None:
@@ -84,16 +87,18 @@ class EngineWatch:
         """The engine is gone or frozen: :data:`ENGINE_LOST`, and each new call to it waits at
         most :data:`LOST_CALL_TIMEOUT_S` (calls already waiting keep their own timeout)."""
         ENGINE_LOST.set()
-        api = getattr(self.client, "api", None)
-        if api is not None and self._call_timeout is not None:
-            api.timeout = min(self._call_timeout, LOST_CALL_TIMEOUT_S)
+        api: Any = getattr(self.client, "api", None)
+        timeout = getattr(api, "timeout", None)
+        if isinstance(timeout, int | float):
+            full = _FULL_TIMEOUT.setdefault(api, timeout)
+            api.timeout = min(full, LOST_CALL_TIMEOUT_S)
 
     def start(self) -> None:
         """Start watching (clears :data:`ENGINE_LOST`, and gives calls their full timeout)."""
         ENGINE_LOST.clear()
         api = getattr(self.client, "api", None)
-        if api is not None and self._call_timeout is not None:
-            api.timeout = self._call_timeout
+        if api is not None and api in _FULL_TIMEOUT:
+            api.timeout = _FULL_TIMEOUT.pop(api)
         self.answered()
         self._thread = threading.Thread(target=self._loop, name="agentrt-engine-watch",
                                         daemon=True)

@@ -134,3 +134,19 @@ def test_a_new_watch_gives_calls_their_full_timeout_again() -> None:
         assert not ENGINE_LOST.is_set() and client.api.timeout == 120
     finally:
         watch.close()
+
+
+def test_a_client_shortened_twice_gets_its_full_timeout_back() -> None:
+    client = _Engine(frozen=False)
+    first = EngineWatch(client, engine_timeout=60, on_lost=lambda: None)  # type: ignore[arg-type]
+    first.declare_lost()
+    # The next run's watch is made while the client is still shortened (the Python API).
+    second = EngineWatch(client, engine_timeout=60, on_lost=lambda: None)  # type: ignore[arg-type]
+    second.declare_lost()
+    assert client.api.timeout == LOST_CALL_TIMEOUT_S
+    second.start()
+    try:
+        assert client.api.timeout == 120
+    finally:
+        second.close()
+        ENGINE_LOST.clear()
