@@ -19,6 +19,7 @@ from docker.types import LogConfig, Mount
 
 from runtime.config import ResourceLimits
 from runtime.engine.discovery import engine_errors
+from runtime.engine.engine_streams import shut_down
 from runtime.engine.labels import (
     LABEL_GRACE_SECONDS,
     LABEL_RUN,
@@ -219,7 +220,9 @@ class OutputStream:
             yield bytes(data)
 
     def close(self) -> None:
-        """Stop reading (the engine then drops this reader)."""
+        """Stop reading (the engine then drops this reader); a read blocked in another thread
+        returns (shutting the socket down wakes it; closing alone would not)."""
+        shut_down(self._sock)
         with contextlib.suppress(Exception):
             self._sock.close()
 

@@ -400,7 +400,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         """Stop the container, save the work, release resources; safe to call twice."""
         self._discard_secrets()
         ended = self.watch is not None and self.watch.exited.is_set()
-        if self.container is not None and not ended:
+        # A container that never started has nothing to stop (a session prepared ahead).
+        if self.container is not None and self._started and not ended:
             with contextlib.suppress(EngineError):
                 info = self._inspect_when_reachable() or {}
                 if info.get("State", {}).get("Running"):

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_REQUESTED = "stop_requested"
+#: A cancelled session whose engine stopped answering: its container may still run.
+UNCONFIRMED_STOP = ("the engine stopped answering, so the stop was not confirmed: `agentrt gc` "
+                    "stops the container and brings the work home once the engine answers")
 DISK_FULL_MARGIN = 1024 * 1024
 
 
@@ -117,6 +120,8 @@ class SessionEnd:
             external_kill=watch.external_kill, stopping=watch.stopping,
             engine_error=str(st["Error"]) if st.get("Error") else None)
         status, reason = classify(facts, self.limits)
+        if status is SessionStatus.CANCELLED and watch.engine_gone:
+            reason = f"{reason}; {UNCONFIRMED_STOP}"
         self.result.status = status
         self.result.reason = reason
         if status is SessionStatus.TIMED_OUT and own_deadline:

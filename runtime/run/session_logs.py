@@ -91,8 +91,11 @@ class SessionLogs:
             watch = getattr(self, "watch", None)
             gone = watch is not None and watch.engine_gone
             self._log_thread.join(timeout=LOST_ENGINE_DRAIN_SECONDS if gone else LOG_DRAIN_SECONDS)
-            if self._log_thread.is_alive() and self._log_keeper is not None:
-                self._log_keeper.note("the rest of the output was not read in time")
+            if self._log_thread.is_alive():
+                if self._log_stream is not None:  # the reader stops, it is not left blocked
+                    self._log_stream.close()
+                if self._log_keeper is not None:
+                    self._log_keeper.note("the rest of the output was not read in time")
         keeper = self._log_keeper
         if keeper is not None:
             keeper.close()

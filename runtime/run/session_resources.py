@@ -24,11 +24,11 @@ from runtime.engine.container import DB_MOUNT, AgentContainer, AgentRunner, Cont
 from runtime.engine.disk_sharing import engine_shares_disk, volume_on_engine
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
 from runtime.engine.volumes import DiskLimitMode, Volume, default_mode
-from runtime.errors import AgentRuntimeError, SessionError
+from runtime.errors import AgentRuntimeError, NotFoundError, SessionError
 from runtime.git.object_store import ensure_store
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_tree import EngineTree, HostTree, SessionTree
-from runtime.models import Manifest, SessionResult, utcnow
+from runtime.models import Manifest, SessionResult, SessionStatus, utcnow
 from runtime.run.engine_watch import ENGINE_LOST
 from runtime.run.resilience import engine_retry
 from runtime.state.liveness import process_start_time
@@ -257,21 +257,24 @@ class SessionResources:
                                   {"AGENT_DB": f"{DB_MOUNT}/{SQLITE_NAME}"})
         return create_sqlite(db_dir, uid, gid)
 
-    def attach_store(self, store: Store) -> None:
-        """Record a session prepared ahead without a store (runtime/run/warm_pool.py) in
-        ``store``, as ``prepare`` would have, now that it is about to run."""
-        self.store = store
-        pid = os.getpid()
-        self._record(
-            manifest_json=self.manifest().model_dump_json(), volume_path=str(self.session_dir),
-            owner_pid=pid, owner_start_time=process_start_time(pid),
-            **({"container_id": self.container.id} if self.container else {}),
-            **({"mount_path": self.tree.location} if self.tree else {}))
+    def take(self) -> None:
+        """A session prepared ahead (recorded ``prepared``, runtime/run/warm_pool.py) is now
+        its task's: its row says ``pending`` until it starts."""
+        self.result.status = SessionStatus.PENDING
+        self._record()
 
     def discard(self) -> None:
-        """Release a prepared session that will never run, and its untouched branch."""
+        """Release a prepared session that will never run, its untouched branch, and its
+        ``prepared`` row (it never was a task's session: the record forgets it)."""
         self.close(snapshot_work=False)
         self._delete_unused_branch()
+        if self.store is not None and self.result.status is SessionStatus.PREPARED:
+            try:
+                self.store.delete_session(self.session_id)
+            except NotFoundError:
+                pass
+            except AgentRuntimeError as exc:  # gc forgets it once this process is gone
+                log.warning("state store: %s", exc)
 
     def _keep_volume(self) -> None:
         if isinstance(self.tree, HostTree):

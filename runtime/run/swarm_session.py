@@ -25,6 +25,7 @@ from typing import Any
 
 from runtime.config import Task
 from runtime.engine.container import ContainerPlan
+from runtime.engine.engine_streams import EngineStream
 from runtime.engine.labels import LABEL_REPO, LABEL_RUN
 from runtime.engine.swarm import Need, SwarmNode, SwarmPlacement, need_of
 from runtime.engine.swarm_agent import EndStats, SwarmAgent, TaskView, parse_end_stats
@@ -34,6 +35,7 @@ from runtime.git.exchange import Exchange
 from runtime.git.node_tree import NodeTree
 from runtime.git.session_tree import SessionTree
 from runtime.models import SessionResult, SessionStatus, WorkState, utcnow
+from runtime.run.engine_watch import ENGINE_LOST
 from runtime.run.resilience import crash_point
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.session_end import DISK_FULL_MARGIN
@@ -77,8 +79,10 @@ class SwarmSession(IsolatedAgentSession):
         self.api_version = api_version
         self.result.node = node.hostname
         self._node_lost = False
+        self._engine_lost = False
         self._follow_lock = threading.Lock()
         self._follow_stop = threading.Event()
+        self._follow_stream: EngineStream | None = None
         self._followed = hashlib.sha256()
         self._followed_bytes = 0
         # Set when the entry point's report goes by in the followed output: the task is
@@ -121,7 +125,14 @@ class SwarmSession(IsolatedAgentSession):
         def pump() -> None:
             tail = b""
             with contextlib.suppress(Exception):
-                for chunk in agent.follow_logs():
+                stream = agent.follow_logs()
+                if stream is None:
+                    return
+                with self._follow_lock:
+                    self._follow_stream = stream
+                    if self._follow_stop.is_set():  # the session ended meanwhile
+                        stream.close()
+                for chunk in stream:
                     with self._follow_lock:
                         if self._follow_stop.is_set():
                             return
@@ -135,22 +146,30 @@ class SwarmSession(IsolatedAgentSession):
         threading.Thread(target=pump, name=f"agentrt-log-{self.session_id}",
                          daemon=True).start()
 
-    def _complete_output(self, output: bytes) -> None:
-        """Stop following; append what the follower had not written yet (its writing is a
-        prefix of the service's whole log, checked by hash), or say it could not be."""
+    def _complete_output(self, output: bytes | None) -> None:
+        """Stop following (the stream is closed); append what the follower had not written
+        yet (its writing is a prefix of the service's whole log, checked by hash), or say it
+        could not be. ``output`` None: the node or the engine was lost, the log unreadable."""
         deadline = time.monotonic() + FOLLOW_DRAIN_S
         seen = -1
-        while time.monotonic() < deadline and seen != self._followed_bytes < len(output):
+        while output is not None and time.monotonic() < deadline and \
+                seen != self._followed_bytes < len(output):
             seen = self._followed_bytes
             time.sleep(0.3)
         with self._follow_lock:
             self._follow_stop.set()
+            if self._follow_stream is not None:
+                self._follow_stream.close()
             done = self._followed_bytes
-            prefix = hashlib.sha256(output[:done]).hexdigest() == self._followed.hexdigest()
+            prefix = output is not None and \
+                hashlib.sha256(output[:done]).hexdigest() == self._followed.hexdigest()
         keeper = self._log_keeper
         if keeper is None:
             return
-        if prefix:
+        if output is None:
+            lost = f"node {self.node.hostname}" if self._node_lost else "the Swarm manager"
+            keeper.note(f"{lost} was lost: the saved log holds the output followed until then")
+        elif prefix:
             keeper.write(output[done:])
         else:
             keeper.note("the output as followed and the service's log differ; the saved log "
@@ -187,9 +206,11 @@ class SwarmSession(IsolatedAgentSession):
         self._follow_output(agent)
         crash_point("started")
         view, stopped_for = self._watch_task(agent, deadline)
-        output = agent.logs()
+        # A lost node's logs never come (a paused one's would be waited for, for good).
+        output = None if self._node_lost or self._engine_lost else agent.logs()
         self._complete_output(output)
-        self._classify_end(view, stopped_for, parse_end_stats(output.decode(errors="replace")))
+        self._classify_end(view, stopped_for,
+                           parse_end_stats((output or b"").decode(errors="replace")))
         self._finish()
         return self.result
 
@@ -223,6 +244,9 @@ class SwarmSession(IsolatedAgentSession):
                 stop_sent = True
                 with contextlib.suppress(EngineError):
                     agent.stop(self.stop_grace_seconds)
+            if ENGINE_LOST.is_set():  # the manager stopped answering (run/engine_watch.py)
+                self._engine_lost = True
+                return view, stopped_for
             if now >= next_node_check:
                 next_node_check = now + NODE_CHECK_S
                 if self._node_down():
@@ -246,6 +270,10 @@ class SwarmSession(IsolatedAgentSession):
         if self._node_lost:
             self.result.status = SessionStatus.CRASHED
             self.result.reason = f"node lost: {self.node.hostname} went down during the session"
+            return
+        if self._engine_lost:
+            self.result.status, self.result.reason = classify(EndFacts(engine_lost=True),
+                                                              self.limits)
             return
         code = view.exit_code if view is not None else None
         if code is None and stats is not None:
