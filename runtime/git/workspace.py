@@ -22,6 +22,7 @@ import fcntl
 import functools
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def create_workspace(
     Its objects are borrowed from ``objects`` (the run's read-only object store) through
     :data:`ALTERNATES` and a link to ``objects`` beside ``workspace`` (see the module's
     docstring). The host writes this tree before the agent starts and never reads it again.
+    Its index is settled (:func:`settle_index`): git trusts its stat data.
     """
     git_dir = workspace / ".git"
     try:
@@ -136,7 +138,7 @@ def create_workspace(
                          "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
         run_git(["update-ref", f"refs/heads/{branch}", commit], git_dir=git_dir)
         run_git(["reset", "--hard", "-q", commit], git_dir=git_dir, work_tree=workspace)
-        _chown_tree(workspace, uid, gid)
+        settle_index(workspace, uid, gid)
     except (GitError, OSError) as exc:
         raise WorkspaceError(f"cannot create the working tree in {workspace}: {exc}") from exc
 
@@ -171,6 +173,32 @@ def adopt_seed_checkout(workspace: Path, branch: str, commit: str, uid: int, gid
     except OSError as exc:
         raise WorkspaceError(f"cannot put the working tree in {workspace} on {branch}: "
                              f"{exc}") from exc
+
+
+#: How far back :func:`settle_index` dates a fresh checkout's files.
+SETTLE_BACK_SECONDS = 2
+
+
+def settle_index(workspace: Path, uid: int, gid: int) -> None:
+    """Give a fresh checkout to ``uid:gid`` with an index git trusts by its stat data.
+
+    git distrusts ("racily clean") an entry whose file is not older than the index, to the
+    second here: a checkout's index is written in its files' own second, so every later
+    ``git status``, and the harvest's ``add`` whenever it runs in that same second, re-read
+    every file (measured: 0.5 s of a 2,000-file harvest, in most no-op sessions). Instead of
+    waiting for the clock to leave that second, the files are dated back and the index is
+    refreshed once, here (git re-reads them, without writing objects: ~90 ms for 25 MB).
+    The files are given away first, so the index also holds their final ctime."""
+    _chown_tree(workspace, uid, gid)
+    past = time.time() - SETTLE_BACK_SECONDS
+    for root, dirs, files in os.walk(workspace):
+        dirs[:] = [d for d in dirs if not (root == str(workspace) and d == ".git")]
+        for name in files:
+            os.utime(os.path.join(root, name), (past, past), follow_symlinks=False)
+    run_git(["update-index", "-q", "--refresh"], git_dir=workspace / ".git",
+            work_tree=workspace)
+    if os.geteuid() == 0:
+        os.lchown(workspace / ".git" / "index", uid, gid)
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -93,20 +93,26 @@ def test_sessions_copy_the_seed_onto_their_own_branches(repo: Path, tmp_path: Pa
     assert not any(volume.session_dir.exists() for volume in volumes)
 
 
-def test_the_seeds_index_is_trusted_where_a_fresh_checkout_is_not(repo: Path,
-                                                                    tmp_path: Path) -> None:
+def test_the_index_of_a_checkout_and_of_the_seed_is_trusted_where_a_plain_one_is_not(
+        repo: Path, tmp_path: Path) -> None:
     for i in range(200):
         (repo / f"f{i}.txt").write_text(f"file {i}\n")
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "files")
     main = MainRepo(repo)
     commit = main.rev_parse("HEAD")
+    # The control: a plain checkout, its index written in the files' own second, is distrusted.
+    plain = tmp_path / "plain"
+    git(tmp_path, "clone", "-q", "--no-checkout", str(repo), str(plain))
+    git(plain, "reset", "-q", "--hard", commit)
+    before = (plain / ".git" / "index").stat().st_mtime_ns
+    git(plain, "status", "--porcelain")
+    assert (plain / ".git" / "index").stat().st_mtime_ns != before
     store = ensure_store(main, "run-racy", commit)
-    # The control: a checkout whose index is written in the files' own second.
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     create_workspace(main, fresh, "agent/t/000001", commit, UID, GID, objects=store)
-    assert status_rewrites_index(fresh)
+    assert not status_rewrites_index(fresh)
     seed = ensure_seed(main, "run-racy", commit, 64, UID, GID, store)
     volume = create_volume_from_seed(tmp_path / "s", 64, UID, GID, seed)
     try:
