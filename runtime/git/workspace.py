@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import os
 import secrets
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,20 +187,73 @@ def settle_index(workspace: Path, uid: int, gid: int) -> None:
     git distrusts ("racily clean") an entry whose file is not older than the index, to the
     second here: a checkout's index is written in its files' own second, so every later
     ``git status``, and the harvest's ``add`` whenever it runs in that same second, re-read
-    every file (measured: 0.5 s of a 2,000-file harvest, in most no-op sessions). Instead of
-    waiting for the clock to leave that second, the files are dated back and the index is
-    refreshed once, here (git re-reads them, without writing objects: ~90 ms for 25 MB).
-    The files are given away first, so the index also holds their final ctime."""
+    every file (measured: 0.5 s of a 2,000-file harvest, in most no-op sessions). So the files
+    are given away and dated back, and the index is given their new stat data
+    (:func:`restamp_index`): nobody but agentrt has written them, so their content is the
+    index's and re-reading them (``update-index --refresh``, the fallback) would only cost.
+    """
     _chown_tree(workspace, uid, gid)
     past = time.time() - SETTLE_BACK_SECONDS
     for root, dirs, files in os.walk(workspace):
         dirs[:] = [d for d in dirs if not (root == str(workspace) and d == ".git")]
         for name in files:
             os.utime(os.path.join(root, name), (past, past), follow_symlinks=False)
-    run_git(["update-index", "-q", "--refresh"], git_dir=workspace / ".git",
-            work_tree=workspace)
+    index = workspace / ".git" / "index"
+    if not restamp_index(index, workspace):
+        run_git(["update-index", "-q", "--refresh"], git_dir=workspace / ".git",
+                work_tree=workspace)
     if os.geteuid() == 0:
-        os.lchown(workspace / ".git" / "index", uid, gid)
+        os.lchown(index, uid, gid)
+
+
+_ENTRY = struct.Struct(">10I20sH")
+_EXTENDED = 0x4000
+_NAME_MASK = 0xFFF
+
+
+def restamp_index(index: Path, workspace: Path) -> bool:
+    """Rewrite the stat data of every entry of ``index`` (version 2 or 3, SHA-1) from its
+    file in ``workspace``, keeping everything else; False (nothing written) for any other
+    index, or when a file's type or size is not its entry's (then its content might differ).
+    The layout: git's Documentation/gitformat-index.txt.
+    Only for a tree whose files nobody but agentrt has written since the checkout."""
+    data = index.read_bytes()
+    if len(data) < 32 or data[:4] != b"DIRC":
+        return False
+    version, count = struct.unpack(">II", data[4:12])
+    if version not in (2, 3):
+        return False
+    out, pos = bytearray(data[:12]), 12
+    for _ in range(count):
+        if pos + _ENTRY.size > len(data) - 20:
+            return False
+        fields = list(_ENTRY.unpack_from(data, pos))
+        flags = fields[11]
+        head = _ENTRY.size + (2 if flags & _EXTENDED and version == 3 else 0)
+        length = flags & _NAME_MASK
+        if length == _NAME_MASK:  # a path longer than Linux allows: not a checkout of ours
+            return False
+        name = data[pos + head:pos + head + length]
+        size = (head + length + 8) & ~7
+        mode = fields[6]
+        if mode >> 12 != 0o160000 >> 12:  # a gitlink keeps its (empty) stat data
+            st = os.lstat(os.path.join(workspace, os.fsdecode(name)))
+            if st.st_mode >> 12 != mode >> 12 or st.st_size & 0xFFFFFFFF != fields[9]:
+                return False
+            fields[:6] = [int(st.st_ctime) & 0xFFFFFFFF, st.st_ctime_ns % 1_000_000_000,
+                          int(st.st_mtime) & 0xFFFFFFFF, st.st_mtime_ns % 1_000_000_000,
+                          st.st_dev & 0xFFFFFFFF, st.st_ino & 0xFFFFFFFF]
+            fields[7:9] = [st.st_uid & 0xFFFFFFFF, st.st_gid & 0xFFFFFFFF]
+        out += _ENTRY.pack(*fields) + data[pos + _ENTRY.size:pos + size]
+        pos += size
+    out += data[pos:-20]  # the extensions (the cached tree) do not depend on stat data
+    if hashlib.sha1(data[:-20]).digest() != data[-20:]:  # noqa: S324 - git's checksum
+        return False  # not a SHA-1 repository's index
+    out += hashlib.sha1(out).digest()  # noqa: S324 - git's index checksum
+    scratch = index.with_name("index.agentrt")
+    scratch.write_bytes(bytes(out))
+    os.replace(scratch, index)
+    return True
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
