@@ -95,10 +95,15 @@ def phase_timers() -> Iterator[dict[str, float]]:
 Times = dict[str, float]
 
 
+#: What :func:`agentrt_once` counted per session (engine API calls, processes spawned).
+COUNTS: list[dict[str, Any]] = []
+
+
 def agentrt_once(repo: Path, config: RunConfig, n: int,
                  client: Any = None) -> tuple[Times, Times]:
-    """Lifecycle, ready and teardown seconds of one session, and its phase times."""
-    with phase_timers() as phases:
+    """Lifecycle, ready and teardown seconds of one session, and its phase times; its engine
+    calls and processes are appended to :data:`COUNTS`."""
+    with phase_timers() as phases, c.counting() as counts:
         cpu = host_cpu()
         start = time.time()
         with IsolatedAgentSession(Task(id=f"life{n}", command=STAMP), config, repo=repo,
@@ -107,6 +112,7 @@ def agentrt_once(repo: Path, config: RunConfig, n: int,
             final = time.time()
         end = time.time()
         cpu = host_cpu() - cpu
+    COUNTS.append(counts)
     if result.status.value != "succeeded":
         raise RuntimeError(f"session {s.session_id} {result.status.value}: {result.reason}")
     t0 = float(_repo.git("show", f"{s.branch}:t0", cwd=repo))
@@ -256,6 +262,10 @@ def main() -> None:
     print("\nagentrt phases (per session):")
     print(c.table(["phase", "time"], [[label, c.fmt(phases[label])]
                                       for _, _, label in PHASES if label in phases]))
+    measured = COUNTS[1:args.runs + 1]  # the warm-up's first session is not one of them
+    print("\nper session (agentrt):")
+    print(c.count_table(measured, "engine"))
+    print(c.count_table(measured, "processes"))
     checkout = c.median(a["checkout"])
     print("(raw checkout = git worktree add; agentrt checkout = the phase above)\n")
     print(c.goal("lifecycle ≤ 1.0× raw", c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.0))
