@@ -268,7 +268,8 @@ def main() -> None:
     print(c.count_table(measured, "processes"))
     checkout = c.median(a["checkout"])
     print("(raw checkout = git worktree add; agentrt checkout = the phase above)\n")
-    print(c.goal("lifecycle ≤ 1.0× raw", c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.0))
+    print(c.goal("lifecycle ≤ 1.3× raw (issue 31: raw on tmpfs, synthetic 2,000 files)",
+                 c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.3))
     print(c.goal(f"ready p50 ≤ 400 ms + agentrt's checkout ({checkout * 1000:.0f} ms)",
                  c.median(a["ready"]) * 1000, 400 + checkout * 1000, "ms"))
     if warm:
@@ -276,8 +277,8 @@ def main() -> None:
         print(f"\nready with the warm pool (prepared ahead; run() to the first instruction), "
               f"{len(warm)} sessions: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
               f"min {min(warm) * 1000:.0f} ms")
-        print(c.goal("ready p50 ≤ 150 ms with the warm pool", p50, 150, "ms"))
-        print(c.goal("ready p95 ≤ 150 ms with the warm pool", p95, 150, "ms"))
+        print(c.goal("ready p50 ≤ 50 ms with the warm pool", p50, 50, "ms"))
+        print(c.goal("ready p95 ≤ 100 ms with the warm pool", p95, 100, "ms"))
 
 
 def remote_lifecycle(args: Any, config: RunConfig, repo_args: tuple[int, int],
