@@ -11,7 +11,7 @@ by the agent's uid. Each session's volume is then a copy of the seed's data bloc
 (:func:`runtime.git.workspace.adopt_seed_checkout`).
 
 The seed's index is *settled* as every checkout's is (:func:`runtime.git.workspace.
-settle_index`): its files dated back and the index refreshed, so git trusts its stat data. The
+settle_index`): its files dated back and the index given their stat data, so git trusts it. The
 copy keeps inode numbers and times, so the agent's first ``git status`` and the harvest's
 snapshot only stat.
 

@@ -237,7 +237,10 @@ def restamp_index(index: Path, workspace: Path) -> bool:
         size = (head + length + 8) & ~7
         mode = fields[6]
         if mode >> 12 != 0o160000 >> 12:  # a gitlink keeps its (empty) stat data
-            st = os.lstat(os.path.join(workspace, os.fsdecode(name)))
+            try:
+                st = os.lstat(os.path.join(workspace, os.fsdecode(name)))
+            except OSError:  # not checked out (sparse, say): leave it to git
+                return False
             if st.st_mode >> 12 != mode >> 12 or st.st_size & 0xFFFFFFFF != fields[9]:
                 return False
             fields[:6] = [int(st.st_ctime) & 0xFFFFFFFF, st.st_ctime_ns % 1_000_000_000,

@@ -152,6 +152,11 @@ def test_the_index_is_restamped_only_while_every_file_is_as_checked_out(
     (tree / "dir" / "f3.txt").write_text("longer than it was\n")
     assert not restamp_index(index, tree)
     assert index.read_bytes() == before
+    # A file that is not there (not checked out): the same.
+    (tree / "dir" / "f3.txt").write_text("file 3\n")
+    (tree / "dir" / "f5.txt").unlink()
+    assert not restamp_index(index, tree)
+    assert index.read_bytes() == before
 
 
 def test_gc_of_a_run_unmounts_a_seed_build_left_half_done(repo: Path) -> None:
