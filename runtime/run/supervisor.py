@@ -198,8 +198,15 @@ class Supervisor:
         return watch
 
     def started(self, watch: Watch) -> None:
-        """Call right after the container started: find its cgroup, catch an early exit
-        (one look at the container serves both)."""
+        """Call right after the container started: find its cgroup by the container's id
+        (an early exit is an event like any other), else by one look at the container, which
+        also catches an early exit."""
+        cgroup = ContainerCgroup.for_container(watch.container.id)
+        if cgroup is not None:
+            watch.cgroup = cgroup
+            self._guard(watch, "sample", lambda: self._sample(watch))
+            return
+
         def locate() -> None:
             state = watch.container.inspect()
             pid = int(((state or {}).get("State") or {}).get("Pid") or 0)
