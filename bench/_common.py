@@ -7,10 +7,12 @@ min–max over the runs, and the ratio of the medians. Nothing here is a timed u
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -126,6 +128,64 @@ def stopwatch() -> Iterator[list[float]]:
         yield box
     finally:
         box.append(time.perf_counter() - start)
+
+
+# -- engine calls and processes -------------------------------------------------------------------
+
+_ID = re.compile(r"/[0-9a-f]{12,64}(?=/|$)")
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[dict[str, collections.Counter[str]]]:
+    """Count, while inside the block, the engine API requests this process sends (``"POST
+    /containers/{id}/start"``: every request through any docker client's transport, so the
+    event stream counts once when opened) and the processes it spawns (``"git update-index"``,
+    ``"umount"``: every ``subprocess.Popen``). Yields ``{"engine": ..., "processes": ...}``."""
+    import subprocess as sp
+
+    import requests
+
+    counts: dict[str, collections.Counter[str]] = {"engine": collections.Counter(),
+                                                   "processes": collections.Counter()}
+    send, popen_init = requests.Session.send, sp.Popen.__init__
+
+    def counted_send(self: requests.Session, request: requests.PreparedRequest,
+                     **kwargs: object) -> requests.Response:
+        path = (request.path_url or "").split("?", 1)[0]
+        path = re.sub(r"^/v[0-9.]+", "", _ID.sub("/{id}", path))
+        path = re.sub(r"^/(containers|volumes)/agentrt-[^/]+", r"/\1/{name}", path)
+        counts["engine"][f"{request.method} {path}"] += 1
+        return send(self, request, **kwargs)
+
+    def counted_popen(self: sp.Popen[bytes], args: object, *rest: object,
+                      **kwargs: object) -> None:
+        argv = [str(a) for a in (args if isinstance(args, list | tuple) else [args])]
+        name = os.path.basename(argv[0]) if argv else "?"
+        words = [a for a in argv[1:] if not a.startswith("-") and "=" not in a][:1]
+        counts["processes"][" ".join([name, *words]) if name == "git" else name] += 1
+        popen_init(self, args, *rest, **kwargs)  # type: ignore[call-overload]
+
+    setattr(requests.Session, "send", counted_send)  # noqa: B010 - patched for the block
+    setattr(sp.Popen, "__init__", counted_popen)  # noqa: B010
+    try:
+        yield counts
+    finally:
+        setattr(requests.Session, "send", send)  # noqa: B010
+        setattr(sp.Popen, "__init__", popen_init)  # noqa: B010
+
+
+def count_table(counts: Sequence[dict[str, collections.Counter[str]]], kind: str,
+                sessions: int | None = None) -> str:
+    """A table of the mean count per session of each ``kind`` (``engine``/``processes``) entry
+    over ``counts`` (:func:`counting` results; one per session unless ``sessions`` says how
+    many sessions they cover in all), and the total."""
+    total: collections.Counter[str] = collections.Counter()
+    for one in counts:
+        total.update(one[kind])
+    n = max(1, sessions or len(counts))
+    rows = [[name, f"{value / n:.1f}"] for name, value in total.most_common()]
+    rows.append(["total", f"{sum(total.values()) / n:.1f}"])
+    return table([kind if kind == "processes" else "engine API call", "per session"], rows)
 
 
 # -- the raw baseline ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""1, 3 and 5 agents at once: AgentCoordinator against N parallel ``docker run`` by hand.
+"""1, 5 and 10 agents at once: AgentCoordinator against N parallel bare ``docker run``.
 
 Two workloads, the same command in both systems, every agent at ``cpu_percent=50``:
 
@@ -8,9 +8,15 @@ Two workloads, the same command in both systems, every agent at ``cpu_percent=50
   against (1 agent × ceil(N × 0.5 / cores)); goal ≤ 1.1×.
 
 agentrt's time covers the whole ``run_agents`` call: preflight, a branch, volume and checkout
-of the benchmark repository per session, the containers, snapshots and clean-up. The raw time
-covers ``docker run --rm`` of the same commands with the same limits (no checkout at all).
-Run: ``.venv/bin/python bench/concurrency.py [--runs N] [--engine swarm]``.
+of the benchmark repository per session, the containers, snapshots and clean-up. The bare
+time covers N parallel ``docker run --rm`` of the same commands, same image, limits and
+hardening (no checkout at all): the engine's own limit. Both are measured in the same run,
+alternating who goes first; the goal for sleepers is agentrt's N / 1 ratio ≤ bare's own + 0.1.
+*Host CPU per session*: user + sys of this process (all threads) and of the children it waited
+for (``getrusage`` RUSAGE_SELF + RUSAGE_CHILDREN around the call) divided by N; for bare, the
+``docker`` CLI processes. dockerd's, containerd's and the containers' own CPU are not in it.
+Run: ``.venv/bin/python bench/concurrency.py [--runs N] [--agents 1 5 10] [--workloads sleep]
+[--repo PATH] [--engine swarm]``.
 
 ``--engine swarm`` instead starts a three-node Swarm of Docker-in-Docker engines (the test
 suite's, ``tests/integration/swarm.py``) and runs :data:`SWARM_AGENTS` sleep agents there and on
@@ -31,11 +37,12 @@ from typing import Any
 
 import _common as c
 import _repo
+from lifecycle import host_cpu
 
 from runtime import AgentCoordinator, ResourceLimits, RunConfig, Task
 from runtime.engine.discovery import engine_resources, get_client
 
-AGENTS = (1, 3, 5)
+AGENTS = (1, 5, 10)
 SWARM_AGENTS = (1, 6)
 QUOTA = 50
 SLEEPY = """
@@ -52,6 +59,8 @@ BUSY = "x = 0\nfor i in range({iterations}):\n    x += i\n"
 #: On Swarm: how long each run's exchange was still being removed after ``run_agents``
 #: returned (the process would exit only after that).
 EXCHANGE_TAILS: list[float] = []
+#: Host CPU seconds per session of each measured call, by (system, agents).
+HOST_CPU: dict[tuple[str, int], list[float]] = {}
 
 
 def agentrt_wall(repo: Path, config: RunConfig, command: list[str], n: int,
@@ -60,12 +69,14 @@ def agentrt_wall(repo: Path, config: RunConfig, command: list[str], n: int,
     tasks = [Task(id=f"a{i}", command=command) for i in range(n)]
     coordinator = AgentCoordinator(n, config=config, repo=repo, stop_grace_seconds=1,
                                    client=client)
+    cpu = host_cpu()
     with c.stopwatch() as t:
         report = coordinator.run_agents(tasks)
+    HOST_CPU.setdefault(("agentrt", n), []).append((host_cpu() - cpu) / n)
     if config.engine == "swarm":
         # The run's exchange is removed in the background (the process would not exit
         # before it is gone): wait here, untimed, so it does not slow the next run down.
-        from runtime.run.swarm_session import wait_for_exchanges
+        from runtime.backends.swarm.backend import wait_for_exchanges
 
         with c.stopwatch() as tail:
             wait_for_exchanges(120)
@@ -78,11 +89,13 @@ def agentrt_wall(repo: Path, config: RunConfig, command: list[str], n: int,
 
 
 def raw_wall(limits: ResourceLimits, label: str, command: list[str], n: int) -> float:
-    """Wall time of ``n`` parallel ``docker run --rm`` of ``command``."""
+    """Wall time of ``n`` parallel bare ``docker run --rm`` of ``command``."""
     argv = ["docker", "run", "--rm", *c.raw_docker_flags(limits, label), c.IMAGE, *command]
+    cpu = host_cpu()
     with c.stopwatch() as t:
         procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for _ in range(n)]
         codes = [p.wait() for p in procs]
+    HOST_CPU.setdefault(("bare", n), []).append((host_cpu() - cpu) / n)
     if any(codes):
         raise RuntimeError(f"raw docker run failed: exit codes {codes}")
     return t[0]
@@ -100,6 +113,11 @@ def main() -> None:
                    help="loop iterations of the cpu workload (default 35M)")
     p.add_argument("--files", type=int, default=2000, help="files in the benchmark repository")
     p.add_argument("--megabytes", type=int, default=25, help="size of the benchmark repository")
+    p.add_argument("--agents", type=int, nargs="+", default=list(AGENTS),
+                   help="agent counts to measure (the first is the reference; default 1 5 10)")
+    p.add_argument("--workloads", nargs="+", choices=["sleep", "cpu"], default=["sleep", "cpu"])
+    p.add_argument("--repo", type=Path,
+                   help="a real repository to clone instead of the synthetic one (e.g. mypy)")
     p.add_argument("--engine", choices=["local", "swarm"], default="local",
                    help="swarm: sleep agents on a 3-node dind Swarm vs the local engine")
     args = p.parse_args()
@@ -109,41 +127,66 @@ def main() -> None:
     if args.engine == "swarm":
         swarm_main(args, config)
         return
-    workloads = {
+    every = {
         "sleep": ["python3", "-c", SLEEPY],
         "cpu": ["python3", "-c", BUSY.format(iterations=args.iterations)],
     }
-    c.header(f"concurrency: {AGENTS} agents at cpu_percent={QUOTA} on {cores} cores, "
+    workloads = {name: every[name] for name in args.workloads}
+    agents = tuple(args.agents)
+    c.header(f"concurrency: {agents} agents at cpu_percent={QUOTA} on {cores} cores, "
              f"repository of {args.files} files, {args.megabytes} MB", args.runs)
     walls: dict[tuple[str, str, int], list[float]] = {}
     with c.scratch("concurrency") as root:
-        repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes)
+        repo = _repo.clone(root / "repo", files=args.files, megabytes=args.megabytes,
+                           source=args.repo)
+        print(f"repository: {args.repo or 'synthetic'}")
         raw_wall(limits, root.name, ["true"], 1)  # warm-up
         agentrt_wall(repo, config, ["true"], 1)
         for run in range(args.runs):
             for name, command in workloads.items():
-                for n in AGENTS:
+                for n in agents:
                     first_raw = (run + n) % 2 == 0  # alternate who goes first
                     for system in ("raw", "agentrt") if first_raw else ("agentrt", "raw"):
                         wall = (raw_wall(limits, root.name, command, n) if system == "raw"
                                 else agentrt_wall(repo, config, command, n))
                         walls.setdefault((name, system, n), []).append(wall)
+    report(walls, workloads, agents, cores)
+
+
+def report(walls: dict[tuple[str, str, int], list[float]], workloads: dict[str, list[str]],
+           agents: tuple[int, ...], cores: int) -> None:
+    """Print each workload's table (N agents against the first count, agentrt and bare
+    ``docker run``), the goals, and host CPU per session."""
+    one = agents[0]
     for name in workloads:
         rows = []
-        for n in AGENTS:
+        for n in agents:
             bound = expected(name, n, cores)
             a, r = walls[(name, "agentrt", n)], walls[(name, "raw", n)]
-            a1, r1 = walls[(name, "agentrt", 1)], walls[(name, "raw", 1)]
+            a1, r1 = walls[(name, "agentrt", one)], walls[(name, "raw", one)]
             rows.append([n, c.fmt(a), c.ratio(a, a1), c.fmt(r), c.ratio(r, r1), bound,
                          c.ratio(a, r)])
         print(f"\n{name} workload:")
-        print(c.table(["agents", "agentrt wall", "ratio vs 1", "raw wall", "ratio vs 1",
-                       "expected ×", "agentrt / raw"], rows))
-        for n in AGENTS[1:]:
+        print(c.table(["agents", "agentrt wall", f"ratio vs {one}", "bare docker run wall",
+                       f"ratio vs {one}", "expected ×", "agentrt / bare"], rows))
+        for n in agents[1:]:
             bound = expected(name, n, cores)
-            for system in ("agentrt", "raw"):
-                value = c.median(walls[(name, system, n)]) / c.median(walls[(name, system, 1)])
-                print(c.goal(f"{name} {system} {n} agents ≤ 1.1 × {bound}", value / bound, 1.1))
+            ratios = {system: c.median(walls[(name, system, n)]) /
+                      c.median(walls[(name, system, one)]) for system in ("agentrt", "raw")}
+            if name == "sleep":
+                print(c.goal(f"sleep {n} agents / {one}: agentrt ≤ bare's own ratio + 0.1",
+                             ratios["agentrt"], ratios["raw"] + 0.1))
+            else:
+                for system, value in ratios.items():
+                    print(c.goal(f"{name} {system} {n} agents ≤ 1.1 × {bound}", value / bound,
+                                 1.1))
+    print("\nhost CPU per session (this process + its children, all workloads):")
+    print(c.table(["agents", "agentrt", "bare docker run (the CLI)", "agentrt / bare"],
+                  [[n, c.fmt(HOST_CPU[("agentrt", n)]), c.fmt(HOST_CPU[("bare", n)]),
+                    c.ratio(HOST_CPU[("agentrt", n)], HOST_CPU[("bare", n)])]
+                   for n in agents]))
+    every = [v for (system, _), vs in HOST_CPU.items() if system == "agentrt" for v in vs]
+    print(c.goal("host CPU per session ≤ 80 ms", c.median(every) * 1000, 80, "ms"))
 
 
 def swarm_main(args: Any, config: RunConfig) -> None:

@@ -59,8 +59,8 @@ def measure(interval: float) -> dict[str, float]:
 
 def child_agentrt(n: int, repo: Path, interval: float) -> dict[str, float]:
     from runtime import AgentCoordinator, ResourceLimits, RunConfig, SessionStatus, Task
+    from runtime.backends.docker.supervisor import Supervisor
     from runtime.engine.discovery import get_client
-    from runtime.run.supervisor import Supervisor
 
     client = get_client()
     if n == 0:

@@ -32,33 +32,33 @@ import _common as c
 import _repo
 import docker
 
+import runtime.backends.docker.trees as tree_mod
 import runtime.engine.volumes as volumes_mod
 import runtime.git.harvest as harvest_mod
-import runtime.git.session_tree as tree_mod
+import runtime.git.object_store as object_store_mod
 import runtime.git.work_home as work_home_mod
 import runtime.git.workspace as workspace_mod
 import runtime.run.session as session_mod
-import runtime.run.session_end as session_end_mod
-import runtime.run.session_resources as resources_mod
+import runtime.run.session_parts as parts_mod
 from runtime import IsolatedAgentSession, ResourceLimits, RunConfig, Task
+from runtime.backends.docker.supervisor import Supervisor
 from runtime.engine.container import AgentContainer
 from runtime.git.safe_git import MainRepo
-from runtime.run.supervisor import Supervisor
 
 STAMP = ["sh", "-c", "date +%s.%N > /workspace/t0"]
 CHECKOUT = "checkout (git init + reset --hard + chown)"
 # Where agentrt's time goes, measured by wrapping these names (runtime/ is not modified).
 PHASES: list[tuple[Any, str, str]] = [
     (session_mod, "create_branch", "create branch"),
-    (resources_mod, "ensure_store", "run object store (first session of a run only)"),
+    (object_store_mod, "ensure_store", "run object store (first session of a run only)"),
     (tree_mod, "create_volume", "volume: fallocate+mkfs+mount"),
     (tree_mod, "create_workspace", CHECKOUT),
     (workspace_mod, "_chown_tree", "  of which chown of the tree"),
-    (resources_mod, "create_sqlite", "private SQLite file"),
+    (parts_mod, "create_sqlite", "private SQLite file"),
     (AgentContainer, "create", "container create"),
     (AgentContainer, "start", "container start"),
     (Supervisor, "start", "supervisor start (events stream)"),
-    (session_end_mod, "bring_work_home", "bring work home (all of the below)"),
+    (session_mod, "bring_work_home", "bring work home (all of the below)"),
     (tree_mod, "run_harvest", "  harvest: container + snapshot + bundles (bound directory)"),
     (harvest_mod, "fetch_file", "    of which get_archive of a bundle (engine elsewhere)"),
     (work_home_mod, "import_bundle", "  verify + index-pack --strict + adopt"),
@@ -95,10 +95,15 @@ def phase_timers() -> Iterator[dict[str, float]]:
 Times = dict[str, float]
 
 
+#: What :func:`agentrt_once` counted per session (engine API calls, processes spawned).
+COUNTS: list[dict[str, Any]] = []
+
+
 def agentrt_once(repo: Path, config: RunConfig, n: int,
                  client: Any = None) -> tuple[Times, Times]:
-    """Lifecycle, ready and teardown seconds of one session, and its phase times."""
-    with phase_timers() as phases:
+    """Lifecycle, ready and teardown seconds of one session, and its phase times; its engine
+    calls and processes are appended to :data:`COUNTS`."""
+    with phase_timers() as phases, c.counting() as counts:
         cpu = host_cpu()
         start = time.time()
         with IsolatedAgentSession(Task(id=f"life{n}", command=STAMP), config, repo=repo,
@@ -107,6 +112,7 @@ def agentrt_once(repo: Path, config: RunConfig, n: int,
             final = time.time()
         end = time.time()
         cpu = host_cpu() - cpu
+    COUNTS.append(counts)
     if result.status.value != "succeeded":
         raise RuntimeError(f"session {s.session_id} {result.status.value}: {result.reason}")
     t0 = float(_repo.git("show", f"{s.branch}:t0", cwd=repo))
@@ -256,9 +262,14 @@ def main() -> None:
     print("\nagentrt phases (per session):")
     print(c.table(["phase", "time"], [[label, c.fmt(phases[label])]
                                       for _, _, label in PHASES if label in phases]))
+    measured = COUNTS[1:args.runs + 1]  # the warm-up's first session is not one of them
+    print("\nper session (agentrt):")
+    print(c.count_table(measured, "engine"))
+    print(c.count_table(measured, "processes"))
     checkout = c.median(a["checkout"])
     print("(raw checkout = git worktree add; agentrt checkout = the phase above)\n")
-    print(c.goal("lifecycle ≤ 1.0× raw", c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.0))
+    print(c.goal("lifecycle ≤ 1.3× raw (issue 31: raw on tmpfs, synthetic 2,000 files)",
+                 c.median(a["lifecycle"]) / c.median(r["lifecycle"]), 1.3))
     print(c.goal(f"ready p50 ≤ 400 ms + agentrt's checkout ({checkout * 1000:.0f} ms)",
                  c.median(a["ready"]) * 1000, 400 + checkout * 1000, "ms"))
     if warm:
@@ -266,8 +277,8 @@ def main() -> None:
         print(f"\nready with the warm pool (prepared ahead; run() to the first instruction), "
               f"{len(warm)} sessions: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
               f"min {min(warm) * 1000:.0f} ms")
-        print(c.goal("ready p50 ≤ 150 ms with the warm pool", p50, 150, "ms"))
-        print(c.goal("ready p95 ≤ 150 ms with the warm pool", p95, 150, "ms"))
+        print(c.goal("ready p50 ≤ 50 ms with the warm pool", p50, 50, "ms"))
+        print(c.goal("ready p95 ≤ 100 ms with the warm pool", p95, 100, "ms"))
 
 
 def remote_lifecycle(args: Any, config: RunConfig, repo_args: tuple[int, int],

@@ -46,6 +46,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import _common as c
 import _repo
@@ -59,6 +60,8 @@ SETUP = ["sh", "-c", "sleep 0"]
 SLACK = 1.5
 CPU_GOAL_MS = 100.0
 SYSTEMS = ("agentrt", "raw", "bare")
+#: Engine API calls and processes of each measured agentrt batch, and its number of sessions.
+COUNTS: list[tuple[dict[str, Any], int]] = []
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,11 @@ def agentrt_batch(repo: Path, config: RunConfig, command: list[str], n: int,
     tasks = [Task(id=f"t{i}", command=command) for i in range(n)]
     coordinator = AgentCoordinator(concurrency, config=config, repo=repo, stop_grace_seconds=1)
     cpu = host_cpu()
-    with c.stopwatch() as t:
+    with c.stopwatch() as t, c.counting() as counts:
         report = coordinator.run_agents(tasks)
     cpu = host_cpu() - cpu
+    if command is WORK:
+        COUNTS.append((counts, n))
     bad = [f"{s.task_id}: {s.status.value} {s.reason}" for s in report.sessions
            if s.status.value != "succeeded"]
     if bad or len(report.sessions) != n:
@@ -313,6 +318,10 @@ def main() -> None:
         rss_start = peak_rss_mb()
         setup, batches = run_all(repo, config, raw, bare, args.runs, pairs)
     report(setup, batches, pairs)
+    sessions = sum(n for _, n in COUNTS)
+    print("\nper session in the batches (agentrt: seeded volumes, the warm pool):")
+    print(c.count_table([one for one, _ in COUNTS], "engine", sessions))
+    print(c.count_table([one for one, _ in COUNTS], "processes", sessions))
     print(f"\npeak RSS of this process (ru_maxrss): {rss_start:.0f} MB after the warm-up, "
           f"{peak_rss_mb():.0f} MB at the end (it includes raw's threads, which hold little)")
 

@@ -26,6 +26,7 @@ from runtime.limits import (
     StrictModel,
     WarmPool,
     plain_limits,
+    validation_message,
 )
 from runtime.limits import LimitOverrides as LimitOverrides
 from runtime.limits import ResourceLimits as ResourceLimits
@@ -39,6 +40,8 @@ from runtime.task import (
 from runtime.task import Task as Task
 
 MergeStrategy = Literal["review", "auto", "none"]
+#: Where sessions run: one Docker engine, or the services of a Docker Swarm.
+EngineKind = Literal["docker", "swarm"]
 DatabaseStrategy = Literal["per_agent", "shared"]
 ContainerRuntime = Literal["runc", "runsc"]
 IsolationStrategy = Literal["git_worktree", "directory"]
@@ -104,7 +107,7 @@ class RunConfig(StrictModel):
         description="PostgreSQL admin URL for the shared strategy; default: agentrt starts one.",
     )
     runtime: ContainerRuntime = Field("runc", description="runc | runsc (gVisor).")
-    engine: Literal["docker", "swarm"] = Field(
+    engine: EngineKind = Field(
         "docker", description="docker: the engine DOCKER_HOST (or the context) names, local or "
         "remote; swarm: sessions as services of the Swarm that engine manages.")
     conflict_radar_seconds: RadarSeconds = Field(
@@ -210,6 +213,15 @@ class RunConfig(StrictModel):
             raise ValueError(f"invalid branch name {value!r}: {problem} "
                              "(see git check-ref-format --branch)")
         return value
+
+    def with_overrides(self, where: str = "command line", **updates: Any) -> RunConfig:
+        """This config with ``updates`` applied and validated like the task file's own values
+        (``model_copy(update=...)`` would skip the validators); ConfigError naming the
+        field."""
+        try:
+            return type(self).model_validate({**dict(self), **updates})
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, where)) from None
 
     def limits_for(self, task: Task) -> ResourceLimits:
         """The effective limits of ``task``: the run's defaults with the task's overrides."""

@@ -29,6 +29,8 @@ MAX_SETUP_COMMANDS = 64
 
 ServiceMemoryMb = Annotated[int, Field(strict=True, gt=0, le=1024 * 1024)]
 ServiceCpuPercent = Annotated[int, Field(strict=True, gt=0, le=100 * 1024)]
+ServiceDiskMb = Annotated[int, Field(strict=True, gt=0, le=64 * 1024)]
+MAX_WRITABLE_PATHS = 16
 
 
 class _Strict(BaseModel):
@@ -186,6 +188,12 @@ class Service(_Strict):
         "it runs.")
     memory_mb: ServiceMemoryMb = Field(256, description="Memory limit in MiB (no swap).")
     cpu_percent: ServiceCpuPercent = Field(50, description="Percent of one core.")
+    disk_mb: ServiceDiskMb = Field(
+        256, description="Size in MiB of each place the service may write (its image's "
+        "VOLUMEs and ``writable``; /tmp is 64 MiB): a tmpfs, whose pages count in memory_mb.")
+    writable: list[str] = Field(
+        default_factory=list, description="Absolute paths the service writes besides /tmp and "
+        "its image's VOLUMEs (its root is read-only); each starts empty.")
 
     @field_validator("name")
     @classmethod
@@ -200,6 +208,19 @@ class Service(_Strict):
     def _check_image(cls, value: str) -> str:
         if not value.strip() or any(c.isspace() or c == "\0" for c in value):
             raise ValueError(f"{value!r} is not an image reference")
+        return value
+
+    @field_validator("writable")
+    @classmethod
+    def _check_writable(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_WRITABLE_PATHS:
+            raise ValueError(f"at most {MAX_WRITABLE_PATHS} writable paths")
+        for item in value:
+            path = PurePosixPath(item)
+            if (not path.is_absolute() or item != str(path) or path == PurePosixPath("/")
+                    or ".." in path.parts or any(c in item for c in ",:\0\n")):
+                raise ValueError(f"{item!r} is not an absolute path below / (no '..', ',' "
+                                 "or ':')")
         return value
 
     _command = field_validator("command")(check_command)

@@ -24,6 +24,7 @@ def utcnow() -> datetime:
 class SessionStatus(StrEnum):
     """Where a session is, or how it ended."""
 
+    PREPARED = "prepared"  # made ahead by the warm pool for a task still waiting for a slot
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -38,7 +39,7 @@ class SessionStatus(StrEnum):
     @property
     def is_final(self) -> bool:
         """True once the session can no longer change state."""
-        return self not in (SessionStatus.PENDING, SessionStatus.RUNNING)
+        return self not in (SessionStatus.PREPARED, SessionStatus.PENDING, SessionStatus.RUNNING)
 
     @property
     def is_failure(self) -> bool:

@@ -15,6 +15,8 @@ time, so a reused pid is not mistaken for life). For each orphaned or finished-b
    the next gc tries again.
 
 Sessions whose harvest failed at the end of a run (``work = kept``) are retried the same way.
+A session the warm pool prepared ahead (recorded ``prepared``: no agent ever ran in it) is not
+harvested: its container, volume, untouched branch and row are removed.
 It never deletes a branch that holds anything of an agent (only the branch of a session whose
 agent never started, still at its base) and never touches a session whose owner is alive.
 """
@@ -85,6 +87,8 @@ class GcReport:
     """Sessions whose kept work is gone for good (said once, then recorded ``lost``): why."""
     saved_branches: dict[str, str] = field(default_factory=dict)
     skipped_live: list[str] = field(default_factory=list)
+    forgotten_prepared: list[str] = field(default_factory=list)
+    """Sessions prepared ahead for a task of a run that died first: their rows are deleted."""
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -232,6 +236,10 @@ def _finish_dead_runs(repo: MainRepo, store: Store | None, report: GcReport,
             if live:
                 continue  # the run is finished when its last session is
             for row in store.list_sessions(run.id, include_finished=False):
+                if row.status is SessionStatus.PREPARED:  # prepared ahead, never taken
+                    _forget_prepared(store, row, report)
+                    _remove_unused_branch(repo, row.branch, row.result.base_commit, report)
+                    continue
                 # Its owner died before it had a volume or a container: nothing to save.
                 result = row.result
                 result.status = SessionStatus.CRASHED
@@ -263,6 +271,8 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
         with contextlib.suppress(NotFoundError):
             row = store.get_session(session_id)
     finished = row is not None and row.result.status.is_final
+    # Prepared ahead and never taken: nothing of an agent in it, and no task's session.
+    prepared = row is not None and row.status is SessionStatus.PREPARED
     kept_for_retry = marker is not None and marker.work_kept
     if recorded_alive(pid, start) and not kept_for_retry and \
             not (finished and include_finished and marker and marker.keep):
@@ -279,7 +289,7 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
     branch = marker.branch if marker else (row.branch if row else None)
     work = row.result.work if row is not None else WorkState.NONE
     outcome: WorkOutcome | None = None
-    needs_harvest = (not discard and marker is not None and marker.checked_out
+    needs_harvest = (not discard and not prepared and marker is not None and marker.checked_out
                      and session_dir is not None
                      and branch and repo.branch_head(branch)
                      and (kept_for_retry or work in (WorkState.NONE, WorkState.KEPT)))
@@ -290,7 +300,9 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
             report.lost_work[session_id] = "; ".join(outcome.warnings)
         elif outcome.state is not WorkState.KEPT and outcome.head:
             report.saved_branches[branch] = outcome.head
-    if store is not None and row is not None:
+    if store is not None and row is not None and prepared:
+        _forget_prepared(store, row, report)
+    elif store is not None and row is not None:
         result = row.result
         if not finished:
             _classify_orphan(result, row, container, client, stopped_by_gc)
@@ -336,6 +348,19 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
         else:
             found_volume(session_dir).remove()
         report.removed_sessions.append(session_id)
+
+
+def _forget_prepared(store: Store, row: SessionRow, report: GcReport) -> None:
+    """Delete the row of a session prepared ahead whose run died before a task took it: it
+    never was a task's session (its branch and volume are removed by the caller)."""
+    try:
+        store.delete_session(row.id)
+    except NotFoundError:
+        return
+    except AgentRuntimeError as exc:
+        report.errors.append(f"{row.id}: {exc}")
+        return
+    report.forgotten_prepared.append(row.id)
 
 
 def _remove_unused_branch(repo: MainRepo, branch: str, base: str, report: GcReport) -> None:

@@ -16,7 +16,7 @@ from runtime.text import terminal_safe
 STATUS_COLOR: dict[SessionStatus, str] = {SessionStatus(k): v for k, v in {
     "succeeded": "#2f9e61", "failed": "#d6453d", "oom_killed": "#9c3dbf", "timed_out": "#e0821e",
     "disk_full": "#8a5a2b", "crashed": "#8f1d1d", "cancelled": "#b8a22e", "skipped": "#a3a9b3",
-    "running": "#3a7bd5", "pending": "#c7ccd4"}.items()}
+    "running": "#3a7bd5", "pending": "#c7ccd4", "prepared": "#9fb8dc"}.items()}
 MERGE_COLOR = {"merged": "#2f9e61", "clean": "#3a7bd5", "conflicts": "#d6453d",
                "gate_failed": "#d6453d", "not_attempted": "#a3a9b3", "not_merged": "#d98a1c"}
 MIB = 1024 * 1024

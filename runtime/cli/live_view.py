@@ -39,6 +39,7 @@ STATUS_STYLE = {
     SessionStatus.SKIPPED: "yellow",
     SessionStatus.RUNNING: "cyan",
     SessionStatus.PENDING: "dim",
+    SessionStatus.PREPARED: "dim cyan",
 }
 
 #: The coordinator's listener event for a session being stopped (SIGTERM sent, grace running).

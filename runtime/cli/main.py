@@ -13,14 +13,14 @@ import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 from rich.console import Console
 
 from runtime.cli.lookup import open_store, repo_option
 from runtime.cli.one_off import one_off_options, one_off_task_file
-from runtime.config import branch_name_problem, load_task_file
+from runtime.config import EngineKind, MergeStrategy, branch_name_problem, load_task_file
 from runtime.errors import AgentRuntimeError
 from runtime.limits import MAX_CONCURRENT_AGENTS
 from runtime.models import SessionStatus
@@ -82,8 +82,8 @@ def main(debug: bool) -> None:
 @repo_option
 @click.option("--max-concurrent", type=click.IntRange(min=1, max=MAX_CONCURRENT_AGENTS),
               help="Override max_concurrent_agents.")
-@click.option("--merge", "merge_strategy", type=click.Choice(["review", "auto", "none"]))
-@click.option("--engine", type=click.Choice(["docker", "swarm"]),
+@click.option("--merge", "merge_strategy", type=click.Choice(get_args(MergeStrategy)))
+@click.option("--engine", type=click.Choice(get_args(EngineKind)),
               help="Override [run] engine: swarm runs sessions as services of the Swarm the "
               "engine (DOCKER_HOST) manages.")
 @click.option("--target", metavar="BRANCH",
@@ -120,7 +120,7 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
         if problem:
             fail(f"--target: invalid branch name {target!r}: {problem}")
         updates["target"] = target
-    config = parsed.run.model_copy(update=updates)
+    config = parsed.run.with_overrides(**updates)
     main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
@@ -139,7 +139,7 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
     interrupts = 0
     terminal_fds = [fd for fd in (1, 2) if os.isatty(fd)]
 
-    def on_signal(signum: int, frame: object) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
         nonlocal interrupts
         if signum == signal.SIGHUP:
             detach_from_terminal(terminal_fds)

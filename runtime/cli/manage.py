@@ -161,6 +161,8 @@ def gc(repo: str, as_json: bool, repair_state: bool, merged_branches: bool) -> N
             click.echo(f"  removed {terminal_safe(branch)} (its agent never started)")
         for session_id, why in report.lost_work.items():
             click.echo(f"  lost {session_id}: {terminal_safe(why)}")
+        for session_id in report.forgotten_prepared:
+            click.echo(f"  forgot {session_id} (prepared ahead; its run died before it ran)")
         if merged_branches:
             click.echo(f"deleted {len(deleted)} merged branches")
         for error in report.errors:

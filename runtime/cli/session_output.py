@@ -23,11 +23,9 @@ from runtime.git.session_work import work_head
 from runtime.text import terminal_safe as _safe
 
 if TYPE_CHECKING:
-    import docker
-
+    from runtime.engine.types import EngineClient
     from runtime.state.store import SessionRow, Store
 
-FOLLOW_POLL_S = 0.5
 TAIL_BYTES = 64 * 1024
 
 
@@ -63,7 +61,7 @@ def last_output_line(repo: MainRepo, session_id: str) -> str:
 
 
 def session_output(repo: MainRepo, store: Store, row: SessionRow, follow: bool,
-                   client: Callable[[], docker.DockerClient] | None = None) -> Iterator[bytes]:
+                   client: Callable[[], EngineClient] | None = None) -> Iterator[bytes]:
     """A session's output as the process that owns its run saved it (secrets redacted there).
 
     Never asks the container or depends on this process's environment: the owner writes the
@@ -123,8 +121,6 @@ def session_diff(repo: MainRepo, row: SessionRow, stat: bool = False) -> bytes:
 
 def _live_diff(container_id: str, base: str, stat: bool) -> bytes | None:
     """The diff of a running session from inside its container; None if it is not running."""
-    import docker.errors
-
     from runtime.engine.container import AgentContainer
     from runtime.engine.discovery import get_client
     from runtime.errors import AgentRuntimeError
@@ -133,8 +129,8 @@ def _live_diff(container_id: str, base: str, stat: bool) -> bytes | None:
 
     try:
         client = get_client()
-        container = AgentContainer(client, client.containers.get(container_id))
+        container = AgentContainer.find(client, container_id)
         uid, gid = agent_ids()
         return live_diff(container, f"{uid}:{gid}", base, stat)
-    except (AgentRuntimeError, docker.errors.DockerException):  # gone or stopping: the branch
+    except AgentRuntimeError:  # gone or stopping: the branch
         return None

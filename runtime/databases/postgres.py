@@ -17,7 +17,9 @@ The server is either
   reach the server over their own network (``network = "bridge"`` and a host name containers
   resolve), so :attr:`SharedDatabase.network` is ``None``; or
 * one server per run that agentrt starts: container ``agentrt-db-<run>`` of
-  ``agentrt/postgres:latest`` (``images/postgres``), labelled ``agentrt.run=<run>``,
+  ``agentrt/postgres:latest`` (``images/postgres``) with a disk volume of its own sized from
+  the sessions' budgets (:func:`~runtime.databases.postgres_server.server_disk_mb`) and each
+  role's connections capped (:func:`connection_limit`), labelled ``agentrt.run=<run>``,
   ``agentrt.session=db-<run>``, ``agentrt.role=database``, alone on the *internal* network
   ``agentrt-db-<run>`` (no egress) that the run's agents join. Admin SQL is ``docker exec psql``
   as the ``postgres`` OS user over the unix socket (peer auth): no psql on the host and no route
@@ -53,9 +55,11 @@ from runtime.databases.postgres_credentials import (
     scram_verifier,
 )
 from runtime.databases.postgres_server import (
+    SERVER_BASE_MB,
     is_running,
     remove_network,
     remove_server,
+    server_disk_mb,
     server_labels,
     server_name,
     start_server,
@@ -69,13 +73,28 @@ __all__ = ["IMAGE", "PORT", "SharedDatabase", "check_database_url", "create_shar
            "ensure_shared_server", "stop_shared_server"]
 
 PORT = 5432
+#: The most connections one session's role may hold at once on agentrt's server.
 AGENT_CONNECTION_LIMIT = 32
+#: The server's max_connections (images/postgres/setup.sh), less the superuser's reserve.
+SERVER_CONNECTIONS = 200 - 3
+
+
+def connection_limit(config: RunConfig) -> int:
+    """A session role's ``CONNECTION LIMIT`` on agentrt's server: the server's connections
+    shared by the sessions that may hold a database at once (running and prepared ahead), at
+    most :data:`AGENT_CONNECTION_LIMIT`, at least 2; so no session can take the connections
+    of the others. A ``database_url`` server gets :data:`AGENT_CONNECTION_LIMIT`. Pure."""
+    if config.database_url:
+        return AGENT_CONNECTION_LIMIT
+    sessions = config.max_concurrent_agents + config.warm_pool
+    return max(2, min(AGENT_CONNECTION_LIMIT, SERVER_CONNECTIONS // sessions))
+
 
 # INHERIT (the default) matters: the owner's CREATE on schema public comes through its implicit
-# membership in pg_database_owner.
-_CREATE_SQL = f"""
+# membership in pg_database_owner. @LIMIT@ is connection_limit(), an int.
+_CREATE_SQL = """
 CREATE ROLE :"role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-    CONNECTION LIMIT {AGENT_CONNECTION_LIMIT} PASSWORD :'verifier';
+    CONNECTION LIMIT @LIMIT@ PASSWORD :'verifier';
 CREATE DATABASE :"db" OWNER :"role";
 REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
 GRANT CONNECT, TEMPORARY ON DATABASE :"db" TO :"role";
@@ -155,7 +174,7 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
         parts = urlsplit(config.database_url)
         host, port, network = parts.hostname or "localhost", parts.port or PORT, None
     else:
-        container_id = ensure_shared_server(client, run_id, labels)
+        container_id = ensure_shared_server(client, run_id, labels, server_disk_mb(config))
         admin = PsqlAdmin(client, container_id=container_id)
         host, port = server_name(run_id), PORT
         network = _session_network(client, run_id, session_id, name, container_id, labels)
@@ -165,7 +184,8 @@ def create_shared_database(config: RunConfig, session_id: str, run_id: str,
         "AGENT_DATABASE_URL": database_url(name, password, host, port, name)},
         _owns_network=network is not None)
     try:
-        admin.run(_CREATE_SQL, role=name, db=name, verifier=scram_verifier(password))
+        admin.run(_CREATE_SQL.replace("@LIMIT@", str(int(connection_limit(config)))),
+                  role=name, db=name, verifier=scram_verifier(password))
     except DatabaseError:
         # A half-made role (CREATE DATABASE failed after CREATE ROLE) must not outlive us.
         with contextlib.suppress(DatabaseError):
@@ -199,8 +219,10 @@ def _run_lock(run_id: str) -> threading.Lock:
 
 
 def ensure_shared_server(client: docker.DockerClient, run_id: str,
-                         labels: Mapping[str, str] | None = None) -> str:
-    """The id of the run's running, ready server container, starting it on first use.
+                         labels: Mapping[str, str] | None = None,
+                         disk_mb: int = SERVER_BASE_MB) -> str:
+    """The id of the run's running, ready server container, starting it on first use (with
+    a volume of ``disk_mb`` MiB).
 
     Serialised per run: concurrent sessions of one run wait for the one server. A server left
     by an earlier call (or another process) for the same run is reused if it is running.
@@ -216,7 +238,7 @@ def ensure_shared_server(client: docker.DockerClient, run_id: str,
             raise DatabaseError(f"database server {name} exists but is {found[0].status}: "
                                 f"run `agentrt gc` or `docker rm -f {name}`")
         _servers[run_id] = (str(found[0].id) if found
-                            else start_server(client, run_id, labels))
+                            else start_server(client, run_id, labels, disk_mb))
         return _servers[run_id]
 
 

@@ -10,7 +10,6 @@ import secrets
 from urllib.parse import quote
 
 NAME_PREFIX = "agentrt_"
-MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1: longer names are silently truncated
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 
 

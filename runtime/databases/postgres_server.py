@@ -1,5 +1,19 @@
-"""The PostgreSQL server agentrt starts for one run: its container ``agentrt-db-<run>`` and
-internal network, started hardened and waited for until ready, and removed with both."""
+"""The PostgreSQL server agentrt starts for one run: its container ``agentrt-db-<run>``, its
+internal network and its disk, started hardened and waited for until ready, and removed with
+them.
+
+**Its disk.** The server writes nothing into its container: the root is read-only, and its
+data directory (tables, indexes, temporary files of sorts and hashes) lives on a loop volume
+of its own on the engine's host (:func:`runtime.engine.engine_volumes.create_engine_volume`,
+named ``agentrt-vol-db-<run>``) of :func:`server_disk_mb` MiB: the run's default ``disk_mb``
+for every session that may hold a database at once (``max_concurrent_agents``), plus
+:data:`SERVER_BASE_MB` for the cluster itself. The cluster made at build time is copied onto
+it at start. Its write-ahead log is a tmpfs of :data:`WAL_MB` (counted in the server's
+memory), so a session that fills the volume gets "No space left on device" for its own
+statement while the server, which stops when it cannot write its WAL, goes on serving the
+others. On an engine that cannot loop-mount (rootless) the volume is a plain named volume:
+its size is not enforced there.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +26,7 @@ import docker
 import docker.errors
 from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
+from runtime.config import RunConfig
 from runtime.databases.postgres_credentials import scram_verifier
 from runtime.databases.psql_admin import (
     IMAGE,
@@ -21,8 +36,15 @@ from runtime.databases.psql_admin import (
     docker_errors,
     exec_exit_code,
 )
+from runtime.engine.engine_volumes import (
+    EngineVolume,
+    create_engine_volume,
+    list_engine_volumes,
+    remove_engine_volume,
+)
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.networks import create_internal_network
+from runtime.engine.services import ImageFacts
 from runtime.errors import DatabaseError
 
 ROLE_DATABASE = "database"
@@ -37,6 +59,32 @@ TEMP_FILE_LIMIT = "256MB"
 #: Defaults for every role (an agent may SET its own statement_timeout: a default, not a cap).
 STATEMENT_TIMEOUT = "300s"
 IDLE_IN_TRANSACTION_TIMEOUT = "600s"
+#: The volume's share for the cluster itself (catalogs, the template databases), MiB.
+SERVER_BASE_MB = 128
+#: The write-ahead log's tmpfs, MiB, and the WAL size at which a checkpoint starts (it keeps
+#: the log well inside its tmpfs).
+WAL_MB = 320
+MAX_WAL_SIZE = "96MB"
+#: Where the server's volume is mounted, and its data directory there.
+DATA_MOUNT = "/var/lib/agentrt-db"
+PGDATA = f"{DATA_MOUNT}/pg"
+WAL_DIR = "/run/agentrt-wal"
+#: The cluster made at build time (images/postgres/setup.sh).
+TEMPLATE = "/var/lib/postgresql/data"
+# As the postgres user: the template cluster onto the volume (first start only), its WAL into
+# the tmpfs (pg_wal a link there), then the image's entry point.
+START_SCRIPT = f"""
+set -eu
+if [ ! -d {PGDATA} ]; then
+  cp -a {TEMPLATE} {PGDATA}.new
+  cp -a {PGDATA}.new/pg_wal/. {WAL_DIR}/
+  rm -rf {PGDATA}.new/pg_wal
+  ln -s {WAL_DIR} {PGDATA}.new/pg_wal
+  mv {PGDATA}.new {PGDATA}
+fi
+chmod 0700 {PGDATA}
+exec agentrt-postgres
+"""
 
 # On agentrt's own server nobody but the superuser needs the maintenance databases; the
 # limits above are set for the whole server (ALTER SYSTEM, then a reload).
@@ -46,6 +94,8 @@ REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC;
 ALTER SYSTEM SET temp_file_limit = '{TEMP_FILE_LIMIT}';
 ALTER SYSTEM SET statement_timeout = '{STATEMENT_TIMEOUT}';
 ALTER SYSTEM SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}';
+ALTER SYSTEM SET max_wal_size = '{MAX_WAL_SIZE}';
+ALTER SYSTEM SET min_wal_size = '32MB';
 SELECT pg_reload_conf();
 """
 
@@ -78,6 +128,43 @@ def is_running(client: docker.DockerClient, container_id: str) -> bool:
     return bool(state.get("Running"))
 
 
+def server_disk_mb(config: RunConfig) -> int:
+    """Size of the server's volume, MiB: :data:`SERVER_BASE_MB` plus the run's default
+    ``disk_mb`` for each session that may hold a database at once. Pure."""
+    return SERVER_BASE_MB + config.max_concurrent_agents * config.resource_limits.disk_mb
+
+
+def volume_id(run_id: str) -> str:
+    """The id the server's volume is made under (its named volume: ``agentrt-vol-<id>``)."""
+    return f"db-{run_id}"
+
+
+def server_spec(run_id: str, volume: EngineVolume, facts: ImageFacts, password: str,
+                labels: Mapping[str, str] | None = None) -> dict[str, object]:
+    """``client.containers.run`` arguments of the run's server. Pure.
+
+    Its own user, no capability, read-only root; it writes only its volume (the data
+    directory), the WAL's tmpfs, its socket directory and a small /tmp."""
+    name = server_name(run_id)
+    owner = f"uid={facts.uid},gid={facts.gid}"
+    return {
+        "image": IMAGE, "command": ["sh", "-c", START_SCRIPT], "name": name, "hostname": name,
+        "network": name, "labels": server_labels(run_id, labels),
+        "environment": {"POSTGRES_PASSWORD": password, "PGDATA": PGDATA},
+        "user": "postgres", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
+        "read_only": True,
+        "mounts": [docker.types.Mount(DATA_MOUNT, volume.db_dir, type="bind")],
+        "tmpfs": {WAL_DIR: f"size={WAL_MB}m,mode=0700,{owner}",
+                  "/run/postgresql": f"size=1m,mode=2775,{owner}",
+                  "/tmp": "size=16m,mode=1777"},
+        "mem_limit": SERVER_MEMORY, "memswap_limit": SERVER_MEMORY, "pids_limit": SERVER_PIDS,
+        "nano_cpus": SERVER_NANO_CPUS,
+        "log_config": docker.types.LogConfig(type="json-file",
+                                             config={"max-size": "10m", "max-file": "2"}),
+        "detach": True,
+    }
+
+
 def server_labels(run_id: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The labels of a run's server and its networks: ``extra`` (the repository and the
     owning process, so ``agentrt gc --repo`` finds them), then agentrt's own."""
@@ -86,8 +173,9 @@ def server_labels(run_id: str, extra: Mapping[str, str] | None = None) -> dict[s
 
 
 def start_server(client: docker.DockerClient, run_id: str,
-                 labels: Mapping[str, str] | None = None) -> str:
-    """Start the run's server (and its network), labelled with ``labels`` too; its id."""
+                 labels: Mapping[str, str] | None = None, disk_mb: int = SERVER_BASE_MB) -> str:
+    """Start the run's server (its network and a volume of ``disk_mb`` MiB), labelled with
+    ``labels`` too; its id."""
     from runtime.engine.image_build import build_image
 
     name = server_name(run_id)
@@ -97,19 +185,16 @@ def start_server(client: docker.DockerClient, run_id: str,
         with docker_errors(f"create network {name}"):
             # internal: neither the server nor the agents on this network have a route out.
             create_internal_network(client, name, server_labels(run_id, labels))
+        with docker_errors(f"make the disk of {name}"):
+            facts = ImageFacts.of(client, IMAGE)
+            volume = create_engine_volume(client, volume_id(run_id), disk_mb, facts.uid,
+                                          facts.gid, labels=server_labels(run_id, labels))
         with docker_errors(f"start {name}"):
-            container = client.containers.run(
-                IMAGE, name=name, hostname=name, network=name,
-                labels=server_labels(run_id, labels),
-                # Nobody needs the superuser's password (admin goes through the socket);
-                # a random one means nobody on the network can guess it either.
-                environment={"POSTGRES_PASSWORD": scram_verifier(secrets.token_urlsafe(24))},
-                user="postgres", cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
-                mem_limit=SERVER_MEMORY, memswap_limit=SERVER_MEMORY, pids_limit=SERVER_PIDS,
-                nano_cpus=SERVER_NANO_CPUS,
-                log_config=docker.types.LogConfig(type="json-file",
-                                                  config={"max-size": "10m", "max-file": "2"}),
-                detach=True)
+            # Nobody needs the superuser's password (admin goes through the socket);
+            # a random one means nobody on the network can guess it either.
+            password = scram_verifier(secrets.token_urlsafe(24))
+            container = client.containers.run(**server_spec(run_id, volume, facts, password,
+                                                             labels))
         container_id = str(container.id)
         _wait_ready(client, container_id, name)
         PsqlAdmin(client, container_id=container_id).run(_SERVER_SETUP_SQL)
@@ -155,3 +240,6 @@ def remove_server(client: docker.DockerClient, run_id: str) -> None:
             filters={"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={ROLE_DATABASE}"]})
     for network in networks:
         remove_network(client, str(network.name))
+    with docker_errors(f"remove the disk of {name}"):  # VolumeError too
+        for volume in list_engine_volumes(client, volume_id(run_id)):
+            remove_engine_volume(client, volume)

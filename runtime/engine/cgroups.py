@@ -79,6 +79,27 @@ class ContainerCgroup:
                 cpu_dir = _existing(CGROUP_ROOT / "cpuacct" / rel, container_id, "cpuacct")
         return cls(version, memory_dir, cpu_dir)
 
+    @classmethod
+    def for_container(cls, container_id: str) -> ContainerCgroup | None:
+        """The cgroup of a running container found by its id where Docker's cgroupfs or
+        systemd driver puts it (no engine call, no pid); None unless every controller's
+        directory is there."""
+        if not container_id:
+            return None
+
+        def at(base: Path) -> Path | None:
+            for candidate in (base / "docker" / container_id,
+                              base / "system.slice" / f"docker-{container_id}.scope"):
+                if candidate.is_dir():
+                    return candidate
+            return None
+
+        if cgroup_version() == 2:
+            unified = at(CGROUP_ROOT)
+            return cls(2, unified, unified) if unified else None
+        memory_dir, cpu_dir = at(CGROUP_ROOT / "memory"), at(CGROUP_ROOT / "cpuacct")
+        return cls(1, memory_dir, cpu_dir) if memory_dir and cpu_dir else None
+
     def read(self) -> CgroupReading:
         """Sample the counters now."""
         reading = CgroupReading()

@@ -19,6 +19,7 @@ from docker.types import LogConfig, Mount
 
 from runtime.config import ResourceLimits
 from runtime.engine.discovery import engine_errors
+from runtime.engine.engine_streams import shut_down
 from runtime.engine.labels import (
     LABEL_GRACE_SECONDS,
     LABEL_RUN,
@@ -219,7 +220,9 @@ class OutputStream:
             yield bytes(data)
 
     def close(self) -> None:
-        """Stop reading (the engine then drops this reader)."""
+        """Stop reading (the engine then drops this reader); a read blocked in another thread
+        returns (shutting the socket down wakes it; closing alone would not)."""
+        shut_down(self._sock)
         with contextlib.suppress(Exception):
             self._sock.close()
 
@@ -249,6 +252,12 @@ class AgentContainer:
     def id(self) -> str:
         """The container id."""
         return str(self.container.id)
+
+    @classmethod
+    def find(cls, client: docker.DockerClient, container_id: str) -> AgentContainer:
+        """The container ``container_id``; EngineNotFoundError if it is gone."""
+        with engine_errors(f"find container {container_id[:12]}"):
+            return cls(client, client.containers.get(container_id))
 
     @classmethod
     def create(cls, client: docker.DockerClient, plan: ContainerPlan) -> AgentContainer:
@@ -299,6 +308,23 @@ class AgentContainer:
         with contextlib.suppress(EngineError), engine_errors("kill the container"), \
                 contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             self.client.api.kill(self.id)
+
+    def exec_output(self, command: list[str], user: str) -> bytes:
+        """Run ``command`` in the running container as ``user``; its stdout. EngineError if
+        the container is gone or refuses (a container that is stopping refuses exec)."""
+        with engine_errors("read a live session"):
+            try:
+                api = self.client.api
+                exec_id = api.exec_create(self.id, command, user=user, workdir="/",
+                                          stdout=True, stderr=False)["Id"]
+                out = api.exec_start(exec_id, demux=True)
+            except docker.errors.NotFound as exc:
+                raise EngineError("the session's container is gone") from exc
+            except docker.errors.APIError as exc:
+                raise EngineError(f"cannot exec in the session: {exc.explanation or exc}") \
+                    from exc
+        stdout = out[0] if isinstance(out, tuple) else out
+        return bytes(stdout or b"")
 
     def logs(self, tail: int | str = "all") -> bytes:
         """The container's combined stdout and stderr (empty if it cannot be read)."""

@@ -340,9 +340,3 @@ def runtime_args(client: docker.DockerClient, name: str) -> list[str]:
     """The extra arguments the engine passes to runtime ``name`` (e.g. runsc's flags)."""
     runtime = (engine_info(client).get("Runtimes") or {}).get(name) or {}
     return [str(arg) for arg in runtime.get("runtimeArgs") or []]
-
-
-def server_version(client: docker.DockerClient) -> str:
-    """The engine's version string, e.g. ``"20.10.24+dfsg1"``."""
-    with engine_errors("read the engine's version"):
-        return str(client.version().get("Version", "unknown"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -42,7 +41,8 @@ from runtime.egress_rules import (
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.networks import create_internal_network
-from runtime.errors import ConfigError, EngineError
+from runtime.errors import ConfigError, EngineError, WaitTimeoutError
+from runtime.waiting import wait_until
 
 IMAGE_NAME = "egress"
 IMAGE = "agentrt/egress:latest"
@@ -205,20 +205,27 @@ class RunEgress:
 def _wait_ready(client: docker.DockerClient, container_id: str, name: str) -> None:
     """Wait until the proxy accepts connections (probed from inside it); EngineError with its
     log if it exits or does not listen within READY_TIMEOUT_S."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
+
+    def listening() -> bool:
         with engine_errors(f"probe the egress proxy {name}"):
-            state = client.api.inspect_container(container_id).get("State", {})
-            if state.get("Running"):
-                exec_id = client.api.exec_create(container_id, ["python3", "-c", _PROBE])
-                client.api.exec_start(exec_id)
-                if client.api.exec_inspect(exec_id).get("ExitCode") == 0:
-                    return
-        if not state.get("Running") or time.monotonic() > deadline:
-            with engine_errors(f"read the log of {name}"):
-                logs = client.api.logs(container_id, tail=20).decode(errors="replace")
-            raise EngineError(f"the egress proxy {name} did not start: {logs.strip()[-600:]}")
-        time.sleep(0.05)
+            if not client.api.inspect_container(container_id).get("State", {}).get("Running"):
+                raise _ProxyExited
+            exec_id = client.api.exec_create(container_id, ["python3", "-c", _PROBE])
+            client.api.exec_start(exec_id)
+            return bool(client.api.exec_inspect(exec_id).get("ExitCode") == 0)
+
+    try:
+        wait_until(listening, timeout=READY_TIMEOUT_S, what=f"the egress proxy {name}",
+                   interval=0.05, max_interval=0.1)
+    except (_ProxyExited, WaitTimeoutError):
+        with engine_errors(f"read the log of {name}"):
+            logs = client.api.logs(container_id, tail=20).decode(errors="replace")
+        raise EngineError(f"the egress proxy {name} did not start: {logs.strip()[-600:]}") \
+            from None
+
+
+class _ProxyExited(Exception):
+    """The proxy's container stopped before it listened (ends the wait at once)."""
 
 
 def _remove_network(network: object) -> None:

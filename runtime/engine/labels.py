@@ -30,6 +30,19 @@ def container_name(session_id: str) -> str:
     return f"agentrt-{session_id}"
 
 
+def labelled(client: docker.DockerClient, role: str, *,
+             networks: bool = False) -> list[tuple[str, dict[str, str]]]:
+    """``(name, labels)`` of every container (and, with ``networks``, network) whose
+    ``agentrt.role`` is ``role``."""
+    with engine_errors(f"list agentrt's {role} containers"):
+        found = [(str(c.name), dict(c.labels)) for c in client.containers.list(
+            all=True, filters={"label": f"{LABEL_ROLE}={role}"})]
+        if networks:
+            found += [(str(n.name), dict(n.attrs.get("Labels") or {}))
+                      for n in client.networks.list(filters={"label": f"{LABEL_ROLE}={role}"})]
+    return found
+
+
 def find_container(client: docker.DockerClient, session_id: str) -> Any | None:
     """The session's agent container, found by its ``agentrt.session`` label; None if gone."""
     with engine_errors(f"find the container of {session_id}"):

@@ -25,7 +25,6 @@ IMAGE_PARENTS: dict[str, str | None] = {
     "egress": "base",  # the egress proxy of network = "allowlist"
     "dind": "base",  # a second engine for the tests of runtime/engine/engine_volumes.py
 }
-DEFAULT_IMAGES = ("base",)
 DEBIAN_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ROOTFS_REPO = "agentrt/rootfs"

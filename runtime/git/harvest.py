@@ -67,7 +67,6 @@ EXIT_UNCHANGED = 3
 EXIT_TOO_LARGE = 4
 HEAD_UNREADABLE = "agentrt-harvest: agent-head-unreadable"
 ADD_ERRORS = "agentrt-harvest: some files could not be read"
-TOO_LARGE = "agentrt-harvest: over-limit"
 HARVEST_MIN_MEMORY_MB = 256
 HARVEST_MIN_SCRATCH_MB = 64
 HARVEST_TIMEOUT_SECONDS = 600
@@ -342,7 +341,7 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
             except Exception as exc:  # requests' read timeout: the harvest hung
                 container.kill()
                 raise HarvestError(f"the harvest did not finish within {timeout:.0f} s") from exc
-            output = container.logs(stdout=True, stderr=True, tail=200).decode(errors="replace")
+            output = _output(client, container.id, tail=200)
         code = int(status.get("StatusCode", -1))
         if code == EXIT_TOO_LARGE:
             raise HarvestTooLargeError(f"the session's work is larger than the import limit "
@@ -377,6 +376,15 @@ def run_harvest(client: docker.DockerClient, plan: HarvestPlan, dest: Path,
             with contextlib.suppress(docker.errors.DockerException, EngineError,
                                      requests.exceptions.RequestException):
                 container.remove(force=True, v=True)
+
+
+def _output(client: docker.DockerClient, container_id: str, tail: int) -> str:
+    """The last ``tail`` lines of the stopped harvest's stdout and stderr, in one request (the
+    SDK's ``logs`` first inspects the container to learn whether it has a TTY: it has none)."""
+    api = client.api
+    response = api._get(api._url("/containers/{0}/logs", container_id),
+                        params={"stdout": 1, "stderr": 1, "tail": tail}, stream=False)
+    return bytes(api._get_result_tty(False, response, False)).decode(errors="replace")
 
 
 def _out_volume_dir(attrs: Mapping[str, Any]) -> Path | None:

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import shlex
 
-import docker
-import docker.errors
-
 from runtime.engine.container import AgentContainer
-from runtime.engine.discovery import engine_errors
-from runtime.errors import EngineError
 from runtime.presets import STATE_EXCLUDES
 
 EXEC_TIMEOUT_SECONDS = 20
@@ -42,19 +37,7 @@ def _exec(container: AgentContainer, user: str, script: str, base: str) -> bytes
     """Run ``script`` (sh, ``$1`` = base) in the live container; its stdout, capped."""
     command = ["timeout", str(EXEC_TIMEOUT_SECONDS), "sh", "-c",
                f"{script} | head -c {MAX_OUTPUT}", "agentrt-live", base]
-    with engine_errors("read a live session"):
-        try:
-            api = container.client.api
-            exec_id = api.exec_create(container.id, command, user=user, workdir="/",
-                                      stdout=True, stderr=False)["Id"]
-            out = api.exec_start(exec_id, demux=True)
-        except docker.errors.NotFound as exc:
-            raise EngineError("the session's container is gone") from exc
-        except docker.errors.APIError as exc:
-            # A container that is stopping refuses exec: nothing to read any more.
-            raise EngineError(f"cannot exec in the session: {exc.explanation or exc}") from exc
-    stdout = out[0] if isinstance(out, tuple) else out
-    return bytes(stdout or b"")
+    return container.exec_output(command, user)
 
 
 def changed_paths(container: AgentContainer, user: str, base: str) -> set[str]:

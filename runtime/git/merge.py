@@ -37,8 +37,8 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
+from runtime.config import MergeStrategy
 from runtime.crash_points import crash_point
 from runtime.errors import ConfigError, MergeError
 from runtime.git.checkout_state import CheckoutState, checkout_state, merge_blocker
@@ -67,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["review", "auto", "none"]
 Landed = Callable[[SessionResult], None]
 
 #: The merge gate (:mod:`runtime.run.merge_gate`): called with a session and the would-be merge
@@ -76,7 +75,7 @@ Landed = Callable[[SessionResult], None]
 Gate = Callable[[SessionResult, str], GateResult | None]
 
 
-def merge_branches(results: list[SessionResult], strategy: Strategy, repo: MainRepo,
+def merge_branches(results: list[SessionResult], strategy: MergeStrategy, repo: MainRepo,
                    target: str | None = None, run_id: str = "",
                    landed: Landed | None = None, gate: Gate | None = None) -> str | None:
     """Fill ``merge`` of every succeeded session in ``results``; return the target (None for

@@ -15,6 +15,7 @@ which ignores the repository's hooks and dangerous config) with ``transfer.fsckO
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -146,12 +147,19 @@ def git_version() -> tuple[int, int, int]:
 
 
 def require_git_version() -> None:
-    """Raise ConfigError if git is older than 2.38 (needed for ``merge-tree --write-tree``)."""
-    version = git_version()
+    """Raise ConfigError if git is older than 2.38 (needed for ``merge-tree --write-tree``).
+
+    Called when a repository is opened (:class:`MainRepo`), so an old git is refused before
+    anything starts rather than when the first merge runs; git is asked once per process."""
+    version = _installed_git_version()
     if version[:2] < _MIN_VERSION:
         raise ConfigError(
-            f"git {'.'.join(map(str, version))} is too old: agentrt needs git >= 2.38"
-        )
+            f"git {'.'.join(map(str, version))} is too old: agentrt needs git >= 2.38")
+
+
+@functools.cache
+def _installed_git_version() -> tuple[int, int, int]:
+    return git_version()
 
 
 def check_branch_name(name: str) -> str:
@@ -176,6 +184,7 @@ class MainRepo:
     """
 
     def __init__(self, path: str | Path) -> None:
+        require_git_version()
         root = Path(path).expanduser().resolve()
         if not root.is_dir():
             raise ConfigError(f"--repo {path}: not a directory")

@@ -10,10 +10,10 @@ by the agent's uid. Each session's volume is then a copy of the seed's data bloc
 (:mod:`runtime.engine.seeded_volumes`) moved onto its own branch
 (:func:`runtime.git.workspace.adopt_seed_checkout`).
 
-The seed's index is *settled*: its files dated back and the index refreshed, so git trusts its
-stat data (an index written in the same second as the files marks them "racily clean" and
-every later ``git status`` or harvest re-reads them all). The copy keeps inode
-numbers and times, so the agent's first ``git status`` and the harvest's snapshot only stat.
+The seed's index is *settled* as every checkout's is (:func:`runtime.git.workspace.
+settle_index`): its files dated back and the index given their stat data, so git trusts it. The
+copy keeps inode numbers and times, so the agent's first ``git status`` and the harvest's
+snapshot only stat.
 
 Only agentrt writes a seed, and before any agent exists; it is removed with the run's object
 stores (:func:`remove_seeds`, also by ``agentrt gc`` for a dead run).
@@ -25,14 +25,13 @@ import contextlib
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 from runtime import paths
 from runtime.engine.seeded_volumes import make_seed_fs
 from runtime.engine.volumes import mounted_at, run_tool
 from runtime.errors import GitError, VolumeError, WorkspaceError
-from runtime.git.safe_git import MainRepo, run_git
+from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import SEED_BRANCH, create_workspace, repo_lock
 
 
@@ -66,7 +65,6 @@ def ensure_seed(repo: MainRepo, run_id: str, commit: str, disk_mb: int, uid: int
             try:
                 workspace = root / "workspace"
                 create_workspace(repo, workspace, SEED_BRANCH, commit, uid, gid, objects=store)
-                settle_index(workspace, uid, gid)
                 shutil.rmtree(workspace / ".git" / "logs", ignore_errors=True)
             finally:
                 run_tool(["umount", str(root)], f"unmount {root}")
@@ -76,22 +74,6 @@ def ensure_seed(repo: MainRepo, run_id: str, commit: str, disk_mb: int, uid: int
         finally:
             _remove_build(build)
     return path
-
-
-def settle_index(workspace: Path, uid: int, gid: int) -> None:
-    """Make every index entry trusted by its stat data: git distrusts ("racily clean") an
-    entry whose file is not older than the index, to the second here. Instead of waiting for
-    the clock to leave the checkout's second, the files are dated two seconds back and the
-    index refreshed (git re-reads them once, now, rather than in every session)."""
-    past = time.time() - 2
-    for root, dirs, files in os.walk(workspace):
-        dirs[:] = [d for d in dirs if not (root == str(workspace) and d == ".git")]
-        for name in files:
-            os.utime(os.path.join(root, name), (past, past), follow_symlinks=False)
-    run_git(["update-index", "-q", "--refresh"], git_dir=workspace / ".git",
-            work_tree=workspace)
-    if os.geteuid() == 0:
-        os.lchown(workspace / ".git" / "index", uid, gid)
 
 
 def remove_seeds(repo: MainRepo, run_id: str) -> None:

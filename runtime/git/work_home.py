@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import docker
-
 from runtime import paths
+from runtime.engine.types import EngineClient
 from runtime.errors import BundleRefusedError, GitError, HarvestError, HarvestTooLargeError
 from runtime.git.bundle import (
     ImportPolicy,
@@ -43,7 +42,7 @@ class WorkOutcome:
 Harvester = Callable[[HarvestPlan, Path, int], Harvest]
 
 
-def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPlan, *,
+def bring_work_home(client: EngineClient, repo: MainRepo, plan: HarvestPlan, *,
                     branch: str, policy: ImportPolicy,
                     harvester: Harvester | None = None) -> WorkOutcome:
     """Harvest ``plan``'s working tree and move ``branch`` onto what the agent left.
@@ -58,7 +57,7 @@ def bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPl
     return outcome
 
 
-def _bring_work_home(client: docker.DockerClient, repo: MainRepo, plan: HarvestPlan, *,
+def _bring_work_home(client: EngineClient, repo: MainRepo, plan: HarvestPlan, *,
                      branch: str, policy: ImportPolicy,
                      harvester: Harvester | None = None) -> WorkOutcome:
     """Harvest ``plan``'s working tree and move ``branch`` onto what the agent left.

@@ -20,8 +20,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import os
 import secrets
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +124,7 @@ def create_workspace(
     Its objects are borrowed from ``objects`` (the run's read-only object store) through
     :data:`ALTERNATES` and a link to ``objects`` beside ``workspace`` (see the module's
     docstring). The host writes this tree before the agent starts and never reads it again.
+    Its index is settled (:func:`settle_index`): git trusts its stat data.
     """
     git_dir = workspace / ".git"
     try:
@@ -136,7 +140,7 @@ def create_workspace(
                          "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
         run_git(["update-ref", f"refs/heads/{branch}", commit], git_dir=git_dir)
         run_git(["reset", "--hard", "-q", commit], git_dir=git_dir, work_tree=workspace)
-        _chown_tree(workspace, uid, gid)
+        settle_index(workspace, uid, gid)
     except (GitError, OSError) as exc:
         raise WorkspaceError(f"cannot create the working tree in {workspace}: {exc}") from exc
 
@@ -171,6 +175,88 @@ def adopt_seed_checkout(workspace: Path, branch: str, commit: str, uid: int, gid
     except OSError as exc:
         raise WorkspaceError(f"cannot put the working tree in {workspace} on {branch}: "
                              f"{exc}") from exc
+
+
+#: How far back :func:`settle_index` dates a fresh checkout's files.
+SETTLE_BACK_SECONDS = 2
+
+
+def settle_index(workspace: Path, uid: int, gid: int) -> None:
+    """Give a fresh checkout to ``uid:gid`` with an index git trusts by its stat data.
+
+    git distrusts ("racily clean") an entry whose file is not older than the index, to the
+    second here: a checkout's index is written in its files' own second, so every later
+    ``git status``, and the harvest's ``add`` whenever it runs in that same second, re-read
+    every file (measured: 0.5 s of a 2,000-file harvest, in most no-op sessions). So the files
+    are given away and dated back, and the index is given their new stat data
+    (:func:`restamp_index`): nobody but agentrt has written them, so their content is the
+    index's and re-reading them (``update-index --refresh``, the fallback) would only cost.
+    """
+    _chown_tree(workspace, uid, gid)
+    past = time.time() - SETTLE_BACK_SECONDS
+    for root, dirs, files in os.walk(workspace):
+        dirs[:] = [d for d in dirs if not (root == str(workspace) and d == ".git")]
+        for name in files:
+            os.utime(os.path.join(root, name), (past, past), follow_symlinks=False)
+    index = workspace / ".git" / "index"
+    if not restamp_index(index, workspace):
+        run_git(["update-index", "-q", "--refresh"], git_dir=workspace / ".git",
+                work_tree=workspace)
+    if os.geteuid() == 0:
+        os.lchown(index, uid, gid)
+
+
+_ENTRY = struct.Struct(">10I20sH")
+_EXTENDED = 0x4000
+_NAME_MASK = 0xFFF
+
+
+def restamp_index(index: Path, workspace: Path) -> bool:
+    """Rewrite the stat data of every entry of ``index`` (version 2 or 3, SHA-1) from its
+    file in ``workspace``, keeping everything else; False (nothing written) for any other
+    index, or when a file's type or size is not its entry's (then its content might differ).
+    The layout: git's Documentation/gitformat-index.txt.
+    Only for a tree whose files nobody but agentrt has written since the checkout."""
+    data = index.read_bytes()
+    if len(data) < 32 or data[:4] != b"DIRC":
+        return False
+    version, count = struct.unpack(">II", data[4:12])
+    if version not in (2, 3):
+        return False
+    out, pos = bytearray(data[:12]), 12
+    for _ in range(count):
+        if pos + _ENTRY.size > len(data) - 20:
+            return False
+        fields = list(_ENTRY.unpack_from(data, pos))
+        flags = fields[11]
+        head = _ENTRY.size + (2 if flags & _EXTENDED and version == 3 else 0)
+        length = flags & _NAME_MASK
+        if length == _NAME_MASK:  # a path longer than Linux allows: not a checkout of ours
+            return False
+        name = data[pos + head:pos + head + length]
+        size = (head + length + 8) & ~7
+        mode = fields[6]
+        if mode >> 12 != 0o160000 >> 12:  # a gitlink keeps its (empty) stat data
+            try:
+                st = os.lstat(os.path.join(workspace, os.fsdecode(name)))
+            except OSError:  # not checked out (sparse, say): leave it to git
+                return False
+            if st.st_mode >> 12 != mode >> 12 or st.st_size & 0xFFFFFFFF != fields[9]:
+                return False
+            fields[:6] = [int(st.st_ctime) & 0xFFFFFFFF, st.st_ctime_ns % 1_000_000_000,
+                          int(st.st_mtime) & 0xFFFFFFFF, st.st_mtime_ns % 1_000_000_000,
+                          st.st_dev & 0xFFFFFFFF, st.st_ino & 0xFFFFFFFF]
+            fields[7:9] = [st.st_uid & 0xFFFFFFFF, st.st_gid & 0xFFFFFFFF]
+        out += _ENTRY.pack(*fields) + data[pos + _ENTRY.size:pos + size]
+        pos += size
+    out += data[pos:-20]  # the extensions (the cached tree) do not depend on stat data
+    if hashlib.sha1(data[:-20]).digest() != data[-20:]:  # noqa: S324 - git's checksum
+        return False  # not a SHA-1 repository's index
+    out += hashlib.sha1(out).digest()  # noqa: S324 - git's index checksum
+    scratch = index.with_name("index.agentrt")
+    scratch.write_bytes(bytes(out))
+    os.replace(scratch, index)
+    return True
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

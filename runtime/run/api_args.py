@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -23,8 +22,6 @@ from runtime.limits import plain_limits, validation_message
 from runtime.task import AgentPreset
 
 M = TypeVar("M", bound=BaseModel)
-
-RepoArg = str | os.PathLike[str] | MainRepo
 
 
 def _kind(value: object) -> str:
@@ -145,8 +142,3 @@ def session_task(value: object) -> tuple[Task, bool]:
         raise ConfigError(f"task must be a Task, a dict or a session id string, not "
                           f"{_kind(value)}")
     return as_model(Task, value, "task"), False
-
-
-def path_of(value: str | os.PathLike[str] | MainRepo) -> Path | MainRepo:
-    """A MainRepo as it is; a path as a Path."""
-    return value if isinstance(value, MainRepo) else Path(value)

@@ -22,9 +22,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from docker.types import Mount
-
 from runtime import paths
+from runtime.engine.types import Mount
 from runtime.git.safe_git import MainRepo, run_git
 from runtime.models import SessionResult
 

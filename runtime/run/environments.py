@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-
 from runtime.config import RunConfig, Task
 from runtime.devcontainer import parse_devcontainer
 from runtime.engine.build_context import BUILD_CA_NAME, build_ca_bundle
@@ -37,6 +35,7 @@ from runtime.engine.environment_build import (
     stream_build,
 )
 from runtime.engine.images import LABEL_IMAGE, LABEL_RECIPE, get_image
+from runtime.engine.types import EngineClient
 from runtime.environments import Environment
 from runtime.errors import ConfigError
 from runtime.git.environment_source import export_paths, export_tree, object_id, read_file
@@ -69,7 +68,7 @@ def where_of(task: Task) -> str:
             else "[run] field environment")
 
 
-def prepare_environments(client: docker.DockerClient, repo: MainRepo, base_commit: str,
+def prepare_environments(client: EngineClient, repo: MainRepo, base_commit: str,
                          config: RunConfig, tasks: Sequence[Task],
                          log: LogFn | None = None) -> dict[str, EnvImage]:
     """Build (or find) the environment image of every task that has one; by task id."""
@@ -89,7 +88,7 @@ def prepare_environments(client: docker.DockerClient, repo: MainRepo, base_commi
     return out
 
 
-def _image_id(client: docker.DockerClient, ref: str, what: str, hint: str = "") -> str:
+def _image_id(client: EngineClient, ref: str, what: str, hint: str = "") -> str:
     image = get_image(client, ref)
     if image is None:
         raise ConfigError(f"{what}: image {ref!r} not found locally ("
@@ -98,7 +97,7 @@ def _image_id(client: docker.DockerClient, ref: str, what: str, hint: str = "") 
     return str(image.id)
 
 
-def ensure_environment(client: docker.DockerClient, repo: MainRepo, commit: str,
+def ensure_environment(client: EngineClient, repo: MainRepo, commit: str,
                        env: Environment, agent: str | None, where: str,
                        emit: LogFn) -> EnvImage:
     """The session image of ``env`` (+ ``agent``'s CLI): found by its key, else built."""
@@ -158,7 +157,7 @@ def ensure_environment(client: docker.DockerClient, repo: MainRepo, commit: str,
     return EnvImage(result.ref, result.id, key, result.rebuilt)
 
 
-def _build_base(client: docker.DockerClient, repo: MainRepo, commit: str, tmp: Path,
+def _build_base(client: EngineClient, repo: MainRepo, commit: str, tmp: Path,
                 dockerfile_text: str, dockerfile: str, context: str, args: dict[str, str],
                 key: str, where: str, emit: LogFn, network: bool = False) -> str:
     """Build the repository's Dockerfile from its context exported at ``commit``; its id.

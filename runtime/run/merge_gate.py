@@ -21,9 +21,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-import docker
-
 from runtime.config import RunConfig, Task
+from runtime.engine.types import EngineClient
 from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.models import GateResult, SessionResult, SessionStatus
@@ -73,7 +72,7 @@ class MergeGate:
     """
 
     def __init__(self, repo: MainRepo, config: RunConfig, tasks: Mapping[str, Task], *,
-                 client: docker.DockerClient | None = None, skip: bool = False,
+                 client: EngineClient | None = None, skip: bool = False,
                  on_gating: Callable[[SessionResult], None] | None = None,
                  stop_grace_seconds: int = 10) -> None:
         self.repo = repo

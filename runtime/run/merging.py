@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from runtime import paths
 from runtime.config import MergeStrategy
 from runtime.errors import AgentRuntimeError, ConfigError, NotFoundError
-from runtime.git.merge import Gate, Strategy, merge_branches, resolve_target
+from runtime.git.merge import Gate, merge_branches, resolve_target
 from runtime.git.safe_git import MainRepo
 from runtime.models import RunReport, SessionResult, SessionStatus
 from runtime.state.store import Store
@@ -54,9 +55,8 @@ def merge_run(repo: MainRepo, store: Store, run_id: str, strategy: MergeStrategy
                         run_id=run.id,
                         gate=recorded_gate(repo, store, run.id, skip=not gate)
                         if strategy == "auto" else None)
-    for session in report.sessions:
-        if session.branch:
-            store.upsert_session(session, run.id)
+    # merge_agent_results recorded each session's outcome; the run's strategy is written
+    # here too, for a run none of whose sessions had anything to merge.
     store.set_run_merge(run.id, strategy, into)
     report.merge = strategy
     report.target = into
@@ -95,7 +95,7 @@ def merge_sessions(repo: MainRepo, store: Store, session_ids: Sequence[str],
 
 def merge_agent_results(
     sessions_or_results: MergeInput,
-    strategy: Strategy = "review",
+    strategy: MergeStrategy = "review",
     repo: MainRepo | str | Path | None = None,
     *,
     target: str | None = None,
@@ -213,7 +213,7 @@ def record_outcomes(repo: MainRepo, results: list[SessionResult], strategy: str,
                     target: str) -> None:
     """Write the merge outcome of every session the state database knows; best effort (a
     merge that landed is never undone because its record could not be written)."""
-    path = repo.state_dir / "state.db"
+    path = paths.state_db(repo.state_dir)
     if not path.exists():
         return
     from runtime.state.store import Store

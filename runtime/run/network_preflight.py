@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import docker
-
 from runtime.config import RunConfig, Task, check_egress
+from runtime.engine.types import EngineClient
 from runtime.errors import ConfigError
 from runtime.presets import needs_network
 
@@ -44,7 +43,7 @@ def uses_allowlist(config: RunConfig, tasks: Sequence[Task]) -> bool:
     return any(config.network_for(t) == "allowlist" for t in tasks)
 
 
-def check_network_settings(client: docker.DockerClient, config: RunConfig,
+def check_network_settings(client: EngineClient, config: RunConfig,
                            tasks: Sequence[Task]) -> None:
     """Everything about the tasks' networks, before anything is created; ConfigError if not."""
     check_egress(config, tasks)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from runtime.engine.container import AgentContainer
+from runtime.engine.engine_watch import ENGINE_LOST
 from runtime.errors import AgentRuntimeError
 from runtime.git.live_tree import changed_paths
 from runtime.git.safe_git import MainRepo
@@ -24,6 +25,9 @@ from runtime.git.safe_git import MainRepo
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 5.0
+#: How long stopping waits for a scan under way; a scan stuck on a lost engine is left behind.
+STOP_WAIT_S = 30.0
+LOST_STOP_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,9 @@ class ConflictRadar:
         return self
 
     def stop(self) -> None:
-        """Stop scanning and wait for the thread."""
+        """Stop scanning and wait for the thread (not for a scan stuck on a lost engine)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=LOST_STOP_WAIT_S if ENGINE_LOST.is_set() else STOP_WAIT_S)
 
     def scan(self) -> list[Overlap]:
         """One pass: report and return the overlaps not seen before."""

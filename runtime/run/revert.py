@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime import paths
 from runtime.errors import ConfigError, MergeError, NotFoundError
 from runtime.git.conflicts import SafeGit, check_commits
 from runtime.git.merge import merge_lock, ready_to_move
@@ -88,7 +89,7 @@ def revert_session(
     main = _repo(session_or_run, repo)
     from runtime.state.store import Store
 
-    path = main.state_dir / "state.db"
+    path = paths.state_db(main.state_dir)
     if not path.exists():
         raise NotFoundError(f"no agentrt runs in {main.root} yet")
     with Store(path) as store:

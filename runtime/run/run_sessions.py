@@ -17,7 +17,7 @@ from runtime.config import RunConfig, Task
 from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import prepare_base
-from runtime.models import SessionResult
+from runtime.models import SessionResult, SessionStatus
 from runtime.run.dep_notes import write_dep_notes
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.warm_pool import WarmPool, pool_size
@@ -53,10 +53,10 @@ class RunSessions:
         self.pool: WarmPool | None = None
 
     def ahead(self, task_id: str) -> IsolatedAgentSession | None:
-        """The task's session prepared ahead by the pool, now in the state database; or None."""
+        """The task's session prepared ahead by the pool, its row now the task's; or None."""
         session = self.pool.take(task_id) if self.pool is not None else None
-        if session is not None and self.store is not None:
-            session.attach_store(self.store)
+        if session is not None:
+            session.take()
         return session
 
     def new_session(self, task: Task, base_commit: str, results: dict[str, SessionResult],
@@ -91,11 +91,15 @@ class RunSessions:
 
         def make(task_id: str) -> IsolatedAgentSession | None:
             try:
-                return self.new_session(by_id[task_id],
-                                        self._task_base.get(task_id) or base_commit, results,
-                                        store=None)
+                session = self.new_session(by_id[task_id],
+                                           self._task_base.get(task_id) or base_commit,
+                                           results, store=self.store)
             except AgentRuntimeError:  # e.g. its dependencies conflict: found when it starts
                 return None
+            # Recorded as it prepares, before its branch exists: `ps` shows it, and `gc`
+            # removes its branch, volume and row if this process dies first.
+            session.result.status = SessionStatus.PREPARED
+            return session
 
         self.pool = WarmPool(size, make)
         return self.pool

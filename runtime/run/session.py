@@ -47,7 +47,7 @@ from runtime.engine.engine_watch import ENGINE_LOST
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
 from runtime.engine.resilience import crash_point, engine_retry
 from runtime.engine.volumes import DiskLimitMode, Volume, volumes_root
-from runtime.errors import AgentRuntimeError, ConfigError, EngineError, SessionError
+from runtime.errors import AgentRuntimeError, ConfigError, EngineError, NotFoundError, SessionError
 from runtime.git.directory_mode import open_repo
 from runtime.git.harvest import HarvestPlan
 from runtime.git.object_store import remove_run_stores
@@ -585,7 +585,8 @@ class IsolatedAgentSession:
         """Stop the container, save the work, release resources; safe to call twice."""
         self._discard_secrets()
         ended = self.agent is not None and self.agent.ended()
-        if self.container is not None and not ended:
+        # A container that never started has nothing to stop (a session prepared ahead).
+        if self.container is not None and self._started and not ended:
             with contextlib.suppress(EngineError):
                 info = self._inspect_when_reachable() or {}
                 if info.get("State", {}).get("Running"):
@@ -643,21 +644,24 @@ class IsolatedAgentSession:
             if self.repo.branch_head(self.branch) == self.base_commit:
                 self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)
 
-    def attach_store(self, store: Store) -> None:
-        """Record a session prepared ahead without a store (runtime/run/warm_pool.py) in
-        ``store``, as ``prepare`` would have, now that it is about to run."""
-        self.store = store
-        pid = os.getpid()
-        self._record(
-            manifest_json=self.manifest().model_dump_json(), volume_path=str(self.session_dir),
-            owner_pid=pid, owner_start_time=process_start_time(pid),
-            **({"container_id": self.container.id} if self.container else {}),
-            **({"mount_path": self.tree.location} if self.tree else {}))
+    def take(self) -> None:
+        """A session prepared ahead (recorded ``prepared``, runtime/run/warm_pool.py) is now
+        its task's: its row says ``pending`` until it starts."""
+        self.result.status = SessionStatus.PENDING
+        self._record()
 
     def discard(self) -> None:
-        """Release a prepared session that will never run, and its untouched branch."""
+        """Release a prepared session that will never run, its untouched branch, and its
+        ``prepared`` row (it never was a task's session: the record forgets it)."""
         self.close(snapshot_work=False)
         self._delete_unused_branch()
+        if self.store is not None and self.result.status is SessionStatus.PREPARED:
+            try:
+                self.store.delete_session(self.session_id)
+            except NotFoundError:
+                pass
+            except AgentRuntimeError as exc:  # gc forgets it once this process is gone
+                log.warning("state store: %s", exc)
 
     def _keep_volume(self) -> None:
         if self.tree is not None:

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from runtime.state.store import Store
 
 STOP_REQUESTED = "stop_requested"
+#: A cancelled session whose engine stopped answering: its container may still run.
+UNCONFIRMED_STOP = ("the engine stopped answering, so the stop was not confirmed: `agentrt gc` "
+                    "stops the container and brings the work home once the engine answers")
 
 
 def stop_requested(store: Store | None, session_id: str) -> bool:
@@ -33,6 +36,8 @@ def record_end(result: SessionResult, facts: EndFacts, limits: ResourceLimits) -
     reason by the pure classifier; the engine's times, peaks and totals as measured."""
     result.exit_code = facts.exit_code
     status, reason = classify(facts, limits)
+    if status is SessionStatus.CANCELLED and facts.stop_unconfirmed:
+        reason = f"{reason}; {UNCONFIRMED_STOP}"
     result.status = status
     result.reason = reason
     if status is SessionStatus.TIMED_OUT and facts.own_deadline:

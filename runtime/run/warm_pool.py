@@ -6,12 +6,14 @@ warm_pool`` of them in the background: branch, volume (a copy of the run's seed)
 database, and the container *created but not started*. When a slot frees, the task's session is
 taken from the pool and only has to start its container.
 
-A session prepared ahead is not in the state database until it is taken
-(:meth:`~runtime.run.session.IsolatedAgentSession.attach_store`): the on-disk marker lets
-``agentrt gc`` clean it if the process dies first. Sessions never taken (the run was cancelled,
-or their task was skipped) are released with their branch by :meth:`WarmPool.drain`. A
-preparation that fails is dropped silently: the task is prepared again when it starts, and
-that failure is reported as usual.
+A session prepared ahead is in the state database as ``prepared`` from before its branch
+exists (``agentrt ps`` shows it); if the process dies, ``agentrt gc`` removes its container,
+volume, branch and row (it never was a task's session). Taken by its task
+(:meth:`~runtime.run.session.IsolatedAgentSession.take`), the same row becomes the
+task's. Sessions never taken (the run was cancelled, or their task was skipped) are released
+with their branch and forgotten by :meth:`WarmPool.drain`. A preparation that fails is
+dropped the same way, silently: the task is prepared again when it starts, and that failure is
+reported as usual.
 
 Cost, per session in the pool: its volume's ``disk_mb`` reserved on the volumes' disk (counted
 by admission), the copied checkout in the page cache, and a created container (no process, no
@@ -90,6 +92,8 @@ class WarmPool:
         except Exception:  # noqa: BLE001 - the task is prepared again when it starts
             log.exception("warm pool: preparing %s failed", warming.session.task.id)
         finally:
+            if not warming.ok:
+                _release(warming.session)
             warming.ready.set()
 
     def take(self, task_id: str) -> IsolatedAgentSession | None:
@@ -110,4 +114,12 @@ class WarmPool:
             thread.join()
         for warming in left:
             if warming.ok:
-                warming.session.discard()
+                _release(warming.session)
+
+
+def _release(session: IsolatedAgentSession) -> None:
+    """Release a session prepared ahead and never run, and forget its row."""
+    try:
+        session.discard()
+    except Exception:  # noqa: BLE001 - gc finds whatever is left (the marker, the row)
+        log.exception("warm pool: releasing %s failed", session.session_id)

@@ -84,6 +84,8 @@ class EndFacts:
     disk_filled: bool = False
     #: The engine or node was gone at the end: its tree cannot be read (the work stays there).
     tree_unreachable: str | None = None
+    #: agentrt asked for the stop but the engine stopped answering: it was never confirmed.
+    stop_unconfirmed: bool = False
     warnings: tuple[str, ...] = ()
 
 

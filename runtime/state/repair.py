@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtime import paths
 from runtime.errors import StateDamagedError, StateError
 from runtime.git.safe_git import MainRepo
 from runtime.state.rebuild import plan_rebuild, write_plan
@@ -45,8 +46,6 @@ from runtime.state.store import Store
 from runtime.state.traces import agentrt_traces, find_sessions, session_dirs
 
 log = logging.getLogger(__name__)
-
-STATE_DB = "state.db"
 
 T = TypeVar("T", RunRow, SessionRow)
 
@@ -60,7 +59,7 @@ def open_store_for_gc(state_dir: Path) -> Store | None:
     if not state_dir.is_dir():
         return None
     try:
-        return Store(state_dir / STATE_DB)
+        return Store(paths.state_db(state_dir))
     except StateDamagedError as exc:
         log.warning("%s. Meanwhile gc cleans up from Docker labels and the disk only", exc)
         return None
@@ -90,7 +89,7 @@ def repair_state(repo: MainRepo, *, now: datetime | None = None) -> RepairReport
     if the database is too new or foreign, or if a session or run's owner is still alive.
     """
     moment = (now or datetime.now(UTC)).astimezone(UTC)
-    path = repo.state_dir / STATE_DB
+    path = paths.state_db(repo.state_dir)
     report = RepairReport()
     traces = agentrt_traces(repo.state_dir)
     if not path.exists() and traces:

@@ -13,16 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-import docker
-import docker.errors
-
 from runtime.engine.labels import (
     LABEL_OWNER_PID,
     LABEL_OWNER_START,
     LABEL_REPO,
-    LABEL_ROLE,
     LABEL_RUN,
+    labelled,
 )
+from runtime.engine.types import EngineClient
 from runtime.errors import AgentRuntimeError, NotFoundError
 from runtime.state.liveness import recorded_alive
 from runtime.state.store import Store
@@ -61,55 +59,51 @@ def left_over(store: Store | None, labels: Mapping[str, str], repo_root: Path | 
         not recorded_alive(labels.get(LABEL_OWNER_PID), labels.get(LABEL_OWNER_START))
 
 
-def collect_database_servers(client: docker.DockerClient | None, store: Store | None,
+def collect_database_servers(client: EngineClient | None, store: Store | None,
                               report: GcReport, repo_root: Path | None = None) -> None:
     """Remove shared PostgreSQL servers whose run is over (finished or owner dead)."""
     if client is None:
         return
     from runtime.databases.postgres import stop_shared_server
 
-    with contextlib.suppress(docker.errors.DockerException):
-        servers = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}=database"})
-        for server in servers:
-            run_id = server.labels.get(LABEL_RUN, "")
-            if not left_over(store, server.labels, repo_root):
-                continue
-            stop_shared_server(run_id, client)
-            report.removed_containers.append(server.name)
+    try:
+        servers = labelled(client, "database")
+    except AgentRuntimeError:  # no engine to ask: nothing to remove now
+        return
+    for name, labels in servers:
+        if not left_over(store, labels, repo_root):
+            continue
+        stop_shared_server(labels.get(LABEL_RUN, ""), client)
+        report.removed_containers.append(name)
 
 
-def collect_egress_proxies(client: docker.DockerClient | None, store: Store | None,
+def collect_egress_proxies(client: EngineClient | None, store: Store | None,
                             report: GcReport, repo_root: Path | None = None) -> None:
     """Remove the egress proxies and networks of runs that are over (finished or owner dead)."""
     if client is None:
         return
     from runtime.engine.egress import ROLE_EGRESS, remove_run_egress
 
-    with contextlib.suppress(docker.errors.DockerException, AgentRuntimeError):
-        found = client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}={ROLE_EGRESS}"})
-        found += client.networks.list(filters={"label": f"{LABEL_ROLE}={ROLE_EGRESS}"})
+    with contextlib.suppress(AgentRuntimeError):
         runs: dict[str, Mapping[str, str]] = {}
-        for item in found:
-            labels = (item.attrs.get("Labels") or item.attrs.get("Config", {}).get("Labels")
-                      or {})
+        for _name, labels in labelled(client, ROLE_EGRESS, networks=True):
             runs.setdefault(str(labels.get(LABEL_RUN, "")), labels)
-        for run_id, labels in sorted(runs.items()):
-            if not left_over(store, labels, repo_root):
+        for run_id, run_labels in sorted(runs.items()):
+            if not left_over(store, run_labels, repo_root):
                 continue
             report.removed_containers.extend(remove_run_egress(client, run_id))
 
 
-def collect_services(client: docker.DockerClient | None, store: Store | None,
+def collect_services(client: EngineClient | None, store: Store | None,
                       report: GcReport, repo_root: Path | None = None) -> None:
     """Remove the per-session services (and their networks) of runs that are over."""
     if client is None:
         return
     from runtime.engine.services import ROLE_SERVICE, remove_services
 
-    with contextlib.suppress(docker.errors.DockerException, AgentRuntimeError):
-        found = client.containers.list(all=True,
-                                       filters={"label": f"{LABEL_ROLE}={ROLE_SERVICE}"})
-        runs = {str(c.labels.get(LABEL_RUN, "")): c.labels for c in found}
+    with contextlib.suppress(AgentRuntimeError):
+        runs = {str(labels.get(LABEL_RUN, "")): labels
+                for _name, labels in labelled(client, ROLE_SERVICE)}
         for run_id, labels in sorted(runs.items()):
             if not left_over(store, labels, repo_root):
                 continue

@@ -37,3 +37,15 @@ def agentrt(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     """Run the CLI as a user would, in a separate process."""
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def start_run_in_background(text: str, tmp_path: Path, repo: Path, env: dict[str, str],
+                            *args: str) -> subprocess.Popen[str]:
+    """``agentrt run TASKS --repo REPO --json ARGS`` of the task file ``text``, in a separate
+    process that is left running (its engine as ``env`` says)."""
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text(text)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo", str(repo), "--json",
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **env})

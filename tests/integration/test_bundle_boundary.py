@@ -15,6 +15,7 @@ import pytest
 
 from runtime.backends.recovery import collect_garbage
 from runtime.config import ResourceLimits
+from runtime.git.object_store import CACHE_DIR, ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.models import SessionStatus, WorkState
 from tests.conftest import git, make_repo
@@ -297,3 +298,38 @@ def test_run_leaves_no_object_store_and_no_harvest_behind(repo: Path) -> None:
     assert not any((state / "harvest").glob("*"))
     assert "a.txt" in git(repo, "ls-tree", "-r", "--name-only", by_task(report)["a"].branch)
 
+
+
+def reaches_everything(store: Path, commit: str, scratch: Path) -> bool:
+    """Whether the objects in ``store`` alone hold everything ``commit`` reaches."""
+    if not scratch.exists():
+        git(scratch.parent, "init", "-q", "--bare", str(scratch))
+    proc = subprocess.run(["git", f"--git-dir={scratch}", "rev-list", "--objects", commit],
+                          env={**os.environ, "GIT_OBJECT_DIRECTORY": str(store)},
+                          capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+def test_a_run_from_the_last_runs_base_links_its_store_instead_of_packing_it_again(
+        repo: Path, tmp_path: Path) -> None:
+    main = MainRepo(repo)
+    base = main.rev_parse("HEAD")
+    ensure_store(main, "run-one", base)
+    remove_run_stores(main, "run-one")
+    store = ensure_store(main, "run-two", base)
+    cache = main.state_dir / CACHE_DIR
+    packs = sorted(p.stat().st_ino for p in (store / "pack").iterdir())
+    assert packs == sorted(p.stat().st_ino for p in (cache / base / "pack").iterdir())
+    assert reaches_everything(store, base, tmp_path / "probe.git")
+    # Another base: built (its own closure, which the old base's packs alone do not hold),
+    # and the cache keeps that one only.
+    (repo / "new.txt").write_text("new\n")
+    git(repo, "add", "new.txt")
+    git(repo, "commit", "-qm", "new")
+    newer = main.rev_parse("HEAD")
+    assert not reaches_everything(store, newer, tmp_path / "probe.git")
+    built = ensure_store(main, "run-three", newer)
+    assert reaches_everything(built, newer, tmp_path / "probe.git")
+    assert sorted(p.name for p in cache.iterdir()) == [newer]
+    remove_run_stores(main, "run-two")
+    remove_run_stores(main, "run-three")

@@ -190,6 +190,10 @@ def test_tasks_waiting_for_a_slot_are_prepared_ahead_and_never_start_early(
     recorded = store.list_sessions(run_id=report.run_id)
     assert sorted(s.task_id for s in recorded) == ["w0", "w1", "w2", "w3"]
     assert all(s.manifest_json and s.container_id for s in recorded)
+    # Each container prepared ahead ran as its task's one row (recorded "prepared" first).
+    assert {e["Actor"]["Attributes"]["agentrt.session"] for e in seen} == \
+        {s.id for s in recorded}
+    assert {s.status for s in recorded} == {SessionStatus.SUCCEEDED}
 
 
 def test_a_cancelled_run_releases_the_sessions_it_prepared_ahead(repo: Path) -> None:
@@ -211,6 +215,13 @@ def test_a_cancelled_run_releases_the_sessions_it_prepared_ahead(repo: Path) -> 
     branches = git(repo, "branch", "--list", "agent/*", "--format=%(refname:short)").split()
     assert [b.split("/")[1] for b in branches] == ["c0"]
     assert not list((repo / ".git" / "agentrt" / "sessions").iterdir())
+    # ...and no row: one per task (the cancelled ones under placeholders), none "prepared".
+    from runtime.state.store import Store
+
+    with Store(repo / ".git" / "agentrt" / "state.db") as store:
+        rows = store.list_sessions(run_id=report.run_id)
+    assert sorted((r.task_id, r.status.value) for r in rows) == \
+        [(f"c{i}", "cancelled") for i in range(4)], rows
 
 
 def test_ctrl_c_in_the_python_api_stops_the_sessions_instead_of_waiting_for_them(

@@ -120,6 +120,63 @@ def test_sigkill_of_agentrt_then_gc_recovers_work_and_leaves_nothing(
     assert branches(repo) == found
 
 
+WARM = """
+[run]
+max_concurrent_agents = 1
+warm_pool = 2
+[run.resource_limits]
+memory_mb = 128
+disk_mb = 32
+time_seconds = 300
+""" + "".join(f"""
+[[tasks]]
+id = "w{i}"
+command = ["sh", "-c", "echo {i} > w{i}.txt && sleep 120"]
+""" for i in range(4))
+
+
+def _ps(repo: Path) -> list[dict[str, object]]:
+    ps = subprocess.run([sys.executable, "-m", "runtime.cli", "ps", "--repo", str(repo),
+                         "--json"], capture_output=True, text=True, timeout=60)
+    assert ps.returncode == 0, ps.stderr
+    return list(json.loads(ps.stdout))
+
+
+def test_sessions_prepared_ahead_are_recorded_and_gc_removes_them_after_sigkill(
+    docker_client: object, repo: Path, tmp_path: Path
+) -> None:
+    proc = start_run(repo, tmp_path, WARM)
+    deadline = time.monotonic() + 120
+    while True:  # one session runs, the warm pool prepared the next two
+        shown = _ps(repo)
+        prepared = [e for e in shown if e["status"] == "prepared"]
+        if len(prepared) == 2 and any(e["status"] == "running" for e in shown):
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, (shown, proc.poll())
+        time.sleep(0.5)
+    assert all(e["owner_alive"] and e["started_at"] is None for e in prepared), prepared
+    ran = next(e for e in shown if e["status"] == "running")
+    prepared_branches = {str(e["branch"]) for e in prepared}
+    assert prepared_branches <= set(branches(repo).values()), "no branch yet: proves nothing"
+    proc.kill()
+    proc.wait(timeout=30)
+    gc = subprocess.run([sys.executable, "-m", "runtime.cli", "gc", "--repo", str(repo),
+                         "--json"], capture_output=True, text=True, timeout=180)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    result = json.loads(gc.stdout)
+    assert sorted(result["forgotten_prepared"]) == sorted(str(e["id"]) for e in prepared)
+    assert prepared_branches <= set(result["removed_branches"]), result
+    assert not leftovers(docker_client, repo.resolve())
+    # The session that ran kept its work; the prepared ones left no branch and no row.
+    assert set(branches(repo).values()) == {ran["branch"]}
+    assert git(repo, "show", f"{ran['branch']}:{ran['task_id']}.txt").strip() == \
+        str(ran["task_id"])[1:]
+    with Store(MainRepo(repo).state_dir / "state.db") as store:
+        rows = {row.id: row.result.status.value for row in store.list_sessions()}
+        assert rows == {ran["id"]: "crashed"}, rows
+        assert store.latest_run().status == "crashed"  # type: ignore[union-attr]
+
+
 def test_gc_never_touches_a_live_session(docker_client: object, repo: Path,
                                          tmp_path: Path) -> None:
     proc = start_run(repo, tmp_path)

@@ -15,7 +15,12 @@ from runtime.engine.volumes import Volume, loop_supported, mounted_at
 from runtime.git.object_store import ensure_store, remove_run_stores
 from runtime.git.safe_git import MainRepo
 from runtime.git.seed_image import ensure_seed, seeds_dir
-from runtime.git.workspace import SEED_BRANCH, adopt_seed_checkout, create_workspace
+from runtime.git.workspace import (
+    SEED_BRANCH,
+    adopt_seed_checkout,
+    create_workspace,
+    restamp_index,
+)
 from runtime.run.session import IsolatedAgentSession
 from tests.conftest import git
 
@@ -93,20 +98,30 @@ def test_sessions_copy_the_seed_onto_their_own_branches(repo: Path, tmp_path: Pa
     assert not any(volume.session_dir.exists() for volume in volumes)
 
 
-def test_the_seeds_index_is_trusted_where_a_fresh_checkout_is_not(repo: Path,
-                                                                    tmp_path: Path) -> None:
+def test_the_index_of_a_checkout_and_of_the_seed_is_trusted_where_a_plain_one_is_not(
+        repo: Path, tmp_path: Path) -> None:
     for i in range(200):
         (repo / f"f{i}.txt").write_text(f"file {i}\n")
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "files")
     main = MainRepo(repo)
     commit = main.rev_parse("HEAD")
+    # The control: a plain checkout, its index written in the files' own second, is distrusted.
+    plain = tmp_path / "plain"
+    git(tmp_path, "clone", "-q", "--no-checkout", str(repo), str(plain))
+    git(plain, "reset", "-q", "--hard", commit)
+    before = (plain / ".git" / "index").stat().st_mtime_ns
+    git(plain, "status", "--porcelain")
+    assert (plain / ".git" / "index").stat().st_mtime_ns != before
     store = ensure_store(main, "run-racy", commit)
-    # The control: a checkout whose index is written in the files' own second.
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     create_workspace(main, fresh, "agent/t/000001", commit, UID, GID, objects=store)
-    assert status_rewrites_index(fresh)
+    assert not status_rewrites_index(fresh)
+    assert ws_git(fresh, "status", "--porcelain") == ""
+    # Trusted, not blind: a change of the same size, made right away, is still seen.
+    (fresh / "f7.txt").write_text("FILE 7\n")
+    assert ws_git(fresh, "status", "--porcelain") == " M f7.txt\n"
     seed = ensure_seed(main, "run-racy", commit, 64, UID, GID, store)
     volume = create_volume_from_seed(tmp_path / "s", 64, UID, GID, seed)
     try:
@@ -114,6 +129,34 @@ def test_the_seeds_index_is_trusted_where_a_fresh_checkout_is_not(repo: Path,
     finally:
         volume.remove()
         remove_run_stores(main, "run-racy")
+
+
+def test_the_index_is_restamped_only_while_every_file_is_as_checked_out(
+        repo: Path, tmp_path: Path) -> None:
+    for i in range(20):
+        (repo / "dir" / f"f{i}.txt").parent.mkdir(exist_ok=True)
+        (repo / "dir" / f"f{i}.txt").write_text(f"file {i}\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "files")
+    tree = tmp_path / "tree"
+    git(tmp_path, "clone", "-q", str(repo), str(tree))
+    index = tree / ".git" / "index"
+    for path in tree.rglob("*.txt"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert restamp_index(index, tree)
+    git(tree, "fsck", "--no-dangling")  # still a valid index, checksum included
+    before = index.read_bytes()
+    git(tree, "status", "--porcelain")
+    assert index.read_bytes() == before  # trusted as it is: nothing re-read or rewritten
+    # A file whose size is not its entry's: its content may differ, so nothing is written.
+    (tree / "dir" / "f3.txt").write_text("longer than it was\n")
+    assert not restamp_index(index, tree)
+    assert index.read_bytes() == before
+    # A file that is not there (not checked out): the same.
+    (tree / "dir" / "f3.txt").write_text("file 3\n")
+    (tree / "dir" / "f5.txt").unlink()
+    assert not restamp_index(index, tree)
+    assert index.read_bytes() == before
 
 
 def test_gc_of_a_run_unmounts_a_seed_build_left_half_done(repo: Path) -> None:

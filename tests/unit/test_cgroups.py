@@ -41,3 +41,26 @@ def test_the_container_cgroup_is_found_by_id(tmp_path: Path,
     assert found is not None and found.memory_dir == root / "memory" / "docker" / cid
     reading = found.read()
     assert (reading.peak_memory_bytes, reading.memory_bytes, reading.oom_kills) == (4096, 1024, 2)
+
+
+def test_a_running_containers_cgroup_is_found_by_its_id_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cg"
+    cid, other = "cd" * 32, "ef" * 32
+    (root / "memory" / "docker" / cid).mkdir(parents=True)
+    (root / "cpuacct" / "system.slice" / f"docker-{cid}.scope").mkdir(parents=True)
+    (root / "memory" / "docker" / other).mkdir(parents=True)  # no cpuacct directory
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
+    found = cgroups.ContainerCgroup.for_container(cid)
+    assert found is not None and found.version == 1
+    assert found.memory_dir == root / "memory" / "docker" / cid
+    assert found.cpu_dir == root / "cpuacct" / "system.slice" / f"docker-{cid}.scope"
+    # Half a hierarchy, an unknown id or none: not found (the caller asks the engine instead).
+    assert cgroups.ContainerCgroup.for_container(other) is None
+    assert cgroups.ContainerCgroup.for_container("12" * 32) is None
+    assert cgroups.ContainerCgroup.for_container("") is None
+    (root / "cgroup.controllers").write_text("memory cpu\n")  # the unified hierarchy (v2)
+    (root / "system.slice" / f"docker-{other}.scope").mkdir(parents=True)
+    unified = cgroups.ContainerCgroup.for_container(other)
+    assert unified is not None and unified.version == 2
+    assert unified.memory_dir == unified.cpu_dir == root / "system.slice" / f"docker-{other}.scope"

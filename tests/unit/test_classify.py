@@ -55,7 +55,8 @@ def test_each_way_of_ending_has_its_status_and_reason(
 
 def test_every_terminal_status_a_session_can_end_in_is_covered() -> None:
     reachable = {status for _, _, status, _ in CASES}
-    not_from_an_exit = {S.PENDING, S.RUNNING, S.SKIPPED}  # set by the scheduler, not an exit
+    # Set by the scheduler or the warm pool, not an exit.
+    not_from_an_exit = {S.PREPARED, S.PENDING, S.RUNNING, S.SKIPPED}
     assert reachable == set(SessionStatus) - not_from_an_exit
 
 

@@ -25,7 +25,17 @@ from runtime.engine.environment_build import (
     setup_steps,
 )
 from runtime.engine.recipes import recipe_dir
-from runtime.engine.services import service_spec, services_network_name, wait_seconds
+from runtime.engine.services import (
+    ROOT_IMAGE_CAPS,
+    TMP_MB,
+    ImageFacts,
+    numeric_ids,
+    passwd_ids,
+    service_spec,
+    services_network_name,
+    starts_as_root,
+    wait_seconds,
+)
 from runtime.environments import Environment, Healthcheck, Service
 from runtime.errors import ConfigError
 from runtime.models import Manifest
@@ -195,6 +205,38 @@ def test_service_spec() -> None:
     assert isinstance(labels, dict) and labels["agentrt.role"] == "service"
     assert "agentrt.session" not in labels  # never mistaken for the session's container
     assert wait_seconds(service) == pytest.approx(0.5 * 6 + 5)
+
+
+def test_service_spec_has_a_read_only_root_sized_tmpfs_and_caps_by_image_user() -> None:
+    service = Service(name="db", image="img", disk_mb=32, writable=["/srv/data"])
+    root = service_spec(service, "s", "n", {}, ImageFacts(user="", volumes=("/var/lib/db",)))
+    assert root["read_only"] is True and root["cap_add"] == ROOT_IMAGE_CAPS
+    assert root["tmpfs"] == {"/tmp": f"size={TMP_MB}m,mode=1777",
+                             "/var/lib/db": "size=32m,mode=0755,uid=0,gid=0",
+                             "/srv/data": "size=32m,mode=0755,uid=0,gid=0"}
+    user = service_spec(service, "s", "n", {}, ImageFacts(user="postgres", uid=100, gid=102))
+    assert user["cap_add"] == [] and user["cap_drop"] == ["ALL"]
+    assert user["tmpfs"]["/srv/data"] == "size=32m,mode=0755,uid=100,gid=102"  # type: ignore[index]
+    assert [starts_as_root(u) for u in ("", "root", "0", "0:0", "root:x", "1000", "agent")] \
+        == [True, True, True, True, True, False, False]
+
+
+def test_an_image_user_resolves_to_its_ids() -> None:
+    passwd = "root:x:0:0::/root:/bin/sh\npostgres:x:100:102::/var/lib/postgresql:/bin/sh\n"
+    group = "root:x:0:\nssl-cert:x:101:postgres\n"
+    assert [numeric_ids(u) for u in ("", "root", "0:0", "1000", "1000:5", "pg")] == [
+        (0, 0), (0, 0), (0, 0), (1000, 1000), (1000, 5), None]
+    assert passwd_ids("postgres", passwd, group) == (100, 102)
+    assert passwd_ids("100:ssl-cert", passwd, group) == (100, 101)
+    assert passwd_ids("postgres:7", passwd, group) == (100, 7)
+    assert passwd_ids("nobody", passwd, group) is None
+    assert passwd_ids("postgres:nogroup", passwd, group) is None
+
+
+@pytest.mark.parametrize("path", ["relative", "/", "/a/../b", "/a,b", "/a:b", "/a//b"])
+def test_a_service_writable_path_must_be_a_plain_absolute_path(path: str) -> None:
+    with pytest.raises(ValidationError, match="writable"):
+        Service(name="db", image="img", writable=[path])
 
 
 def test_admission_counts_services() -> None:

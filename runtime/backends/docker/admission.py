@@ -12,9 +12,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import docker
-
 from runtime.config import RunConfig, Task
+from runtime.engine.types import EngineClient
 from runtime.engine.volumes import VOLUMES_DIR_ENV
 from runtime.errors import AdmissionError
 
@@ -76,7 +75,7 @@ def volumes_free_bytes(volumes_dir: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
-def check_admission(client: docker.DockerClient, config: RunConfig, tasks: Sequence[Task],
+def check_admission(client: EngineClient, config: RunConfig, tasks: Sequence[Task],
                     state_dir: Path | None = None) -> None:
     """Raise :class:`AdmissionError` if the run cannot fit in the engine (or on the disk).
 

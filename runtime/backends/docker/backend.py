@@ -79,6 +79,8 @@ class _Output:
         # A container given up with its engine: its stream may never end; do not wait.
         self.thread.join(timeout=LOST_ENGINE_DRAIN_SECONDS if engine_gone else LOG_DRAIN_SECONDS)
         if self.thread.is_alive():
+            if self.stream is not None:  # the reader stops, it is not left blocked
+                self.stream.close()
             self.keeper.note("the rest of the output was not read in time")
 
 
@@ -175,7 +177,8 @@ def watch_end_facts(watch: Watch, runner: AgentRunner, tree: SessionTree,
         engine_error=str(st["Error"]) if st.get("Error") else None,
         started_at=started, finished_at=finished, peak_memory_bytes=watch.peak_memory_bytes,
         cpu_seconds=watch.cpu_seconds, disk_used_bytes=disk_used,
-        disk_filled=watch.disk_filled, warnings=tuple(watch.error_lines()))
+        disk_filled=watch.disk_filled, warnings=tuple(watch.error_lines()),
+        stop_unconfirmed=watch.engine_gone)
 
 
 class DockerBackend:

@@ -30,7 +30,7 @@ import docker.errors
 
 from runtime.engine.cgroups import CgroupReading, ContainerCgroup, engine_stats_reading
 from runtime.engine.container import AgentContainer
-from runtime.engine.engine_watch import ENGINE_LOST, EngineWatch
+from runtime.engine.engine_watch import CANCEL_PROBE_S, ENGINE_LOST, EngineWatch
 from runtime.engine.labels import LABEL_RUN
 from runtime.errors import EngineUnreachableError
 
@@ -45,6 +45,10 @@ FULL_DISK_MARGIN = 1024 * 1024
 ENGINE_TIMEOUT_S = 60.0
 #: After a cancel's grace, how long to wait for the engine to say the container stopped.
 CANCEL_SLACK_S = 5.0
+#: How long closing waits for its threads in all (one stuck in a call to a lost engine is
+#: left behind: it is a daemon, and its call ends with that call's own timeout).
+CLOSE_WAIT_S = 5.0
+LOST_CLOSE_WAIT_S = 0.5
 
 
 @dataclass
@@ -178,8 +182,10 @@ class Supervisor:
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.close()  # type: ignore[attr-defined]
+        wait = LOST_CLOSE_WAIT_S if ENGINE_LOST.is_set() else CLOSE_WAIT_S
+        deadline = time.monotonic() + wait
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- registration -----------------------------------------------------------------------
 
@@ -192,8 +198,15 @@ class Supervisor:
         return watch
 
     def started(self, watch: Watch) -> None:
-        """Call right after the container started: find its cgroup, catch an early exit
-        (one look at the container serves both)."""
+        """Call right after the container started: find its cgroup by the container's id
+        (an early exit is an event like any other), else by one look at the container, which
+        also catches an early exit."""
+        cgroup = ContainerCgroup.for_container(watch.container.id)
+        if cgroup is not None:
+            watch.cgroup = cgroup
+            self._guard(watch, "sample", lambda: self._sample(watch))
+            return
+
         def locate() -> None:
             state = watch.container.inspect()
             pid = int(((state or {}).get("State") or {}).get("Pid") or 0)
@@ -223,8 +236,10 @@ class Supervisor:
         grace = watch.grace_seconds if grace_seconds is None else grace_seconds
         if reason == "cancel":
             # A person is waiting: an engine that neither confirms nor refuses the stop, and
-            # answers nothing else either, is not waited for past the grace and a few seconds.
+            # answers nothing else either, is not waited for past the grace and a few seconds;
+            # one that does not even answer a ping (frozen, gone) not past CANCEL_PROBE_S.
             self._after(grace + CANCEL_SLACK_S, watch)
+            self._probe(watch)
         unreachable: list[bool] = []
 
         def stop() -> None:
@@ -239,7 +254,6 @@ class Supervisor:
         else:
             watch.record(stop_failed=True)
             if reason == "cancel" and unreachable:  # no engine to wait for: give up now
-                ENGINE_LOST.set()
                 self._give_up(watch)
 
     def _after(self, delay: float, watch: Watch) -> None:
@@ -257,11 +271,28 @@ class Supervisor:
         timer.daemon = True
         timer.start()
 
+    def _probe(self, watch: Watch) -> None:
+        """Ping the engine now; give ``watch`` up if nothing answered within CANCEL_PROBE_S."""
+        asked = time.monotonic()
+        self._engine_watch.ping_now()
+
+        def check() -> None:
+            if watch.exited.is_set() or self._closing.is_set() or \
+                    self._engine_watch.answered_since(asked):
+                return
+            log.error("session %s: the Docker engine did not answer within %.0f s of the stop: "
+                      "given up, its work kept", watch.session_id, CANCEL_PROBE_S)
+            self._give_up(watch)
+
+        timer = threading.Timer(CANCEL_PROBE_S, check)
+        timer.daemon = True
+        timer.start()
+
     def _give_up(self, watch: Watch) -> None:
         """Stop waiting for a container the engine says nothing more about; the retry helpers
         stop waiting for that engine too."""
         if not watch.exited.is_set():
-            ENGINE_LOST.set()
+            self._engine_watch.declare_lost()
             watch.engine_gone = True
             watch.record(engine_interrupted=True)
             watch.exited.set()

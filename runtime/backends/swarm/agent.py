@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.types import ServiceMode
 
 from runtime.backends.swarm.service import (
@@ -34,6 +32,7 @@ from runtime.backends.swarm.service import (
 )
 from runtime.engine.container import ContainerPlan
 from runtime.engine.discovery import engine_errors
+from runtime.engine.engine_streams import EngineStream, read_within, service_logs
 from runtime.errors import EngineError, SessionError
 
 # The entry point on Swarm: the local one's secrets and deadline, but the agent runs as a
@@ -55,6 +54,8 @@ SWARM_ENTRYPOINT = (
     'used_kb=${df% *} free_kb=${df#* }" >&2; '
     'exit $rc'
 )
+#: The longest a read of a service's logs may take (a paused node's logs never come).
+LOGS_DEADLINE_S = 20.0
 _STATS = re.compile(r"^agentrt-stats rc=(?P<rc>\d*) oom=(?P<oom>\d*) peak=(?P<peak>\d*) "
                     r"cpu_ns=(?P<cpu>\d*) used_kb=(?P<used>\d*) free_kb=(?P<free>\d*)\s*$")
 
@@ -179,21 +180,23 @@ class SwarmAgent:
                 contextlib.suppress(docker.errors.NotFound):
             self._service.remove()
 
-    def follow_logs(self) -> Iterator[bytes]:
-        """The service's output as it arrives (the stream outlives the task: stop reading)."""
+    def follow_logs(self) -> EngineStream | None:
+        """The service's output as it arrives (None before it exists). The stream outlives
+        the task, and a paused node's never ends: the reader closes it. EngineError."""
         if self._service is None:
-            return iter(())
-        return (bytes(chunk) for chunk in self._service.logs(stdout=True, stderr=True,
-                                                             follow=True))
+            return None
+        return service_logs(self.client, self._service.id, follow=True,
+                            request_timeout=LOGS_DEADLINE_S)
 
     def logs(self, tail: int | str = "all") -> bytes:
-        """The service's combined output so far (empty if unreadable)."""
+        """The service's combined output so far (empty if unreadable); what came within
+        :data:`LOGS_DEADLINE_S` (the manager waits for a paused node's logs for good)."""
         if self._service is None:
             return b""
-        with contextlib.suppress(docker.errors.DockerException, EngineError,
-                                 requests.exceptions.RequestException):
-            return b"".join(self._service.logs(stdout=True, stderr=True, follow=False,
-                                               tail=tail))
+        with contextlib.suppress(EngineError):
+            stream = service_logs(self.client, self._service.id, follow=False, tail=tail,
+                                  request_timeout=LOGS_DEADLINE_S)
+            return read_within(stream, LOGS_DEADLINE_S)[0]
         return b""
 
     def tail(self, lines: int) -> str:

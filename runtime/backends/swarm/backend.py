@@ -41,6 +41,8 @@ from runtime.backends.swarm.nodes import Need, SwarmNode, SwarmPlacement, need_o
 from runtime.backends.swarm.service import node_status
 from runtime.config import ResourceLimits, Task
 from runtime.engine.container import AgentRunner, ContainerPlan
+from runtime.engine.engine_streams import EngineStream
+from runtime.engine.engine_watch import ENGINE_LOST
 from runtime.errors import ConfigError, EngineError
 from runtime.state.classify import EndFacts
 from runtime.state.log_keeper import LogKeeper
@@ -86,10 +88,12 @@ class SwarmRun:
         self.agent: SwarmAgent = start.runner
         self._start = start
         self._node_lost = False
+        self._engine_lost = False
         self._ended = False
         self._stop_asked = threading.Event()
         self._follow_lock = threading.Lock()
         self._follow_stop = threading.Event()
+        self._follow_stream: EngineStream | None = None
         self._followed = hashlib.sha256()
         self._followed_bytes = 0
         # Set when the entry point's report goes by in the followed output: the task is
@@ -136,7 +140,14 @@ class SwarmRun:
         def pump() -> None:
             tail = b""
             with contextlib.suppress(Exception):
-                for chunk in agent.follow_logs():
+                stream = agent.follow_logs()
+                if stream is None:
+                    return
+                with self._follow_lock:
+                    self._follow_stream = stream
+                    if self._follow_stop.is_set():  # the session ended meanwhile
+                        stream.close()
+                for chunk in stream:
                     with self._follow_lock:
                         if self._follow_stop.is_set():
                             return
@@ -150,22 +161,30 @@ class SwarmRun:
         threading.Thread(target=pump, name=f"agentrt-log-{self._start.session_id}",
                          daemon=True).start()
 
-    def _complete_output(self, output: bytes) -> None:
-        """Stop following; append what the follower had not written yet (its writing is a
-        prefix of the service's whole log, checked by hash), or say it could not be."""
+    def _complete_output(self, output: bytes | None) -> None:
+        """Stop following (the stream is closed); append what the follower had not written
+        yet (its writing is a prefix of the service's whole log, checked by hash), or say it
+        could not be. ``output`` None: the node or the engine was lost, the log unreadable."""
         deadline = time.monotonic() + FOLLOW_DRAIN_S
         seen = -1
-        while time.monotonic() < deadline and seen != self._followed_bytes < len(output):
+        while output is not None and time.monotonic() < deadline and \
+                seen != self._followed_bytes < len(output):
             seen = self._followed_bytes
             time.sleep(0.3)
         with self._follow_lock:
             self._follow_stop.set()
+            if self._follow_stream is not None:
+                self._follow_stream.close()
             done = self._followed_bytes
-            prefix = hashlib.sha256(output[:done]).hexdigest() == self._followed.hexdigest()
+            prefix = output is not None and \
+                hashlib.sha256(output[:done]).hexdigest() == self._followed.hexdigest()
         keeper = self._start.log
         if keeper is None:
             return
-        if prefix:
+        if output is None:
+            lost = f"node {self.node.hostname}" if self._node_lost else "the Swarm manager"
+            keeper.note(f"{lost} was lost: the saved log holds the output followed until then")
+        elif prefix:
             keeper.write(output[done:])
         else:
             keeper.note("the output as followed and the service's log differ; the saved log "
@@ -174,10 +193,13 @@ class SwarmRun:
     def wait(self) -> EndFacts:
         """Watch the task to its end; complete the saved output; how it ended."""
         view, stopped_for = self._watch_task()
-        output = self.agent.logs()
+        # A lost node's logs never come (a paused one's would be waited for, for good).
+        output = None if self._node_lost or self._engine_lost else self.agent.logs()
         self._complete_output(output)
-        return task_end_facts(view, stopped_for, parse_end_stats(output.decode(errors="replace")),
-                              node_lost=self._node_lost, tree=self._start.tree)
+        return task_end_facts(view, stopped_for,
+                              parse_end_stats((output or b"").decode(errors="replace")),
+                              node_lost=self._node_lost, engine_lost=self._engine_lost,
+                              tree=self._start.tree)
 
     def _watch_task(self) -> tuple[TaskView | None, str]:
         """Poll the task until it ends; stop it at the deadline or on cancel; notice a lost
@@ -212,6 +234,9 @@ class SwarmRun:
                 stop_sent = True
                 with contextlib.suppress(EngineError):
                     agent.stop(start.grace_seconds)
+            if ENGINE_LOST.is_set():  # the manager stopped answering (engine/engine_watch.py)
+                self._engine_lost = True
+                return view, stopped_for
             if now >= next_node_check:
                 next_node_check = now + NODE_CHECK_S
                 if self._node_down():
@@ -231,14 +256,16 @@ class SwarmRun:
 
 
 def task_end_facts(view: TaskView | None, stopped_for: str, stats: EndStats | None, *,
-                   node_lost: bool, tree: SessionTree | None = None) -> EndFacts:
+                   node_lost: bool, engine_lost: bool = False,
+                   tree: SessionTree | None = None) -> EndFacts:
     """How a session's service ended, in the classifier's vocabulary: the task's last view,
     why agentrt stopped it (``""``, ``"timeout"``, ``"cancel"``), the entry point's report,
-    and whether its node was lost. Pure but for recording the volume's usage on ``tree``."""
-    if node_lost:
+    and whether its node (or the manager) was lost. Pure but for recording the volume's usage
+    on ``tree``."""
+    if node_lost or engine_lost:
         # Nothing more is known of a node that is gone than why agentrt had stopped it.
         return EndFacts(cancelled=stopped_for == "cancel", timed_out=stopped_for == "timeout",
-                        node_lost=True)
+                        node_lost=node_lost, engine_lost=engine_lost)
     code = view.exit_code if view is not None else None
     if code is None and stats is not None:
         code = stats.exit_code

@@ -3,18 +3,29 @@
 On one engine agentrt ships bundles in and out of containers with ``put_archive`` and
 ``get_archive``. On Swarm it talks only to a manager, whose API cannot reach a container on a
 worker. So a run on Swarm gets one small service, ``agentrt-x-<run>``: agentrt's base image
-running ``git daemon`` (anonymous push on) over one bare repository, pinned to the manager
-agentrt talks to, on an *internal* overlay network of the run that only agentrt's own helper
-tasks join (the checkout and the harvest), never a session.
+running ``git daemon`` over bare repositories, pinned to the manager agentrt talks to, on an
+*internal* overlay network of the run that only agentrt's own helper tasks join (the checkout
+and the harvest), never a session.
+
+**Who may push where.** ``git daemon`` knows no one, so nothing it serves takes a push unless
+agentrt made it to: the bases' repository ``x.git`` and the verdicts' ``v.git`` refuse every
+push (only agentrt's ``exec`` writes them), and each harvest pushes into a repository of its
+session's own, ``w/<128-bit random>.git`` (:meth:`Exchange.open_session`), whose name only
+agentrt and that session's harvest helper know (``git daemon`` lists nothing), which borrows
+the bases' objects (``objects/info/alternates``), checks what it receives
+(``receive.fsckObjects``) and takes at most ``max_import_mb`` in one push
+(``receive.maxInputSize``). agentrt bundles a session's work from that repository only, so no
+helper, and nothing on the network, can put work under another session's name.
 
 * **Base in**: the host makes a bundle of the session's branch (the user's repository, trusted),
   ``put_archive``\\ s it into the exchange's container through the manager and fetches it there
   into ``refs/base/<commit>`` (once per base commit). The checkout helper on the node fetches
   that ref over ``git://`` into the session's volume.
-* **Work out**: the harvest helper on the node runs the same script as on one machine
-  (:data:`runtime.git.harvest.SCRIPT`), then pushes its ``work`` (and ``files``) commit to
-  ``refs/work/<session>/...``. The exchange fsck's what it receives; the host then has the
-  exchange ``git bundle create`` that ref against the base, copies the bundle out with
+* **Work out**: the harvest helper on the node runs the same script, in the same container,
+  as on one machine (:mod:`runtime.backends.swarm.node_jobs`), then pushes its ``work`` (and
+  ``files``) commit to ``refs/work/<session>/...`` of the session's push repository. The exchange
+  fsck's what it receives; the host then has the exchange ``git bundle create`` that ref
+  against the base, copies the bundle out with
   ``get_archive`` and verifies and imports it exactly as on one machine
   (:func:`runtime.git.bundle.import_bundle`).
 
@@ -30,9 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -45,8 +56,8 @@ from runtime.backends.swarm.teardown import (
     wait_for_container,
 )
 from runtime.engine.discovery import engine_errors
-from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
-from runtime.engine.volume_helpers import HELPER_IMAGE, ROLE_HELPER
+from runtime.engine.labels import LABEL_ROLE, LABEL_RUN
+from runtime.engine.volume_helpers import HELPER_IMAGE
 from runtime.errors import EngineError, HarvestError, WorkspaceError
 from runtime.git.engine_checkout import create_base_bundle, tar_one_file
 from runtime.git.harvest import (
@@ -77,6 +88,8 @@ git init -q --bare /srv/x.git
 git --git-dir=/srv/x.git config receive.fsckObjects true
 git --git-dir=/srv/x.git config gc.auto 0
 git --git-dir=/srv/x.git config core.hooksPath /dev/null
+git --git-dir=/srv/x.git config daemon.receivepack false
+mkdir -p /srv/w
 # The verdicts (is a session's work home?): written by agentrt alone (exec), read by nodes.
 git init -q --bare /srv/v.git
 git --git-dir=/srv/v.git config daemon.receivepack false
@@ -84,16 +97,28 @@ t=$(git --git-dir=/srv/v.git hash-object -t tree -w /dev/null)
 c=$(git --git-dir=/srv/v.git -c user.name=agentrt -c user.email=agentrt@agentrt.invalid \
   commit-tree -m verdict "$t")
 git --git-dir=/srv/v.git update-ref refs/heads/verdict "$c"
-exec git daemon --reuseaddr --export-all --enable=receive-pack --informative-errors \
+# No push by default: a repository takes one only if its config says daemon.receivepack
+# (the sessions' push repositories, made by agentrt's exec).
+exec git daemon --reuseaddr --export-all --informative-errors \
   --base-path=/srv --listen=0.0.0.0 --port=9418 /srv
 """
 
 VERDICTS = "/srv/v.git"
-# In the exchange: $0 the repository, $1 the session; delete its refs and verdicts.
-FORGET_SCRIPT = r"""
-for r in work files; do
-  git --git-dir="$0" -c core.hooksPath=/dev/null update-ref -d "refs/work/$1/$r" || :
+PUSHES = "/srv/w"
+# In the exchange: $0 a new push repository, $1 the most it may take in one push (bytes).
+OPEN_SCRIPT = r"""
+set -eu
+git init -q --bare "$0"
+for kv in daemon.receivepack=true receive.fsckObjects=true core.hooksPath=/dev/null \
+          gc.auto=0 receive.denyDeletes=true "receive.maxInputSize=$1"; do
+  git --git-dir="$0" config "${kv%%=*}" "${kv#*=}"
 done
+echo /srv/x.git/objects > "$0/objects/info/alternates"
+"""
+# In the exchange: $0 the session's push repository ("" if none), $1 the session; delete the
+# repository and the session's verdicts.
+FORGET_SCRIPT = r"""
+case $0 in /srv/w/*.git) rm -rf -- "$0";; esac
 for r in home keep; do
   git --git-dir=/srv/v.git -c core.hooksPath=/dev/null update-ref -d "refs/$1/$r" || :
 done
@@ -133,6 +158,7 @@ class Exchange:
         self._error: BaseException | None = None
         self._starter: threading.Thread | None = None
         self._bases: set[str] = set()
+        self._pushes: dict[str, str] = {}  # session -> its push repository's name
         self._lock = threading.Lock()
 
     @property
@@ -283,8 +309,8 @@ class Exchange:
             if code == 0:
                 dest.mkdir(parents=True, exist_ok=True)
                 # One exec makes the bundles of the refs there are; one removes them.
-                made = self._exec(["sh", "-c", BUNDLE_SCRIPT, REPO, sid, plan.base_commit],
-                                  "git bundle create in the exchange").split()
+                made = self._exec(["sh", "-c", BUNDLE_SCRIPT, self._push_repo(sid), sid,
+                                   plan.base_commit], "git bundle create in the exchange").split()
                 try:
                     for name in ("work", "files"):
                         if f"made:{name}" not in made:
@@ -316,22 +342,35 @@ class Exchange:
                     "update-ref", f"refs/{session_id}/{'home' if home else 'keep'}",
                     "refs/heads/verdict"], "write a verdict in the exchange")
 
-    def forget(self, session_id: str) -> None:
-        """Delete a session's refs from the exchange (its work is home)."""
-        with contextlib.suppress(EngineError):  # one exec for both refs
-            self._exec(["sh", "-c", FORGET_SCRIPT, REPO, session_id],
-                       "git update-ref in the exchange")
+    def open_session(self, session_id: str, max_bytes: int) -> str:
+        """The URL of ``session_id``'s own push repository in the exchange, made on first
+        use: the only repository its harvest helper can push to, under a random name that
+        nobody else learns, taking at most ``max_bytes`` in one push. EngineError if the
+        exchange cannot make it."""
+        with self._lock:
+            name = self._pushes.get(session_id)
+            if name is None:
+                name = f"{secrets.token_hex(16)}.git"
+                self._exec(["sh", "-c", OPEN_SCRIPT, f"{PUSHES}/{name}",
+                            str(max(1, max_bytes))], "make a push repository in the exchange")
+                self._pushes[session_id] = name
+        return f"git://{exchange_name(self.run_id)}:{PORT}/w/{name}"
 
-    def helper_spec(self, node_id: str, session_id: str, prefix: str, mounts: list[Any],
-                uid: int, gid: int, command: list[str], memory_mb: int) -> dict[str, Any]:
-        spec = helper_service_spec(
-            image=HELPER_IMAGE, command=command, node_id=node_id,
-            labels={LABEL_SESSION: session_id, LABEL_ROLE: ROLE_HELPER, LABEL_RUN: self.run_id},
-            mounts=mounts, user=f"{uid}:{gid}", memory_bytes=memory_mb * 1024 * 1024, pids=256,
-            name_prefix=prefix, session_id=session_id)
-        # Only agentrt's helpers join the run's network; their scratch is the writable root.
-        spec.update(networks=[self.network_id], read_only=False, env={"HOME": "/var/tmp"})
-        return spec
+    def _push_repo(self, session_id: str) -> str:
+        with self._lock:
+            name = self._pushes.get(session_id)
+        if name is None:
+            raise HarvestError(f"session {session_id} has no push repository in the exchange")
+        return f"{PUSHES}/{name}"
+
+    def forget(self, session_id: str) -> None:
+        """Delete a session's push repository and verdicts from the exchange (its work is
+        home)."""
+        with self._lock:
+            name = self._pushes.pop(session_id, None)
+        with contextlib.suppress(EngineError):  # one exec for the repository and verdicts
+            self._exec(["sh", "-c", FORGET_SCRIPT, f"{PUSHES}/{name}" if name else "",
+                        session_id], "forget a session in the exchange")
 
     def stop(self) -> None:
         """Remove the exchange's service and network; idempotent (EngineError if it cannot).

@@ -12,7 +12,13 @@ internal network, the only way to the exchange), with the same checkout script a
 
 **Harvest and removal.** :class:`NodeFinish` has one node helper run the harvest (the same
 script as on one machine, then a push to the exchange) as a container of the node's engine
-(the agent's uid, the volume read-only, hardened as above), and then *wait*: the host makes
+made exactly as the one-engine harvest container is (:func:`runtime.git.harvest.harvest_spec`:
+the agent's ``HEAD`` and ref read as data, git only in a private repository with agentrt's
+config, uid 0 of its own container with ``CAP_DAC_READ_SEARCH`` alone, a uid the agent never
+had; read-only root, the volume read-only, scratch and bundles in tmpfs of a fixed size, one
+core, memory, pids and the helper's wall-time limit), joined to the helper's network only to
+push to the session's own push repository in the exchange
+(:meth:`runtime.backends.swarm.exchange.Exchange.open_session`), and then *wait*: the host makes
 the bundles, verifies and imports them, and only then writes a verdict into the exchange's
 ``v.git`` (a repository the helpers may read but not push to: only agentrt's ``exec`` writes
 it). ``home``: the helper removes the volume (one round trip instead of two). ``keep``, no
@@ -31,25 +37,28 @@ from typing import Any
 import docker
 
 from runtime.backends.swarm.exchange import HELPER_TIMEOUT_S, START_TIMEOUT_S, Exchange
-from runtime.backends.swarm.service import OneShot, run_one_shot
+from runtime.backends.swarm.service import OneShot
 from runtime.backends.swarm.volumes import (
     NodeStep,
     NodeStepFailed,
     create_node_volume,
     start_node_finish,
+    start_node_steps,
     undo_node_volume,
 )
 from runtime.engine.engine_volumes import EngineVolume
-from runtime.engine.labels import LABEL_ROLE, LABEL_RUN, LABEL_SESSION
+from runtime.engine.labels import LABEL_HARVEST, LABEL_ROLE, LABEL_RUN, LABEL_SESSION
 from runtime.engine.volume_helpers import HELPER_IMAGE, ROLE_HELPER
 from runtime.errors import EngineError, HarvestError, VolumeError, WorkspaceError
 from runtime.git.engine_checkout import CHECKOUT_SCRIPT
 from runtime.git.harvest import (
     EXIT_UNCHANGED,
-    HARVEST_MIN_MEMORY_MB,
+    HARVEST_ENV,
+    OUT_DIR,
     SCRIPT,
     Harvest,
     HarvestPlan,
+    harvest_spec,
 )
 from runtime.git.safe_git import MainRepo
 
@@ -135,23 +144,51 @@ def create_checked_out(client: docker.DockerClient, exchange: Exchange, node_id:
         shipper.join()
 
 
-def harvest_command(exchange: Exchange, plan: HarvestPlan) -> list[str]:
-    """The harvest script, then the push of what it made to the exchange."""
+def harvest_command(push_url: str, plan: HarvestPlan) -> list[str]:
+    """The harvest script, then the push of what it made to ``push_url`` (the session's own
+    push repository in the exchange)."""
     return ["sh", "-c", SCRIPT + PUSH_SCRIPT, "agentrt-harvest", plan.base_commit, "",
-            plan.session_id, exchange.url]
+            plan.session_id, push_url]
+
+
+def node_harvest_spec(run_id: str, push_url: str, plan: HarvestPlan,
+                      max_bytes: int) -> dict[str, Any]:
+    """``containers.create`` arguments of the harvest on a Swarm node: the one-engine harvest
+    container (:func:`runtime.git.harvest.harvest_spec`) without its out volume (the work
+    leaves by the push), in the node helper's network (``container:@SELF@``, the run's
+    internal network: the exchange and nothing else), labelled as a helper. Pure."""
+    spec = harvest_spec(plan, max_bytes)
+    spec.pop("name", None)
+    spec["mounts"] = [m for m in spec["mounts"] if m["Target"] != OUT_DIR]
+    spec["environment"] = {k: v for k, v in HARVEST_ENV.items() if k != "HARVEST_OUT"}
+    spec["command"] = harvest_command(push_url, plan)
+    spec["network_mode"] = "container:@SELF@"
+    spec["labels"] = {LABEL_SESSION: plan.session_id, LABEL_ROLE: ROLE_HELPER,
+                      LABEL_RUN: run_id, LABEL_HARVEST: plan.session_id}
+    return spec
 
 
 def harvest_on_node(exchange: Exchange, node_id: str, plan: HarvestPlan, dest: Path,
                     max_bytes: int) -> Harvest:
-    """The harvest of :mod:`runtime.git.harvest` as a helper service on ``node_id``; its
-    bundles made in the exchange and copied out. HarvestError when it cannot finish."""
-    spec = exchange.helper_spec(node_id, plan.session_id, "agentrt-harvest", list(plan.mounts),
-                                plan.uid, plan.gid, harvest_command(exchange, plan),
-                                max(plan.memory_mb, HARVEST_MIN_MEMORY_MB))
+    """The harvest of :mod:`runtime.git.harvest` by a node helper on ``node_id`` (the same
+    container as :class:`NodeFinish` runs, without holding the volume); its bundles made in
+    the exchange and copied out. HarvestError when it cannot finish."""
     try:
-        code, output = run_one_shot(exchange.client, spec, timeout=HELPER_TIMEOUT_S)
+        push_url = exchange.open_session(plan.session_id, max_bytes)
+        step = NodeStep(node_harvest_spec(exchange.run_id, push_url, plan, max_bytes),
+                        ok=(0, EXIT_UNCHANGED))
+        one_shot = start_node_steps(exchange.client, node_id, plan.session_id, [step],
+                                    [exchange.network_id], HELPER_TIMEOUT_S)
+        try:
+            ended, output = one_shot.wait(HELPER_TIMEOUT_S + 60)
+        finally:
+            one_shot.remove()
     except EngineError as exc:
         raise HarvestError(f"the harvest could not run on node {node_id}: {exc}") from exc
+    code = _harvest_code(output)
+    if code is None:
+        raise HarvestError(f"the harvest did not run on node {node_id} (helper exit {ended}): "
+                           f"{output.strip()[-800:]}")
     return exchange.collect_harvest(node_id, plan, code, output, dest, max_bytes)
 
 
@@ -169,22 +206,12 @@ class NodeFinish:
         """Harvest ``volume`` on ``node_id`` and bring the bundles out as
         :func:`harvest_on_node` does; the helper then waits for :meth:`release`. HarvestError
         when it cannot finish (the volume is kept, the helper gone)."""
-        memory = max(plan.memory_mb, HARVEST_MIN_MEMORY_MB) * 1024 * 1024
-        spec = {
-            "image": HELPER_IMAGE, "command": harvest_command(exchange, plan),
-            "user": f"{plan.uid}:{plan.gid}", "working_dir": "/",
-            "environment": {"HOME": "/var/tmp"}, "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"], "network_mode": "container:@SELF@",
-            "mounts": list(plan.mounts), "init": True, "mem_limit": memory,
-            "memswap_limit": memory, "pids_limit": 256,
-            "labels": {LABEL_SESSION: plan.session_id, LABEL_ROLE: ROLE_HELPER,
-                       LABEL_RUN: exchange.run_id},
-            "detach": True,
-        }
         sid = plan.session_id
         gate = {"url": exchange.verdicts_url, "go": f"refs/{sid}/home",
                 "stop": f"refs/{sid}/keep", "timeout": VERDICT_TIMEOUT_S, "on_timeout": "stop"}
         try:
+            spec = node_harvest_spec(exchange.run_id, exchange.open_session(sid, max_bytes),
+                                     plan, max_bytes)
             one_shot = start_node_finish(exchange.client, node_id, volume,
                                          NodeStep(spec, ok=(0, EXIT_UNCHANGED)), gate,
                                          [exchange.network_id], HELPER_TIMEOUT_S)

@@ -61,6 +61,7 @@ from runtime.engine.container import (
     tmpfs_mb,
 )
 from runtime.engine.discovery import engine_errors
+from runtime.engine.engine_streams import read_within, service_logs
 from runtime.engine.labels import (
     LABEL_GRACE_SECONDS,
     LABEL_RUN,
@@ -80,6 +81,8 @@ NETWORK_GUARD = (
     'none: run the node\'s dockerd with --bridge=none" >&2; exit 97; }; done; '
 )
 ONE_SHOT_TIMEOUT_S = 120
+#: The longest a read of a helper's output may take (a paused node's logs never come).
+OUTPUT_DEADLINE_S = 20.0
 NODE_CHECK_S = 2.0
 #: A one-shot's task is polled every FAST_POLL_S for its first FAST_FOR_S seconds (most helpers
 #: end within two), then every POLL_S: a fixed 250 ms poll cost about 125 ms per helper.
@@ -258,9 +261,15 @@ class OneShot:
             self.service: Any = client.services.create(**dict(spec))
 
     def output(self) -> str:
-        """What the task wrote so far (stdout and stderr)."""
-        with engine_errors(self.what):
-            logs = b"".join(self.service.logs(stdout=True, stderr=True, follow=False))
+        """What the task wrote so far (stdout and stderr). EngineError when it did not come
+        within :data:`OUTPUT_DEADLINE_S` (the manager waits for a paused node's logs)."""
+        stream = service_logs(self.client, self.service.id, follow=False,
+                              request_timeout=OUTPUT_DEADLINE_S)
+        logs, complete = read_within(stream, OUTPUT_DEADLINE_S)
+        if not complete:
+            raise EngineError(f"could not {self.what}: its output did not come within "
+                              f"{OUTPUT_DEADLINE_S:.0f} s ({stream.error or 'no answer'}; is "
+                              "its node paused or unreachable?)")
         return logs.decode(errors="replace")
 
     def wait(self, timeout: float = ONE_SHOT_TIMEOUT_S,

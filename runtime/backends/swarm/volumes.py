@@ -230,6 +230,17 @@ def start_node_finish(client: docker.DockerClient, node_id: str, volume: EngineV
     return OneShot(client, _node_spec(node_id, volume.session_id, job, networks))
 
 
+def start_node_steps(client: docker.DockerClient, node_id: str, session_id: str,
+                     steps: Sequence[NodeStep], networks: Sequence[str],
+                     timeout: int) -> OneShot:
+    """Start ONE helper service on node ``node_id`` that runs ``steps`` (containers of the
+    node's engine, no volume made or removed), on ``networks``; each container may run
+    ``timeout`` seconds. Returns it running (:class:`OneShot`)."""
+    _check_session_id(session_id)
+    job = _node_job(client, _chosen_state(), None, [], session_id, None, None, steps, timeout)
+    return OneShot(client, _node_spec(node_id, session_id, job, networks))
+
+
 def remove_node_volume(client: docker.DockerClient, node_id: str,
                        volume: EngineVolume) -> None:
     """Unmount and delete ``volume`` on node ``node_id``, and its named volume there;
