@@ -15,10 +15,9 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
-
 from runtime.engine.engine_volumes import EngineVolume
 from runtime.engine.labels import LABEL_ROLE, LABEL_SESSION
+from runtime.engine.types import EngineClient
 from runtime.engine.volume_helpers import (
     CHECKOUT_TIMEOUT_S,
     HELPER_IMAGE,
@@ -86,7 +85,7 @@ def tar_one_file(path: Path, name: str) -> Iterator[bytes]:
         yield b"\0" * ((512 - size % 512) % 512) + b"\0" * 1024
 
 
-def checkout_in_engine(client: docker.DockerClient, volume: EngineVolume, bundle: Path,
+def checkout_in_engine(client: EngineClient, volume: EngineVolume, bundle: Path,
                        branch: str, commit: str, uid: int, gid: int,
                        timeout: float = CHECKOUT_TIMEOUT_S) -> None:
     """Check ``commit`` out on ``branch`` in ``volume``'s workspace, on the engine's host.

@@ -25,14 +25,13 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
-import docker
-
 from runtime import paths
 from runtime.backends.recovery import reconcile_on_start
 from runtime.backends.registry import open_backend
 from runtime.config import RunConfig, Task, with_default_agent
 from runtime.engine.egress import RunEgress
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
+from runtime.engine.types import EngineClient
 from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.git.directory_mode import open_repo
 from runtime.git.object_store import remove_run_stores
@@ -85,7 +84,7 @@ class AgentCoordinator:
         *,
         config: RunConfig | Mapping[str, Any] | None = None,
         repo: str | os.PathLike[str] | MainRepo = ".",
-        client: docker.DockerClient | None = None,
+        client: EngineClient | None = None,
         stop_grace_seconds: int = 10,
         listener: Listener | None = None,
         default_agent: AgentPreset | None = None,
@@ -156,7 +155,7 @@ class AgentCoordinator:
         return self.live.sessions()
 
     @property
-    def client(self) -> docker.DockerClient:
+    def client(self) -> EngineClient:
         """The Docker client."""
         if self._client is None:
             from runtime.engine.discovery import get_client

@@ -17,13 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-import docker
-import docker.errors
-
 from runtime.backends.base import BASE_IMAGE, Check
 from runtime.backends.registry import backend_checks, shares_disk
 from runtime.engine import discovery as engine
 from runtime.engine import images
+from runtime.engine.types import EngineClient
 from runtime.errors import AgentRuntimeError, EngineError
 from runtime.git.safe_git import git_version
 from runtime.version import agentrt_version
@@ -159,7 +157,7 @@ def _git_check_host() -> Check:
         return Check("git", "fail", f"git not usable: {exc}", "install git >= 2.38")
 
 
-def _engine_checks(client: docker.DockerClient) -> list[Check]:
+def _engine_checks(client: EngineClient) -> list[Check]:
     checks: list[Check] = []
     info = engine.engine_info(client)
     where = engine.endpoint_of(client)
@@ -196,7 +194,7 @@ def _engine_checks(client: docker.DockerClient) -> list[Check]:
     return checks
 
 
-def _host_route_check(client: docker.DockerClient) -> Check:
+def _host_route_check(client: EngineClient) -> Check:
     """Session networks (allowlist, services, shared database) must give the host no address."""
     from runtime.engine.networks import engine_holds_the_host_out
 
@@ -212,7 +210,7 @@ def _host_route_check(client: docker.DockerClient) -> Check:
                  "use a Docker engine with the bridge driver (Docker 1.13 or later)")
 
 
-def _image_check(client: docker.DockerClient) -> Check:
+def _image_check(client: EngineClient) -> Check:
     try:
         images.require_image(client, BASE_IMAGE)
         listed = images.list_images(client)
@@ -225,7 +223,7 @@ def _image_check(client: docker.DockerClient) -> Check:
     return Check("images", "ok", f"{BASE_IMAGE} is present and current")
 
 
-def run_checks(client_factory: Callable[[], docker.DockerClient],
+def run_checks(client_factory: Callable[[], EngineClient],
                state_dir: Path | None = None, node_urls: Sequence[str] = ()) -> list[Check]:
     """Every check, in a stable order; never raises for what it finds. With ``state_dir`` (a
     repository's), also the volumes kept because their work has not come home yet. On a Swarm
@@ -260,7 +258,7 @@ def run_checks(client_factory: Callable[[], docker.DockerClient],
     return checks
 
 
-def _volume_place_check(client: docker.DockerClient, state_dir: Path | None) -> Check | None:
+def _volume_place_check(client: EngineClient, state_dir: Path | None) -> Check | None:
     """Where sessions' volumes go with this engine; None when it shares this host's disk."""
     import tempfile
 

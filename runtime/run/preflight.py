@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import docker
-
 from runtime.config import RunConfig, Task, validate_tasks
+from runtime.engine.types import EngineClient
 from runtime.errors import ConfigError
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import resolve_base
@@ -35,7 +34,7 @@ def check_merge_target(repo: MainRepo, config: RunConfig) -> None:
                           "merge later with `agentrt merge RUN`")
 
 
-def check_run(get_client: Callable[[], docker.DockerClient], repo: MainRepo, config: RunConfig,
+def check_run(get_client: Callable[[], EngineClient], repo: MainRepo, config: RunConfig,
               tasks: Sequence[Task], build_log: Callable[[str], None] | None = None,
               known: Sequence[Task] = (),
               ) -> tuple[str, dict[str, EnvImage]]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import docker
-
 from runtime.config import RunConfig, Task
+from runtime.engine.types import EngineClient
 from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import prepare_base
@@ -33,7 +32,7 @@ class RunSessions:
     """The sessions of one run, made alike; some prepared ahead (:attr:`pool`)."""
 
     def __init__(self, config: RunConfig, repo: MainRepo, run_id: str,
-                 client: docker.DockerClient, backend: Backend, *, store: Store | None,
+                 client: EngineClient, backend: Backend, *, store: Store | None,
                  egress: RunEgress | None, stop_grace_seconds: int,
                  env_images: Mapping[str, EnvImage], seeded: bool, base_commit: str,
                  task_base: Mapping[str, str]) -> None:

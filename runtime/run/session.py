@@ -35,9 +35,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import docker
-from docker.types import Mount
-
 from runtime import paths
 from runtime.backends.base import AgentRun, AgentStart, Backend, Placement, SessionTree, TreeRequest
 from runtime.config import ResourceLimits, RunConfig, Task
@@ -46,6 +43,7 @@ from runtime.engine.container import AgentRunner, ContainerPlan
 from runtime.engine.engine_watch import ENGINE_LOST
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
 from runtime.engine.resilience import crash_point, engine_retry
+from runtime.engine.types import EngineClient, Mount
 from runtime.engine.volumes import DiskLimitMode, Volume, volumes_root
 from runtime.errors import AgentRuntimeError, ConfigError, EngineError, NotFoundError, SessionError
 from runtime.git.directory_mode import open_repo
@@ -88,7 +86,7 @@ class IsolatedAgentSession:
         limits: ResourceLimits | Mapping[str, Any] | None = None,
         run_id: str | None = None,
         base_commit: str | None = None,
-        client: docker.DockerClient | None = None,
+        client: EngineClient | None = None,
         backend: Backend | None = None,
         placement: Placement | None = None,
         store: Store | None = None,
@@ -185,7 +183,7 @@ class IsolatedAgentSession:
         self.close()
 
     @property
-    def client(self) -> docker.DockerClient:
+    def client(self) -> EngineClient:
         """The Docker client (the shared one unless given)."""
         if self._client is None:
             from runtime.engine.discovery import get_client

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import docker
-
 from runtime.config import RunConfig, Task
 from runtime.databases.sqlite import SQLITE_NAME, SessionDatabase, SqliteDatabase, create_sqlite
 from runtime.engine.container import DB_MOUNT
 from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO, LABEL_RUN
+from runtime.engine.types import EngineClient
 from runtime.git.safe_git import MainRepo
 from runtime.state.liveness import process_start_time
 
@@ -35,7 +34,7 @@ class SessionParts:
     """The environment, egress, services and database of one session."""
 
     def __init__(self, task: Task, config: RunConfig, repo: MainRepo, run_id: str,
-                 session_id: str, client: Callable[[], docker.DockerClient], *,
+                 session_id: str, client: Callable[[], EngineClient], *,
                  egress: RunEgress | None = None) -> None:
         self.task = task
         self.config = config

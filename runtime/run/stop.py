@@ -8,11 +8,7 @@ like ``gc`` does: work saved onto its branch, resources removed.
 
 from __future__ import annotations
 
-import contextlib
-
-import docker.errors
-
-from runtime.engine.discovery import engine_errors
+from runtime.engine.container import AgentContainer
 from runtime.engine.labels import find_container
 from runtime.errors import NotFoundError
 from runtime.git.safe_git import MainRepo
@@ -49,9 +45,7 @@ def stop_target(repo: MainRepo, store: Store, target: str, grace: int = 10) -> l
         if owner_alive(row.owner_pid, row.owner_start_time):
             container = find_container(client, row.id)
             if container is not None:
-                with engine_errors(f"stop the container of {row.id}"), \
-                        contextlib.suppress(docker.errors.NotFound):
-                    client.api.stop(container.id, timeout=grace)
+                AgentContainer(client, container).stop(grace)
         else:
             collect_garbage(repo, client, only_session=row.id, grace_seconds=grace)
         stopped.append(row.id)

@@ -203,3 +203,54 @@ def test_a_planted_type_checking_stub_is_named(tmp_path: Path) -> None:
         "if TYPE_CHECKING:\n    from runtime.config import Task\n"  # module level: fine
         "class Mixin:\n    if TYPE_CHECKING:\n        task: Task\n")
     assert class_stub_problems(package) == ["runtime/run/mixin.py:6: Mixin.task"]
+
+
+#: Where the Docker SDK may be imported: the shared engine plumbing and the backends.
+SDK_HOMES = ("engine", "backends")
+#: Modules that still drive containers of their own with the SDK (the harvest's container, the
+#: shared PostgreSQL server and its admin commands): to move into engine/ next. The list is
+#: exact, so a new importer fails the test and so does one that no longer needs its place.
+SDK_NOT_YET_MOVED = {"runtime/git/harvest.py", "runtime/databases/postgres_server.py",
+                     "runtime/databases/postgres.py", "runtime/databases/psql_admin.py"}
+
+
+def sdk_importers(package: Path) -> dict[str, int]:
+    """Each module outside engine/ and backends/ importing the Docker SDK, with the first
+    line that does."""
+    found: dict[str, int] = {}
+    for path in sorted(package.rglob("*.py")):
+        if layer_of_file(package, path) in SDK_HOMES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name == "docker" or name.startswith("docker.") for name in names):
+                where = str(path.relative_to(package.parent))
+                found[where] = min(found.get(where, node.lineno), node.lineno)
+    return found
+
+
+def test_only_engine_and_backends_import_the_docker_sdk() -> None:
+    found = sdk_importers(ROOT / "runtime")
+    new = {f"{where}:{line}" for where, line in found.items()
+           if where not in SDK_NOT_YET_MOVED}
+    assert not new, "the Docker SDK imported outside engine/ and backends/: " \
+        f"{sorted(new)} (use runtime.engine.types for signatures; ask engine/ to act)"
+    assert set(found) == SDK_NOT_YET_MOVED, \
+        f"no longer importing the SDK (drop from the list): {SDK_NOT_YET_MOVED - set(found)}"
+
+
+def test_a_planted_sdk_import_is_named(tmp_path: Path) -> None:
+    package = tmp_path / "runtime"
+    for layer in ("engine", "backends", "run"):
+        (package / layer).mkdir(parents=True)
+    (package / "engine" / "fine.py").write_text("import docker\n")
+    (package / "backends" / "fine.py").write_text("from docker.types import Mount\n")
+    (package / "run" / "planted.py").write_text(
+        "x = 1\ndef f() -> None:\n    from docker.types import Mount\n")
+    assert sdk_importers(package) == {"runtime/run/planted.py": 3}
