@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
@@ -29,28 +29,32 @@ MAX_INTERVAL_S = 0.5
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     *,
     timeout: float,
     what: str,
     interval: float = FIRST_INTERVAL_S,
     max_interval: float = MAX_INTERVAL_S,
+    pause: Callable[[float], float] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call ``predicate`` until it returns something truthy, and return that.
 
     Raises :class:`~runtime.errors.WaitTimeoutError` ("timed out after N s waiting for
     <what>") once ``timeout`` seconds have passed with no truthy answer. The pause between
-    polls starts at ``interval`` and doubles up to ``max_interval``.
+    polls starts at ``interval`` and doubles up to ``max_interval``; or ``pause(elapsed)``
+    gives it, for a wait with its own cadence (a Swarm task: quick at first, then slower).
     """
     retrying = Retrying(
         retry=retry_if_result(lambda value: not value),
         stop=stop_after_delay(timeout),
-        wait=wait_exponential(multiplier=interval, min=interval, max=max_interval),
+        wait=(wait_exponential(multiplier=interval, min=interval, max=max_interval)
+              if pause is None else
+              lambda state: pause(state.seconds_since_start or 0.0)),
         sleep=sleep,
         reraise=True,
     )
     try:
-        return retrying(predicate)
+        return cast(T, retrying(predicate))
     except RetryError as exc:
         raise WaitTimeoutError(what, timeout) from exc

@@ -7,7 +7,6 @@ throwaway hardened ``agentrt/postgres`` container on the engine's host network f
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
 import docker
@@ -15,7 +14,8 @@ import docker.errors
 import requests.exceptions
 
 from runtime.engine.labels import LABEL_ROLE
-from runtime.errors import AgentRuntimeError, DatabaseError
+from runtime.errors import AgentRuntimeError, DatabaseError, WaitTimeoutError
+from runtime.waiting import wait_until
 
 IMAGE_NAME = "postgres"
 IMAGE = "agentrt/postgres:latest"
@@ -92,12 +92,16 @@ class PsqlAdmin:
 def exec_exit_code(client: docker.DockerClient, exec_id: str) -> int:
     """An exec's exit code; -1 if unknown. The engine may still report it running (and its code
     as None) for a moment after exec_start has returned, so ask again briefly."""
-    for _ in range(50):
+    def exit_code() -> tuple[int] | None:  # a tuple: an exit code of 0 also ends the wait
         info = client.api.exec_inspect(exec_id)
-        if not info.get("Running") and info.get("ExitCode") is not None:
-            return int(info["ExitCode"])
-        time.sleep(0.02)
-    return -1
+        done = not info.get("Running") and info.get("ExitCode") is not None
+        return (int(info["ExitCode"]),) if done else None
+
+    try:
+        return wait_until(exit_code, timeout=1.0, what="an exec's exit code",
+                          interval=0.02, max_interval=0.02)[0]
+    except WaitTimeoutError:
+        return -1
 
 
 def decode_output(data: bytes | None) -> str:

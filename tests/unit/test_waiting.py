@@ -44,3 +44,15 @@ def test_the_pause_grows_up_to_the_maximum() -> None:
         wait_until(lambda: False, timeout=0.2, what="x", interval=0.01, max_interval=0.04,
                    sleep=pause)
     assert pauses[0] == pytest.approx(0.01) and max(pauses) == pytest.approx(0.04)
+
+
+def test_a_wait_may_give_its_own_cadence() -> None:
+    pauses: list[float] = []
+    answers = iter([None, None, None, "done"])
+
+    def pause(elapsed: float) -> float:
+        return 0.01 if elapsed < 0.015 else 0.02
+
+    assert wait_until(lambda: next(answers), timeout=5, what="x", pause=pause,
+                      sleep=lambda s: (pauses.append(s), time.sleep(s))[1]) == "done"
+    assert pauses[0] == 0.01 and pauses[-1] == 0.02

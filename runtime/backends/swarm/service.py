@@ -68,7 +68,8 @@ from runtime.engine.labels import (
     LABEL_SESSION,
     LABEL_TIME_SECONDS,
 )
-from runtime.errors import ConfigError, EngineError, SessionError
+from runtime.errors import ConfigError, EngineError, SessionError, WaitTimeoutError
+from runtime.waiting import wait_until
 
 #: The first API version whose services take ``CapabilityDrop`` and ``Resources.Limits.Pids``.
 MIN_API_VERSION = (1, 41)
@@ -280,35 +281,43 @@ class OneShot:
         (rejected, e.g. a missing image), did not end within ``timeout`` seconds, its node
         was lost, or ``abort`` (asked at every poll) gave a reason to stop waiting."""
         what = self.what
+        state, code, detail = "new", None, ""
+        next_node_check = time.monotonic() + NODE_CHECK_S
+
+        def settled() -> tuple[bool, str] | None:
+            """(True, "") once the task ended; (False, output so far) once the output holds
+            ``until``; None to poll again."""
+            nonlocal state, code, detail, next_node_check
+            tasks = self.service.tasks()
+            if tasks:
+                task = max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
+                state, code, detail = task_outcome(task)
+                if state in TERMINAL_STATES:
+                    return True, ""
+                if until is not None and state == "running":
+                    text = self.output()
+                    if until in text:
+                        return False, text
+            reason = abort() if abort is not None else None
+            if reason:
+                raise EngineError(f"could not {what}: {reason}")
+            if self.node_id and time.monotonic() > next_node_check:
+                next_node_check = time.monotonic() + NODE_CHECK_S
+                node_state = node_status(self.client, self.node_id)
+                if node_state not in ("ready", ""):
+                    raise EngineError(f"could not {what}: node {self.node_id} is "
+                                      f"{node_state} (node lost)")
+            return None
+
         with engine_errors(what):
-            began = time.monotonic()
-            deadline = began + timeout
-            state, code, detail = "new", None, ""
-            next_node_check = began + NODE_CHECK_S
-            while True:
-                tasks = self.service.tasks()
-                if tasks:
-                    task = max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
-                    state, code, detail = task_outcome(task)
-                    if state in TERMINAL_STATES:
-                        break
-                    if until is not None and state == "running":
-                        text = self.output()
-                        if until in text:
-                            return None, text
-                reason = abort() if abort is not None else None
-                if reason:
-                    raise EngineError(f"could not {what}: {reason}")
-                if time.monotonic() > deadline:
-                    raise EngineError(f"could not {what}: its task is still {state} after "
-                                      f"{timeout:.0f} s{': ' + detail if detail else ''}")
-                if self.node_id and time.monotonic() > next_node_check:
-                    next_node_check = time.monotonic() + NODE_CHECK_S
-                    node_state = node_status(self.client, self.node_id)
-                    if node_state not in ("ready", ""):
-                        raise EngineError(f"could not {what}: node {self.node_id} is "
-                                          f"{node_state} (node lost)")
-                time.sleep(poll_delay(time.monotonic() - began))
+            try:
+                outcome = wait_until(settled, timeout=timeout, what=what, pause=poll_delay)
+            except WaitTimeoutError:
+                raise EngineError(f"could not {what}: its task is still {state} after "
+                                  f"{timeout:.0f} s{': ' + detail if detail else ''}") from None
+            ended, text = outcome
+            if not ended:
+                return None, text
             if code is None:
                 raise EngineError(f"could not {what}: its task ended {state}: {detail}")
         return code, self.output()

@@ -5,7 +5,6 @@ ending the task's container first saves the seconds Swarm takes to stop it)."""
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 import docker
@@ -13,7 +12,8 @@ import docker.errors
 import requests.exceptions
 
 from runtime.backends.swarm.service import poll_delay
-from runtime.errors import EngineError
+from runtime.errors import EngineError, WaitTimeoutError
+from runtime.waiting import wait_until
 
 #: How often a network that is still there is asked to go again.
 NETWORK_RETRY_S = 0.25
@@ -31,23 +31,28 @@ def get_or_none(collection: Any, object_id: str) -> Any:
 
 def wait_for_container(client: docker.DockerClient, service: Any, timeout: float) -> str:
     """The id of ``service``'s running task container on the engine ``client`` speaks to."""
-    began = time.monotonic()
-    deadline = began + timeout
     state = "new"
-    while time.monotonic() < deadline:
+
+    def running_container() -> str:
+        nonlocal state
         tasks = service.tasks()
-        if tasks:
-            task = max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
-            status = task.get("Status") or {}
-            state = str(status.get("State", ""))
-            cid = str((status.get("ContainerStatus") or {}).get("ContainerID") or "")
-            if state == "running" and cid:
-                return cid
-            if state in ("failed", "rejected", "shutdown", "complete"):
-                raise EngineError(f"the exchange's task ended {state}: "
-                                  f"{status.get('Err') or status.get('Message') or ''}")
-        time.sleep(poll_delay(time.monotonic() - began))
-    raise EngineError(f"the exchange did not start within {timeout:.0f} s (its task is {state})")
+        if not tasks:
+            return ""
+        task = max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
+        status = task.get("Status") or {}
+        state = str(status.get("State", ""))
+        if state in ("failed", "rejected", "shutdown", "complete"):
+            raise EngineError(f"the exchange's task ended {state}: "
+                              f"{status.get('Err') or status.get('Message') or ''}")
+        cid = str((status.get("ContainerStatus") or {}).get("ContainerID") or "")
+        return cid if state == "running" else ""
+
+    try:
+        return wait_until(running_container, timeout=timeout, what="the exchange's container",
+                          pause=poll_delay)
+    except WaitTimeoutError:
+        raise EngineError(f"the exchange did not start within {timeout:.0f} s (its task is "
+                          f"{state})") from None
 
 
 def end_container(client: docker.DockerClient, container_id: str, wait_s: float = 3.0) -> None:
@@ -55,13 +60,12 @@ def end_container(client: docker.DockerClient, container_id: str, wait_s: float 
     and wait up to ``wait_s`` seconds for it to exit (quiet: removing the service follows)."""
     if not container_id:
         return
-    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException,
+                             WaitTimeoutError):
         client.api.kill(container_id, signal="SIGTERM")
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not client.api.inspect_container(container_id)["State"].get("Running"):
-                return
-            time.sleep(0.05)
+        wait_until(lambda: not client.api.inspect_container(container_id)["State"].get("Running"),
+                   timeout=wait_s, what=f"container {container_id[:12]} to exit",
+                   interval=0.05, max_interval=0.05)
 
 
 def remove_service_and_network(service: Any, network: Any, wait_s: float = 60.0) -> None:
@@ -70,20 +74,26 @@ def remove_service_and_network(service: Any, network: Any, wait_s: float = 60.0)
     for thing in (service, network):
         if thing is None:
             continue
-        deadline = time.monotonic() + wait_s
-        while True:
+        last: list[Exception] = []
+
+        def gone(thing: Any = thing, last: list[Exception] = last) -> bool:
             try:
                 thing.remove()
                 if thing is network:  # the manager removes it a few seconds later
                     thing.reload()
                     raise docker.errors.APIError("still there")
-                break
             except docker.errors.NotFound:
-                break
+                return True
             except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-                if time.monotonic() > deadline:
-                    raise EngineError(f"cannot remove {getattr(thing, 'name', thing)}: "
-                                      f"{exc}") from exc
-                time.sleep(NETWORK_RETRY_S)
+                last[:] = [exc]
+                return False
+            return True
+
+        try:
+            wait_until(gone, timeout=wait_s, what=f"{getattr(thing, 'name', thing)} to go",
+                       interval=NETWORK_RETRY_S, max_interval=NETWORK_RETRY_S)
+        except WaitTimeoutError:
+            raise EngineError(f"cannot remove {getattr(thing, 'name', thing)}: "
+                              f"{last[0] if last else 'still there'}") from None
 
 
