@@ -307,6 +307,7 @@ def images_push_nodes(ref: str, nodes: tuple[str, ...], as_json: bool) -> None:
 
 def _register_commands() -> None:
     # Verbs live in modules of their own; registering them imports only click-level code.
+    from runtime.cli import continue_cmd as cli_continue
     from runtime.cli import inspect as cli_inspect
     from runtime.cli import manage as cli_manage
     from runtime.cli import revert as cli_revert
@@ -314,7 +315,7 @@ def _register_commands() -> None:
     from runtime.cli.env_images import images_prune
 
     for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS,
-                    *cli_session.COMMANDS):
+                    *cli_session.COMMANDS, *cli_continue.COMMANDS):
         main.add_command(command)
     from runtime.cli import mcp_cmd  # noqa: E402 - agentrt add, agentrt mcp
     for command in mcp_cmd.COMMANDS:

@@ -41,6 +41,7 @@ from runtime.models import RunReport, SessionResult, SessionStatus, settle_merge
 from runtime.run.added_tasks import take_requests
 from runtime.run.api_args import as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.budget import RunBudget, Spent, refusal, tokens_of
+from runtime.run.continuation import Continuation
 from runtime.run.dep_notes import remove_dep_notes
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
@@ -121,6 +122,8 @@ class AgentCoordinator(RunSessions, LiveRun):
         self._swarm: SwarmRun | None = None
         self._seeded = False
         self._pool: WarmPool | None = None
+        # `agentrt continue` (runtime/run/continuation.py): task id → the session it continues.
+        self.continuations: dict[str, Continuation] = {}
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
         self.build_log: Callable[[str], None] | None = None
         self._env_images: dict[str, EnvImage] = {}

@@ -17,6 +17,7 @@ from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import prepare_base
 from runtime.models import SessionResult
+from runtime.run.continuation import Continuation, adopt
 from runtime.run.dep_notes import write_dep_notes
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.warm_pool import WarmPool, pool_size
@@ -46,6 +47,7 @@ class RunSessions:
         _swarm: SwarmRun | None
         _base_commit: str
         _task_base: dict[str, str]
+        continuations: dict[str, Continuation]
 
         @property
         def client(self) -> docker.DockerClient: ...
@@ -78,6 +80,8 @@ class RunSessions:
         seeded = self._seeded and args["base_commit"] == self._base_commit
         session = IsolatedAgentSession(task, self.config, egress=self.egress, seeded=seeded,
                                        **args)
+        if task.id in self.continuations:  # `agentrt continue`: the branch's next session
+            adopt(session, self.continuations[task.id])
         notes = write_dep_notes(self.repo, self.run_id, task.id, [results[d] for d in task.deps])
         if notes is not None:
             session.extra_mounts = (notes,)

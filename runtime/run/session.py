@@ -57,6 +57,7 @@ from runtime.state.session_facts import SessionMarker
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
     from runtime.engine.services import SessionServices
+    from runtime.run.continuation import Continuation
     from runtime.run.environments import EnvImage
     from runtime.state.store import Store
 
@@ -123,6 +124,9 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self.session_dir = (volumes_root(self.repo.state_dir, self.config.volumes_dir)
                             / "sessions" / self.session_id)
         self.stop_grace_seconds = stop_grace_seconds
+        # `agentrt continue`: the session it continues, on that one's branch (set by
+        # runtime.run.continuation.adopt before prepare).
+        self.continues: Continuation | None = None
         self.disk_mode = disk_mode
         # Start from the run's seed checkout (the coordinator's choice for runs of several
         # sessions; runtime/git/seed_image.py).
@@ -215,7 +219,10 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 manifest_json=manifest.model_dump_json(), volume_path=str(self.session_dir),
                 owner_pid=os.getpid(), owner_start_time=owner_start,
             )
-            create_branch(self.repo, self.branch, self.base_commit)
+            if self.continues is None:
+                create_branch(self.repo, self.branch, self.base_commit)
+            else:
+                self.continues.check_branch(self.repo)
             crash_point("branch")
             on_engine = self._volumes_on_engine()
             # The marker comes first: from here on gc judges the session by its owner's pid
@@ -235,6 +242,10 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
             self._marker.checked_out = self._checked_out = True
             self._marker.write(self.session_dir)
             self.database = self._make_database(uid, gid)
+            if self.continues is not None:
+                from runtime.run.continuation import restore_state
+
+                restore_state(self)
             env = {
                 **resolve_env(self.task),
                 **self.task.env,
@@ -257,7 +268,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 network = services.network  # the session's only network: its services'
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
-                command=resolve_command(self.task), limits=self.limits,
+                command=resolve_command(self.task, resume=self.continues is not None),
+                limits=self.limits,
                 mounts=(*tree.agent_mounts(), *(() if on_engine else self.extra_mounts)),
                 uid=uid, gid=gid, network=network,
                 runtime=self.config.runtime, env=env,
@@ -349,6 +361,11 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
         self._finish()
         return self.result
 
+    def _keep_state(self) -> None:
+        from runtime.run.continuation import keep_state
+
+        keep_state(self)
+
     def _end_without_container(self) -> None:
         """The status of a session closed before its container ran: the outcome of the host
         code that worked in its ``workspace`` (succeeded unless it raised), else crashed."""
@@ -423,6 +440,8 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                  self._leave_egress]
         if self._own_run:  # nobody else will: the run is this session's alone
             steps.append(self._stop_database_server)
+        if self._started and not keep_volume:
+            steps.append(self._keep_state)  # for `agentrt continue`, before the volume goes
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:

@@ -38,6 +38,7 @@ from runtime.version import agentrt_version
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
     from runtime.engine.services import SessionServices
+    from runtime.run.continuation import Continuation
     from runtime.run.environments import EnvImage
     from runtime.state.store import Store
 
@@ -55,6 +56,7 @@ class SessionResources:
         session_id: str
         branch: str
         base_commit: str
+        continues: Continuation | None
         session_dir: Path
         limits: ResourceLimits
         result: SessionResult
@@ -136,6 +138,7 @@ class SessionResources:
             environment_key=self.environment.key if self.environment else None,
             services=[s.model_dump(mode="json") for s in self.config.services],
             agentrt_version=agentrt_version(),
+            continues=self.continues.parent if self.continues is not None else None,
         )
 
     def disk_used(self) -> int:
@@ -240,6 +243,8 @@ class SessionResources:
 
     def _delete_unused_branch(self) -> None:
         # A session that never started leaves no half-made branch behind.
+        if self.continues is not None:  # the branch is the continued session's: it stays
+            return
         with contextlib.suppress(AgentRuntimeError):
             if self.repo.branch_head(self.branch) == self.base_commit:
                 self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)

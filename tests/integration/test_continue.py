@@ -1,0 +1,131 @@
+"""``agentrt continue SESSION -p PROMPT`` against real runs: the follow-up session works on the
+same branch from its head, finds the SQLite database the first session wrote, is recorded as
+its child, and the branch merges afterwards with both sessions' commits. Refusals: a branch
+that is gone, a session that is not finished. The agent-CLI side (a preset resuming its
+conversation against a scripted model) is in test_real_agents.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.engine.carry import carry_name
+from tests.conftest import git
+from tests.integration.helpers import agentrt
+
+pytestmark = pytest.mark.docker
+
+# One command for every session of the task: what it does depends on the prompt (AGENT_TASK).
+# It appends the prompt to a table of its SQLite file (AGENT_DB), writes every row it finds to
+# a file named after the prompt and commits it.
+SCRIPT = r"""
+set -eu
+python3 - <<'PY'
+import os, sqlite3
+db = sqlite3.connect(os.environ["AGENT_DB"])
+db.execute("CREATE TABLE IF NOT EXISTS turns (prompt TEXT)")
+db.execute("INSERT INTO turns VALUES (?)", (os.environ["AGENT_TASK"],))
+db.commit()
+rows = [r[0] for r in db.execute("SELECT prompt FROM turns ORDER BY rowid")]
+open(os.environ["AGENT_TASK"] + ".txt", "w").write("\n".join(rows) + "\n")
+PY
+git add -A && git commit -qm "turn: $AGENT_TASK"
+"""
+
+TASKS = f"""
+[run]
+merge = "none"
+[run.resource_limits]
+memory_mb = 256
+disk_mb = 48
+time_seconds = 120
+[[tasks]]
+id = "notes"
+prompt = "first"
+command = ["sh", "-c", '''{SCRIPT}''']
+"""
+
+
+def _run(repo: Path, tmp_path: Path) -> dict[str, Any]:
+    task_file = tmp_path / "tasks.toml"
+    task_file.write_text(TASKS)
+    run = agentrt("run", str(task_file), "--repo", str(repo), "--json")
+    assert run.returncode == 0, run.stderr
+    return dict(json.loads(run.stdout)["sessions"][0])
+
+
+@pytest.fixture
+def carries(docker_client: Any, repo: Path) -> Any:
+    """Remove the carry volumes of ``repo`` after the test (they outlive sessions by design)."""
+    yield
+    for volume in docker_client.volumes.list(
+            filters={"label": ["agentrt.role=carry", f"agentrt.repo={repo.resolve()}"]}):
+        volume.remove(force=True)
+
+
+def test_continue_works_on_the_same_branch_with_the_first_sessions_database(
+    docker_client: Any, repo: Path, tmp_path: Path, carries: None
+) -> None:
+    first = _run(repo, tmp_path)
+    branch = first["branch"]
+    assert git(repo, "show", f"{branch}:first.txt") == "first\n"
+    head = git(repo, "rev-parse", branch).strip()
+
+    # The branch's carried state is on the engine once the first session has ended.
+    assert docker_client.volumes.get(carry_name(str(repo.resolve()), branch))
+
+    cont = agentrt("continue", first["id"][:8], "-p", "second", "--repo", str(repo), "--json")
+    assert cont.returncode == 0, cont.stderr
+    assert f"continuing {first['id']} on {branch} from {head[:10]}" in cont.stderr
+    report = json.loads(cont.stdout)
+    (child,) = report["sessions"]
+    # A new session of the same task, on the same branch, from its head, a child of the first.
+    assert child["id"] != first["id"] and child["task_id"] == "notes"
+    assert child["branch"] == branch and child["base_commit"] == head
+    assert child["continues"] == first["id"] and child["status"] == "succeeded"
+    assert child["work"] == "home"
+    # The database the first session wrote is the one the second found and added to.
+    assert git(repo, "show", f"{branch}:second.txt") == "first\nsecond\n"
+    # The branch advanced with both sessions' commits, the first one's untouched beneath.
+    subjects = git(repo, "log", "--format=%s", f"main..{branch}").split("\n")
+    assert subjects[:2] == ["turn: second", "turn: first"]
+    assert git(repo, "merge-base", "--is-ancestor", head, branch) == ""
+
+    # Recorded as a child: the state row (ps --json), the stored report and the manifest.
+    stored = json.loads(agentrt("report", report["run_id"], "--json", "--repo",
+                                str(repo)).stdout)
+    assert stored["sessions"][0]["continues"] == first["id"]
+    from runtime.git.safe_git import MainRepo
+    from runtime.state.store import Store
+
+    with Store(MainRepo(repo).state_dir / "state.db") as store:
+        row = store.get_session(child["id"])
+    assert row.result.continues == first["id"]
+    assert row.manifest is not None and row.manifest.continues == first["id"]
+
+    # A third turn continues the continuation: the chain keeps the whole database.
+    third = agentrt("continue", child["id"], "-p", "third", "--repo", str(repo), "--json")
+    assert third.returncode == 0, third.stderr
+    assert git(repo, "show", f"{branch}:third.txt") == "first\nsecond\nthird\n"
+
+    # The branch merges as one session's would.
+    merged = agentrt("merge", child["id"], "--strategy", "auto", "--repo", str(repo), "--json")
+    assert merged.returncode == 0, merged.stderr
+    assert (repo / "first.txt").exists() and (repo / "second.txt").read_text() == \
+        "first\nsecond\n"
+
+
+def test_continue_refuses_a_session_whose_branch_is_gone(
+    docker_client: Any, repo: Path, tmp_path: Path, carries: None
+) -> None:
+    first = _run(repo, tmp_path)
+    git(repo, "branch", "-D", first["branch"])
+    refused = agentrt("continue", first["id"], "-p", "again", "--repo", str(repo))
+    assert refused.returncode == 2
+    assert f"the branch {first['branch']} of session {first['id']} is gone" in refused.stderr
+    # Nothing started: still one run.
+    runs = json.loads(agentrt("ps", "--all", "--json", "--repo", str(repo)).stdout)
+    assert {s["id"] for s in runs} == {first["id"]}
