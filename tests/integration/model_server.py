@@ -13,6 +13,12 @@ It speaks just enough of three APIs for each preset CLI to make one edit and fin
   would: ``diff`` (a SEARCH/REPLACE block), ``udiff`` (a unified diff) or ``whole``. Nothing
   here is tuned to the format agentrt chooses.
 
+A *follow-up* (a prompt holding the word ``follow-up``: ``agentrt continue``) is answered with
+a write of ``followup-<cli>.txt`` saying ``remembered`` when the request carries the earlier
+turn (the first prompt and the closing text the server gave it), ``forgot`` when it does not;
+the log line says which (``history``). That is how the tests see that a continued agent
+remembers.
+
 Every answer is streamed (SSE) when the request asks for it, and reports token usage. Each
 request is logged to stdout as one JSON line: path, the peer's address, whether the API key
 matched (``EXPECT_KEY_SHA256``: the server never sees the key in its own configuration, only
@@ -36,6 +42,31 @@ LOCK = threading.Lock()
 
 CODEX_FILE, CODEX_TEXT = "/workspace/hello-codex.txt", "hello from codex\n"
 CLAUDE_FILE, CLAUDE_TEXT = "/workspace/hello-claude.txt", "hello from claude-code\n"
+CLAUDE_DONE = "Done: hello-claude.txt is written."
+FOLLOW_UP = "follow-up"
+
+
+def _texts(value: object) -> list[str]:
+    """Every string inside a request's messages (content blocks, nested lists)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [t for item in value for t in _texts(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _texts(item)]
+    return []
+
+
+def _turn(messages: list, is_result: object) -> tuple[str, bool, list]:
+    """The latest prompt (the last user message that is not a tool result), whether a tool
+    result came back after it, and the messages before it (the earlier turns)."""
+    last = 0
+    for n, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "user" and not is_result(message):
+            last = n
+    prompt = " ".join(_texts(messages[last:last + 1]))
+    returned = any(is_result(m) for m in messages[last + 1:])
+    return prompt, returned, messages[:last]
 AIDER_FILE, AIDER_TEXT = "hello-aider.txt", "hello from aider\n"
 
 
@@ -136,18 +167,28 @@ class Handler(BaseHTTPRequestHandler):
     def _anthropic(self, path: str, body: dict) -> None:
         tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
         messages = body.get("messages") or []
-        returned = any(isinstance(m, dict) and isinstance(m.get("content"), list) and any(
-            isinstance(b, dict) and b.get("type") == "tool_result" for b in m["content"])
-            for m in messages)
+
+        def is_result(m: object) -> bool:
+            return isinstance(m, dict) and isinstance(m.get("content"), list) and any(
+                isinstance(b, dict) and b.get("type") == "tool_result" for b in m["content"])
+
+        prompt, returned, earlier = _turn(messages, is_result)
+        history = None
+        target, content = CLAUDE_FILE, CLAUDE_TEXT
+        if FOLLOW_UP in prompt:
+            history = CLAUDE_DONE in " ".join(_texts(earlier))
+            target = "/workspace/followup-claude.txt"
+            content = "remembered\n" if history else "forgot\n"
         if "Write" in tools and not returned:
             block = {"type": "tool_use", "id": _next_id("toolu"), "name": "Write",
-                     "input": {"file_path": CLAUDE_FILE, "content": CLAUDE_TEXT}}
+                     "input": {"file_path": target, "content": content}}
             stop, answer = "tool_use", "tool_use Write"
         else:
-            text = "Done: hello-claude.txt is written." if returned else "OK"
+            text = CLAUDE_DONE if returned and history is None else \
+                "Done: the follow-up is written." if returned else "OK"
             block = {"type": "text", "text": text}
             stop, answer = "end_turn", "text"
-        self._record(path, body, answer, tools=len(tools))
+        self._record(path, body, answer, tools=len(tools), history=history)
         message = {"id": _next_id("msg"), "type": "message", "role": "assistant",
                    "model": body.get("model") or "scripted", "stop_reason": None,
                    "stop_sequence": None,

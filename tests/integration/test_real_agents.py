@@ -339,3 +339,61 @@ def test_the_three_presets_in_one_run_with_an_environment(
         for ref in built:
             with contextlib.suppress(Exception):
                 docker_client.images.remove(ref, force=True)
+
+
+def test_a_continued_claude_code_remembers_its_first_turn(
+        docker_client: Any, repo: Path, tmp_path: Path, model_server: dict[str, Any],
+        api_key: str) -> None:
+    """``agentrt continue`` of a claude-code session: the CLI runs with ``--continue`` over the
+    conversation kept from the first session, so the model sees the earlier turn (the server
+    writes ``remembered``); a fresh session given the same follow-up does not (``forgot``: the
+    control). Both sessions' files end on the one branch, which then merges."""
+    preset_image(docker_client, "claude-code")
+    server = model_server["container"]
+    tasks = task_file(tmp_path / "tasks.toml", ["claude-code"], model_server)
+    env = {**os.environ, "ANTHROPIC_API_KEY": api_key}
+    cli = [sys.executable, "-m", "runtime.cli"]
+    try:
+        first = subprocess.run([*cli, "run", str(tasks), "--repo", str(repo), "--json"],
+                               capture_output=True, text=True, timeout=400, env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        (session,) = json.loads(first.stdout)["sessions"]
+        seen = len(server_requests(server, 0))
+        follow = "Now the follow-up: write followup-claude.txt."
+        cont = subprocess.run([*cli, "continue", session["id"], "-p", follow, "--repo",
+                               str(repo), "--json"],
+                              capture_output=True, text=True, timeout=400, env=env)
+        logs = "\n".join(p.read_text(errors="replace")
+                         for p in (repo / ".git" / "agentrt").rglob("*.log"))
+        requests = server_requests(server, seen)
+        context = f"stderr: {cont.stderr[-3000:]}\nlog: {logs[-3000:]}\nrequests: {requests}"
+        assert cont.returncode == 0, context
+        (child,) = json.loads(cont.stdout)["sessions"]
+        assert child["continues"] == session["id"] and child["branch"] == session["branch"]
+        assert [r["history"] for r in requests if r.get("answer") == "tool_use Write"] == \
+            [True], context
+        branch = session["branch"]
+        assert git(repo, "show", f"{branch}:followup-claude.txt") == "remembered\n", context
+        assert sorted(changed_files(repo, branch)) == ["followup-claude.txt",
+                                                       "hello-claude.txt"], context
+        assert api_key not in cont.stdout + cont.stderr
+
+        # The control: a fresh session with the same follow-up has no earlier turn.
+        fresh = tasks.read_text().replace(
+            'prompt = "Create the file hello-claude.txt saying hello."', f'prompt = "{follow}"')
+        tasks.write_text(fresh)
+        control = subprocess.run([*cli, "run", str(tasks), "--repo", str(repo), "--json"],
+                                 capture_output=True, text=True, timeout=400, env=env)
+        assert control.returncode == 0, control.stderr[-3000:]
+        (other,) = json.loads(control.stdout)["sessions"]
+        assert git(repo, "show", f"{other['branch']}:followup-claude.txt") == "forgot\n"
+
+        merged = subprocess.run([*cli, "merge", child["id"], "--strategy", "auto", "--repo",
+                                 str(repo), "--json"], capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert merged.returncode == 0, merged.stderr[-2000:]
+        assert (repo / "followup-claude.txt").read_text() == "remembered\n"
+    finally:
+        for volume in docker_client.volumes.list(
+                filters={"label": ["agentrt.role=carry", f"agentrt.repo={repo.resolve()}"]}):
+            volume.remove(force=True)
