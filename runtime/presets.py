@@ -63,6 +63,9 @@ class Preset:
     #: The argv of a continuation (``agentrt continue``): the same CLI resuming the
     #: conversation kept in STATE_DIR; empty: the CLI cannot resume (it starts afresh).
     resume: tuple[str, ...] = ()
+    #: The argv of an interactive session (``interactive = true``): the CLI's TUI, given the
+    #: prompt as its first message where it takes one; empty: the batch argv with a TTY.
+    interactive: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     needs_network: bool = False
     flags: FlagsFn = _no_flags
@@ -71,14 +74,22 @@ class Preset:
     def command(self, prompt: str, task: Task | None = None, resume: bool = False) -> list[str]:
         """The argv for ``prompt`` with ``task``'s model and base-URL flags; ``resume``: the
         argv that continues the conversation kept from an earlier session, where the CLI has
-        one."""
+        one; a task with ``interactive = true``: the CLI's TUI."""
         options = self.flags(task) if task is not None else []
+        template = self.argv
+        tui = task is not None and task.interactive and bool(self.interactive)
+        if tui:
+            template = self.interactive
+        elif resume and self.resume:
+            template = self.resume
         out: list[str] = []
-        for part in (self.resume or self.argv) if resume else self.argv:
+        for part in template:
             if part == "{options}":
                 out.extend(options)
-            else:
-                out.append(prompt if part == "{prompt}" else part)
+            elif part != "{prompt}":
+                out.append(part)
+            elif prompt or not tui:  # a TUI with no prompt opens on an empty chat
+                out.append(prompt)
         return out
 
     def environment(self, task: Task) -> dict[str, str]:
@@ -165,6 +176,7 @@ PRESETS: dict[str, Preset] = {
         ("claude", "--version"),
         resume=("claude", "-p", "{prompt}", "--continue", "--dangerously-skip-permissions",
                 "--output-format", "json", "{options}"),
+        interactive=("claude", "--dangerously-skip-permissions", "{options}", "{prompt}"),
         env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
              "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
              "CLAUDE_CONFIG_DIR": f"{STATE_DIR}/.claude"},
@@ -177,6 +189,8 @@ PRESETS: dict[str, Preset] = {
         ("codex", "--version"),
         resume=("codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox",
                 "{options}", "resume", "--last", "{prompt}"),
+        interactive=("codex", "--dangerously-bypass-approvals-and-sandbox", "{options}",
+                     "{prompt}"),
         # CODEX_HOME must exist when codex starts: the state directory itself does.
         env={"CODEX_HOME": STATE_DIR},
         needs_network=True, flags=_codex_flags,
@@ -187,6 +201,8 @@ PRESETS: dict[str, Preset] = {
         ("aider", "--version"),
         resume=("aider", "--yes-always", "--no-auto-commits", "--restore-chat-history",
                 "{options}", "--message", "{prompt}"),
+        # aider's chat takes no first message on its command line (--message exits after it).
+        interactive=("aider", "--yes-always", "--no-auto-commits", "{options}"),
         env={"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false",
              "AIDER_SHOW_RELEASE_NOTES": "false", "AIDER_GITIGNORE": "false",
              "AIDER_INPUT_HISTORY_FILE": f"{STATE_DIR}/.aider.input.history",

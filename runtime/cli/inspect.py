@@ -85,6 +85,8 @@ def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dic
         "duration_s": duration, "exit_code": result.exit_code, "reason": result.reason,
         "owner_alive": owner_alive, "work": result.work.value,
         "kept_bytes": kept_volume_bytes(row),
+        "interactive": bool(row.manifest is not None and row.manifest.task.get("interactive")),
+        "continues": result.continues,
     }
 
 
@@ -103,6 +105,8 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
         state = f"[{STATUS_STYLE[status]}]{status.value}[/]"
         if e["owner_alive"] is False:
             state += " [red](owner gone)[/]"
+        if e.get("interactive") and not status.is_final:
+            state += f" [cyan](interactive: agentrt attach {markup_safe(e['id'])})[/]"
         if e.get("work") == WorkState.KEPT.value:
             state += (f" [yellow](work kept, {e['kept_bytes'] // (1024 * 1024)} MiB: "
                       f"agentrt recover {markup_safe(e['id'])})[/]")

@@ -274,7 +274,7 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 uid=uid, gid=gid, network=network,
                 runtime=self.config.runtime, env=env,
                 secrets_mount=tree.secrets_mount(hidden) if hidden else None,
-                grace_seconds=self.stop_grace_seconds,
+                grace_seconds=self.stop_grace_seconds, tty=self.task.interactive,
                 labels={LABEL_OWNER_PID: str(os.getpid()),
                         LABEL_OWNER_START: str(owner_start or ""),
                         LABEL_REPO: str(self.repo.root)},
