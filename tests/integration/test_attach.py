@@ -1,0 +1,158 @@
+"""Interactive sessions in a real terminal: ``agentrt run`` of a task with ``interactive = true``
+in one tmux window, ``agentrt attach`` in another; keys sent with ``tmux send-keys``, the
+screen read with ``capture-pane``. The agent is a shell script that reads lines from its
+terminal and commits each one; detaching (ctrl-p ctrl-q) leaves it running, a second attach
+reaches the same agent, and when the person quits it the work comes home as usual."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.waiting import wait_until
+from tests.conftest import git
+from tests.integration.helpers import agentrt
+
+pytestmark = [pytest.mark.docker,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+CHAT = r"""printf 'ready> '
+while IFS= read -r line; do
+  [ "$line" = quit ] && break
+  echo "$line" >> notes.txt && git add notes.txt && git commit -qm "note: $line"
+  printf 'saved %s\nready> ' "$line"
+done
+echo bye"""
+
+TASKS = f"""
+[run]
+merge = "none"
+[run.resource_limits]
+memory_mb = 128
+disk_mb = 32
+time_seconds = 300
+[[tasks]]
+id = "chat"
+interactive = true
+command = ["sh", "-c", {json.dumps(CHAT)}]
+[[tasks]]
+id = "batch"
+command = ["sh", "-c", "echo batch > batch.txt"]
+"""
+
+
+class Tmux:
+    """A private tmux server (its own socket) with one window per command."""
+
+    def __init__(self, socket: Path) -> None:
+        self.base = ["tmux", "-S", str(socket)]
+        self.started = False
+
+    def __call__(self, *args: str) -> str:
+        return subprocess.run([*self.base, *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    def window(self, name: str, command: str) -> None:
+        """A window running ``command`` (kept open after it ends, for its last words)."""
+        shell = f"{command}; echo EXIT=$?; sleep 600"
+        if self.started:
+            self("new-window", "-t", "t", "-n", name, shell)
+        else:
+            self("new-session", "-d", "-s", "t", "-x", "120", "-y", "30", "-n", name, shell)
+            self.started = True
+
+    def screen(self, name: str) -> str:
+        return self("capture-pane", "-p", "-t", f"t:{name}")
+
+    def wait_for(self, name: str, text: str, timeout: float = 60) -> str:
+        return wait_until(lambda: self.screen(name) if text in self.screen(name) else "",
+                          timeout=timeout, what=f"{text!r} in tmux window {name}")
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    t = Tmux(tmp_path / "tmux.sock")
+    yield t
+    subprocess.run([*t.base, "kill-server"], capture_output=True)
+
+
+def _cli(*args: str) -> str:
+    return " ".join(shlex.quote(a) for a in [sys.executable, "-m", "runtime.cli", *args])
+
+
+def _session(repo: Path, task: str) -> dict[str, Any]:
+    entries = json.loads(agentrt("ps", "--json", "--repo", str(repo)).stdout)
+    return next((e for e in entries if e["task_id"] == task), {})
+
+
+def test_attach_detach_and_reattach_to_an_interactive_session_in_tmux(
+    docker_client: Any, repo: Path, tmp_path: Path, tmux: Tmux
+) -> None:
+    task_file = tmp_path / "tasks.toml"
+    task_file.write_text(TASKS)
+    tmux.window("run", _cli("run", str(task_file), "--repo", str(repo)))
+    tmux.wait_for("run", "`agentrt attach chat`")
+    live = wait_until(lambda: _session(repo, "chat").get("status") == "running"
+                      and _session(repo, "chat"), timeout=60, what="the chat session running")
+    sid = live["id"]
+    assert live["interactive"] is True
+    assert "(interactive: agentrt attach" in agentrt("ps", "--repo", str(repo)).stdout
+
+    tmux.window("a1", _cli("attach", "chat", "--repo", str(repo)))
+    tmux.wait_for("a1", f"attached to {sid}")
+    tmux("send-keys", "-t", "t:a1", "hello", "Enter")
+    tmux.wait_for("a1", "saved hello")
+    # Detach: the attach ends, the agent does not.
+    tmux("send-keys", "-t", "t:a1", "C-p", "C-q")
+    screen = tmux.wait_for("a1", "EXIT=0")
+    assert f"detached from {sid}: it keeps running" in screen
+    assert _session(repo, "chat")["status"] == "running"
+
+    # A second attach reaches the same agent, which still has its terminal.
+    tmux.window("a2", _cli("attach", sid, "--repo", str(repo)))
+    tmux.wait_for("a2", f"attached to {sid}")
+    tmux("send-keys", "-t", "t:a2", "world", "Enter")
+    tmux.wait_for("a2", "saved world")
+    tmux("send-keys", "-t", "t:a2", "quit", "Enter")
+    screen = tmux.wait_for("a2", "EXIT=0")
+    assert "bye" in screen and f"{sid}: the agent has ended" in screen
+
+    # The run ends as a batch run does, and the work is home on the session's branch.
+    tmux.wait_for("run", "EXIT=0", timeout=120)
+    ended = _session(repo, "chat")
+    assert ended["status"] == "succeeded" and ended["work"] == "home"
+    branch = ended["branch"]
+    assert git(repo, "show", f"{branch}:notes.txt") == "hello\nworld\n"
+    assert git(repo, "log", "--format=%s", f"main..{branch}").split("\n")[:2] == [
+        "note: world", "note: hello"]
+    # The batch task of the same run ran without a terminal, as always.
+    assert _session(repo, "batch")["status"] == "succeeded"
+    # What the agent printed on its terminal is in its saved log.
+    assert "saved hello" in agentrt("logs", sid, "--repo", str(repo)).stdout
+
+
+def test_attach_refuses_a_batch_session(docker_client: Any, repo: Path,
+                                        tmp_path: Path) -> None:
+    task_file = tmp_path / "tasks.toml"
+    task_file.write_text(TASKS.replace("interactive = true\n", "")
+                         .replace(json.dumps(CHAT), json.dumps("sleep 30")))
+    run = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(task_file),
+                            "--repo", str(repo)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        live = wait_until(lambda: _session(repo, "chat").get("status") == "running"
+                          and _session(repo, "chat"), timeout=60, what="chat running")
+        refused = agentrt("attach", live["id"], "--repo", str(repo))
+        assert refused.returncode == 2
+        assert f"session {live['id']} is not interactive" in refused.stderr
+    finally:
+        run.send_signal(2)  # Ctrl-C: the run stops its sessions, keeps their work
+        run.wait(timeout=60)
