@@ -117,6 +117,17 @@ def test_continue_works_on_the_same_branch_with_the_first_sessions_database(
     assert (repo / "first.txt").exists() and (repo / "second.txt").read_text() == \
         "first\nsecond\n"
 
+    # rm of one session of the branch keeps the branch (and its state) for the others; rm of
+    # them all removes the branch and the carried state.
+    third_id = json.loads(third.stdout)["sessions"][0]["id"]
+    assert agentrt("rm", child["id"], "--repo", str(repo)).returncode == 0
+    assert git(repo, "rev-parse", "--verify", "-q", branch).strip()
+    gone = agentrt("rm", first["id"], third_id, "--repo", str(repo))
+    assert gone.returncode == 0, gone.stderr
+    assert git(repo, "branch", "--list", branch).strip() == ""
+    assert not docker_client.volumes.list(
+        filters={"label": ["agentrt.role=carry", f"agentrt.repo={repo.resolve()}"]})
+
 
 def test_continue_refuses_a_session_whose_branch_is_gone(
     docker_client: Any, repo: Path, tmp_path: Path, carries: None
