@@ -140,3 +140,19 @@ def test_continue_refuses_a_session_whose_branch_is_gone(
     # Nothing started: still one run.
     runs = json.loads(agentrt("ps", "--all", "--json", "--repo", str(repo)).stdout)
     assert {s["id"] for s in runs} == {first["id"]}
+
+
+def test_continue_session_from_the_python_api(docker_client: Any, repo: Path,
+                                              carries: None) -> None:
+    import runtime
+    from tests.integration.helpers import run_tasks, sh
+
+    (first,) = run_tasks(repo, [sh("notes", SCRIPT, prompt="first")]).sessions
+    report = runtime.continue_session(first.id, "second", repo=repo)
+    (child,) = report.sessions
+    assert child.continues == first.id and child.branch == first.branch
+    assert child.status.value == "succeeded"
+    assert git(repo, "show", f"{first.branch}:second.txt") == "first\nsecond\n"
+    with pytest.raises(runtime.AgentRuntimeError, match="is not home|is gone|never ran|"
+                       "no session"):
+        runtime.continue_session("no-such-session", "x", repo=repo)
