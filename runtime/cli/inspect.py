@@ -105,6 +105,8 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
         state = f"[{STATUS_STYLE[status]}]{status.value}[/]"
         if e["owner_alive"] is False:
             state += " [red](owner gone)[/]"
+        if e.get("continues"):
+            state += f" [dim](continues {markup_safe(e['continues'])})[/]"
         if e.get("interactive") and not status.is_final:
             state += f" [cyan](interactive: agentrt attach {markup_safe(e['id'])})[/]"
         if e.get("work") == WorkState.KEPT.value:

@@ -62,4 +62,8 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     left = leftovers(client, repo)
     for c in client.containers.list(all=True, filters={"label": f"agentrt.repo={repo}"}):
         c.remove(force=True)
+    # A branch's carried state (agentrt continue) outlives its sessions by design.
+    for volume in client.volumes.list(filters={"label": ["agentrt.role=carry",
+                                                         f"agentrt.repo={repo}"]}):
+        volume.remove(force=True)
     assert not left, f"left behind: {left}"
