@@ -18,22 +18,40 @@ import socket
 import sys
 import termios
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
 
 from runtime.cli.lookup import open_store, repo_option, resolve_session
-from runtime.errors import ConfigError, NotFoundError
+from runtime.errors import ConfigError, NotFoundError, WaitTimeoutError
 from runtime.git.safe_git import MainRepo
+from runtime.state.schema import Sample
 from runtime.state.store import SessionRow
+from runtime.waiting import wait_until
 
 CHUNK = 65536
+START_WAIT_S = 300
+#: CPU seconds between two samples (about a second apart) below which the agent counts as idle.
+IDLE_CPU_S = 0.005
 
 
 def is_interactive(row: SessionRow) -> bool:
     """Whether the session's task runs with a terminal (from its recorded task)."""
     return bool(row.manifest is not None and row.manifest.task.get("interactive"))
+
+
+def idle_seconds(samples: Sequence[Sample], now: float) -> float | None:
+    """How long an agent has used (almost) no CPU, from its samples (pure); None without
+    samples. An interactive agent idle for a while is most likely waiting for its person
+    (or for a slow model: the two look alike from outside)."""
+    if not samples:
+        return None
+    since = samples[0].ts
+    for before, after in zip(samples, samples[1:], strict=False):
+        if after.cpu_seconds - before.cpu_seconds > IDLE_CPU_S:
+            since = after.ts
+    return max(now - since, 0.0)
 
 
 @contextlib.contextmanager
@@ -110,8 +128,18 @@ def attach(session: str, detach_keys: str, repo: str) -> None:
                           "`agentrt run -i`) gives one")
     client = get_client()
     container = find_container(client, row.id)
-    if container is None:
-        raise NotFoundError(f"the container of {row.id} is not there yet (or any more)")
+    if container is None or not is_running(client, container.id):
+        # Still being set up (volume, checkout, image): wait for its agent to start.
+        click.echo(f"waiting for {row.id} to start...", err=True)
+        def started() -> Any:
+            found = find_container(client, row.id)
+            return found if found is not None and is_running(client, found.id) else None
+
+        try:
+            container = wait_until(started, timeout=START_WAIT_S,
+                                   what=f"the agent of {row.id} to start")
+        except WaitTimeoutError as exc:
+            raise NotFoundError(f"{exc}: `agentrt ps` shows where it is") from exc
     keys = " ".join(detach_keys.split(","))
     click.echo(f"attached to {row.id} (detach: {keys}; the session keeps running)", err=True)
     sock = attach_terminal(client, container.id, detach_keys)

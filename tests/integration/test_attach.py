@@ -6,6 +6,7 @@ reaches the same agent, and when the person quits it the work comes home as usua
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from runtime.errors import WaitTimeoutError
 from runtime.waiting import wait_until
 from tests.conftest import git
 from tests.integration.helpers import agentrt
@@ -78,10 +80,17 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[Tmux]:
+def tmux(tmp_path: Path, repo: Path, docker_client: Any) -> Iterator[Tmux]:
     t = Tmux(tmp_path / "tmux.sock")
     yield t
+    # A closed terminal stops a run still going (SIGHUP): its release is awaited, so a failed
+    # test leaves nothing behind either.
     subprocess.run([*t.base, "kill-server"], capture_output=True)
+    label = f"agentrt.repo={repo.resolve()}"
+    with contextlib.suppress(WaitTimeoutError):
+        wait_until(lambda: not docker_client.containers.list(all=True,
+                                                            filters={"label": label}),
+                   timeout=60, what="the run's containers removed")
 
 
 def _cli(*args: str) -> str:
@@ -100,13 +109,14 @@ def test_attach_detach_and_reattach_to_an_interactive_session_in_tmux(
     task_file.write_text(TASKS)
     tmux.window("run", _cli("run", str(task_file), "--repo", str(repo)))
     tmux.wait_for("run", "`agentrt attach chat`")
+    # Attach as soon as the session exists: attach waits for its agent to start.
+    wait_until(lambda: _session(repo, "chat"), timeout=60, what="the chat session recorded")
+    tmux.window("a1", _cli("attach", "chat", "--repo", str(repo)))
     live = wait_until(lambda: _session(repo, "chat").get("status") == "running"
                       and _session(repo, "chat"), timeout=60, what="the chat session running")
     sid = live["id"]
     assert live["interactive"] is True
-    assert "(interactive: agentrt attach" in agentrt("ps", "--repo", str(repo)).stdout
-
-    tmux.window("a1", _cli("attach", "chat", "--repo", str(repo)))
+    assert f": agentrt attach {sid})" in agentrt("ps", "--repo", str(repo)).stdout
     tmux.wait_for("a1", f"attached to {sid}")
     tmux("send-keys", "-t", "t:a1", "hello", "Enter")
     tmux.wait_for("a1", "saved hello")
@@ -115,6 +125,10 @@ def test_attach_detach_and_reattach_to_an_interactive_session_in_tmux(
     screen = tmux.wait_for("a1", "EXIT=0")
     assert f"detached from {sid}: it keeps running" in screen
     assert _session(repo, "chat")["status"] == "running"
+    # Waiting for its person, it uses no CPU: ps says how long it has been idle.
+    idle = wait_until(lambda: (_session(repo, "chat").get("idle_s") or 0) >= 2, timeout=30,
+                      what="the waiting agent idle for 2 s")
+    assert idle and ", idle " in agentrt("ps", "--repo", str(repo)).stdout
 
     # A second attach reaches the same agent, which still has its terminal.
     tmux.window("a2", _cli("attach", sid, "--repo", str(repo)))
@@ -149,10 +163,10 @@ def test_attach_refuses_a_batch_session(docker_client: Any, repo: Path,
                            stderr=subprocess.DEVNULL)
     try:
         live = wait_until(lambda: _session(repo, "chat").get("status") == "running"
-                          and _session(repo, "chat"), timeout=60, what="chat running")
+                          and _session(repo, "chat"), timeout=180, what="chat running")
         refused = agentrt("attach", live["id"], "--repo", str(repo))
         assert refused.returncode == 2
         assert f"session {live['id']} is not interactive" in refused.stderr
     finally:
         run.send_signal(2)  # Ctrl-C: the run stops its sessions, keeps their work
-        run.wait(timeout=60)
+        run.wait(timeout=180)

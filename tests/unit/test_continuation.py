@@ -5,7 +5,6 @@ interactive session, the task field and the `-i` of a one-off run."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest

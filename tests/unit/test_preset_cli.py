@@ -8,9 +8,9 @@ import pytest
 
 from runtime.config import Task
 from runtime.engine.build_context import BUILD_CA_NAME, build_ca_bundle, build_context
+from runtime.engine.container import DB_MOUNT
 from runtime.engine.recipes import recipe_dir, recipe_hash
 from runtime.errors import ConfigError
-from runtime.engine.container import DB_MOUNT
 from runtime.presets import (
     PRESETS,
     STATE_DIR,
