@@ -66,6 +66,10 @@ class Preset:
     #: The argv of an interactive session (``interactive = true``): the CLI's TUI, given the
     #: prompt as its first message where it takes one; empty: the batch argv with a TTY.
     interactive: tuple[str, ...] = ()
+    #: Files (path under STATE_DIR → content) written into a fresh session's data directory
+    #: before its TUI first starts: the CLI's first-run answers that the container already
+    #: settles (onboarding done, the workspace trusted, permission prompts off as in batch).
+    tui_state: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     needs_network: bool = False
     flags: FlagsFn = _no_flags
@@ -177,6 +181,14 @@ PRESETS: dict[str, Preset] = {
         resume=("claude", "-p", "{prompt}", "--continue", "--dangerously-skip-permissions",
                 "--output-format", "json", "{options}"),
         interactive=("claude", "--dangerously-skip-permissions", "{options}", "{prompt}"),
+        # Without it the TUI's first start runs its onboarding, which checks api.anthropic.com
+        # directly (refused behind an allowlist naming only a private base_url). An API key in
+        # the environment is still offered to the person for approval: never written here.
+        tui_state={".claude/.claude.json": json.dumps({
+            "hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True,
+            "theme": "dark",
+            "projects": {"/workspace": {"hasTrustDialogAccepted": True,
+                                        "hasCompletedProjectOnboarding": True}}})},
         env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
              "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
              "CLAUDE_CONFIG_DIR": f"{STATE_DIR}/.claude"},

@@ -246,6 +246,10 @@ class IsolatedAgentSession(SessionResources, SessionEnd, SessionLogs):
                 from runtime.run.continuation import restore_state
 
                 restore_state(self)
+            elif self.task.interactive:
+                from runtime.run.agent_state import seed_tui_state
+
+                seed_tui_state(self.task, tree.host_db_dir, uid, gid)
             env = {
                 **resolve_env(self.task),
                 **self.task.env,

@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.dind import dind_engine  # noqa: F401 - a second engine (module)
 from tests.integration.swarm import swarm_cluster  # noqa: F401 - a 3-node Swarm (module)
+from tests.integration.tmux import tmux  # noqa: F401 - a private tmux server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

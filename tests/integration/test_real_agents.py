@@ -46,7 +46,9 @@ import pytest
 
 from runtime.engine.image_build import build_image
 from runtime.engine.recipes import recipe_dir
+from runtime.waiting import wait_until
 from tests.conftest import git
+from tests.integration.tmux import Tmux
 
 pytestmark = pytest.mark.docker
 
@@ -397,3 +399,36 @@ def test_a_continued_claude_code_remembers_its_first_turn(
         for volume in docker_client.volumes.list(
                 filters={"label": ["agentrt.role=carry", f"agentrt.repo={repo.resolve()}"]}):
             volume.remove(force=True)
+
+
+def test_an_interactive_claude_code_in_its_tui_through_attach(
+        docker_client: Any, repo: Path, tmp_path: Path, model_server: dict[str, Any],
+        api_key: str, tmux: Tmux) -> None:
+    """``interactive = true`` with the claude-code preset: its TUI, reached by ``agentrt
+    attach`` in a tmux window, past its first-run questions (agentrt's seeded answers; the API
+    key is offered to the person, who accepts it), makes its edit against the scripted model;
+    ``/exit`` ends it and the work comes home, as from a batch session."""
+    preset_image(docker_client, "claude-code")
+    tasks = task_file(tmp_path / "tasks.toml", ["claude-code"], model_server)
+    tasks.write_text(tasks.read_text().replace('agent = "claude-code"\n',
+                                               'agent = "claude-code"\ninteractive = true\n'))
+    cli = " ".join([sys.executable, "-m", "runtime.cli"])
+    tmux.window("run", f"ANTHROPIC_API_KEY={api_key} {cli} run {tasks} --repo {repo} --json "
+                       f"> {tmp_path}/report.json")
+    wait_until(lambda: json.loads(subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "ps", "--json", "--repo", str(repo)],
+        capture_output=True, text=True).stdout or "[]"), timeout=120, what="the session")
+    tmux.window("tui", f"{cli} attach claude-code --repo {repo}")
+    tmux.wait_for("tui", "Do you want to use this API key?", timeout=180)
+    tmux("send-keys", "-t", "t:tui", "Up")
+    tmux("send-keys", "-t", "t:tui", "Enter")
+    screen = tmux.wait_for("tui", "Done: hello-claude.txt is written.", timeout=120)
+    assert "Write(hello-claude.txt)" in screen
+    tmux("send-keys", "-t", "t:tui", "/exit")
+    tmux("send-keys", "-t", "t:tui", "Enter")
+    tmux.wait_for("tui", "the agent has ended", timeout=120)
+    tmux.wait_for("run", "EXIT=0", timeout=180)
+    (session,) = json.loads((tmp_path / "report.json").read_text())["sessions"]
+    assert session["status"] == "succeeded" and session["work"] == "home"
+    assert git(repo, "show", f"{session['branch']}:hello-claude.txt") == "hello from claude-code\n"
+    assert changed_files(repo, session["branch"]) == ["hello-claude.txt"]

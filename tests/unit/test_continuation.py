@@ -4,7 +4,9 @@ interactive session, the task field and the `-i` of a one-off run."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,3 +129,47 @@ def test_run_dash_i_is_an_option_of_run() -> None:
     assert "continue" in CliRunner().invoke(main, ["--help"]).output
 
 
+
+
+def test_an_interactive_preset_gets_its_first_run_answers_in_a_fresh_data_dir(
+        tmp_path: Path) -> None:
+    import json as _json
+
+    from runtime.run.agent_state import seed_tui_state
+
+    claude = Task(id="t", agent="claude-code", prompt="hi", interactive=True)
+    seed_tui_state(claude, tmp_path, os.getuid(), os.getgid())
+    written = _json.loads((tmp_path / ".claude" / ".claude.json").read_text())
+    assert written["hasCompletedOnboarding"] is True
+    assert written["projects"]["/workspace"]["hasTrustDialogAccepted"] is True
+    assert (tmp_path / ".claude" / ".claude.json").stat().st_mode & 0o777 == 0o600
+    # Nothing for a batch task, a command, a preset without TUI answers, or no host dir.
+    for task in (claude.model_copy(update={"interactive": False}),
+                 Task(id="t", command=["sh"], interactive=True),
+                 Task(id="t", agent="codex", interactive=True)):
+        other = tmp_path / task.model_dump_json().__hash__().__str__()
+        other.mkdir()
+        seed_tui_state(task, other, os.getuid(), os.getgid())
+        assert list(other.iterdir()) == []
+    seed_tui_state(claude, None, 0, 0)
+    # A link planted where the file goes is never followed.
+    planted = tmp_path / "planted"
+    (planted / ".claude").mkdir(parents=True)
+    (planted / ".claude" / ".claude.json").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        seed_tui_state(claude, planted, os.getuid(), os.getgid())
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_an_interactive_agent_is_idle_since_it_last_used_cpu() -> None:
+    from runtime.cli.attach import idle_seconds
+    from runtime.state.schema import Sample
+
+    def s(ts: float, cpu: float) -> Sample:
+        return Sample(session_id="a", ts=ts, memory_bytes=0, cpu_seconds=cpu, disk_bytes=0)
+
+    assert idle_seconds([], 100.0) is None
+    busy_then_quiet = [s(10, 0.0), s(11, 0.5), s(12, 0.9), s(13, 0.901), s(14, 0.902)]
+    assert idle_seconds(busy_then_quiet, 20.0) == 8.0
+    assert idle_seconds([s(10, 0.0), s(11, 0.001)], 15.0) == 5.0
+    assert idle_seconds([s(10, 0.0), s(11, 1.0)], 11.0) == 0.0
