@@ -18,6 +18,7 @@ from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.models import SessionResult
 from runtime.state.log_keeper import LogKeeper
+from runtime.text import strip_ansi
 
 # How long the end of a session waits for its output to be read to the end.
 LOG_DRAIN_SECONDS = 120
@@ -115,7 +116,9 @@ class SessionLogs:
         if keeper is None:
             return ""
         data = keeper.recent(1024)
-        lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+        # A terminal's output (an interactive session) is mostly escape sequences: dropped.
+        lines = [ln for ln in strip_ansi(data.decode(errors="replace")).splitlines()
+                 if ln.strip()]
         text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
         return text if len(text) <= width else text[: width - 1] + "…"
 

@@ -424,6 +424,9 @@ def test_an_interactive_claude_code_in_its_tui_through_attach(
     tmux("send-keys", "-t", "t:tui", "Enter")
     screen = tmux.wait_for("tui", "Done: hello-claude.txt is written.", timeout=120)
     assert "Write(hello-claude.txt)" in screen
+    # The run's live view shows the TUI's last words, not its escape sequences.
+    live = tmux.wait_for("run", "claude-code", timeout=30)
+    assert "[?" not in live and "\x1b" not in live, live
     tmux("send-keys", "-t", "t:tui", "/exit")
     tmux("send-keys", "-t", "t:tui", "Enter")
     tmux.wait_for("tui", "the agent has ended", timeout=120)
