@@ -156,3 +156,28 @@ def test_continue_session_from_the_python_api(docker_client: Any, repo: Path,
     with pytest.raises(runtime.AgentRuntimeError, match="is not home|is gone|never ran|"
                        "no session"):
         runtime.continue_session("no-such-session", "x", repo=repo)
+
+
+@pytest.mark.parametrize("step", ["branch", "marker", "checkout"])
+def test_a_continuation_killed_while_set_up_then_gc_keeps_the_branch_and_its_work(
+    docker_client: Any, repo: Path, tmp_path: Path, carries: None, step: str
+) -> None:
+    """The continuation starts at the branch's head, so a branch "still at the session's base"
+    is not unused: gc (which drops such branches of sessions that never started) must keep it
+    for the session it continued."""
+    import signal
+
+    first = _run(repo, tmp_path)
+    head = git(repo, "rev-parse", first["branch"]).strip()
+    killed = agentrt("continue", first["id"], "-p", "second", "--repo", str(repo),
+                     env={"AGENTRT_CRASH_AT": step})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    gc = agentrt("gc", "--repo", str(repo), "--json")
+    assert gc.returncode == 0, gc.stderr
+    assert first["branch"] not in json.loads(gc.stdout).get("removed_branches", [])
+    assert git(repo, "rev-parse", first["branch"]).strip() == head
+    assert git(repo, "show", f"{first['branch']}:first.txt") == "first\n"
+    # And the branch can still be continued.
+    again = agentrt("continue", first["id"], "-p", "second", "--repo", str(repo), "--json")
+    assert again.returncode == 0, again.stderr
+    assert git(repo, "show", f"{first['branch']}:second.txt") == "first\nsecond\n"
