@@ -14,7 +14,7 @@ It speaks just enough of three APIs for each preset CLI to make one edit and fin
   here is tuned to the format agentrt chooses.
 
 A *follow-up* (a prompt holding the word ``follow-up``: ``agentrt continue``) is answered with
-a write of ``followup-<cli>.txt`` saying ``remembered`` when the request carries the earlier
+a write of ``followup-<cli>.txt`` (``followup-again-<cli>.txt`` when it says "again") saying ``remembered`` when the request carries the earlier
 turn (the first prompt and the closing text the server gave it), ``forgot`` when it does not;
 the log line says which (``history``). That is how the tests see that a continued agent
 remembers.
@@ -43,7 +43,14 @@ LOCK = threading.Lock()
 CODEX_FILE, CODEX_TEXT = "/workspace/hello-codex.txt", "hello from codex\n"
 CLAUDE_FILE, CLAUDE_TEXT = "/workspace/hello-claude.txt", "hello from claude-code\n"
 CLAUDE_DONE = "Done: hello-claude.txt is written."
+CODEX_DONE = "Done: hello-codex.txt."
 FOLLOW_UP = "follow-up"
+
+
+def _follow_name(prompt: str, cli: str) -> str:
+    """The file a follow-up writes: ``followup-<cli>.txt``, ``followup-again-<cli>.txt`` for
+    a prompt saying "again" (a CLI may refuse to overwrite a file it has not read)."""
+    return f"followup-again-{cli}.txt" if "again" in prompt else f"followup-{cli}.txt"
 
 
 def _texts(value: object) -> list[str]:
@@ -58,12 +65,16 @@ def _texts(value: object) -> list[str]:
 
 
 def _turn(messages: list, is_result: object) -> tuple[str, bool, list]:
-    """The latest prompt (the last user message that is not a tool result), whether a tool
-    result came back after it, and the messages before it (the earlier turns)."""
+    """The latest prompt (the last message holding FOLLOW_UP, else the last user message that
+    is not a tool result), whether a tool result came back after it, and the messages before
+    it (the earlier turns)."""
     last = 0
     for n, message in enumerate(messages):
         if isinstance(message, dict) and message.get("role") == "user" and not is_result(message):
             last = n
+    follow = [n for n, m in enumerate(messages) if FOLLOW_UP in " ".join(_texts(m))]
+    if follow:
+        last = follow[-1]
     prompt = " ".join(_texts(messages[last:last + 1]))
     returned = any(is_result(m) for m in messages[last + 1:])
     return prompt, returned, messages[:last]
@@ -177,7 +188,7 @@ class Handler(BaseHTTPRequestHandler):
         target, content = CLAUDE_FILE, CLAUDE_TEXT
         if FOLLOW_UP in prompt:
             history = CLAUDE_DONE in " ".join(_texts(earlier))
-            target = "/workspace/followup-claude.txt"
+            target = f"/workspace/{_follow_name(prompt, 'claude')}"
             content = "remembered\n" if history else "forgot\n"
         if "Write" in tools and not returned:
             block = {"type": "tool_use", "id": _next_id("toolu"), "name": "Write",
@@ -188,7 +199,9 @@ class Handler(BaseHTTPRequestHandler):
                 "Done: the follow-up is written." if returned else "OK"
             block = {"type": "text", "text": text}
             stop, answer = "end_turn", "text"
-        self._record(path, body, answer, tools=len(tools), history=history)
+        self._record(path, body, answer, tools=len(tools), history=history,
+                     earlier=len(earlier), roles=[m.get("role") for m in messages
+                                                 if isinstance(m, dict)])
         message = {"id": _next_id("msg"), "type": "message", "role": "assistant",
                    "model": body.get("model") or "scripted", "stop_reason": None,
                    "stop_sequence": None,
@@ -220,10 +233,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- OpenAI Responses ------------------------------------------------------------------
 
-    def _codex_call(self, tools: list[dict]) -> tuple[dict, str] | None:
+    def _codex_call(self, tools: list[dict], target: str = CODEX_FILE,
+                    text: str = CODEX_TEXT) -> tuple[dict, str] | None:
         """A tool call that writes the file, through the first tool codex offers that can."""
-        command = f"printf '{CODEX_TEXT.strip()}\\n' > {CODEX_FILE}"
-        patch = (f"*** Begin Patch\n*** Add File: {CODEX_FILE}\n+{CODEX_TEXT.strip()}\n"
+        command = f"printf '{text.strip()}\\n' > {target}"
+        patch = (f"*** Begin Patch\n*** Add File: {target}\n+{text.strip()}\n"
                  "*** End Patch\n")
         by_name = {str(t.get("name") or t.get("type")): t for t in tools}
         call_id = _next_id("call")
@@ -257,17 +271,24 @@ class Handler(BaseHTTPRequestHandler):
     def _responses(self, path: str, body: dict) -> None:
         tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
         items = [i for i in body.get("input") or [] if isinstance(i, dict)]
-        returned = any(str(i.get("type", "")).endswith("_output") for i in items)
-        call = None if returned else self._codex_call(tools)
+        prompt, returned, earlier = _turn(
+            items, lambda i: str(i.get("type", "")).endswith("_output"))
+        history = None
+        target, content = CODEX_FILE, CODEX_TEXT
+        if FOLLOW_UP in prompt:
+            history = CODEX_DONE in " ".join(_texts(earlier))
+            target = f"/workspace/{_follow_name(prompt, 'codex')}"
+            content = "remembered\n" if history else "forgot\n"
+        call = None if returned else self._codex_call(tools, target, content)
         if call is not None:
             item, answer = call
         else:
+            done = CODEX_DONE if history is None else "Done: the follow-up is written."
             item = {"type": "message", "id": _next_id("msg"), "role": "assistant",
                     "status": "completed",
-                    "content": [{"type": "output_text", "text": "Done: hello-codex.txt.",
-                                 "annotations": []}]}
+                    "content": [{"type": "output_text", "text": done, "annotations": []}]}
             answer = "message"
-        self._record(path, body, answer,
+        self._record(path, body, answer, history=history,
                      tools=[str(t.get("name") or t.get("type")) for t in tools])
         response_id = _next_id("resp")
         usage = {"input_tokens": IN_TOKENS, "input_tokens_details": {"cached_tokens": 0},
@@ -305,8 +326,16 @@ class Handler(BaseHTTPRequestHandler):
     # -- OpenAI Chat Completions -----------------------------------------------------------
 
     @staticmethod
-    def _aider_edit(body: dict) -> tuple[str, str]:
-        """The reply creating AIDER_FILE in the format the system prompt asks for."""
+    def _aider_edit(body: dict) -> tuple[str, str, bool | None]:
+        """The reply creating AIDER_FILE in the format the system prompt asks for (a
+        follow-up's file when the prompt is one: see the module docstring)."""
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        prompt, _, earlier = _turn(messages, lambda m: False)
+        name, text, history = AIDER_FILE, AIDER_TEXT, None
+        if FOLLOW_UP in prompt:
+            history = AIDER_TEXT.strip() in " ".join(_texts(earlier))
+            name = _follow_name(prompt, "aider")
+            text = "remembered\n" if history else "forgot\n"
         system = ""
         for message in body.get("messages") or []:
             if isinstance(message, dict) and message.get("role") == "system":
@@ -316,16 +345,16 @@ class Handler(BaseHTTPRequestHandler):
                                        if isinstance(p, dict))
                 system += str(content or "")
         if "SEARCH/REPLACE" in system:
-            return (f"{AIDER_FILE}\n```\n<<<<<<< SEARCH\n=======\n{AIDER_TEXT}"
-                    ">>>>>>> REPLACE\n```\n"), "diff edit"
+            return (f"{name}\n```\n<<<<<<< SEARCH\n=======\n{text}"
+                    ">>>>>>> REPLACE\n```\n"), "diff edit", history
         if "unified diff" in system.lower():
-            return (f"```diff\n--- /dev/null\n+++ {AIDER_FILE}\n@@ @@\n+{AIDER_TEXT}```\n",
-                    "udiff edit")
-        return f"{AIDER_FILE}\n```\n{AIDER_TEXT}```\n", "whole edit"
+            return (f"```diff\n--- /dev/null\n+++ {name}\n@@ @@\n+{text}```\n",
+                    "udiff edit", history)
+        return f"{name}\n```\n{text}```\n", "whole edit", history
 
     def _chat(self, path: str, body: dict) -> None:
-        text, answer = self._aider_edit(body)
-        self._record(path, body, answer)
+        text, answer, history = self._aider_edit(body)
+        self._record(path, body, answer, history=history)
         usage = {"prompt_tokens": IN_TOKENS, "completion_tokens": OUT_TOKENS,
                  "total_tokens": IN_TOKENS + OUT_TOKENS}
         base = {"id": _next_id("chatcmpl"), "created": 0,
