@@ -27,7 +27,7 @@ import docker.errors
 from docker.types import Mount
 
 from runtime.engine.discovery import engine_errors
-from runtime.engine.labels import LABEL_ROLE
+from runtime.engine.labels import LABEL_REPO, LABEL_ROLE
 from runtime.engine.volume_helpers import HELPER_IMAGE, HELPER_MEMORY, run_helper
 from runtime.errors import VolumeError
 
@@ -68,7 +68,10 @@ def _copy(client: docker.DockerClient, source: Mount, dest: Mount, what: str,
         "security_opt": ["no-new-privileges:true"], "network_mode": "none",
         "read_only": True, "mounts": [source, dest],
         "mem_limit": HELPER_MEMORY, "memswap_limit": HELPER_MEMORY, "pids_limit": 64,
-        "labels": {**labels, LABEL_ROLE: "carry-helper"}, "detach": True,
+        # Like a harvest's: the repository's label (so leftovers are found), not a session's
+        # (a helper is not one of the session's own containers).
+        "labels": {**{k: v for k, v in labels.items() if k == LABEL_REPO},
+                   LABEL_ROLE: "carry-helper"}, "detach": True,
     }
     run_helper(client, spec, what)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,20 +209,38 @@ def restore_state(session: IsolatedAgentSession) -> None:
         restore_carry(session.client, continuation.carry, mount,
                       carry_labels(session))
     except VolumeError as exc:
-        session.result.warnings.append(f"continued without the state of {continuation.parent}:"
-                                       f" {exc}; the database and the agent's conversation "
-                                       "start afresh")
+        session.result.warnings.append(
+            f"continued without the state of {continuation.parent}: {exc} (it left none, or "
+            "kept its volume); the database and the agent's conversation start afresh")
+
+
+def untouched(db_dir: Path) -> bool:
+    """Whether a session's data directory on this host is as agentrt made it: only the empty
+    SQLite file (one page: a table or a row makes it larger; the agent CLI's state is more
+    entries). Reads the directory's listing and one ``lstat``, never a file."""
+    from runtime.databases.sqlite import EMPTY_BYTES, SQLITE_NAME
+
+    try:
+        if os.listdir(db_dir) != [SQLITE_NAME]:
+            return False
+        info = (db_dir / SQLITE_NAME).lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size <= EMPTY_BYTES
 
 
 def keep_state(session: IsolatedAgentSession) -> None:
     """When a session that ran releases its volume: its data directory into its branch's
     carry volume, for a later ``agentrt continue`` (not for a Swarm session, whose tree is
-    on its node)."""
+    on its node). A directory on this host that the agent left as it was made costs no
+    helper: there is nothing to carry (most command tasks)."""
     from runtime.engine.carry import carry_name, save_carry
     from runtime.git.session_tree import EngineTree, HostTree
 
     tree = session.tree
     if not isinstance(tree, HostTree | EngineTree) or not session.branch:
+        return
+    if isinstance(tree, HostTree) and untouched(tree.volume.db_dir):
         return
     mount = _data_mount(tree)
     if mount is None:

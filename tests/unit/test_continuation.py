@@ -173,3 +173,31 @@ def test_an_interactive_agent_is_idle_since_it_last_used_cpu() -> None:
     assert idle_seconds(busy_then_quiet, 20.0) == 8.0
     assert idle_seconds([s(10, 0.0), s(11, 0.001)], 15.0) == 5.0
     assert idle_seconds([s(10, 0.0), s(11, 1.0)], 11.0) == 0.0
+
+
+def test_a_data_dir_left_as_made_needs_no_carry(tmp_path: Path) -> None:
+    import sqlite3
+
+    from runtime.databases.sqlite import create_sqlite
+    from runtime.run.continuation import untouched
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    create_sqlite(fresh, os.getuid(), os.getgid())
+    assert untouched(fresh)
+    used = tmp_path / "used"
+    used.mkdir()
+    db = create_sqlite(used, os.getuid(), os.getgid())
+    with sqlite3.connect(db.host_path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    assert not untouched(used)
+    cli = tmp_path / "cli"
+    cli.mkdir()
+    create_sqlite(cli, os.getuid(), os.getgid())
+    (cli / ".claude").mkdir()
+    assert not untouched(cli)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "agent.db").symlink_to(fresh / "agent.db")
+    assert not untouched(linked)
+    assert not untouched(tmp_path / "missing")
