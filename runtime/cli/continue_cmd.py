@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from runtime.cli.lookup import repo_option
+from runtime.cli.lookup import open_store, repo_option, resolve_session
 from runtime.git.safe_git import MainRepo
 from runtime.text import terminal_safe
 
@@ -31,6 +31,8 @@ def continue_cmd(session: str, prompt: str, merge_strategy: str | None, as_json:
     from runtime.run.continuation import continuation_run
 
     main_repo = MainRepo(repo)
+    with open_store(main_repo) as store:  # a task id names its latest session
+        session = resolve_session(store, session).id
     view = ProgressView(sys.stderr, 1)
     coordinator, task = continuation_run(session, prompt, repo=main_repo,
                                          merge=merge_strategy, listener=view)

@@ -106,10 +106,12 @@ def test_continue_works_on_the_same_branch_with_the_first_sessions_database(
     assert row.result.continues == first["id"]
     assert row.manifest is not None and row.manifest.continues == first["id"]
 
-    # A third turn continues the continuation: the chain keeps the whole database.
-    third = agentrt("continue", child["id"], "-p", "third", "--repo", str(repo), "--json")
+    # A third turn continues the continuation (the task id names its latest session): the
+    # chain keeps the whole database.
+    third = agentrt("continue", "notes", "-p", "third", "--repo", str(repo), "--json")
     assert third.returncode == 0, third.stderr
     assert git(repo, "show", f"{branch}:third.txt") == "first\nsecond\nthird\n"
+    assert json.loads(third.stdout)["sessions"][0]["continues"] == child["id"]
 
     # The branch merges as one session's would.
     merged = agentrt("merge", child["id"], "--strategy", "auto", "--repo", str(repo), "--json")
