@@ -53,6 +53,18 @@ def _follow_name(prompt: str, cli: str) -> str:
     return f"followup-again-{cli}.txt" if "again" in prompt else f"followup-{cli}.txt"
 
 
+def _what_to_write(prompt: str, earlier: list, cli: str, done: str, path: str,
+                   text: str) -> tuple[bool | None, str, str]:
+    """(history, path, content) of the file a request's answer writes: the CLI's own file, or
+    for a follow-up its follow-up file saying whether ``done`` (the CLI's earlier turn) is in
+    the earlier messages (history is None when the prompt is no follow-up)."""
+    if FOLLOW_UP not in prompt:
+        return None, path, text
+    history = done in " ".join(_texts(earlier))
+    folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    return history, folder + _follow_name(prompt, cli), "remembered\n" if history else "forgot\n"
+
+
 def _texts(value: object) -> list[str]:
     """Every string inside a request's messages (content blocks, nested lists)."""
     if isinstance(value, str):
@@ -184,12 +196,8 @@ class Handler(BaseHTTPRequestHandler):
                 isinstance(b, dict) and b.get("type") == "tool_result" for b in m["content"])
 
         prompt, returned, earlier = _turn(messages, is_result)
-        history = None
-        target, content = CLAUDE_FILE, CLAUDE_TEXT
-        if FOLLOW_UP in prompt:
-            history = CLAUDE_DONE in " ".join(_texts(earlier))
-            target = f"/workspace/{_follow_name(prompt, 'claude')}"
-            content = "remembered\n" if history else "forgot\n"
+        history, target, content = _what_to_write(prompt, earlier, "claude", CLAUDE_DONE,
+                                                  CLAUDE_FILE, CLAUDE_TEXT)
         if "Write" in tools and not returned:
             block = {"type": "tool_use", "id": _next_id("toolu"), "name": "Write",
                      "input": {"file_path": target, "content": content}}
@@ -199,9 +207,7 @@ class Handler(BaseHTTPRequestHandler):
                 "Done: the follow-up is written." if returned else "OK"
             block = {"type": "text", "text": text}
             stop, answer = "end_turn", "text"
-        self._record(path, body, answer, tools=len(tools), history=history,
-                     earlier=len(earlier), roles=[m.get("role") for m in messages
-                                                 if isinstance(m, dict)])
+        self._record(path, body, answer, tools=len(tools), history=history)
         message = {"id": _next_id("msg"), "type": "message", "role": "assistant",
                    "model": body.get("model") or "scripted", "stop_reason": None,
                    "stop_sequence": None,
@@ -273,12 +279,8 @@ class Handler(BaseHTTPRequestHandler):
         items = [i for i in body.get("input") or [] if isinstance(i, dict)]
         prompt, returned, earlier = _turn(
             items, lambda i: str(i.get("type", "")).endswith("_output"))
-        history = None
-        target, content = CODEX_FILE, CODEX_TEXT
-        if FOLLOW_UP in prompt:
-            history = CODEX_DONE in " ".join(_texts(earlier))
-            target = f"/workspace/{_follow_name(prompt, 'codex')}"
-            content = "remembered\n" if history else "forgot\n"
+        history, target, content = _what_to_write(prompt, earlier, "codex", CODEX_DONE,
+                                                  CODEX_FILE, CODEX_TEXT)
         call = None if returned else self._codex_call(tools, target, content)
         if call is not None:
             item, answer = call
@@ -331,11 +333,8 @@ class Handler(BaseHTTPRequestHandler):
         follow-up's file when the prompt is one: see the module docstring)."""
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
         prompt, _, earlier = _turn(messages, lambda m: False)
-        name, text, history = AIDER_FILE, AIDER_TEXT, None
-        if FOLLOW_UP in prompt:
-            history = AIDER_TEXT.strip() in " ".join(_texts(earlier))
-            name = _follow_name(prompt, "aider")
-            text = "remembered\n" if history else "forgot\n"
+        history, name, text = _what_to_write(prompt, earlier, "aider", AIDER_TEXT.strip(),
+                                             AIDER_FILE, AIDER_TEXT)
         system = ""
         for message in body.get("messages") or []:
             if isinstance(message, dict) and message.get("role") == "system":
