@@ -19,6 +19,7 @@ from runtime.errors import AgentRuntimeError
 from runtime.models import RunReport, SessionResult, SessionStatus
 
 if TYPE_CHECKING:
+    from runtime.run.continuation import continue_session
     from runtime.run.coordinator import AgentCoordinator
     from runtime.run.merging import merge_agent_results
     from runtime.run.revert import revert_session
@@ -35,6 +36,7 @@ __all__ = [
     "SessionStatus",
     "Task",
     "TaskFile",
+    "continue_session",
     "load_task_file",
     "merge_agent_results",
     "revert_session",
@@ -42,6 +44,7 @@ __all__ = [
 
 _LAZY = {
     "AgentCoordinator": "runtime.run.coordinator",
+    "continue_session": "runtime.run.continuation",
     "IsolatedAgentSession": "runtime.run.session",
     "merge_agent_results": "runtime.run.merging",
     "revert_session": "runtime.run.revert",

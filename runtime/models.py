@@ -203,6 +203,8 @@ class Manifest(BaseModel):
     agentrt_version: str | None = None
     """The agentrt that ran the session (None in manifests recorded before it was kept)."""
     services: list[dict[str, object]] = Field(default_factory=list)
+    continues: str | None = None
+    """The session this one continued (``agentrt continue``), on the same branch."""
 
 
 class SessionResult(BaseModel):
@@ -233,6 +235,8 @@ class SessionResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     cli_version: str | None = None
     usage: Usage | None = None
+    continues: str | None = None
+    """The session this one continued (``agentrt continue``): its parent, on the same branch."""
 
 
 @dataclass(frozen=True)

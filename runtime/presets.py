@@ -6,10 +6,14 @@ the container (not the agent's prompt) is the sandbox. Each preset also knows it
 * the task's ``model`` and ``base_url`` become that CLI's own flags or variables;
 * its quiet settings are on (no update checks, telemetry or other non-essential traffic, which
   an allowlist would refuse anyway);
-* its state and history live under ``/tmp`` (the container's private scratch space), never in
-  ``/workspace``, so nothing of the CLI's own comes home with the agent's work; what a CLI
-  writes into the repository regardless (aider's repo map cache) matches
-  :data:`STATE_EXCLUDES`, which the harvest leaves out;
+* its conversation state and history live in :data:`STATE_DIR` (the session's private
+  ``/agentrt/db``, on its disk-limited volume, beside ``AGENT_DB``), never in ``/workspace``,
+  so nothing of the CLI's own comes home with the agent's work; what a CLI writes into the
+  repository regardless (aider's repo map cache) matches :data:`STATE_EXCLUDES`, which the
+  harvest leaves out. That directory is what ``agentrt continue`` carries to the next
+  session of the same branch (``runtime/run/continuation.py``), where the preset's
+  ``resume`` argv picks the conversation up (``claude --continue``, ``codex exec resume
+  --last``, aider's ``--restore-chat-history``);
 * ``base_url`` is taken with or without ``/v1`` (:func:`api_base`);
 * it prints in its machine-readable mode where it has one (``claude -p --output-format json``,
   ``codex exec --json``; aider's ``Tokens: …`` lines), from which ``runtime/run/usage.py``
@@ -27,7 +31,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from runtime.config import Task
 
-SCRATCH = "/tmp"  # the container's tmpfs: outside /workspace, gone with the container
+#: The session's private data directory (runtime.engine.container.DB_MOUNT, which this layer
+#: may not import; a unit test holds them equal): on the session's volume, so its bytes count
+#: against disk_mb, never harvested, carried to a continuation of the session.
+STATE_DIR = "/agentrt/db"
 
 FlagsFn = Callable[[Task], list[str]]
 EnvFn = Callable[[Task], dict[str, str]]
@@ -53,20 +60,40 @@ class Preset:
     image: str
     argv: tuple[str, ...]
     version_argv: tuple[str, ...] = ()
+    #: The argv of a continuation (``agentrt continue``): the same CLI resuming the
+    #: conversation kept in STATE_DIR; empty: the CLI cannot resume (it starts afresh).
+    resume: tuple[str, ...] = ()
+    #: The argv of an interactive session (``interactive = true``): the CLI's TUI, given the
+    #: prompt as its first message where it takes one; empty: the batch argv with a TTY.
+    interactive: tuple[str, ...] = ()
+    #: Files (path under STATE_DIR → content) written into a fresh session's data directory
+    #: before its TUI first starts: the CLI's first-run answers that the container already
+    #: settles (onboarding done, the workspace trusted, permission prompts off as in batch).
+    tui_state: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     needs_network: bool = False
     flags: FlagsFn = _no_flags
     task_env: EnvFn = _no_env
 
-    def command(self, prompt: str, task: Task | None = None) -> list[str]:
-        """The argv for ``prompt`` with ``task``'s model and base-URL flags."""
+    def command(self, prompt: str, task: Task | None = None, resume: bool = False) -> list[str]:
+        """The argv for ``prompt`` with ``task``'s model and base-URL flags; ``resume``: the
+        argv that continues the conversation kept from an earlier session, where the CLI has
+        one; a task with ``interactive = true``: the CLI's TUI."""
         options = self.flags(task) if task is not None else []
+        template = self.argv
+        tui = task is not None and task.interactive and bool(self.interactive)
+        if tui:
+            template = self.interactive
+        elif resume and self.resume:
+            template = self.resume
         out: list[str] = []
-        for part in self.argv:
+        for part in template:
             if part == "{options}":
                 out.extend(options)
-            else:
-                out.append(prompt if part == "{prompt}" else part)
+            elif part != "{prompt}":
+                out.append(part)
+            elif prompt or not tui:  # a TUI with no prompt opens on an empty chat
+                out.append(prompt)
         return out
 
     def environment(self, task: Task) -> dict[str, str]:
@@ -151,9 +178,20 @@ PRESETS: dict[str, Preset] = {
         ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "json",
          "{options}"),
         ("claude", "--version"),
+        resume=("claude", "-p", "{prompt}", "--continue", "--dangerously-skip-permissions",
+                "--output-format", "json", "{options}"),
+        interactive=("claude", "--dangerously-skip-permissions", "{options}", "{prompt}"),
+        # Without it the TUI's first start runs its onboarding, which checks api.anthropic.com
+        # directly (refused behind an allowlist naming only a private base_url). An API key in
+        # the environment is still offered to the person for approval: never written here.
+        tui_state={".claude/.claude.json": json.dumps({
+            "hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True,
+            "theme": "dark",
+            "projects": {"/workspace": {"hasTrustDialogAccepted": True,
+                                        "hasCompletedProjectOnboarding": True}}})},
         env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
              "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
-             "CLAUDE_CONFIG_DIR": f"{SCRATCH}/.claude"},
+             "CLAUDE_CONFIG_DIR": f"{STATE_DIR}/.claude"},
         needs_network=True, flags=_claude_flags, task_env=_claude_env,
     ),
     "codex": Preset(
@@ -161,18 +199,26 @@ PRESETS: dict[str, Preset] = {
         ("codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox", "{options}",
          "{prompt}"),
         ("codex", "--version"),
-        # CODEX_HOME must exist when codex starts: the scratch directory itself does.
-        env={"CODEX_HOME": SCRATCH},
+        resume=("codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox",
+                "{options}", "resume", "--last", "{prompt}"),
+        interactive=("codex", "--dangerously-bypass-approvals-and-sandbox", "{options}",
+                     "{prompt}"),
+        # CODEX_HOME must exist when codex starts: the state directory itself does.
+        env={"CODEX_HOME": STATE_DIR},
         needs_network=True, flags=_codex_flags,
     ),
     "aider": Preset(
         "agentrt/aider:latest",
         ("aider", "--yes-always", "--no-auto-commits", "{options}", "--message", "{prompt}"),
         ("aider", "--version"),
+        resume=("aider", "--yes-always", "--no-auto-commits", "--restore-chat-history",
+                "{options}", "--message", "{prompt}"),
+        # aider's chat takes no first message on its command line (--message exits after it).
+        interactive=("aider", "--yes-always", "--no-auto-commits", "{options}"),
         env={"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false",
              "AIDER_SHOW_RELEASE_NOTES": "false", "AIDER_GITIGNORE": "false",
-             "AIDER_INPUT_HISTORY_FILE": f"{SCRATCH}/.aider.input.history",
-             "AIDER_CHAT_HISTORY_FILE": f"{SCRATCH}/.aider.chat.history.md"},
+             "AIDER_INPUT_HISTORY_FILE": f"{STATE_DIR}/.aider.input.history",
+             "AIDER_CHAT_HISTORY_FILE": f"{STATE_DIR}/.aider.chat.history.md"},
         needs_network=True, flags=_aider_flags, task_env=_aider_env,
     ),
 }
@@ -190,13 +236,14 @@ SECRET_ALIASES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 }
 
 
-def resolve_command(task: Task) -> list[str]:
-    """The argv a task runs: its ``command``, else its preset's template."""
+def resolve_command(task: Task, resume: bool = False) -> list[str]:
+    """The argv a task runs: its ``command``, else its preset's template (``resume``: the
+    template continuing an earlier session's conversation, for ``agentrt continue``)."""
     if task.command:
         return list(task.command)
     if task.agent is None:
         raise ValueError(f"task {task.id!r} has neither command nor agent")
-    return PRESETS[task.agent].command(task.prompt, task)
+    return PRESETS[task.agent].command(task.prompt, task, resume=resume)
 
 
 def resolve_env(task: Task) -> dict[str, str]:

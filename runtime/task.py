@@ -76,6 +76,10 @@ class Task(StrictModel):
     merge_gate: list[str] | None = Field(
         None, description="The check this task's work must pass before an automatic merge "
         "lands it (replacing [run] merge_gate); [] = no gate for this task.")
+    interactive: bool = Field(
+        False, description="Run the agent with a terminal (its CLI's TUI, or the command with a "
+        "TTY and stdin) for a person to reach with `agentrt attach`; same container, limits, "
+        "network and harvest as a batch session; its work comes home when the agent exits.")
 
     @field_validator("id")
     @classmethod

@@ -46,6 +46,9 @@ class SessionTree(ABC):
     #: The run's object store the tree borrows from (a host path; bound into the session and
     #: its harvest at STORE_MOUNT), if any.
     store: Path | None = None
+    #: Whether its data directory can be carried into the branch's next session on the same
+    #: engine (`agentrt continue`, runtime/engine/carry.py): not a tree on a Swarm node.
+    carries_state: bool = True
 
     @property
     @abstractmethod

@@ -238,7 +238,8 @@ def _finish_dead_runs(repo: MainRepo, store: Store | None, report: GcReport,
             for row in store.list_sessions(run.id, include_finished=False):
                 if row.status is SessionStatus.PREPARED:  # prepared ahead, never taken
                     _forget_prepared(store, row, report)
-                    _remove_unused_branch(repo, row.branch, row.result.base_commit, report)
+                    _remove_unused_branch(repo, row.branch, row.result.base_commit, report,
+                                          store, row.id)
                     continue
                 # Its owner died before it had a volume or a container: nothing to save.
                 result = row.result
@@ -247,7 +248,8 @@ def _finish_dead_runs(repo: MainRepo, store: Store | None, report: GcReport,
                                  "before its container started; finished by gc")
                 result.finished_at = utcnow()
                 store.upsert_session(result, run.id)
-                _remove_unused_branch(repo, row.branch, result.base_commit, report)
+                _remove_unused_branch(repo, row.branch, result.base_commit, report, store,
+                                      row.id)
             warnings = ["the agentrt process died; sessions reconciled by gc"]
             merged = [row.id for row in store.list_sessions(run.id)
                       if row.result.merge.status == "merged"]
@@ -335,7 +337,8 @@ def _collect_one(repo: MainRepo, client: docker.DockerClient | None, session_id:
         return
     if marker is not None and (row is None or row.result.started_at is None) and \
             (container is None or not _ever_started(container)):
-        _remove_unused_branch(repo, marker.branch, marker.base_commit, report)
+        _remove_unused_branch(repo, marker.branch, marker.base_commit, report, store,
+                              session_id)
     if discard:
         shutil.rmtree(paths.harvest_dir(repo.state_dir, session_id), ignore_errors=True)
     if session_dir is not None:
@@ -363,11 +366,16 @@ def _forget_prepared(store: Store, row: SessionRow, report: GcReport) -> None:
     report.forgotten_prepared.append(row.id)
 
 
-def _remove_unused_branch(repo: MainRepo, branch: str, base: str, report: GcReport) -> None:
+def _remove_unused_branch(repo: MainRepo, branch: str, base: str, report: GcReport,
+                          store: Store | None, session_id: str) -> None:
     """The branch of a session whose agent never started (killed while it was set up, or
     prepared ahead and never taken), when it is still at its base: nothing of an agent is on
-    it, and no row may name it. Compare-and-swap: a branch that moved is kept."""
+    it, and no row may name it. Compare-and-swap: a branch that moved is kept. A branch another
+    session names (the session an ``agentrt continue`` continued) is that one's: kept."""
     if not branch or not base or repo.branch_head(branch) != base:
+        return
+    if store is not None and any(r.branch == branch and r.id != session_id
+                                 for r in store.list_sessions()):
         return
     with contextlib.suppress(AgentRuntimeError):
         repo.git("update-ref", "-d", f"refs/heads/{branch}", base)

@@ -24,6 +24,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from runtime.cli.attach import idle_seconds, is_interactive
 from runtime.cli.lookup import open_store, repo_option, resolve_run, resolve_session
 from runtime.cli.session_output import session_diff, session_output, terminal_safe
 from runtime.errors import ConfigError, NotFoundError
@@ -85,6 +86,8 @@ def session_summary(row: SessionRow, runs: dict[str, RunRow], now: float) -> dic
         "duration_s": duration, "exit_code": result.exit_code, "reason": result.reason,
         "owner_alive": owner_alive, "work": result.work.value,
         "kept_bytes": kept_volume_bytes(row),
+        "interactive": is_interactive(row),
+        "continues": result.continues,
     }
 
 
@@ -103,6 +106,12 @@ def ps_table(entries: list[dict[str, Any]]) -> Table:
         state = f"[{STATUS_STYLE[status]}]{status.value}[/]"
         if e["owner_alive"] is False:
             state += " [red](owner gone)[/]"
+        if e.get("continues"):
+            state += f" [dim](continues {markup_safe(e['continues'])})[/]"
+        if e.get("interactive") and not status.is_final:
+            idle = e.get("idle_s")
+            waiting = f", idle {idle:.0f}s" if idle is not None and idle >= 2 else ""
+            state += f" [cyan](interactive{waiting}: agentrt attach {markup_safe(e['id'])})[/]"
         if e.get("work") == WorkState.KEPT.value:
             state += (f" [yellow](work kept, {e['kept_bytes'] // (1024 * 1024)} MiB: "
                       f"agentrt recover {markup_safe(e['id'])})[/]")
@@ -183,6 +192,9 @@ def ps(all_runs: bool, as_json: bool, repo: str) -> None:
             runs = {r.id: r for r in store.list_runs()}
             now = time.time()
             entries = [session_summary(r, runs, now) for r in select_sessions(store, all_runs)]
+            for entry in entries:  # how long a live interactive agent has been idle
+                if entry["interactive"] and not SessionStatus(entry["status"]).is_final:
+                    entry["idle_s"] = idle_seconds(store.samples(entry["id"]), now)
     if as_json:
         click.echo(json.dumps(entries, indent=2))
     elif not entries:

@@ -90,10 +90,12 @@ def main(debug: bool) -> None:
               help="Override [run] target: the branch merges go into (default: the one "
               "checked out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report alone on stdout.")
+@click.option("-i", "--interactive", is_flag=True,
+              help="Run every task's agent with a terminal, for `agentrt attach`.")
 @one_off_options
 def run(task_file: Path | None, repo: str, max_concurrent: int | None,
         merge_strategy: str | None, engine: str | None, target: str | None, as_json: bool,
-        prompt: str | None, **one_off: Any) -> None:
+        interactive: bool, prompt: str | None, **one_off: Any) -> None:
     """Run the tasks of TASK_FILE, or one task given by -p PROMPT --agent PRESET; live
     progress on stderr; final report."""
     from runtime.cli.live_view import ProgressView
@@ -121,6 +123,13 @@ def run(task_file: Path | None, repo: str, max_concurrent: int | None,
             fail(f"--target: invalid branch name {target!r}: {problem}")
         updates["target"] = target
     config = parsed.run.with_overrides(**updates)
+    if interactive:
+        parsed = parsed.model_copy(update={"tasks": [
+            t.model_copy(update={"interactive": True}) for t in parsed.tasks]})
+    for task in parsed.tasks:
+        if task.interactive:  # a prefix names its live session
+            err.print(f"{task.id}: interactive: `agentrt attach {task.id}` (detach: ctrl-p "
+                      "ctrl-q)", highlight=False, markup=False, soft_wrap=True)
     main_repo = open_repo(repo, config.isolation_strategy)  # a folder: its private repository
     view = ProgressView(sys.stderr, len(parsed.tasks))
     coordinator = AgentCoordinator(config=config, repo=main_repo, listener=view)
@@ -307,6 +316,8 @@ def images_push_nodes(ref: str, nodes: tuple[str, ...], as_json: bool) -> None:
 
 def _register_commands() -> None:
     # Verbs live in modules of their own; registering them imports only click-level code.
+    from runtime.cli import attach as cli_attach
+    from runtime.cli import continue_cmd as cli_continue
     from runtime.cli import inspect as cli_inspect
     from runtime.cli import manage as cli_manage
     from runtime.cli import revert as cli_revert
@@ -314,7 +325,7 @@ def _register_commands() -> None:
     from runtime.cli.env_images import images_prune
 
     for command in (*cli_inspect.COMMANDS, *cli_manage.COMMANDS, *cli_revert.COMMANDS,
-                    *cli_session.COMMANDS):
+                    *cli_session.COMMANDS, *cli_continue.COMMANDS, *cli_attach.COMMANDS):
         main.add_command(command)
     from runtime.cli import mcp_cmd  # noqa: E402 - agentrt add, agentrt mcp
     for command in mcp_cmd.COMMANDS:

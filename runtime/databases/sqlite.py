@@ -19,6 +19,8 @@ from runtime.engine.container import DB_MOUNT
 from runtime.errors import DatabaseError
 
 SQLITE_NAME = "agent.db"
+#: The size of the file create_sqlite makes (an empty WAL-mode database: its header page).
+EMPTY_BYTES = 4096
 
 
 class SessionDatabase(Protocol):

@@ -63,6 +63,11 @@ ENTRYPOINT = (
     'echo "agentrt: no timeout(1) in the image; only agentrt enforces the deadline" >&2; '
     'exec "$@"'
 )
+# An interactive session's (a TTY): timeout(1) must leave the agent in the terminal's
+# foreground process group, or its first read of the TTY stops it (SIGTTIN). The agent's
+# children are then not signalled by timeout at the deadline; agentrt's stop still reaches
+# the whole container.
+ENTRYPOINT_TTY = ENTRYPOINT.replace('exec timeout -k', 'exec timeout --foreground -k')
 LOG_MAX_SIZE = "10m"
 # gVisor's sandbox (sentry and gofer threads) lives in the container's pids cgroup: below
 # about 100 pids it cannot even start, so the agent's own limit is granted on top of this.
@@ -102,11 +107,13 @@ class ContainerPlan:
     # point can delete the file once read; None: the task has no secrets.
     secrets_mount: Mount | None = None
     grace_seconds: int = 10
+    # An interactive session: a TTY and an open stdin, for `agentrt attach`.
+    tty: bool = False
 
 
 def entry_command(plan: ContainerPlan) -> list[str]:
     """The container's command: the entry point wrapping the agent's own argv (unchanged)."""
-    return ["sh", "-c", ENTRYPOINT, "agentrt-entry",
+    return ["sh", "-c", ENTRYPOINT_TTY if plan.tty else ENTRYPOINT, "agentrt-entry",
             str(plan.limits.time_seconds + max(1, plan.grace_seconds)),
             str(plan.grace_seconds), *plan.command]
 
@@ -171,6 +178,8 @@ def container_spec(plan: ContainerPlan) -> dict[str, Any]:
         "stop_signal": "SIGTERM",
         "detach": True,
     }
+    if plan.tty:
+        spec.update(tty=True, stdin_open=True)
     if plan.runtime != "runc":
         spec["runtime"] = plan.runtime
     return spec
@@ -210,13 +219,14 @@ class OutputStream:
     flood and loses what was rotated away meanwhile. The stream ends when the container stops.
     """
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, tty: bool = False) -> None:
         self._sock = sock
+        self._tty = tty  # a TTY's output is one raw stream, not stdout/stderr frames
 
     def __iter__(self) -> Iterator[bytes]:
         from docker.utils.socket import frames_iter
 
-        for _, data in frames_iter(self._sock, False):
+        for _, data in frames_iter(self._sock, self._tty):
             yield bytes(data)
 
     def close(self) -> None:
@@ -244,9 +254,11 @@ def create_container(client: docker.DockerClient, spec: Mapping[str, Any]) -> Co
 class AgentContainer:
     """One session's container on the engine; Docker and transport errors become EngineError."""
 
-    def __init__(self, client: docker.DockerClient, container: Container) -> None:
+    def __init__(self, client: docker.DockerClient, container: Container,
+                 tty: bool = False) -> None:
         self.client = client
         self.container = container
+        self.tty = tty
 
     @property
     def id(self) -> str:
@@ -264,7 +276,7 @@ class AgentContainer:
         """Create (not start) the container for ``plan``."""
         try:
             with engine_errors(f"create the container of {plan.session_id}"):
-                return cls(client, create_container(client, container_spec(plan)))
+                return cls(client, create_container(client, container_spec(plan)), plan.tty)
         except EngineError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound):
                 from runtime.engine.images import build_hint
@@ -288,7 +300,7 @@ class AgentContainer:
                 self.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
             # A silent agent is not a dead engine: reading waits as long as the container runs.
             self.client.api._disable_socket_timeout(sock)
-        return OutputStream(sock)
+        return OutputStream(sock, self.tty)
 
     def inspect(self) -> dict[str, Any] | None:
         """The engine's view of the container, or None if it no longer exists."""

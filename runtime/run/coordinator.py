@@ -41,6 +41,7 @@ from runtime.models import LiveStat, RunReport, SessionResult, SessionStatus, se
 from runtime.run.added_tasks import take_requests
 from runtime.run.api_args import as_max_concurrent, as_repo, as_run_config, as_tasks
 from runtime.run.budget import RunBudget, Spent, refusal, tokens_of
+from runtime.run.continuation import Continuation
 from runtime.run.dep_notes import remove_dep_notes
 from runtime.run.environments import EnvImage
 from runtime.run.identity import new_run_id
@@ -118,6 +119,8 @@ class AgentCoordinator:
         self._seeded = False
         # The run's sessions, made alike (made when the run starts).
         self._sessions: RunSessions | None = None
+        # `agentrt continue` (runtime/run/continuation.py): task id → the session it continues.
+        self.continuations: dict[str, Continuation] = {}
         # Environments (docs/environments.md): built in preflight; build_log shows the steps.
         self.build_log: Callable[[str], None] | None = None
         self._env_images: dict[str, EnvImage] = {}
@@ -356,7 +359,7 @@ class AgentCoordinator:
                 self.config, self.repo, self.run_id, self.client, self.backend,
                 store=self.store, egress=self.egress, stop_grace_seconds=self.stop_grace_seconds,
                 env_images=self._env_images, seeded=self._seeded, base_commit=base_commit,
-                task_base=self._task_base)
+                task_base=self._task_base, continuations=self.continuations)
             sessions.start_pool(by_id, base_commit, results)
             with self.live.radar(report):
                 try:

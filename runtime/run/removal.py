@@ -10,11 +10,12 @@ with ``force``. :func:`remove` then carries the plan out.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field
 
 from runtime import paths
-from runtime.errors import ConfigError
+from runtime.errors import AgentRuntimeError, ConfigError
 from runtime.git.safe_git import MainRepo
 from runtime.git.session_work import delete_branch, is_merged, worktree_of
 from runtime.models import WorkState
@@ -62,14 +63,28 @@ def remove(repo: MainRepo, store: Store, plan: Removal, *, force: bool = False) 
                           + ", ".join(f"{r.id} ({r.branch})" for r in plan.unmerged)
                           + "; merge it, or pass --force to drop it")
     removed = []
+    going = {row.id for row in plan.sessions}
+    # A branch `agentrt continue` shares with a session that stays is that session's too.
+    shared = {r.branch for r in store.list_sessions() if r.id not in going}
     for row in plan.sessions:
-        if row.branch:
+        if row.branch and row.branch not in shared:
             delete_branch(repo, row.branch)
+            drop_carried_state(repo, row.branch)
         paths.log_path(repo.state_dir, row.id).unlink(missing_ok=True)
         shutil.rmtree(paths.harvest_dir(repo.state_dir, row.id), ignore_errors=True)
         store.delete_session(row.id)
         removed.append(row.id)
     return removed
+
+
+def drop_carried_state(repo: MainRepo, branch: str) -> None:
+    """Remove the state a branch's sessions kept for ``agentrt continue``
+    (:mod:`runtime.engine.carry`); best effort: an engine that does not answer keeps it."""
+    from runtime.engine.carry import carry_name, remove_carry
+    from runtime.engine.discovery import get_client
+
+    with contextlib.suppress(AgentRuntimeError):
+        remove_carry(get_client(), carry_name(str(repo.root), branch))
 
 
 def delete_merged_branches(repo: MainRepo, store: Store) -> list[str]:
@@ -85,5 +100,6 @@ def delete_merged_branches(repo: MainRepo, store: Store) -> list[str]:
             continue
         if is_merged(repo, head, into) and worktree_of(repo, row.branch) is None:
             delete_branch(repo, row.branch)
+            drop_carried_state(repo, row.branch)
             deleted.append(row.branch)
     return deleted

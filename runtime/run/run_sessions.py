@@ -17,6 +17,7 @@ from runtime.errors import AgentRuntimeError
 from runtime.git.safe_git import MainRepo
 from runtime.git.workspace import prepare_base
 from runtime.models import SessionResult, SessionStatus
+from runtime.run.continuation import Continuation, adopt
 from runtime.run.dep_notes import write_dep_notes
 from runtime.run.session import IsolatedAgentSession
 from runtime.run.warm_pool import WarmPool, pool_size
@@ -35,7 +36,8 @@ class RunSessions:
                  client: EngineClient, backend: Backend, *, store: Store | None,
                  egress: RunEgress | None, stop_grace_seconds: int,
                  env_images: Mapping[str, EnvImage], seeded: bool, base_commit: str,
-                 task_base: Mapping[str, str]) -> None:
+                 task_base: Mapping[str, str],
+                 continuations: Mapping[str, Continuation] | None = None) -> None:
         self.config = config
         self.repo = repo
         self.run_id = run_id
@@ -49,6 +51,8 @@ class RunSessions:
         self._task_base = task_base
         self._seeded = seeded
         self._base_commit = base_commit
+        # `agentrt continue` (runtime/run/continuation.py): task id → the session it continues.
+        self._continuations: Mapping[str, Continuation] = continuations or {}
         self.pool: WarmPool | None = None
 
     def ahead(self, task_id: str) -> IsolatedAgentSession | None:
@@ -75,6 +79,8 @@ class RunSessions:
             client=self.client, backend=self.backend, placement=placement, store=store,
             stop_grace_seconds=self.stop_grace_seconds, egress=self.egress,
             environment=self._env_images.get(task.id), seeded=seeded)
+        if task.id in self._continuations:  # `agentrt continue`: the branch's next session
+            adopt(session, self._continuations[task.id])
         notes = write_dep_notes(self.repo, self.run_id, task.id, [results[d] for d in task.deps])
         if notes is not None:
             session.extra_mounts = (notes,)

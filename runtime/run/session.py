@@ -67,6 +67,7 @@ from runtime.version import agentrt_version
 if TYPE_CHECKING:
     from runtime.engine.egress import RunEgress
     from runtime.engine.services import SessionServices
+    from runtime.run.continuation import Continuation
     from runtime.run.environments import EnvImage
     from runtime.state.store import Store
 
@@ -133,6 +134,9 @@ class IsolatedAgentSession:
         self.session_dir = (volumes_root(self.repo.state_dir, self.config.volumes_dir)
                             / "sessions" / self.session_id)
         self.stop_grace_seconds = stop_grace_seconds
+        # `agentrt continue`: the session it continues, on that one's branch (set by
+        # runtime.run.continuation.adopt before prepare).
+        self.continues: Continuation | None = None
         self.disk_mode = disk_mode
         # Start from the run's seed checkout (the coordinator's choice for runs of several
         # sessions; runtime/git/seed_image.py).
@@ -271,6 +275,7 @@ class IsolatedAgentSession:
             environment_key=self.environment.key if self.environment else None,
             services=[s.model_dump(mode="json") for s in self.config.services],
             agentrt_version=agentrt_version(),
+            continues=self.continues.parent if self.continues is not None else None,
         )
 
     def logs(self) -> bytes:
@@ -330,7 +335,10 @@ class IsolatedAgentSession:
                 owner_pid=os.getpid(), owner_start_time=owner_start,
             )
             placement = self._place()
-            create_branch(self.repo, self.branch, self.base_commit)
+            if self.continues is None:
+                create_branch(self.repo, self.branch, self.base_commit)
+            else:
+                self.continues.check_branch(self.repo)
             crash_point("branch")
             # The marker comes first: from here on gc judges the session by its owner's pid
             # and start time, and it harvests only once the checkout is complete.
@@ -355,6 +363,14 @@ class IsolatedAgentSession:
             self._marker.checked_out = self._checked_out = True
             self._marker.write(self.session_dir)
             database = self.parts.make_database(tree.host_db_dir, uid, gid)
+            if self.continues is not None:
+                from runtime.run.continuation import restore_state
+
+                restore_state(self)
+            elif self.task.interactive:
+                from runtime.run.agent_state import seed_tui_state
+
+                seed_tui_state(self.task, tree.host_db_dir, uid, gid)
             env = {
                 **resolve_env(self.task),
                 **self.task.env,
@@ -377,12 +393,13 @@ class IsolatedAgentSession:
                 network = services.network  # the session's only network: its services'
             plan = ContainerPlan(
                 session_id=self.session_id, run_id=self.run_id, image=self.image,
-                command=resolve_command(self.task), limits=self.limits,
+                command=resolve_command(self.task, resume=self.continues is not None),
+                limits=self.limits,
                 mounts=(*tree.agent_mounts(), *(() if tree.on_engine else self.extra_mounts)),
                 uid=uid, gid=gid, network=network,
                 runtime=self.config.runtime, env=env,
                 secrets_mount=tree.secrets_mount(hidden) if hidden else None,
-                grace_seconds=self.stop_grace_seconds,
+                grace_seconds=self.stop_grace_seconds, tty=self.task.interactive,
                 labels={LABEL_OWNER_PID: str(os.getpid()),
                         LABEL_OWNER_START: str(owner_start or ""),
                         LABEL_REPO: str(self.repo.root)},
@@ -534,6 +551,11 @@ class IsolatedAgentSession:
         if outcome.state is not WorkState.HOME:
             log.error("session %s: %s", self.session_id, "; ".join(outcome.warnings))
 
+    def _keep_state(self) -> None:
+        from runtime.run.continuation import keep_state
+
+        keep_state(self)
+
     def _end_without_container(self) -> None:
         """The status of a session closed before its container ran: the outcome of the host
         code that worked in its ``workspace`` (succeeded unless it raised), else crashed."""
@@ -624,6 +646,8 @@ class IsolatedAgentSession:
                  self.parts.leave_egress]
         if self._own_run:  # nobody else will: the run is this session's alone
             steps.append(self.parts.stop_database_server)
+        if self._started and not keep_volume:
+            steps.append(self._keep_state)  # for `agentrt continue`, before the volume goes
         steps.append(self._keep_volume if keep_volume else self._remove_volume)
         for step in steps:
             try:
@@ -638,6 +662,8 @@ class IsolatedAgentSession:
 
     def _delete_unused_branch(self) -> None:
         # A session that never started leaves no half-made branch behind.
+        if self.continues is not None:  # the branch is the continued session's: it stays
+            return
         with contextlib.suppress(AgentRuntimeError):
             if self.repo.branch_head(self.branch) == self.base_commit:
                 self.repo.git("update-ref", "-d", f"refs/heads/{self.branch}", self.base_commit)

@@ -12,6 +12,7 @@ from pathlib import Path
 from runtime.backends.base import AgentRun
 from runtime.models import SessionResult
 from runtime.state.log_keeper import LogKeeper
+from runtime.text import strip_ansi
 
 
 class SessionLog:
@@ -58,6 +59,8 @@ class SessionLog:
         if keeper is None:
             return ""
         data = keeper.recent(1024)
-        lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+        # A terminal's output (an interactive session) is mostly escape sequences: dropped.
+        lines = [ln for ln in strip_ansi(data.decode(errors="replace")).splitlines()
+                 if ln.strip()]
         text = "".join(ch for ch in (lines[-1] if lines else "") if ch.isprintable())
         return text if len(text) <= width else text[: width - 1] + "…"

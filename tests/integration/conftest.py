@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.dind import dind_engine  # noqa: F401 - a second engine (module)
 from tests.integration.swarm import swarm_cluster  # noqa: F401 - a 3-node Swarm (module)
+from tests.integration.tmux import tmux  # noqa: F401 - a private tmux server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -62,4 +63,8 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     left = leftovers(client, repo)
     for c in client.containers.list(all=True, filters={"label": f"agentrt.repo={repo}"}):
         c.remove(force=True)
+    # A branch's carried state (agentrt continue) outlives its sessions by design.
+    for volume in client.volumes.list(filters={"label": ["agentrt.role=carry",
+                                                         f"agentrt.repo={repo}"]}):
+        volume.remove(force=True)
     assert not left, f"left behind: {left}"

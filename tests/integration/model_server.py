@@ -13,6 +13,12 @@ It speaks just enough of three APIs for each preset CLI to make one edit and fin
   would: ``diff`` (a SEARCH/REPLACE block), ``udiff`` (a unified diff) or ``whole``. Nothing
   here is tuned to the format agentrt chooses.
 
+A *follow-up* (a prompt holding the word ``follow-up``: ``agentrt continue``) is answered with
+a write of ``followup-<cli>.txt`` (``followup-again-<cli>.txt`` when it says "again") saying ``remembered`` when the request carries the earlier
+turn (the first prompt and the closing text the server gave it), ``forgot`` when it does not;
+the log line says which (``history``). That is how the tests see that a continued agent
+remembers.
+
 Every answer is streamed (SSE) when the request asks for it, and reports token usage. Each
 request is logged to stdout as one JSON line: path, the peer's address, whether the API key
 matched (``EXPECT_KEY_SHA256``: the server never sees the key in its own configuration, only
@@ -36,6 +42,54 @@ LOCK = threading.Lock()
 
 CODEX_FILE, CODEX_TEXT = "/workspace/hello-codex.txt", "hello from codex\n"
 CLAUDE_FILE, CLAUDE_TEXT = "/workspace/hello-claude.txt", "hello from claude-code\n"
+CLAUDE_DONE = "Done: hello-claude.txt is written."
+CODEX_DONE = "Done: hello-codex.txt."
+FOLLOW_UP = "follow-up"
+
+
+def _follow_name(prompt: str, cli: str) -> str:
+    """The file a follow-up writes: ``followup-<cli>.txt``, ``followup-again-<cli>.txt`` for
+    a prompt saying "again" (a CLI may refuse to overwrite a file it has not read)."""
+    return f"followup-again-{cli}.txt" if "again" in prompt else f"followup-{cli}.txt"
+
+
+def _what_to_write(prompt: str, earlier: list, cli: str, done: str, path: str,
+                   text: str) -> tuple[bool | None, str, str]:
+    """(history, path, content) of the file a request's answer writes: the CLI's own file, or
+    for a follow-up its follow-up file saying whether ``done`` (the CLI's earlier turn) is in
+    the earlier messages (history is None when the prompt is no follow-up)."""
+    if FOLLOW_UP not in prompt:
+        return None, path, text
+    history = done in " ".join(_texts(earlier))
+    folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    return history, folder + _follow_name(prompt, cli), "remembered\n" if history else "forgot\n"
+
+
+def _texts(value: object) -> list[str]:
+    """Every string inside a request's messages (content blocks, nested lists)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [t for item in value for t in _texts(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _texts(item)]
+    return []
+
+
+def _turn(messages: list, is_result: object) -> tuple[str, bool, list]:
+    """The latest prompt (the last message holding FOLLOW_UP, else the last user message that
+    is not a tool result), whether a tool result came back after it, and the messages before
+    it (the earlier turns)."""
+    last = 0
+    for n, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "user" and not is_result(message):
+            last = n
+    follow = [n for n, m in enumerate(messages) if FOLLOW_UP in " ".join(_texts(m))]
+    if follow:
+        last = follow[-1]
+    prompt = " ".join(_texts(messages[last:last + 1]))
+    returned = any(is_result(m) for m in messages[last + 1:])
+    return prompt, returned, messages[:last]
 AIDER_FILE, AIDER_TEXT = "hello-aider.txt", "hello from aider\n"
 
 
@@ -136,18 +190,24 @@ class Handler(BaseHTTPRequestHandler):
     def _anthropic(self, path: str, body: dict) -> None:
         tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
         messages = body.get("messages") or []
-        returned = any(isinstance(m, dict) and isinstance(m.get("content"), list) and any(
-            isinstance(b, dict) and b.get("type") == "tool_result" for b in m["content"])
-            for m in messages)
+
+        def is_result(m: object) -> bool:
+            return isinstance(m, dict) and isinstance(m.get("content"), list) and any(
+                isinstance(b, dict) and b.get("type") == "tool_result" for b in m["content"])
+
+        prompt, returned, earlier = _turn(messages, is_result)
+        history, target, content = _what_to_write(prompt, earlier, "claude", CLAUDE_DONE,
+                                                  CLAUDE_FILE, CLAUDE_TEXT)
         if "Write" in tools and not returned:
             block = {"type": "tool_use", "id": _next_id("toolu"), "name": "Write",
-                     "input": {"file_path": CLAUDE_FILE, "content": CLAUDE_TEXT}}
+                     "input": {"file_path": target, "content": content}}
             stop, answer = "tool_use", "tool_use Write"
         else:
-            text = "Done: hello-claude.txt is written." if returned else "OK"
+            text = CLAUDE_DONE if returned and history is None else \
+                "Done: the follow-up is written." if returned else "OK"
             block = {"type": "text", "text": text}
             stop, answer = "end_turn", "text"
-        self._record(path, body, answer, tools=len(tools))
+        self._record(path, body, answer, tools=len(tools), history=history)
         message = {"id": _next_id("msg"), "type": "message", "role": "assistant",
                    "model": body.get("model") or "scripted", "stop_reason": None,
                    "stop_sequence": None,
@@ -179,10 +239,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- OpenAI Responses ------------------------------------------------------------------
 
-    def _codex_call(self, tools: list[dict]) -> tuple[dict, str] | None:
+    def _codex_call(self, tools: list[dict], target: str = CODEX_FILE,
+                    text: str = CODEX_TEXT) -> tuple[dict, str] | None:
         """A tool call that writes the file, through the first tool codex offers that can."""
-        command = f"printf '{CODEX_TEXT.strip()}\\n' > {CODEX_FILE}"
-        patch = (f"*** Begin Patch\n*** Add File: {CODEX_FILE}\n+{CODEX_TEXT.strip()}\n"
+        command = f"printf '{text.strip()}\\n' > {target}"
+        patch = (f"*** Begin Patch\n*** Add File: {target}\n+{text.strip()}\n"
                  "*** End Patch\n")
         by_name = {str(t.get("name") or t.get("type")): t for t in tools}
         call_id = _next_id("call")
@@ -216,17 +277,20 @@ class Handler(BaseHTTPRequestHandler):
     def _responses(self, path: str, body: dict) -> None:
         tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
         items = [i for i in body.get("input") or [] if isinstance(i, dict)]
-        returned = any(str(i.get("type", "")).endswith("_output") for i in items)
-        call = None if returned else self._codex_call(tools)
+        prompt, returned, earlier = _turn(
+            items, lambda i: str(i.get("type", "")).endswith("_output"))
+        history, target, content = _what_to_write(prompt, earlier, "codex", CODEX_DONE,
+                                                  CODEX_FILE, CODEX_TEXT)
+        call = None if returned else self._codex_call(tools, target, content)
         if call is not None:
             item, answer = call
         else:
+            done = CODEX_DONE if history is None else "Done: the follow-up is written."
             item = {"type": "message", "id": _next_id("msg"), "role": "assistant",
                     "status": "completed",
-                    "content": [{"type": "output_text", "text": "Done: hello-codex.txt.",
-                                 "annotations": []}]}
+                    "content": [{"type": "output_text", "text": done, "annotations": []}]}
             answer = "message"
-        self._record(path, body, answer,
+        self._record(path, body, answer, history=history,
                      tools=[str(t.get("name") or t.get("type")) for t in tools])
         response_id = _next_id("resp")
         usage = {"input_tokens": IN_TOKENS, "input_tokens_details": {"cached_tokens": 0},
@@ -264,8 +328,13 @@ class Handler(BaseHTTPRequestHandler):
     # -- OpenAI Chat Completions -----------------------------------------------------------
 
     @staticmethod
-    def _aider_edit(body: dict) -> tuple[str, str]:
-        """The reply creating AIDER_FILE in the format the system prompt asks for."""
+    def _aider_edit(body: dict) -> tuple[str, str, bool | None]:
+        """The reply creating AIDER_FILE in the format the system prompt asks for (a
+        follow-up's file when the prompt is one: see the module docstring)."""
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        prompt, _, earlier = _turn(messages, lambda m: False)
+        history, name, text = _what_to_write(prompt, earlier, "aider", AIDER_TEXT.strip(),
+                                             AIDER_FILE, AIDER_TEXT)
         system = ""
         for message in body.get("messages") or []:
             if isinstance(message, dict) and message.get("role") == "system":
@@ -275,16 +344,16 @@ class Handler(BaseHTTPRequestHandler):
                                        if isinstance(p, dict))
                 system += str(content or "")
         if "SEARCH/REPLACE" in system:
-            return (f"{AIDER_FILE}\n```\n<<<<<<< SEARCH\n=======\n{AIDER_TEXT}"
-                    ">>>>>>> REPLACE\n```\n"), "diff edit"
+            return (f"{name}\n```\n<<<<<<< SEARCH\n=======\n{text}"
+                    ">>>>>>> REPLACE\n```\n"), "diff edit", history
         if "unified diff" in system.lower():
-            return (f"```diff\n--- /dev/null\n+++ {AIDER_FILE}\n@@ @@\n+{AIDER_TEXT}```\n",
-                    "udiff edit")
-        return f"{AIDER_FILE}\n```\n{AIDER_TEXT}```\n", "whole edit"
+            return (f"```diff\n--- /dev/null\n+++ {name}\n@@ @@\n+{text}```\n",
+                    "udiff edit", history)
+        return f"{name}\n```\n{text}```\n", "whole edit", history
 
     def _chat(self, path: str, body: dict) -> None:
-        text, answer = self._aider_edit(body)
-        self._record(path, body, answer)
+        text, answer, history = self._aider_edit(body)
+        self._record(path, body, answer, history=history)
         usage = {"prompt_tokens": IN_TOKENS, "completion_tokens": OUT_TOKENS,
                  "total_tokens": IN_TOKENS + OUT_TOKENS}
         base = {"id": _next_id("chatcmpl"), "created": 0,

@@ -39,8 +39,13 @@ def test_every_python_example_runs_as_written(block: Block, tmp_path: Path,
         "[run]\nmax_concurrent_agents = 0\n[[tasks]]\nid = \"t\"\ncommand = [\"true\"]\n")
     code = block.text.replace("/tmp/api", str(base))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTRT_STATE_HOME": str(base / "state")}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+    finally:  # a branch's carried state (agentrt continue) outlives its sessions by design
+        for volume in docker_client.volumes.list(  # type: ignore[attr-defined]
+                filters={"label": ["agentrt.role=carry", f"agentrt.repo={base / 'repo'}"]}):
+            volume.remove(force=True)
     assert proc.returncode == 0, f"{block.where} failed:\n{proc.stderr[-3000:]}"
     if "print(" in block.text:
         assert proc.stdout.strip(), f"{block.where} printed nothing"

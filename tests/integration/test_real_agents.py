@@ -46,7 +46,9 @@ import pytest
 
 from runtime.engine.image_build import build_image
 from runtime.engine.recipes import recipe_dir
+from runtime.waiting import wait_until
 from tests.conftest import git
+from tests.integration.tmux import Tmux
 
 pytestmark = pytest.mark.docker
 
@@ -339,3 +341,108 @@ def test_the_three_presets_in_one_run_with_an_environment(
         for ref in built:
             with contextlib.suppress(Exception):
                 docker_client.images.remove(ref, force=True)
+
+
+@pytest.mark.parametrize("agent", list(CASES))
+def test_a_continued_agent_remembers_its_first_turn(
+        agent: str, docker_client: Any, repo: Path, tmp_path: Path,
+        model_server: dict[str, Any], api_key: str) -> None:
+    """``agentrt continue`` of a preset's session: the CLI resumes the conversation kept from
+    the first session (``claude --continue``, ``codex exec resume --last``, ``aider
+    --restore-chat-history``), so the model sees the earlier turn (the server writes
+    ``remembered``); a fresh session given the same follow-up does not (``forgot``: the
+    control). Both sessions' files end on the one branch, which then merges."""
+    case = CASES[agent]
+    short = agent.split("-")[0]
+    preset_image(docker_client, agent)
+    server = model_server["container"]
+    tasks = task_file(tmp_path / "tasks.toml", [agent], model_server)
+    env = {**os.environ, case["secret"]: api_key}
+    cli = [sys.executable, "-m", "runtime.cli"]
+    try:
+        first = subprocess.run([*cli, "run", str(tasks), "--repo", str(repo), "--json"],
+                               capture_output=True, text=True, timeout=400, env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        (session,) = json.loads(first.stdout)["sessions"]
+        seen = len(server_requests(server, 0))
+        follow = f"Now the follow-up: write followup-{short}.txt."
+        cont = subprocess.run([*cli, "continue", session["id"], "-p", follow, "--repo",
+                               str(repo), "--json"],
+                              capture_output=True, text=True, timeout=400, env=env)
+        logs = "\n".join(p.read_text(errors="replace")
+                         for p in (repo / ".git" / "agentrt").rglob("*.log"))
+        requests = server_requests(server, seen)
+        context = f"stderr: {cont.stderr[-3000:]}\nlog: {logs[-3000:]}\nrequests: {requests}"
+        assert cont.returncode == 0, context
+        (child,) = json.loads(cont.stdout)["sessions"]
+        assert child["continues"] == session["id"] and child["branch"] == session["branch"]
+        writes = [r["history"] for r in requests if r.get("history") is not None
+                  and r["answer"] not in ("text", "message")]
+        assert writes and all(writes), context
+        branch = session["branch"]
+        assert git(repo, "show", f"{branch}:followup-{short}.txt") == "remembered\n", context
+        assert sorted(changed_files(repo, branch)) == [f"followup-{short}.txt",
+                                                       case["file"]], context
+        assert api_key not in cont.stdout + cont.stderr
+
+        merged = subprocess.run([*cli, "merge", child["id"], "--strategy", "auto", "--repo",
+                                 str(repo), "--json"], capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert merged.returncode == 0, merged.stderr[-2000:]
+        assert (repo / f"followup-{short}.txt").read_text() == "remembered\n"
+
+        # The control: the same branch and files, its carried state removed: the next
+        # continuation has no earlier turn (and says so).
+        for volume in docker_client.volumes.list(
+                filters={"label": ["agentrt.role=carry", f"agentrt.repo={repo.resolve()}"]}):
+            volume.remove(force=True)
+        seen = len(server_requests(server, 0))
+        again = f"Now the follow-up again: write followup-again-{short}.txt."
+        control = subprocess.run([*cli, "continue", child["id"], "-p", again, "--repo",
+                                  str(repo), "--json"],
+                                 capture_output=True, text=True, timeout=400, env=env)
+        assert control.returncode == 0, control.stderr[-3000:]
+        (other,) = json.loads(control.stdout)["sessions"]
+        assert any("continued without the state of" in w for w in other["warnings"]), other
+        assert git(repo, "show", f"{branch}:followup-again-{short}.txt") == "forgot\n", \
+            server_requests(server, seen)
+    finally:
+        for volume in docker_client.volumes.list(
+                filters={"label": ["agentrt.role=carry", f"agentrt.repo={repo.resolve()}"]}):
+            volume.remove(force=True)
+
+
+def test_an_interactive_claude_code_in_its_tui_through_attach(
+        docker_client: Any, repo: Path, tmp_path: Path, model_server: dict[str, Any],
+        api_key: str, tmux: Tmux) -> None:
+    """``interactive = true`` with the claude-code preset: its TUI, reached by ``agentrt
+    attach`` in a tmux window, past its first-run questions (agentrt's seeded answers; the API
+    key is offered to the person, who accepts it), makes its edit against the scripted model;
+    ``/exit`` ends it and the work comes home, as from a batch session."""
+    preset_image(docker_client, "claude-code")
+    tasks = task_file(tmp_path / "tasks.toml", ["claude-code"], model_server)
+    tasks.write_text(tasks.read_text().replace('agent = "claude-code"\n',
+                                               'agent = "claude-code"\ninteractive = true\n'))
+    cli = " ".join([sys.executable, "-m", "runtime.cli"])
+    tmux.window("run", f"ANTHROPIC_API_KEY={api_key} {cli} run {tasks} --repo {repo} --json "
+                       f"> {tmp_path}/report.json")
+    wait_until(lambda: json.loads(subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "ps", "--json", "--repo", str(repo)],
+        capture_output=True, text=True).stdout or "[]"), timeout=120, what="the session")
+    tmux.window("tui", f"{cli} attach claude-code --repo {repo}")
+    tmux.wait_for("tui", "Do you want to use this API key?", timeout=180)
+    tmux("send-keys", "-t", "t:tui", "Up")
+    tmux("send-keys", "-t", "t:tui", "Enter")
+    screen = tmux.wait_for("tui", "Done: hello-claude.txt is written.", timeout=120)
+    assert "Write(hello-claude.txt)" in screen
+    # The run's live view shows the TUI's last words, not its escape sequences.
+    live = tmux.wait_for("run", "claude-code", timeout=30)
+    assert "[?" not in live and "\x1b" not in live, live
+    tmux("send-keys", "-t", "t:tui", "/exit")
+    tmux("send-keys", "-t", "t:tui", "Enter")
+    tmux.wait_for("tui", "the agent has ended", timeout=120)
+    tmux.wait_for("run", "EXIT=0", timeout=180)
+    (session,) = json.loads((tmp_path / "report.json").read_text())["sessions"]
+    assert session["status"] == "succeeded" and session["work"] == "home"
+    assert git(repo, "show", f"{session['branch']}:hello-claude.txt") == "hello from claude-code\n"
+    assert changed_files(repo, session["branch"]) == ["hello-claude.txt"]

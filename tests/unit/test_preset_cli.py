@@ -8,10 +8,12 @@ import pytest
 
 from runtime.config import Task
 from runtime.engine.build_context import BUILD_CA_NAME, build_ca_bundle, build_context
+from runtime.engine.container import DB_MOUNT
 from runtime.engine.recipes import recipe_dir, recipe_hash
 from runtime.errors import ConfigError
 from runtime.presets import (
     PRESETS,
+    STATE_DIR,
     api_base,
     needs_network,
     resolve_command,
@@ -97,14 +99,30 @@ def test_aider_edits_in_whole_files_on_a_server_of_the_tasks_own() -> None:
     assert "AIDER_EDIT_FORMAT" not in resolve_env(task("aider", model="gpt-4o"))
 
 
-def test_every_cli_keeps_its_state_off_the_workspace() -> None:
+def test_every_cli_keeps_its_state_off_the_workspace_in_the_sessions_data_dir() -> None:
     for name, preset in PRESETS.items():
         for key, value in preset.env.items():
             assert not value.startswith("/workspace"), (name, key)
-    assert resolve_env(task("codex"))["CODEX_HOME"].startswith("/tmp")
-    assert resolve_env(task("claude-code"))["CLAUDE_CONFIG_DIR"].startswith("/tmp")
-    assert resolve_env(task("aider"))["AIDER_INPUT_HISTORY_FILE"].startswith("/tmp/")
+    # The session's private data directory: disk-limited, never harvested, carried to a
+    # continuation (runtime/run/continuation.py).
+    assert STATE_DIR == DB_MOUNT
+    assert resolve_env(task("codex"))["CODEX_HOME"] == STATE_DIR
+    assert resolve_env(task("claude-code"))["CLAUDE_CONFIG_DIR"].startswith(STATE_DIR + "/")
+    assert resolve_env(task("aider"))["AIDER_INPUT_HISTORY_FILE"].startswith(STATE_DIR + "/")
     assert resolve_env(task("aider"))["AIDER_GITIGNORE"] == "false"
+
+
+def test_a_continuation_resumes_the_conversation_where_the_cli_can() -> None:
+    claude = resolve_command(task("claude-code", model="m"), resume=True)
+    assert claude[:3] == ["claude", "-p", "fix it"] and "--continue" in claude
+    assert claude[claude.index("--model") + 1] == "m"
+    codex = resolve_command(task("codex"), resume=True)
+    assert codex[codex.index("resume"):] == ["resume", "--last", "fix it"]
+    assert "--restore-chat-history" in resolve_command(task("aider"), resume=True)
+    # No resume form: the same argv as a first session.
+    assert resolve_command(task("shell"), resume=True) == resolve_command(task("shell"))
+    own = Task(id="t", agent="claude-code", command=["true"])
+    assert resolve_command(own, resume=True) == ["true"]
 
 
 def test_a_task_command_overrides_the_preset_entirely() -> None:

@@ -26,6 +26,7 @@ def test_every_name_in_all_is_importable_with_from_import() -> None:
         SessionStatus,
         Task,
         TaskFile,
+        continue_session,
         load_task_file,
         merge_agent_results,
         revert_session,
@@ -36,6 +37,7 @@ def test_every_name_in_all_is_importable_with_from_import() -> None:
         "IsolatedAgentSession": IsolatedAgentSession, "ResourceLimits": ResourceLimits,
         "RunConfig": RunConfig, "RunReport": RunReport, "SessionResult": SessionResult,
         "SessionStatus": SessionStatus, "Task": Task, "TaskFile": TaskFile,
+        "continue_session": continue_session,
         "load_task_file": load_task_file, "merge_agent_results": merge_agent_results,
         "revert_session": revert_session,
     }

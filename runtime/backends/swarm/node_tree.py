@@ -28,6 +28,7 @@ class NodeTree(SessionTree):
     """
 
     on_engine = True
+    carries_state = False
 
     def __init__(self, client: docker.DockerClient, volume: EngineVolume, node_id: str,
                  exchange: Exchange, uid: int, gid: int) -> None:
