@@ -264,9 +264,13 @@ def _volume_place_check(client: EngineClient, state_dir: Path | None) -> Check |
 
     from runtime.engine.engine_volumes import engine_volume_mode
 
-    if state_dir is not None:
+    try:
+        if state_dir is None:
+            raise OSError("no repository given")
         shares = shares_disk(client, state_dir / "probe")
-    else:
+    except OSError:
+        # No repository, or its disk is full (a kept volume may be why): asked from a
+        # temporary directory instead, so doctor still reports on a full disk.
         with tempfile.TemporaryDirectory(prefix="agentrt-probe-") as tmp:
             shares = shares_disk(client, Path(tmp))
     if shares:
