@@ -183,100 +183,6 @@ command = ["sh", "-c", "echo started > {name}-started.txt; sleep 15; echo done >
 """ for name in ("one", "two", "three"))
 
 
-def _start_run(cluster: SwarmCluster, repo: Path, tmp_path: Path,
-               text: str) -> subprocess.Popen[str]:
-    """``agentrt run --engine swarm --json`` of the task file ``text``, in the background."""
-    return start_run_in_background(text, tmp_path, repo, {"DOCKER_HOST": cluster.manager.url},
-                                   "--engine", "swarm")
-
-
-def _wait_ready(cluster: SwarmCluster, node_id: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while cluster.manager.client.nodes.get(node_id).attrs["Status"]["State"] != "ready":
-        assert time.monotonic() < deadline, f"node {node_id} not ready again"
-        time.sleep(0.5)
-
-
-def test_a_paused_worker_ends_its_session_in_bounded_time_and_gc_brings_the_work_home(
-        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
-    """The worker's engine is frozen (``docker pause`` of its dind container): the manager
-    marks the node down, and its logs never come (a read of them used to hang the run for
-    good). The run ends within engine_timeout (60 s) of the pause: that session crashed /
-    node lost, its work kept, the others merged, exit 1. The node unpaused, gc brings the work
-    home and leaves nothing on any node."""
-    proc = _start_run(swarm_cluster, repo, tmp_path, PAUSED)
-    victim = swarm_cluster.node("node1")
-    _wait_running(proc, swarm_cluster, count=1, node_id=victim.node_id)
-    time.sleep(2)  # its agent wrote its first file
-    victim.engine.container.pause()
-    paused = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=400)
-        took = time.monotonic() - paused
-    finally:
-        victim.engine.container.unpause()
-    print(f"a paused worker: the run ended {took:.1f} s after the pause, exit {proc.returncode}")
-    assert proc.returncode == 1, err[-3000:]
-    assert took < 60, (took, err[-3000:])
-    by_node = {s["node"]: s for s in json.loads(out)["sessions"]}
-    lost = by_node.pop("node1")
-    assert lost["status"] == "crashed" and "node lost" in lost["reason"], lost
-    assert lost["work"] == "kept" and lost["merge"]["status"] == "not_merged", lost
-    assert {s["status"] for s in by_node.values()} == {"succeeded"}, by_node
-    _wait_ready(swarm_cluster, victim.node_id)
-    gc = agentrt(swarm_cluster, "gc", "--repo", str(repo), "--json")
-    assert gc.returncode == 0, gc.stdout + gc.stderr[-3000:]
-    assert lost["branch"] in json.loads(gc.stdout)["saved_branches"], gc.stdout
-    files = git(repo, "ls-tree", "-r", "--name-only", lost["branch"]).split()
-    assert f"{lost['task_id']}-started.txt" in files, files
-    assert _leftovers(swarm_cluster) == []
-
-
-LOST = """
-[run]
-merge = "auto"
-[run.resource_limits]
-memory_mb = 96
-disk_mb = 24
-time_seconds = 60
-[[tasks]]
-id = "one"
-command = ["sh", "-c", "sleep 12; echo done > one.txt"]
-[[tasks]]
-id = "two"
-command = ["sh", "-c", "sleep 12; echo done > two.txt"]
-[[tasks]]
-id = "three"
-command = ["sh", "-c", "sleep 12; echo done > three.txt"]
-"""
-
-
-def test_a_node_lost_mid_run_crashes_its_session_and_the_run_goes_on(
-        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
-    # Last in this module: the node stays down.
-    proc = _start_run(swarm_cluster, repo, tmp_path, LOST)
-    victim = swarm_cluster.node("node2")
-    _wait_running(proc, swarm_cluster, count=1, node_id=victim.node_id)
-    victim.engine.container.stop(timeout=2)
-    out, err = proc.communicate(timeout=400)
-    assert proc.returncode == 1, err[-3000:]
-    by_node = {s["node"]: s for s in json.loads(out)["sessions"]}
-    assert "node2" in by_node, out
-    lost = by_node.pop("node2")
-    assert lost["status"] == "crashed" and "node lost" in lost["reason"], lost
-    assert lost["work"] == "kept", lost
-    assert {s["status"] for s in by_node.values()} == {"succeeded"}, by_node
-    files = set(git(repo, "ls-tree", "-r", "--name-only", "main").split())
-    assert {f"{s['task_id']}.txt" for s in by_node.values()} <= files
-    assert f"{lost['task_id']}.txt" not in files
-    # Nothing is deleted until it is home: the marker keeps the way to the volume on node2.
-    marker = json.loads((repo / ".git/agentrt/sessions" / lost["id"] / "session.json")
-                        .read_text())
-    assert marker["work_kept"] and marker["node_id"] == victim.node_id, marker
-    # (node2 never comes back in this test: its disk went with it.)
-    shutil.rmtree(repo / ".git/agentrt/sessions" / lost["id"])
-
-
 SECRET_TASKS = """
 [run]
 merge = "auto"
@@ -381,3 +287,98 @@ def test_a_run_whose_image_is_on_the_manager_only_is_refused_naming_the_nodes(
               f"{time.monotonic() - started:.2f} s")
     finally:
         manager.images.remove("agentrt/manager-only:test")
+
+
+def _start_run(cluster: SwarmCluster, repo: Path, tmp_path: Path,
+               text: str) -> subprocess.Popen[str]:
+    """``agentrt run --engine swarm --json`` of the task file ``text``, in the background."""
+    return start_run_in_background(text, tmp_path, repo, {"DOCKER_HOST": cluster.manager.url},
+                                   "--engine", "swarm")
+
+
+def _wait_ready(cluster: SwarmCluster, node_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.manager.client.nodes.get(node_id).attrs["Status"]["State"] != "ready":
+        assert time.monotonic() < deadline, f"node {node_id} not ready again"
+        time.sleep(0.5)
+
+
+def test_a_paused_worker_ends_its_session_in_bounded_time_and_gc_brings_the_work_home(
+        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
+    """The worker's engine is frozen (``docker pause`` of its dind container): the manager
+    marks the node down, and its logs never come (a read of them used to hang the run for
+    good). The run ends within engine_timeout (60 s) of the pause: that session crashed /
+    node lost, its work kept, the others merged, exit 1. The node unpaused, gc brings the work
+    home and leaves nothing on any node."""
+    proc = _start_run(swarm_cluster, repo, tmp_path, PAUSED)
+    victim = swarm_cluster.node("node1")
+    _wait_running(proc, swarm_cluster, count=1, node_id=victim.node_id)
+    time.sleep(2)  # its agent wrote its first file
+    victim.engine.container.pause()
+    paused = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=400)
+        took = time.monotonic() - paused
+    finally:
+        victim.engine.container.unpause()
+    print(f"a paused worker: the run ended {took:.1f} s after the pause, exit {proc.returncode}")
+    assert proc.returncode == 1, err[-3000:]
+    assert took < 60, (took, err[-3000:])
+    by_node = {s["node"]: s for s in json.loads(out)["sessions"]}
+    lost = by_node.pop("node1")
+    assert lost["status"] == "crashed" and "node lost" in lost["reason"], lost
+    assert lost["work"] == "kept" and lost["merge"]["status"] == "not_merged", lost
+    assert {s["status"] for s in by_node.values()} == {"succeeded"}, by_node
+    _wait_ready(swarm_cluster, victim.node_id)
+    gc = agentrt(swarm_cluster, "gc", "--repo", str(repo), "--json")
+    assert gc.returncode == 0, gc.stdout + gc.stderr[-3000:]
+    assert lost["branch"] in json.loads(gc.stdout)["saved_branches"], gc.stdout
+    files = git(repo, "ls-tree", "-r", "--name-only", lost["branch"]).split()
+    assert f"{lost['task_id']}-started.txt" in files, files
+    assert _leftovers(swarm_cluster) == []
+
+
+LOST = """
+[run]
+merge = "auto"
+[run.resource_limits]
+memory_mb = 96
+disk_mb = 24
+time_seconds = 60
+[[tasks]]
+id = "one"
+command = ["sh", "-c", "sleep 12; echo done > one.txt"]
+[[tasks]]
+id = "two"
+command = ["sh", "-c", "sleep 12; echo done > two.txt"]
+[[tasks]]
+id = "three"
+command = ["sh", "-c", "sleep 12; echo done > three.txt"]
+"""
+
+
+def test_a_node_lost_mid_run_crashes_its_session_and_the_run_goes_on(
+        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
+    # Last in this module: the node stays down.
+    proc = _start_run(swarm_cluster, repo, tmp_path, LOST)
+    victim = swarm_cluster.node("node2")
+    _wait_running(proc, swarm_cluster, count=1, node_id=victim.node_id)
+    victim.engine.container.stop(timeout=2)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 1, err[-3000:]
+    by_node = {s["node"]: s for s in json.loads(out)["sessions"]}
+    assert "node2" in by_node, out
+    lost = by_node.pop("node2")
+    assert lost["status"] == "crashed" and "node lost" in lost["reason"], lost
+    assert lost["work"] == "kept", lost
+    assert {s["status"] for s in by_node.values()} == {"succeeded"}, by_node
+    files = set(git(repo, "ls-tree", "-r", "--name-only", "main").split())
+    assert {f"{s['task_id']}.txt" for s in by_node.values()} <= files
+    assert f"{lost['task_id']}.txt" not in files
+    # Nothing is deleted until it is home: the marker keeps the way to the volume on node2.
+    marker = json.loads((repo / ".git/agentrt/sessions" / lost["id"] / "session.json")
+                        .read_text())
+    assert marker["work_kept"] and marker["node_id"] == victim.node_id, marker
+    # (node2 never comes back in this test: its disk went with it.)
+    shutil.rmtree(repo / ".git/agentrt/sessions" / lost["id"])
+

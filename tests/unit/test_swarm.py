@@ -435,3 +435,19 @@ def test_swarm_agent_spec_refers_to_the_secret_never_its_value() -> None:
     plain = swarm_agent_spec(plan(), "node-7", "1.41")
     assert "secrets" not in plain
     assert plain["command"][2] == NETWORK_GUARD + SWARM_ENTRYPOINT
+
+
+def test_nodes_check_fails_with_each_nodes_line_and_passes_when_none() -> None:
+    from runtime.backends.swarm.doctor import nodes_check
+    from runtime.backends.swarm.node_checks import NodeReport, check_nodes
+
+    bad = NodeReport("node2", socket_ok=True, interfaces=("lo",), loop_control=True,
+                     images={"agentrt/base:latest": ""})
+    good = NodeReport("node1", socket_ok=True, interfaces=("lo",), loop_control=True,
+                      images={"agentrt/base:latest": "sha256:abc"})
+    found = nodes_check(check_nodes([good, bad], {"agentrt/base:latest": "sha256:abc"}), 2)
+    assert found.status == "fail"
+    assert "node node2: image agentrt/base:latest is missing" in found.detail
+    assert "node1" not in found.detail and "push-nodes" in found.detail
+    assert nodes_check([], 3) == nodes_check(check_nodes([good], {}), 3)
+    assert nodes_check([], 3).status == "ok"
