@@ -118,10 +118,11 @@ def collect_swarm_leftovers(client: docker.DockerClient, repo: MainRepo, store: 
         for run_id in sorted(r for r in runs if r):
             report.removed_containers.extend(remove_exchanges(client, run_id))
         # After the services: the manager refuses to delete a secret a service refers to.
-        removed, _failed = remove_left_over_secrets(
+        removed, failed = remove_left_over_secrets(
             client, lambda labels: labels.get(LABEL_REPO) == str(repo.root)
             and _over(dict(labels), store))
         report.removed_containers.extend(removed)
+        report.errors.extend(f"Docker secret {line}" for line in failed)
     with _lock:
         exchange = _exchanges.pop(id(client), None)
     if exchange is not None:
