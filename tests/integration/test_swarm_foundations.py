@@ -238,6 +238,8 @@ def test_push_nodes_loads_the_exact_image_where_it_is_missing(
     assert checks["swarm"].status == "ok" and "manager of 3 nodes" in checks["swarm"].detail
     assert "node1 (worker, ready, active" in checks["swarm"].detail
     assert checks["swarm images"].status == "ok", checks["swarm images"]
+    # Each node probed through the manager (no --node needed), as a run's preflight does.
+    assert checks["swarm nodes"].status == "ok", checks["swarm nodes"]
     worker = swarm_cluster.workers[0]
     base_id = worker.client.images.get(BASE).id
     worker.client.images.get(image_id).tag(BASE)  # another image under the same name
@@ -246,6 +248,9 @@ def test_push_nodes_loads_the_exact_image_where_it_is_missing(
                                                 urls)}
         assert checks["swarm images"].status == "fail"
         assert f"{worker.url}: {image_id[:19]}" in checks["swarm images"].detail
+        assert checks["swarm nodes"].status == "fail", checks["swarm nodes"]
+        assert f"node {worker.hostname}:" in checks["swarm nodes"].detail
+        assert "node node0" not in checks["swarm nodes"].detail
     finally:
         worker.client.images.get(base_id).tag(BASE)
 

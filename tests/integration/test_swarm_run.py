@@ -183,6 +183,112 @@ command = ["sh", "-c", "echo started > {name}-started.txt; sleep 15; echo done >
 """ for name in ("one", "two", "three"))
 
 
+SECRET_TASKS = """
+[run]
+merge = "auto"
+[run.resource_limits]
+disk_mb = 32
+[[tasks]]
+id = "keyed"
+secrets = ["MY_KEY"]
+command = ["sh", "-c", "printf %s ${#MY_KEY} > keylen.txt && git add . && git commit -qm k && sleep 8"]
+[[tasks]]
+id = "control"
+env = { CONTROL_KEY = "CONTROL_VALUE" }
+command = ["sh", "-c", "echo c > control.txt && sleep 8"]
+"""
+
+
+def _secrets_left(cluster: SwarmCluster) -> list[str]:
+    return [str(s.name) for s in cluster.manager.client.secrets.list(
+        filters={"label": "agentrt.role=secret"})]
+
+
+def test_a_task_secret_reaches_its_agent_on_a_node_and_no_spec_log_or_record(
+        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
+    value = "sk-swarm-" + os.urandom(12).hex()  # 33 characters
+    control = "ctl-" + os.urandom(12).hex()
+    text = SECRET_TASKS.replace("CONTROL_VALUE", control)
+    proc = start_run_in_background(text, tmp_path, repo,
+                                   {"DOCKER_HOST": swarm_cluster.manager.url, "MY_KEY": value},
+                                   "--engine", "swarm")
+    _wait_running(proc, swarm_cluster, count=2)
+    manager = swarm_cluster.manager.client
+    services = json.dumps([s.attrs for s in manager.services.list(
+        filters={"label": "agentrt.time_seconds"})])
+    secrets = manager.secrets.list(filters={"label": "agentrt.role=secret"})
+    assert len(secrets) == 1, secrets  # the keyed session's, while it runs
+    shown = json.dumps([manager.api.inspect_secret(s.id) for s in secrets])
+    containers = json.dumps([c.attrs for node in swarm_cluster.nodes for c in
+                             node.client.containers.list(filters={"label": "agentrt.run"})])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    # The control: what a task's env holds is there for anyone inspecting the service.
+    assert control in services
+    assert value not in services and value not in shown and value not in containers
+    assert secrets[0].name in services  # referred to by name, never by value
+    report = json.loads(out)
+    assert {s["status"] for s in report["sessions"]} == {"succeeded"}, report
+    assert git(repo, "show", "main:keylen.txt") == str(len(value))
+    keyed = next(s for s in report["sessions"] if s["task_id"] == "keyed")
+    logs = agentrt(swarm_cluster, "logs", keyed["id"], "--repo", str(repo))
+    assert value not in out + err + logs.stdout + logs.stderr
+    for path in (repo / ".git").rglob("*"):
+        if path.is_file() and "objects" not in path.parts:
+            assert value.encode() not in path.read_bytes(), path
+    assert _secrets_left(swarm_cluster) == []
+    assert _leftovers(swarm_cluster) == []
+
+
+def test_gc_removes_a_dead_runs_secret(swarm_cluster: SwarmCluster, repo: Path,
+                                       tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.toml"
+    tasks.write_text('[run.resource_limits]\ndisk_mb = 32\n[[tasks]]\nid = "orphan"\n'
+                     'secrets = ["MY_KEY"]\ncommand = ["sleep", "3"]\n')
+    env = {**os.environ, "DOCKER_HOST": swarm_cluster.manager.url, "AGENTRT_CRASH_AT": "started",
+           "MY_KEY": "k-" + os.urandom(8).hex()}
+    run = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(tasks), "--repo",
+                          str(repo), "--engine", "swarm"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode != 0
+    assert len(_secrets_left(swarm_cluster)) == 1, run.stderr[-2000:]  # the attack is real
+    gc = agentrt(swarm_cluster, "gc", "--repo", str(repo))
+    assert gc.returncode == 0, gc.stderr
+    assert _secrets_left(swarm_cluster) == []
+    assert _leftovers(swarm_cluster) == []
+
+
+def test_a_run_whose_image_is_on_the_manager_only_is_refused_naming_the_nodes(
+        swarm_cluster: SwarmCluster, repo: Path, tmp_path: Path) -> None:
+    from runtime.backends.swarm.node_checks import require_nodes_set_up
+    from runtime.backends.swarm.nodes import list_nodes
+
+    manager = swarm_cluster.manager.client
+    manager.images.get("agentrt/base:latest").tag("agentrt/manager-only", "test")
+    try:
+        tasks = tmp_path / "tasks.toml"
+        tasks.write_text('[[tasks]]\nid = "t"\nimage = "agentrt/manager-only:test"\n'
+                         'command = ["true"]\n')
+        before = git(repo, "for-each-ref")
+        proc = agentrt(swarm_cluster, "run", str(tasks), "--repo", str(repo), "--engine",
+                       "swarm")
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if "manager-only" in line]
+        assert len(lines) == 2, proc.stderr  # one per worker, none for the manager
+        for worker in swarm_cluster.workers:
+            assert any(f"node {worker.hostname}: image agentrt/manager-only:test is missing"
+                       in line and "push-nodes" in line for line in lines), proc.stderr
+        assert git(repo, "for-each-ref") == before  # nothing started
+        assert _leftovers(swarm_cluster) == []
+        # What the check adds to a healthy run's start (3 nodes, one probe service each).
+        started = time.monotonic()
+        require_nodes_set_up(manager, list_nodes(manager), ["agentrt/base:latest"])
+        print(f"node check of {len(swarm_cluster.nodes)} nodes: "
+              f"{time.monotonic() - started:.2f} s")
+    finally:
+        manager.images.remove("agentrt/manager-only:test")
+
+
 def _start_run(cluster: SwarmCluster, repo: Path, tmp_path: Path,
                text: str) -> subprocess.Popen[str]:
     """``agentrt run --engine swarm --json`` of the task file ``text``, in the background."""
@@ -275,3 +381,4 @@ def test_a_node_lost_mid_run_crashes_its_session_and_the_run_goes_on(
     assert marker["work_kept"] and marker["node_id"] == victim.node_id, marker
     # (node2 never comes back in this test: its disk went with it.)
     shutil.rmtree(repo / ".git/agentrt/sessions" / lost["id"])
+

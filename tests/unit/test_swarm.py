@@ -207,7 +207,6 @@ def test_session_service_spec_limits_reserves_and_pins() -> None:
 @pytest.mark.parametrize(("changes", "error", "words"), [
     ({"uid": 0}, SessionError, "root"),
     ({"mounts": ()}, SessionError, "volume made on its node"),
-    ({"secrets_mount": Mount("/run/agentrt", "/s", type="bind")}, ConfigError, "secrets"),
     ({"runtime": "runsc"}, ConfigError, "runtime 'runsc'"),
     ({"network": "bridge"}, ConfigError, "no network"),
 ])
@@ -413,3 +412,42 @@ def test_a_services_end_in_the_classifiers_vocabulary() -> None:
                                        node_id="n"), "", None, node_lost=False)
     assert classify(rejected, ResourceLimits())[1] == \
         "the service's task ended rejected: no image"
+
+
+def test_swarm_agent_spec_refers_to_the_secret_never_its_value() -> None:
+    from runtime.backends.swarm.agent import SWARM_ENTRYPOINT, swarm_agent_spec
+    from runtime.backends.swarm.secrets import SECRET_READER, SessionSecret
+
+    value = "s3cr3t-value-never-in-a-spec"
+    secret = SessionSecret("sid123", "agentrt-a-123456-beef", "a-123456")
+    with_plan = plan(secrets_mount=Mount("/run/secrets/agentrt-env", secret.name, type="bind"),
+                     env={"A": "1"})
+    spec = swarm_agent_spec(with_plan, "node-7", "1.41", secret)
+    assert value not in repr(spec)
+    (reference,) = spec["secrets"]
+    assert reference["SecretID"] == "sid123" and reference["SecretName"] == secret.name
+    assert reference["File"] == {"Name": "agentrt-env", "UID": "1000", "GID": "1000",
+                                 "Mode": 0o400}
+    # the guard, the secret's reader, then the Swarm entry point around the agent's argv
+    assert spec["command"][2] == NETWORK_GUARD + SECRET_READER + SWARM_ENTRYPOINT
+    assert spec["command"][3:] == ["agentrt-entry", "607", "7", "agent", "go"]
+    assert all(m["Target"] != "/run/secrets/agentrt-env" for m in spec["mounts"])
+    plain = swarm_agent_spec(plan(), "node-7", "1.41")
+    assert "secrets" not in plain
+    assert plain["command"][2] == NETWORK_GUARD + SWARM_ENTRYPOINT
+
+
+def test_nodes_check_fails_with_each_nodes_line_and_passes_when_none() -> None:
+    from runtime.backends.swarm.doctor import nodes_check
+    from runtime.backends.swarm.node_checks import NodeReport, check_nodes
+
+    bad = NodeReport("node2", socket_ok=True, interfaces=("lo",), loop_control=True,
+                     images={"agentrt/base:latest": ""})
+    good = NodeReport("node1", socket_ok=True, interfaces=("lo",), loop_control=True,
+                      images={"agentrt/base:latest": "sha256:abc"})
+    found = nodes_check(check_nodes([good, bad], {"agentrt/base:latest": "sha256:abc"}), 2)
+    assert found.status == "fail"
+    assert "node node2: image agentrt/base:latest is missing" in found.detail
+    assert "node1" not in found.detail and "push-nodes" in found.detail
+    assert nodes_check([], 3) == nodes_check(check_nodes([good], {}), 3)
+    assert nodes_check([], 3).status == "ok"

@@ -24,13 +24,18 @@ import docker
 import docker.errors
 from docker.types import ServiceMode
 
+from runtime.backends.swarm.secrets import (
+    SessionSecret,
+    remove_session_secret,
+    secret_reference,
+    with_secret,
+)
 from runtime.backends.swarm.service import (
-    NETWORK_GUARD,
     TERMINAL_STATES,
     session_service_spec,
     task_outcome,
 )
-from runtime.engine.container import ContainerPlan
+from runtime.engine.container import ENTRYPOINT, ContainerPlan
 from runtime.engine.discovery import engine_errors
 from runtime.engine.engine_streams import EngineStream, read_within, service_logs
 from runtime.errors import EngineError, SessionError
@@ -93,6 +98,20 @@ def parse_end_stats(output: str) -> EndStats | None:
                     free_bytes=free * 1024 if free is not None else None)
 
 
+def swarm_agent_spec(plan: ContainerPlan, node_id: str, api_version: str,
+                     secret: SessionSecret | None = None) -> dict[str, Any]:
+    """Pure: the session's service (:func:`session_service_spec`) with
+    :data:`SWARM_ENTRYPOINT` in place of one engine's entry point, and, given ``secret``, a
+    reference to it and its reader (:func:`with_secret`): never its value."""
+    spec = session_service_spec(plan, node_id, api_version)
+    if secret is not None:
+        spec = with_secret(spec, secret_reference(secret, plan.uid, plan.gid))
+    command = list(spec["command"])
+    # The guard (and the secret's reader) then this entry point around the agent's argv.
+    command[2] = command[2].replace(ENTRYPOINT, SWARM_ENTRYPOINT, 1)
+    return {**spec, "command": command}
+
+
 @dataclass(frozen=True)
 class TaskView:
     """The session's task as the manager sees it."""
@@ -112,14 +131,13 @@ class SwarmAgent:
     """A session's agent as a one-shot service on its node; errors become EngineError."""
 
     def __init__(self, client: docker.DockerClient, plan: ContainerPlan, node_id: str,
-                 api_version: str) -> None:
+                 api_version: str, secret: SessionSecret | None = None) -> None:
         self.client = client
         self.plan = plan
         self.node_id = node_id
-        self.spec = session_service_spec(plan, node_id, api_version)
-        argv = self.spec["command"]
-        # The guard and this entry point around the agent's argv (the spec's 4th item on).
-        self.spec["command"] = ["sh", "-c", NETWORK_GUARD + SWARM_ENTRYPOINT, *argv[3:]]
+        #: The session's Docker secret: referred to by the spec, removed after the service.
+        self.secret = secret
+        self.spec = swarm_agent_spec(plan, node_id, api_version, secret)
         self._service: Any = None
 
     @property
@@ -173,12 +191,17 @@ class SwarmAgent:
             self.remove()
 
     def remove(self) -> None:
-        """Remove the service; quiet if already gone."""
-        if self._service is None:
-            return
-        with engine_errors("remove the session's service"), \
-                contextlib.suppress(docker.errors.NotFound):
-            self._service.remove()
+        """Remove the service, then the session's secret (the manager frees it once the
+        service is gone); quiet if already gone. A secret that cannot be removed is left to
+        ``agentrt gc``."""
+        if self._service is not None:
+            with engine_errors("remove the session's service"), \
+                    contextlib.suppress(docker.errors.NotFound):
+                self._service.remove()
+        secret, self.secret = self.secret, None
+        if secret is not None:
+            with contextlib.suppress(EngineError):
+                remove_session_secret(self.client, secret.id)
 
     def follow_logs(self) -> EngineStream | None:
         """The service's output as it arrives (None before it exists). The stream outlives

@@ -43,7 +43,7 @@ from runtime.config import ResourceLimits, Task
 from runtime.engine.container import AgentRunner, ContainerPlan
 from runtime.engine.engine_streams import EngineStream
 from runtime.engine.engine_watch import ENGINE_LOST
-from runtime.errors import ConfigError, EngineError
+from runtime.errors import ConfigError, EngineError, SessionError
 from runtime.state.classify import EndFacts
 from runtime.state.log_keeper import LogKeeper
 from runtime.state.session_facts import SessionMarker
@@ -67,9 +67,6 @@ def check_swarm_tasks(tasks: Sequence[Task], database_strategy: str, runtime: st
         raise ConfigError(f"[run] field runtime: {runtime!r}: a Swarm service runs under its "
                           "node's default runtime (Docker API 1.41 cannot choose another)")
     for task in tasks:
-        if task.secrets:
-            raise ConfigError(f"task {task.id!r}: field secrets: sessions on Docker Swarm "
-                              "cannot receive secrets yet")
         if networks.get(task.id, "none") != "none":
             raise ConfigError(f"task {task.id!r}: field network: sessions on Docker Swarm have "
                               "no network (\"none\" only)")
@@ -326,12 +323,20 @@ class SwarmBackend:
         self.placement = SwarmPlacement(list_nodes(client))
         self.exchange = Exchange.begin(client, run_id, status.node_id)
         self._closing: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: Trees made and not yet given a runner (where a session's Docker secret waits).
+        self._trees: dict[str, NodeTree] = {}
 
     @staticmethod
     def preflight(client: Any, tasks: Sequence[Task], config: Any) -> None:
-        """Refuse, before anything starts, what cannot run on this Swarm (ConfigError)."""
+        """Refuse, before anything starts, what cannot run on this Swarm (ConfigError): the
+        settings Swarm cannot express, tasks that fit no node, and nodes not set up for
+        agentrt (:func:`~runtime.backends.swarm.node_checks.require_nodes_set_up`: one probe
+        service per node, so this adds to every Swarm run's start)."""
+        from runtime.backends.swarm.node_checks import require_nodes_set_up
         from runtime.backends.swarm.nodes import check_fits, list_nodes, swarm_status
         from runtime.backends.swarm.service import require_api
+        from runtime.presets import resolve_image
 
         if config.services or any(config.environment_for(t) for t in tasks):
             raise ConfigError("[run] field engine: environments and services are not "
@@ -350,6 +355,12 @@ class SwarmBackend:
             limits = config.limits_for(task)
             needs.append(need_of(task.id, limits.memory_mb, limits.cpu_percent))
         check_fits(needs, nodes)
+        # Last, as it costs a helper service per node: each node's set-up and images.
+        try:
+            require_nodes_set_up(client, nodes, {resolve_image(t, config.image) for t in tasks})
+        except EngineError as exc:
+            raise ConfigError(f"[run] field engine: swarm: the nodes could not be checked: "
+                              f"{exc}") from None
 
     def place(self, task: Task, limits: ResourceLimits,
               cancelled: threading.Event) -> Placement | None:
@@ -384,12 +395,23 @@ class SwarmBackend:
             marker.node_id = node.id
             marker.volume_root = tree.volume.root
             marker.write(request.session_dir)
+        # Its secrets, if any, become a Docker secret labelled like the volume (gc finds it).
+        tree.run_id = request.run_id
+        tree.secret_labels = dict(request.labels)
+        with self._lock:
+            self._trees[request.session_id] = tree
         return tree
 
     def create_runner(self, plan: ContainerPlan, placement: Placement) -> AgentRunner:
         """The agent as a one-shot service pinned to the node (created, not started)."""
         node, _ = self._held(placement)
-        return SwarmAgent(self.client, plan, node.id, self.api_version)
+        with self._lock:
+            tree = self._trees.pop(plan.session_id, None)
+        secret = tree.take_secret() if tree is not None else None
+        if plan.secrets_mount is not None and secret is None:
+            raise SessionError(f"session {plan.session_id}: its secrets were not made a "
+                               "Docker secret")
+        return SwarmAgent(self.client, plan, node.id, self.api_version, secret)
 
     def stand_by(self, runner: AgentRunner, log: LogKeeper) -> None:
         """Nothing ahead: the service's output is followed once it exists."""

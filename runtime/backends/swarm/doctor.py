@@ -84,4 +84,29 @@ def _swarm_checks(client: docker.DockerClient, node_urls: Sequence[str]) -> list
         manager_id = ""
     compared = compare_node_images(BASE_IMAGE, manager_id, node_urls) if manager_id else []
     return [swarm_check(info, nodes),
-            swarm_images_check(BASE_IMAGE, manager_id, compared, len(nodes))]
+            swarm_images_check(BASE_IMAGE, manager_id, compared, len(nodes)),
+            nodes_set_up_check(client, nodes, manager_id)]
+
+
+def nodes_check(problems: Sequence[str], checked: int) -> Check:
+    """Pure: the ``swarm nodes`` finding from :func:`~runtime.backends.swarm.node_checks.
+    check_nodes`'s lines (one per problem, each naming its node and the fix)."""
+    if problems:
+        return Check("swarm nodes", "fail", "; ".join(problems),
+                     "fix each node as its line says, then `agentrt doctor` again")
+    return Check("swarm nodes", "ok", f"{checked} ready node(s) checked: engine socket, no "
+                 "default bridge, loop devices, agentrt/base as on the manager")
+
+
+def nodes_set_up_check(client: docker.DockerClient, nodes: Sequence[SwarmNode],
+                       manager_id: str) -> Check:
+    """Probe each ready node (a helper service on each: socket, bridge, loop devices, the
+    manager's agentrt/base) as a run's preflight does."""
+    from runtime.backends.swarm.node_checks import check_nodes, collect_node_reports
+
+    usable = [n for n in nodes if n.schedulable]
+    if not manager_id:
+        return Check("swarm nodes", "warn", "not checked: agentrt/base is not on the manager",
+                     "agentrt images build")
+    reports = collect_node_reports(client, usable, [BASE_IMAGE])
+    return nodes_check(check_nodes(reports, {BASE_IMAGE: manager_id}), len(usable))

@@ -40,7 +40,7 @@ from runtime.backends.swarm.nodes import SwarmNode
 from runtime.backends.swarm.service import OneShot, helper_service_spec
 from runtime.engine.discovery import engine_errors
 from runtime.engine.labels import LABEL_ROLE
-from runtime.errors import EngineError
+from runtime.errors import ConfigError, EngineError
 
 NODE_SOCKET = "/var/run/docker.sock"
 PROBE_IMAGE = "agentrt/base:latest"
@@ -243,3 +243,30 @@ def report_from_engine(hostname: str, client: docker.DockerClient,
     except EngineError as exc:
         return NodeReport(hostname, socket="", error=str(exc))
     return NodeReport(hostname, socket="", default_bridge=bridge, images=held)
+
+
+def manager_image_ids(client: docker.DockerClient, refs: Iterable[str]) -> dict[str, str]:
+    """The id of each image ``refs`` names on the manager ("" when it is not there)."""
+    ids: dict[str, str] = {}
+    for ref in sorted(set(refs)):
+        with engine_errors(f"inspect the image {ref} on the manager"):
+            try:
+                ids[ref] = str(client.images.get(ref).id)
+            except docker.errors.ImageNotFound:
+                ids[ref] = ""
+    return ids
+
+
+def require_nodes_set_up(client: docker.DockerClient, nodes: Sequence[SwarmNode],
+                         images: Iterable[str]) -> None:
+    """A run's preflight: probe every node a session may be placed on (ready and active) for
+    its socket, bridge, loop devices and the manager's ids of ``images`` (and of
+    :data:`PROBE_IMAGE`, which every node helper runs); ConfigError (exit 2) with one line per
+    problem, naming the node and the fix, before anything starts."""
+    want = manager_image_ids(client, {PROBE_IMAGE, *images})
+    usable = [node for node in nodes if node.schedulable]
+    reports = collect_node_reports(client, usable, sorted(want))
+    problems = check_nodes(reports, {ref: id_ for ref, id_ in want.items() if id_})
+    if problems:
+        raise ConfigError("[run] field engine: swarm: nodes not set up for agentrt:\n"
+                          + "\n".join(problems))

@@ -4,18 +4,25 @@ exchange (a :class:`~runtime.backends.base.SessionTree`; the helpers' work is in
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import docker
 from docker.types import Mount
 
-from runtime.backends.base import SessionTree
+from runtime.backends.base import SessionTree, secrets_text
 from runtime.backends.swarm.exchange import Exchange
 from runtime.backends.swarm.node_jobs import NodeFinish, create_checked_out, harvest_on_node
+from runtime.backends.swarm.secrets import (
+    SECRET_PATH,
+    SessionSecret,
+    create_session_secret,
+    remove_session_secret,
+)
 from runtime.backends.swarm.volumes import remove_node_volume
 from runtime.engine.engine_volumes import EngineVolume
-from runtime.errors import ConfigError, EngineError, VolumeError, WorkspaceError
+from runtime.errors import EngineError, VolumeError, WorkspaceError
 from runtime.git.harvest import Harvest, HarvestPlan
 from runtime.git.safe_git import MainRepo
 
@@ -42,6 +49,10 @@ class NodeTree(SessionTree):
         self._usage: tuple[int, int] = (0, volume.limit_bytes)
         self._checked_out = ""
         self._finish: NodeFinish | None = None
+        #: The session's Docker secret (:meth:`secrets_mount`) until :meth:`take_secret`.
+        self._secret: SessionSecret | None = None
+        self.run_id = ""
+        self.secret_labels: dict[str, str] = {}
 
     @classmethod
     def create_checked_out(cls, client: docker.DockerClient, exchange: Exchange, node_id: str,
@@ -72,13 +83,29 @@ class NodeTree(SessionTree):
         return self.volume.mounts(db_target=None, read_only=True)
 
     def secrets_mount(self, values: Mapping[str, str]) -> Mount:
-        raise ConfigError("field secrets: sessions on Docker Swarm cannot receive secrets yet")
+        """Make the session's Docker secret on the manager (the file the entry point sources,
+        :mod:`runtime.backends.swarm.secrets`). The mount returned only says where the task
+        finds it: the service gets a reference to the secret, never a bind of this path
+        (:meth:`runtime.backends.swarm.backend.SwarmBackend.create_runner`)."""
+        self._secret = create_session_secret(self.client, self.volume.session_id, self.run_id,
+                                             secrets_text(values), self.secret_labels)
+        return Mount(SECRET_PATH, self._secret.name, type="bind", read_only=True)
+
+    def take_secret(self) -> SessionSecret | None:
+        """The session's secret, handed to the service that refers to it (which removes it
+        after itself); None when the session has none."""
+        secret, self._secret = self._secret, None
+        return secret
 
     def deliver_secrets(self, client: docker.DockerClient, container_id: str) -> None:
-        """Nothing to deliver (secrets are refused on Swarm)."""
+        """Nothing to deliver: Swarm gives the secret to the task on its node."""
 
     def discard_secrets(self) -> None:
-        """Nothing to discard (secrets are refused on Swarm)."""
+        """Remove a secret no service was given (the session failed before its runner)."""
+        secret = self.take_secret()
+        if secret is not None:
+            with contextlib.suppress(EngineError):  # `agentrt gc` removes it later
+                remove_session_secret(self.client, secret.id)
 
     def record_usage(self, used: int | None, free: int | None) -> None:
         """What the entry point measured on the volume when the agent ended."""

@@ -5,7 +5,8 @@ Swarm node (``node_id``): their services are removed first (the agent stops), th
 harvested on the node through an exchange that gc starts for itself (the dead run's own may be
 gone), and their volumes are removed on their nodes. :func:`collect_swarm_leftovers` then
 removes what is left of runs that are over: session and helper services, exchanges and their
-networks. Nothing here runs when the engine is not a Swarm manager.
+networks, then the sessions' Docker secrets (:func:`remove_left_over_secrets`). Nothing here
+runs when the engine is not a Swarm manager.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import docker.errors
 
 from runtime.backends.swarm.exchange import ROLE_EXCHANGE, Exchange, remove_exchanges
 from runtime.backends.swarm.node_tree import NodeTree
+from runtime.backends.swarm.secrets import remove_left_over_secrets
 from runtime.backends.swarm.volumes import remove_node_volume
 from runtime.engine.engine_volumes import EngineVolume
 from runtime.engine.labels import (
@@ -115,6 +117,12 @@ def collect_swarm_leftovers(client: docker.DockerClient, repo: MainRepo, store: 
                 runs.add(labels.get(LABEL_RUN, ""))
         for run_id in sorted(r for r in runs if r):
             report.removed_containers.extend(remove_exchanges(client, run_id))
+        # After the services: the manager refuses to delete a secret a service refers to.
+        removed, failed = remove_left_over_secrets(
+            client, lambda labels: labels.get(LABEL_REPO) == str(repo.root)
+            and _over(dict(labels), store))
+        report.removed_containers.extend(removed)
+        report.errors.extend(f"Docker secret {line}" for line in failed)
     with _lock:
         exchange = _exchanges.pop(id(client), None)
     if exchange is not None:

@@ -31,7 +31,8 @@ local container spec; measured on a 20.10 Swarm where noted:
 * **attach before start**: a service's output is only read back through ``service logs``
   (the Swarm log broker), never streamed from the first byte as ``attach_output`` does.
 * the secrets file (a host directory bound at ``/run/agentrt``): the host is not the node;
-  Docker secrets would be the Swarm way and are not done, so a plan with secrets is refused.
+  a plan with secrets gets a Docker secret instead (:mod:`runtime.backends.swarm.secrets`,
+  added by :func:`runtime.backends.swarm.agent.swarm_agent_spec`), never a bind.
 
 What it does express: memory and CPU limits *and* reservations, the pids limit
 (``Resources.Limits.Pids``, API 1.41; docker-py has no parameter for it, so the raw key is set;
@@ -126,9 +127,10 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
     """Keyword arguments for ``client.services.create`` running ``plan`` once on ``node_id``.
 
     Pure. The plan must carry its engine-side volume's mounts (``plan.mounts``, made
-    on that node by :func:`runtime.backends.swarm.volumes.create_node_volume`). Refused:
-    secrets, a runtime other than runc, a network other than none (see the module docstring),
-    and an API older than 1.41.
+    on that node by :func:`runtime.backends.swarm.volumes.create_node_volume`; its
+    ``secrets_mount`` is ignored: the Docker secret is added by
+    :func:`runtime.backends.swarm.agent.swarm_agent_spec`). Refused: a runtime other than
+    runc, a network other than none (see the module docstring), and an API older than 1.41.
     """
     require_api(api_version)
     limits = plan.limits
@@ -139,9 +141,6 @@ def session_service_spec(plan: ContainerPlan, node_id: str,
     if not plan.mounts:
         raise SessionError(f"session {plan.session_id}: a Swarm session needs its volume made "
                            "on its node (mounts); host paths mean nothing there")
-    if plan.secrets_mount is not None:
-        raise ConfigError(f"session {plan.session_id} has secrets: sessions on Docker Swarm "
-                          "cannot receive secrets yet")
     if plan.runtime != "runc":
         raise ConfigError(f"runtime {plan.runtime!r}: a Swarm service runs under its node's "
                           "default runtime; Docker API 1.41 cannot choose another")
