@@ -61,20 +61,24 @@ def left_over(store: Store | None, labels: Mapping[str, str], repo_root: Path | 
 
 def collect_database_servers(client: EngineClient | None, store: Store | None,
                               report: GcReport, repo_root: Path | None = None) -> None:
-    """Remove shared PostgreSQL servers whose run is over (finished or owner dead)."""
+    """Remove shared PostgreSQL servers whose run is over (finished or owner dead): found by
+    their container or their network, so a server whose start a kill cut short after its
+    network was made goes too (with its disk volume: stop_shared_server removes all three)."""
     if client is None:
         return
     from runtime.databases.postgres import stop_shared_server
 
     try:
-        servers = labelled(client, "database")
+        parts = labelled(client, "database", networks=True)
     except AgentRuntimeError:  # no engine to ask: nothing to remove now
         return
-    for name, labels in servers:
-        if not left_over(store, labels, repo_root):
-            continue
-        stop_shared_server(labels.get(LABEL_RUN, ""), client)
-        report.removed_containers.append(name)
+    runs: dict[str, list[str]] = {}
+    for name, labels in parts:
+        if labels.get(LABEL_RUN) and left_over(store, labels, repo_root):
+            runs.setdefault(labels[LABEL_RUN], []).append(name)
+    for run_id, names in sorted(runs.items()):
+        stop_shared_server(run_id, client)
+        report.removed_containers.extend(names)
 
 
 def collect_egress_proxies(client: EngineClient | None, store: Store | None,

@@ -101,3 +101,31 @@ def test_a_session_filling_the_shared_server_fails_inside_its_volume_and_the_oth
     assert _psql(server, url, "select count(*) from fits") == (0, "60000\n")
     stop_shared_server(run_id, docker_client)
     assert list_engine_volumes(docker_client, volume_id(run_id)) == []
+
+
+def test_gc_removes_a_server_whose_start_a_kill_cut_short(
+        docker_client: docker.DockerClient, run_id: str, tmp_path: Any) -> None:
+    """Killed after the server's network and disk were made, before its container: gc of the
+    repository (the run's owner gone) removes both, found by the network's labels."""
+    import subprocess
+    import sys
+
+    from runtime.databases.postgres_server import server_labels
+    from runtime.engine.engine_volumes import create_engine_volume
+    from runtime.engine.labels import LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_REPO
+    from runtime.engine.networks import create_internal_network
+    from tests.conftest import make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    dead_owner = {LABEL_REPO: str(repo), LABEL_OWNER_PID: "999999", LABEL_OWNER_START: "1"}
+    labels = server_labels(run_id, dead_owner)
+    create_internal_network(docker_client, server_name(run_id), labels)
+    create_engine_volume(docker_client, volume_id(run_id), 16, 999, 999, labels=labels)
+    # The control: what the kill left is there, and gc has something to find.
+    assert docker_client.networks.list(names=[server_name(run_id)])
+    assert list_engine_volumes(docker_client, volume_id(run_id))
+    gc = subprocess.run([sys.executable, "-m", "runtime.cli", "gc", "--repo", str(repo)],
+                        capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0, gc.stderr
+    assert not docker_client.networks.list(names=[server_name(run_id)]), gc.stdout
+    assert not list_engine_volumes(docker_client, volume_id(run_id)), gc.stdout
