@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import paths
 from runtime.backends.base import AgentRun, AgentStart, Backend, Placement, SessionTree, TreeRequest
-from runtime.config import ResourceLimits, RunConfig, Task
+from runtime.config import ResourceLimits, RunConfig, Task, secret_values
 from runtime.databases.sqlite import SessionDatabase, SqliteDatabase
 from runtime.engine.container import AgentRunner, ContainerPlan
 from runtime.engine.engine_watch import ENGINE_LOST
@@ -171,8 +171,9 @@ class IsolatedAgentSession:
         # Its environment, egress, services and database; its saved output.
         self.parts = SessionParts(task, self.config, self.repo, self.run_id, self.session_id,
                                   lambda: self.client, egress=egress)
+        # Redacted with the secrets' *values* (this process has them; a viewer may not).
         self.log = SessionLog(paths.log_path(self.repo.state_dir, self.session_id),
-                              task.secrets, self.result)
+                              list(secret_values(task.secrets).values()), self.result)
 
     # -- context manager --------------------------------------------------------------------
 
