@@ -232,7 +232,10 @@ def keep_state(session: IsolatedAgentSession) -> None:
     """When a session that ran releases its volume: its data directory into its branch's
     carry volume, for a later ``agentrt continue`` (not for a Swarm session, whose tree is
     on its node). A directory on this host that the agent left as it was made costs no
-    helper: there is nothing to carry (most command tasks)."""
+    helper: there is nothing to carry (most command tasks). On the engine's host the
+    directory cannot be looked at without a helper (1-2 s), so there only an agent preset's
+    state (its conversation, its database) is carried; a command task continued there starts
+    with a fresh database."""
     from runtime.engine.carry import carry_name, save_carry
 
     tree = session.tree
@@ -240,6 +243,8 @@ def keep_state(session: IsolatedAgentSession) -> None:
         return
     volume = tree.host_volume
     if volume is not None and untouched(volume.db_dir):
+        return
+    if volume is None and session.task.command is not None:
         return
     mount = _data_mount(tree)
     if mount is None:
