@@ -178,12 +178,16 @@ def test_doctor_says_where_volumes_go_on_that_engine(dind_engine: DindEngine) ->
     assert "does not share this disk" in out and "loop" in out, out
 
 
+# The server's own volume is 128 MiB + max_concurrent_agents x disk_mb, and this dind engine's
+# data root is a tmpfs, whose pages count in the memory of the helper (256 MiB) that reserves
+# the volume's image: kept well below it (the default 5 x 64 MiB more killed the helper).
 SHARED = """
 [run]
 database_strategy = "shared"
 image = "agentrt/postgres:latest"
+max_concurrent_agents = 2
 [run.resource_limits]
-disk_mb = 64
+disk_mb = 32
 [[tasks]]
 id = "left"
 command = ["sh", "-c", "psql \\"$AGENT_DATABASE_URL\\" -X -At -c 'create table t (v text); insert into t values (current_database()); select v from t' > \\"$AGENT_TASK_ID.txt\\""]
