@@ -8,6 +8,7 @@ tested without the tools installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -264,13 +265,13 @@ def _volume_place_check(client: EngineClient, state_dir: Path | None) -> Check |
 
     from runtime.engine.engine_volumes import engine_volume_mode
 
-    try:
-        if state_dir is None:
-            raise OSError("no repository given")
-        shares = shares_disk(client, state_dir / "probe")
-    except OSError:
-        # No repository, or its disk is full (a kept volume may be why): asked from a
-        # temporary directory instead, so doctor still reports on a full disk.
+    shares: bool | None = None
+    if state_dir is not None:
+        # A full repository disk (a kept volume may be why) cannot take the probe's marker:
+        # asked from a temporary directory instead, so doctor still reports.
+        with contextlib.suppress(OSError):
+            shares = shares_disk(client, state_dir / "probe")
+    if shares is None:
         with tempfile.TemporaryDirectory(prefix="agentrt-probe-") as tmp:
             shares = shares_disk(client, Path(tmp))
     if shares:
